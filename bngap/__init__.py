@@ -1,0 +1,69 @@
+"""bngap: diagnose the gap between a Keras model's training-mode and
+inference-mode outputs (BatchNormalization, Dropout, augmentation).
+
+    >>> import bngap
+    >>> report = bngap.check(model, x, y)       # doctest: +SKIP
+    >>> report.ok, report.output_gap.relative_l2  # doctest: +SKIP
+
+Importing bngap does not import TensorFlow; the first check does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+__all__ = ["__version__", "check", "CheckOptions", "Report", "Thresholds", "BngapError"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .errors import BngapError
+    from .pipeline import CheckOptions
+    from .results import Report, Thresholds
+
+
+def check(model: Any, x: Any, y: Any = None, **options: Any) -> "Report":
+    """Measures and explains the gap between training and inference mode.
+
+    Args:
+        model: a Keras model or the path of a `.keras` / `.h5` file.
+        x: inputs (array, or list/dict of arrays for several inputs) or the
+            path of an .npz / .npy file or image folder.
+        y: labels, optional (loss and accuracy are then reported in both modes).
+        **options: fields of `bngap.CheckOptions` (batch_size, limit, seed,
+            effects, thresholds, ...); `fail_above=0.05` is short for
+            `thresholds=Thresholds(output_gap=0.05)`.
+
+    Returns:
+        A `Report`; `report.ok` is False when a threshold is exceeded or a
+        finding is a failure. The model's variables are left bit-identical.
+
+    Example:
+        >>> assert bngap.check(model, x_val).ok   # doctest: +SKIP
+    """
+    from .pipeline import CheckOptions, check as _check
+    from .results import Thresholds
+
+    loss = options.pop("loss", None)
+    gate = {k: options.pop(k) for k in ("fail_above", "fail_above_loss_delta", "fail_above_accuracy_drop")
+            if k in options}
+    if gate:
+        options["thresholds"] = Thresholds(gate.get("fail_above"), gate.get("fail_above_loss_delta"),
+                                           gate.get("fail_above_accuracy_drop"))
+    return _check(model, x, y, options=CheckOptions(**options), loss=loss)
+
+
+def __getattr__(name: str):
+    if name == "CheckOptions":
+        from .pipeline import CheckOptions
+
+        return CheckOptions
+    if name in ("Report", "Thresholds"):
+        from . import results
+
+        return getattr(results, name)
+    if name == "BngapError":
+        from .errors import BngapError
+
+        return BngapError
+    raise AttributeError(f"module 'bngap' has no attribute {name!r}")

@@ -1,0 +1,297 @@
+"""From numbers to plain words: the likely causes of the gap, with evidence
+and a remedy, most likely first. Plain Python."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from .results import (
+    BatchNormRecord, Cause, Finding, Kind, LayerRecord, LeakCheck, Metrics, OutputGap,
+    PreprocessingProbe, Severity,
+)
+
+NOTABLE_GAP = 0.05        # an output or group gap worth explaining (relative L2)
+NOT_CONVERGED_SHARE = 0.1  # initial values still this large a share of the statistics
+SMALL_BATCH = 8
+BATCH_NOISE_EXCESS = 0.1   # own contribution beyond what the statistics explain
+
+# Among findings of equal severity, the more specific cause comes first.
+_PRIORITY = [Cause.MODE_LEAK, Cause.STATS_NEVER_UPDATED, Cause.PREPROCESSING_MISMATCH,
+             Cause.STATS_NOT_CONVERGED, Cause.DOMAIN_SHIFT, Cause.SMALL_BATCH,
+             Cause.AUGMENTATION, Cause.DROPOUT_ONLY]
+
+FIX_HINT = "bngap fix MODEL DATA -o fixed.keras"
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if v != 0 and (abs(v) < 10 ** -digits or abs(v) >= 1e5):
+        return f"{v:.2e}"
+    return f"{v:.{digits}f}"
+
+
+def _names(items: Sequence[str], limit: int = 3) -> str:
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _worst(sev: Sequence[Severity]) -> Severity:
+    return max(sev, key=lambda s: s.rank) if sev else Severity.OK
+
+
+def _leak_findings(leaks: Sequence[LeakCheck]) -> list[Finding]:
+    out = []
+    for chk in leaks:
+        if not chk.is_leak:
+            continue
+        layers = list(chk.layers_in_training)
+        rel = _fmt(chk.relative_l2)
+        if chk.path == "model(x, training=False)":
+            out.append(Finding(
+                Cause.MODE_LEAK, Severity.FAIL, layers[0] if layers else None,
+                f"{len(layers)} layer(s) run in training mode during inference: {_names(layers)}. "
+                f"evaluate() and predict() use batch statistics (or dropout) there, so their results "
+                f"depend on the batch; the output differs from true inference by {rel} (relative L2).",
+                "Find the layer that passes training=True to its sub-layers (a custom layer calling "
+                "sub-layers with training=True, or a preprocessing layer that defaults to "
+                "training=True) and pass the training argument through instead; upgrading Keras fixes "
+                "a known Resizing/CenterCrop leak.",
+                {"relative_l2": chk.relative_l2, "layers": layers, "samples": chk.samples},
+            ))
+        elif chk.path == "predict(x)":
+            out.append(Finding(
+                Cause.MODE_LEAK, Severity.FAIL, None,
+                f"predict() differs from model(x, training=False) by {rel} (relative L2): the "
+                "compiled inference function does not compute what the eager call does.",
+                "Look for layers with Python-side state or randomness in call(); compare "
+                "model.predict(x) with model(x, training=False) on a few samples.",
+                {"relative_l2": chk.relative_l2, "samples": chk.samples},
+            ))
+        else:
+            out.append(Finding(
+                Cause.MODE_LEAK, Severity.WARN, layers[0] if layers else None,
+                f"Calling the model as model(x) without a training argument runs "
+                f"{_names(layers) or 'some layers'} in training mode (output differs by {rel} from "
+                "model(x, training=False)). Some layers default to training=True and the value is "
+                "inherited by the layers they call.",
+                "Call model(x, training=False) or model.predict(x) for inference.",
+                {"relative_l2": chk.relative_l2, "layers": layers, "samples": chk.samples},
+            ))
+    return out
+
+
+def _describe_bn(r: BatchNormRecord) -> str:
+    return (f"{r.path}: median |z| {_fmt(r.median_abs_z, 2)}, median |log2 variance ratio| "
+            f"{_fmt(r.median_abs_log2_var_ratio, 2)}, expected local gap {_fmt(r.expected_local_gap, 2)}")
+
+
+def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Sequence[LayerRecord],
+                 batch_size: int, preprocessing: PreprocessingProbe | None) -> tuple[list[Finding], list[str]]:
+    findings: list[Finding] = []
+    notes: list[str] = []
+    flagged = [r for r in batchnorm if r.severity in (Severity.WARN, Severity.FAIL)]
+    bn_gap = float(groups.get("batchnorm", 0.0) or 0.0)
+    explained: set[str] = set()
+
+    never = [r for r in batchnorm if r.never_updated]
+    never_flagged = [r for r in never if r in flagged]
+    if never_flagged:
+        first = never_flagged[0]
+        sev = Severity.FAIL if (_worst([r.severity for r in never_flagged]) is Severity.FAIL
+                                or bn_gap >= NOTABLE_GAP) else Severity.WARN
+        findings.append(Finding(
+            Cause.STATS_NEVER_UPDATED, sev, first.path,
+            f"{len(never)} of {len(batchnorm)} BatchNormalization layers still hold their initial "
+            f"moving statistics (mean 0, variance 1): they were never updated. In inference mode "
+            f"they normalise with those instead of your data's statistics (first: {first.path}, "
+            f"whose input has median |mean| {_fmt(first.data_mean_abs, 2)} and median std "
+            f"{_fmt(first.data_std, 2)}).",
+            "If you train with a custom loop, call the model with training=True in the training "
+            "step so BatchNormalization updates its statistics; if the model was never trained, "
+            f"train it. To repair this model without retraining, re-estimate them: {FIX_HINT}.",
+            {"layers": [r.path for r in never], "flagged": [r.path for r in never_flagged]},
+        ))
+        explained.update(r.path for r in never)
+
+    if preprocessing is not None and preprocessing.best:
+        p = preprocessing
+        best_gap = dict(p.candidates).get(p.best)
+        first = flagged[0] if flagged else None
+        sev = first.severity if first is not None else Severity.WARN
+        findings.append(Finding(
+            Cause.PREPROCESSING_MISMATCH, sev, p.layers[0] if p.layers else None,
+            f"The first BatchNormalization layers ({_names(p.layers)}) see inputs unlike those "
+            f"they were trained on (mean expected local gap {_fmt(p.baseline_gap, 2)}); after the "
+            f"transform `{p.best}` they match (gap {_fmt(best_gap, 2)}). Your inputs range "
+            f"{_fmt(p.input_min, 3)}..{_fmt(p.input_max, 3)}: the model was most likely trained "
+            f"on inputs preprocessed as `{p.best}`.",
+            f"Apply the preprocessing used in training before predicting (here: {p.best}); for "
+            "keras.applications models use the family's preprocess_input. Everything downstream "
+            "of the first layers will then see the statistics it expects.",
+            {"transform": p.best, "baseline_gap": p.baseline_gap, "gap_after": best_gap,
+             "candidates": dict(p.candidates)},
+        ))
+        # Downstream layers inherit the shifted input: the first flagged run is explained.
+        explained.update(r.path for r in flagged)
+
+    not_conv = [r for r in flagged if r.path not in explained and r.init_fraction is not None
+                and r.init_fraction >= NOT_CONVERGED_SHARE]
+    if not_conv:
+        # The first layer's estimate is the cleanest: deeper layers' inputs
+        # drifted while their statistics were being accumulated.
+        first = not_conv[0]
+        share = first.init_fraction
+        lo, hi = min(r.init_fraction for r in not_conv), max(r.init_fraction for r in not_conv)
+        spread = f" ({lo:.0%} to {hi:.0%} across them)" if len(not_conv) > 1 and hi - lo >= 0.05 else ""
+        upd = first.estimated_updates
+        upd_txt = f"about {max(upd, 1.0):.0f} update{'s' if round(upd) != 1 else ''}" if upd is not None else "few updates"
+        momenta = sorted({r.momentum for r in not_conv})
+        findings.append(Finding(
+            Cause.STATS_NOT_CONVERGED, _worst([r.severity for r in not_conv]), first.path,
+            f"{len(not_conv)} BatchNormalization layers have moving statistics that are still "
+            f"{share:.0%} their initial values (mean 0, variance 1){spread}: {upd_txt} at momentum "
+            f"{', '.join(f'{m:g}' for m in momenta)}, too few to reach your data's statistics. In "
+            "training mode each batch is normalised by its own statistics, so fit() looks fine "
+            "while evaluate() and predict() on the same data do not. First: "
+            f"{_describe_bn(first)}.",
+            "Train for more steps, lower the BatchNormalization momentum (e.g. 0.9: the "
+            "statistics then converge in about 50 updates instead of 460), or re-estimate the "
+            f"statistics on your data: {FIX_HINT}.",
+            {"layers": [r.path for r in not_conv], "init_fraction": share, "estimated_updates": upd},
+        ))
+        explained.update(r.path for r in not_conv)
+
+    shifted = [r for r in flagged if r.path not in explained]
+    if shifted:
+        first = shifted[0]
+        frozen = [r for r in shifted if not r.trainable]
+        msg = (f"{len(shifted)} BatchNormalization layers have moving statistics that do not "
+               f"describe this data, although they are not initial values: they were estimated on "
+               f"data with a different distribution (pretrained statistics, or a different "
+               f"dataset). First: {_describe_bn(first)}.")
+        if frozen:
+            msg += (f" {len(frozen)} of them are frozen (trainable=False): in Keras 3 a frozen "
+                    "BatchNormalization layer uses its moving statistics in fit() as well, so it "
+                    "causes no train/eval gap, only poor results in both modes.")
+        findings.append(Finding(
+            Cause.DOMAIN_SHIFT, _worst([r.severity for r in shifted]), first.path, msg,
+            "Re-estimate the statistics on data like yours "
+            f"({FIX_HINT}), or fine-tune with the BatchNormalization layers in training mode; "
+            "check that the data comes from the distribution the model was trained on.",
+            {"layers": [r.path for r in shifted], "frozen": [r.path for r in frozen]},
+        ))
+
+    # A BN gap the statistics do not explain: the batch statistics are the problem.
+    bn_layers = {r.path: r for r in layers if r.kind is Kind.BATCHNORM}
+    noisy = []
+    for r in batchnorm:
+        rec = bn_layers.get(r.path)
+        if rec is None or rec.own_contribution is None or not r.fit_uses_batch_stats:
+            continue
+        excess = rec.own_contribution - r.expected_local_gap
+        if excess > BATCH_NOISE_EXCESS and rec.own_contribution > 2 * r.expected_local_gap:
+            noisy.append((r, rec.own_contribution))
+    uses_batch = [r for r in batchnorm if r.fit_uses_batch_stats]
+    if uses_batch and (batch_size < SMALL_BATCH or (noisy and bn_gap >= NOTABLE_GAP)):
+        r, own = noisy[0] if noisy else (uses_batch[0], None)
+        sev = Severity.WARN if bn_gap >= NOTABLE_GAP else Severity.INFO
+        findings.append(Finding(
+            Cause.SMALL_BATCH, sev, r.path,
+            f"In training mode BatchNormalization normalises each batch by its own statistics; "
+            f"with batches of {batch_size} these are unreliable estimates"
+            + (f" ({len(noisy)} layers, e.g. {r.path}: own contribution {_fmt(own, 2)} against "
+               f"{_fmt(r.expected_local_gap, 2)} explained by the moving statistics)" if noisy else "")
+            + ", so training-mode outputs differ from inference even where the moving statistics "
+              "are right.",
+            "Use larger batches (32 or more) and shuffle them (a batch of one class has "
+            "unrepresentative statistics); for small-batch training consider renorm=True, or "
+            "GroupNormalization / LayerNormalization.",
+            {"batch_size": batch_size, "layers": [x.path for x, _ in noisy]},
+        ))
+
+    frozen_all = [r for r in batchnorm if not r.trainable]
+    if frozen_all:
+        notes.append(
+            f"{len(frozen_all)} BatchNormalization layers are frozen (trainable=False). In Keras 3 "
+            "a frozen BN layer runs in inference mode even in fit(), so it causes no gap between "
+            "fit() and evaluate() (older Keras 2 versions behaved differently, as many reports "
+            "from that time describe)."
+        )
+    held = [r for r in layers if r.kind is Kind.BATCHNORM and r.fit_mode == "inference"
+            and r.fit_training is False]
+    if held:
+        notes.append(f"{len(held)} BatchNormalization layers receive training=False from their "
+                     f"caller and stay in inference mode in fit() (e.g. {held[0].path}).")
+    return findings, notes
+
+
+def _mode_group_findings(groups: dict, layers: Sequence[LayerRecord], gap: OutputGap,
+                         have_bn_finding: bool) -> tuple[list[Finding], list[str]]:
+    findings, notes = [], []
+    total = gap.relative_l2
+    drop = float(groups.get("dropout", 0.0) or 0.0)
+    aug = float(groups.get("augmentation", 0.0) or 0.0)
+    bn = float(groups.get("batchnorm", 0.0) or 0.0)
+    other = float(groups.get("other", 0.0) or 0.0)
+    active = [r for r in layers if r.fit_mode == "training"]
+    if aug > 0:
+        names = [r.path for r in active if r.kind is Kind.AUGMENTATION]
+        findings.append(Finding(
+            Cause.AUGMENTATION, Severity.INFO, names[0] if names else None,
+            f"Random augmentation layers ({_names(names)}) change the inputs in training mode "
+            f"only: with them alone in training mode the output differs by {_fmt(aug)}. fit() "
+            "reports metrics on augmented inputs, evaluate() on the originals.",
+            "Expected behaviour. To see fit() metrics on clean inputs, apply augmentation in the "
+            "input pipeline (tf.data) instead of in the model, or evaluate the training data "
+            "after fit().",
+            {"group_gap": aug, "layers": names},
+        ))
+    if drop > 0:
+        names = [r.path for r in active if r.kind in (Kind.DROPOUT, Kind.NOISE, Kind.RECURRENT)]
+        only = not have_bn_finding and bn < max(0.2 * drop, 1e-6) and aug == 0 and other < max(0.2 * drop, 1e-6)
+        if only:
+            findings.append(Finding(
+                Cause.DROPOUT_ONLY, Severity.INFO, names[0] if names else None,
+                f"The gap ({_fmt(total)}) comes from Dropout/noise layers ({_names(names)}), which "
+                "are active only in training mode. This is expected, not a bug: the loss and "
+                "accuracy fit() prints are computed with dropout on, evaluate() and predict() with "
+                "it off.",
+                "Nothing to fix. To compare like with like, run model.evaluate() on the training "
+                "data after fit().",
+                {"group_gap": drop, "layers": names},
+            ))
+        elif total > 0:
+            notes.append(f"Dropout/noise layers alone give an output gap of {_fmt(drop)} (expected "
+                         "in training mode).")
+    if other >= NOTABLE_GAP:
+        names = [r.path for r in active if r.kind in (Kind.CUSTOM_TRAINING_ARG, Kind.OTHER)]
+        notes.append(f"Custom layers that take `training` ({_names(names)}) alone give an output "
+                     f"gap of {_fmt(other)}: look at what their call() does when training=True.")
+    return findings, notes
+
+
+def diagnose(*, gap: OutputGap, groups: dict, layers: Sequence[LayerRecord],
+             batchnorm: Sequence[BatchNormRecord], leaks: Sequence[LeakCheck],
+             metrics: Metrics | None, batch_size: int, last_batch_size: int, samples: int,
+             preprocessing: PreprocessingProbe | None = None) -> tuple[list[Finding], list[str]]:
+    """Findings (most likely cause first) and context notes for a report."""
+    findings = _leak_findings(leaks)
+    bn_findings, notes = _bn_findings(batchnorm, groups, layers, batch_size, preprocessing)
+    findings += bn_findings
+    more, more_notes = _mode_group_findings(
+        groups, layers, gap, any(f.cause is not Cause.SMALL_BATCH for f in bn_findings))
+    findings += more
+    notes += more_notes
+    if batchnorm and samples < 2 * SMALL_BATCH:
+        notes.append(f"Only {samples} samples: the BN statistics of the data are rough estimates "
+                     "(each layer's noise level is in its record).")
+    if last_batch_size < batch_size and last_batch_size < max(2, batch_size // 4) and any(
+            r.fit_uses_batch_stats for r in batchnorm):
+        notes.append(f"The last batch has only {last_batch_size} samples (as in fit()); its "
+                     "training-mode statistics are noisy. Choose --batch-size or --limit so "
+                     "that batches are full.")
+    findings.sort(key=lambda f: (-f.severity.rank, _PRIORITY.index(f.cause)))
+    return findings, notes

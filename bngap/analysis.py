@@ -1,0 +1,66 @@
+"""From raw measurements to per-layer and per-BN-layer records. Plain Python."""
+
+from __future__ import annotations
+
+from .audit import audit_layer
+from .layertree import LayerNode
+from .results import BatchNormRecord, GapEntry, Kind, LayerRecord, OutputGap
+
+
+def _fit_mode(node: LayerNode, received: list) -> tuple[bool | None, str, str]:
+    """(training value received, behaviour in fit(), why) for one layer."""
+    got = [v for v in received if v is not None]
+    training = None if not got else any(bool(v) for v in got)
+    if not node.mode_dependent:
+        return training, "n/a", ""
+    if training is None:
+        return None, "inference", "received no training flag"
+    if not training:
+        caller = node.parent.path if node.parent else "the model"
+        return False, "inference", f"called with training=False (by {caller})"
+    if node.kind is Kind.BATCHNORM and not node.layer.trainable:
+        return True, "inference", "frozen (trainable=False): Keras 3 BN uses its moving statistics"
+    return True, "training", ""
+
+
+def layer_records(m) -> tuple[LayerRecord, ...]:
+    """One record per layer, in the order they ran in the inference pass."""
+    out = []
+    for node in m.nodes:
+        st = m.stats[node.index]
+        fit_training, fit_mode, why = _fit_mode(node, list(st.fit_training.values()))
+        called = st.order >= 0
+        divergence = st.divergence.relative_l2 if called and st.paired else None
+        own = st.own.relative_l2 if node.mode_dependent and called else None
+        effect = st.effect.relative_l2 if st.effect is not None else None
+        out.append(LayerRecord(
+            path=node.path, class_name=node.class_name, kind=node.kind,
+            order=st.order, depth=node.depth, divergence=divergence,
+            own_contribution=own, output_effect=effect, mode_dependent=node.mode_dependent,
+            trainable=bool(node.layer.trainable), fit_training=fit_training,
+            fit_mode=fit_mode, fit_mode_reason=why, calls=st.calls,
+        ))
+    out.sort(key=lambda r: (r.order < 0, r.order))
+    return tuple(out)
+
+
+def batchnorm_records(m) -> tuple[BatchNormRecord, ...]:
+    """The audit of every BN layer that ran, in call order."""
+    recs = []
+    for node in m.nodes:
+        if node.kind is not Kind.BATCHNORM:
+            continue
+        st = m.stats[node.index]
+        if st.moments is None or not st.moments.halves:
+            continue
+        got = [v for v in st.fit_training.values() if v is not None]
+        uses_batch = (any(bool(v) for v in got) and bool(node.layer.trainable)) if got else False
+        recs.append(audit_layer(m.bn_params[node.index], st.moments, st.order, uses_batch))
+    recs.sort(key=lambda r: r.order)
+    return tuple(recs)
+
+
+def output_gap(m) -> OutputGap:
+    per = tuple(GapEntry(name, acc.relative_l2, acc.max_abs, acc.top1_agreement)
+                for name, acc in m.per_output)
+    return OutputGap(m.output.relative_l2, m.output.max_abs, m.output.top1_agreement, per)

@@ -1,0 +1,220 @@
+"""BatchNormalization audit: moving statistics against the statistics of the
+input each layer actually receives, per channel, with their own noise.
+
+Plain numpy. For a channel with data mean/variance (mu, v) and moving
+mean/variance (m, s2), BN's inference output differs from the output it
+would give with the data's own statistics by
+
+    E[(y_data - y_moving)^2] = gamma^2 * (z^2 + v/(v+eps) * (sqrt(rho) - 1)^2)
+
+with z = (mu - m) / sqrt(s2 + eps) and rho = (v + eps) / (s2 + eps). Relative
+to E[y_moving^2] this is the layer's *expected local gap*: what a training-mode
+pass with large batches would show as the layer's own contribution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .results import BatchNormRecord, ChannelDeviation, Severity
+from .stats import ChannelMoments, SplitMoments, robust_summary
+
+WARN_GAP = 0.25   # expected local gap (debiased) at which a layer is flagged
+FAIL_GAP = 0.6
+NOISE_FACTOR = 2.0  # a gap below this many times its own noise is not flagged
+CONVERGED_FRACTION = 0.02  # init share below which a layer counts as converged
+
+
+@dataclass
+class BatchNormParams:
+    """A BatchNormalization layer's configuration and current statistics."""
+
+    path: str
+    gamma: np.ndarray | None
+    beta: np.ndarray | None
+    moving_mean: np.ndarray
+    moving_variance: np.ndarray
+    epsilon: float
+    momentum: float
+    trainable: bool
+    axis: int
+    renorm: bool
+    synchronized: bool
+    init_mean: float | None     # constant the moving mean was initialised to, if known
+    init_variance: float | None
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel comparison of data and moving statistics."""
+
+    z: np.ndarray
+    log2_ratio: np.ndarray
+    sqrt_rho: np.ndarray
+    weight: np.ndarray         # v / (v + eps)
+    degenerate: np.ndarray     # channels excluded from the summaries
+    gap_num: np.ndarray        # gamma^2 (z^2 + w (sqrt(rho)-1)^2)
+    gap_den: np.ndarray        # E[y_moving^2] per channel
+
+
+def compare_channels(p: BatchNormParams, mom: ChannelMoments) -> ChannelStats:
+    """Per-channel z, variance ratio and gap terms (degenerate channels zeroed)."""
+    eps = p.epsilon
+    mu, v = mom.mean, mom.variance
+    mm, mv = p.moving_mean, p.moving_variance
+    gamma = np.ones_like(mu) if p.gamma is None else p.gamma
+    beta = np.zeros_like(mu) if p.beta is None else p.beta
+    den_m = mv + eps
+    den_d = v + eps
+    degenerate = ~(np.isfinite(den_m) & np.isfinite(den_d) & (den_m > 0) & (den_d > 0)
+                   & np.isfinite(mm) & np.isfinite(mu) & (mom.count > 0))
+    safe_m = np.where(degenerate, 1.0, den_m)
+    safe_d = np.where(degenerate, 1.0, den_d)
+    with np.errstate(all="ignore"):
+        z = np.where(degenerate, 0.0, (mu - mm) / np.sqrt(safe_m))
+        rho = np.where(degenerate, 1.0, safe_d / safe_m)
+        w = np.where(degenerate, 0.0, np.clip(v, 0.0, None) / safe_d)
+        sqrt_rho = np.sqrt(rho)
+        log2_ratio = np.log2(rho)
+        g2 = gamma * gamma
+        num = g2 * (z * z + w * (sqrt_rho - 1.0) ** 2)
+        den = g2 * (w * rho + z * z) + 2.0 * gamma * beta * z + beta * beta
+    num = np.where(np.isfinite(num), num, 0.0)
+    den = np.where(np.isfinite(den), np.maximum(den, 0.0), 0.0)
+    return ChannelStats(z, log2_ratio, sqrt_rho, w, degenerate, num, den)
+
+
+def local_gap(cs: ChannelStats) -> float:
+    """Relative RMS gap of the layer's output: moving vs data statistics."""
+    num, den = float(cs.gap_num.sum()), float(cs.gap_den.sum())
+    if num <= 0.0:
+        return 0.0
+    return math.sqrt(num / den) if den > 0 else math.inf
+
+
+def noise_of_gap(p: BatchNormParams, halves: list[ChannelMoments], full: ChannelStats) -> float | None:
+    """The gap that sampling noise alone would produce, from the disagreement
+    of the two interleaved halves of the data (None with fewer than 2 samples
+    in either half)."""
+    if len(halves) != 2 or min(h.examples for h in halves) < 1:
+        return None
+    a, b = compare_channels(p, halves[0]), compare_channels(p, halves[1])
+    gamma = np.ones_like(full.z) if p.gamma is None else p.gamma
+    ok = ~(a.degenerate | b.degenerate | full.degenerate)
+    dz = np.where(ok, (a.z - b.z) / 2.0, 0.0)
+    dr = np.where(ok, (a.sqrt_rho - b.sqrt_rho) / 2.0, 0.0)
+    noise_num = float(np.sum(gamma * gamma * (dz * dz + full.weight * dr * dr)))
+    den = float(full.gap_den.sum())
+    if den <= 0:
+        return None
+    return math.sqrt(max(noise_num, 0.0) / den)
+
+
+def init_mixture(p: BatchNormParams, mom: ChannelMoments, cs: ChannelStats) -> tuple[float | None, float]:
+    """How much of the initial moving statistics remains, if that explains them.
+
+    Fits moving = a * initial + (1 - a) * data over all channels (standardised
+    by the data's spread) by least squares. Returns (a clipped to [0, 1] or
+    None when the initial values are too close to the data to tell, R^2 of
+    the fit).
+    """
+    if p.init_mean is None or p.init_variance is None:
+        return None, 0.0
+    ok = ~cs.degenerate
+    if not np.any(ok):
+        return None, 0.0
+    s = np.sqrt(mom.variance[ok] + p.epsilon)
+    v = mom.variance[ok] + p.epsilon
+    pm = (p.init_mean - mom.mean[ok]) / s
+    qm = (p.moving_mean[ok] - mom.mean[ok]) / s
+    pv = (p.init_variance - mom.variance[ok]) / v
+    qv = (p.moving_variance[ok] - mom.variance[ok]) / v
+    spread = float(np.sum(pm * pm + pv * pv))
+    if spread / ok.sum() < 0.05:  # initial values look like the data: no signal
+        return None, 0.0
+    a = float(np.sum(pm * qm + pv * qv)) / spread
+    total = float(np.sum(qm * qm + qv * qv))
+    resid = float(np.sum((qm - a * pm) ** 2 + (qv - a * pv) ** 2))
+    r2 = 1.0 - resid / total if total > 0 else 0.0
+    return min(max(a, 0.0), 1.0), r2
+
+
+def estimated_updates(fraction: float | None, momentum: float) -> float | None:
+    """Updates k with momentum**k == fraction (None when not measurable)."""
+    if fraction is None or not 0.0 < momentum < 1.0:
+        return None
+    if fraction >= 1.0:
+        return 0.0
+    if fraction <= CONVERGED_FRACTION:
+        return None
+    return math.log(fraction) / math.log(momentum)
+
+
+def is_never_updated(p: BatchNormParams) -> bool:
+    """Moving statistics still exactly equal to their initial constants."""
+    if p.init_mean is None or p.init_variance is None:
+        return False
+    return bool(np.all(p.moving_mean == p.init_mean) and np.all(p.moving_variance == p.init_variance))
+
+
+def clean_gap(gap: float, noise: float | None) -> float:
+    """The gap with the part that sampling noise explains removed."""
+    if noise is None:
+        return gap
+    return math.sqrt(max(gap * gap - noise * noise, 0.0))
+
+
+def severity_of(gap: float, noise: float | None, never_updated: bool) -> Severity:
+    """ok / warn / fail from the debiased expected local gap."""
+    if noise is not None and gap < NOISE_FACTOR * noise:
+        return Severity.OK
+    clean = clean_gap(gap, noise)
+    if clean >= FAIL_GAP or (never_updated and clean >= WARN_GAP):
+        sev = Severity.FAIL
+    elif clean >= WARN_GAP:
+        sev = Severity.WARN
+    else:
+        return Severity.OK
+    if noise is None and sev is Severity.FAIL:
+        return Severity.WARN  # one sample: no measure of noise, no hard verdict
+    return sev
+
+
+def audit_layer(p: BatchNormParams, moments: SplitMoments, order: int,
+                fit_uses_batch_stats: bool | None, worst: int = 3) -> BatchNormRecord:
+    """The audit record of one BN layer from its parameters and input moments."""
+    total = moments.total
+    cs = compare_channels(p, total)
+    ok = ~cs.degenerate
+    abs_z = np.abs(cs.z[ok])
+    abs_l = np.abs(cs.log2_ratio[ok])
+    mz = robust_summary(abs_z)
+    ml = robust_summary(abs_l)
+    gap = local_gap(cs)
+    noise = noise_of_gap(p, moments.halves, cs)
+    never = is_never_updated(p)
+    frac, r2 = init_mixture(p, total, cs)
+    # Only a fit that explains the statistics says how many updates they saw.
+    fraction = frac if frac is not None and r2 >= 0.5 else None
+    order_idx = np.argsort(-cs.gap_num)[:worst]
+    worst_ch = tuple(ChannelDeviation(int(i), float(cs.z[i]), float(cs.log2_ratio[i]))
+                     for i in order_idx if not cs.degenerate[i] and cs.gap_num[i] > 0)
+    return BatchNormRecord(
+        path=p.path, order=order, trainable=p.trainable, momentum=p.momentum,
+        epsilon=p.epsilon, channels=int(cs.z.shape[0]), axis=p.axis,
+        median_abs_z=mz[0], p95_abs_z=mz[1], max_abs_z=mz[2],
+        median_abs_log2_var_ratio=ml[0], p95_abs_log2_var_ratio=ml[1],
+        max_abs_log2_var_ratio=ml[2],
+        expected_local_gap=gap if math.isfinite(gap) else 1e308,
+        noise_local_gap=noise, never_updated=never,
+        init_fraction=fraction, estimated_updates=estimated_updates(fraction, p.momentum),
+        fit_uses_batch_stats=fit_uses_batch_stats,
+        severity=severity_of(gap, noise, never), samples=int(total.examples),
+        degenerate_channels=int(cs.degenerate.sum()), worst_channels=worst_ch,
+        renorm=p.renorm, synchronized=p.synchronized,
+        data_mean_abs=float(np.median(np.abs(total.mean[ok]))) if ok.any() else 0.0,
+        data_std=float(np.median(np.sqrt(total.variance[ok]))) if ok.any() else 0.0,
+    )

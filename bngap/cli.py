@@ -1,0 +1,262 @@
+"""The `bngap` command line: a thin layer over `bngap.pipeline`.
+
+Heavy imports (TensorFlow) happen inside the commands, so `--help` and
+`--version` answer at once. Status and progress go to stderr; the report goes
+to stdout or `--output`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback as tb
+
+import click
+
+from ._version import __version__
+from .errors import BngapError, ExitStatus, one_line
+
+EPILOG = """\b
+Exit codes: 0 ran (no threshold exceeded), 1 a --fail-above threshold was
+exceeded, 2 bad input or usage, 3 internal failure.
+"""
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _use_color(stream) -> bool:
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    if os.environ.get("CI"):
+        return False
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+def _terminal_width() -> int:
+    try:
+        return max(60, min(os.get_terminal_size(sys.stdout.fileno()).columns, 160))
+    except (OSError, ValueError, AttributeError):
+        return 100
+
+
+@contextlib.contextmanager
+def _errors_handled(show_traceback: bool):
+    """The one place where exceptions become exit codes."""
+    try:
+        yield
+    except BngapError as e:
+        if show_traceback:
+            tb.print_exc()
+        _err(f"error: {one_line(e)}")
+        sys.exit(int(e.exit_status))
+    except click.exceptions.Exit:
+        raise
+    except click.ClickException:
+        raise
+    except KeyboardInterrupt:
+        _err("error: interrupted")
+        sys.exit(130)
+    except Exception as e:  # a bug in bngap (or Keras): say so, exit 3
+        if show_traceback:
+            tb.print_exc()
+        _err(f"internal error: {type(e).__name__}: {one_line(e, 300)}"
+             + ("" if show_traceback else " (rerun with --traceback for details)"))
+        sys.exit(int(ExitStatus.INTERNAL_ERROR))
+
+
+class _Progress:
+    """A progress bar on a terminal, a few plain lines in a log."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.bar = None
+        self.task = None
+        self.last_pct = 0
+
+    def status(self, line: str) -> None:
+        if self.enabled:
+            _err(f"bngap: {line}")
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        if not self.enabled or total <= 2:
+            return
+        if self.tty:
+            if self.bar is None:
+                from rich.console import Console
+                from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                    TextColumn("{task.completed}/{task.total} passes"),
+                                    TimeRemainingColumn(), console=Console(stderr=True),
+                                    transient=True)
+                self.bar.start()
+                self.task = self.bar.add_task(label, total=total)
+            self.bar.update(self.task, completed=done, description=label)
+        else:
+            pct = int(100 * done / total)
+            if pct // 25 > self.last_pct // 25:
+                self.last_pct = pct
+                _err(f"bngap: {label} ({done} of {total} passes)")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def _parse_effects(value: str) -> int | None:
+    if value.lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a number or 'all'. Received: {value!r}") from None
+    if n < 0:
+        raise click.BadParameter(f"must be 0 or more. Received: {n}")
+    return n
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        from .writing import write_atomic
+
+        write_atomic(output, text)
+        _err(f"bngap: report written to {output}")
+    else:
+        click.echo(text, nl=False)
+
+
+loading_options = [
+    click.option("--unsafe", is_flag=True,
+                 help="Allow loading models that contain Python code (Lambda layers). Only for files you trust."),
+    click.option("--custom-objects", "custom_objects", type=click.Path(dir_okay=False),
+                 help="A trusted Python file that defines the model's custom layers or functions."),
+    click.option("--x-key", help="Key of the inputs in an .npz file (default: x)."),
+    click.option("--y-key", help="Key of the labels in an .npz file (default: y, if present)."),
+    click.option("--batch-size", type=int, default=32, show_default=True,
+                 help="Batch size of the training-mode passes (BN statistics depend on it; fit() uses 32)."),
+    click.option("--limit", type=int, help="Use only the first N samples."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed for dropout, noise and augmentation."),
+    click.option("--preprocess", help="For image folders: caffe, tf, torch, or scale=FACTOR."),
+    click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors."),
+    click.option("-q", "--quiet", is_flag=True, help="No status or progress lines on stderr."),
+]
+
+
+def _add(options):
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+class _Group(click.Group):
+    """A click group whose usage errors are one line, `error: ...`, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            _err(f"error: {one_line(e.format_message())}{where}")
+            sys.exit(int(ExitStatus.BAD_INPUT))
+        except click.ClickException as e:
+            _err(f"error: {one_line(e.format_message())}")
+            sys.exit(e.exit_code)
+        except click.Abort:
+            _err("error: aborted")
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="bngap")
+def main():
+    """bngap: why does my Keras model score well in fit() and badly in
+    evaluate() on the same data?
+
+    It runs your data through the model in training mode (as fit() does) and
+    in inference mode (as evaluate() and predict() do), measures the gap,
+    finds the layers that open it, audits every BatchNormalization layer's
+    moving statistics against your data, and says what is wrong and how to
+    fix it.
+
+    \b
+    Start with:   bngap demo
+    Then:         bngap check model.keras data.npz
+    """
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path())
+@click.argument("data", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
+              show_default=True, help="Report form: a terminal summary, JSON for scripts, or Markdown for a bug report.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report to FILE (atomically) instead of stdout.")
+@click.option("--fail-above", type=float, help="Exit 1 when the output gap (relative L2) exceeds this value.")
+@click.option("--fail-above-loss-delta", type=float, help="Exit 1 when inference loss minus training loss exceeds this (needs labels).")
+@click.option("--fail-above-accuracy-drop", type=float, help="Exit 1 when training accuracy minus inference accuracy exceeds this (needs labels).")
+@click.option("--all-layers", is_flag=True, help="List every layer and every BN layer, not only the flagged and top ones.")
+@click.option("--effects", default="3", show_default=True, metavar="N|all",
+              help="Measure the output effect (only this layer in training mode) of the N mode-dependent layers with the largest own contribution; one extra pass per layer and batch.")
+@_add(loading_options)
+def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
+          all_layers, effects, unsafe, custom_objects, x_key, y_key, batch_size, limit, seed,
+          preprocess, show_traceback, quiet):
+    """Measure, attribute and explain the train-vs-inference gap.
+
+    MODEL is a .keras or legacy .h5 file. DATA is an .npz (inputs under 'x',
+    optional labels under 'y'), an .npy (inputs only) or a folder of images
+    (sub-folders as classes).
+
+    The model file is never modified, and the model's variables are restored
+    bit for bit after the training-mode passes.
+    """
+    effects_n = _parse_effects(effects)
+    progress = _Progress(enabled=not quiet)
+    with _errors_handled(show_traceback):
+        from .pipeline import CheckOptions, check as run_check
+        from .render import render
+        from .results import Thresholds
+
+        for name, value in (("--fail-above", fail_above), ("--fail-above-loss-delta", fail_above_loss_delta),
+                            ("--fail-above-accuracy-drop", fail_above_accuracy_drop)):
+            if value is not None and value < 0:
+                raise BngapError(f"{name} must be 0 or more. Received: {value}")
+        opts = CheckOptions(
+            batch_size=batch_size, limit=limit, seed=seed, effects=effects_n,
+            thresholds=Thresholds(fail_above, fail_above_loss_delta, fail_above_accuracy_drop),
+            x_key=x_key, y_key=y_key, unsafe=unsafe, custom_objects=custom_objects,
+            preprocess=preprocess,
+        )
+        try:
+            report = run_check(model, data, options=opts, progress=progress, status=progress.status)
+        finally:
+            progress.close()
+        if (fail_above_loss_delta is not None or fail_above_accuracy_drop is not None) and report.metrics is None:
+            _err("bngap: warning: loss/accuracy thresholds need labels; they were not applied")
+        out_stream = sys.stdout
+        text = render(report, fmt, all_layers=all_layers, width=_terminal_width() if not output else 100,
+                      color=fmt == "text" and not output and _use_color(out_stream))
+        _emit(text, output)
+        if not quiet and fmt != "text":
+            from .render.common import headline
+
+            _err(f"bngap: {headline(report)}")
+        sys.exit(int(report.exit_status))
+
+
+def run() -> None:  # pragma: no cover - console entry point
+    main()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

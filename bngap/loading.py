@@ -1,0 +1,368 @@
+"""Opening model files safely: format checks, Keras safe mode, custom objects,
+and repairs for legacy Keras 2 files that Keras 3 reads wrongly."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError, one_line
+
+KERAS_EXTS = (".keras",)
+LEGACY_EXTS = (".h5", ".hdf5")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+# Constructor arguments that Keras 2 wrote into layer configs and Keras 3
+# rejects; they carry no information Keras 3 needs.
+LEGACY_DROPPED_ARGS = {"time_major"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model expects for one input (batch dimension included)."""
+
+    name: str
+    shape: tuple          # e.g. (None, 224, 224, 3); None = any size
+    dtype: str
+
+
+@dataclass
+class LoadedModel:
+    """A loaded Keras model and what we learnt while loading it."""
+
+    model: Any
+    path: str
+    inputs: list[InputSpec]
+    loss: Any = None                 # the compiled loss identifier, if the file has one
+    notes: list[str] = field(default_factory=list)
+
+
+def check_model_path(path: str | os.PathLike) -> Path:
+    """Fails with a one-line error when PATH is not a readable model file.
+
+    Pure file checks, no TensorFlow: fast errors for the common mistakes.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model file not found: {p}")
+    if p.is_dir():
+        if (p / "saved_model.pb").exists() or (p / "saved_model.pbtxt").exists():
+            raise ModelLoadError(
+                f"{p} is a TensorFlow SavedModel directory; Keras 3 can only wrap it as an "
+                "opaque TFSMLayer, which hides the layers bngap must inspect. Re-save the "
+                "model from the code that built it with model.save('model.keras'), or load "
+                "it with tf-keras (TF_USE_LEGACY_KERAS=1) and save it as 'model.h5'"
+            )
+        raise ModelLoadError(f"{p} is a directory; expected a .keras or .h5 model file")
+    if not os.access(p, os.R_OK):
+        raise ModelLoadError(f"cannot read model file {p}: permission denied")
+    ext = p.suffix.lower()
+    if p.name.endswith(".weights.h5"):
+        raise ModelLoadError(
+            f"{p} holds weights only (no model architecture); save the whole model with "
+            "model.save('model.keras')"
+        )
+    if ext not in KERAS_EXTS + LEGACY_EXTS:
+        raise ModelLoadError(
+            f"unsupported model format '{ext or p.name}': bngap reads .keras (Keras 3) and "
+            ".h5/.hdf5 (legacy Keras 2) files. Re-save the model with model.save('model.keras')"
+        )
+    size = p.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"model file {p} is empty (0 bytes)")
+    if ext in KERAS_EXTS:
+        if not zipfile.is_zipfile(p):
+            raise ModelLoadError(
+                f"{p} is not a valid .keras file: not a zip archive (truncated or corrupted?)"
+            )
+        try:
+            with zipfile.ZipFile(p) as zf:
+                names = set(zf.namelist())
+                bad = zf.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise ModelLoadError(f"{p} is a damaged zip archive: {one_line(e)}") from None
+        if "config.json" not in names:
+            raise ModelLoadError(
+                f"{p} is a zip archive but not a Keras model (it has no config.json)"
+            )
+        if bad is not None:
+            raise ModelLoadError(f"{p} is corrupted: zip member '{bad}' fails its checksum")
+    else:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+        if head != HDF5_SIGNATURE:
+            raise ModelLoadError(
+                f"{p} is not a valid HDF5 file (wrong signature; truncated, corrupted, or "
+                "not a Keras .h5 model)"
+            )
+    return p
+
+
+def load_custom_objects(path: str | os.PathLike) -> dict[str, Any]:
+    """Executes a trusted Python file and collects the custom objects it defines.
+
+    The file may define a ``custom_objects`` dict; otherwise every class and
+    function defined at its top level is offered by name. Classes registered
+    with ``@keras.saving.register_keras_serializable`` are found by Keras
+    either way.
+
+    Side effects: imports TensorFlow/Keras, runs the file's code, adds the
+    file's folder to ``sys.path`` so that it can import its neighbours.
+    """
+    from .runtime import import_keras
+
+    import_keras()
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"--custom-objects file not found: {p}")
+    if p.suffix != ".py":
+        raise ModelLoadError(f"--custom-objects must be a Python file (.py). Received: {p}")
+    name = f"bngap_custom_objects_{abs(hash(str(p.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, p)
+    module = importlib.util.module_from_spec(spec)
+    folder = str(p.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's code: any error is theirs to fix
+        raise ModelLoadError(
+            f"error while running --custom-objects file {p}: {type(e).__name__}: {one_line(e)}"
+        ) from e
+    sys.modules[name] = module
+    explicit = getattr(module, "custom_objects", None)
+    if isinstance(explicit, dict):
+        return dict(explicit)
+    found = {}
+    for attr, obj in vars(module).items():
+        if attr.startswith("_"):
+            continue
+        if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", None) == name:
+            found[attr] = obj
+    return found
+
+
+def _translate_load_error(p: Path, e: Exception) -> ModelLoadError:
+    """Turns Keras' loading exceptions into one actionable line."""
+    msg = str(e)
+    if "safe_mode" in msg or "arbitrary code" in msg:
+        return ModelLoadError(
+            f"{p} contains a Lambda layer with Python code, which could run arbitrary code; "
+            "bngap refuses to load it by default. If you trust this file, pass --unsafe"
+        )
+    m = re.search(r"Could not (?:locate|deserialize) (?:class|function) '([^']+)'", msg)
+    if m:
+        name = m.group(1)
+        if name in ("Functional", "Sequential", "Model"):
+            return ModelLoadError(
+                f"{p} was written by Keras 2 (tf.keras) in the .keras format, which Keras 3 "
+                "cannot read; re-save it from tf.keras as .h5 (model.save('model.h5')), "
+                "which bngap can read"
+            )
+        return ModelLoadError(
+            f"{p} uses the custom class or function '{name}', which is not registered; pass "
+            "--custom-objects FILE.py with its definition"
+        )
+    if "No model config found" in msg:
+        return ModelLoadError(f"{p} holds weights only (no model config); save the whole model")
+    if "Unable to open file" in msg or "truncated" in msg.lower() or "file signature" in msg:
+        return ModelLoadError(f"{p} cannot be read as HDF5 (truncated or corrupted?): {one_line(msg, 200)}")
+    return ModelLoadError(f"cannot load {p}: {type(e).__name__}: {one_line(msg, 300)}")
+
+
+def _legacy_config(p: Path) -> dict | None:
+    import h5py
+
+    try:
+        with h5py.File(p, "r") as f:
+            raw = f.attrs.get("model_config")
+    except OSError as e:
+        raise ModelLoadError(f"{p} cannot be read as HDF5 (truncated or corrupted?): {one_line(e, 200)}") from None
+    if raw is None:
+        raise ModelLoadError(
+            f"{p} holds weights only (no model config); save the whole model with "
+            "model.save('model.keras')"
+        )
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")
+    return json.loads(raw)
+
+
+def _walk_layer_configs(cfg):
+    """Yields every dict in a model config that looks like a layer entry."""
+    if isinstance(cfg, dict):
+        if "class_name" in cfg and isinstance(cfg.get("config"), dict):
+            yield cfg
+        for v in cfg.values():
+            yield from _walk_layer_configs(v)
+    elif isinstance(cfg, list):
+        for v in cfg:
+            yield from _walk_layer_configs(v)
+
+
+def _repair_legacy_config(cfg: dict) -> list[str]:
+    """Edits a Keras 2 model config in place so that Keras 3 accepts it.
+
+    Returns what was changed, for the report's notes.
+    """
+    changes = []
+    for layer in _walk_layer_configs(cfg):
+        conf = layer["config"]
+        for key in LEGACY_DROPPED_ARGS & set(conf):
+            conf.pop(key)
+            changes.append(f"dropped Keras 2 argument {key!r} of {layer['class_name']} "
+                           f"{conf.get('name', '')!r}")
+    return changes
+
+
+def _first_batch_shape(cfg: dict) -> tuple | None:
+    """The batch_input_shape a legacy Sequential declared on its first layer."""
+    if cfg.get("class_name") != "Sequential":
+        return None
+    layers = cfg.get("config", {})
+    layers = layers.get("layers", layers) if isinstance(layers, dict) else layers
+    for layer in layers or []:
+        shape = layer.get("config", {}).get("batch_input_shape") or layer.get("config", {}).get("batch_shape")
+        if shape:
+            return tuple(shape)
+    return None
+
+
+def _load_legacy(p: Path, keras, kwargs: dict, notes: list[str]):
+    cfg = _legacy_config(p)
+    changes = _repair_legacy_config(cfg)
+    source = p
+    tmpdir = None
+    try:
+        if changes:
+            import h5py
+
+            tmpdir = tempfile.mkdtemp(prefix="bngap-")
+            source = Path(tmpdir) / p.name
+            shutil.copyfile(p, source)
+            with h5py.File(source, "r+") as f:
+                f.attrs["model_config"] = json.dumps(cfg)
+            notes.append("repaired legacy config while loading (the file is unchanged): "
+                         + "; ".join(changes))
+        model = keras.models.load_model(source, **kwargs)
+    finally:
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    declared = _first_batch_shape(cfg)
+    return _repair_sequential_input(model, declared, keras, notes)
+
+
+def _repair_sequential_input(model, declared: tuple | None, keras, notes: list[str]):
+    """Rebuilds a legacy Sequential whose input gained an extra leading
+    dimension while loading (Keras 2 `batch_input_shape` quirk)."""
+    if declared is None or not isinstance(model, keras.Sequential):
+        return model
+    try:
+        loaded = tuple(model.inputs[0].shape)
+    except (AttributeError, IndexError, ValueError):
+        return model
+    if len(loaded) == len(declared) + 1 and tuple(loaded[1:]) == tuple(declared):
+        fixed = keras.Sequential([keras.Input(shape=tuple(declared[1:]), batch_size=declared[0])]
+                                 + list(model.layers), name=model.name)
+        notes.append(f"repaired input shape: the file declares {tuple(declared)}, Keras 3 "
+                     f"loaded {loaded}; rebuilt the Sequential on the declared input")
+        return fixed
+    return model
+
+
+def read_compiled_loss(p: Path) -> Any:
+    """The loss the model was compiled with, read from the file's training
+    config without compiling anything. None when absent or unreadable."""
+    try:
+        if p.suffix.lower() in KERAS_EXTS:
+            with zipfile.ZipFile(p) as zf:
+                cfg = json.loads(zf.read("config.json"))
+            comp = cfg.get("compile_config") or {}
+            return comp.get("loss")
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            raw = f.attrs.get("training_config")
+        if raw is None:
+            return None
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8")
+        return json.loads(raw).get("loss")
+    except Exception:  # a missing loss only means we infer one
+        return None
+
+
+def input_specs(model) -> list[InputSpec]:
+    """The model's declared inputs; empty when it declares none (subclassed)."""
+    specs = []
+    inputs = getattr(model, "inputs", None)
+    try:
+        if inputs:
+            for i, t in enumerate(inputs):
+                name = getattr(t, "name", None) or f"input_{i}"
+                specs.append(InputSpec(str(name), tuple(t.shape), str(t.dtype)))
+            return specs
+    except (AttributeError, ValueError):
+        specs = []
+    build = {}
+    try:
+        build = model.get_build_config() or {}
+    except Exception:
+        build = {}
+    shape = build.get("input_shape")
+    if isinstance(shape, (list, tuple)) and shape and all(s is None or isinstance(s, int) for s in shape):
+        specs.append(InputSpec("input", (None,) + tuple(shape[1:]), "float32"))
+    return specs
+
+
+def load_model(path: str | os.PathLike, *, unsafe: bool = False,
+               custom_objects_file: str | os.PathLike | None = None) -> LoadedModel:
+    """Loads a `.keras` or legacy `.h5` model, safely unless asked otherwise.
+
+    Args:
+        path: the model file.
+        unsafe: allow deserialising Python code (Lambda layers). Off by
+            default: a file could run arbitrary code on load.
+        custom_objects_file: a trusted Python file defining custom layers.
+
+    Returns:
+        The model (not compiled) with its input specs and notes on repairs.
+
+    Raises:
+        ModelLoadError: with a one-line message, for anything the user can fix.
+    """
+    p = check_model_path(path)
+    from .runtime import import_keras
+
+    keras = import_keras()
+    custom = load_custom_objects(custom_objects_file) if custom_objects_file else {}
+    notes: list[str] = []
+    kwargs = dict(compile=False, safe_mode=not unsafe, custom_objects=custom or None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if p.suffix.lower() in LEGACY_EXTS:
+                model = _load_legacy(p, keras, kwargs, notes)
+            else:
+                model = keras.models.load_model(p, **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # Keras raises many types for bad files
+        raise _translate_load_error(p, e) from e
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"{p} does not hold a Keras model. Received: {type(model).__name__}")
+    if not model.built:
+        raise ModelLoadError(f"{p} holds a model that was never built (no input shape known)")
+    return LoadedModel(model=model, path=str(p), inputs=input_specs(model),
+                       loss=read_compiled_loss(p), notes=notes)

@@ -1,0 +1,312 @@
+"""Driving the probe over the data: batch by batch, the passes a check needs,
+reduced to the raw numbers that analysis turns into a report."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .data import Dataset
+from .layertree import LayerNode
+from .audit import BatchNormParams
+from .probe import NodeStats, Probe
+from .results import GROUPS, Kind, LeakCheck, Metrics
+from .stats import GapAccumulator, SplitMoments, top1
+
+LEAK_SAMPLES = 8  # inference paths are compared on this many samples
+
+
+@dataclass
+class Measurements:
+    """Everything the forward passes produced, before interpretation."""
+
+    nodes: list[LayerNode]
+    stats: dict[int, NodeStats]
+    output: GapAccumulator
+    per_output: list[tuple[str, GapAccumulator]]
+    groups: dict[str, float]
+    bn_params: dict[int, BatchNormParams]
+    leaks: list[LeakCheck]
+    metrics: Metrics | None
+    batch_size: int
+    batches: int
+    last_batch_size: int
+    samples: int
+    effects_computed: int = 0
+    effects_skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+    outputs_are_classes: bool = False
+
+
+Progress = Callable[[int, int, str], None]
+
+
+def _noop(done: int, total: int, label: str) -> None:
+    pass
+
+
+def effective_nodes(nodes: list[LayerNode], stats: dict[int, NodeStats]) -> list[LayerNode]:
+    """Mode-dependent layers that actually behave differently in the
+    training pass: they received training=True and (BN) are trainable."""
+    out = []
+    for n in nodes:
+        if not n.mode_dependent:
+            continue
+        got = stats[n.index].fit_training.values()
+        if not any(v is True or (v is not None and bool(v)) for v in got):
+            continue
+        if n.kind is Kind.BATCHNORM and not n.layer.trainable:
+            continue
+        out.append(n)
+    return out
+
+
+def _to_numpy_list(keras, out) -> list[np.ndarray]:
+    return [np.asarray(t) for t in keras.tree.flatten(out) if t is not None]
+
+
+def _output_names(model, count: int) -> list[str]:
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) != count:
+        names = [f"output_{i}" for i in range(count)] if count > 1 else ["output"]
+    return names
+
+
+def _is_classes(arr: np.ndarray) -> bool:
+    return arr.ndim >= 2 and arr.shape[-1] >= 2
+
+
+# ------------------------------------------------------------------ metrics
+def resolve_loss(keras, loss_id, outputs: np.ndarray, y: np.ndarray) -> tuple[Any, str, str]:
+    """(loss callable, name, source). The model's compiled loss when the file
+    names one Keras knows; otherwise inferred from the outputs and labels."""
+    named = isinstance(loss_id, str) or (isinstance(loss_id, dict) and "class_name" in loss_id)
+    if named:
+        try:
+            fn = keras.losses.get(loss_id)
+            if fn is not None:
+                name = getattr(fn, "name", None) or getattr(fn, "__name__", str(loss_id))
+                return fn, str(name), "compiled"
+        except (ValueError, TypeError):
+            pass
+    probs = bool(np.all(outputs >= 0) and np.all(outputs <= 1))
+    L = keras.losses
+    if outputs.ndim >= 2 and outputs.shape[-1] >= 2:
+        rows_sum_one = probs and np.allclose(outputs.sum(-1), 1.0, atol=1e-3)
+        if y.dtype.kind in "iu" or (y.ndim == outputs.ndim - 1) or (y.ndim == outputs.ndim and y.shape[-1] == 1):
+            return L.SparseCategoricalCrossentropy(from_logits=not rows_sum_one), "sparse_categorical_crossentropy", "inferred"
+        return L.CategoricalCrossentropy(from_logits=not rows_sum_one), "categorical_crossentropy", "inferred"
+    if set(np.unique(y).tolist()) <= {0, 1}:
+        return L.BinaryCrossentropy(from_logits=not probs), "binary_crossentropy", "inferred"
+    return L.MeanSquaredError(), "mean_squared_error", "inferred"
+
+
+def _accuracy(out: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """Per-sample correctness for class outputs; None for regression."""
+    if out.ndim >= 2 and out.shape[-1] >= 2:
+        pred = np.argmax(out, axis=-1)
+        truth = np.argmax(y, axis=-1) if y.shape == out.shape else y.reshape(pred.shape)
+        return (pred == truth).astype(np.float64)
+    flat = out.reshape(out.shape[0], -1)
+    if flat.shape[1] == 1 and set(np.unique(y).tolist()) <= {0, 1}:
+        return (top1(flat) == y.reshape(-1).astype(np.int64)).astype(np.float64)
+    return None
+
+
+class _MetricSums:
+    def __init__(self):
+        self.loss = {"train": 0.0, "eval": 0.0}
+        self.acc = {"train": 0.0, "eval": 0.0}
+        self.has_acc = True
+        self.n = 0
+        self.fn = None
+        self.name = ""
+        self.source = ""
+
+    def add(self, keras, loss_id, train: np.ndarray, ev: np.ndarray, y: np.ndarray) -> None:
+        if self.fn is None:
+            self.fn, self.name, self.source = resolve_loss(keras, loss_id, ev, y)
+        for mode, out in (("train", train), ("eval", ev)):
+            val = self.fn(y, out)
+            val = float(np.mean(np.asarray(val)))
+            self.loss[mode] += val * len(y)
+            acc = _accuracy(out, y)
+            if acc is None:
+                self.has_acc = False
+            else:
+                self.acc[mode] += float(acc.sum())
+        self.n += len(y)
+
+    def result(self) -> Metrics | None:
+        if not self.n:
+            return None
+        tr = {"loss": self.loss["train"] / self.n}
+        ev = {"loss": self.loss["eval"] / self.n}
+        if self.has_acc:
+            tr["accuracy"] = self.acc["train"] / self.n
+            ev["accuracy"] = self.acc["eval"] / self.n
+        return Metrics(train=tr, eval=ev, loss_name=self.name, source=self.source)
+
+
+# --------------------------------------------------------------- the loop
+def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_size: int,
+            seed: int = 0, effects: int | None = 3, loss_id=None,
+            progress: Progress = _noop) -> Measurements:
+    """Runs every pass a check needs, batch by batch.
+
+    Per batch: one inference pass (recording BN inputs and keeping each
+    layer's output), one training pass (comparing each layer with it), one
+    pass per cause group when more than one group is active, and one pass per
+    layer whose output effect is measured (the `effects` layers with the
+    largest own contribution on the first batch; None = all).
+
+    Side effects: none on the model (see `Probe`); reports progress.
+    """
+    n = len(dataset)
+    batch_size = max(1, min(int(batch_size), n))
+    batches = math.ceil(n / batch_size)
+    last = n - (batches - 1) * batch_size
+    out_acc = GapAccumulator()
+    per_out: list[tuple[str, GapAccumulator]] = []
+    group_acc: dict[str, GapAccumulator] = {}
+    group_members: dict[str, list[int]] = {}
+    single_group: str | None = None
+    effect_idx: list[int] = []
+    metric = _MetricSums()
+    notes: list[str] = []
+    classes = False
+    effects_skipped = 0
+    loss_ok = dataset.y is not None
+
+    with Probe(model, nodes, keras, seed=seed) as probe:
+        stats = probe.stats
+        for b, (xs, y) in enumerate(dataset.batches(batch_size)):
+            ev = _to_numpy_list(keras, probe.eval_pass(xs))
+            tr = _to_numpy_list(keras, probe.train_pass(xs, b))
+            if b == 0:
+                names = _output_names(model, len(ev))
+                per_out = [(nm, GapAccumulator()) for nm in names]
+                classes = len(ev) == 1 and _is_classes(ev[0])
+                eff = effective_nodes(nodes, stats)
+                for g in GROUPS:
+                    group_members[g] = [nd.index for nd in eff if nd.kind.group == g]
+                active = [g for g in GROUPS if group_members[g]]
+                if len(active) == 1:
+                    single_group = active[0]
+                run_groups = active if len(active) > 1 else []
+                group_acc = {g: GapAccumulator() for g in run_groups}
+                ranked = sorted(eff, key=lambda nd: stats[nd.index].own.relative_l2, reverse=True)
+                ranked = [nd for nd in ranked if stats[nd.index].own.relative_l2 > 0.0]
+                covered = {group_members[g][0] for g in run_groups if len(group_members[g]) == 1}
+                if len(eff) == 1:
+                    covered.add(eff[0].index)
+                candidates = [nd.index for nd in ranked if nd.index not in covered]
+                limit = len(candidates) if effects is None else max(0, int(effects))
+                effect_idx = candidates[:limit]
+                effects_skipped = len(candidates) - len(effect_idx)
+                for i in effect_idx:
+                    stats[i].effect = GapAccumulator()
+                if loss_ok and len(ev) != 1:
+                    loss_ok = False
+                    notes.append("labels ignored: loss and accuracy are computed for single-output models")
+            total_passes = 2 + len(group_acc) + len(effect_idx)
+            progress(b * total_passes + 2, batches * total_passes, f"batch {b + 1}/{batches}")
+            for (nm, acc), t, e in zip(per_out, tr, ev):
+                acc.add_arrays(t, e, classes=_is_classes(e))
+                out_acc.add_arrays(t, e, classes=classes)
+            done = 2
+            for g, acc in group_acc.items():
+                got = _to_numpy_list(keras, probe.masked_pass(xs, b, group_members[g]))
+                for t, e in zip(got, ev):
+                    acc.add_arrays(t, e)
+                done += 1
+                progress(b * total_passes + done, batches * total_passes, f"batch {b + 1}/{batches}")
+            for i in effect_idx:
+                got = _to_numpy_list(keras, probe.masked_pass(xs, b, [i]))
+                for t, e in zip(got, ev):
+                    stats[i].effect.add_arrays(t, e)
+                done += 1
+                progress(b * total_passes + done, batches * total_passes, f"batch {b + 1}/{batches}")
+            if loss_ok and y is not None:
+                try:
+                    metric.add(keras, loss_id, tr[0], ev[0], y)
+                except Exception as e:  # labels that fit no loss: say so, keep the rest
+                    loss_ok = False
+                    notes.append(f"loss not computed: {type(e).__name__}: {str(e)[:160]}")
+
+        groups = {g: 0.0 for g in GROUPS}
+        if single_group:
+            groups[single_group] = out_acc.relative_l2
+        for g, acc in group_acc.items():
+            groups[g] = acc.relative_l2
+        eff = effective_nodes(nodes, stats)
+        for nd in eff:
+            st = stats[nd.index]
+            if st.effect is not None:
+                continue
+            if len(eff) == 1:
+                st.effect = out_acc
+            else:
+                g = nd.kind.group
+                if g in group_acc and group_members[g] == [nd.index]:
+                    st.effect = group_acc[g]
+        leaks = leak_checks(probe, nodes, dataset.subset(min(LEAK_SAMPLES, n)), keras)
+        bn_params = {nd.index: probe.bn_params(nd) for nd in nodes if nd.kind is Kind.BATCHNORM}
+
+    return Measurements(
+        nodes=nodes, stats=stats, output=out_acc, per_output=per_out, groups=groups,
+        bn_params=bn_params, leaks=leaks, metrics=metric.result() if loss_ok else None,
+        batch_size=batch_size, batches=batches, last_batch_size=last, samples=n,
+        effects_computed=len(effect_idx), effects_skipped=effects_skipped, notes=notes,
+        outputs_are_classes=classes,
+    )
+
+
+def _rel(keras, a, b) -> float:
+    acc = GapAccumulator()
+    for t, e in zip(_to_numpy_list(keras, a), _to_numpy_list(keras, b)):
+        acc.add_arrays(t, e)
+    return acc.relative_l2
+
+
+def _training_layers(nodes: list[LayerNode], seen: dict) -> tuple[str, ...]:
+    """Mode-dependent layers that received training=True and act on it."""
+    out = []
+    for nd in nodes:
+        vals = seen.get(nd.index, set())
+        if nd.mode_dependent and any(v is True for v in vals):
+            if nd.kind is Kind.BATCHNORM and not nd.layer.trainable:
+                continue
+            out.append(nd.path)
+    return tuple(out)
+
+
+def leak_checks(probe: Probe, nodes: list[LayerNode], subset: Dataset, keras) -> list[LeakCheck]:
+    """Compares the other inference paths with model(x, training=False).
+
+    - forced inference: every layer explicitly in inference mode; differs
+      when a layer passes training=True on to another inside the model;
+    - model(x) with no flag: what users calling the model directly get;
+    - predict(x): what Keras' own inference loop gets.
+    """
+    xs = subset.x
+    m = len(subset)
+    ref, seen = probe.observe_pass(xs, training=False)
+    checks = []
+    leaked = _training_layers(nodes, seen)
+    if leaked:
+        forced = probe.forced_eval_pass(xs)
+        checks.append(LeakCheck("model(x, training=False)", _rel(keras, ref, forced), leaked, m))
+    else:
+        checks.append(LeakCheck("model(x, training=False)", 0.0, (), m))
+    noflag, seen_nf = probe.observe_pass(xs)
+    checks.append(LeakCheck("model(x)", _rel(keras, noflag, ref), _training_layers(nodes, seen_nf), m))
+    try:
+        pred = probe.predict(xs)
+        checks.append(LeakCheck("predict(x)", _rel(keras, pred, ref), (), m))
+    except Exception as e:  # predict's tracing can fail where eager calls work
+        checks.append(LeakCheck("predict(x)", None, (), m, skipped=f"{type(e).__name__}: {str(e)[:120]}"))
+    return checks

@@ -1,0 +1,151 @@
+"""The check from start to finish: load, measure, analyse, advise, report.
+
+`check()` is the engine behind both the command line and the Python API.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .data import DEFAULT_BATCH_SIZE, Dataset, from_arrays, load_data
+from .errors import BngapError, DataError
+from .results import Kind, ModelSummary, DataSummary, Report, Thresholds
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """Settings of a check (the CLI's options)."""
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    limit: int | None = None
+    seed: int = 0
+    effects: int | None = 3          # layers whose output effect is measured (None = all)
+    thresholds: Thresholds = Thresholds()
+    x_key: str | None = None
+    y_key: str | None = None
+    unsafe: bool = False
+    custom_objects: str | None = None
+    preprocess: str | None = None
+    probe_preprocessing: bool = True
+
+
+def _summarise_model(model, nodes, path: str, specs) -> ModelSummary:
+    def shapes(ts):
+        out = []
+        for t in ts or []:
+            try:
+                out.append(tuple(t.shape))
+            except AttributeError:
+                pass
+        return tuple(out)
+
+    try:
+        outputs = shapes(getattr(model, "outputs", None))
+    except (AttributeError, ValueError):
+        outputs = ()
+    return ModelSummary(
+        path=path, name=model.name, class_name=type(model).__name__,
+        layers=len(nodes),
+        batchnorm_layers=sum(n.kind is Kind.BATCHNORM for n in nodes),
+        dropout_like_layers=sum(n.kind in (Kind.DROPOUT, Kind.NOISE) for n in nodes),
+        parameters=int(model.count_params()),
+        input_shapes=tuple(tuple(s.shape) for s in specs),
+        output_shapes=outputs,
+        input_names=tuple(s.name for s in specs),
+        output_names=tuple(getattr(model, "output_names", None) or ()),
+    )
+
+
+def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = CheckOptions(),
+          progress: Callable[[int, int, str], None] | None = None,
+          status: Callable[[str], None] | None = None, loss: Any = None) -> Report:
+    """Measures and explains the train-vs-inference gap of a Keras model.
+
+    Args:
+        model: a Keras model, or the path of a `.keras` / `.h5` file.
+        x: inputs (array, list or dict of arrays), or the path of an .npz /
+            .npy file or image folder.
+        y: labels (array), when `x` is an array; read from the file otherwise.
+        options: see `CheckOptions`.
+        progress: called as (done, total, label) while the passes run.
+        status: called with a short line for each stage.
+        loss: the loss to report with labels (default: the model's compiled
+            loss, else one inferred from outputs and labels).
+
+    Returns:
+        A `Report`. The model's variables are left bit-identical.
+    """
+    from . import advice, analysis
+    from .layertree import build_tree
+    from .loading import LoadedModel, input_specs, load_model
+    from .measurement import measure
+    from .runtime import environment, import_keras
+
+    started = time.perf_counter()
+    say = status or (lambda s: None)
+    if options.batch_size < 1:
+        raise BngapError(f"--batch-size must be at least 1. Received: {options.batch_size}")
+    if isinstance(model, (str, os.PathLike)):
+        say(f"loading model {model}")
+        loaded = load_model(model, unsafe=options.unsafe, custom_objects_file=options.custom_objects)
+    else:
+        keras = import_keras()
+        if not isinstance(model, keras.Model):
+            raise BngapError(f"expected a Keras model or a model file path. Received: {type(model).__name__}")
+        compiled = getattr(model, "loss", None)
+        loaded = LoadedModel(model=model, path="<in-memory>", inputs=input_specs(model),
+                             loss=compiled if isinstance(compiled, str) else None)
+        if loss is None and compiled is not None and not isinstance(compiled, str):
+            loss = compiled
+    keras = import_keras()
+    net = loaded.model
+    if isinstance(x, (str, os.PathLike)):
+        say(f"reading data {x}")
+        data = load_data(x, loaded.inputs, x_key=options.x_key, y_key=options.y_key,
+                         limit=options.limit, preprocess=options.preprocess)
+    elif x is None:
+        raise DataError("no data given: pass inputs (x) to check")
+    else:
+        data = from_arrays(x, y, loaded.inputs, limit=options.limit)
+    nodes = build_tree(net, keras)
+    if not nodes:
+        raise BngapError(f"{loaded.path}: the model has no layers to check")
+    say(f"running {net.name}: {len(data)} samples, batch size {min(options.batch_size, len(data))}")
+    m = measure(net, nodes, data, keras, batch_size=options.batch_size, seed=options.seed,
+                effects=options.effects, loss_id=loss if loss is not None else loaded.loss,
+                progress=progress or (lambda *a: None))
+    layers = analysis.layer_records(m)
+    bn = analysis.batchnorm_records(m)
+    gap = analysis.output_gap(m)
+    preprocessing = None
+    if options.probe_preprocessing:
+        from .preprocessing import probe_input_transforms
+
+        preprocessing = probe_input_transforms(net, nodes, data, bn, keras, seed=options.seed)
+    findings, notes = advice.diagnose(
+        gap=gap, groups=m.groups, layers=layers, batchnorm=bn, leaks=m.leaks,
+        metrics=m.metrics, batch_size=m.batch_size, last_batch_size=m.last_batch_size,
+        samples=m.samples, preprocessing=preprocessing,
+    )
+    notes = list(loaded.notes) + list(m.notes) + list(notes)
+    if m.effects_skipped:
+        notes.append(f"output effect measured for the {m.effects_computed} layers with the largest "
+                     f"own contribution; {m.effects_skipped} more have none (--effects all)")
+    summary = _summarise_model(net, nodes, loaded.path, loaded.inputs or [])
+    dsum = DataSummary(path=data.path, samples=len(data), has_labels=data.y is not None,
+                       input_shapes=tuple(data.shapes), batch_size=m.batch_size,
+                       batches=m.batches, last_batch_size=m.last_batch_size,
+                       notes=tuple(data.notes))
+    settings = {"batch_size": m.batch_size, "seed": options.seed,
+                "effects": "all" if options.effects is None else options.effects,
+                "limit": options.limit}
+    return Report(
+        model=summary, data=dsum, output_gap=gap, metrics=m.metrics, groups=m.groups,
+        layers=layers, batchnorm=bn, findings=tuple(findings), leaks=tuple(m.leaks),
+        thresholds=options.thresholds, settings=settings, notes=tuple(notes),
+        environment=environment(), seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,515 @@
+"""Forward passes in training and inference mode with per-layer capture.
+
+This is where Keras lives. Every layer instance in the tree gets a wrapper on
+its `call` (Keras has no hooks; `Layer.__call__` looks `call` up on the
+instance), so each pass sees every layer at every depth, also inside nested
+and subclassed models. Per-layer quantities are reduced to sums as the
+batches stream through; a batch's inference activations are held only until
+the training pass of the same batch has consumed them.
+
+Side effects are undone: a training-mode pass updates BatchNormalization
+moving statistics and random-generator states, so every variable is
+snapshotted first and restored after each pass and in `finally`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .errors import ForwardPassError, one_line
+from .layertree import LayerNode
+from .results import Kind
+from .audit import BatchNormParams
+from .stats import GapAccumulator, SplitMoments
+
+
+
+class _StopPass(Exception):
+    """Raised by a wrapper to end a pass early once it has what it needs."""
+
+
+@dataclass
+class NodeStats:
+    """Accumulators for one layer over all batches."""
+
+    divergence: GapAccumulator = field(default_factory=GapAccumulator)
+    own: GapAccumulator = field(default_factory=GapAccumulator)
+    effect: GapAccumulator | None = None
+    fit_training: dict = field(default_factory=dict)   # call index -> value received, train pass
+    eval_training: set = field(default_factory=set)    # values received in inference passes
+    calls: int = 0                                      # calls per pass
+    order: int = -1
+    matched: bool = True                                # every train call had an eval twin
+    paired: int = 0                                     # calls compared, train vs eval
+    moments: SplitMoments | None = None                 # BN layers: stats of their inputs
+
+
+class StateGuard:
+    """Snapshot of every model variable, restored on demand and on exit.
+
+    Keras' training-mode call mutates BN moving statistics and seed-generator
+    states; this guard makes `check` leave the model bit-identical.
+    """
+
+    def __init__(self, model):
+        self.variables = list(model.variables)
+        self.saved = [np.array(v.numpy(), copy=True) for v in self.variables]
+        self.mutable = [i for i, v in enumerate(self.variables) if not v.trainable]
+
+    def restore(self, everything: bool = False) -> None:
+        idx = range(len(self.variables)) if everything else self.mutable
+        for i in idx:
+            self.variables[i].assign(self.saved[i])
+
+    def changed(self) -> list[str]:
+        """Paths of variables whose value differs from the snapshot."""
+        out = []
+        for v, s in zip(self.variables, self.saved):
+            now = np.asarray(v.numpy())
+            if now.shape != s.shape or now.tobytes() != s.tobytes():
+                out.append(getattr(v, "path", v.name))
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore(everything=True)
+        return False
+
+
+def _flatten(keras, out) -> list:
+    return [t for t in keras.tree.flatten(out) if t is not None]
+
+
+class Probe:
+    """Installs call wrappers on every layer of a model and runs passes.
+
+    Use as a context manager: wrappers are removed and all variables are
+    restored on exit, also when a pass raises.
+    """
+
+    def __init__(self, model, nodes: list[LayerNode], keras, seed: int = 0):
+        import tensorflow as tf
+
+        self.tf = tf
+        self.keras = keras
+        self.model = model
+        self.nodes = nodes
+        self.seed = int(seed)
+        self.stats = {n.index: NodeStats() for n in nodes}
+        self._handler: Callable | None = None
+        self._bypass = 0
+        self._counts: dict[int, int] = {}
+        self._stack: list[LayerNode] = []
+        self._failed_at: LayerNode | None = None
+        self._eval_store: dict = {}
+        self._installed: list[tuple[Any, Any]] = []
+        self._order_counter = 0
+        self._active: set[int] = set()
+        self._stop_after_bn: int | None = None
+        self._bn_seen = 0
+        self._bn_capture: dict[int, SplitMoments] | None = None
+        self.guard: StateGuard | None = None
+        self._seed_vars = [v for v in model.variables if "seed_generator_state" in getattr(v, "path", v.name)]
+
+    # ---------------------------------------------------------------- set-up
+    def __enter__(self):
+        self.guard = StateGuard(self.model)
+        for node in self.nodes:
+            layer = node.layer
+            previous = layer.__dict__.get("call", _MISSING)
+            original = layer.call
+            object.__setattr__(layer, "call", self._make_wrapper(node, original))
+            self._installed.append((layer, previous))
+        return self
+
+    def __exit__(self, *exc):
+        for layer, previous in reversed(self._installed):
+            if previous is _MISSING:
+                layer.__dict__.pop("call", None)
+            else:
+                object.__setattr__(layer, "call", previous)
+        self._installed.clear()
+        self._eval_store.clear()
+        if self.guard is not None:
+            self.guard.restore(everything=True)
+        return False
+
+    def _make_wrapper(self, node: LayerNode, original):
+        def wrapper(*args, **kwargs):
+            if self._handler is None or self._bypass or not self.tf.executing_eagerly():
+                return original(*args, **kwargs)
+            self._stack.append(node)
+            try:
+                return self._handler(node, original, args, kwargs)
+            except (_StopPass, ForwardPassError):
+                raise
+            except Exception:
+                if self._failed_at is None:
+                    self._failed_at = node
+                raise
+            finally:
+                self._stack.pop()
+
+        wrapper.__wrapped__ = original
+        return wrapper
+
+    # --------------------------------------------------------------- helpers
+    def _next_call(self, node: LayerNode) -> int:
+        k = self._counts.get(node.index, 0)
+        self._counts[node.index] = k + 1
+        return k
+
+    def _restore_bn(self, node: LayerNode) -> None:
+        """Undo a BN layer's moving-statistics update right away, so a layer
+        called twice in one pass sees the same statistics both times."""
+        for v, saved in self._bn_vars(node):
+            v.assign(saved)
+
+    def _bn_vars(self, node: LayerNode):
+        cache = getattr(self, "_bn_var_cache", None)
+        if cache is None:
+            cache = self._bn_var_cache = {}
+            where = {id(v): i for i, v in enumerate(self.guard.variables)}
+            for n in self.nodes:
+                if n.kind is Kind.BATCHNORM:
+                    pairs = []
+                    for v in n.layer.non_trainable_variables:
+                        i = where.get(id(v))
+                        if i is not None:
+                            pairs.append((v, self.guard.saved[i]))
+                    cache[n.index] = pairs
+        return cache.get(node.index, ())
+
+    def _set_seeds(self, batch_index: int) -> None:
+        """Same random masks in every training-like pass of one batch, new ones
+        for the next batch, all derived from --seed."""
+        for i, v in enumerate(self._seed_vars):
+            base = zlib.crc32(f"{self.seed}:{i}".encode()) & 0x7FFFFFFF
+            v.assign(np.array([base, batch_index * 100003], dtype=v.dtype))
+
+    def _pack(self, xs: list[np.ndarray]):
+        if len(xs) == 1:
+            return xs[0]
+        struct = getattr(self.model, "_inputs_struct", None)
+        if isinstance(struct, dict):
+            return {k: x for k, x in zip(struct.keys(), xs)}
+        return list(xs)
+
+    def _call_model(self, xs, what: str, handler, **call_kwargs):
+        self._handler = handler
+        self._counts = {}
+        self._failed_at = None
+        try:
+            out = self.model(self._pack(xs), **call_kwargs)
+        except _StopPass:
+            return None
+        except ForwardPassError:
+            raise
+        except Exception as e:
+            where = self._failed_at
+            loc = f" in layer '{where.path}' ({where.class_name})" if where else ""
+            raise ForwardPassError(
+                f"the model failed{loc} during the {what} pass: {type(e).__name__}: {one_line(e, 300)}",
+                layer=where.path if where else None,
+            ) from e
+        finally:
+            self._handler = None
+            self._stack.clear()
+            self.guard.restore()
+        return out
+
+    def _eval_same_input(self, node, original, args, kwargs):
+        """The layer's inference-mode output on the input it just got."""
+        kw = dict(kwargs)
+        kw["training"] = False
+        self._bypass += 1
+        try:
+            with _context_training(False):
+                return original(*args, **kw)
+        finally:
+            self._bypass -= 1
+
+    def _accumulate(self, acc: GapAccumulator, train_out, ref_out) -> bool:
+        tf = self.tf
+        a, b = _flatten(self.keras, train_out), _flatten(self.keras, ref_out)
+        if len(a) != len(b):
+            return False
+        sq_d = sq_r = sq_o = 0.0
+        parts = []
+        for t, r in zip(a, b):
+            if not hasattr(t, "shape") or t.shape != r.shape or not t.dtype.is_floating:
+                continue
+            t32, r32 = tf.cast(t, tf.float32), tf.cast(r, tf.float32)
+            d = t32 - r32
+            parts.append(tf.stack([tf.reduce_sum(d * d), tf.reduce_sum(r32 * r32), tf.reduce_sum(t32 * t32)]))
+        if not parts:
+            return False
+        s = tf.reduce_sum(tf.stack(parts), axis=0).numpy().astype(np.float64)
+        sq_d, sq_r, sq_o = s
+        acc.add_sums(sq_d, sq_r, sq_o)
+        return True
+
+    # -------------------------------------------------------------- handlers
+    def _h_eval(self, capture_outputs: bool, capture_bn: bool):
+        def handler(node, original, args, kwargs):
+            st = self.stats[node.index]
+            k = self._next_call(node)
+            if st.order < 0:
+                st.order = self._order_counter
+                self._order_counter += 1
+            st.eval_training.add(kwargs.get("training"))
+            if capture_bn and node.kind is Kind.BATCHNORM:
+                x = args[0] if args else kwargs.get("inputs")
+                counts, means, m2s = _channel_moments(self.tf, x, node.layer.axis, kwargs.get("mask"))
+                if st.moments is None:
+                    st.moments = SplitMoments()
+                st.moments.add_examples(counts, means, m2s)
+            out = original(*args, **kwargs)
+            if node.kind is Kind.BATCHNORM:
+                self._restore_bn(node)
+            if capture_outputs:
+                self._eval_store[(node.index, k)] = out
+            st.calls = max(st.calls, k + 1)
+            return out
+
+        return handler
+
+    def _h_train(self, own: bool = True):
+        def handler(node, original, args, kwargs):
+            st = self.stats[node.index]
+            k = self._next_call(node)
+            st.fit_training[k] = kwargs.get("training")
+            ref = None
+            if own and node.mode_dependent and kwargs.get("training"):
+                ref = self._eval_same_input(node, original, args, kwargs)
+            out = original(*args, **kwargs)
+            if node.kind is Kind.BATCHNORM:
+                self._restore_bn(node)
+            if node.mode_dependent and own:
+                if ref is None:  # ran in inference mode: same input, same output
+                    flat = _flatten(self.keras, out)
+                    sq = sum(float(self.tf.reduce_sum(self.tf.square(self.tf.cast(t, self.tf.float32))))
+                             for t in flat if getattr(t.dtype, "is_floating", False))
+                    st.own.add_sums(0.0, sq, sq)
+                else:
+                    self._accumulate(st.own, out, ref)
+            stored = self._eval_store.pop((node.index, k), None)
+            if stored is not None and self._accumulate(st.divergence, out, stored):
+                st.paired += 1
+            else:
+                st.matched = False
+            return out
+
+        return handler
+
+    def _h_masked(self):
+        """Training pass in which only the layers in `self._active` keep the
+        mode they had in the natural training pass; all other mode-dependent
+        layers are held in inference mode."""
+
+        def handler(node, original, args, kwargs):
+            st = self.stats[node.index]
+            k = self._next_call(node)
+            if node.mode_dependent and node.takes_training:
+                if node.index in self._active:
+                    natural = st.fit_training.get(k, kwargs.get("training"))
+                    if natural is not None:
+                        kwargs["training"] = natural
+                else:
+                    kwargs["training"] = False
+            out = original(*args, **kwargs)
+            if node.kind is Kind.BATCHNORM:
+                self._restore_bn(node)
+            return out
+
+        return handler
+
+    def _h_forced_eval(self):
+        def handler(node, original, args, kwargs):
+            self._next_call(node)
+            if node.takes_training:
+                kwargs["training"] = False
+            return original(*args, **kwargs)
+
+        return handler
+
+    def _h_observe(self, seen: dict):
+        def handler(node, original, args, kwargs):
+            self._next_call(node)
+            seen.setdefault(node.index, set()).add(kwargs.get("training"))
+            out = original(*args, **kwargs)
+            if node.kind is Kind.BATCHNORM:
+                self._restore_bn(node)
+            return out
+
+        return handler
+
+    def _h_first_bn(self, count: int, capture: dict):
+        def handler(node, original, args, kwargs):
+            self._next_call(node)
+            if node.kind is Kind.BATCHNORM:
+                x = args[0] if args else kwargs.get("inputs")
+                c, m, m2 = _channel_moments(self.tf, x, node.layer.axis, kwargs.get("mask"))
+                capture.setdefault(node.index, SplitMoments()).add_examples(c, m, m2)
+                if len(capture) >= count:
+                    raise _StopPass()
+            out = original(*args, **kwargs)
+            if node.kind is Kind.BATCHNORM:
+                self._restore_bn(node)
+            return out
+
+        return handler
+
+    # ----------------------------------------------------------------- passes
+    def eval_pass(self, xs, capture_outputs=True, capture_bn=True):
+        """model(x, training=False), recording inputs of BN layers and (for
+        the training pass that follows) every layer's output."""
+        self._eval_store.clear()
+        return self._call_model(xs, "inference", self._h_eval(capture_outputs, capture_bn), training=False)
+
+    def train_pass(self, xs, batch_index: int, own: bool = True):
+        """model(x, training=True), as fit() runs it, comparing each layer's
+        output with the stored inference output of the same batch."""
+        self._set_seeds(batch_index)
+        try:
+            return self._call_model(xs, "training", self._h_train(own), training=True)
+        finally:
+            self._eval_store.clear()
+
+    def masked_pass(self, xs, batch_index: int, active: Iterable[int]):
+        """A training pass with only the `active` layers in training mode."""
+        self._active = set(active)
+        self._set_seeds(batch_index)
+        return self._call_model(xs, "training", self._h_masked(), training=True)
+
+    def forced_eval_pass(self, xs):
+        """Every layer that takes `training` is called with training=False."""
+        return self._call_model(xs, "inference", self._h_forced_eval(), training=False)
+
+    def observe_pass(self, xs, **call_kwargs) -> tuple[Any, dict]:
+        """A plain call (e.g. no `training` argument) recording what each layer received."""
+        seen: dict = {}
+        out = self._call_model(xs, "inference", self._h_observe(seen), **call_kwargs)
+        return out, seen
+
+    def first_bn_moments(self, xs, count: int) -> dict[int, SplitMoments]:
+        """Input moments of the first `count` BN layers in inference mode;
+        the pass stops as soon as it has them."""
+        capture: dict = {}
+        self._call_model(xs, "inference", self._h_first_bn(count, capture), training=False)
+        return capture
+
+    def predict(self, xs):
+        """model.predict() with the wrappers out of the way; the compiled
+        predict function it creates is discarded afterwards."""
+        previous = getattr(self.model, "predict_function", None)
+        self._handler = None
+        self._bypass += 1
+        try:
+            return self.model.predict(self._pack(xs), batch_size=max(1, len(xs[0])), verbose=0)
+        finally:
+            self._bypass -= 1
+            self.model.predict_function = previous
+            self.guard.restore()
+
+    def bn_params(self, node: LayerNode) -> BatchNormParams:
+        layer = node.layer
+
+        def arr(v):
+            return None if v is None else np.asarray(v.numpy(), dtype=np.float64)
+
+        return BatchNormParams(
+            path=node.path, gamma=arr(getattr(layer, "gamma", None)),
+            beta=arr(getattr(layer, "beta", None)),
+            moving_mean=arr(layer.moving_mean), moving_variance=arr(layer.moving_variance),
+            epsilon=float(layer.epsilon), momentum=float(layer.momentum),
+            trainable=bool(layer.trainable), axis=int(layer.axis),
+            renorm=bool(getattr(layer, "renorm", False)),
+            synchronized=bool(getattr(layer, "synchronized", False)),
+            init_mean=_initializer_constant(layer.moving_mean_initializer),
+            init_variance=_initializer_constant(layer.moving_variance_initializer),
+        )
+
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def _context_training(value):
+    """Temporarily sets the `training` value that layers inherit from the
+    current call context (private Keras state; a no-op if it moved)."""
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    ctx = global_state.get_global_attribute("current_call_ctx")
+    if ctx is None:
+        yield
+        return
+    had = hasattr(ctx, "training")
+    old = getattr(ctx, "training", None)
+    ctx.training = value
+    try:
+        yield
+    finally:
+        if had:
+            ctx.training = old
+        else:
+            try:
+                delattr(ctx, "training")
+            except AttributeError:
+                pass
+
+
+def _initializer_constant(init) -> float | None:
+    name = type(init).__name__
+    if name == "Zeros":
+        return 0.0
+    if name == "Ones":
+        return 1.0
+    if name == "Constant":
+        try:
+            return float(init.value)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _channel_moments(tf, x, axis: int, mask=None):
+    """Per-example, per-channel (count, mean, M2) of a BN layer's input, as
+    numpy (examples, channels) arrays. Two-pass within each example."""
+    x = tf.cast(x, tf.float32)
+    rank = len(x.shape)
+    axis = axis % rank
+    if axis != rank - 1:
+        perm = [i for i in range(rank) if i != axis] + [axis]
+        x = tf.transpose(x, perm)
+        mask = None  # Keras applies masks along the last axis only
+    c = x.shape[-1]
+    b = tf.shape(x)[0]
+    x3 = tf.reshape(x, (b, -1, c))
+    if mask is None:
+        mean = tf.reduce_mean(x3, axis=1)
+        m2 = tf.reduce_sum(tf.square(x3 - mean[:, None, :]), axis=1)
+        per = int(np.prod([d for d in x.shape[1:-1]])) if rank > 2 else 1
+        mean_np = mean.numpy()
+        counts = np.full(mean_np.shape, float(per))
+        return counts, mean_np, m2.numpy()
+    w = tf.reshape(tf.cast(mask, tf.float32), (b, -1, 1))
+    n = tf.reduce_sum(w, axis=1)
+    mean = tf.reduce_sum(x3 * w, axis=1) / tf.maximum(n, 1.0)
+    m2 = tf.reduce_sum(w * tf.square(x3 - mean[:, None, :]), axis=1)
+    mean_np = mean.numpy()
+    counts = np.broadcast_to(n.numpy(), mean_np.shape).astype(np.float64)
+    return counts, mean_np, m2.numpy()
+
+
+__all__ = ["Probe", "StateGuard", "NodeStats"]

@@ -1,0 +1,82 @@
+"""Wording and number formats shared by the renderers."""
+
+from __future__ import annotations
+
+from ..results import LayerRecord, Report, Severity
+
+SPARK = "▁▂▃▄▅▆▇█"
+OPENS_AT = 0.01  # divergence at which we say the gap has opened
+
+
+def num(v: float | None, digits: int = 4) -> str:
+    """A number as the reports show it (and as thresholds compare it)."""
+    if v is None:
+        return "n/a"
+    if v != 0 and (abs(v) < 10 ** -digits or abs(v) >= 1e6):
+        return f"{v:.2e}"
+    return f"{v:.{digits}f}"
+
+
+def pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def headline(report: Report) -> str:
+    """One line: verdict, gap size, most likely cause."""
+    gap = report.output_gap.relative_l2
+    parts = []
+    if report.thresholds.any:
+        parts.append(report.verdict.upper())
+    parts.append(f"output gap {num(gap)} (relative L2, train vs inference)")
+    if report.thresholds.output_gap is not None:
+        op = ">" if "output_gap" in report.exceeded else "<="
+        parts[-1] += f" {op} {report.thresholds.output_gap:g}"
+    for name in ("loss_delta", "accuracy_drop"):
+        if name in report.exceeded:
+            parts.append(f"{name.replace('_', ' ')} above its threshold")
+    top = report.top_finding
+    if top is not None:
+        parts.append(f"likely cause: {top.cause.value} ({top.severity.value})")
+    elif gap < 1e-6:
+        parts.append("no gap")
+    else:
+        parts.append("no cause flagged")
+    return " · ".join(parts)
+
+
+def gap_opens_at(report: Report) -> LayerRecord | None:
+    """The first layer (in call order) whose output differs between modes."""
+    for r in report.layers:
+        if r.divergence is not None and r.divergence >= OPENS_AT:
+            return r
+    return None
+
+
+def sparkline(values: list[float], width: int) -> str:
+    """Divergence along depth as one line of block characters."""
+    if not values:
+        return ""
+    if len(values) > width:  # bucket: the max of each bucket keeps spikes visible
+        step = len(values) / width
+        values = [max(values[int(i * step):max(int((i + 1) * step), int(i * step) + 1)])
+                  for i in range(width)]
+    top = max(values)
+    if top <= 0:
+        return SPARK[0] * len(values)
+    return "".join(SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1) + 0.5))] for v in values)
+
+
+def top_layers(report: Report, limit: int = 8) -> list[LayerRecord]:
+    """Mode-dependent layers ranked by output effect, then own contribution."""
+    recs = [r for r in report.layers if r.mode_dependent and r.order >= 0]
+
+    def key(r: LayerRecord):
+        return (r.output_effect if r.output_effect is not None else -1.0,
+                r.own_contribution or 0.0)
+
+    recs.sort(key=key, reverse=True)
+    return recs[:limit]
+
+
+def severity_mark(s: Severity) -> str:
+    return {"ok": "ok", "info": "INFO", "warn": "WARN", "fail": "FAIL"}[s.value]

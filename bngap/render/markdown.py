@@ -1,0 +1,80 @@
+"""A Markdown report to paste into a bug report or a pull-request comment."""
+
+from __future__ import annotations
+
+from .._version import __version__
+from ..results import Report, Severity
+from .common import gap_opens_at, headline, num, pct, severity_mark, top_layers
+
+
+def _cell(s) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(head: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def render_markdown(report: Report, *, all_layers: bool = False) -> str:
+    r = report
+    m, d, g = r.model, r.data, r.output_gap
+    lines = [f"## bngap report: {headline(r)}", ""]
+    lines += ["### Environment", "", "```"]
+    lines += [f"bngap: {__version__}"] + [f"{k}: {v}" for k, v in r.environment.items()]
+    lines += ["```", ""]
+    lines += ["### Model and data", ""]
+    lines += _table(["", ""], [
+        ["model", f"`{m.path}` ({m.class_name} `{m.name}`)"],
+        ["layers", f"{m.layers} ({m.batchnorm_layers} BatchNormalization, {m.dropout_like_layers} dropout/noise)"],
+        ["parameters", f"{m.parameters:,}"],
+        ["inputs", ", ".join(str(tuple(s)) for s in m.input_shapes) or "n/a"],
+        ["outputs", ", ".join(str(tuple(s)) for s in m.output_shapes) or "n/a"],
+        ["data", f"`{d.path}`: {d.samples} samples, shapes {', '.join(str(tuple(s)) for s in d.input_shapes)}, labels: {'yes' if d.has_labels else 'no'}"],
+        ["batch size", f"{d.batch_size} ({d.batches} batches, last {d.last_batch_size})"],
+    ])
+    lines += ["", "### Train mode vs inference mode", ""]
+    rows = [["output gap (relative L2)", num(g.relative_l2), ""],
+            ["max abs difference", num(g.max_abs), ""]]
+    if g.top1_agreement is not None:
+        rows.append(["top-1 agreement", pct(g.top1_agreement), ""])
+    if r.metrics:
+        for k in r.metrics.train:
+            fmt = pct if k == "accuracy" else num
+            rows.append([f"{k} (train / inference)", fmt(r.metrics.train[k]), fmt(r.metrics.eval[k])])
+    lines += _table(["", "value", "inference"], rows)
+    lines += ["", "Gap by cause (only that group in training mode): "
+              + ", ".join(f"{k} {num(v)}" for k, v in r.groups.items()), ""]
+    opens = gap_opens_at(r)
+    if opens is not None:
+        lines += [f"The gap opens at `{opens.path}` ({opens.class_name}, divergence {num(opens.divergence)}).", ""]
+    tops = r.layers if all_layers else top_layers(r)
+    if tops:
+        lines += ["### Layers", ""]
+        lines += _table(["layer", "kind", "in fit()", "own", "output effect", "divergence"],
+                        [[f"`{x.path}`", x.kind.value, x.fit_mode + (f" ({x.fit_mode_reason})" if x.fit_mode_reason else ""),
+                          num(x.own_contribution), num(x.output_effect), num(x.divergence)] for x in tops])
+        lines.append("")
+    bn = r.batchnorm if all_layers else [b for b in r.batchnorm if b.severity is not Severity.OK]
+    if r.batchnorm:
+        lines += [f"### BatchNormalization audit ({sum(b.severity is not Severity.OK for b in r.batchnorm)} of {len(r.batchnorm)} flagged)", ""]
+        if bn:
+            lines += _table(["layer", "severity", "median abs z", "max abs z", "median abs log2 var ratio", "local gap", "noise", "init share"],
+                            [[f"`{b.path}`", severity_mark(b.severity), num(b.median_abs_z, 2), num(b.max_abs_z, 2),
+                              num(b.median_abs_log2_var_ratio, 2), num(b.expected_local_gap, 3), num(b.noise_local_gap, 3),
+                              "never updated" if b.never_updated else pct(b.init_fraction) if b.init_fraction is not None else "-"]
+                             for b in bn])
+            lines.append("")
+    lines += ["### Findings", ""]
+    if r.findings:
+        for i, f in enumerate(r.findings, 1):
+            where = f" (`{f.layer}`)" if f.layer else ""
+            lines += [f"{i}. **{severity_mark(f.severity)} `{f.cause.value}`**{where}: {f.message}",
+                      f"   *Fix:* {f.remedy}"]
+    else:
+        lines.append("No cause flagged.")
+    notes = list(r.notes) + list(r.data.notes)
+    if notes:
+        lines += ["", "### Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,148 @@
+"""The terminal report (rich), plain and width-safe when colour is off."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from .._version import __version__
+from ..results import Report, Severity
+from .common import gap_opens_at, headline, num, pct, severity_mark, sparkline, top_layers
+
+_STYLE = {"ok": "green", "info": "cyan", "warn": "yellow", "fail": "bold red"}
+
+
+def _table(*columns: str, right: tuple[int, ...] = (), first_width: int = 0) -> Table:
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="right" if i in right else "left", overflow="fold",
+                     min_width=first_width if i == 0 and first_width else None)
+    return t
+
+
+def _para(con: Console, text: str, indent: int = 3, style: str = "") -> None:
+    """A paragraph whose wrapped lines stay indented (no trailing spaces)."""
+    pad = " " * indent
+    wrapped = textwrap.fill(text, width=max(20, con.width - 1), initial_indent=pad,
+                            subsequent_indent=pad, break_on_hyphens=False, break_long_words=False)
+    con.print(Text(wrapped, style=style), soft_wrap=True)
+
+
+def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
+                color: bool = False) -> str:
+    """The report as terminal text. No ANSI codes unless `color`."""
+    buf = io.StringIO()
+    con = Console(file=buf, width=width, color_system="standard" if color else None,
+                  force_terminal=color, no_color=not color, highlight=False, emoji=False,
+                  legacy_windows=False, soft_wrap=False)
+    r = report
+    top = r.top_finding
+    sev = top.severity.value if top else "ok"
+    if r.thresholds.any:
+        sev = "fail" if r.exceeded else "ok"
+    con.print(Text(headline(r), style=_STYLE.get(sev, "")))
+    con.print(Text(f"bngap {__version__} · model {r.model.path} ({r.model.layers} layers, "
+                   f"{r.model.batchnorm_layers} BatchNormalization, {r.model.dropout_like_layers} "
+                   f"dropout/noise) · data {r.data.path} ({r.data.samples} samples, batch size "
+                   f"{r.data.batch_size}{'' if r.data.last_batch_size == r.data.batch_size else f', last batch {r.data.last_batch_size}'})",
+                   style="dim"))
+    con.print()
+
+    g = r.output_gap
+    con.print(Text("Training mode (as in fit()) vs inference mode (as in evaluate(), predict())",
+                   style="bold"))
+    t = _table("", "training", "inference", right=(1, 2))
+    if r.metrics:
+        for k in r.metrics.train:
+            fmt = pct if k == "accuracy" else num
+            t.add_row(escape(k), fmt(r.metrics.train[k]), fmt(r.metrics.eval[k]))
+        con.print(t)
+    line = f"output gap: relative L2 {num(g.relative_l2)}, max |diff| {num(g.max_abs)}"
+    if g.top1_agreement is not None:
+        line += f", top-1 agreement {pct(g.top1_agreement)}"
+    _para(con, line, indent=0)
+    if len(g.per_output) > 1:
+        for e in g.per_output:
+            con.print(f"  {escape(e.name)}: relative L2 {num(e.relative_l2)}, max |diff| {num(e.max_abs)}")
+    if r.metrics:
+        con.print(Text(f"loss: {r.metrics.loss_name} ({r.metrics.source})", style="dim"))
+    con.print()
+
+    con.print(Text("Gap by cause (output gap with only that group in training mode)", style="bold"))
+    con.print("  " + "   ".join(f"{k} {num(v)}" for k, v in r.groups.items()))
+    con.print()
+
+    divs = [x.divergence for x in r.layers if x.divergence is not None and x.order >= 0]
+    if divs:
+        opens = gap_opens_at(r)
+        con.print(Text("Where the gap opens (divergence of each layer's output, in call order)", style="bold"))
+        con.print("  " + sparkline(divs, max(10, width - 4)), markup=False)
+        if opens is not None:
+            con.print(f"  first divergent layer: {escape(opens.path)} ({escape(opens.class_name)}, "
+                      f"divergence {num(opens.divergence)}); at the output: {num(divs[-1])}")
+        else:
+            con.print("  no layer's output differs between the modes")
+        con.print()
+
+    tops = r.layers if all_layers else top_layers(r)
+    if tops:
+        title = "All layers" if all_layers else "Mode-dependent layers (own: same input, both modes; output effect: only this layer in training mode)"
+        con.print(Text(title, style="bold"))
+        t = _table("layer", "kind", "in fit()", "own", "output effect", "divergence",
+                   right=(3, 4, 5), first_width=min(max(len(x.path) for x in tops), width // 3))
+        for x in tops:
+            mode = x.fit_mode + (f" ({x.fit_mode_reason})" if x.fit_mode_reason else "")
+            t.add_row(escape(x.path), x.kind.value, escape(mode), num(x.own_contribution),
+                      num(x.output_effect), num(x.divergence))
+        con.print(t)
+        con.print()
+
+    bn = r.batchnorm if all_layers else [b for b in r.batchnorm if b.severity is not Severity.OK]
+    if r.batchnorm:
+        flagged = sum(b.severity is not Severity.OK for b in r.batchnorm)
+        title = (f"BatchNormalization audit: {flagged} of {len(r.batchnorm)} layers flagged"
+                 + ("" if all_layers or not flagged else " (--all-layers shows all)"))
+        con.print(Text(title, style="bold"))
+        if bn:
+            _para(con, "z: mean shift in moving standard deviations; log2 var: log2 of data "
+                  "variance / moving variance; gap: expected relative change of the layer's "
+                  "output (moving vs data statistics) and its sampling noise; init: share of the "
+                  "initial statistics left", indent=0, style="dim")
+            t = _table("layer", "", "|z| med", "|z| max", "|log2 var| med",
+                       "gap", "noise", "init", right=(2, 3, 4, 5, 6, 7),
+                       first_width=min(max(len(b.path) for b in bn), width // 3))
+            for b in bn:
+                t.add_row(escape(b.path), Text(severity_mark(b.severity), style=_STYLE[b.severity.value]),
+                          num(b.median_abs_z, 2), num(b.max_abs_z, 2),
+                          num(b.median_abs_log2_var_ratio, 2), num(b.expected_local_gap, 3),
+                          num(b.noise_local_gap, 3),
+                          "never" if b.never_updated else pct(b.init_fraction) if b.init_fraction is not None else "-")
+            con.print(t)
+        con.print()
+
+    if r.findings:
+        con.print(Text("Findings (most likely cause first)", style="bold"))
+        for i, f in enumerate(r.findings, 1):
+            head = Text(f"{i}. {severity_mark(f.severity)} {f.cause.value}", style=_STYLE[f.severity.value])
+            if f.layer:
+                head.append(f" · {f.layer}", style="")
+            con.print(head)
+            _para(con, f.message)
+            _para(con, "fix: " + f.remedy, style="italic")
+        con.print()
+    else:
+        _para(con, "No cause flagged: the moving statistics describe the data and no layer "
+              "behaves unexpectedly.", indent=0)
+        con.print()
+    notes = list(r.notes) + list(r.data.notes)
+    if notes:
+        con.print(Text("Notes", style="bold"))
+        for n in notes:
+            _para(con, "- " + n, indent=2)
+    return buf.getvalue()

@@ -1,0 +1,387 @@
+"""Typed, immutable result records of a check, and their JSON form.
+
+Plain Python: no Keras here. Renderers and the exit-code policy read these
+records; nothing else does I/O with them.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from .errors import ExitStatus
+
+SCHEMA_VERSION = "1"
+LEAK_TOLERANCE = 1e-4  # relative L2 below this is float noise between inference paths
+
+
+class Severity(str, enum.Enum):
+    OK = "ok"
+    INFO = "info"
+    WARN = "warn"
+    FAIL = "fail"
+
+    @property
+    def rank(self) -> int:
+        return ["ok", "info", "warn", "fail"].index(self.value)
+
+
+class Cause(str, enum.Enum):
+    STATS_NEVER_UPDATED = "stats_never_updated"
+    STATS_NOT_CONVERGED = "stats_not_converged"
+    PREPROCESSING_MISMATCH = "preprocessing_mismatch"
+    DOMAIN_SHIFT = "domain_shift"
+    DROPOUT_ONLY = "dropout_only"
+    AUGMENTATION = "augmentation"
+    SMALL_BATCH = "small_batch"
+    MODE_LEAK = "mode_leak"
+
+
+class Kind(str, enum.Enum):
+    """What makes a layer's output depend on the `training` flag."""
+
+    BATCHNORM = "batchnorm"
+    DROPOUT = "dropout"
+    NOISE = "noise"
+    AUGMENTATION = "augmentation"
+    RECURRENT = "recurrent"
+    CUSTOM_TRAINING_ARG = "custom_training_arg"
+    OTHER = "other"
+
+    @property
+    def group(self) -> str:
+        """The cause group of the contract's `groups` decomposition."""
+        return {
+            "batchnorm": "batchnorm",
+            "dropout": "dropout",
+            "noise": "dropout",
+            "recurrent": "dropout",
+            "augmentation": "augmentation",
+        }.get(self.value, "other")
+
+
+GROUPS = ("batchnorm", "dropout", "augmentation", "other")
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    path: str
+    name: str
+    class_name: str
+    layers: int
+    batchnorm_layers: int
+    dropout_like_layers: int
+    parameters: int
+    input_shapes: tuple
+    output_shapes: tuple
+    input_names: tuple = ()
+    output_names: tuple = ()
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    path: str
+    samples: int
+    has_labels: bool
+    input_shapes: tuple
+    batch_size: int
+    batches: int
+    last_batch_size: int
+    notes: tuple = ()
+
+
+@dataclass(frozen=True)
+class GapEntry:
+    """The train-vs-eval gap of one model output."""
+
+    name: str
+    relative_l2: float
+    max_abs: float
+    top1_agreement: float | None
+
+
+@dataclass(frozen=True)
+class OutputGap:
+    relative_l2: float
+    max_abs: float
+    top1_agreement: float | None
+    per_output: tuple[GapEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Loss and accuracy on the user's labels, in both modes."""
+
+    train: dict
+    eval: dict
+    loss_name: str
+    source: str  # "compiled" (the model's own loss) or "inferred"
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    path: str
+    class_name: str
+    kind: Kind
+    order: int                     # first call in the inference pass; -1 if never called
+    depth: int                     # nesting depth (0 = direct child of the model)
+    divergence: float | None       # relative L2 of this layer's output, train vs eval
+    own_contribution: float | None  # same input, two modes (mode-dependent layers)
+    output_effect: float | None    # output gap with only this layer in training mode
+    mode_dependent: bool = False
+    trainable: bool = True
+    fit_training: bool | None = None   # the `training` value it received in a fit()-like pass
+    fit_mode: str = "n/a"              # "training" / "inference" / "n/a" as it behaves in fit()
+    fit_mode_reason: str = ""
+    calls: int = 0
+
+
+@dataclass(frozen=True)
+class ChannelDeviation:
+    index: int
+    z: float
+    log2_var_ratio: float
+
+
+@dataclass(frozen=True)
+class BatchNormRecord:
+    path: str
+    order: int
+    trainable: bool
+    momentum: float
+    epsilon: float
+    channels: int
+    axis: int
+    median_abs_z: float
+    p95_abs_z: float
+    max_abs_z: float
+    median_abs_log2_var_ratio: float
+    p95_abs_log2_var_ratio: float
+    max_abs_log2_var_ratio: float
+    expected_local_gap: float      # relative RMS change of this layer's output, moving vs data stats
+    noise_local_gap: float | None  # the same quantity's own sampling noise (split-half)
+    never_updated: bool
+    init_fraction: float | None    # share of the initial 0/1 still in the moving statistics
+    estimated_updates: float | None
+    fit_uses_batch_stats: bool | None
+    severity: Severity
+    samples: int
+    degenerate_channels: int
+    worst_channels: tuple[ChannelDeviation, ...] = ()
+    renorm: bool = False
+    synchronized: bool = False
+    data_mean_abs: float = 0.0     # median |data mean| and data std, for the reader
+    data_std: float = 0.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    cause: Cause
+    severity: Severity
+    layer: str | None
+    message: str
+    remedy: str
+    evidence: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LeakCheck:
+    """A comparison of another inference path against model(x, training=False)."""
+
+    path: str                   # "predict(x)", "model(x)", "forced inference"
+    relative_l2: float | None
+    layers_in_training: tuple[str, ...] = ()
+    samples: int = 0
+    skipped: str = ""
+
+    @property
+    def is_leak(self) -> bool:
+        """A layer ran in training mode, or the output moved beyond float noise."""
+        return bool(self.layers_in_training) or (
+            self.relative_l2 is not None and self.relative_l2 > LEAK_TOLERANCE)
+
+
+@dataclass(frozen=True)
+class PreprocessingProbe:
+    """What the first BN layers say about the input's scale and offset:
+    their mismatch on the data as given and after each candidate transform."""
+
+    input_min: float
+    input_max: float
+    input_mean: float
+    layers: tuple[str, ...]            # the BN layers examined
+    baseline_gap: float                # their mean expected local gap as given
+    candidates: tuple[tuple[str, float], ...] = ()  # (transform, gap after it)
+    best: str | None = None            # a transform that removes most of the mismatch
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """CI gate: a value above its threshold fails the check."""
+
+    output_gap: float | None = None
+    loss_delta: float | None = None
+    accuracy_drop: float | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.output_gap, self.loss_delta, self.accuracy_drop))
+
+
+# Values are compared as they are displayed, so a printed 0.0500 never fails
+# a 0.05 threshold.
+DISPLAY_DECIMALS = 4
+
+
+def exceeds(value: float | None, threshold: float | None) -> bool:
+    if value is None or threshold is None:
+        return False
+    return round(value, DISPLAY_DECIMALS) > threshold
+
+
+@dataclass(frozen=True)
+class Report:
+    model: ModelSummary
+    data: DataSummary
+    output_gap: OutputGap
+    metrics: Metrics | None
+    groups: dict
+    layers: tuple[LayerRecord, ...]
+    batchnorm: tuple[BatchNormRecord, ...]
+    findings: tuple[Finding, ...]
+    leaks: tuple[LeakCheck, ...] = ()
+    preprocessing: PreprocessingProbe | None = None
+    thresholds: Thresholds = Thresholds()
+    settings: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    environment: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def loss_delta(self) -> float | None:
+        """Inference-mode loss minus training-mode loss."""
+        if not self.metrics or "loss" not in self.metrics.train:
+            return None
+        return self.metrics.eval["loss"] - self.metrics.train["loss"]
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        """Training-mode accuracy minus inference-mode accuracy."""
+        if not self.metrics or "accuracy" not in self.metrics.train:
+            return None
+        return self.metrics.train["accuracy"] - self.metrics.eval["accuracy"]
+
+    @property
+    def exceeded(self) -> tuple[str, ...]:
+        """Names of the thresholds this report exceeds."""
+        t = self.thresholds
+        out = []
+        if exceeds(self.output_gap.relative_l2, t.output_gap):
+            out.append("output_gap")
+        if exceeds(self.loss_delta, t.loss_delta):
+            out.append("loss_delta")
+        if exceeds(self.accuracy_drop, t.accuracy_drop):
+            out.append("accuracy_drop")
+        return tuple(out)
+
+    @property
+    def verdict(self) -> str:
+        return "fail" if self.exceeded else "pass"
+
+    @property
+    def ok(self) -> bool:
+        """True when no threshold is exceeded and no finding is a failure.
+
+        Meant for `assert bngap.check(model, x).ok` in a test suite.
+        """
+        return not self.exceeded and not any(f.severity is Severity.FAIL for f in self.findings)
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        return ExitStatus.GAP_ABOVE_THRESHOLD if self.exceeded else ExitStatus.OK
+
+    @property
+    def top_finding(self) -> Finding | None:
+        return self.findings[0] if self.findings else None
+
+    def layer(self, path: str) -> LayerRecord | None:
+        return next((r for r in self.layers if r.path == path), None)
+
+    def batchnorm_layer(self, path: str) -> BatchNormRecord | None:
+        return next((r for r in self.batchnorm if r.path == path), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report (schema version 1): the contract's keys plus extras."""
+        m, d, g = self.model, self.data, self.output_gap
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "verdict": self.verdict,
+            "exceeded": list(self.exceeded),
+            "model": {
+                "path": m.path, "name": m.name, "class_name": m.class_name,
+                "layers": m.layers, "batchnorm_layers": m.batchnorm_layers,
+                "dropout_like_layers": m.dropout_like_layers, "parameters": m.parameters,
+                "input_shapes": [list(s) for s in m.input_shapes],
+                "output_shapes": [list(s) for s in m.output_shapes],
+            },
+            "data": {
+                "path": d.path, "samples": d.samples, "has_labels": d.has_labels,
+                "input_shapes": [list(s) for s in d.input_shapes],
+                "batch_size": d.batch_size, "batches": d.batches,
+                "last_batch_size": d.last_batch_size, "notes": list(d.notes),
+            },
+            "output_gap": {
+                "relative_l2": _num(g.relative_l2), "max_abs": _num(g.max_abs),
+                "top1_agreement": _num(g.top1_agreement),
+                "per_output": [_plain(e) for e in g.per_output],
+            },
+            "metrics": None if self.metrics is None else {
+                "train": {k: _num(v) for k, v in self.metrics.train.items()},
+                "eval": {k: _num(v) for k, v in self.metrics.eval.items()},
+                "loss_name": self.metrics.loss_name, "source": self.metrics.source,
+            },
+            "groups": {k: _num(self.groups.get(k, 0.0)) for k in GROUPS},
+            "layers": [_plain(r) for r in self.layers],
+            "batchnorm": [_plain(r) for r in self.batchnorm],
+            "findings": [_plain(f) for f in self.findings],
+            "leaks": [_plain(x) for x in self.leaks],
+            "preprocessing": None if self.preprocessing is None else _plain(self.preprocessing),
+            "thresholds": _plain(self.thresholds),
+            "settings": _plain(self.settings),
+            "notes": list(self.notes),
+            "environment": dict(self.environment),
+            "seconds": _num(self.seconds),
+        }
+
+
+def _num(v):
+    """Plain Python float for JSON; NaN and infinities become null."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return v
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def _plain(obj):
+    """Dataclasses, enums, tuples and numpy scalars to JSON-ready values."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (bool, str)) or obj is None:
+        return obj
+    if isinstance(obj, (int, float)):
+        return _num(obj)
+    if hasattr(obj, "item"):  # numpy scalar
+        return _plain(obj.item())
+    return str(obj)
