@@ -47,11 +47,11 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
     if r.thresholds.any:
         sev = "fail" if r.exceeded else "ok"
     con.print(Text(headline(r), style=_STYLE.get(sev, "")))
-    con.print(Text(f"bngap {__version__} · model {r.model.path} ({r.model.layers} layers, "
-                   f"{r.model.batchnorm_layers} BatchNormalization, {r.model.dropout_like_layers} "
-                   f"dropout/noise) · data {r.data.path} ({r.data.samples} samples, batch size "
-                   f"{r.data.batch_size}{'' if r.data.last_batch_size == r.data.batch_size else f', last batch {r.data.last_batch_size}'})",
-                   style="dim"))
+    last = "" if r.data.last_batch_size == r.data.batch_size else f", last batch {r.data.last_batch_size}"
+    _para(con, f"bngap {__version__} · model {r.model.path} ({r.model.layers} layers, "
+               f"{r.model.batchnorm_layers} BatchNormalization, {r.model.dropout_like_layers} "
+               f"dropout/noise) · data {r.data.path} ({r.data.samples} samples, batch size "
+               f"{r.data.batch_size}{last})", indent=0, style="dim")
     con.print()
 
     g = r.output_gap
