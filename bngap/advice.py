@@ -14,7 +14,7 @@ from .results import (
 NOTABLE_GAP = 0.05        # an output or group gap worth explaining (relative L2)
 NOT_CONVERGED_SHARE = 0.1  # initial values still this large a share of the statistics
 SMALL_BATCH = 8
-BATCH_NOISE_EXCESS = 0.1   # own contribution beyond what the statistics explain
+BATCH_NOISE_EXCESS = 0.3   # own contribution beyond what the statistics explain
 
 # Among findings of equal severity, the more specific cause comes first.
 _PRIORITY = [Cause.MODE_LEAK, Cause.STATS_NEVER_UPDATED, Cause.PREPROCESSING_MISMATCH,
@@ -42,12 +42,18 @@ def _worst(sev: Sequence[Severity]) -> Severity:
     return max(sev, key=lambda s: s.rank) if sev else Severity.OK
 
 
-def _leak_findings(leaks: Sequence[LeakCheck]) -> list[Finding]:
+def _leak_findings(leaks: Sequence[LeakCheck], layers_by_path: dict) -> list[Finding]:
     out = []
+    inference_leak = set()
+    for chk in leaks:
+        if chk.path == "model(x, training=False)" and chk.is_leak:
+            inference_leak = set(chk.layers_in_training)
     for chk in leaks:
         if not chk.is_leak:
             continue
         layers = list(chk.layers_in_training)
+        if chk.path == "model(x)" and layers and set(layers) <= inference_leak:
+            continue  # the same layers, already reported for inference itself
         rel = _fmt(chk.relative_l2)
         if chk.path == "model(x, training=False)":
             out.append(Finding(
@@ -71,8 +77,13 @@ def _leak_findings(leaks: Sequence[LeakCheck]) -> list[Finding]:
                 {"relative_l2": chk.relative_l2, "samples": chk.samples},
             ))
         else:
+            # Random augmentation layers default to training=True by design;
+            # it only matters to users who call model(x) for inference.
+            by_design = bool(layers) and all(
+                layers_by_path.get(p) is not None and layers_by_path[p].kind is Kind.AUGMENTATION
+                for p in layers)
             out.append(Finding(
-                Cause.MODE_LEAK, Severity.WARN, layers[0] if layers else None,
+                Cause.MODE_LEAK, Severity.INFO if by_design else Severity.WARN, layers[0] if layers else None,
                 f"Calling the model as model(x) without a training argument runs "
                 f"{_names(layers) or 'some layers'} in training mode (output differs by {rel} from "
                 "model(x, training=False)). Some layers default to training=True and the value is "
@@ -153,10 +164,13 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
             Cause.STATS_NOT_CONVERGED, _worst([r.severity for r in not_conv]), first.path,
             f"{len(not_conv)} BatchNormalization layers have moving statistics that are still "
             f"{share:.0%} their initial values (mean 0, variance 1){spread}: {upd_txt} at momentum "
-            f"{', '.join(f'{m:g}' for m in momenta)}, too few to reach your data's statistics. In "
-            "training mode each batch is normalised by its own statistics, so fit() looks fine "
-            "while evaluate() and predict() on the same data do not. First: "
-            f"{_describe_bn(first)}.",
+            f"{', '.join(f'{m:g}' for m in momenta)}, too few to reach your data's statistics. "
+            + ("These layers are frozen (trainable=False), so fit() uses these statistics too: "
+               "expect poor results in both modes rather than a gap. "
+               if all(not r.trainable for r in not_conv) else
+               "In training mode each batch is normalised by its own statistics, so fit() looks "
+               "fine while evaluate() and predict() on the same data do not. ")
+            + f"First: {_describe_bn(first)}.",
             "Train for more steps, lower the BatchNormalization momentum (e.g. 0.9: the "
             "statistics then converge in about 50 updates instead of 460), or re-estimate the "
             f"statistics on your data: {FIX_HINT}.",
@@ -196,6 +210,10 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
             noisy.append((r, rec.own_contribution))
     uses_batch = [r for r in batchnorm if r.fit_uses_batch_stats]
     if uses_batch and (batch_size < SMALL_BATCH or (noisy and bn_gap >= NOTABLE_GAP)):
+        explained_by_stats = False
+    else:
+        explained_by_stats = True
+    if not explained_by_stats:
         r, own = noisy[0] if noisy else (uses_batch[0], None)
         sev = Severity.WARN if bn_gap >= NOTABLE_GAP else Severity.INFO
         findings.append(Finding(
@@ -211,6 +229,11 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
             "GroupNormalization / LayerNormalization.",
             {"batch_size": batch_size, "layers": [x.path for x, _ in noisy]},
         ))
+    elif uses_batch and bn_gap >= NOTABLE_GAP and not flagged:
+        notes.append(
+            f"The BatchNormalization layers' moving statistics match the data; their gap "
+            f"({_fmt(bn_gap)}) is the batch-to-batch variation of batch statistics expected at "
+            f"batch size {batch_size}, not a fault.")
 
     frozen_all = [r for r in batchnorm if not r.trainable]
     if frozen_all:
@@ -229,7 +252,7 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
 
 
 def _mode_group_findings(groups: dict, layers: Sequence[LayerRecord], gap: OutputGap,
-                         have_bn_finding: bool) -> tuple[list[Finding], list[str]]:
+                         have_bn_finding: bool, inference_leaks: bool) -> tuple[list[Finding], list[str]]:
     findings, notes = [], []
     total = gap.relative_l2
     drop = float(groups.get("dropout", 0.0) or 0.0)
@@ -266,7 +289,7 @@ def _mode_group_findings(groups: dict, layers: Sequence[LayerRecord], gap: Outpu
         elif total > 0:
             notes.append(f"Dropout/noise layers alone give an output gap of {_fmt(drop)} (expected "
                          "in training mode).")
-    if other >= NOTABLE_GAP:
+    if other >= NOTABLE_GAP and not inference_leaks:
         names = [r.path for r in active if r.kind in (Kind.CUSTOM_TRAINING_ARG, Kind.OTHER)]
         notes.append(f"Custom layers that take `training` ({_names(names)}) alone give an output "
                      f"gap of {_fmt(other)}: look at what their call() does when training=True.")
@@ -278,11 +301,13 @@ def diagnose(*, gap: OutputGap, groups: dict, layers: Sequence[LayerRecord],
              metrics: Metrics | None, batch_size: int, last_batch_size: int, samples: int,
              preprocessing: PreprocessingProbe | None = None) -> tuple[list[Finding], list[str]]:
     """Findings (most likely cause first) and context notes for a report."""
-    findings = _leak_findings(leaks)
+    findings = _leak_findings(leaks, {r.path: r for r in layers})
     bn_findings, notes = _bn_findings(batchnorm, groups, layers, batch_size, preprocessing)
     findings += bn_findings
+    inference_leaks = any(c.is_leak and c.path == "model(x, training=False)" for c in leaks)
     more, more_notes = _mode_group_findings(
-        groups, layers, gap, any(f.cause is not Cause.SMALL_BATCH for f in bn_findings))
+        groups, layers, gap, any(f.cause is not Cause.SMALL_BATCH for f in bn_findings),
+        inference_leaks)
     findings += more
     notes += more_notes
     if batchnorm and samples < 2 * SMALL_BATCH:

@@ -26,6 +26,8 @@ WARN_GAP = 0.25   # expected local gap (debiased) at which a layer is flagged
 FAIL_GAP = 0.6
 NOISE_FACTOR = 2.0  # a gap below this many times its own noise is not flagged
 CONVERGED_FRACTION = 0.02  # init share below which a layer counts as converged
+MIXTURE_SPREAD = 0.25      # per-channel init-share estimates must agree this well (relative)
+IDENTIFIABLE = 0.3         # standardised distance data -> initial values that says something
 
 
 @dataclass
@@ -116,30 +118,40 @@ def noise_of_gap(p: BatchNormParams, halves: list[ChannelMoments], full: Channel
 def init_mixture(p: BatchNormParams, mom: ChannelMoments, cs: ChannelStats) -> tuple[float | None, float]:
     """How much of the initial moving statistics remains, if that explains them.
 
-    Fits moving = a * initial + (1 - a) * data over all channels (standardised
-    by the data's spread) by least squares. Returns (a clipped to [0, 1] or
-    None when the initial values are too close to the data to tell, R^2 of
-    the fit).
+    After k updates with momentum m, every channel's moving statistics are
+    ``a * initial + (1 - a) * data`` with the same ``a = m**k``. Each channel
+    whose data statistics are far enough from the initial values gives its
+    own estimate of ``a`` (from the mean and from the variance); their
+    median is the answer and their median absolute deviation says whether
+    the model fits: statistics estimated on other data scatter widely.
+
+    Returns:
+        (a clipped to [0, 1], or None when no channel can tell; the median
+        absolute deviation of the per-channel estimates).
     """
     if p.init_mean is None or p.init_variance is None:
-        return None, 0.0
+        return None, math.inf
     ok = ~cs.degenerate
     if not np.any(ok):
-        return None, 0.0
-    s = np.sqrt(mom.variance[ok] + p.epsilon)
-    v = mom.variance[ok] + p.epsilon
-    pm = (p.init_mean - mom.mean[ok]) / s
-    qm = (p.moving_mean[ok] - mom.mean[ok]) / s
-    pv = (p.init_variance - mom.variance[ok]) / v
-    qv = (p.moving_variance[ok] - mom.variance[ok]) / v
-    spread = float(np.sum(pm * pm + pv * pv))
-    if spread / ok.sum() < 0.05:  # initial values look like the data: no signal
-        return None, 0.0
-    a = float(np.sum(pm * qm + pv * qv)) / spread
-    total = float(np.sum(qm * qm + qv * qv))
-    resid = float(np.sum((qm - a * pm) ** 2 + (qv - a * pv) ** 2))
-    r2 = 1.0 - resid / total if total > 0 else 0.0
-    return min(max(a, 0.0), 1.0), r2
+        return None, math.inf
+    var = mom.variance[ok]
+    s = np.sqrt(var + p.epsilon)
+    dm = (p.init_mean - mom.mean[ok]) / s            # standardised distance init -> data
+    dv = (p.init_variance - var) / (var + p.epsilon)
+    with np.errstate(all="ignore"):
+        am = (p.moving_mean[ok] - mom.mean[ok]) / s / dm
+        av = (p.moving_variance[ok] - var) / (var + p.epsilon) / dv
+    est = np.concatenate([am, av])
+    dist = np.abs(np.concatenate([dm, dv]))
+    # A channel whose data sit near the initial values says nothing; the
+    # others count equally, so one extreme channel cannot hide the scatter.
+    keep = np.isfinite(est) & (dist >= IDENTIFIABLE)
+    if not np.any(keep):
+        return None, math.inf
+    est = est[keep]
+    a = float(np.median(est))
+    spread = float(np.median(np.abs(est - a)))
+    return min(max(a, 0.0), 1.0), spread
 
 
 def estimated_updates(fraction: float | None, momentum: float) -> float | None:
@@ -196,9 +208,9 @@ def audit_layer(p: BatchNormParams, moments: SplitMoments, order: int,
     gap = local_gap(cs)
     noise = noise_of_gap(p, moments.halves, cs)
     never = is_never_updated(p)
-    frac, r2 = init_mixture(p, total, cs)
-    # Only a fit that explains the statistics says how many updates they saw.
-    fraction = frac if frac is not None and r2 >= 0.5 else None
+    frac, spread = init_mixture(p, total, cs)
+    # Only a consistent fit says how many updates the statistics saw.
+    fraction = frac if frac is not None and spread <= max(0.05, MIXTURE_SPREAD * frac) else None
     order_idx = np.argsort(-cs.gap_num)[:worst]
     worst_ch = tuple(ChannelDeviation(int(i), float(cs.z[i]), float(cs.log2_ratio[i]))
                      for i in order_idx if not cs.degenerate[i] and cs.gap_num[i] > 0)
