@@ -223,8 +223,7 @@ def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_abov
     effects_n = _parse_effects(effects)
     progress = _Progress(enabled=not quiet)
     with _errors_handled(show_traceback):
-        from .pipeline import CheckOptions, check as run_check
-        from .render import render
+        from .pipeline import CheckOptions
         from .results import Thresholds
 
         for name, value in (("--fail-above", fail_above), ("--fail-above-loss-delta", fail_above_loss_delta),
@@ -237,21 +236,65 @@ def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_abov
             x_key=x_key, y_key=y_key, unsafe=unsafe, custom_objects=custom_objects,
             preprocess=preprocess,
         )
-        try:
-            report = run_check(model, data, options=opts, progress=progress, status=progress.status)
-        finally:
-            progress.close()
+        report = _run_and_render(model, data, opts, fmt=fmt, output=output,
+                                 all_layers=all_layers, progress=progress)
         if (fail_above_loss_delta is not None or fail_above_accuracy_drop is not None) and report.metrics is None:
             _err("bngap: warning: loss/accuracy thresholds need labels; they were not applied")
-        out_stream = sys.stdout
-        text = render(report, fmt, all_layers=all_layers, width=_terminal_width() if not output else 100,
-                      color=fmt == "text" and not output and _use_color(out_stream))
-        _emit(text, output)
-        if not quiet and fmt != "text":
-            from .render.common import headline
-
-            _err(f"bngap: {headline(report)}")
         sys.exit(int(report.exit_status))
+
+
+def _run_and_render(model, data, opts, *, fmt: str, output: str | None, all_layers: bool,
+                    progress: "_Progress"):
+    """Runs a check and writes its report; returns the Report."""
+    from .pipeline import check as run_check
+    from .render import render
+
+    try:
+        report = run_check(model, data, options=opts, progress=progress, status=progress.status)
+    finally:
+        progress.close()
+    text = render(report, fmt, all_layers=all_layers, width=_terminal_width() if not output else 100,
+                  color=fmt == "text" and not output and _use_color(sys.stdout))
+    _emit(text, output)
+    if progress.enabled and fmt != "text":
+        from .render.common import headline
+
+        _err(f"bngap: {headline(report)}")
+    return report
+
+
+@main.command(epilog=EPILOG)
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for the demo's model.keras and data.npz (default: a new temporary folder).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
+              show_default=True, help="Report form.")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="No status lines on stderr.")
+def demo(out, fmt, show_traceback, quiet):
+    """Build a small model with a real gap and check it.
+
+    A CNN with BatchNormalization is trained for a few steps on 48 small
+    images, reaching 100% accuracy in fit() and chance on the same images in
+    evaluate(): the classic report. Its model and data are saved so that you
+    can run `bngap check` on them yourself. Takes a few seconds.
+    """
+    progress = _Progress(enabled=not quiet)
+    with _errors_handled(show_traceback):
+        import tempfile
+        from pathlib import Path
+
+        from .demo import write_demo
+        from .pipeline import CheckOptions
+
+        folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="bngap-demo-"))
+        progress.status(f"training the demo model in {folder} (a few seconds)")
+        mpath, dpath = write_demo(folder)
+        _run_and_render(str(mpath), str(dpath), CheckOptions(), fmt=fmt, output=None,
+                        all_layers=False, progress=progress)
+        if fmt == "text":
+            click.echo(f"Demo files: {mpath} and {dpath}\n"
+                       f"Run it yourself: bngap check {mpath} {dpath}")
+        sys.exit(int(ExitStatus.OK))
 
 
 def run() -> None:  # pragma: no cover - console entry point

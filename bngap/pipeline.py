@@ -146,6 +146,7 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
     return Report(
         model=summary, data=dsum, output_gap=gap, metrics=m.metrics, groups=m.groups,
         layers=layers, batchnorm=bn, findings=tuple(findings), leaks=tuple(m.leaks),
+        preprocessing=preprocessing,
         thresholds=options.thresholds, settings=settings, notes=tuple(notes),
         environment=environment(), seconds=time.perf_counter() - started,
     )

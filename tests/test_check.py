@@ -1,0 +1,270 @@
+"""The check engine on tiny real models: attribution, diagnosis, side effects,
+and its numbers against an independent numpy computation."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from bngap.pipeline import CheckOptions, check
+from bngap.results import Cause, Kind, Severity
+
+
+def _vars(model):
+    return [np.array(v.numpy(), copy=True) for v in model.variables]
+
+
+def _identical(a, b):
+    return len(a) == len(b) and all(x.shape == y.shape and x.tobytes() == y.tobytes() for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def reports(zoo):
+    """One check per zoo model, shared by the tests below."""
+    cache = {}
+
+    def get(name, **opts):
+        key = (name, tuple(sorted(opts.items())))
+        if key not in cache:
+            model, x, y = zoo.get(name)
+            cache[key] = check(model, x, y, options=CheckOptions(**opts))
+        return cache[key]
+
+    return get
+
+
+# ----------------------------------------------------------- attribution
+def test_under_trained_bn_gap_is_attributed_to_bn(reports):
+    r = reports("under_trained")
+    assert r.output_gap.relative_l2 > 0.2
+    assert r.groups["batchnorm"] == pytest.approx(r.output_gap.relative_l2)
+    assert r.groups["dropout"] == 0.0
+    bn = [x for x in r.layers if x.kind is Kind.BATCHNORM]
+    assert {x.path for x in bn} == {"bn1", "bn2"}
+    assert all(x.fit_mode == "training" and x.own_contribution > 0.3 for x in bn)
+    assert r.findings[0].cause is Cause.STATS_NOT_CONVERGED
+    assert r.findings[0].layer == "bn1"
+    # the fit-vs-evaluate symptom, reproduced: training-mode loss is lower
+    assert r.metrics.train["loss"] < r.metrics.eval["loss"]
+
+
+def test_under_trained_update_count_is_estimated(reports):
+    """3 epochs of 2 batches: 6 updates at momentum 0.99."""
+    bn1 = reports("under_trained").batchnorm_layer("bn1")
+    assert bn1.init_fraction == pytest.approx(0.99 ** 6, abs=0.01)
+    assert bn1.estimated_updates == pytest.approx(6, abs=1)
+    assert not bn1.never_updated
+
+
+def test_dropout_only_gap_is_attributed_to_dropout(reports):
+    r = reports("dropout_only")
+    assert r.groups["batchnorm"] == 0.0
+    assert r.groups["dropout"] == pytest.approx(r.output_gap.relative_l2)
+    drop = r.layer("drop")
+    # Dropout(0.5) scales kept units by 2: ||y_train - x|| / ||x|| = sqrt(p / (1 - p)) = 1
+    assert drop.own_contribution == pytest.approx(1.0, abs=0.1)
+    assert drop.output_effect == pytest.approx(r.output_gap.relative_l2)
+    assert [f.cause for f in r.findings] == [Cause.DROPOUT_ONLY]
+    assert r.findings[0].severity is Severity.INFO
+
+
+def test_frozen_bn_shows_no_gap(reports):
+    r = reports("frozen")
+    assert r.output_gap.relative_l2 == 0.0
+    for x in r.layers:
+        if x.kind is Kind.BATCHNORM:
+            assert x.fit_mode == "inference"
+            assert "frozen" in x.fit_mode_reason
+            assert x.own_contribution == 0.0
+    # its statistics are still audited, and still wrong for the data
+    assert all(b.severity is not Severity.OK for b in r.batchnorm)
+    assert any("frozen" in n for n in r.notes)
+
+
+def test_nested_model_is_traversed_with_paths(reports):
+    r = reports("nested")
+    assert r.layer("base/conv_bn").kind is Kind.BATCHNORM
+    assert r.batchnorm_layer("base/conv_bn") is not None
+    assert r.layer("base/conv_bn").depth == 1
+    assert r.groups["batchnorm"] > 0 and r.groups["dropout"] > 0
+
+
+def test_subclassed_model_is_traversed(reports):
+    r = reports("subclassed")
+    bn = r.layer("bn")
+    assert bn is not None and bn.divergence is not None and bn.divergence > 0.1
+    assert r.layer("d2").divergence == pytest.approx(r.output_gap.relative_l2, rel=1e-4)
+
+
+def test_healthy_model_passes_without_warnings(reports):
+    r = reports("healthy")
+    assert all(f.severity in (Severity.INFO, Severity.OK) for f in r.findings)
+    assert all(b.severity is Severity.OK for b in r.batchnorm)
+    assert r.ok
+
+
+def test_never_updated(reports):
+    r = reports("never_updated")
+    assert r.findings[0].cause is Cause.STATS_NEVER_UPDATED
+    assert all(b.never_updated for b in r.batchnorm)
+
+
+def test_preprocessing_mismatch_names_the_transform(reports):
+    r = reports("preprocessing_mismatch")
+    assert r.findings[0].cause is Cause.PREPROCESSING_MISMATCH
+    assert r.preprocessing.best == "x / 255"
+    assert dict(r.preprocessing.candidates)["x / 255"] < 0.25
+
+
+def test_domain_shift(reports):
+    r = reports("domain_shift")
+    causes = [f.cause for f in r.findings]
+    assert causes[0] is Cause.DOMAIN_SHIFT
+    assert Cause.STATS_NOT_CONVERGED not in causes
+
+
+def test_augmentation(reports):
+    r = reports("augmentation")
+    assert r.groups["augmentation"] > 0
+    assert r.layer("flip").kind is Kind.AUGMENTATION
+    assert Cause.AUGMENTATION in [f.cause for f in r.findings]
+
+
+def test_small_batch(reports):
+    r = reports("healthy", batch_size=2)
+    assert Cause.SMALL_BATCH in [f.cause for f in r.findings]
+
+
+def test_mode_leak_names_the_layer(reports):
+    r = reports("mode_leak")
+    top = r.findings[0]
+    assert top.cause is Cause.MODE_LEAK and top.severity is Severity.FAIL
+    assert top.layer == "block/bn"
+    leak = next(c for c in r.leaks if c.path == "model(x, training=False)")
+    assert leak.layers_in_training == ("block/bn",) and leak.relative_l2 > 0.01
+
+
+# ---------------------------------------------------------- side effects
+@pytest.mark.parametrize("name", ["under_trained", "dropout_only", "augmentation", "mode_leak", "nested"])
+def test_check_leaves_every_variable_bit_identical(zoo, name):
+    model, x, y = zoo.get(name)
+    before = _vars(model)
+    check(model, x, y, options=CheckOptions(batch_size=16, effects=None))
+    assert _identical(before, _vars(model))
+    assert all("call" not in layer.__dict__ for layer in model._flatten_layers())
+
+
+def test_variables_restored_when_a_forward_pass_raises(keras):
+    L = keras.layers
+
+    class FailsInTraining(L.Layer):
+        def call(self, x, training=None):
+            if training:
+                raise RuntimeError("boom in training mode")
+            return x
+
+    m = keras.Sequential([keras.Input((4,)), L.Dense(4), L.BatchNormalization(name="bn"),
+                          FailsInTraining(name="fails"), L.Dense(2)])
+    x = np.random.default_rng(0).normal(3, 2, (16, 4)).astype("float32")
+    before = _vars(m)
+    from bngap.errors import ForwardPassError
+
+    with pytest.raises(ForwardPassError, match="layer 'fails'.*boom in training mode"):
+        check(m, x)
+    assert _identical(before, _vars(m))
+    assert all("call" not in layer.__dict__ for layer in m._flatten_layers())
+
+
+def test_seed_makes_dropout_deterministic(zoo):
+    model, x, y = zoo.get("dropout_only")
+    a = check(model, x, options=CheckOptions(seed=1))
+    b = check(model, x, options=CheckOptions(seed=1))
+    c = check(model, x, options=CheckOptions(seed=2))
+    assert a.output_gap.relative_l2 == b.output_gap.relative_l2
+    assert a.output_gap.relative_l2 != c.output_gap.relative_l2
+
+
+# ------------------------------------------------- numbers against numpy
+def _rel(t, e):
+    t, e = np.asarray(t, np.float64), np.asarray(e, np.float64)
+    return float(np.linalg.norm(t - e) / np.linalg.norm(e))
+
+
+def test_output_gap_and_layer_divergence_match_numpy(zoo, keras):
+    """Per-layer outputs from a multi-output probe model of the same flat
+    graph, in both modes, batch by batch; variables restored in between."""
+    model, x, y = zoo.get("under_trained")
+    names = ["conv1", "bn1", "conv2", "bn2", "head"]
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    saved = [v.numpy().copy() for v in model.variables]
+    sums = {n: [0.0, 0.0] for n in names}
+    out_t, out_e = [], []
+    for s in range(0, len(x), 16):
+        xb = x[s:s + 16]
+        ev = probe(xb, training=False)
+        tr = probe(xb, training=True)
+        for v, val in zip(model.variables, saved):
+            v.assign(val)
+        for n, t, e in zip(names, tr, ev):
+            t, e = np.asarray(t, np.float64), np.asarray(e, np.float64)
+            sums[n][0] += np.sum((t - e) ** 2)
+            sums[n][1] += np.sum(e ** 2)
+        out_t.append(np.asarray(tr[-1]))
+        out_e.append(np.asarray(ev[-1]))
+    r = check(model, x, options=CheckOptions(batch_size=16))
+    for n in names:
+        assert r.layer(n).divergence == pytest.approx(np.sqrt(sums[n][0] / sums[n][1]), rel=1e-4), n
+    t, e = np.concatenate(out_t), np.concatenate(out_e)
+    assert r.output_gap.relative_l2 == pytest.approx(_rel(t, e), rel=1e-5)
+    assert r.output_gap.max_abs == pytest.approx(np.max(np.abs(t - e)), rel=1e-5)
+    agree = np.mean(np.argmax(t, 1) == np.argmax(e, 1))
+    assert r.output_gap.top1_agreement == pytest.approx(agree)
+
+
+def test_bn_audit_matches_numpy_and_batch_split(zoo, keras):
+    model, x, y = zoo.get("under_trained")
+    for name in ("bn1", "bn2"):
+        layer = model.get_layer(name)
+        inp = np.asarray(keras.Model(model.inputs, layer.input)(x, training=False), np.float64)
+        mu, var = inp.mean(axis=(0, 1, 2)), inp.var(axis=(0, 1, 2))
+        mm, mv = layer.moving_mean.numpy().astype(np.float64), layer.moving_variance.numpy().astype(np.float64)
+        eps = layer.epsilon
+        z = (mu - mm) / np.sqrt(mv + eps)
+        l2r = np.log2((var + eps) / (mv + eps))
+        g = layer.gamma.numpy().astype(np.float64)
+        b = layer.beta.numpy().astype(np.float64)
+        w = var / (var + eps)
+        rho = (var + eps) / (mv + eps)
+        num = g ** 2 * (z ** 2 + w * (np.sqrt(rho) - 1) ** 2)
+        den = g ** 2 * (w * rho + z ** 2) + 2 * g * b * z + b ** 2
+        for bs in (64, 7, 5):  # uneven splits give the same population statistics
+            rec = check(model, x, options=CheckOptions(batch_size=bs, effects=0,
+                                                       probe_preprocessing=False)).batchnorm_layer(name)
+            assert rec.median_abs_z == pytest.approx(np.median(np.abs(z)), rel=1e-4)
+            assert rec.max_abs_z == pytest.approx(np.max(np.abs(z)), rel=1e-4)
+            assert rec.median_abs_log2_var_ratio == pytest.approx(np.median(np.abs(l2r)), rel=1e-4, abs=1e-6)
+            assert rec.expected_local_gap == pytest.approx(np.sqrt(num.sum() / den.sum()), rel=1e-4)
+            assert rec.samples == len(x)
+
+
+def test_own_contribution_equals_expected_gap_with_one_batch(zoo):
+    """With the whole data as one batch, BN's batch statistics are the data's
+    statistics, so the measured own contribution is the audit's expected
+    local gap (two independent routes to one number)."""
+    model, x, y = zoo.get("subclassed")
+    r = check(model, x, options=CheckOptions(batch_size=len(x), effects=0))
+    assert r.layer("bn").own_contribution == pytest.approx(r.batchnorm_layer("bn").expected_local_gap, rel=2e-3)
+
+
+def test_model_file_untouched_by_cli_check(zoo):
+    from click.testing import CliRunner
+
+    from bngap.cli import main
+
+    mpath, dpath = zoo.files("under_trained")
+    digest = hashlib.sha256(mpath.read_bytes()).hexdigest()
+    res = CliRunner().invoke(main, ["check", str(mpath), str(dpath), "-q"])
+    assert res.exit_code == 0, res.output
+    assert hashlib.sha256(mpath.read_bytes()).hexdigest() == digest
