@@ -297,6 +297,51 @@ def demo(out, fmt, show_traceback, quiet):
         sys.exit(int(ExitStatus.OK))
 
 
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path())
+@click.argument("data", type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the fixed model (.keras or .h5).")
+@click.option("--in-place", is_flag=True, help="Overwrite MODEL itself (atomically).")
+@click.option("--force", is_flag=True, help="Write even if the gap does not shrink, and replace an existing output.")
+@click.option("--layers", "layer_patterns", metavar="PATTERN", help="Only these BN layers: comma-separated paths or globs, e.g. 'resnet50/conv5_*'.")
+@click.option("--skip-frozen", is_flag=True, help="Leave frozen (trainable=False) BN layers alone.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Result form.")
+@_add(loading_options)
+def fix(model, data, output, in_place, force, layer_patterns, skip_frozen, fmt, unsafe, custom_objects,
+        x_key, y_key, batch_size, limit, seed, preprocess, show_traceback, quiet):
+    """Re-estimate BatchNormalization statistics on DATA, verify, save a copy.
+
+    Every BN layer's moving mean and variance become the exact population
+    statistics of its input on DATA (in inference mode, layer by layer, so
+    each layer sees inputs normalised by the already re-estimated layers
+    upstream). No other weight changes. The gap is measured before and after;
+    the fixed model is written (atomically, never over MODEL unless
+    --in-place) only if the gap shrinks, unless --force. Use a few hundred
+    representative samples.
+    """
+    progress = _Progress(enabled=not quiet)
+    with _errors_handled(show_traceback):
+        from .recalibration import fix as run_fix
+
+        try:
+            result = run_fix(model, data, output=output, in_place=in_place, force=force,
+                             layers=layer_patterns, include_frozen=not skip_frozen,
+                             batch_size=batch_size, limit=limit, unsafe=unsafe,
+                             custom_objects=custom_objects, x_key=x_key, y_key=y_key, seed=seed,
+                             progress=progress, status=progress.status)
+        finally:
+            progress.close()
+        if fmt == "json":
+            import json
+
+            click.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+        else:
+            from .render.fixing import render_fix
+
+            click.echo(render_fix(result), nl=False)
+        sys.exit(int(ExitStatus.OK))
+
+
 def run() -> None:  # pragma: no cover - console entry point
     main()
 

@@ -327,7 +327,8 @@ def input_specs(model) -> list[InputSpec]:
 
 
 def load_model(path: str | os.PathLike, *, unsafe: bool = False,
-               custom_objects_file: str | os.PathLike | None = None) -> LoadedModel:
+               custom_objects_file: str | os.PathLike | None = None,
+               compile: bool = False) -> LoadedModel:
     """Loads a `.keras` or legacy `.h5` model, safely unless asked otherwise.
 
     Args:
@@ -335,6 +336,9 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False,
         unsafe: allow deserialising Python code (Lambda layers). Off by
             default: a file could run arbitrary code on load.
         custom_objects_file: a trusted Python file defining custom layers.
+        compile: restore the compiled loss, metrics and optimizer too (for
+            saving a copy that keeps them); falls back to an uncompiled
+            model, with a note, when compiling fails.
 
     Returns:
         The model (not compiled) with its input specs and notes on repairs.
@@ -349,13 +353,23 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False,
     custom = load_custom_objects(custom_objects_file) if custom_objects_file else {}
     notes: list[str] = []
     kwargs = dict(compile=False, safe_mode=not unsafe, custom_objects=custom or None)
-    try:
+    def attempt(kw):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if p.suffix.lower() in LEGACY_EXTS:
-                model = _load_legacy(p, keras, kwargs, notes)
-            else:
-                model = keras.models.load_model(p, **kwargs)
+                return _load_legacy(p, keras, kw, notes)
+            return keras.models.load_model(p, **kw)
+
+    try:
+        model = None
+        if compile:
+            try:
+                model = attempt({**kwargs, "compile": True})
+            except Exception as e:  # loss or optimizer not restorable: keep going without
+                notes.append(f"loaded without its compile configuration ({type(e).__name__}: "
+                             f"{one_line(e, 120)})")
+        if model is None:
+            model = attempt(kwargs)
     except ModelLoadError:
         raise
     except Exception as e:  # Keras raises many types for bad files

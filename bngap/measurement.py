@@ -154,7 +154,7 @@ class _MetricSums:
 # --------------------------------------------------------------- the loop
 def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_size: int,
             seed: int = 0, effects: int | None = 3, loss_id=None,
-            progress: Progress = _noop) -> Measurements:
+            progress: Progress = _noop, leak_checks: bool = True) -> Measurements:
     """Runs every pass a check needs, batch by batch.
 
     Per batch: one inference pass (recording BN inputs and keeping each
@@ -253,7 +253,8 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                 g = nd.kind.group
                 if g in group_acc and group_members[g] == [nd.index]:
                     st.effect = group_acc[g]
-        leaks = leak_checks(probe, nodes, dataset.subset(min(LEAK_SAMPLES, n)), keras)
+        leaks = (compare_inference_paths(probe, nodes, dataset.subset(min(LEAK_SAMPLES, n)), keras)
+                 if leak_checks else [])
         bn_params = {nd.index: probe.bn_params(nd) for nd in nodes if nd.kind is Kind.BATCHNORM}
 
     return Measurements(
@@ -284,7 +285,7 @@ def _training_layers(nodes: list[LayerNode], seen: dict) -> tuple[str, ...]:
     return tuple(out)
 
 
-def leak_checks(probe: Probe, nodes: list[LayerNode], subset: Dataset, keras) -> list[LeakCheck]:
+def compare_inference_paths(probe: Probe, nodes: list[LayerNode], subset: Dataset, keras) -> list[LeakCheck]:
     """Compares the other inference paths with model(x, training=False).
 
     - forced inference: every layer explicitly in inference mode; differs

@@ -112,9 +112,7 @@ class Probe:
         self._installed: list[tuple[Any, Any]] = []
         self._order_counter = 0
         self._active: set[int] = set()
-        self._stop_after_bn: int | None = None
-        self._bn_seen = 0
-        self._bn_capture: dict[int, SplitMoments] | None = None
+        self._seq = 0
         self.guard: StateGuard | None = None
         self._seed_vars = [v for v in model.variables if "seed_generator_state" in getattr(v, "path", v.name)]
 
@@ -366,6 +364,95 @@ class Probe:
             return out
 
         return handler
+
+    def _h_discover(self, calls: list, taint: dict):
+        """Records every BN call with the BN layers its input depends on.
+
+        Dependencies follow tensor identity: a layer's input is the very
+        tensor object an upstream layer returned (functional graphs pass them
+        on unchanged). A tensor we did not see being made (computed by plain
+        ops inside a custom layer) conservatively depends on every BN layer
+        called so far.
+        """
+        seen_bn: list[int] = []
+
+        def deps_of(args, kwargs):
+            out: set[int] = set()
+            for t in _flatten(self.keras, (args, kwargs)):
+                if not hasattr(t, "shape"):
+                    continue
+                known = taint.get(id(t))
+                if known is None:
+                    out.update(seen_bn)
+                else:
+                    out.update(known[1])
+            return out
+
+        def handler(node, original, args, kwargs):
+            self._next_call(node)
+            deps = deps_of(args, kwargs)
+            before = len(seen_bn)
+            if node.kind is Kind.BATCHNORM:
+                calls.append((node.index, self._seq, frozenset(deps)))
+            self._seq += 1
+            out = original(*args, **kwargs)
+            if node.kind is Kind.BATCHNORM:
+                self._restore_bn(node)
+                seen_bn.append(node.index)
+                deps = deps | {node.index}
+            if node.children:  # a container: its output depends on what ran inside it
+                deps = deps | set(seen_bn[before:])
+            for t in _flatten(self.keras, out):
+                if hasattr(t, "shape"):
+                    taint[id(t)] = (t, frozenset(deps))  # keep t alive: ids must not be reused
+            return out
+
+        return handler
+
+    def _h_capture(self, targets: set[int], stop_after: int, capture: dict):
+        """Input moments of the `targets` BN layers; stops after call number
+        `stop_after` of the pass."""
+
+        def handler(node, original, args, kwargs):
+            self._next_call(node)
+            seq = self._seq
+            self._seq += 1
+            if node.index in targets:
+                x = args[0] if args else kwargs.get("inputs")
+                c, m, m2 = _channel_moments(self.tf, x, node.layer.axis, kwargs.get("mask"))
+                capture.setdefault(node.index, SplitMoments()).add_examples(c, m, m2)
+            if seq >= stop_after:
+                raise _StopPass()
+            out = original(*args, **kwargs)
+            if node.kind is Kind.BATCHNORM:
+                self._restore_bn(node)
+            return out
+
+        return handler
+
+    def discover_bn_dependencies(self, xs) -> list[tuple[int, int, frozenset]]:
+        """(BN node index, call number, BN layers its input depends on) for
+        every BN call of one inference pass, in call order."""
+        calls: list = []
+        taint: dict = {}
+        self._seq = 0
+        try:
+            self._call_model(xs, "inference", self._h_discover(calls, taint), training=False)
+        finally:
+            taint.clear()
+        return calls
+
+    def capture_bn_inputs(self, xs, targets: set[int], stop_after: int, into: dict) -> None:
+        """Adds the input moments of the `targets` BN layers on this batch to
+        `into` (node index -> SplitMoments), running only as far as needed."""
+        self._seq = 0
+        self._call_model(xs, "inference", self._h_capture(targets, stop_after, into), training=False)
+
+    def commit(self) -> None:
+        """Makes the current variable values the ones restored on exit (used
+        by `fix`, which changes BN statistics on purpose)."""
+        self.guard.saved = [np.array(v.numpy(), copy=True) for v in self.guard.variables]
+        self._bn_var_cache = None
 
     # ----------------------------------------------------------------- passes
     def eval_pass(self, xs, capture_outputs=True, capture_bn=True):

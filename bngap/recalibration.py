@@ -1,0 +1,312 @@
+"""`bngap fix`: re-estimate BatchNormalization moving statistics as the exact
+population statistics of each layer's input on the user's data.
+
+This is PreciseBN (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021)
+done exactly, in inference mode: layers are re-estimated in dependency order,
+so each layer's statistics are measured on inputs normalised by the
+already re-estimated layers upstream. Layers whose inputs do not depend on
+each other share a pass, and each pass stops at the last layer it needs.
+Means and (biased, ddof=0) variances are merged across batches with Chan's
+formula, so any batch split gives the same result.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .audit import compare_channels, local_gap
+from .data import Dataset
+from .errors import BngapError
+from .layertree import LayerNode
+from .results import Kind, Metrics, OutputGap, _plain
+
+ENOUGH_SAMPLES = 256       # below this, say the estimates are rough
+NOISE_WARN = 0.05          # relative noise of a layer's estimate worth a warning
+
+
+@dataclass(frozen=True)
+class LayerFix:
+    """What re-estimation did to one BN layer."""
+
+    path: str
+    level: int                  # dependency level: 0 = no BN upstream
+    samples: int
+    gap_before: float           # expected local gap of the old statistics on this data
+    noise: float | None         # relative sampling noise of the new statistics (split-half)
+    frozen: bool
+
+
+@dataclass(frozen=True)
+class FixResult:
+    """Before/after numbers of a fix, and what was written."""
+
+    before: OutputGap
+    after: OutputGap
+    metrics_before: Metrics | None
+    metrics_after: Metrics | None
+    layers: tuple[LayerFix, ...]
+    skipped: tuple[tuple[str, str], ...]
+    passes: int
+    samples: int
+    batch_size: int
+    helped: bool
+    written: str | None = None
+    reload_max_abs_diff: float | None = None
+    notes: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = _plain(self)
+        d["schema_version"] = "1"
+        return d
+
+
+def select_layers(nodes: list[LayerNode], patterns: str | None, include_frozen: bool) -> tuple[list[LayerNode], list[tuple[str, str]]]:
+    """BN layers to re-estimate and (path, reason) for those left alone.
+
+    `patterns` is a comma-separated list of layer paths or globs, matched
+    against the full path and the layer's own name.
+    """
+    chosen, skipped = [], []
+    pats = [p.strip() for p in patterns.split(",") if p.strip()] if patterns else []
+    for n in nodes:
+        if n.kind is not Kind.BATCHNORM:
+            continue
+        name = n.path.rsplit("/", 1)[-1]
+        if pats and not any(fnmatch.fnmatchcase(n.path, p) or fnmatch.fnmatchcase(name, p) for p in pats):
+            skipped.append((n.path, "not matched by --layers"))
+        elif not include_frozen and not n.layer.trainable:
+            skipped.append((n.path, "frozen (trainable=False) and --skip-frozen given"))
+        else:
+            chosen.append(n)
+    if pats and not chosen:
+        raise BngapError(f"--layers {patterns!r} matches no BatchNormalization layer")
+    return chosen, skipped
+
+
+def dependency_levels(calls: list[tuple[int, int, frozenset]]) -> dict[int, int]:
+    """Level of each BN layer: 0 without BN upstream, else 1 + the highest
+    level among the BN layers its input depends on."""
+    level: dict[int, int] = {}
+    for idx, _seq, deps in calls:
+        upstream = [level[d] for d in deps if d != idx and d in level]
+        level[idx] = max(level.get(idx, 0), 1 + max(upstream) if upstream else 0)
+    return level
+
+
+def recalibrate(model, nodes: list[LayerNode], chosen: list[LayerNode], data: Dataset, keras, *,
+                batch_size: int, progress: Callable[[int, int, str], None] | None = None,
+                seed: int = 0) -> tuple[list[LayerFix], int]:
+    """Sets the chosen BN layers' moving statistics to the population
+    statistics of their inputs on `data`, level by level.
+
+    Side effects: changes `moving_mean` and `moving_variance` (and, for
+    renorm layers, `moving_stddev`) of the chosen layers; nothing else.
+
+    Returns:
+        (one LayerFix per layer, number of passes over the data).
+    """
+    from .probe import Probe
+
+    progress = progress or (lambda *a: None)
+    by_index = {n.index: n for n in nodes}
+    wanted = {n.index for n in chosen}
+    out: list[LayerFix] = []
+    passes = 0
+    with Probe(model, nodes, keras, seed=seed) as probe:
+        first = next(data.batches(min(2, len(data))))[0]
+        calls = probe.discover_bn_dependencies(first)
+        levels = dependency_levels(calls)
+        last_call = {}
+        for idx, seq, _ in calls:
+            last_call[idx] = max(last_call.get(idx, -1), seq)
+        todo = sorted({levels[i] for i in wanted if i in levels})
+        never_called = [by_index[i].path for i in wanted if i not in levels]
+        batches = math.ceil(len(data) / batch_size)
+        total = len(todo) * batches
+        for step, lev in enumerate(todo):
+            targets = {i for i in wanted if levels.get(i) == lev}
+            stop = max(last_call[i] for i in targets)
+            moments: dict = {}
+            for b, (xs, _y) in enumerate(data.batches(batch_size)):
+                probe.capture_bn_inputs(xs, targets, stop, moments)
+                progress(step * batches + b + 1, total, f"level {step + 1}/{len(todo)}")
+            passes += 1
+            for i in sorted(targets, key=lambda j: last_call[j]):
+                node = by_index[i]
+                params = probe.bn_params(node)
+                mom = moments[i]
+                total_m = mom.total
+                before = local_gap(compare_channels(params, total_m))
+                _assign(node.layer, total_m.mean, total_m.variance)
+                out.append(LayerFix(node.path, lev, int(total_m.examples), before,
+                                    _relative_noise(mom, node.layer.epsilon), not node.layer.trainable))
+            probe.commit()
+    if never_called:
+        raise BngapError(f"layers never called on this data, cannot re-estimate: {', '.join(never_called)}")
+    return out, passes
+
+
+def _assign(layer, mean: np.ndarray, var: np.ndarray) -> None:
+    dtype = layer.moving_mean.dtype
+    layer.moving_mean.assign(mean.astype(dtype))
+    layer.moving_variance.assign(var.astype(dtype))
+    if getattr(layer, "renorm", False) and hasattr(layer, "moving_stddev"):
+        layer.moving_stddev.assign(np.sqrt(var + layer.epsilon).astype(dtype))
+
+
+def _relative_noise(mom, eps: float) -> float | None:
+    """How far apart the two halves' statistics are, relative to the spread:
+    RMS over channels of the half-difference of standardized means and of
+    log standard deviations."""
+    if len(mom.halves) != 2 or min(h.examples for h in mom.halves) < 1:
+        return None
+    a, b = mom.halves
+    s = np.sqrt(mom.total.variance + eps)
+    dz = (a.mean - b.mean) / s / 2.0
+    dl = 0.5 * (np.log(a.variance + eps) - np.log(b.variance + eps)) / 2.0
+    return float(np.sqrt(np.mean(dz * dz + dl * dl)))
+
+
+def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None = None,
+        in_place: bool = False, force: bool = False, layers: str | None = None,
+        include_frozen: bool = True, batch_size: int = 32, limit: int | None = None,
+        unsafe: bool = False, custom_objects: str | None = None, x_key: str | None = None,
+        y_key: str | None = None, seed: int = 0,
+        progress: Callable[[int, int, str], None] | None = None,
+        status: Callable[[str], None] | None = None) -> FixResult:
+    """Re-estimates BN statistics on `x`, verifies the gap, and saves a copy.
+
+    Args:
+        model: a Keras model (updated in place) or a model file path (the
+            file is read; the fixed model goes to `output`).
+        x, y: data as for `bngap.check` (arrays or a file/folder path).
+        output: where to save the fixed model (.keras or .h5). With a path
+            model, required unless `in_place`.
+        in_place: write over the model file itself.
+        force: write even when the fix does not reduce the gap, and replace
+            an existing output file.
+        layers: comma-separated BN layer paths or globs to re-estimate.
+        include_frozen: also re-estimate frozen (trainable=False) layers.
+
+    Returns:
+        A FixResult with the output gap (and loss/accuracy with labels)
+        before and after.
+
+    Side effects: changes the chosen BN layers' moving statistics of the
+    in-memory model; writes `output` atomically (temporary file, then
+    rename) only when the fix helps or `force` is set.
+    """
+    from .layertree import build_tree
+    from .loading import LoadedModel, input_specs, load_model
+    from .measurement import measure
+    from .data import from_arrays, load_data
+    from .analysis import output_gap
+    from .runtime import import_keras
+    from .writing import replace_atomic
+
+    started = time.perf_counter()
+    say = status or (lambda s: None)
+    if batch_size < 1:
+        raise BngapError(f"--batch-size must be at least 1. Received: {batch_size}")
+    from_file = isinstance(model, (str, os.PathLike))
+    target: Path | None = None
+    if from_file:
+        src = Path(model)
+        if in_place:
+            if output and Path(output).resolve() != src.resolve():
+                raise BngapError("give either --in-place or -o/--output, not both")
+            target = src
+        elif not output:
+            raise BngapError("say where to write the fixed model: -o/--output FILE (or --in-place)")
+        else:
+            target = Path(output)
+            if target.resolve() == src.resolve():
+                raise BngapError(f"{target} is the input model; pass --in-place to overwrite it")
+    elif output:
+        target = Path(output)
+    if target is not None and target.suffix.lower() not in (".keras", ".h5", ".hdf5"):
+        raise BngapError(f"the output must end in .keras or .h5. Received: {target}")
+    if target is not None and target.exists() and not (in_place or force):
+        raise BngapError(f"{target} already exists; choose another path or pass --force to replace it")
+
+    if from_file:
+        say(f"loading model {model}")
+        # Compiled, so that the copy keeps the loss, metrics and optimizer state.
+        loaded = load_model(model, unsafe=unsafe, custom_objects_file=custom_objects, compile=True)
+    else:
+        keras = import_keras()
+        loaded = LoadedModel(model=model, path="<in-memory>", inputs=input_specs(model))
+    keras = import_keras()
+    net = loaded.model
+    if isinstance(x, (str, os.PathLike)):
+        say(f"reading data {x}")
+        data = load_data(x, loaded.inputs, x_key=x_key, y_key=y_key, limit=limit)
+    else:
+        data = from_arrays(x, y, loaded.inputs, limit=limit)
+    nodes = build_tree(net, keras)
+    chosen, skipped = select_layers(nodes, layers, include_frozen)
+    if not chosen:
+        raise BngapError("the model has no BatchNormalization layers to re-estimate")
+    bs = max(1, min(batch_size, len(data)))
+
+    say("measuring the gap before")
+    m0 = measure(net, nodes, data, keras, batch_size=bs, seed=seed, effects=0, loss_id=loaded.loss,
+                 leak_checks=False)
+    say(f"re-estimating {len(chosen)} BatchNormalization layers on {len(data)} samples")
+    fixes, passes = recalibrate(net, nodes, chosen, data, keras, batch_size=bs, progress=progress, seed=seed)
+    say("measuring the gap after")
+    m1 = measure(net, nodes, data, keras, batch_size=bs, seed=seed, effects=0, loss_id=loaded.loss,
+                 leak_checks=False)
+    before, after = output_gap(m0), output_gap(m1)
+    helped = after.relative_l2 < before.relative_l2 - 1e-9
+    if m0.metrics and m1.metrics and m1.metrics.eval["loss"] > m0.metrics.eval["loss"] + 1e-9:
+        helped = False
+    notes = list(loaded.notes)
+    if len(data) < ENOUGH_SAMPLES:
+        notes.append(f"re-estimated from {len(data)} samples; use {ENOUGH_SAMPLES} or more "
+                     "representative samples for stable statistics")
+    noisy = [f for f in fixes if f.noise is not None and f.noise > NOISE_WARN]
+    if noisy:
+        notes.append(f"{len(noisy)} layers' new statistics are noisy (relative noise up to "
+                     f"{max(f.noise for f in noisy):.3f}, e.g. {noisy[0].path}); more data would help")
+    written = None
+    reload_diff = None
+    if target is not None and (helped or force):
+        say(f"writing {target}")
+        replace_atomic(target, lambda tmp: net.save(tmp), suffix=target.suffix)
+        written = str(target)
+        reload_diff = _verify_reload(target, net, data, keras, unsafe=unsafe, custom=custom_objects)
+    elif target is not None:
+        notes.append(f"not written: the fix did not reduce the gap ({before.relative_l2:.4f} -> "
+                     f"{after.relative_l2:.4f}); pass --force to write it anyway")
+    return FixResult(before=before, after=after, metrics_before=m0.metrics, metrics_after=m1.metrics,
+                     layers=tuple(fixes), skipped=tuple(skipped), passes=passes, samples=len(data),
+                     batch_size=bs, helped=helped, written=written, reload_max_abs_diff=reload_diff,
+                     notes=tuple(notes), seconds=time.perf_counter() - started)
+
+
+def _verify_reload(path: Path, model, data: Dataset, keras, *, unsafe: bool, custom) -> float:
+    """Reloads the written file and compares its inference output with the
+    in-memory model's on a few samples; raises if they differ."""
+    from .loading import load_model
+
+    again = load_model(path, unsafe=unsafe, custom_objects_file=custom).model
+    xs = [a[: min(16, len(data))] for a in data.x]
+    arg = xs[0] if len(xs) == 1 else xs
+    a = [np.asarray(t) for t in keras.tree.flatten(model(arg, training=False))]
+    b = [np.asarray(t) for t in keras.tree.flatten(again(arg, training=False))]
+    diff = max(float(np.max(np.abs(p - q))) if p.size else 0.0 for p, q in zip(a, b))
+    scale = max(float(np.max(np.abs(p))) if p.size else 0.0 for p in a)
+    if diff > 1e-5 * max(1.0, scale):
+        raise BngapError(f"the saved model {path} does not reproduce the fixed model's outputs "
+                         f"(max difference {diff:.3g}); it was written, but do not trust it")
+    return diff
