@@ -1,0 +1,155 @@
+"""`bngap fix`: exact re-estimation against numpy, no other changes, safe writes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bngap.cli import main
+from bngap.errors import BngapError
+from bngap.recalibration import dependency_levels, fix
+
+
+def _fresh(zoo, keras, name):
+    """An independent copy of a zoo model (fix changes models in place)."""
+    model, x, y = zoo.get(name)
+    mpath, _ = zoo.files(name)
+    return keras.models.load_model(mpath), x, y
+
+
+def _expected_stats(model, keras, x, names):
+    """PreciseBN by hand: each BN's input statistics with the upstream BN
+    layers already set to theirs, via a probe model in inference mode."""
+    want = {}
+    for name in names:
+        layer = model.get_layer(name)
+        inp = np.asarray(keras.Model(model.inputs, layer.input)(x, training=False), np.float64)
+        axes = tuple(range(inp.ndim - 1))
+        mean, var = inp.mean(axis=axes), inp.var(axis=axes)
+        layer.moving_mean.assign(mean.astype("float32"))
+        layer.moving_variance.assign(var.astype("float32"))
+        want[name] = (mean, var)
+    return want
+
+
+@pytest.mark.parametrize("batch_size", [64, 7, 5])
+def test_fixed_statistics_equal_sequential_numpy_statistics(zoo, keras, batch_size):
+    model, x, y = _fresh(zoo, keras, "under_trained")
+    reference, _, _ = _fresh(zoo, keras, "under_trained")
+    want = _expected_stats(reference, keras, x, ["bn1", "bn2"])
+    fix(model, x, batch_size=batch_size)
+    for name, (mean, var) in want.items():
+        layer = model.get_layer(name)
+        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), var, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["under_trained", "domain_shift", "subclassed"])
+def test_fix_closes_the_gap_with_full_batch(zoo, keras, name):
+    """With one batch of all the data, batch statistics are the population
+    statistics: after the fix inference equals training mode."""
+    model, x, y = _fresh(zoo, keras, name)
+    r = fix(model, x, y, batch_size=len(x))
+    assert r.before.relative_l2 > 0.1
+    assert r.after.relative_l2 < 1e-3
+    assert r.helped
+
+
+def test_fix_changes_only_bn_moving_statistics(zoo, keras):
+    model, x, y = _fresh(zoo, keras, "nested")
+    before = {v.path: v.numpy().copy() for v in model.variables}
+    fix(model, x)
+    changed = {v.path for v in model.variables if v.numpy().tobytes() != before[v.path].tobytes()}
+    assert sorted(p.split("/")[-2] + "/" + p.split("/")[-1] for p in changed) == [
+        "conv_bn/moving_mean", "conv_bn/moving_variance"]
+
+
+def test_dependency_levels():
+    calls = [(1, 0, frozenset()), (2, 3, frozenset({1})), (3, 4, frozenset({1})),
+             (4, 9, frozenset({2, 3})), (5, 12, frozenset())]
+    assert dependency_levels(calls) == {1: 0, 2: 1, 3: 1, 4: 2, 5: 0}
+
+
+def test_parallel_branches_share_a_pass(keras):
+    L = keras.layers
+    inp = keras.Input((6,))
+    a = L.BatchNormalization(name="a")(L.Dense(4)(inp))
+    b = L.BatchNormalization(name="b")(L.Dense(4)(inp))
+    c = L.BatchNormalization(name="c")(L.Concatenate()([a, b]))
+    model = keras.Model(inp, L.Dense(1)(c))
+    x = np.random.default_rng(0).normal(2, 3, (40, 6)).astype("float32")
+    r = fix(model, x, batch_size=8)
+    assert r.passes == 2
+    assert {f.path: f.level for f in r.layers} == {"a": 0, "b": 0, "c": 1}
+
+
+def test_layers_pattern_and_skip_frozen(zoo, keras):
+    model, x, y = _fresh(zoo, keras, "under_trained")
+    bn2_before = model.get_layer("bn2").moving_mean.numpy().copy()
+    r = fix(model, x, layers="bn1")
+    assert [f.path for f in r.layers] == ["bn1"]
+    assert ("bn2", "not matched by --layers") in r.skipped
+    np.testing.assert_array_equal(model.get_layer("bn2").moving_mean.numpy(), bn2_before)
+    with pytest.raises(BngapError, match="matches no BatchNormalization layer"):
+        fix(model, x, layers="nothing*")
+    model.get_layer("bn1").trainable = False
+    r = fix(model, x, include_frozen=False)
+    assert [f.path for f in r.layers] == ["bn2"]
+
+
+def test_cli_fix_writes_a_verified_copy_and_never_the_input(zoo, tmp_path, keras):
+    mpath, dpath = zoo.files("under_trained")
+    digest = hashlib.sha256(mpath.read_bytes()).hexdigest()
+    out = tmp_path / "fixed.keras"
+    runner = CliRunner()
+    res = runner.invoke(main, ["fix", str(mpath), str(dpath), "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "written to" in res.stdout and "verified" in res.stdout
+    assert hashlib.sha256(mpath.read_bytes()).hexdigest() == digest
+    fixed = keras.models.load_model(out)
+    assert fixed.loss == "sparse_categorical_crossentropy"  # compile config kept
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+    # refusals: existing output, output == input, no output at all
+    res = runner.invoke(main, ["fix", str(mpath), str(dpath), "-o", str(out), "-q"])
+    assert res.exit_code == 2 and "already exists" in res.stderr
+    res = runner.invoke(main, ["fix", str(mpath), str(dpath), "-o", str(mpath), "-q"])
+    assert res.exit_code == 2 and "--in-place" in res.stderr
+    res = runner.invoke(main, ["fix", str(mpath), str(dpath), "-q"])
+    assert res.exit_code == 2 and "-o/--output" in res.stderr
+    assert hashlib.sha256(mpath.read_bytes()).hexdigest() == digest
+
+
+def test_cli_fix_in_place_and_json(zoo, tmp_path):
+    import json
+    import shutil
+
+    mpath, dpath = zoo.files("under_trained")
+    copy = tmp_path / "model.keras"
+    shutil.copy(mpath, copy)
+    res = CliRunner().invoke(main, ["fix", str(copy), str(dpath), "--in-place", "--format", "json", "-q"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["written"] == str(copy) and d["after"]["relative_l2"] < d["before"]["relative_l2"]
+    assert copy.read_bytes() != mpath.read_bytes()
+
+
+def test_not_written_when_it_does_not_help(zoo, keras, tmp_path):
+    """A second fix of an already fixed model cannot shrink the gap: nothing
+    is written without --force, and with it the file appears."""
+    model, x, y = _fresh(zoo, keras, "under_trained")
+    fix(model, x)
+    out = tmp_path / "again.keras"
+    r = fix(model, x, output=out)
+    assert not r.helped and r.written is None and not out.exists()
+    assert any("not written" in n for n in r.notes)
+    r = fix(model, x, output=out, force=True)
+    assert r.written == str(out) and out.exists()
+
+
+def test_model_without_bn_is_refused(zoo, tmp_path):
+    model, x, y = zoo.get("dropout_only")
+    with pytest.raises(BngapError, match="no BatchNormalization layers"):
+        fix(model, x, output=tmp_path / "x.keras")
