@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
-__all__ = ["__version__", "check", "CheckOptions", "Report", "Thresholds", "BngapError"]
+__all__ = ["__version__", "check", "fix", "CheckOptions", "Report", "Thresholds", "FixResult",
+           "GapMonitor", "BngapError"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .callbacks import GapMonitor
     from .errors import BngapError
     from .pipeline import CheckOptions
+    from .recalibration import FixResult
     from .results import Report, Thresholds
 
 
@@ -53,6 +56,30 @@ def check(model: Any, x: Any, y: Any = None, **options: Any) -> "Report":
     return _check(model, x, y, options=CheckOptions(**options), loss=loss)
 
 
+def fix(model: Any, x: Any, y: Any = None, **options: Any) -> "FixResult":
+    """Re-estimates every BatchNormalization layer's moving statistics as the
+    exact population statistics of its input on `x` (PreciseBN), in
+    dependency order, and measures the gap before and after.
+
+    Args:
+        model: a Keras model (its BN statistics are updated in place) or a
+            model file path (then pass `output=` or `in_place=True`).
+        x, y: data, as for `check`.
+        **options: output, in_place, force, layers (globs), include_frozen,
+            batch_size, limit, seed, unsafe, custom_objects, x_key, y_key.
+
+    Returns:
+        A `FixResult` (`before`, `after`, `helped`, per-layer records).
+
+    Example:
+        >>> result = bngap.fix(model, x_train[:512])   # doctest: +SKIP
+        >>> result.before.relative_l2, result.after.relative_l2  # doctest: +SKIP
+    """
+    from .recalibration import fix as _fix
+
+    return _fix(model, x, y, **options)
+
+
 def __getattr__(name: str):
     if name == "CheckOptions":
         from .pipeline import CheckOptions
@@ -62,6 +89,14 @@ def __getattr__(name: str):
         from . import results
 
         return getattr(results, name)
+    if name == "GapMonitor":
+        from .callbacks import GapMonitor
+
+        return GapMonitor
+    if name == "FixResult":
+        from .recalibration import FixResult
+
+        return FixResult
     if name == "BngapError":
         from .errors import BngapError
 

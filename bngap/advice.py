@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from .preprocessing import PREPROCESS_FLAG
 from .results import (
     BatchNormRecord, Cause, Finding, Kind, LayerRecord, LeakCheck, Metrics, OutputGap,
     PreprocessingProbe, Severity,
@@ -139,9 +140,10 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
             f"transform `{p.best}` they match (gap {_fmt(best_gap, 2)}). Your inputs range "
             f"{_fmt(p.input_min, 3)}..{_fmt(p.input_max, 3)}: the model was most likely trained "
             f"on inputs preprocessed as `{p.best}`.",
-            f"Apply the preprocessing used in training before predicting (here: {p.best}); for "
-            "keras.applications models use the family's preprocess_input. Everything downstream "
-            "of the first layers will then see the statistics it expects.",
+            f"Apply the preprocessing used in training before predicting (here: {p.best}"
+            + (f"; for an image folder: --preprocess {PREPROCESS_FLAG[p.best]}" if p.best in PREPROCESS_FLAG else "")
+            + "); for keras.applications models use the family's preprocess_input. Everything "
+            "downstream of the first layers will then see the statistics it expects.",
             {"transform": p.best, "baseline_gap": p.baseline_gap, "gap_after": best_gap,
              "candidates": dict(p.candidates)},
         ))

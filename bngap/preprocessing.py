@@ -15,6 +15,9 @@ PROBE_SAMPLES = 64
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 _TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# The same transforms as `--preprocess` names them for image folders.
+PREPROCESS_FLAG = {"x / 255": "scale=1/255", "x / 127.5 - 1": "tf",
+                   "caffe: BGR, minus ImageNet mean": "caffe", "torch: x / 255, ImageNet mean/std": "torch"}
 
 
 def candidate_transforms(x: np.ndarray) -> dict:
@@ -26,8 +29,8 @@ def candidate_transforms(x: np.ndarray) -> dict:
         out["x / 255"] = lambda a: a / 255.0
         out["x / 127.5 - 1"] = lambda a: a / 127.5 - 1.0
         if rgb:
-            out["caffe (BGR, minus ImageNet mean)"] = lambda a: a[..., ::-1] - _CAFFE_MEAN_BGR
-            out["torch (x / 255, ImageNet mean/std)"] = lambda a: (a / 255.0 - _TORCH_MEAN) / _TORCH_STD
+            out["caffe: BGR, minus ImageNet mean"] = lambda a: a[..., ::-1] - _CAFFE_MEAN_BGR
+            out["torch: x / 255, ImageNet mean/std"] = lambda a: (a / 255.0 - _TORCH_MEAN) / _TORCH_STD
     elif lo >= -1e-6 and hi <= 1.0 + 1e-6:  # 0..1
         out["x * 255"] = lambda a: a * 255.0
         out["x * 2 - 1"] = lambda a: a * 2.0 - 1.0
