@@ -328,7 +328,7 @@ def fix(model, data, output, in_place, force, layer_patterns, skip_frozen, fmt, 
                              layers=layer_patterns, include_frozen=not skip_frozen,
                              batch_size=batch_size, limit=limit, unsafe=unsafe,
                              custom_objects=custom_objects, x_key=x_key, y_key=y_key, seed=seed,
-                             progress=progress, status=progress.status)
+                             preprocess=preprocess, progress=progress, status=progress.status)
         finally:
             progress.close()
         if fmt == "json":

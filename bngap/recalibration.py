@@ -180,7 +180,7 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
         in_place: bool = False, force: bool = False, layers: str | None = None,
         include_frozen: bool = True, batch_size: int = 32, limit: int | None = None,
         unsafe: bool = False, custom_objects: str | None = None, x_key: str | None = None,
-        y_key: str | None = None, seed: int = 0,
+        y_key: str | None = None, seed: int = 0, preprocess: str | None = None,
         progress: Callable[[int, int, str], None] | None = None,
         status: Callable[[str], None] | None = None) -> FixResult:
     """Re-estimates BN statistics on `x`, verifies the gap, and saves a copy.
@@ -249,7 +249,7 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     net = loaded.model
     if isinstance(x, (str, os.PathLike)):
         say(f"reading data {x}")
-        data = load_data(x, loaded.inputs, x_key=x_key, y_key=y_key, limit=limit)
+        data = load_data(x, loaded.inputs, x_key=x_key, y_key=y_key, limit=limit, preprocess=preprocess)
     else:
         data = from_arrays(x, y, loaded.inputs, limit=limit)
     nodes = build_tree(net, keras)
