@@ -132,6 +132,11 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
         samples=m.samples, preprocessing=preprocessing,
     )
     notes = list(loaded.notes) + list(m.notes) + list(notes)
+    for label, count in (("training", m.output.nonfinite_train), ("inference", m.output.nonfinite_ref)):
+        if count:
+            notes.append(f"the model's {label}-mode outputs contain {count} NaN/infinite values "
+                         "(left out of the gap); look for a layer dividing by zero, e.g. "
+                         "BatchNormalization with epsilon=0 on a constant channel")
     if m.effects_skipped:
         notes.append(f"output effect measured for the {m.effects_computed} layers with the largest "
                      f"own contribution; {m.effects_skipped} more have none (--effects all)")

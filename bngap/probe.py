@@ -245,6 +245,8 @@ class Probe:
             if not hasattr(t, "shape") or t.shape != r.shape or not t.dtype.is_floating:
                 continue
             t32, r32 = tf.cast(t, tf.float32), tf.cast(r, tf.float32)
+            both = tf.logical_and(tf.math.is_finite(t32), tf.math.is_finite(r32))
+            t32, r32 = tf.where(both, t32, 0.0), tf.where(both, r32, 0.0)
             d = t32 - r32
             parts.append(tf.stack([tf.reduce_sum(d * d), tf.reduce_sum(r32 * r32), tf.reduce_sum(t32 * t32)]))
         if not parts:

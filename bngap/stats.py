@@ -42,6 +42,9 @@ class GapAccumulator:
     agree: int = 0
     rows: int = 0
     elements: int = 0
+    nonfinite_train: int = 0   # NaN/Inf values, left out of the sums
+    nonfinite_ref: int = 0
+    nonfinite_pairs: int = 0   # finite on one side only: an unbounded gap
 
     def add_sums(self, sq_diff: float, sq_ref: float, sq_other: float = 0.0,
                  max_abs: float = 0.0, elements: int = 0) -> None:
@@ -64,6 +67,13 @@ class GapAccumulator:
         """
         t = np.asarray(train, dtype=np.float64)
         r = np.asarray(ref, dtype=np.float64)
+        ft, fr = np.isfinite(t), np.isfinite(r)
+        self.nonfinite_train += int(t.size - ft.sum())
+        self.nonfinite_ref += int(r.size - fr.sum())
+        both = ft & fr
+        self.nonfinite_pairs += int(np.sum(ft != fr))
+        if not both.all():  # a model that produced NaN/Inf: measure the rest, count these
+            t, r = np.where(both, t, 0.0), np.where(both, r, 0.0)
         d = t - r
         self.add_sums(np.sum(d * d), np.sum(r * r), np.sum(t * t),
                       np.max(np.abs(d)) if d.size else 0.0, d.size)
@@ -73,6 +83,10 @@ class GapAccumulator:
 
     @property
     def relative_l2(self) -> float:
+        """Relative L2 of the finite pairs; infinite when one mode produced
+        NaN/Inf where the other did not."""
+        if self.nonfinite_pairs:
+            return math.inf
         return relative_l2(self.sq_diff, self.sq_ref, self.sq_other)
 
     @property
