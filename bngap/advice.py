@@ -9,7 +9,7 @@ from typing import Sequence
 from .preprocessing import PREPROCESS_FLAG
 from .results import (
     BatchNormRecord, Cause, Finding, Kind, LayerRecord, LeakCheck, Metrics, OutputGap,
-    PreprocessingProbe, Severity,
+    PreprocessingProbe, Severity, format_number,
 )
 
 NOTABLE_GAP = 0.05        # an output or group gap worth explaining (relative L2)
@@ -26,11 +26,7 @@ FIX_HINT = "bngap fix MODEL DATA -o fixed.keras"
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
-    if v is None:
-        return "n/a"
-    if v != 0 and (abs(v) < 10 ** -digits or abs(v) >= 1e5):
-        return f"{v:.2e}"
-    return f"{v:.{digits}f}"
+    return format_number(v, digits)
 
 
 def _names(items: Sequence[str], limit: int = 3) -> str:

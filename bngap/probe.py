@@ -223,6 +223,18 @@ class Probe:
             self.guard.restore()
         return out
 
+    def _bn_input_moments(self, node, args, kwargs):
+        """Per-example channel moments of the input a BN layer is called with."""
+        x = args[0] if args else kwargs.get("inputs")
+        return _channel_moments(self.tf, x, node.layer.axis, kwargs.get("mask"))
+
+    def _run(self, node, original, args, kwargs):
+        """Calls the layer; a BN layer's statistics update is undone at once."""
+        out = original(*args, **kwargs)
+        if node.kind is Kind.BATCHNORM:
+            self._restore_bn(node)
+        return out
+
     def _eval_same_input(self, node, original, args, kwargs):
         """The layer's inference-mode output on the input it just got."""
         kw = dict(kwargs)
@@ -266,14 +278,10 @@ class Probe:
                 self._order_counter += 1
             st.eval_training.add(kwargs.get("training"))
             if capture_bn and node.kind is Kind.BATCHNORM:
-                x = args[0] if args else kwargs.get("inputs")
-                counts, means, m2s = _channel_moments(self.tf, x, node.layer.axis, kwargs.get("mask"))
                 if st.moments is None:
                     st.moments = SplitMoments()
-                st.moments.add_examples(counts, means, m2s)
-            out = original(*args, **kwargs)
-            if node.kind is Kind.BATCHNORM:
-                self._restore_bn(node)
+                st.moments.add_examples(*self._bn_input_moments(node, args, kwargs))
+            out = self._run(node, original, args, kwargs)
             if capture_outputs:
                 self._eval_store[(node.index, k)] = out
             st.calls = max(st.calls, k + 1)
@@ -289,9 +297,7 @@ class Probe:
             ref = None
             if own and node.mode_dependent and kwargs.get("training"):
                 ref = self._eval_same_input(node, original, args, kwargs)
-            out = original(*args, **kwargs)
-            if node.kind is Kind.BATCHNORM:
-                self._restore_bn(node)
+            out = self._run(node, original, args, kwargs)
             if node.mode_dependent and own:
                 if ref is None:  # ran in inference mode: same input, same output
                     flat = _flatten(self.keras, out)
@@ -324,10 +330,7 @@ class Probe:
                         kwargs["training"] = natural
                 else:
                     kwargs["training"] = False
-            out = original(*args, **kwargs)
-            if node.kind is Kind.BATCHNORM:
-                self._restore_bn(node)
-            return out
+            return self._run(node, original, args, kwargs)
 
         return handler
 
@@ -344,10 +347,7 @@ class Probe:
         def handler(node, original, args, kwargs):
             self._next_call(node)
             seen.setdefault(node.index, set()).add(kwargs.get("training"))
-            out = original(*args, **kwargs)
-            if node.kind is Kind.BATCHNORM:
-                self._restore_bn(node)
-            return out
+            return self._run(node, original, args, kwargs)
 
         return handler
 
@@ -355,15 +355,11 @@ class Probe:
         def handler(node, original, args, kwargs):
             self._next_call(node)
             if node.kind is Kind.BATCHNORM:
-                x = args[0] if args else kwargs.get("inputs")
-                c, m, m2 = _channel_moments(self.tf, x, node.layer.axis, kwargs.get("mask"))
-                capture.setdefault(node.index, SplitMoments()).add_examples(c, m, m2)
+                moments = self._bn_input_moments(node, args, kwargs)
+                capture.setdefault(node.index, SplitMoments()).add_examples(*moments)
                 if len(capture) >= count:
                     raise _StopPass()
-            out = original(*args, **kwargs)
-            if node.kind is Kind.BATCHNORM:
-                self._restore_bn(node)
-            return out
+            return self._run(node, original, args, kwargs)
 
         return handler
 
@@ -397,9 +393,8 @@ class Probe:
             if node.kind is Kind.BATCHNORM:
                 calls.append((node.index, self._seq, frozenset(deps)))
             self._seq += 1
-            out = original(*args, **kwargs)
+            out = self._run(node, original, args, kwargs)
             if node.kind is Kind.BATCHNORM:
-                self._restore_bn(node)
                 seen_bn.append(node.index)
                 deps = deps | {node.index}
             if node.children:  # a container: its output depends on what ran inside it
@@ -420,15 +415,11 @@ class Probe:
             seq = self._seq
             self._seq += 1
             if node.index in targets:
-                x = args[0] if args else kwargs.get("inputs")
-                c, m, m2 = _channel_moments(self.tf, x, node.layer.axis, kwargs.get("mask"))
-                capture.setdefault(node.index, SplitMoments()).add_examples(c, m, m2)
+                moments = self._bn_input_moments(node, args, kwargs)
+                capture.setdefault(node.index, SplitMoments()).add_examples(*moments)
             if seq >= stop_after:
                 raise _StopPass()
-            out = original(*args, **kwargs)
-            if node.kind is Kind.BATCHNORM:
-                self._restore_bn(node)
-            return out
+            return self._run(node, original, args, kwargs)
 
         return handler
 

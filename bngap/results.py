@@ -235,6 +235,15 @@ class Thresholds:
 DISPLAY_DECIMALS = 4
 
 
+def format_number(v: float | None, digits: int = DISPLAY_DECIMALS) -> str:
+    """A number as reports print it: fixed decimals, scientific when tiny or huge."""
+    if v is None:
+        return "n/a"
+    if v != 0 and (abs(v) < 10 ** -digits or abs(v) >= 1e6):
+        return f"{v:.2e}"
+    return f"{v:.{digits}f}"
+
+
 def exceeds(value: float | None, threshold: float | None) -> bool:
     if value is None or threshold is None:
         return False

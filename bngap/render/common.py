@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from ..results import LayerRecord, Report, Severity
+from ..results import LayerRecord, Report, Severity, format_number
 
 SPARK = "▁▂▃▄▅▆▇█"
 OPENS_AT = 0.01  # divergence at which we say the gap has opened
 
 
-def num(v: float | None, digits: int = 4) -> str:
-    """A number as the reports show it (and as thresholds compare it)."""
-    if v is None:
-        return "n/a"
-    if v != 0 and (abs(v) < 10 ** -digits or abs(v) >= 1e6):
-        return f"{v:.2e}"
-    return f"{v:.{digits}f}"
+num = format_number  # as reports show numbers (and thresholds compare them)
 
 
 def pct(v: float | None) -> str:
