@@ -207,11 +207,10 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
         if excess > BATCH_NOISE_EXCESS and rec.own_contribution > 2 * r.expected_local_gap:
             noisy.append((r, rec.own_contribution))
     uses_batch = [r for r in batchnorm if r.fit_uses_batch_stats]
-    if uses_batch and (batch_size < SMALL_BATCH or (noisy and bn_gap >= NOTABLE_GAP)):
-        explained_by_stats = False
-    else:
-        explained_by_stats = True
-    if not explained_by_stats:
+    # A few deep layers with tiny feature maps are always noisy; a batch
+    # problem shows in a good share of the layers.
+    widespread = len(noisy) >= max(1, len(uses_batch) // 4)
+    if uses_batch and (batch_size < SMALL_BATCH or (widespread and bn_gap >= NOTABLE_GAP)):
         r, own = noisy[0] if noisy else (uses_batch[0], None)
         sev = Severity.WARN if bn_gap >= NOTABLE_GAP else Severity.INFO
         findings.append(Finding(

@@ -34,6 +34,9 @@ def candidate_transforms(x: np.ndarray) -> dict:
     elif lo >= -1e-6 and hi <= 1.0 + 1e-6:  # 0..1
         out["x * 255"] = lambda a: a * 255.0
         out["x * 2 - 1"] = lambda a: a * 2.0 - 1.0
+        if rgb:
+            out["x * 255, then caffe: BGR, minus ImageNet mean"] = lambda a: (a * 255.0)[..., ::-1] - _CAFFE_MEAN_BGR
+            out["ImageNet mean/std (torch, from 0..1)"] = lambda a: (a - _TORCH_MEAN) / _TORCH_STD
     elif lo >= -1.0 - 1e-6 and hi <= 1.0 + 1e-6:  # -1..1
         out["(x + 1) * 127.5"] = lambda a: (a + 1.0) * 127.5
         out["(x + 1) / 2"] = lambda a: (a + 1.0) / 2.0
