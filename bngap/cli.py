@@ -108,13 +108,15 @@ class _Progress:
             self.bar = None
 
 
-def _parse_effects(value: str) -> int | None:
+def _parse_effects(value: str) -> int | str | None:
     if value.lower() == "all":
         return None
+    if value.lower() == "auto":
+        return "auto"
     try:
         n = int(value)
     except ValueError:
-        raise click.BadParameter(f"expected a number or 'all'. Received: {value!r}") from None
+        raise click.BadParameter(f"expected a number, 'all' or 'auto'. Received: {value!r}") from None
     if n < 0:
         raise click.BadParameter(f"must be 0 or more. Received: {n}")
     return n
@@ -205,8 +207,8 @@ def main():
 @click.option("--fail-above-loss-delta", type=float, help="Exit 1 when inference loss minus training loss exceeds this (needs labels).")
 @click.option("--fail-above-accuracy-drop", type=float, help="Exit 1 when training accuracy minus inference accuracy exceeds this (needs labels).")
 @click.option("--all-layers", is_flag=True, help="List every layer and every BN layer, not only the flagged and top ones.")
-@click.option("--effects", default="3", show_default=True, metavar="N|all",
-              help="Measure the output effect (only this layer in training mode) of the N mode-dependent layers with the largest own contribution; one extra pass per layer and batch.")
+@click.option("--effects", default="auto", show_default=True, metavar="N|all|auto",
+              help="Measure the output effect (only this layer in training mode) of the N mode-dependent layers with the largest own contribution; one extra training pass per layer and batch. auto: all of them when there are at most 8, else the strongest one.")
 @_add(loading_options)
 def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
           all_layers, effects, unsafe, custom_objects, x_key, y_key, batch_size, limit, seed,

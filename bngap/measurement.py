@@ -16,7 +16,8 @@ from .probe import NodeStats, Probe
 from .results import GROUPS, Kind, LeakCheck, Metrics
 from .stats import GapAccumulator, SplitMoments, top1
 
-LEAK_SAMPLES = 8  # inference paths are compared on this many samples
+LEAK_SAMPLES = 4  # inference paths are compared on this many samples (leaks are structural)
+AUTO_EFFECTS_ALL = 8  # with --effects auto, models with up to this many get every layer's effect
 
 
 @dataclass
@@ -153,7 +154,7 @@ class _MetricSums:
 
 # --------------------------------------------------------------- the loop
 def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_size: int,
-            seed: int = 0, effects: int | None = 3, loss_id=None,
+            seed: int = 0, effects: int | str | None = "auto", loss_id=None,
             progress: Progress = _noop, leak_checks: bool = True) -> Measurements:
     """Runs every pass a check needs, batch by batch.
 
@@ -161,7 +162,8 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
     layer's output), one training pass (comparing each layer with it), one
     pass per cause group when more than one group is active, and one pass per
     layer whose output effect is measured (the `effects` layers with the
-    largest own contribution on the first batch; None = all).
+    largest own contribution on the first batch; None = all; "auto" = all
+    when there are at most 8, else the strongest one).
 
     Side effects: none on the model (see `Probe`); reports progress.
     """
@@ -180,12 +182,15 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
     classes = False
     effects_skipped = 0
     loss_ok = dataset.y is not None
+    first_eval: list[list[np.ndarray]] = []
 
     with Probe(model, nodes, keras, seed=seed) as probe:
         stats = probe.stats
         for b, (xs, y) in enumerate(dataset.batches(batch_size)):
             ev = _to_numpy_list(keras, probe.eval_pass(xs))
             tr = _to_numpy_list(keras, probe.train_pass(xs, b))
+            if sum(len(e[0]) for e in first_eval) < LEAK_SAMPLES:
+                first_eval.append(ev)  # the reference for the inference-path comparisons
             if b == 0:
                 names = _output_names(model, len(ev))
                 per_out = [(nm, GapAccumulator()) for nm in names]
@@ -204,7 +209,10 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                 if len(eff) == 1:
                     covered.add(eff[0].index)
                 candidates = [nd.index for nd in ranked if nd.index not in covered]
-                limit = len(candidates) if effects is None else max(0, int(effects))
+                if effects == "auto":  # every layer in a small model, the strongest in a big one
+                    limit = len(candidates) if len(candidates) <= AUTO_EFFECTS_ALL else 1
+                else:
+                    limit = len(candidates) if effects is None else max(0, int(effects))
                 effect_idx = candidates[:limit]
                 effects_skipped = len(candidates) - len(effect_idx)
                 for i in effect_idx:
@@ -253,8 +261,13 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                 g = nd.kind.group
                 if g in group_acc and group_members[g] == [nd.index]:
                     st.effect = group_acc[g]
-        leaks = (compare_inference_paths(probe, nodes, dataset.subset(min(LEAK_SAMPLES, n)), keras)
-                 if leak_checks else [])
+        if leak_checks:
+            m_leak = min(LEAK_SAMPLES, n)
+            reference = [np.concatenate(parts)[:m_leak] for parts in zip(*first_eval)]
+            leaks = compare_inference_paths(probe, nodes, dataset.subset(m_leak), keras,
+                                            stats=stats, reference=reference)
+        else:
+            leaks = []
         bn_params = {nd.index: probe.bn_params(nd) for nd in nodes if nd.kind is Kind.BATCHNORM}
 
     return Measurements(
@@ -285,20 +298,27 @@ def _training_layers(nodes: list[LayerNode], seen: dict) -> tuple[str, ...]:
     return tuple(out)
 
 
-def compare_inference_paths(probe: Probe, nodes: list[LayerNode], subset: Dataset, keras) -> list[LeakCheck]:
+def compare_inference_paths(probe: Probe, nodes: list[LayerNode], subset: Dataset, keras, *,
+                            stats: dict, reference: list[np.ndarray]) -> list[LeakCheck]:
     """Compares the other inference paths with model(x, training=False).
 
     - forced inference: every layer explicitly in inference mode; differs
       when a layer passes training=True on to another inside the model;
     - model(x) with no flag: what users calling the model directly get;
     - predict(x): what Keras' own inference loop gets.
+
+    `stats` holds what each layer received in the inference passes already
+    run, and `reference` their outputs for the subset's samples; inference is
+    per sample, so they stand for model(subset, training=False) unless a
+    layer leaked training mode, in which case the subset is run again.
     """
     xs = subset.x
     m = len(subset)
-    ref, seen = probe.observe_pass(xs, training=False)
     checks = []
-    leaked = _training_layers(nodes, seen)
+    leaked = _training_layers(nodes, {i: st.eval_training for i, st in stats.items()})
+    ref = reference
     if leaked:
+        ref, _ = probe.observe_pass(xs, training=False)
         forced = probe.forced_eval_pass(xs)
         checks.append(LeakCheck("model(x, training=False)", _rel(keras, ref, forced), leaked, m))
     else:

@@ -23,7 +23,7 @@ class CheckOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     limit: int | None = None
     seed: int = 0
-    effects: int | None = 3          # layers whose output effect is measured (None = all)
+    effects: int | str | None = "auto"  # layers whose output effect is measured (None = all)
     thresholds: Thresholds = Thresholds()
     x_key: str | None = None
     y_key: str | None = None
@@ -138,8 +138,9 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
                          "(left out of the gap); look for a layer dividing by zero, e.g. "
                          "BatchNormalization with epsilon=0 on a constant channel")
     if m.effects_skipped:
-        notes.append(f"output effect measured for the {m.effects_computed} layers with the largest "
-                     f"own contribution; {m.effects_skipped} more have none (--effects all)")
+        notes.append(f"output effect measured for the {m.effects_computed} layer(s) with the largest "
+                     f"own contribution, not for {m.effects_skipped} more (each costs a training pass "
+                     "per batch; --effects N or --effects all)")
     summary = _summarise_model(net, nodes, loaded.path, loaded.inputs or [])
     dsum = DataSummary(path=data.path, samples=len(data), has_labels=data.y is not None,
                        input_shapes=tuple(data.shapes), batch_size=m.batch_size,

@@ -247,24 +247,35 @@ class Probe:
             self._bypass -= 1
 
     def _accumulate(self, acc: GapAccumulator, train_out, ref_out) -> bool:
+        """Adds ||t - r||^2 and ||r||^2 of a pair of layer outputs to `acc`.
+
+        Fast path first (two reductions); only when a sum comes out
+        non-finite is it recomputed without the NaN/Inf entries.
+        """
         tf = self.tf
         a, b = _flatten(self.keras, train_out), _flatten(self.keras, ref_out)
         if len(a) != len(b):
             return False
-        sq_d = sq_r = sq_o = 0.0
         parts = []
         for t, r in zip(a, b):
             if not hasattr(t, "shape") or t.shape != r.shape or not t.dtype.is_floating:
                 continue
             t32, r32 = tf.cast(t, tf.float32), tf.cast(r, tf.float32)
-            both = tf.logical_and(tf.math.is_finite(t32), tf.math.is_finite(r32))
-            t32, r32 = tf.where(both, t32, 0.0), tf.where(both, r32, 0.0)
-            d = t32 - r32
-            parts.append(tf.stack([tf.reduce_sum(d * d), tf.reduce_sum(r32 * r32), tf.reduce_sum(t32 * t32)]))
+            parts.append((t32, r32, tf.stack([tf.reduce_sum(tf.math.squared_difference(t32, r32)),
+                                               tf.reduce_sum(tf.square(r32))])))
         if not parts:
             return False
-        s = tf.reduce_sum(tf.stack(parts), axis=0).numpy().astype(np.float64)
-        sq_d, sq_r, sq_o = s
+        sums = tf.reduce_sum(tf.stack([p[2] for p in parts]), axis=0).numpy().astype(np.float64)
+        if not np.all(np.isfinite(sums)):
+            sums = np.zeros(2)
+            for t32, r32, _ in parts:
+                both = tf.logical_and(tf.math.is_finite(t32), tf.math.is_finite(r32))
+                t0, r0 = tf.where(both, t32, 0.0), tf.where(both, r32, 0.0)
+                sums += np.array([float(tf.reduce_sum(tf.square(t0 - r0))), float(tf.reduce_sum(tf.square(r0)))])
+        sq_d, sq_r = sums
+        sq_o = 0.0
+        if sq_r == 0.0 and sq_d > 0.0:  # reference all zeros: relative to the other side
+            sq_o = sum(float(tf.reduce_sum(tf.square(p[0]))) for p in parts)
         acc.add_sums(sq_d, sq_r, sq_o)
         return True
 
@@ -578,7 +589,7 @@ def _channel_moments(tf, x, axis: int, mask=None):
     x3 = tf.reshape(x, (b, -1, c))
     if mask is None:
         mean = tf.reduce_mean(x3, axis=1)
-        m2 = tf.reduce_sum(tf.square(x3 - mean[:, None, :]), axis=1)
+        m2 = tf.reduce_sum(tf.math.squared_difference(x3, mean[:, None, :]), axis=1)
         per = int(np.prod([d for d in x.shape[1:-1]])) if rank > 2 else 1
         mean_np = mean.numpy()
         counts = np.full(mean_np.shape, float(per))
