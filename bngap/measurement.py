@@ -127,14 +127,18 @@ class _MetricSums:
         self.name = ""
         self.source = ""
 
-    def add(self, keras, loss_id, train: np.ndarray, ev: np.ndarray, y: np.ndarray) -> None:
+    def add(self, keras, loss_id, train, ev, y: np.ndarray) -> None:
+        """Adds one batch. `train` and `ev` are the model's output tensors:
+        Keras computes a softmax/sigmoid output's cross-entropy from the
+        logits the tensor carries, as evaluate() does, so the loss must see
+        the tensor, not a numpy copy."""
         if self.fn is None:
-            self.fn, self.name, self.source = resolve_loss(keras, loss_id, ev, y)
+            self.fn, self.name, self.source = resolve_loss(keras, loss_id, np.asarray(ev), y)
         for mode, out in (("train", train), ("eval", ev)):
             val = self.fn(y, out)
             val = float(np.mean(np.asarray(val)))
             self.loss[mode] += val * len(y)
-            acc = _accuracy(out, y)
+            acc = _accuracy(np.asarray(out), y)
             if acc is None:
                 self.has_acc = False
             else:
@@ -187,8 +191,9 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
     with Probe(model, nodes, keras, seed=seed) as probe:
         stats = probe.stats
         for b, (xs, y) in enumerate(dataset.batches(batch_size)):
-            ev = _to_numpy_list(keras, probe.eval_pass(xs))
-            tr = _to_numpy_list(keras, probe.train_pass(xs, b))
+            ev_raw = probe.eval_pass(xs)
+            tr_raw = probe.train_pass(xs, b)
+            ev, tr = _to_numpy_list(keras, ev_raw), _to_numpy_list(keras, tr_raw)
             if sum(len(e[0]) for e in first_eval) < LEAK_SAMPLES:
                 first_eval.append(ev)  # the reference for the inference-path comparisons
             if b == 0:
@@ -240,7 +245,8 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                 progress(b * total_passes + done, batches * total_passes, f"batch {b + 1}/{batches}")
             if loss_ok and y is not None:
                 try:
-                    metric.add(keras, loss_id, tr[0], ev[0], y)
+                    metric.add(keras, loss_id, keras.tree.flatten(tr_raw)[0],
+                               keras.tree.flatten(ev_raw)[0], y)
                 except Exception as e:  # labels that fit no loss: say so, keep the rest
                     loss_ok = False
                     notes.append(f"loss not computed: {type(e).__name__}: {str(e)[:160]}")

@@ -268,3 +268,16 @@ def test_model_file_untouched_by_cli_check(zoo):
     res = CliRunner().invoke(main, ["check", str(mpath), str(dpath), "-q"])
     assert res.exit_code == 0, res.output
     assert hashlib.sha256(mpath.read_bytes()).hexdigest() == digest
+
+
+def test_inference_metrics_equal_keras_evaluate(zoo, keras):
+    """The inference-mode loss and accuracy are what evaluate() prints (Keras
+    takes a softmax output's cross-entropy from its logits: so must we)."""
+    for name in ("under_trained", "preprocessing_mismatch"):
+        model, x, y = zoo.get(name)
+        loss = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)["loss"]
+        r = check(model, x, y)
+        assert r.metrics.eval["loss"] == pytest.approx(loss, rel=1e-5)
+        assert r.metrics.source == "compiled"
+        acc = np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y)
+        assert r.metrics.eval["accuracy"] == pytest.approx(acc)

@@ -15,6 +15,7 @@ from .._version import __version__
 from ..results import Report, Severity
 from .common import gap_opens_at, headline, num, pct, severity_mark, sparkline, top_layers
 
+MAX_BN_ROWS = 12
 _STYLE = {"ok": "green", "info": "cyan", "warn": "yellow", "fail": "bold red"}
 
 
@@ -26,11 +27,13 @@ def _table(*columns: str, right: tuple[int, ...] = (), first_width: int = 0) -> 
     return t
 
 
-def _para(con: Console, text: str, indent: int = 3, style: str = "") -> None:
-    """A paragraph whose wrapped lines stay indented (no trailing spaces)."""
+def _para(con: Console, text: str, indent: int = 3, style: str = "", hang: int = 0) -> None:
+    """A paragraph whose wrapped lines stay indented (no trailing spaces);
+    `hang` indents the continuation lines further (for bullets)."""
     pad = " " * indent
     wrapped = textwrap.fill(text, width=max(20, con.width - 1), initial_indent=pad,
-                            subsequent_indent=pad, break_on_hyphens=False, break_long_words=False)
+                            subsequent_indent=pad + " " * hang, break_on_hyphens=False,
+                            break_long_words=False)
     con.print(Text(wrapped, style=style), soft_wrap=True)
 
 
@@ -104,6 +107,10 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
         con.print()
 
     bn = r.batchnorm if all_layers else [b for b in r.batchnorm if b.severity is not Severity.OK]
+    hidden = 0
+    if not all_layers and len(bn) > MAX_BN_ROWS:  # the first flagged layers tell where it starts
+        hidden = len(bn) - MAX_BN_ROWS
+        bn = bn[:MAX_BN_ROWS]
     if r.batchnorm:
         flagged = sum(b.severity is not Severity.OK for b in r.batchnorm)
         title = (f"BatchNormalization audit: {flagged} of {len(r.batchnorm)} layers flagged"
@@ -124,6 +131,8 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
                           num(b.noise_local_gap, 3),
                           "never" if b.never_updated else pct(b.init_fraction) if b.init_fraction is not None else "-")
             con.print(t)
+            if hidden:
+                con.print(f"  ... and {hidden} more flagged layers (--all-layers shows all)")
         con.print()
 
     if r.findings:
@@ -144,5 +153,5 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
     if notes:
         con.print(Text("Notes", style="bold"))
         for n in notes:
-            _para(con, "- " + n, indent=2)
+            _para(con, "- " + n, indent=2, hang=2)
     return buf.getvalue()
