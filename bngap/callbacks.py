@@ -70,12 +70,13 @@ class GapMonitor(keras.callbacks.Callback):
         saved = [(v, np.array(v.numpy(), copy=True)) for v in model.non_trainable_variables]
         acc = GapAccumulator()
         n = len(self.x[0])
+        forward = self._forward()
         try:
             for start in range(0, n, self.batch_size):
                 part = [a[start:start + self.batch_size] for a in self.x]
                 arg = part[0] if len(part) == 1 else part
-                ev = model(arg, training=False)
-                tr = model(arg, training=True)
+                ev = forward(arg, False)
+                tr = forward(arg, True)
                 for v, val in saved:  # undo the BN update before the next batch
                     v.assign(val)
                 for t, e in zip(keras.tree.flatten(tr), keras.tree.flatten(ev)):
@@ -84,6 +85,18 @@ class GapMonitor(keras.callbacks.Callback):
             for v, val in saved:
                 v.assign(val)
         return acc.relative_l2
+
+    def _forward(self):
+        """The model's forward pass as a compiled function (one trace per
+        mode), so that watching costs little next to a training epoch."""
+        if getattr(self, "_compiled_for", None) is not self.model:
+            import tensorflow as tf
+
+            model = self.model
+            self._compiled = tf.function(lambda x, training: model(x, training=training),
+                                         reduce_retracing=True)
+            self._compiled_for = model
+        return self._compiled
 
     def _record(self, value: float, logs: dict | None, where: str) -> None:
         if logs is not None:
