@@ -208,6 +208,7 @@ def main():
 @click.option("--fail-above-accuracy-drop", type=float, help="Exit 1 when training accuracy minus inference accuracy exceeds this (needs labels).")
 @click.option("--all-layers", is_flag=True, help="List every layer and every BN layer, not only the flagged and top ones.")
 @click.option("--effects", default="auto", show_default=True, metavar="N|all|auto",
+              callback=lambda ctx, param, value: _parse_effects(value),
               help="Measure the output effect (only this layer in training mode) of the N mode-dependent layers with the largest own contribution; one extra training pass per layer and batch. auto: all of them when there are at most 8, else the strongest one.")
 @_add(loading_options)
 def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
@@ -222,7 +223,6 @@ def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_abov
     The model file is never modified, and the model's variables are restored
     bit for bit after the training-mode passes.
     """
-    effects_n = _parse_effects(effects)
     progress = _Progress(enabled=not quiet)
     with _errors_handled(show_traceback):
         from .pipeline import CheckOptions
@@ -233,7 +233,7 @@ def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_abov
             if value is not None and value < 0:
                 raise BngapError(f"{name} must be 0 or more. Received: {value}")
         opts = CheckOptions(
-            batch_size=batch_size, limit=limit, seed=seed, effects=effects_n,
+            batch_size=batch_size, limit=limit, seed=seed, effects=effects,
             thresholds=Thresholds(fail_above, fail_above_loss_delta, fail_above_accuracy_drop),
             x_key=x_key, y_key=y_key, unsafe=unsafe, custom_objects=custom_objects,
             preprocess=preprocess,

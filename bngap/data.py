@@ -108,7 +108,7 @@ def read_arrays(path: str | os.PathLike, *, specs: Sequence[InputSpec] = (),
         try:
             arr = np.load(p, allow_pickle=False, mmap_mode="r")
         except ValueError as e:
-            if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            if any(k in str(e) for k in ("allow_pickle", "Object arrays", "Python objects")):
                 raise _refuse_pickle(p, None, e) from None
             raise DataError(f"cannot read {p} as .npy: {one_line(e)}") from None
         except (OSError, EOFError) as e:
@@ -230,12 +230,12 @@ def validate(xs: list[np.ndarray], y: np.ndarray | None, specs: Sequence[InputSp
     n = None
     out = []
     for i, arr in enumerate(xs):
-        label = f"input '{names[i]}'" if len(xs) > 1 else "the inputs"
+        label = f"input '{names[i]}'" if len(xs) > 1 else "the input array"
         spec = specs[i] if i < len(specs) else None
         if arr.ndim == 0:
             raise DataError(f"{label} must be an array of samples. Received: a scalar")
         if arr.shape[0] == 0:
-            raise DataError(f"{label} contain 0 samples" if len(xs) == 1 else f"{label} has 0 samples")
+            raise DataError(f"{label} has 0 samples")
         if spec is not None:
             want = tuple(spec.shape)
             if arr.ndim != len(want):
@@ -243,13 +243,13 @@ def validate(xs: list[np.ndarray], y: np.ndarray | None, specs: Sequence[InputSp
                 if arr.ndim + 1 == len(want) and want[-1] == 1:
                     hint = " (add a channel axis: x[..., None])"
                 raise DataError(
-                    f"{label} have rank {arr.ndim} but the model expects rank {len(want)}: "
+                    f"{label} has rank {arr.ndim} but the model expects rank {len(want)}: "
                     f"expected shape {_describe(want)}, received {_describe(arr.shape)}{hint}"
                 )
             for axis, (got, exp) in enumerate(zip(arr.shape[1:], want[1:]), start=1):
                 if exp is not None and got != exp:
                     raise DataError(
-                        f"{label} do not fit the model: expected shape {_describe(want)}, "
+                        f"{label} does not fit the model: expected shape {_describe(want)}, "
                         f"received {_describe(arr.shape)} (axis {axis}: {got} != {exp})"
                     )
         if n is None:

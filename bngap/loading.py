@@ -98,6 +98,13 @@ def check_model_path(path: str | os.PathLike) -> Path:
             )
         if bad is not None:
             raise ModelLoadError(f"{p} is corrupted: zip member '{bad}' fails its checksum")
+        version = _keras_version_of_archive(p)
+        if version.startswith("2."):
+            raise ModelLoadError(
+                f"{p} was written by Keras {version} (tf.keras 2.x) in the .keras format, which "
+                "Keras 3 cannot read. Re-save it as .h5 with the Keras that wrote it "
+                "(tf_keras.models.load_model(path).save('model.h5')); bngap reads Keras 2 .h5 files"
+            )
     else:
         with open(p, "rb") as fh:
             head = fh.read(8)
@@ -107,6 +114,15 @@ def check_model_path(path: str | os.PathLike) -> Path:
                 "not a Keras .h5 model)"
             )
     return p
+
+
+def _keras_version_of_archive(p: Path) -> str:
+    try:
+        with zipfile.ZipFile(p) as zf:
+            meta = json.loads(zf.read("metadata.json"))
+        return str(meta.get("keras_version", ""))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+        return ""
 
 
 def load_custom_objects(path: str | os.PathLike) -> dict[str, Any]:
@@ -211,6 +227,18 @@ def _walk_layer_configs(cfg):
             yield from _walk_layer_configs(v)
 
 
+def _sequential_layers(entry: dict) -> list | None:
+    """The layer list of a Sequential config entry (both Keras 2 layouts)."""
+    if entry.get("class_name") != "Sequential":
+        return None
+    conf = entry.get("config")
+    if isinstance(conf, list):  # Keras <= 2.2: the config is the layer list
+        return conf
+    if isinstance(conf, dict) and isinstance(conf.get("layers"), list):
+        return conf["layers"]
+    return None
+
+
 def _repair_legacy_config(cfg: dict) -> list[str]:
     """Edits a Keras 2 model config in place so that Keras 3 accepts it.
 
@@ -223,6 +251,19 @@ def _repair_legacy_config(cfg: dict) -> list[str]:
             conf.pop(key)
             changes.append(f"dropped Keras 2 argument {key!r} of {layer['class_name']} "
                            f"{conf.get('name', '')!r}")
+        layers = _sequential_layers(layer)
+        if layers and layers[0].get("class_name") != "InputLayer":
+            first = layers[0].get("config", {})
+            shape = first.get("batch_input_shape")
+            if shape:
+                # Older Keras 2 declared a Sequential's input on its first layer
+                # only; Keras 3 then adds a dimension. An explicit input fixes it.
+                layers.insert(0, {"class_name": "InputLayer", "config": {
+                    "batch_input_shape": shape, "dtype": first.get("dtype", "float32"),
+                    "sparse": False, "name": f"{first.get('name', 'input')}_input"}})
+                first.pop("batch_input_shape", None)
+                changes.append(f"declared the Sequential's input {tuple(shape)} explicitly "
+                               f"(Keras 2 kept it on layer {first.get('name', '')!r})")
     return changes
 
 

@@ -15,6 +15,7 @@ snapshotted first and restored after each pass and in `finally`.
 from __future__ import annotations
 
 import contextlib
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -214,7 +215,8 @@ class Probe:
             where = self._failed_at
             loc = f" in layer '{where.path}' ({where.class_name})" if where else ""
             raise ForwardPassError(
-                f"the model failed{loc} during the {what} pass: {type(e).__name__}: {one_line(e, 300)}",
+                f"the model failed{loc} during the {what} pass: {type(e).__name__}: "
+                f"{one_line(_keras_message(e), 300)}",
                 layer=where.path if where else None,
             ) from e
         finally:
@@ -530,6 +532,14 @@ class Probe:
 
 
 _MISSING = object()
+
+
+def _keras_message(e: Exception) -> str:
+    """The error's own words, without the call details Keras wraps around it."""
+    msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    msg = re.sub(r"Exception encountered when calling [\w.]+\(\)\.\s*", "", msg)
+    msg = msg.split("Arguments received by", 1)[0]
+    return " ".join(msg.split())
 
 
 @contextlib.contextmanager

@@ -1,0 +1,84 @@
+"""Writes the small legacy Keras 2 model files the tests load.
+
+They are checked in; run this again only to regenerate them:
+
+    pip install tf-keras
+    python tests/data/make_legacy_models.py
+
+It uses the `tf_keras` package (Keras 2, what `tf.keras` was before Keras 3)
+in a separate process from Keras 3. What Keras 3.15 does with each file
+without bngap's repairs:
+
+- k2_sequential_bn.h5: loads and runs (Keras 2 Sequential with input_shape on
+  its first layer; BN statistics moved by one epoch of training).
+- k2_functional_bn.h5: loads and runs.
+- k2_lstm.h5: refused, "Unrecognized keyword arguments passed to LSTM:
+  {'time_major': False}"; bngap drops the argument in memory.
+- k2_lambda.h5: refused by safe mode (Python lambda); loads with --unsafe.
+- k2_no_input_layer.h5: an older Keras 2 Sequential config with no
+  InputLayer entry, its shape only in the first layer's batch_input_shape.
+  Keras 3 fails ("Shapes used to initialize variables must be fully-defined
+  ... shape=(None,)"); bngap declares the input explicitly, in memory.
+- k2_sequential.keras: the Keras 2 .keras format; Keras 3 fails with "could
+  not be deserialized properly"; bngap says which Keras wrote it and how to
+  convert it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+HERE = Path(__file__).parent
+
+
+def main() -> None:
+    import h5py
+    import numpy as np
+    import tf_keras as k2
+
+    k2.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    L = k2.layers
+
+    m = k2.Sequential([L.Conv2D(4, 3, input_shape=(8, 8, 3), name="conv"), L.BatchNormalization(name="bn"),
+                       L.ReLU(), L.GlobalAveragePooling2D(), L.Dropout(0.2, name="drop"),
+                       L.Dense(3, activation="softmax", name="head")])
+    m.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
+    x = rng.normal(2, 3, (64, 8, 8, 3)).astype("float32")
+    y = np.eye(3)[rng.integers(0, 3, 64)]
+    m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    m.save(HERE / "k2_sequential_bn.h5")
+
+    inp = k2.Input((6,), name="features")
+    h = L.Dense(8, name="dense")(inp)
+    h = L.BatchNormalization(name="bn")(h)
+    out = L.Dense(2, name="out")(L.ReLU()(h))
+    f = k2.Model(inp, out, name="functional_bn")
+    f.compile("adam", "mse")
+    f.fit(rng.normal(1, 2, (64, 6)).astype("float32"), rng.normal(0, 1, (64, 2)), epochs=1, verbose=0)
+    f.save(HERE / "k2_functional_bn.h5")
+
+    k2.Sequential([L.LSTM(5, input_shape=(68, 21), name="lstm"), L.Dense(2, name="out")]).save(HERE / "k2_lstm.h5")
+
+    i2 = k2.Input((3,))
+    k2.Model(i2, L.Lambda(lambda t: t * 2, name="double")(i2)).save(HERE / "k2_lambda.h5")
+
+    # Keras 2.13+ could also write the .keras format, which Keras 3 cannot read.
+    k2.Sequential([L.Dense(4, input_shape=(5,), name="dense"), L.BatchNormalization(name="bn"),
+                   L.Dense(1, name="out")]).save(HERE / "k2_sequential.keras")
+
+    # Older Keras 2 wrote a Sequential's layers without an InputLayer entry.
+    path = HERE / "k2_no_input_layer.h5"
+    k2.Sequential([L.Dense(4, input_shape=(5,), name="dense"), L.BatchNormalization(name="bn"),
+                   L.Dense(1, name="out")]).save(path)
+    with h5py.File(path, "r+") as fh:
+        cfg = json.loads(fh.attrs["model_config"])
+        cfg["config"]["layers"] = [l for l in cfg["config"]["layers"] if l["class_name"] != "InputLayer"]
+        fh.attrs["model_config"] = json.dumps(cfg)
+
+
+if __name__ == "__main__":
+    main()
