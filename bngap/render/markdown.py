@@ -34,16 +34,17 @@ def render_markdown(report: Report, *, all_layers: bool = False) -> str:
         ["data", f"`{d.path}`: {d.samples} samples, shapes {', '.join(str(tuple(s)) for s in d.input_shapes)}, labels: {'yes' if d.has_labels else 'no'}"],
         ["batch size", f"{d.batch_size} ({d.batches} batches, last {d.last_batch_size})"],
     ])
-    lines += ["", "### Train mode vs inference mode", ""]
-    rows = [["output gap (relative L2)", num(g.relative_l2), ""],
-            ["max abs difference", num(g.max_abs), ""]]
+    lines += ["", "### Training mode (as in fit()) vs inference mode (as in evaluate())", ""]
+    rows = [["output gap (relative L2)", num(g.relative_l2)], ["max abs difference", num(g.max_abs)]]
     if g.top1_agreement is not None:
-        rows.append(["top-1 agreement", pct(g.top1_agreement), ""])
+        rows.append(["top-1 agreement", pct(g.top1_agreement)])
+    lines += _table(["", "value"], rows)
     if r.metrics:
-        for k in r.metrics.train:
-            fmt = pct if k == "accuracy" else num
-            rows.append([f"{k} (train / inference)", fmt(r.metrics.train[k]), fmt(r.metrics.eval[k])])
-    lines += _table(["", "value", "inference"], rows)
+        lines.append("")
+        lines += _table(["", "training", "inference"],
+                        [[k, (pct if k == "accuracy" else num)(r.metrics.train[k]),
+                          (pct if k == "accuracy" else num)(r.metrics.eval[k])] for k in r.metrics.train])
+        lines += ["", f"Loss: `{r.metrics.loss_name}` ({r.metrics.source})."]
     lines += ["", "Gap by cause (only that group in training mode): "
               + ", ".join(f"{k} {num(v)}" for k, v in r.groups.items()), ""]
     opens = gap_opens_at(r)

@@ -20,10 +20,14 @@ _STYLE = {"ok": "green", "info": "cyan", "warn": "yellow", "fail": "bold red"}
 
 
 def _table(*columns: str, right: tuple[int, ...] = (), first_width: int = 0) -> Table:
+    """A plain table whose first column (layer paths) folds when space is short;
+    the other columns keep their values whole."""
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for i, c in enumerate(columns):
-        t.add_column(c, justify="right" if i in right else "left", overflow="fold",
-                     min_width=first_width if i == 0 and first_width else None)
+        if i == 0:
+            t.add_column(c, overflow="fold", min_width=min(first_width, 12) if first_width else None)
+        else:
+            t.add_column(c, justify="right" if i in right else "left", no_wrap=True)
     return t
 
 
@@ -49,7 +53,7 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
     sev = top.severity.value if top else "ok"
     if r.thresholds.any:
         sev = "fail" if r.exceeded else "ok"
-    con.print(Text(headline(r), style=_STYLE.get(sev, "")))
+    _para(con, headline(r), indent=0, style=_STYLE.get(sev, ""))
     last = "" if r.data.last_batch_size == r.data.batch_size else f", last batch {r.data.last_batch_size}"
     _para(con, f"bngap {__version__} · model {r.model.path} ({r.model.layers} layers, "
                f"{r.model.batchnorm_layers} BatchNormalization, {r.model.dropout_like_layers} "
@@ -87,20 +91,21 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
         con.print(Text("Where the gap opens (divergence of each layer's output, in call order)", style="bold"))
         con.print("  " + sparkline(divs, max(10, width - 4)), markup=False)
         if opens is not None:
-            con.print(f"  first divergent layer: {escape(opens.path)} ({escape(opens.class_name)}, "
-                      f"divergence {num(opens.divergence)}); at the output: {num(divs[-1])}")
+            _para(con, f"first divergent layer: {opens.path} ({opens.class_name}, divergence "
+                       f"{num(opens.divergence)}); at the output: {num(divs[-1])}", indent=2)
         else:
-            con.print("  no layer's output differs between the modes")
+            _para(con, "no layer's output differs between the modes", indent=2)
         con.print()
 
     tops = r.layers if all_layers else top_layers(r)
     if tops:
-        title = "All layers" if all_layers else "Mode-dependent layers (own: same input, both modes; output effect: only this layer in training mode)"
-        con.print(Text(title, style="bold"))
-        t = _table("layer", "kind", "in fit()", "own", "output effect", "divergence",
+        title = "All layers" if all_layers else "Mode-dependent layers"
+        title += " (own: same input in both modes; effect: output gap with only this layer in training mode)"
+        _para(con, title, indent=0, style="bold")
+        t = _table("layer", "kind", "in fit()", "own", "effect", "divergence",
                    right=(3, 4, 5), first_width=min(max(len(x.path) for x in tops), width // 3))
         for x in tops:
-            mode = x.fit_mode + (f" ({x.fit_mode_reason})" if x.fit_mode_reason else "")
+            mode = x.fit_mode + (f" ({_short_reason(x.fit_mode_reason)})" if x.fit_mode_reason else "")
             t.add_row(escape(x.path), x.kind.value, escape(mode), num(x.own_contribution),
                       num(x.output_effect), num(x.divergence))
         con.print(t)
@@ -117,11 +122,11 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
                  + ("" if all_layers or not flagged else " (--all-layers shows all)"))
         con.print(Text(title, style="bold"))
         if bn:
-            _para(con, "z: mean shift in moving standard deviations; log2 var: log2 of data "
-                  "variance / moving variance; gap: expected relative change of the layer's "
+            _para(con, "z: mean shift in moving standard deviations; log2 var: median |log2| of "
+                  "data variance / moving variance; gap: expected relative change of the layer's "
                   "output (moving vs data statistics) and its sampling noise; init: share of the "
                   "initial statistics left", indent=0, style="dim")
-            t = _table("layer", "", "|z| med", "|z| max", "|log2 var| med",
+            t = _table("layer", "", "|z| med", "|z| max", "log2 var",
                        "gap", "noise", "init", right=(2, 3, 4, 5, 6, 7),
                        first_width=min(max(len(b.path) for b in bn), width // 3))
             for b in bn:
@@ -154,4 +159,18 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
         con.print(Text("Notes", style="bold"))
         for n in notes:
             _para(con, "- " + n, indent=2, hang=2)
-    return buf.getvalue()
+    text = buf.getvalue()
+    if not color:  # rich pads table cells; a log wants no trailing spaces
+        text = "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+    return text
+
+
+def _short_reason(reason: str) -> str:
+    """A table-sized version of why a layer runs in inference mode in fit()."""
+    if reason.startswith("frozen"):
+        return "frozen"
+    if "training=False" in reason:
+        return "training=False"
+    if "no training flag" in reason:
+        return "no flag"
+    return reason
