@@ -312,6 +312,12 @@ class Report:
         return ExitStatus.GAP_ABOVE_THRESHOLD if self.exceeded else ExitStatus.OK
 
     @property
+    def first_flagged_batchnorm(self) -> BatchNormRecord | None:
+        """The first flagged BN layer in call order: where the problem starts,
+        as opposed to the layers after it that inherit shifted inputs."""
+        return next((b for b in self.batchnorm if b.severity in (Severity.WARN, Severity.FAIL)), None)
+
+    @property
     def top_finding(self) -> Finding | None:
         return self.findings[0] if self.findings else None
 
@@ -354,6 +360,8 @@ class Report:
             "groups": {k: _num(self.groups.get(k, 0.0)) for k in GROUPS},
             "layers": [_plain(r) for r in self.layers],
             "batchnorm": [_plain(r) for r in self.batchnorm],
+            "first_flagged_batchnorm": (self.first_flagged_batchnorm.path
+                                        if self.first_flagged_batchnorm else None),
             "findings": [_plain(f) for f in self.findings],
             "leaks": [_plain(x) for x in self.leaks],
             "preprocessing": None if self.preprocessing is None else _plain(self.preprocessing),

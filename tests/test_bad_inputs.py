@@ -127,7 +127,8 @@ CASES = [
     ("unknown option", ["{model}", "{data}", "--frobnicate"],
      "error: No such option '--frobnicate'. Did you mean '--format'? (see 'bngap check --help')"),
     ("missing argument", ["{model}"], "error: Missing argument 'DATA'. (see 'bngap check --help')"),
-    ("no layers", ["{d}/nolayers.keras", "{data}"], None),
+    ("no layers", ["{d}/nolayers.keras", "{data}"],
+     "error: {d}/nolayers.keras holds a model that was never built (no input shape known)"),
     # before the case that registers the class: Keras keeps registrations per process
     ("custom class missing", ["{d}/boom.keras", "{data}"],
      "error: {d}/boom.keras uses the custom class or function 'Boom', which is not registered; "

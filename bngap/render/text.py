@@ -118,9 +118,11 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
         bn = bn[:MAX_BN_ROWS]
     if r.batchnorm:
         flagged = sum(b.severity is not Severity.OK for b in r.batchnorm)
+        first = r.first_flagged_batchnorm
         title = (f"BatchNormalization audit: {flagged} of {len(r.batchnorm)} layers flagged"
+                 + (f", first {first.path} (where the problem starts)" if first else "")
                  + ("" if all_layers or not flagged else " (--all-layers shows all)"))
-        con.print(Text(title, style="bold"))
+        _para(con, title, indent=0, style="bold")
         if bn:
             _para(con, "z: mean shift in moving standard deviations; log2 var: median |log2| of "
                   "data variance / moving variance; gap: expected relative change of the layer's "
