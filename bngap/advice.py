@@ -14,6 +14,7 @@ from .results import (
 
 NOTABLE_GAP = 0.05        # an output or group gap worth explaining (relative L2)
 NOT_CONVERGED_SHARE = 0.1  # initial values still this large a share of the statistics
+DRIFTED_SHARE = 0.5        # ... or, next to such layers, mostly initial values
 SMALL_BATCH = 8
 BATCH_NOISE_EXCESS = 0.3   # own contribution beyond what the statistics explain
 
@@ -97,7 +98,8 @@ def _describe_bn(r: BatchNormRecord) -> str:
 
 
 def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Sequence[LayerRecord],
-                 batch_size: int, preprocessing: PreprocessingProbe | None) -> tuple[list[Finding], list[str]]:
+                 batch_size: int, samples: int,
+                 preprocessing: PreprocessingProbe | None) -> tuple[list[Finding], list[str]]:
     findings: list[Finding] = []
     notes: list[str] = []
     flagged = [r for r in batchnorm if r.severity in (Severity.WARN, Severity.FAIL)]
@@ -149,17 +151,24 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
     not_conv = [r for r in flagged if r.path not in explained and r.init_fraction is not None
                 and r.init_fraction >= NOT_CONVERGED_SHARE]
     if not_conv:
-        # The first layer's estimate is the cleanest: deeper layers' inputs
+        # Deeper layers saw the same few updates, but under weights that kept
+        # changing, so their channels agree less; mostly-initial ones belong here.
+        clean = {r.path for r in not_conv}
+        not_conv = [r for r in flagged if r.path not in explained and (
+            r.path in clean or (r.init_share_estimate or 0.0) >= DRIFTED_SHARE)]
+        # The first clean layer's estimate is the best: deeper layers' inputs
         # drifted while their statistics were being accumulated.
-        first = not_conv[0]
+        first = next(r for r in not_conv if r.path in clean)
         share = first.init_fraction
-        lo, hi = min(r.init_fraction for r in not_conv), max(r.init_fraction for r in not_conv)
+        shares = [r.init_fraction if r.init_fraction is not None else r.init_share_estimate
+                  for r in not_conv]
+        lo, hi = min(shares), max(shares)
         spread = f" ({lo:.0%} to {hi:.0%} across them)" if len(not_conv) > 1 and hi - lo >= 0.05 else ""
         upd = first.estimated_updates
         upd_txt = f"about {max(upd, 1.0):.0f} update{'s' if round(upd) != 1 else ''}" if upd is not None else "few updates"
         momenta = sorted({r.momentum for r in not_conv})
         findings.append(Finding(
-            Cause.STATS_NOT_CONVERGED, _worst([r.severity for r in not_conv]), first.path,
+            Cause.STATS_NOT_CONVERGED, _worst([r.severity for r in not_conv]), not_conv[0].path,
             f"{len(not_conv)} BatchNormalization layers have moving statistics that are still "
             f"{share:.0%} their initial values (mean 0, variance 1){spread}: {upd_txt} at momentum "
             f"{', '.join(f'{m:g}' for m in momenta)}, too few to reach your data's statistics. "
@@ -213,6 +222,8 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
     if uses_batch and (batch_size < SMALL_BATCH or (widespread and bn_gap >= NOTABLE_GAP)):
         r, own = noisy[0] if noisy else (uses_batch[0], None)
         sev = Severity.WARN if bn_gap >= NOTABLE_GAP else Severity.INFO
+        few = (f" Only {samples} samples were given, so they form one batch: give at least 32 to "
+               "measure at the batch size fit() uses." if samples <= batch_size else "")
         findings.append(Finding(
             Cause.SMALL_BATCH, sev, r.path,
             f"In training mode BatchNormalization normalises each batch by its own statistics; "
@@ -220,7 +231,7 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
             + (f" ({len(noisy)} layers, e.g. {r.path}: own contribution {_fmt(own, 2)} against "
                f"{_fmt(r.expected_local_gap, 2)} explained by the moving statistics)" if noisy else "")
             + ", so training-mode outputs differ from inference even where the moving statistics "
-              "are right.",
+              "are right." + few,
             "Use larger batches (32 or more) and shuffle them (a batch of one class has "
             "unrepresentative statistics); for small-batch training consider renorm=True, or "
             "GroupNormalization / LayerNormalization.",
@@ -299,7 +310,7 @@ def diagnose(*, gap: OutputGap, groups: dict, layers: Sequence[LayerRecord],
              preprocessing: PreprocessingProbe | None = None) -> tuple[list[Finding], list[str]]:
     """Findings (most likely cause first) and context notes for a report."""
     findings = _leak_findings(leaks, {r.path: r for r in layers})
-    bn_findings, notes = _bn_findings(batchnorm, groups, layers, batch_size, preprocessing)
+    bn_findings, notes = _bn_findings(batchnorm, groups, layers, batch_size, samples, preprocessing)
     findings += bn_findings
     inference_leaks = any(c.is_leak and c.path == "model(x, training=False)" for c in leaks)
     more, more_notes = _mode_group_findings(

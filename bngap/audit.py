@@ -27,6 +27,7 @@ FAIL_GAP = 0.6
 NOISE_FACTOR = 2.0  # a gap below this many times its own noise is not flagged
 CONVERGED_FRACTION = 0.02  # init share below which a layer counts as converged
 MIXTURE_SPREAD = 0.25      # per-channel init-share estimates must agree this well (relative)
+MIXTURE_FLOOR = 0.01       # ... give or take this much (estimation noise)
 IDENTIFIABLE = 0.3         # standardised distance data -> initial values that says something
 
 
@@ -210,7 +211,11 @@ def audit_layer(p: BatchNormParams, moments: SplitMoments, order: int,
     never = is_never_updated(p)
     frac, spread = init_mixture(p, total, cs)
     # Only a consistent fit says how many updates the statistics saw.
-    fraction = frac if frac is not None and spread <= max(0.05, MIXTURE_SPREAD * frac) else None
+    # The agreement that matters is on the smaller of the two shares: a layer
+    # 97% initial must agree on the 3% it moved, or it is something else (for
+    # instance statistics from other data that sit near 0 and 1 next to these).
+    fraction = (frac if frac is not None
+                and spread <= MIXTURE_FLOOR + MIXTURE_SPREAD * min(frac, 1.0 - frac) else None)
     order_idx = np.argsort(-cs.gap_num)[:worst]
     worst_ch = tuple(ChannelDeviation(int(i), float(cs.z[i]), float(cs.log2_ratio[i]))
                      for i in order_idx if not cs.degenerate[i] and cs.gap_num[i] > 0)
@@ -229,4 +234,5 @@ def audit_layer(p: BatchNormParams, moments: SplitMoments, order: int,
         renorm=p.renorm, synchronized=p.synchronized,
         data_mean_abs=float(np.median(np.abs(total.mean[ok]))) if ok.any() else 0.0,
         data_std=float(np.median(np.sqrt(total.variance[ok]))) if ok.any() else 0.0,
+        init_share_estimate=frac, init_share_spread=spread if math.isfinite(spread) else None,
     )

@@ -45,6 +45,7 @@ class GapAccumulator:
     nonfinite_train: int = 0   # NaN/Inf values, left out of the sums
     nonfinite_ref: int = 0
     nonfinite_pairs: int = 0   # finite on one side only: an unbounded gap
+    binary_cut: float | None = None
 
     def add_sums(self, sq_diff: float, sq_ref: float, sq_other: float = 0.0,
                  max_abs: float = 0.0, elements: int = 0) -> None:
@@ -78,7 +79,9 @@ class GapAccumulator:
         self.add_sums(np.sum(d * d), np.sum(r * r), np.sum(t * t),
                       np.max(np.abs(d)) if d.size else 0.0, d.size)
         if classes and t.ndim >= 1 and t.shape[0] > 0:
-            self.agree += int(np.sum(top1(t) == top1(r)))
+            if self.binary_cut is None:  # one reading of a binary score, for both modes and all batches
+                self.binary_cut = binary_threshold(t, r)
+            self.agree += int(np.sum(top1(t, self.binary_cut) == top1(r, self.binary_cut)))
             self.rows += int(np.prod(t.shape[:-1])) if t.ndim > 1 else int(t.shape[0])
 
     @property
@@ -94,15 +97,20 @@ class GapAccumulator:
         return self.agree / self.rows if self.rows else None
 
 
-def top1(scores: np.ndarray) -> np.ndarray:
-    """Predicted class per row. A single column is a binary score: it is read
-    as a probability when it lies in [0, 1], else as a logit."""
+def binary_threshold(*scores: np.ndarray) -> float:
+    """0.5 when every finite score lies in [0, 1] (probabilities), else 0 (logits)."""
+    finite = np.concatenate([np.ravel(s)[np.isfinite(np.ravel(s))] for s in scores])
+    return 0.5 if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0 else 0.0
+
+
+def top1(scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Predicted class per row. A single column is a binary score, cut at
+    `threshold` (default: read as probabilities if in [0, 1], else logits)."""
     s = np.asarray(scores)
     if s.ndim == 1 or s.shape[-1] == 1:
         col = s.reshape(s.shape[:-1]) if s.ndim > 1 else s
-        finite = col[np.isfinite(col)]
-        is_prob = finite.size > 0 and finite.min() >= 0.0 and finite.max() <= 1.0
-        return (col > (0.5 if is_prob else 0.0)).astype(np.int64)
+        cut = binary_threshold(col) if threshold is None else threshold
+        return (col > cut).astype(np.int64)
     return np.argmax(s, axis=-1)
 
 
