@@ -166,6 +166,9 @@ class _Group(click.Group):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:  # a bare `bngap`: the help, not an error
+            click.echo(e.ctx.get_help())
+            sys.exit(int(ExitStatus.OK))
         except click.UsageError as e:
             where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
             _err(f"error: {one_line(e.format_message())}{where}")
@@ -230,7 +233,7 @@ def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_abov
 
         for name, value in (("--fail-above", fail_above), ("--fail-above-loss-delta", fail_above_loss_delta),
                             ("--fail-above-accuracy-drop", fail_above_accuracy_drop)):
-            if value is not None and value < 0:
+            if value is not None and not value >= 0:  # also refuses nan, which nothing exceeds
                 raise BngapError(f"{name} must be 0 or more. Received: {value}")
         opts = CheckOptions(
             batch_size=batch_size, limit=limit, seed=seed, effects=effects,

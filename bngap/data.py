@@ -32,6 +32,7 @@ class Dataset:
     path: str
     names: list[str]
     notes: list[str] = field(default_factory=list)
+    dtypes: list = field(default_factory=list)  # per input: the dtype batches are cast to (None: as is)
 
     def __len__(self) -> int:
         return int(self.x[0].shape[0])
@@ -46,12 +47,15 @@ class Dataset:
         n = len(self)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            xs = [np.ascontiguousarray(a[start:stop]) for a in self.x]
-            ys = None if self.y is None else np.ascontiguousarray(self.y[start:stop])
-            yield xs, ys
+            yield self.take(start, stop), (None if self.y is None else np.ascontiguousarray(self.y[start:stop]))
+
+    def take(self, start: int, stop: int) -> list[np.ndarray]:
+        """Samples start..stop of every input, in memory, in the model's dtypes."""
+        dts = self.dtypes or [None] * len(self.x)
+        return [np.ascontiguousarray(a[start:stop], dtype=dt) for a, dt in zip(self.x, dts)]
 
     def subset(self, n: int) -> "Dataset":
-        return Dataset([a[:n] for a in self.x], None if self.y is None else self.y[:n],
+        return Dataset(self.take(0, n), None if self.y is None else self.y[:n],
                        self.path, self.names, list(self.notes))
 
 
@@ -148,10 +152,11 @@ def read_arrays(path: str | os.PathLike, *, specs: Sequence[InputSpec] = (),
             key = x_key or "x"
             if key not in keys:
                 alt = [s.name for s in specs if s.name in keys]
+                others = [k for k in keys if k != (y_key or "y")]
                 if not x_key and alt:
                     key = alt[0]
-                elif not x_key and len(keys) == 1:
-                    key = keys[0]
+                elif not x_key and len(others) == 1:
+                    key = others[0]
                     notes.append(f"inputs read from the only key '{key}'")
                 else:
                     raise DataError(
@@ -174,30 +179,43 @@ def _describe(shape) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _cast(arr: np.ndarray, spec: InputSpec | None, label: str, notes: list[str]) -> np.ndarray:
+def _target_dtype(arr: np.ndarray, spec: InputSpec | None, label: str, notes: list[str]):
+    """The dtype the model needs these values in (None: as they are).
+
+    Integer images become float (with a note); whole-number floats feed an
+    integer input; anything else that does not fit is a DataError.
+    """
     want = spec.dtype if spec else "float32"
     kind = arr.dtype.kind
     want_kind = np.dtype(want).kind if want not in ("string",) else "U"
     if kind == "b":
-        arr = arr.astype(want if want_kind in "fiu" else "float32")
-        notes.append(f"{label}: boolean values cast to {arr.dtype}")
-        return arr
+        target = np.dtype(want if want_kind in "fiu" else "float32")
+        notes.append(f"{label}: boolean values cast to {target}")
+        return target
     if kind in "iu" and want_kind == "f":
         notes.append(f"{label}: integer values ({arr.dtype}) cast to {want}")
-        return arr.astype(want)
+        return np.dtype(want)
     if kind == "f" and want_kind in "iu":
-        if not np.all(np.isfinite(arr)) or not np.all(np.equal(np.mod(arr, 1), 0)):
+        _check_finite(arr, label)  # NaN is not a fraction: say what it is
+        whole = all(np.all(np.equal(np.mod(part, 1), 0)) for part in _chunks(arr))
+        if not whole:
             raise DataError(
                 f"{label} holds fractional values but the model expects integers ({want}). "
                 f"Received: dtype={arr.dtype}"
             )
         notes.append(f"{label}: whole-number floats cast to {want}")
-        return arr.astype(want)
+        return np.dtype(want)
     if kind in "fiu":
         if arr.dtype != np.dtype(want) and kind == "f" and want_kind == "f":
-            return arr.astype(want)
-        return arr
+            return np.dtype(want)
+        return None
     raise DataError(f"{label} must be numeric. Received: dtype={arr.dtype}")
+
+
+def _chunks(arr: np.ndarray, size: int = 4096):
+    """Slices of the first axis, read one at a time (memory-mapped arrays stay on disk)."""
+    for start in range(0, arr.shape[0], size):
+        yield np.asarray(arr[start:start + size])
 
 
 def _check_finite(arr: np.ndarray, label: str, chunk: int = 4096) -> None:
@@ -227,6 +245,11 @@ def validate(xs: list[np.ndarray], y: np.ndarray | None, specs: Sequence[InputSp
     Integer images are cast to float (with a note); everything else that does
     not fit is a DataError that says what was expected and what was received.
     """
+    if specs and len(xs) != len(specs):
+        raise DataError(
+            f"the model has {len(specs)} inputs ({', '.join(s.name for s in specs)}) but "
+            f"{len(xs)} input array{'s were' if len(xs) != 1 else ' was'} given; give one array per input"
+        )
     n = None
     out = []
     for i, arr in enumerate(xs):
@@ -257,7 +280,9 @@ def validate(xs: list[np.ndarray], y: np.ndarray | None, specs: Sequence[InputSp
         elif arr.shape[0] != n:
             raise DataError(f"the model's inputs have different sample counts: {n} and {arr.shape[0]} "
                             f"('{names[0]}' vs '{names[i]}')")
-        arr = _cast(arr, spec, label, notes)
+        target = _target_dtype(arr, spec, label, notes)
+        if target is not None and not isinstance(arr, np.memmap):
+            arr = arr.astype(target)  # a memory-mapped array is cast batch by batch instead
         _check_finite(arr, label)
         out.append(arr)
     if y is not None:
@@ -301,14 +326,16 @@ def load_data(path: str | os.PathLike, specs: Sequence[InputSpec] = (), *,
         xs, y, names, notes = read_arrays(p, specs=specs, x_key=x_key, y_key=y_key)
         if preprocess:
             notes.append("--preprocess applies to image folders only; ignored")
-    if limit is not None:
-        total = xs[0].shape[0] if xs and xs[0].ndim else 0
+    if limit is not None and all(a.ndim for a in xs) and (y is None or y.ndim):
+        total = xs[0].shape[0]
         xs = [a[:limit] for a in xs]
         y = None if y is None else y[:limit]
         if total > limit:
             notes.append(f"used the first {limit} of {total} samples (--limit)")
     xs, y = validate(xs, y, specs, names, notes)
-    return Dataset(xs, y, str(p), names, notes)
+    dtypes = [_target_dtype(a, specs[i] if i < len(specs) else None, "", []) if isinstance(a, np.memmap)
+              else None for i, a in enumerate(xs)]
+    return Dataset(xs, y, str(p), names, notes, dtypes)
 
 
 def from_arrays(x, y=None, specs: Sequence[InputSpec] = (), limit: int | None = None) -> Dataset:
@@ -331,7 +358,7 @@ def from_arrays(x, y=None, specs: Sequence[InputSpec] = (), limit: int | None = 
     y = None if y is None else np.asarray(y)
     notes: list[str] = []
     if limit is not None:
-        xs = [a[:limit] for a in xs]
-        y = None if y is None else y[:limit]
+        xs = [a[:limit] if a.ndim else a for a in xs]
+        y = y if y is None or not y.ndim else y[:limit]
     xs, y = validate(xs, y, specs, names, notes)
     return Dataset(xs, y, "<in-memory>", names, notes)

@@ -3,6 +3,7 @@ and repairs for legacy Keras 2 files that Keras 3 reads wrongly."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import json
@@ -177,7 +178,8 @@ def _translate_load_error(p: Path, e: Exception) -> ModelLoadError:
             f"{p} contains a Lambda layer with Python code, which could run arbitrary code; "
             "bngap refuses to load it by default. If you trust this file, pass --unsafe"
         )
-    m = re.search(r"Could not (?:locate|deserialize) (?:class|function) '([^']+)'", msg)
+    m = (re.search(r"Could not (?:locate|deserialize) (?:class|function) '([^']+)'", msg)
+         or re.search(r"Unknown [a-z ]+: '([^']+)'", msg))  # the legacy .h5 loader's wording
     if m:
         name = m.group(1)
         if name in ("Functional", "Sequential", "Model"):
@@ -197,6 +199,25 @@ def _translate_load_error(p: Path, e: Exception) -> ModelLoadError:
     return ModelLoadError(f"cannot load {p}: {type(e).__name__}: {one_line(msg, 300)}")
 
 
+@contextlib.contextmanager
+def _lower_case_suffix(p: Path):
+    """Keras picks the format by the exact suffix: MODEL.H5 is loaded through
+    a link named model.h5 (a copy where links are not allowed)."""
+    if p.suffix == p.suffix.lower():
+        yield p
+        return
+    tmp = tempfile.mkdtemp(prefix="bngap-")
+    alias = Path(tmp) / (p.stem + p.suffix.lower())
+    try:
+        try:
+            alias.symlink_to(p.resolve())
+        except OSError:
+            shutil.copyfile(p, alias)
+        yield alias
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _legacy_config(p: Path) -> dict | None:
     import h5py
 
@@ -207,8 +228,8 @@ def _legacy_config(p: Path) -> dict | None:
         raise ModelLoadError(f"{p} cannot be read as HDF5 (truncated or corrupted?): {one_line(e, 200)}") from None
     if raw is None:
         raise ModelLoadError(
-            f"{p} holds weights only (no model config); save the whole model with "
-            "model.save('model.keras')"
+            f"{p} holds no model config: a weights-only file, or not a Keras model at all; save "
+            "the whole model with model.save('model.keras')"
         )
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8")
@@ -239,12 +260,27 @@ def _sequential_layers(entry: dict) -> list | None:
     return None
 
 
+def _modernise_sequential_layout(cfg, changes: list[str]) -> None:
+    """Keras <= 2.2 stored a Sequential's config as the bare layer list;
+    Keras 3 expects {"name", "layers"}."""
+    if isinstance(cfg, dict):
+        if cfg.get("class_name") == "Sequential" and isinstance(cfg.get("config"), list):
+            cfg["config"] = {"name": cfg.get("name") or "sequential", "layers": cfg["config"]}
+            changes.append("converted an old Keras 2 Sequential layout (a bare layer list)")
+        for v in cfg.values():
+            _modernise_sequential_layout(v, changes)
+    elif isinstance(cfg, list):
+        for v in cfg:
+            _modernise_sequential_layout(v, changes)
+
+
 def _repair_legacy_config(cfg: dict) -> list[str]:
     """Edits a Keras 2 model config in place so that Keras 3 accepts it.
 
     Returns what was changed, for the report's notes.
     """
-    changes = []
+    changes: list[str] = []
+    _modernise_sequential_layout(cfg, changes)
     for layer in _walk_layer_configs(cfg):
         conf = layer["config"]
         for key in LEGACY_DROPPED_ARGS & set(conf):
@@ -395,11 +431,11 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False,
     notes: list[str] = []
     kwargs = dict(compile=False, safe_mode=not unsafe, custom_objects=custom or None)
     def attempt(kw):
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _lower_case_suffix(p) as source:
             warnings.simplefilter("ignore")
             if p.suffix.lower() in LEGACY_EXTS:
-                return _load_legacy(p, keras, kw, notes)
-            return keras.models.load_model(p, **kw)
+                return _load_legacy(source, keras, kw, notes)
+            return keras.models.load_model(source, **kw)
 
     try:
         model = None

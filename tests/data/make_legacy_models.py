@@ -3,22 +3,39 @@
 They are checked in; run this again only to regenerate them:
 
     pip install tf-keras
-    python tests/data/make_legacy_models.py
+    python tests/data/make_legacy_models.py [OUT_DIR]   # default: tests/data
+
+Regenerating is deterministic (seeded) except for the zip timestamps inside
+k2_sequential.keras: write to a temporary OUT_DIR and copy over only the files
+you changed.
 
 It uses the `tf_keras` package (Keras 2, what `tf.keras` was before Keras 3)
 in a separate process from Keras 3. What Keras 3.15 does with each file
 without bngap's repairs:
 
-- k2_sequential_bn.h5: loads and runs (Keras 2 Sequential with input_shape on
-  its first layer; BN statistics moved by one epoch of training).
-- k2_functional_bn.h5: loads and runs.
+- k2_sequential_bn.h5: loads and runs, input (None, 8, 8, 3), output (N, 3)
+  (Keras 2 Sequential with input_shape on its first layer; BN statistics moved
+  by one epoch of training).
+- k2_functional_bn.h5: loads and runs, input (None, 6) named 'features',
+  output (N, 2).
 - k2_lstm.h5: refused, "Unrecognized keyword arguments passed to LSTM:
-  {'time_major': False}"; bngap drops the argument in memory.
-- k2_lambda.h5: refused by safe mode (Python lambda); loads with --unsafe.
+  {'time_major': False}" (with safe_mode on or off); bngap drops the argument
+  in memory and it runs, input (None, 68, 21), output (N, 2).
+- k2_lambda.h5: refused by safe mode ("Requested the deserialization of a
+  `Lambda` layer whose `function` is a Python lambda ... passing
+  `safe_mode=False`"); loads and runs with safe_mode=False (bngap: --unsafe).
+  Its lambda doubles its input and, when the environment variable
+  BNGAP_LAMBDA_MARKER is set, creates that file: tests/test_loading.py uses it
+  to prove that a refused load runs none of the file's code. The lambda is
+  stored as marshalled CPython bytecode, which only the Python minor version
+  that wrote it (3.11 here) can load: regenerate it after a Python upgrade.
 - k2_no_input_layer.h5: an older Keras 2 Sequential config with no
   InputLayer entry, its shape only in the first layer's batch_input_shape.
   Keras 3 fails ("Shapes used to initialize variables must be fully-defined
-  ... shape=(None,)"); bngap declares the input explicitly, in memory.
+  ... shape=(None,) for variable path='sequential.../bn/gamma'": Keras 3 turns
+  batch_input_shape (None, 5) into input_shape, so the Dense sees
+  (None, None, 5)); bngap declares the input explicitly, in memory, and it
+  runs, input (None, 5), output (N, 1).
 - k2_sequential.keras: the Keras 2 .keras format; Keras 3 fails with "could
   not be deserialized properly"; bngap says which Keras wrote it and how to
   convert it.
@@ -28,10 +45,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-HERE = Path(__file__).parent
+HERE = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
+
+# Compiled from a string so that the marshalled bytecode names no file path of
+# the machine that wrote it. Doubles its input; creates $BNGAP_LAMBDA_MARKER
+# if that is set, so a test can tell whether the code ran.
+MARKER_LAMBDA = ('lambda t: ([open(p, "w").close() for p in '
+                 '[__import__("os").environ.get("BNGAP_LAMBDA_MARKER")] if p], t * 2)[1]')
 
 
 def main() -> None:
@@ -39,6 +63,7 @@ def main() -> None:
     import numpy as np
     import tf_keras as k2
 
+    HERE.mkdir(parents=True, exist_ok=True)
     k2.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     L = k2.layers
@@ -64,7 +89,8 @@ def main() -> None:
     k2.Sequential([L.LSTM(5, input_shape=(68, 21), name="lstm"), L.Dense(2, name="out")]).save(HERE / "k2_lstm.h5")
 
     i2 = k2.Input((3,))
-    k2.Model(i2, L.Lambda(lambda t: t * 2, name="double")(i2)).save(HERE / "k2_lambda.h5")
+    double = eval(compile(MARKER_LAMBDA, "<k2_lambda>", "eval"))
+    k2.Model(i2, L.Lambda(double, name="double")(i2)).save(HERE / "k2_lambda.h5")
 
     # Keras 2.13+ could also write the .keras format, which Keras 3 cannot read.
     k2.Sequential([L.Dense(4, input_shape=(5,), name="dense"), L.BatchNormalization(name="bn"),
