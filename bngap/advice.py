@@ -200,8 +200,13 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
         findings.append(Finding(
             Cause.DOMAIN_SHIFT, _worst([r.severity for r in shifted]), first.path, msg,
             "Re-estimate the statistics on data like yours "
-            f"({FIX_HINT}), or fine-tune with the BatchNormalization layers in training mode; "
-            "check that the data comes from the distribution the model was trained on.",
+            f"({FIX_HINT}), or fine-tune with the BatchNormalization layers in training mode "
+            "long enough for their statistics to follow; check that the data comes from the "
+            "distribution the model was trained on. To keep pretrained statistics while "
+            "fine-tuning, freeze the BN layers (layer.trainable = False), which holds them in "
+            "inference mode in fit(); calling the base with training=False does not hold inside "
+            "a functional model in every Keras version (the layer table shows what each BN layer "
+            "does in fit()).",
             {"layers": [r.path for r in shifted], "frozen": [r.path for r in frozen]},
         ))
 

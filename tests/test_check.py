@@ -281,3 +281,22 @@ def test_inference_metrics_equal_keras_evaluate(zoo, keras):
         assert r.metrics.source == "compiled"
         acc = np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y)
         assert r.metrics.eval["accuracy"] == pytest.approx(acc)
+
+
+def test_reported_fit_mode_is_what_fit_does(keras):
+    """The fine-tuning pattern base(x, training=False): whatever this Keras
+    version does with it, bngap's fit_mode must say what fit() really does
+    (whether the BN layer's statistics move in a training step)."""
+    L = keras.layers
+    bi = keras.Input((4,))
+    base = keras.Model(bi, L.BatchNormalization(name="bn")(L.Dense(4)(bi)), name="base")
+    inp = keras.Input((4,))
+    model = keras.Model(inp, L.Dense(1)(base(inp, training=False)))
+    model.compile("sgd", "mse")
+    x = np.random.default_rng(0).normal(2, 3, (32, 4)).astype("float32")
+    reported = check(model, x).layer("base/bn").fit_mode
+    bn = base.get_layer("bn")
+    before = bn.moving_mean.numpy().copy()
+    model.fit(x, np.zeros((32, 1)), epochs=1, batch_size=32, verbose=0)
+    moved = not np.array_equal(before, bn.moving_mean.numpy())
+    assert reported == ("training" if moved else "inference")
