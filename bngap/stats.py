@@ -22,10 +22,11 @@ def relative_l2(sq_diff: float, sq_ref: float, sq_other: float = 0.0) -> float:
     """
     if sq_diff <= 0.0:
         return 0.0
+    # Roots first: the ratio of the sums could overflow where the norms' does not.
     if sq_ref > 0.0:
-        return math.sqrt(sq_diff / sq_ref)
+        return math.sqrt(sq_diff) / math.sqrt(sq_ref)
     if sq_other > 0.0:
-        return math.sqrt(sq_diff / sq_other)
+        return math.sqrt(sq_diff) / math.sqrt(sq_other)
     return 0.0  # pragma: no cover - sq_diff > 0 implies one side is non-zero
 
 
@@ -86,9 +87,9 @@ class GapAccumulator:
 
     @property
     def relative_l2(self) -> float:
-        """Relative L2 of the finite pairs; infinite when one mode produced
-        NaN/Inf where the other did not."""
-        if self.nonfinite_pairs:
+        """Relative L2 of the finite pairs; infinite when either mode produced
+        NaN/Inf (a model that does cannot pass a gate on this number)."""
+        if self.nonfinite_pairs or self.nonfinite_train or self.nonfinite_ref:
             return math.inf
         return relative_l2(self.sq_diff, self.sq_ref, self.sq_other)
 
@@ -143,6 +144,8 @@ class ChannelMoments:
 
     def merge(self, other: "ChannelMoments") -> "ChannelMoments":
         """Returns the moments of both parts together (neither is modified)."""
+        if other.channels == 0:  # the empty moments are the identity on either side
+            return ChannelMoments(self.count.copy(), self.mean.copy(), self.m2.copy(), self.examples)
         if self.channels == 0:
             return ChannelMoments(other.count.copy(), other.mean.copy(), other.m2.copy(), other.examples)
         n_a, n_b = self.count, other.count

@@ -16,6 +16,7 @@ from ..results import Report, Severity
 from .common import gap_opens_at, headline, num, pct, severity_mark, sparkline, top_layers
 
 MAX_BN_ROWS = 12
+MIN_WIDTH = 80
 _STYLE = {"ok": "green", "info": "cyan", "warn": "yellow", "fail": "bold red"}
 
 
@@ -43,7 +44,9 @@ def _para(con: Console, text: str, indent: int = 3, style: str = "", hang: int =
 
 def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
                 color: bool = False) -> str:
-    """The report as terminal text. No ANSI codes unless `color`."""
+    """The report as terminal text. No ANSI codes unless `color`. Narrower
+    than MIN_WIDTH, the tables would crop numbers: the terminal wraps instead."""
+    width = max(width, MIN_WIDTH)
     buf = io.StringIO()
     con = Console(file=buf, width=width, color_system="standard" if color else None,
                   force_terminal=color, no_color=not color, highlight=False, emoji=False,
