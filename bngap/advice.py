@@ -92,6 +92,29 @@ def _leak_findings(leaks: Sequence[LeakCheck], layers_by_path: dict) -> list[Fin
     return out
 
 
+def _initial(r: BatchNormRecord) -> str:
+    if r.init_mean is None or r.init_variance is None:
+        return "their initial values"
+    return f"mean {r.init_mean:g}, variance {r.init_variance:g}"
+
+
+def _updates_to_forget(momentum: float, left: float = 0.01) -> int:
+    """Updates after which only `left` of the initial statistics remains."""
+    return int(math.ceil(math.log(left) / math.log(momentum))) if 0.0 < momentum < 1.0 else 1
+
+
+def _convergence_remedy(momentum: float) -> str:
+    now = _updates_to_forget(momentum)
+    if momentum > 0.9:
+        lower = (f"lower the BatchNormalization momentum (at {momentum:g} the statistics need "
+                 f"about {now} updates to leave their start behind; at 0.9, about "
+                 f"{_updates_to_forget(0.9)})")
+    else:
+        lower = f"keep training (at momentum {momentum:g} they need about {now} updates)"
+    return (f"Train for more steps, {lower}, or re-estimate the statistics on your data: "
+            f"{FIX_HINT}.")
+
+
 def _describe_bn(r: BatchNormRecord) -> str:
     return (f"{r.path}: median |z| {_fmt(r.median_abs_z, 2)}, median |log2 variance ratio| "
             f"{_fmt(r.median_abs_log2_var_ratio, 2)}, expected local gap {_fmt(r.expected_local_gap, 2)}")
@@ -115,7 +138,7 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
         findings.append(Finding(
             Cause.STATS_NEVER_UPDATED, sev, first.path,
             f"{len(never)} of {len(batchnorm)} BatchNormalization layers still hold their initial "
-            f"moving statistics (mean 0, variance 1): they were never updated. In inference mode "
+            f"moving statistics ({_initial(first)}): they were never updated. In inference mode "
             f"they normalise with those instead of your data's statistics (first: {first.path}, "
             f"whose input has median |mean| {_fmt(first.data_mean_abs, 2)} and median std "
             f"{_fmt(first.data_std, 2)}).",
@@ -170,7 +193,7 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
         findings.append(Finding(
             Cause.STATS_NOT_CONVERGED, _worst([r.severity for r in not_conv]), not_conv[0].path,
             f"{len(not_conv)} BatchNormalization layers have moving statistics that are still "
-            f"{share:.0%} their initial values (mean 0, variance 1){spread}: {upd_txt} at momentum "
+            f"{share:.0%} their initial values ({_initial(first)}){spread}: {upd_txt} at momentum "
             f"{', '.join(f'{m:g}' for m in momenta)}, too few to reach your data's statistics. "
             + ("These layers are frozen (trainable=False), so fit() uses these statistics too: "
                "expect poor results in both modes rather than a gap. "
@@ -178,9 +201,7 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
                "In training mode each batch is normalised by its own statistics, so fit() looks "
                "fine while evaluate() and predict() on the same data do not. ")
             + f"First: {_describe_bn(first)}.",
-            "Train for more steps, lower the BatchNormalization momentum (e.g. 0.9: the "
-            "statistics then converge in about 50 updates instead of 460), or re-estimate the "
-            f"statistics on your data: {FIX_HINT}.",
+            _convergence_remedy(max(momenta)),
             {"layers": [r.path for r in not_conv], "init_fraction": share, "estimated_updates": upd},
         ))
         explained.update(r.path for r in not_conv)

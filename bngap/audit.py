@@ -234,5 +234,6 @@ def audit_layer(p: BatchNormParams, moments: SplitMoments, order: int,
         renorm=p.renorm, synchronized=p.synchronized,
         data_mean_abs=float(np.median(np.abs(total.mean[ok]))) if ok.any() else 0.0,
         data_std=float(np.median(np.sqrt(total.variance[ok]))) if ok.any() else 0.0,
+        init_mean=p.init_mean, init_variance=p.init_variance,
         init_share_estimate=frac, init_share_spread=spread if math.isfinite(spread) else None,
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .probe import pack_inputs
 from .runtime import import_keras
 from .stats import GapAccumulator
 
@@ -46,7 +47,13 @@ class GapMonitor(keras.callbacks.Callback):
                  every_n_batches: int = 0, stop_above: float | None = None,
                  recalibrate_at_end: bool = False, verbose: bool = True):
         super().__init__()
-        self.x = [np.asarray(a) for a in x] if isinstance(x, (list, tuple)) else [np.asarray(x)]
+        self.names = list(x) if isinstance(x, dict) else None
+        if isinstance(x, dict):
+            self.x = [np.asarray(a) for a in x.values()]
+        elif isinstance(x, (list, tuple)):
+            self.x = [np.asarray(a) for a in x]
+        else:
+            self.x = [np.asarray(x)]
         if not len(self.x[0]):
             raise ValueError("GapMonitor needs at least one sample. Received: an empty array")
         self.batch_size = max(1, int(batch_size))
@@ -64,17 +71,24 @@ class GapMonitor(keras.callbacks.Callback):
     def measure(self) -> float:
         """Relative L2 gap between training- and inference-mode outputs on the
         held samples. Restores the model's non-trainable variables (BN
-        statistics, random-generator states), which is all a forward pass
-        changes."""
+        statistics, random-generator states) and Keras' global random state,
+        which is all a forward pass changes."""
+        from keras.src.backend.common import global_state
+        from keras.src.random import seed_generator
+
         model = self.model
-        saved = [(v, np.array(v.numpy(), copy=True)) for v in model.non_trainable_variables]
+        state = list(model.non_trainable_variables)
+        shared = global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR)
+        if shared is not None:  # layers without a seed generator of their own draw from it
+            state.append(shared.state)
+        saved = [(v, np.array(v.numpy(), copy=True)) for v in state]
         acc = GapAccumulator()
         n = len(self.x[0])
         forward = self._forward()
         try:
             for start in range(0, n, self.batch_size):
                 part = [a[start:start + self.batch_size] for a in self.x]
-                arg = part[0] if len(part) == 1 else part
+                arg = pack_inputs(keras, model, part, self.names, keyed=self.names is not None)
                 ev = forward(arg, False)
                 tr = forward(arg, True)
                 for v, val in saved:  # undo the BN update before the next batch
@@ -146,7 +160,8 @@ class GapMonitor(keras.callbacks.Callback):
             nodes = build_tree(self.model, keras)
             chosen, _ = select_layers(nodes, None, include_frozen=True)
             if chosen:
-                data = from_arrays(self.x if len(self.x) > 1 else self.x[0], None, input_specs(self.model))
+                given = dict(zip(self.names, self.x)) if self.names else (self.x if len(self.x) > 1 else self.x[0])
+                data = from_arrays(given, None, input_specs(self.model))
                 recalibrate(self.model, nodes, chosen, data, keras, batch_size=self.batch_size)
                 after = self.measure()
                 if self.verbose:

@@ -122,14 +122,33 @@ def _parse_effects(value: str) -> int | str | None:
     return n
 
 
-def _emit(text: str, output: str | None) -> None:
+def _emit(text: str, output: str | None, quiet: bool = False) -> None:
     if output:
         from .writing import write_atomic
 
         write_atomic(output, text)
-        _err(f"bngap: report written to {output}")
+        if not quiet:
+            _err(f"bngap: report written to {output}")
     else:
         click.echo(text, nl=False)
+
+
+def _check_output_path(output: str | None, *inputs: str) -> None:
+    """Refuses, before any work, a report path that would replace an input
+    or that cannot be written."""
+    if not output:
+        return
+    from pathlib import Path
+
+    out = Path(output).resolve()
+    for given in inputs:
+        if Path(given).resolve() == out:
+            raise BngapError(f"--output {output} is one of the inputs; choose another file for the report")
+    folder = out.parent
+    if not folder.is_dir():
+        raise BngapError(f"cannot write {output}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise BngapError(f"cannot write {output}: permission denied")
 
 
 loading_options = [
@@ -173,9 +192,9 @@ class _Group(click.Group):
             where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
             _err(f"error: {one_line(e.format_message())}{where}")
             sys.exit(int(ExitStatus.BAD_INPUT))
-        except click.ClickException as e:
+        except click.ClickException as e:  # any other refusal of the command line is usage
             _err(f"error: {one_line(e.format_message())}")
-            sys.exit(e.exit_code)
+            sys.exit(int(ExitStatus.BAD_INPUT))
         except click.Abort:
             _err("error: aborted")
             sys.exit(130)
@@ -241,6 +260,7 @@ def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_abov
             x_key=x_key, y_key=y_key, unsafe=unsafe, custom_objects=custom_objects,
             preprocess=preprocess,
         )
+        _check_output_path(output, model, data)
         report = _run_and_render(model, data, opts, fmt=fmt, output=output,
                                  all_layers=all_layers, progress=progress)
         if (fail_above_loss_delta is not None or fail_above_accuracy_drop is not None) and report.metrics is None:
@@ -260,7 +280,7 @@ def _run_and_render(model, data, opts, *, fmt: str, output: str | None, all_laye
         progress.close()
     text = render(report, fmt, all_layers=all_layers, width=_terminal_width() if not output else 100,
                   color=fmt == "text" and not output and _use_color(sys.stdout))
-    _emit(text, output)
+    _emit(text, output, quiet=not progress.enabled)
     if progress.enabled and fmt != "text":
         from .render.common import headline
 

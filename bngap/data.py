@@ -33,6 +33,7 @@ class Dataset:
     names: list[str]
     notes: list[str] = field(default_factory=list)
     dtypes: list = field(default_factory=list)  # per input: the dtype batches are cast to (None: as is)
+    keyed: bool = False                          # the user gave the inputs as a dict of names
 
     def __len__(self) -> int:
         return int(self.x[0].shape[0])
@@ -56,7 +57,7 @@ class Dataset:
 
     def subset(self, n: int) -> "Dataset":
         return Dataset(self.take(0, n), None if self.y is None else self.y[:n],
-                       self.path, self.names, list(self.notes))
+                       self.path, self.names, list(self.notes), keyed=self.keyed)
 
 
 def _refuse_pickle(path: Path, key: str | None, err: Exception) -> DataError:
@@ -132,6 +133,9 @@ def read_arrays(path: str | os.PathLike, *, specs: Sequence[InputSpec] = (),
     try:
         npz = np.load(p, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        if "pickled" in str(e):  # numpy's advice to allow_pickle is not ours to give
+            raise DataError(f"{p} is not an .npz archive of arrays but a pickle; bngap never "
+                            "unpickles data (unpickling can run arbitrary code)") from None
         raise DataError(f"cannot read {p} as .npz (not a zip archive, truncated or corrupted?): "
                         f"{one_line(e, 160)}") from None
     with npz:
@@ -361,4 +365,4 @@ def from_arrays(x, y=None, specs: Sequence[InputSpec] = (), limit: int | None = 
         xs = [a[:limit] if a.ndim else a for a in xs]
         y = y if y is None or not y.ndim else y[:limit]
     xs, y = validate(xs, y, specs, names, notes)
-    return Dataset(xs, y, "<in-memory>", names, notes)
+    return Dataset(xs, y, "<in-memory>", names, notes, keyed=isinstance(x, dict))

@@ -35,9 +35,6 @@ class LayerNode:
     def class_name(self) -> str:
         return type(self.layer).__name__
 
-    @property
-    def is_leaf(self) -> bool:
-        return not self.children
 
 
 def _children(layer) -> list:

@@ -12,9 +12,9 @@ import numpy as np
 from .data import Dataset
 from .layertree import LayerNode
 from .audit import BatchNormParams
-from .probe import NodeStats, Probe
+from .probe import NodeStats, Probe, pack_inputs
 from .results import GROUPS, Kind, LeakCheck, Metrics
-from .stats import GapAccumulator, SplitMoments, top1
+from .stats import GapAccumulator, binary_threshold, top1
 
 LEAK_SAMPLES = 4  # inference paths are compared on this many samples (leaks are structural)
 AUTO_EFFECTS_ALL = 8  # with --effects auto, models with up to this many get every layer's effect
@@ -57,7 +57,7 @@ def effective_nodes(nodes: list[LayerNode], stats: dict[int, NodeStats]) -> list
         if not n.mode_dependent:
             continue
         got = stats[n.index].fit_training.values()
-        if not any(v is True or (v is not None and bool(v)) for v in got):
+        if not any(bool(v) for v in got if v is not None):
             continue
         if n.kind is Kind.BATCHNORM and not n.layer.trainable:
             continue
@@ -84,6 +84,9 @@ def _is_classes(arr: np.ndarray) -> bool:
 def resolve_loss(keras, loss_id, outputs: np.ndarray, y: np.ndarray) -> tuple[Any, str, str]:
     """(loss callable, name, source). The model's compiled loss when the file
     names one Keras knows; otherwise inferred from the outputs and labels."""
+    if callable(loss_id):  # a Loss object or a function (the model's own, or the caller's)
+        name = getattr(loss_id, "name", None) or getattr(loss_id, "__name__", type(loss_id).__name__)
+        return loss_id, str(name), "compiled"
     named = isinstance(loss_id, str) or (isinstance(loss_id, dict) and "class_name" in loss_id)
     if named:
         try:
@@ -105,15 +108,16 @@ def resolve_loss(keras, loss_id, outputs: np.ndarray, y: np.ndarray) -> tuple[An
     return L.MeanSquaredError(), "mean_squared_error", "inferred"
 
 
-def _accuracy(out: np.ndarray, y: np.ndarray) -> np.ndarray | None:
-    """Per-sample correctness for class outputs; None for regression."""
+def _accuracy(out: np.ndarray, y: np.ndarray, cut: float | None) -> np.ndarray | None:
+    """Per-sample correctness for class outputs; None for regression. A
+    binary score is cut at `cut` (decided once for both modes)."""
     if out.ndim >= 2 and out.shape[-1] >= 2:
         pred = np.argmax(out, axis=-1)
         truth = np.argmax(y, axis=-1) if y.shape == out.shape else y.reshape(pred.shape)
         return (pred == truth).astype(np.float64)
     flat = out.reshape(out.shape[0], -1)
     if flat.shape[1] == 1 and set(np.unique(y).tolist()) <= {0, 1}:
-        return (top1(flat) == y.reshape(-1).astype(np.int64)).astype(np.float64)
+        return (top1(flat, cut) == y.reshape(-1).astype(np.int64)).astype(np.float64)
     return None
 
 
@@ -126,6 +130,7 @@ class _MetricSums:
         self.fn = None
         self.name = ""
         self.source = ""
+        self.cut: float | None = None
 
     def add(self, keras, loss_id, train, ev, y: np.ndarray) -> None:
         """Adds one batch. `train` and `ev` are the model's output tensors:
@@ -134,11 +139,13 @@ class _MetricSums:
         the tensor, not a numpy copy."""
         if self.fn is None:
             self.fn, self.name, self.source = resolve_loss(keras, loss_id, np.asarray(ev), y)
+            # a binary score's reading (probability or logit) is decided once
+            self.cut = binary_threshold(np.asarray(ev), np.asarray(train))
         for mode, out in (("train", train), ("eval", ev)):
             val = self.fn(y, out)
             val = float(np.mean(np.asarray(val)))
             self.loss[mode] += val * len(y)
-            acc = _accuracy(np.asarray(out), y)
+            acc = _accuracy(np.asarray(out), y, self.cut)
             if acc is None:
                 self.has_acc = False
             else:
@@ -157,6 +164,59 @@ class _MetricSums:
 
 
 # --------------------------------------------------------------- the loop
+@dataclass
+class PassPlan:
+    """Which extra training passes each batch gets, decided on the first batch."""
+
+    group_members: dict[str, list[int]]
+    run_groups: list[str]          # groups measured by a pass of their own
+    reuse_total: str | None        # the one active group whose value is the whole gap
+    effect_idx: list[int]          # layers whose output effect gets a pass
+    effects_skipped: int
+    layers_pass: bool              # measure what all layers together explain
+
+
+def has_own_logic(model, keras) -> bool:
+    """A subclassed model whose own call() takes `training` may branch on it
+    outside any layer bngap can see."""
+    from keras.src.models.functional import Functional
+
+    if isinstance(model, (Functional, keras.Sequential)):
+        return False
+    import inspect
+
+    try:
+        return "training" in inspect.signature(model.call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def plan_passes(nodes: list[LayerNode], stats: dict[int, NodeStats], effects, own_logic: bool) -> PassPlan:
+    """Plans the group and effect passes from the first batch's training pass.
+
+    When only one group is active in a model without logic of its own, that
+    group's gap is the whole gap and needs no pass; likewise a lone layer's
+    output effect.
+    """
+    eff = effective_nodes(nodes, stats)
+    members = {g: [nd.index for nd in eff if nd.kind.group == g] for g in GROUPS}
+    active = [g for g in GROUPS if members[g]]
+    reuse = active[0] if len(active) == 1 and not own_logic else None
+    run_groups = [] if reuse else active
+    ranked = sorted(eff, key=lambda nd: stats[nd.index].own.relative_l2, reverse=True)
+    ranked = [nd for nd in ranked if stats[nd.index].own.relative_l2 > 0.0]
+    covered = {members[g][0] for g in run_groups if len(members[g]) == 1}
+    if len(eff) == 1 and not own_logic:
+        covered.add(eff[0].index)
+    candidates = [nd.index for nd in ranked if nd.index not in covered]
+    if effects == "auto":  # every layer in a small model, the strongest in a big one
+        limit = len(candidates) if len(candidates) <= AUTO_EFFECTS_ALL else 1
+    else:
+        limit = len(candidates) if effects is None else max(0, int(effects))
+    return PassPlan(members, run_groups, reuse, candidates[:limit], len(candidates) - min(limit, len(candidates)),
+                    layers_pass=own_logic and bool(eff))
+
+
 def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_size: int,
             seed: int = 0, effects: int | str | None = "auto", loss_id=None,
             progress: Progress = _noop, leak_checks: bool = True) -> Measurements:
@@ -176,73 +236,47 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
     batches = math.ceil(n / batch_size)
     last = n - (batches - 1) * batch_size
     out_acc = GapAccumulator()
+    layers_acc = GapAccumulator()
     per_out: list[tuple[str, GapAccumulator]] = []
     group_acc: dict[str, GapAccumulator] = {}
-    group_members: dict[str, list[int]] = {}
-    single_group: str | None = None
-    effect_idx: list[int] = []
+    plan: PassPlan | None = None
     metric = _MetricSums()
     notes: list[str] = []
     classes = False
-    effects_skipped = 0
     loss_ok = dataset.y is not None
-    first_eval: list[list[np.ndarray]] = []
+    own_logic = has_own_logic(model, keras)
 
-    with Probe(model, nodes, keras, seed=seed) as probe:
+    pack = lambda xs: pack_inputs(keras, model, xs, dataset.names, dataset.keyed)  # noqa: E731
+    with Probe(model, nodes, keras, seed=seed, pack=pack) as probe:
         stats = probe.stats
         for b, (xs, y) in enumerate(dataset.batches(batch_size)):
             ev_raw = probe.eval_pass(xs)
             tr_raw = probe.train_pass(xs, b)
             ev, tr = _to_numpy_list(keras, ev_raw), _to_numpy_list(keras, tr_raw)
-            if sum(len(e[0]) for e in first_eval) < LEAK_SAMPLES:
-                first_eval.append(ev)  # the reference for the inference-path comparisons
-            if b == 0:
+            if plan is None:
                 names = _output_names(model, len(ev))
                 per_out = [(nm, GapAccumulator()) for nm in names]
                 classes = len(ev) == 1 and _is_classes(ev[0])
-                eff = effective_nodes(nodes, stats)
-                for g in GROUPS:
-                    group_members[g] = [nd.index for nd in eff if nd.kind.group == g]
-                active = [g for g in GROUPS if group_members[g]]
-                if len(active) == 1:
-                    single_group = active[0]
-                run_groups = active if len(active) > 1 else []
-                group_acc = {g: GapAccumulator() for g in run_groups}
-                ranked = sorted(eff, key=lambda nd: stats[nd.index].own.relative_l2, reverse=True)
-                ranked = [nd for nd in ranked if stats[nd.index].own.relative_l2 > 0.0]
-                covered = {group_members[g][0] for g in run_groups if len(group_members[g]) == 1}
-                if len(eff) == 1:
-                    covered.add(eff[0].index)
-                candidates = [nd.index for nd in ranked if nd.index not in covered]
-                if effects == "auto":  # every layer in a small model, the strongest in a big one
-                    limit = len(candidates) if len(candidates) <= AUTO_EFFECTS_ALL else 1
-                else:
-                    limit = len(candidates) if effects is None else max(0, int(effects))
-                effect_idx = candidates[:limit]
-                effects_skipped = len(candidates) - len(effect_idx)
-                for i in effect_idx:
+                plan = plan_passes(nodes, stats, effects, own_logic)
+                group_acc = {g: GapAccumulator() for g in plan.run_groups}
+                for i in plan.effect_idx:
                     stats[i].effect = GapAccumulator()
                 if loss_ok and len(ev) != 1:
                     loss_ok = False
                     notes.append("labels ignored: loss and accuracy are computed for single-output models")
-            total_passes = 2 + len(group_acc) + len(effect_idx)
-            progress(b * total_passes + 2, batches * total_passes, f"batch {b + 1}/{batches}")
+            extra: list[tuple[list[int], GapAccumulator]] = (
+                [(plan.group_members[g], group_acc[g]) for g in plan.run_groups]
+                + [([i], stats[i].effect) for i in plan.effect_idx]
+                + ([([nd.index for nd in effective_nodes(nodes, stats)], layers_acc)] if plan.layers_pass else []))
+            total = batches * (2 + len(extra))
+            progress(b * (2 + len(extra)) + 2, total, f"batch {b + 1}/{batches}")
             for (nm, acc), t, e in zip(per_out, tr, ev):
                 acc.add_arrays(t, e, classes=_is_classes(e))
                 out_acc.add_arrays(t, e, classes=classes)
-            done = 2
-            for g, acc in group_acc.items():
-                got = _to_numpy_list(keras, probe.masked_pass(xs, b, group_members[g]))
-                for t, e in zip(got, ev):
+            for k, (active, acc) in enumerate(extra):
+                for t, e in zip(_to_numpy_list(keras, probe.masked_pass(xs, b, active)), ev):
                     acc.add_arrays(t, e)
-                done += 1
-                progress(b * total_passes + done, batches * total_passes, f"batch {b + 1}/{batches}")
-            for i in effect_idx:
-                got = _to_numpy_list(keras, probe.masked_pass(xs, b, [i]))
-                for t, e in zip(got, ev):
-                    stats[i].effect.add_arrays(t, e)
-                done += 1
-                progress(b * total_passes + done, batches * total_passes, f"batch {b + 1}/{batches}")
+                progress(b * (2 + len(extra)) + 3 + k, total, f"batch {b + 1}/{batches}")
             if loss_ok and y is not None:
                 try:
                     metric.add(keras, loss_id, keras.tree.flatten(tr_raw)[0],
@@ -252,8 +286,8 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                     notes.append(f"loss not computed: {type(e).__name__}: {str(e)[:160]}")
 
         groups = {g: 0.0 for g in GROUPS}
-        if single_group:
-            groups[single_group] = out_acc.relative_l2
+        if plan.reuse_total:
+            groups[plan.reuse_total] = out_acc.relative_l2
         for g, acc in group_acc.items():
             groups[g] = acc.relative_l2
         eff = effective_nodes(nodes, stats)
@@ -261,17 +295,21 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
             st = stats[nd.index]
             if st.effect is not None:
                 continue
-            if len(eff) == 1:
+            if len(eff) == 1 and not own_logic:
                 st.effect = out_acc
-            else:
-                g = nd.kind.group
-                if g in group_acc and group_members[g] == [nd.index]:
-                    st.effect = group_acc[g]
+            elif group_acc.get(nd.kind.group) is not None and plan.group_members[nd.kind.group] == [nd.index]:
+                st.effect = group_acc[nd.kind.group]
+        if plan.layers_pass:
+            explained, whole = layers_acc.relative_l2, out_acc.relative_l2
+            if abs(whole - explained) > 0.1 * whole + 0.01:
+                notes.append(
+                    f"With all its layers in training mode but the model's own call() in "
+                    f"inference mode, the output gap is {explained:.4f}, against {whole:.4f} for "
+                    f"model(x, training=True): the rest comes from what {type(model).__name__}.call() "
+                    "itself does when training=True, outside any layer.")
         if leak_checks:
-            m_leak = min(LEAK_SAMPLES, n)
-            reference = [np.concatenate(parts)[:m_leak] for parts in zip(*first_eval)]
-            leaks = compare_inference_paths(probe, nodes, dataset.subset(m_leak), keras,
-                                            stats=stats, reference=reference)
+            leaks = compare_inference_paths(probe, nodes, dataset.subset(min(LEAK_SAMPLES, n)), keras,
+                                            stats=stats)
         else:
             leaks = []
         bn_params = {nd.index: probe.bn_params(nd) for nd in nodes if nd.kind is Kind.BATCHNORM}
@@ -280,7 +318,7 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
         nodes=nodes, stats=stats, output=out_acc, per_output=per_out, groups=groups,
         bn_params=bn_params, leaks=leaks, metrics=metric.result() if loss_ok else None,
         batch_size=batch_size, batches=batches, last_batch_size=last, samples=n,
-        effects_computed=len(effect_idx), effects_skipped=effects_skipped, notes=notes,
+        effects_computed=len(plan.effect_idx), effects_skipped=plan.effects_skipped, notes=notes,
         outputs_are_classes=classes,
     )
 
@@ -305,7 +343,7 @@ def _training_layers(nodes: list[LayerNode], seen: dict) -> tuple[str, ...]:
 
 
 def compare_inference_paths(probe: Probe, nodes: list[LayerNode], subset: Dataset, keras, *,
-                            stats: dict, reference: list[np.ndarray]) -> list[LeakCheck]:
+                            stats: dict) -> list[LeakCheck]:
     """Compares the other inference paths with model(x, training=False).
 
     - forced inference: every layer explicitly in inference mode; differs
@@ -314,17 +352,16 @@ def compare_inference_paths(probe: Probe, nodes: list[LayerNode], subset: Datase
     - predict(x): what Keras' own inference loop gets.
 
     `stats` holds what each layer received in the inference passes already
-    run, and `reference` their outputs for the subset's samples; inference is
-    per sample, so they stand for model(subset, training=False) unless a
-    layer leaked training mode, in which case the subset is run again.
+    run. The reference is model(subset, training=False) on the very same
+    small batch, so kernels that depend on the batch size cannot pass for a
+    leak.
     """
     xs = subset.x
     m = len(subset)
     checks = []
     leaked = _training_layers(nodes, {i: st.eval_training for i, st in stats.items()})
-    ref = reference
+    ref, _ = probe.observe_pass(xs, training=False)
     if leaked:
-        ref, _ = probe.observe_pass(xs, training=False)
         forced = probe.forced_eval_pass(xs)
         checks.append(LeakCheck("model(x, training=False)", _rel(keras, ref, forced), leaked, m))
     else:

@@ -8,10 +8,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-from .data import DEFAULT_BATCH_SIZE, Dataset, from_arrays, load_data
+from .data import DEFAULT_BATCH_SIZE, from_arrays, load_data
 from .errors import BngapError, DataError
 from .results import Kind, ModelSummary, DataSummary, Report, Thresholds
 
@@ -60,6 +59,39 @@ def _summarise_model(model, nodes, path: str, specs) -> ModelSummary:
     )
 
 
+def open_inputs(model: Any, x: Any, y: Any = None, *, unsafe: bool = False,
+                custom_objects: str | None = None, x_key: str | None = None,
+                y_key: str | None = None, limit: int | None = None, preprocess: str | None = None,
+                compile: bool = False, status: Callable[[str], None] | None = None):
+    """The model and the data, from paths or objects, validated against each
+    other. Shared by `check` and `fix`.
+
+    Returns:
+        (LoadedModel, Dataset).
+    """
+    from .loading import LoadedModel, input_specs, load_model
+    from .runtime import import_keras
+
+    say = status or (lambda s: None)
+    if isinstance(model, (str, os.PathLike)):
+        say(f"loading model {model}")
+        loaded = load_model(model, unsafe=unsafe, custom_objects_file=custom_objects, compile=compile)
+    else:
+        keras = import_keras()
+        if not isinstance(model, keras.Model):
+            raise BngapError(f"expected a Keras model or a model file path. Received: {type(model).__name__}")
+        loaded = LoadedModel(model=model, path="<in-memory>", inputs=input_specs(model),
+                             loss=getattr(model, "loss", None))
+    if isinstance(x, (str, os.PathLike)):
+        say(f"reading data {x}")
+        data = load_data(x, loaded.inputs, x_key=x_key, y_key=y_key, limit=limit, preprocess=preprocess)
+    elif x is None:
+        raise DataError("no data given: pass the inputs (x)")
+    else:
+        data = from_arrays(x, y, loaded.inputs, limit=limit)
+    return loaded, data
+
+
 def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = CheckOptions(),
           progress: Callable[[int, int, str], None] | None = None,
           status: Callable[[str], None] | None = None, loss: Any = None) -> Report:
@@ -81,7 +113,6 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
     """
     from . import advice, analysis
     from .layertree import build_tree
-    from .loading import LoadedModel, input_specs, load_model
     from .measurement import measure
     from .runtime import environment, import_keras
 
@@ -89,28 +120,11 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
     say = status or (lambda s: None)
     if options.batch_size < 1:
         raise BngapError(f"--batch-size must be at least 1. Received: {options.batch_size}")
-    if isinstance(model, (str, os.PathLike)):
-        say(f"loading model {model}")
-        loaded = load_model(model, unsafe=options.unsafe, custom_objects_file=options.custom_objects)
-    else:
-        keras = import_keras()
-        if not isinstance(model, keras.Model):
-            raise BngapError(f"expected a Keras model or a model file path. Received: {type(model).__name__}")
-        compiled = getattr(model, "loss", None)
-        loaded = LoadedModel(model=model, path="<in-memory>", inputs=input_specs(model),
-                             loss=compiled if isinstance(compiled, str) else None)
-        if loss is None and compiled is not None and not isinstance(compiled, str):
-            loss = compiled
+    loaded, data = open_inputs(model, x, y, unsafe=options.unsafe, custom_objects=options.custom_objects,
+                               x_key=options.x_key, y_key=options.y_key, limit=options.limit,
+                               preprocess=options.preprocess, status=say)
     keras = import_keras()
     net = loaded.model
-    if isinstance(x, (str, os.PathLike)):
-        say(f"reading data {x}")
-        data = load_data(x, loaded.inputs, x_key=options.x_key, y_key=options.y_key,
-                         limit=options.limit, preprocess=options.preprocess)
-    elif x is None:
-        raise DataError("no data given: pass inputs (x) to check")
-    else:
-        data = from_arrays(x, y, loaded.inputs, limit=options.limit)
     nodes = build_tree(net, keras)
     if not nodes:
         raise BngapError(f"{loaded.path}: the model has no layers to check")

@@ -51,21 +51,40 @@ class NodeStats:
 
 
 class StateGuard:
-    """Snapshot of every model variable, restored on demand and on exit.
-
-    Keras' training-mode call mutates BN moving statistics and seed-generator
-    states; this guard makes `check` leave the model bit-identical.
+    """Snapshot of the state a forward pass can change, restored on demand
+    and on exit: every model variable, variables that custom layers hold
+    without Keras tracking them, and the global random generators (Keras'
+    and TensorFlow's) that layers without a seed generator of their own draw
+    from. Keras' training-mode call mutates BN moving statistics and
+    seed-generator states; this guard makes `check` leave them bit-identical.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, layers=()):
+        import tensorflow as tf
+        from keras.src.backend.common import global_state
+        from keras.src.random import seed_generator
+
         self.variables = list(model.variables)
+        tracked = {id(v) for v in self.variables}
+        for layer in layers:  # raw tf.Variables in custom layers
+            for value in list(vars(layer).values()):
+                if isinstance(value, tf.Variable) and id(value) not in tracked:
+                    tracked.add(id(value))
+                    self.variables.append(value)
+        self._had_keras_generator = global_state.get_global_attribute(
+            seed_generator.GLOBAL_SEED_GENERATOR) is not None
+        self.keras_generator = seed_generator.global_seed_generator()
+        self.variables.append(self.keras_generator.state)
+        self.tf_generator = tf.random.get_global_generator()
+        self.tf_generator_state = np.array(self.tf_generator.state.numpy(), copy=True)
         self.saved = [np.array(v.numpy(), copy=True) for v in self.variables]
-        self.mutable = [i for i, v in enumerate(self.variables) if not v.trainable]
+        self.mutable = [i for i, v in enumerate(self.variables) if not getattr(v, "trainable", False)]
 
     def restore(self, everything: bool = False) -> None:
         idx = range(len(self.variables)) if everything else self.mutable
         for i in idx:
             self.variables[i].assign(self.saved[i])
+        self.tf_generator.reset(self.tf_generator_state)
 
     def changed(self) -> list[str]:
         """Paths of variables whose value differs from the snapshot."""
@@ -76,11 +95,20 @@ class StateGuard:
                 out.append(getattr(v, "path", v.name))
         return out
 
+    def close(self) -> None:
+        """Restores everything and leaves no global generator that was not there."""
+        self.restore(everything=True)
+        if not self._had_keras_generator:
+            from keras.src.backend.common import global_state
+            from keras.src.random import seed_generator
+
+            global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.restore(everything=True)
+        self.close()
         return False
 
 
@@ -95,8 +123,10 @@ class Probe:
     restored on exit, also when a pass raises.
     """
 
-    def __init__(self, model, nodes: list[LayerNode], keras, seed: int = 0):
+    def __init__(self, model, nodes: list[LayerNode], keras, seed: int = 0, pack=None):
         import tensorflow as tf
+
+        self.pack = pack or (lambda xs: pack_inputs(keras, model, xs))
 
         self.tf = tf
         self.keras = keras
@@ -114,12 +144,14 @@ class Probe:
         self._order_counter = 0
         self._active: set[int] = set()
         self._seq = 0
+        self._bn_var_cache: dict | None = None
         self.guard: StateGuard | None = None
         self._seed_vars = [v for v in model.variables if "seed_generator_state" in getattr(v, "path", v.name)]
 
     # ---------------------------------------------------------------- set-up
     def __enter__(self):
-        self.guard = StateGuard(self.model)
+        self.guard = StateGuard(self.model, [n.layer for n in self.nodes])
+        self._seed_vars.append(self.guard.keras_generator.state)
         for node in self.nodes:
             layer = node.layer
             previous = layer.__dict__.get("call", _MISSING)
@@ -137,7 +169,7 @@ class Probe:
         self._installed.clear()
         self._eval_store.clear()
         if self.guard is not None:
-            self.guard.restore(everything=True)
+            self.guard.close()
         return False
 
     def _make_wrapper(self, node: LayerNode, original):
@@ -172,7 +204,7 @@ class Probe:
             v.assign(saved)
 
     def _bn_vars(self, node: LayerNode):
-        cache = getattr(self, "_bn_var_cache", None)
+        cache = self._bn_var_cache
         if cache is None:
             cache = self._bn_var_cache = {}
             where = {id(v): i for i, v in enumerate(self.guard.variables)}
@@ -192,14 +224,10 @@ class Probe:
         for i, v in enumerate(self._seed_vars):
             base = zlib.crc32(f"{self.seed}:{i}".encode()) & 0x7FFFFFFF
             v.assign(np.array([base, batch_index * 100003], dtype=v.dtype))
+        self.guard.tf_generator.reset_from_seed(zlib.crc32(f"{self.seed}:tf:{batch_index}".encode()))
 
     def _pack(self, xs: list[np.ndarray]):
-        if len(xs) == 1:
-            return xs[0]
-        struct = getattr(self.model, "_inputs_struct", None)
-        if isinstance(struct, dict):
-            return {k: x for k, x in zip(struct.keys(), xs)}
-        return list(xs)
+        return self.pack(xs)
 
     def _call_model(self, xs, what: str, handler, **call_kwargs):
         self._handler = handler
@@ -477,10 +505,12 @@ class Probe:
             self._eval_store.clear()
 
     def masked_pass(self, xs, batch_index: int, active: Iterable[int]):
-        """A training pass with only the `active` layers in training mode."""
+        """A pass with only the `active` layers in the mode they had in the
+        training pass. The model itself is called in inference mode, so logic
+        of its own that branches on `training` stays off too."""
         self._active = set(active)
         self._set_seeds(batch_index)
-        return self._call_model(xs, "training", self._h_masked(), training=True)
+        return self._call_model(xs, "training", self._h_masked(), training=False)
 
     def forced_eval_pass(self, xs):
         """Every layer that takes `training` is called with training=False."""
@@ -532,6 +562,25 @@ class Probe:
 
 
 _MISSING = object()
+
+
+def pack_inputs(keras, model, xs: list, names: list[str] | None = None, keyed: bool = False):
+    """The model's inputs in the structure it was built with.
+
+    A dict the user gave stays a dict. Otherwise `xs` are in `model.inputs`
+    order, which is the flattened order of the model's input structure (a
+    dict's keys sorted), so packing them back into that structure puts every
+    array under its own name.
+    """
+    if keyed and names:  # the user named every input: Keras matches names itself
+        return dict(zip(names, xs))
+    struct = getattr(model, "_inputs_struct", None)
+    if struct is not None:
+        try:
+            return keras.tree.pack_sequence_as(struct, list(xs))
+        except (ValueError, TypeError):
+            pass
+    return xs[0] if len(xs) == 1 else list(xs)
 
 
 def _keras_message(e: Exception) -> str:

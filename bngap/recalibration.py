@@ -16,7 +16,7 @@ import fnmatch
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -121,15 +121,21 @@ def recalibrate(model, nodes: list[LayerNode], chosen: list[LayerNode], data: Da
     wanted = {n.index for n in chosen}
     out: list[LayerFix] = []
     passes = 0
-    with Probe(model, nodes, keras, seed=seed) as probe:
+    from .probe import pack_inputs
+
+    pack = lambda xs: pack_inputs(keras, model, xs, data.names, data.keyed)  # noqa: E731
+    with Probe(model, nodes, keras, seed=seed, pack=pack) as probe:
         first = next(data.batches(min(2, len(data))))[0]
         calls = probe.discover_bn_dependencies(first)
         levels = dependency_levels(calls)
         last_call = {}
         for idx, seq, _ in calls:
             last_call[idx] = max(last_call.get(idx, -1), seq)
-        todo = sorted({levels[i] for i in wanted if i in levels})
         never_called = [by_index[i].path for i in wanted if i not in levels]
+        if never_called:  # before any statistics change
+            raise BngapError("layers never called on this data, cannot re-estimate: "
+                             f"{', '.join(never_called)}; leave them out with --layers")
+        todo = sorted({levels[i] for i in wanted if i in levels})
         batches = math.ceil(len(data) / batch_size)
         total = len(todo) * batches
         for step, lev in enumerate(todo):
@@ -150,8 +156,6 @@ def recalibrate(model, nodes: list[LayerNode], chosen: list[LayerNode], data: Da
                 out.append(LayerFix(node.path, lev, int(total_m.examples), before,
                                     _relative_noise(mom, node.layer.epsilon), not node.layer.trainable))
             probe.commit()
-    if never_called:
-        raise BngapError(f"layers never called on this data, cannot re-estimate: {', '.join(never_called)}")
     return out, passes
 
 
@@ -205,11 +209,10 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     in-memory model; writes `output` atomically (temporary file, then
     rename) only when the fix helps or `force` is set.
     """
-    from .layertree import build_tree
-    from .loading import LoadedModel, input_specs, load_model
-    from .measurement import measure
-    from .data import from_arrays, load_data
     from .analysis import output_gap
+    from .layertree import build_tree
+    from .measurement import measure
+    from .pipeline import open_inputs
     from .runtime import import_keras
     from .writing import replace_atomic
 
@@ -238,20 +241,11 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     if target is not None and target.exists() and not (in_place or force):
         raise BngapError(f"{target} already exists; choose another path or pass --force to replace it")
 
-    if from_file:
-        say(f"loading model {model}")
-        # Compiled, so that the copy keeps the loss, metrics and optimizer state.
-        loaded = load_model(model, unsafe=unsafe, custom_objects_file=custom_objects, compile=True)
-    else:
-        keras = import_keras()
-        loaded = LoadedModel(model=model, path="<in-memory>", inputs=input_specs(model))
+    # Compiled, so that the copy keeps the loss, metrics and optimizer state.
+    loaded, data = open_inputs(model, x, y, unsafe=unsafe, custom_objects=custom_objects, x_key=x_key,
+                               y_key=y_key, limit=limit, preprocess=preprocess, compile=True, status=say)
     keras = import_keras()
     net = loaded.model
-    if isinstance(x, (str, os.PathLike)):
-        say(f"reading data {x}")
-        data = load_data(x, loaded.inputs, x_key=x_key, y_key=y_key, limit=limit, preprocess=preprocess)
-    else:
-        data = from_arrays(x, y, loaded.inputs, limit=limit)
     nodes = build_tree(net, keras)
     chosen, skipped = select_layers(nodes, layers, include_frozen)
     if not chosen:
@@ -282,7 +276,7 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     reload_diff = None
     if target is not None and (helped or force):
         say(f"writing {target}")
-        replace_atomic(target, lambda tmp: net.save(tmp), suffix=target.suffix)
+        replace_atomic(target, lambda tmp: net.save(tmp), suffix=target.suffix.lower())
         written = str(target)
         reload_diff = _verify_reload(target, net, data, keras, unsafe=unsafe, custom=custom_objects)
     elif target is not None:
@@ -300,10 +294,13 @@ def _verify_reload(path: Path, model, data: Dataset, keras, *, unsafe: bool, cus
     from .loading import load_model
 
     again = load_model(path, unsafe=unsafe, custom_objects_file=custom).model
-    xs = [a[: min(16, len(data))] for a in data.x]
-    arg = xs[0] if len(xs) == 1 else xs
-    a = [np.asarray(t) for t in keras.tree.flatten(model(arg, training=False))]
-    b = [np.asarray(t) for t in keras.tree.flatten(again(arg, training=False))]
+    from .probe import pack_inputs
+
+    xs = data.take(0, min(16, len(data)))
+    a = [np.asarray(t) for t in keras.tree.flatten(
+        model(pack_inputs(keras, model, xs, data.names, data.keyed), training=False))]
+    b = [np.asarray(t) for t in keras.tree.flatten(
+        again(pack_inputs(keras, again, xs, data.names, data.keyed), training=False))]
     diff = max(float(np.max(np.abs(p - q))) if p.size else 0.0 for p, q in zip(a, b))
     scale = max(float(np.max(np.abs(p))) if p.size else 0.0 for p in a)
     if diff > 1e-5 * max(1.0, scale):

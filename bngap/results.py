@@ -174,6 +174,8 @@ class BatchNormRecord:
     synchronized: bool = False
     data_mean_abs: float = 0.0     # median |data mean| and data std, for the reader
     data_std: float = 0.0
+    init_mean: float | None = None            # the constants the statistics started from
+    init_variance: float | None = None
     init_share_estimate: float | None = None  # median per-channel initial share, consistent or not
     init_share_spread: float | None = None    # its median absolute deviation across channels
 

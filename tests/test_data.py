@@ -147,7 +147,7 @@ def test_plain_pickle_file_is_refused_unread(tmp_path, ext):
     p = tmp_path / f"data{ext}"
     p.write_bytes(pickle.dumps({"x": _Touch(marker)}))
     msg = _err(load_data, p, IMG)
-    assert msg.startswith(f"{p} holds a pickled" if ext == ".npy" else f"cannot read {p} as .npz")
+    assert msg.startswith(f"{p} holds a pickled" if ext == ".npy" else f"{p} is not an .npz archive of arrays but a pickle")
     assert not marker.exists()
 
 

@@ -70,7 +70,8 @@ def test_pickled_arrays_are_refused(tmp_path):
 def test_pickle_file_with_npz_name_is_refused(tmp_path):
     p = tmp_path / "evil.npz"
     p.write_bytes(pickle.dumps({"x": 1}))
-    assert _err(p, IMG).startswith(f"cannot read {p} as .npz")
+    assert _err(p, IMG) == (f"{p} is not an .npz archive of arrays but a pickle; bngap never "
+                            "unpickles data (unpickling can run arbitrary code)")
 
 
 def test_wrong_rank_with_hint(tmp_path):
