@@ -142,3 +142,18 @@ def test_bad_preprocess_is_a_usage_error():
 
     with pytest.raises(DataError, match="unknown --preprocess"):
         parse_preprocess("imagenet")
+
+
+def test_compiled_loss_objects_are_used(keras):
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((4,)), L.Dense(8), L.BatchNormalization(), L.Dense(1)])
+    m.compile("adam", keras.losses.Huber())
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(2, 3, (64, 4)).astype("float32"), rng.normal(0, 5, (64, 1)).astype("float32")
+    m.fit(x, y, epochs=1, verbose=0)
+    r = bngap.check(m, x, y)
+    assert r.metrics.loss_name == "huber_loss" and r.metrics.source == "compiled"
+    assert r.metrics.eval["loss"] == pytest.approx(m.evaluate(x, y, verbose=0, batch_size=32), rel=1e-5)
+    r = bngap.check(m, x, y, loss=keras.losses.MeanAbsoluteError())
+    assert r.metrics.eval["loss"] == pytest.approx(float(np.mean(np.abs(m.predict(x, verbose=0) - y))), rel=1e-5)

@@ -142,3 +142,62 @@ def test_preprocessing_layer_leaking_into_bn_is_a_warning(keras):
     assert not inference.is_leak
     leak = next(f for f in r.findings if f.cause.value == "mode_leak")
     assert leak.severity.value == "warn"
+
+
+def test_dict_inputs_reach_their_own_layers(keras):
+    """A dict model written {"b": ..., "a": ...}: Keras orders inputs by name,
+    the dict by writing; each array must still reach its own input."""
+    L = keras.layers
+    ia, ib = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    out = L.Dense(3)(L.Concatenate()([L.BatchNormalization(name="bn")(ia), ib]))
+    model = keras.Model(inputs={"b": ib, "a": ia}, outputs=out)
+    rng = np.random.default_rng(0)
+    xa = rng.normal(0, 1, (64, 4)).astype("float32")
+    xb = (100 + rng.normal(0, 1, (64, 4))).astype("float32")
+    r = check(model, {"a": xa, "b": xb}, options=CheckOptions(batch_size=64))
+    assert r.batchnorm[0].data_mean_abs < 1.0  # it saw 'a', not 'b'
+    ev = np.asarray(model({"a": xa, "b": xb}, training=False))
+    tr = np.asarray(model({"a": xa, "b": xb}, training=True))
+    assert r.output_gap.relative_l2 == pytest.approx(np.linalg.norm(tr - ev) / np.linalg.norm(ev), rel=1e-4)
+
+
+def test_subclassed_models_own_training_branch_is_not_blamed_on_bn(keras):
+    L = keras.layers
+
+    class Net(keras.Model):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.d, self.bn, self.o = L.Dense(4), L.BatchNormalization(), L.Dense(2)
+
+        def call(self, x, training=None):
+            h = self.o(self.bn(self.d(x)))
+            return h * 3.0 if training else h
+
+    net = Net()
+    x = np.random.default_rng(0).normal(0, 1, (64, 5)).astype("float32")
+    net(x)
+    from bngap.recalibration import fix
+
+    fix(net, x, batch_size=64)  # BN statistics exact: BN alone makes no gap
+    r = check(net, x, options=CheckOptions(batch_size=64))
+    assert r.output_gap.relative_l2 == pytest.approx(2.0, rel=1e-3)  # 3h vs h
+    assert r.groups["batchnorm"] < 1e-3
+    assert any("Net.call() itself" in n for n in r.notes)
+
+
+def test_repeated_checks_agree_with_unseeded_random_layers(keras):
+    L = keras.layers
+
+    class Noise(L.Layer):  # draws from Keras' global generator
+        def call(self, x, training=None):
+            return x + keras.random.normal(keras.ops.shape(x), stddev=0.1) if training else x
+
+    m = keras.Sequential([keras.Input((6,)), L.Dense(8), Noise(), L.Dense(3)])
+    x = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
+    from keras.src.random.seed_generator import global_seed_generator
+
+    state = np.array(global_seed_generator().state.numpy())
+    a = check(m, x).output_gap.relative_l2
+    b = check(m, x).output_gap.relative_l2
+    assert a == b > 0
+    np.testing.assert_array_equal(global_seed_generator().state.numpy(), state)
