@@ -1,12 +1,25 @@
 """A model trained on x / 255, then fed raw 0..255 pixels: the classic
 preprocessing mismatch. bngap names it and the transform that fixes it.
 
-    python examples/preprocessing_mismatch.py [OUT_DIR]
+    python examples/preprocessing_mismatch.py [OUT_DIR]     # default examples/out/preprocessing
     bngap check OUT_DIR/model.keras OUT_DIR/data.npz
+
+A small CNN with two BatchNormalization layers (momentum 0.9) is trained for
+96 steps on x / 255, so its moving statistics have converged (0.9**96: no
+trace of the initial values left). The data saved next to it are raw 0..255
+pixels: inference on them is far off, and `bngap check` names
+preprocessing_mismatch first, with the transform `x / 255` that makes the
+first BN layers' statistics match again.
+
+Measured (TF 2.21 / Keras 3.15.1, 2 CPU cores, about 10 s): evaluate() with
+x / 255 gives accuracy 1.00, loss 0.04; with raw pixels accuracy 0.59, loss
+73; bngap: output gap 0.87, first finding preprocessing_mismatch (fail) at
+bn1, "after the transform `x / 255` they match".
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +35,7 @@ def images(rng, n):
 
 
 def main(out: Path) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
     keras.utils.set_random_seed(0)
