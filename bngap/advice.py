@@ -92,6 +92,14 @@ def _leak_findings(leaks: Sequence[LeakCheck], layers_by_path: dict) -> list[Fin
     return out
 
 
+def _bn_layers(n: int) -> str:
+    return f"{n} BatchNormalization layer{'' if n == 1 else 's'}"
+
+
+def _verb(n: int, one: str, many: str) -> str:
+    return one if n == 1 else many
+
+
 def _initial(r: BatchNormRecord) -> str:
     if r.init_mean is None or r.init_variance is None:
         return "their initial values"
@@ -186,14 +194,14 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
         shares = [r.init_fraction if r.init_fraction is not None else r.init_share_estimate
                   for r in not_conv]
         lo, hi = min(shares), max(shares)
-        spread = f" ({lo:.0%} to {hi:.0%} across them)" if len(not_conv) > 1 and hi - lo >= 0.05 else ""
+        spread = f"; {lo:.0%} to {hi:.0%} across them" if len(not_conv) > 1 and hi - lo >= 0.05 else ""
         upd = first.estimated_updates
         upd_txt = f"about {max(upd, 1.0):.0f} update{'s' if round(upd) != 1 else ''}" if upd is not None else "few updates"
         momenta = sorted({r.momentum for r in not_conv})
         findings.append(Finding(
             Cause.STATS_NOT_CONVERGED, _worst([r.severity for r in not_conv]), not_conv[0].path,
-            f"{len(not_conv)} BatchNormalization layers have moving statistics that are still "
-            f"{share:.0%} their initial values ({_initial(first)}){spread}: {upd_txt} at momentum "
+            f"{_bn_layers(len(not_conv))} {_verb(len(not_conv), 'has', 'have')} moving statistics that are still "
+            f"{share:.0%} their initial values ({_initial(first)}{spread}): {upd_txt} at momentum "
             f"{', '.join(f'{m:g}' for m in momenta)}, too few to reach your data's statistics. "
             + ("These layers are frozen (trainable=False), so fit() uses these statistics too: "
                "expect poor results in both modes rather than a gap. "
@@ -210,7 +218,7 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
     if shifted:
         first = shifted[0]
         frozen = [r for r in shifted if not r.trainable]
-        msg = (f"{len(shifted)} BatchNormalization layers have moving statistics that do not "
+        msg = (f"{_bn_layers(len(shifted))} {_verb(len(shifted), 'has', 'have')} moving statistics that do not "
                f"describe this data, although they are not initial values: they were estimated on "
                f"data with a different distribution (pretrained statistics, or a different "
                f"dataset). First: {_describe_bn(first)}.")
@@ -272,7 +280,7 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
     frozen_all = [r for r in batchnorm if not r.trainable]
     if frozen_all:
         notes.append(
-            f"{len(frozen_all)} BatchNormalization layers are frozen (trainable=False). In Keras 3 "
+            f"{_bn_layers(len(frozen_all))} {_verb(len(frozen_all), 'is', 'are')} frozen (trainable=False). In Keras 3 "
             "a frozen BN layer runs in inference mode even in fit(), so it causes no gap between "
             "fit() and evaluate() (older Keras 2 versions behaved differently, as many reports "
             "from that time describe)."
@@ -280,7 +288,7 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
     held = [r for r in layers if r.kind is Kind.BATCHNORM and r.fit_mode == "inference"
             and r.fit_training is False]
     if held:
-        notes.append(f"{len(held)} BatchNormalization layers receive training=False from their "
+        notes.append(f"{_bn_layers(len(held))} {_verb(len(held), 'receives', 'receive')} training=False from their "
                      f"caller and stay in inference mode in fit() (e.g. {held[0].path}).")
     return findings, notes
 

@@ -29,6 +29,7 @@ CONVERGED_FRACTION = 0.02  # init share below which a layer counts as converged
 MIXTURE_SPREAD = 0.25      # per-channel init-share estimates must agree this well (relative)
 MIXTURE_FLOOR = 0.01       # ... give or take this much (estimation noise)
 IDENTIFIABLE = 0.3         # standardised distance data -> initial values that says something
+MOVING_FIT = 0.5           # median misfit of the mixture in the moving statistics' own scale
 
 
 @dataclass
@@ -155,6 +156,24 @@ def init_mixture(p: BatchNormParams, mom: ChannelMoments, cs: ChannelStats) -> t
     return min(max(a, 0.0), 1.0), spread
 
 
+def mixture_reproduces_moving(p: BatchNormParams, mom: ChannelMoments, cs: ChannelStats,
+                              a: float) -> bool:
+    """Whether ``a * initial + (1 - a) * data`` lands on the moving statistics
+    in their own scale, not only in the data's: statistics learnt on data a
+    hundred times smaller look like the initial 0 and 1 from far away, yet
+    miss them by orders of magnitude up close."""
+    ok = ~cs.degenerate
+    pred_mean = a * p.init_mean + (1 - a) * mom.mean[ok]
+    pred_var = a * p.init_variance + (1 - a) * mom.variance[ok]
+    with np.errstate(all="ignore"):
+        off_mean = np.abs(p.moving_mean[ok] - pred_mean) / np.sqrt(pred_var + p.epsilon)
+        off_var = np.abs(np.log((p.moving_variance[ok] + p.epsilon) / (pred_var + p.epsilon)))
+    off_mean, off_var = off_mean[np.isfinite(off_mean)], off_var[np.isfinite(off_var)]
+    if not off_mean.size or not off_var.size:
+        return False
+    return float(np.median(off_mean)) <= MOVING_FIT and float(np.median(off_var)) <= MOVING_FIT
+
+
 def estimated_updates(fraction: float | None, momentum: float) -> float | None:
     """Updates k with momentum**k == fraction (None when not measurable)."""
     if fraction is None or not 0.0 < momentum < 1.0:
@@ -215,7 +234,8 @@ def audit_layer(p: BatchNormParams, moments: SplitMoments, order: int,
     # 97% initial must agree on the 3% it moved, or it is something else (for
     # instance statistics from other data that sit near 0 and 1 next to these).
     fraction = (frac if frac is not None
-                and spread <= MIXTURE_FLOOR + MIXTURE_SPREAD * min(frac, 1.0 - frac) else None)
+                and spread <= MIXTURE_FLOOR + MIXTURE_SPREAD * min(frac, 1.0 - frac)
+                and mixture_reproduces_moving(p, total, cs, frac) else None)
     order_idx = np.argsort(-cs.gap_num)[:worst]
     worst_ch = tuple(ChannelDeviation(int(i), float(cs.z[i]), float(cs.log2_ratio[i]))
                      for i in order_idx if not cs.degenerate[i] and cs.gap_num[i] > 0)

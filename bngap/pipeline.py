@@ -153,7 +153,7 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
                          "BatchNormalization with epsilon=0 on a constant channel")
     if m.effects_skipped:
         notes.append(f"output effect measured for the {m.effects_computed} layer(s) with the largest "
-                     f"own contribution, not for {m.effects_skipped} more (each costs a training pass "
+                     f"own contribution, not for {m.effects_skipped} more (each costs one more pass "
                      "per batch; --effects N or --effects all)")
     summary = _summarise_model(net, nodes, loaded.path, loaded.inputs or [])
     dsum = DataSummary(path=data.path, samples=len(data), has_labels=data.y is not None,

@@ -74,3 +74,15 @@ def top_layers(report: Report, limit: int = 8) -> list[LayerRecord]:
 
 def severity_mark(s: Severity) -> str:
     return {"ok": "ok", "info": "INFO", "warn": "WARN", "fail": "FAIL"}[s.value]
+
+
+def init_share(b) -> str:
+    """The BN table's 'init' cell: the initial values' share left in the
+    moving statistics; '~' marks an estimate whose channels do not agree."""
+    if b.never_updated:
+        return "never"
+    if b.init_fraction is not None:
+        return pct(b.init_fraction)
+    if b.init_share_estimate is not None and b.init_share_estimate >= 0.5:
+        return "~" + pct(b.init_share_estimate)
+    return "-"

@@ -1,10 +1,14 @@
-"""A Markdown report to paste into a bug report or a pull-request comment."""
+"""A Markdown report to paste into a bug report, a pull-request comment or a
+CI job summary: the verdict and the findings first, the evidence after, the
+environment last."""
 
 from __future__ import annotations
 
 from .._version import __version__
 from ..results import Report, Severity
-from .common import gap_opens_at, headline, num, pct, severity_mark, top_layers
+from .common import gap_opens_at, headline, init_share, num, pct, severity_mark, top_layers
+
+MAX_BN_ROWS = 20
 
 
 def _cell(s) -> str:
@@ -17,23 +21,24 @@ def _table(head: list[str], rows: list[list]) -> list[str]:
     return out
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 'es' if word.endswith('ch') else 's'}"
+
+
 def render_markdown(report: Report, *, all_layers: bool = False) -> str:
     r = report
     m, d, g = r.model, r.data, r.output_gap
     lines = [f"## bngap report: {headline(r)}", ""]
-    lines += ["### Environment", "", "```"]
-    lines += [f"bngap: {__version__}"] + [f"{k}: {v}" for k, v in r.environment.items()]
-    lines += ["```", ""]
-    lines += ["### Model and data", ""]
-    lines += _table(["", ""], [
-        ["model", f"`{m.path}` ({m.class_name} `{m.name}`)"],
-        ["layers", f"{m.layers} ({m.batchnorm_layers} BatchNormalization, {m.dropout_like_layers} dropout/noise)"],
-        ["parameters", f"{m.parameters:,}"],
-        ["inputs", ", ".join(str(tuple(s)) for s in m.input_shapes) or "n/a"],
-        ["outputs", ", ".join(str(tuple(s)) for s in m.output_shapes) or "n/a"],
-        ["data", f"`{d.path}`: {d.samples} samples, shapes {', '.join(str(tuple(s)) for s in d.input_shapes)}, labels: {'yes' if d.has_labels else 'no'}"],
-        ["batch size", f"{d.batch_size} ({d.batches} batches, last {d.last_batch_size})"],
-    ])
+
+    lines += ["### Findings", ""]
+    if r.findings:
+        for i, f in enumerate(r.findings, 1):
+            where = f" (`{f.layer}`)" if f.layer else ""
+            lines += [f"{i}. **{severity_mark(f.severity)} `{f.cause.value}`**{where}: {f.message}",
+                      f"   *Fix:* {f.remedy}"]
+    else:
+        lines.append("No cause flagged.")
+
     lines += ["", "### Training mode (as in fit()) vs inference mode (as in evaluate())", ""]
     rows = [["output gap (relative L2)", num(g.relative_l2)], ["max abs difference", num(g.max_abs)]]
     if g.top1_agreement is not None:
@@ -50,6 +55,19 @@ def render_markdown(report: Report, *, all_layers: bool = False) -> str:
     opens = gap_opens_at(r)
     if opens is not None:
         lines += [f"The gap opens at `{opens.path}` ({opens.class_name}, divergence {num(opens.divergence)}).", ""]
+
+    lines += ["### Model and data", ""]
+    lines += _table(["", ""], [
+        ["model", f"`{m.path}` ({m.class_name} `{m.name}`)"],
+        ["layers", f"{m.layers} ({m.batchnorm_layers} BatchNormalization, {m.dropout_like_layers} dropout/noise)"],
+        ["parameters", f"{m.parameters:,}"],
+        ["inputs", ", ".join(str(tuple(s)) for s in m.input_shapes) or "n/a"],
+        ["outputs", ", ".join(str(tuple(s)) for s in m.output_shapes) or "n/a"],
+        ["data", f"`{d.path}`: {d.samples} samples, shapes {', '.join(str(tuple(s)) for s in d.input_shapes)}, labels: {'yes' if d.has_labels else 'no'}"],
+        ["batch size", f"{d.batch_size} ({_plural(d.batches, 'batch')}, the last of {d.last_batch_size})"],
+    ])
+    lines.append("")
+
     tops = r.layers if all_layers else top_layers(r)
     if tops:
         lines += ["### Layers", ""]
@@ -59,23 +77,22 @@ def render_markdown(report: Report, *, all_layers: bool = False) -> str:
         lines.append("")
     bn = r.batchnorm if all_layers else [b for b in r.batchnorm if b.severity is not Severity.OK]
     if r.batchnorm:
-        lines += [f"### BatchNormalization audit ({sum(b.severity is not Severity.OK for b in r.batchnorm)} of {len(r.batchnorm)} flagged)", ""]
-        if bn:
+        flagged = sum(b.severity is not Severity.OK for b in r.batchnorm)
+        lines += [f"### BatchNormalization audit ({flagged} of {len(r.batchnorm)} flagged)", ""]
+        shown = bn if all_layers else bn[:MAX_BN_ROWS]
+        if shown:
             lines += _table(["layer", "severity", "median abs z", "max abs z", "median abs log2 var ratio", "local gap", "noise", "init share"],
                             [[f"`{b.path}`", severity_mark(b.severity), num(b.median_abs_z, 2), num(b.max_abs_z, 2),
                               num(b.median_abs_log2_var_ratio, 2), num(b.expected_local_gap, 3), num(b.noise_local_gap, 3),
-                              "never updated" if b.never_updated else pct(b.init_fraction) if b.init_fraction is not None else "-"]
-                             for b in bn])
+                              init_share(b)] for b in shown])
+            if len(bn) > len(shown):
+                lines.append(f"\n... and {len(bn) - len(shown)} more flagged layers (`--all-layers` lists them).")
             lines.append("")
-    lines += ["### Findings", ""]
-    if r.findings:
-        for i, f in enumerate(r.findings, 1):
-            where = f" (`{f.layer}`)" if f.layer else ""
-            lines += [f"{i}. **{severity_mark(f.severity)} `{f.cause.value}`**{where}: {f.message}",
-                      f"   *Fix:* {f.remedy}"]
-    else:
-        lines.append("No cause flagged.")
+
     notes = list(r.notes) + list(r.data.notes)
     if notes:
-        lines += ["", "### Notes", ""] + [f"- {n}" for n in notes]
+        lines += ["### Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["### Environment", "", "```"]
+    lines += [f"bngap: {__version__}"] + [f"{k}: {v}" for k, v in r.environment.items()]
+    lines += ["```"]
     return "\n".join(lines) + "\n"

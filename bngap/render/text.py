@@ -13,7 +13,7 @@ from rich.text import Text
 
 from .._version import __version__
 from ..results import Report, Severity
-from .common import gap_opens_at, headline, num, pct, severity_mark, sparkline, top_layers
+from .common import gap_opens_at, headline, init_share, num, pct, severity_mark, sparkline, top_layers
 
 MAX_BN_ROWS = 12
 MIN_WIDTH = 80
@@ -103,7 +103,8 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
     tops = r.layers if all_layers else top_layers(r)
     if tops:
         title = "All layers" if all_layers else "Mode-dependent layers"
-        title += " (own: same input in both modes; effect: output gap with only this layer in training mode)"
+        title += (" (own: same input in both modes; effect: output gap with only this layer in "
+                  "training mode, every other one in inference mode)")
         _para(con, title, indent=0, style="bold")
         t = _table("layer", "kind", "in fit()", "own", "effect", "divergence",
                    right=(3, 4, 5), first_width=min(max(len(x.path) for x in tops), width // 3))
@@ -130,7 +131,7 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
             _para(con, "z: mean shift in moving standard deviations; log2 var: median |log2| of "
                   "data variance / moving variance; gap: expected relative change of the layer's "
                   "output (moving vs data statistics) and its sampling noise; init: share of the "
-                  "initial statistics left", indent=0, style="dim")
+                  "initial statistics left (~: the channels disagree)", indent=0, style="dim")
             t = _table("layer", "", "|z| med", "|z| max", "log2 var",
                        "gap", "noise", "init", right=(2, 3, 4, 5, 6, 7),
                        first_width=min(max(len(b.path) for b in bn), width // 3))
@@ -139,7 +140,7 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
                           num(b.median_abs_z, 2), num(b.max_abs_z, 2),
                           num(b.median_abs_log2_var_ratio, 2), num(b.expected_local_gap, 3),
                           num(b.noise_local_gap, 3),
-                          "never" if b.never_updated else pct(b.init_fraction) if b.init_fraction is not None else "-")
+                          init_share(b))
             con.print(t)
             if hidden:
                 con.print(f"  ... and {hidden} more flagged layers (--all-layers shows all)")
