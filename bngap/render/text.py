@@ -124,8 +124,9 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
         flagged = sum(b.severity is not Severity.OK for b in r.batchnorm)
         first = r.first_flagged_batchnorm
         title = (f"BatchNormalization audit: {flagged} of {len(r.batchnorm)} layers flagged"
-                 + (f", first {first.path} (where the problem starts)" if first else "")
-                 + ("" if all_layers or not flagged else " (--all-layers shows all)"))
+                 + (f"; the first, {first.path}, is where the problem starts" if first else "")
+                 + ("" if all_layers or not flagged or flagged == len(r.batchnorm)
+                    else " (--all-layers shows all)"))
         _para(con, title, indent=0, style="bold")
         if bn:
             _para(con, "z: mean shift in moving standard deviations; log2 var: median |log2| of "
