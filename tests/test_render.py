@@ -303,7 +303,8 @@ def test_text_in_colour_has_escape_codes(report):
 
 def test_text_sections(report):
     text = render(report, "text", width=80, color=False)
-    assert "BatchNormalization audit: 2 of 3 layers flagged, first stem/conv[1]_bn" in text
+    assert ("BatchNormalization audit: 2 of 3 layers flagged; the first, stem/conv[1]_bn, is where "
+            "the problem starts") in " ".join(text.split())
     assert "head_bn" not in text           # OK layers are listed with --all-layers only
     assert "sparse_categorical_crossentropy" in text
     assert "93.8%" in text and "68.8%" in text  # accuracies as percentages
