@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
-__all__ = ["__version__", "check", "fix", "CheckOptions", "Report", "Thresholds", "FixResult",
+__all__ = ["__version__", "check", "fix", "load_model", "CheckOptions", "Report", "Thresholds", "FixResult",
            "GapMonitor", "BngapError"]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,6 +78,29 @@ def fix(model: Any, x: Any, y: Any = None, **options: Any) -> "FixResult":
     from .recalibration import fix as _fix
 
     return _fix(model, x, y, **options)
+
+
+def load_model(path: Any, *, unsafe: bool = False, custom_objects_file: Any = None) -> Any:
+    """Loads a `.keras` or `.h5` file as `bngap check` does: safely, and with
+    the in-memory repairs that let Keras 3 run files written by Keras 2
+    (TF-op layers, '/' in layer names, nested models; see the README).
+
+    Use it to go on working with a legacy model in Keras 3, or to open a copy
+    that `bngap fix` wrote of one (it may hold bngap's stand-ins for Keras 2's
+    TF-op layers, which plain `keras.models.load_model` does not know).
+
+    Returns:
+        The Keras model (not compiled). What was repaired is logged as a
+        warning.
+    """
+    import warnings
+
+    from .loading import load_model as _load
+
+    loaded = _load(path, unsafe=unsafe, custom_objects_file=custom_objects_file)
+    for note in loaded.notes:
+        warnings.warn(f"bngap: {note}", stacklevel=2)
+    return loaded.model
 
 
 def __getattr__(name: str):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError, one_line
+from .legacy_ops import OP_CLASSES, UnsafeOpError, layer_classes, resolve, rewrite_op_nodes
 
 KERAS_EXTS = (".keras",)
 LEGACY_EXTS = (".h5", ".hdf5")
@@ -27,6 +28,8 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # Constructor arguments that Keras 2 wrote into layer configs and Keras 3
 # rejects; they carry no information Keras 3 needs.
 LEGACY_DROPPED_ARGS = {"time_major"}
+# How many layer classes may have arguments dropped on Keras 3's word.
+MAX_REFUSED_CLASSES = 12
 
 
 @dataclass(frozen=True)
@@ -194,8 +197,15 @@ def _translate_load_error(p: Path, e: Exception) -> ModelLoadError:
         )
     if "No model config found" in msg:
         return ModelLoadError(f"{p} holds weights only (no model config); save the whole model")
-    if "Unable to open file" in msg or "truncated" in msg.lower() or "file signature" in msg:
+    if "Unable to open file" in msg or "file signature" in msg or (
+            isinstance(e, OSError) and "truncated" in msg.lower()):
         return ModelLoadError(f"{p} cannot be read as HDF5 (truncated or corrupted?): {one_line(msg, 200)}")
+    if "Exception encountered:" in msg:
+        # Keras nests the cause under whole layer configs; the innermost line says it
+        where = re.findall(r"deserializing class '(\w+)'", msg)
+        cause = msg.rsplit("Exception encountered:", 1)[1].strip()
+        layer = f" (layer class {where[-1]})" if where else ""
+        return ModelLoadError(f"cannot load {p}{layer}: {one_line(cause, 300)}")
     return ModelLoadError(f"cannot load {p}: {type(e).__name__}: {one_line(msg, 300)}")
 
 
@@ -274,6 +284,101 @@ def _modernise_sequential_layout(cfg, changes: list[str]) -> None:
             _modernise_sequential_layout(v, changes)
 
 
+def _is_node_ref(v) -> bool:
+    """[layer_name, node_index, tensor_index, ...]: how Keras 2 configs point at a tensor."""
+    return (isinstance(v, list) and len(v) >= 3 and isinstance(v[0], str)
+            and isinstance(v[1], int) and isinstance(v[2], int))
+
+
+def _rename_refs(cfg, renamed: dict[str, str]) -> None:
+    if isinstance(cfg, dict):
+        if "class_name" in cfg and isinstance(cfg.get("config"), dict):
+            for holder in (cfg, cfg["config"]):
+                if holder.get("name") in renamed:
+                    holder["name"] = renamed[holder["name"]]
+        for v in cfg.values():
+            _rename_refs(v, renamed)
+    elif isinstance(cfg, list):
+        if _is_node_ref(cfg) and cfg[0] in renamed:
+            cfg[0] = renamed[cfg[0]]
+        for v in cfg:
+            _rename_refs(v, renamed)
+
+
+def _rename_slashed_layers(cfg: dict, changes: list[str]) -> None:
+    """Keras 2 allowed '/' in layer names (DenseNet's 'conv1/conv', MobileNetV3's
+    'Conv/BatchNorm'); Keras 3 refuses them. Weights are matched by order, not
+    by name, so renaming is safe."""
+    names = {str(e["config"].get("name") or e.get("name") or "") for e in _walk_layer_configs(cfg)}
+    renamed: dict[str, str] = {}
+    for name in sorted(n for n in names if "/" in n):
+        new = base = name.replace("/", "_")
+        k = 1
+        while new in names or new in renamed.values():
+            new, k = f"{base}_{k}", k + 1
+        renamed[name] = new
+    if renamed:
+        _rename_refs(cfg, renamed)
+        shown = ", ".join(f"{a} -> {b}" for a, b in list(renamed.items())[:3])
+        more = f" and {len(renamed) - 3} more" if len(renamed) > 3 else ""
+        changes.append(f"renamed {len(renamed)} layer{'s' if len(renamed) != 1 else ''} whose names "
+                       f"contain '/', which Keras 3 refuses ({shown}{more})")
+
+
+def _unwrap_single_io(entry: dict) -> bool:
+    """Keras 2 wrote a single input or output as a one-element list; Keras 3
+    then returns a list, and a nested model feeds it on as two tensors."""
+    conf = entry.get("config")
+    changed = False
+    if isinstance(conf, dict) and "layers" in conf:
+        for key in ("input_layers", "output_layers"):
+            v = conf.get(key)
+            if isinstance(v, list) and len(v) == 1 and _is_node_ref(v[0]):
+                conf[key] = v[0]
+                changed = True
+    return changed
+
+
+def drop_refused_arguments(cfg: dict, class_name: str, keys: list[str]) -> int:
+    """Drops the constructor arguments Keras 3 refused for every layer of a
+    class; returns how many layers changed."""
+    n = 0
+    for layer in _walk_layer_configs(cfg):
+        if layer["class_name"] == class_name and any(k in layer["config"] for k in keys):
+            for k in keys:
+                layer["config"].pop(k, None)
+            n += 1
+    return n
+
+
+_REFUSED_ARGS = re.compile(r"Unrecognized keyword arguments passed to (\w+): \{")
+
+
+def refused_arguments(message: str) -> tuple[str, list[str]] | None:
+    """(class name, argument names) from Keras 3's "Unrecognized keyword
+    arguments passed to X: {...}": the dict's own keys, not nested ones."""
+    m = _REFUSED_ARGS.search(message)
+    if not m:
+        return None
+    body = message[m.end():]
+    keys, depth, i = [], 1, 0
+    while i < len(body) and depth:
+        ch = body[i]
+        if ch in "'\"":
+            end = body.find(ch, i + 1)
+            if end < 0:
+                break
+            if depth == 1 and body[end + 1:end + 2] == ":":
+                keys.append(body[i + 1:end])
+            i = end
+        elif ch in "{[(":
+            depth += 1
+        elif ch in "}])":
+            depth -= 1
+        i += 1
+    return (m.group(1), keys) if keys else None
+
+
 def _repair_legacy_config(cfg: dict) -> list[str]:
     """Edits a Keras 2 model config in place so that Keras 3 accepts it.
 
@@ -281,12 +386,23 @@ def _repair_legacy_config(cfg: dict) -> list[str]:
     """
     changes: list[str] = []
     _modernise_sequential_layout(cfg, changes)
+    _rename_slashed_layers(cfg, changes)
+    unwrapped = axes = 0
+    ops: list[str] = []
     for layer in _walk_layer_configs(cfg):
         conf = layer["config"]
+        if layer["class_name"] in OP_CLASSES and isinstance(conf.get("function"), str):
+            rewrite_op_nodes(layer)
+            ops.append(conf["function"])
         for key in LEGACY_DROPPED_ARGS & set(conf):
             conf.pop(key)
             changes.append(f"dropped Keras 2 argument {key!r} of {layer['class_name']} "
                            f"{conf.get('name', '')!r}")
+        # Keras 3 converts a one-element axis list only on the outermost config
+        if isinstance(conf.get("axis"), list) and len(conf["axis"]) == 1 and isinstance(conf["axis"][0], int):
+            conf["axis"] = conf["axis"][0]
+            axes += 1
+        unwrapped += _unwrap_single_io(layer)
         layers = _sequential_layers(layer)
         if layers and layers[0].get("class_name") != "InputLayer":
             first = layers[0].get("config", {})
@@ -300,7 +416,26 @@ def _repair_legacy_config(cfg: dict) -> list[str]:
                 first.pop("batch_input_shape", None)
                 changes.append(f"declared the Sequential's input {tuple(shape)} explicitly "
                                f"(Keras 2 kept it on layer {first.get('name', '')!r})")
+    unwrapped += _unwrap_single_io(cfg)
+    if ops:
+        kinds = sorted(set(ops))
+        changes.append(f"ran {len(ops)} Keras 2 TF-op layer{'s' if len(ops) != 1 else ''} "
+                       f"({', '.join('tf.' + k for k in kinds[:4])}{' ...' if len(kinds) > 4 else ''}) "
+                       "with bngap's stand-in")
+    if unwrapped:
+        # Only what changes behaviour is worth a note: a nested model's list
+        # output breaks the layer after it.
+        nested = [e for e in _walk_layer_configs(cfg.get("config")) if _is_model_entry(e)]
+        if nested:
+            changes.append("read the single input/output of nested model"
+                           f"{'s' if len(nested) != 1 else ''} "
+                           + ", ".join(repr(e["config"].get("name", "")) for e in nested[:3])
+                           + " as Keras 2 did (not as one-element lists)")
     return changes
+
+
+def _is_model_entry(entry: dict) -> bool:
+    return isinstance(entry.get("config"), dict) and isinstance(entry["config"].get("layers"), list)
 
 
 def _first_batch_shape(cfg: dict) -> tuple | None:
@@ -318,21 +453,45 @@ def _first_batch_shape(cfg: dict) -> tuple | None:
 
 def _load_legacy(p: Path, keras, kwargs: dict, notes: list[str]):
     cfg = _legacy_config(p)
+    original = json.dumps(cfg)
     changes = _repair_legacy_config(cfg)
+    unsafe = not kwargs.get("safe_mode", True)
+    for layer in _walk_layer_configs(cfg):
+        if layer["class_name"] in OP_CLASSES and isinstance(layer["config"].get("function"), str):
+            try:
+                resolve(layer["config"]["function"], unsafe=unsafe)
+            except UnsafeOpError as e:
+                raise ModelLoadError(f"{p}: layer {layer['config'].get('name', '')!r}: {e}") from None
     source = p
     tmpdir = None
     try:
-        if changes:
-            import h5py
+        for _ in range(MAX_REFUSED_CLASSES + 1):
+            if json.dumps(cfg) != original:
+                import h5py
 
-            tmpdir = tempfile.mkdtemp(prefix="bngap-")
-            source = Path(tmpdir) / p.name
-            shutil.copyfile(p, source)
-            with h5py.File(source, "r+") as f:
-                f.attrs["model_config"] = json.dumps(cfg)
+                if tmpdir is None:
+                    tmpdir = tempfile.mkdtemp(prefix="bngap-")
+                    source = Path(tmpdir) / p.name
+                    shutil.copyfile(p, source)
+                with h5py.File(source, "r+") as f:
+                    f.attrs["model_config"] = json.dumps(cfg)
+            try:
+                model = keras.models.load_model(source, **kwargs)
+                break
+            except Exception as e:
+                refused = refused_arguments(str(e))
+                # Only Keras' own layers: their Keras 2 extras (DepthwiseConv2D's
+                # groups=1, SeparableConv2D's kernel_*) carry nothing Keras 3 uses.
+                if not refused or not hasattr(keras.layers, refused[0]):
+                    raise
+                if not drop_refused_arguments(cfg, *refused):
+                    raise
+                changes.append(f"dropped Keras 2 argument{'s' if len(refused[1]) != 1 else ''} "
+                               f"{', '.join(repr(k) for k in refused[1])} that Keras 3's "
+                               f"{refused[0]} does not take")
+        if changes:
             notes.append("repaired legacy config while loading (the file is unchanged): "
                          + "; ".join(changes))
-        model = keras.models.load_model(source, **kwargs)
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
@@ -429,7 +588,9 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False,
     keras = import_keras()
     custom = load_custom_objects(custom_objects_file) if custom_objects_file else {}
     notes: list[str] = []
-    kwargs = dict(compile=False, safe_mode=not unsafe, custom_objects=custom or None)
+    # Keras 2's TF-op layers; user definitions win
+    custom = {**layer_classes(unsafe), **custom}
+    kwargs = dict(compile=False, safe_mode=not unsafe, custom_objects=custom)
     def attempt(kw):
         with warnings.catch_warnings(), _lower_case_suffix(p) as source:
             warnings.simplefilter("ignore")

@@ -152,6 +152,124 @@ def test_keras2_keras_format_is_explained():
         "(tf_keras.models.load_model(path).save('model.h5')); bngap reads Keras 2 .h5 files")
 
 
+# ----------------------------------------- Keras 2 applications-style models
+# Real keras.applications models saved by Keras 2 (MobileNetV2/V3, DenseNet,
+# EfficientNet, Xception, and any of them nested in a Sequential) hit every
+# quirk below; k2_applications_like.h5 packs them into one tiny model.
+APPS = DATA / "k2_applications_like.h5"
+
+
+@pytest.fixture(scope="session")
+def apps_loaded(keras):
+    return load_model(APPS)
+
+
+def test_keras2_applications_model_computes_what_keras2_computed(apps_loaded):
+    expected = np.load(DATA / "k2_applications_like.expected.npz")
+    out = _call(apps_loaded.model, expected["x"])
+    np.testing.assert_allclose(out, expected["inference"], rtol=1e-5, atol=1e-6)
+    base = apps_loaded.model.layers[0]
+    assert base.name == "tiny_mobile"
+    np.testing.assert_allclose(_call(base, expected["x"]), expected["base_inference"], rtol=1e-4, atol=1e-5)
+    # The nested model hands the next layer one tensor, as in Keras 2
+    assert not isinstance(base.output, (list, tuple))
+
+
+def test_keras2_applications_model_says_what_was_repaired(apps_loaded):
+    assert len(apps_loaded.notes) == 1
+    note = apps_loaded.notes[0]
+    for words in (
+        "renamed 6 layers whose names contain '/', which Keras 3 refuses (block1/dw -> block1_dw",
+        "ran 10 Keras 2 TF-op layers (tf.__operators__.add, tf.__operators__.getitem, tf.concat, "
+        "tf.math.multiply ...) with bngap's stand-in",
+        "read the single input/output of nested model 'tiny_mobile' as Keras 2 did",
+        "dropped Keras 2 argument 'groups' that Keras 3's DepthwiseConv2D does not take",
+        "dropped Keras 2 arguments 'groups', 'kernel_initializer', 'kernel_regularizer', "
+        "'kernel_constraint' that Keras 3's SeparableConv2D does not take",
+    ):
+        assert words in note, words
+    names = {l.name for l in apps_loaded.model.layers[0].layers}
+    assert {"conv1_conv", "conv1_bn", "block1_dw_bn", "head_bn"} <= names
+    assert not any("/" in n for n in names)
+
+
+def test_keras2_applications_batchnorm_statistics_are_the_files(apps_loaded):
+    """Renamed layers still get their own weights (Keras matches by order)."""
+    import h5py
+
+    base = apps_loaded.model.layers[0]
+    with h5py.File(APPS, "r") as f:
+        group = f["model_weights/tiny_mobile"]
+        stored = {n.decode() if isinstance(n, bytes) else n: np.asarray(group[n])
+                  for n in group.attrs["weight_names"]}
+    for old, new in (("conv1/bn", "conv1_bn"), ("block1/dw_bn", "block1_dw_bn"), ("head/bn", "head_bn")):
+        bn = base.get_layer(new)
+        np.testing.assert_array_equal(bn.moving_mean.numpy(), stored[f"{old}/moving_mean:0"])
+        np.testing.assert_array_equal(bn.moving_variance.numpy(), stored[f"{old}/moving_variance:0"])
+        assert np.all(bn.moving_variance.numpy() != 1.0)  # fit() moved them
+
+
+def test_keras3_alone_refuses_the_applications_model(keras):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(Exception):
+            keras.models.load_model(APPS, compile=False)
+
+
+def test_tf_op_outside_the_allowlist_needs_unsafe(keras):
+    p = DATA / "k2_tf_op_outside_allowlist.h5"
+    assert _load_error(p) == (
+        f"{p}: layer 'tf.debugging.check_numerics': the model calls tf.debugging.check_numerics, "
+        "which safe mode does not run (only tensor math is allowed); pass --unsafe if you trust "
+        "the file")
+    loaded = load_model(p, unsafe=True)
+    x = np.arange(8, dtype="float32").reshape(2, 4)
+    w, b = loaded.model.get_layer("out").get_weights()
+    np.testing.assert_allclose(_call(loaded.model, x), x @ w + b, rtol=1e-6)
+
+
+def test_public_load_model_warns_with_the_repairs(keras):
+    import bngap
+
+    with pytest.warns(UserWarning, match="bngap: repaired legacy config"):
+        model = bngap.load_model(APPS)
+    assert isinstance(model, keras.Model)
+
+
+def test_a_fixed_copy_of_a_keras2_model_with_tf_ops_reloads(tmp_path, apps_loaded, keras):
+    """bngap fix saves the stand-in layers; bngap loads them back (plain Keras
+    would need them as custom objects)."""
+    path = tmp_path / "copy.keras"
+    apps_loaded.model.save(path)
+    again = load_model(path)
+    x = np.load(DATA / "k2_applications_like.expected.npz")["x"]
+    np.testing.assert_array_equal(_call(again.model, x), _call(apps_loaded.model, x))
+
+
+@pytest.mark.parametrize("message,expected", [
+    ("Unrecognized keyword arguments passed to DepthwiseConv2D: {'groups': 1}",
+     ("DepthwiseConv2D", ["groups"])),
+    ("Exception encountered: Unrecognized keyword arguments passed to SeparableConv2D: {'groups': 1, "
+     "'kernel_initializer': {'module': 'keras.initializers', 'class_name': 'GlorotUniform', "
+     "'config': {'seed': None}}, 'padding': 'same', 'kernel_constraint': None}",
+     ("SeparableConv2D", ["groups", "kernel_initializer", "padding", "kernel_constraint"])),
+    ("Unrecognized keyword arguments passed to LSTM: {}", None),
+    ("some other error", None),
+])
+def test_refused_arguments_are_read_from_keras_message(message, expected):
+    from bngap.loading import refused_arguments
+
+    assert refused_arguments(message) == expected
+
+
+def test_a_config_word_like_truncated_is_not_called_a_corrupt_file():
+    from bngap.loading import _translate_load_error
+
+    e = TypeError("Error when deserializing class 'Dense' using config={'kernel_initializer': "
+                  "{'class_name': 'TruncatedNormal'}}.\n\nException encountered: bad units: -1")
+    assert str(_translate_load_error(Path("m.h5"), e)) == "cannot load m.h5 (layer class Dense): bad units: -1"
+
+
 # ------------------------------------------------------------------- Lambda
 @pytest.fixture(scope="session")
 def lambda_files(tmp_path_factory, keras):

@@ -36,6 +36,17 @@ without bngap's repairs:
   batch_input_shape (None, 5) into input_shape, so the Dense sees
   (None, None, 5)); bngap declares the input explicitly, in memory, and it
   runs, input (None, 5), output (N, 1).
+- k2_applications_like.h5: a small MobileNet-like functional base nested in
+  a Sequential, saved after fit(). Keras 3 alone refuses it at the first of
+  its quirks ('/' in layer names, DepthwiseConv2D's groups=1,
+  SeparableConv2D's kernel_* arguments, BN axis [3] inside a nested model,
+  unknown class TFOpLambda, and the nested model's one-element output list
+  that feeds the next layer two tensors). k2_applications_like.expected.npz
+  holds Keras 2's own inference outputs on four inputs: bngap's load must
+  reproduce them.
+- k2_tf_op_outside_allowlist.h5: tf.debugging.check_numerics on an input
+  (a TFOpLambda that is not pure tensor math): refused in safe mode, runs
+  with --unsafe.
 - k2_sequential.keras: the Keras 2 .keras format; Keras 3 fails with "could
   not be deserialized properly"; bngap says which Keras wrote it and how to
   convert it.
@@ -104,6 +115,47 @@ def main() -> None:
         cfg = json.loads(fh.attrs["model_config"])
         cfg["config"]["layers"] = [l for l in cfg["config"]["layers"] if l["class_name"] != "InputLayer"]
         fh.attrs["model_config"] = json.dumps(cfg)
+
+    _applications_like(k2, L, rng)
+
+
+def _applications_like(k2, L, rng) -> None:
+    """The quirks of real keras.applications models saved by Keras 2, in one
+    small model: a functional base nested in a Sequential (transfer learning),
+    names with '/', DepthwiseConv2D and SeparableConv2D, BN axis lists, and
+    raw TF ops on Keras tensors (TFOpLambda / SlicingOpLambda)."""
+    import numpy as np
+    import tensorflow as tf
+
+    inp = k2.Input((12, 12, 3), name="image")
+    x = inp / 127.5 - 1.0                                  # TFOpLambda x2
+    x = L.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="conv1/conv")(x)
+    x = L.BatchNormalization(name="conv1/bn")(x)
+    x = tf.nn.relu6(x)                                     # TFOpLambda
+    a = L.DepthwiseConv2D(3, padding="same", name="block1/dw")(x)
+    a = L.BatchNormalization(name="block1/dw_bn")(a)
+    b = L.SeparableConv2D(8, 3, padding="same", name="block1/sep")(x)
+    x = a + b                                              # tensor passed as y=
+    x = x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)             # MobileNetV3's hard-swish
+    x = tf.concat([x, a], axis=-1)
+    x = x[:, :, :, :12]                                    # SlicingOpLambda
+    x = L.BatchNormalization(name="head/bn")(x)
+    base = k2.Model(inp, x, name="tiny_mobile")
+    model = k2.Sequential([base, L.GlobalAveragePooling2D(), L.Dropout(0.2), L.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    images = rng.uniform(0, 255, (48, 12, 12, 3)).astype("float32")
+    model.fit(images, rng.integers(0, 3, 48), epochs=2, batch_size=16, verbose=0)
+    model.save(HERE / "k2_applications_like.h5")
+    # The truth bngap is tested against: what Keras 2 itself computes.
+    probe = images[:4]
+    np.savez(HERE / "k2_applications_like.expected.npz", x=probe,
+             inference=model(probe, training=False).numpy(),
+             base_inference=base(probe, training=False).numpy())
+
+    # A TF op outside the pure-math allowlist (harmless, but safe mode refuses it).
+    i3 = k2.Input((4,), name="values")
+    k2.Model(i3, L.Dense(2, name="out")(tf.debugging.check_numerics(i3, "bad"))).save(
+        HERE / "k2_tf_op_outside_allowlist.h5")
 
 
 if __name__ == "__main__":
