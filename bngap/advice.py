@@ -196,7 +196,8 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
         lo, hi = min(shares), max(shares)
         spread = f"; {lo:.0%} to {hi:.0%} across them" if len(not_conv) > 1 and hi - lo >= 0.05 else ""
         upd = first.estimated_updates
-        upd_txt = f"about {max(upd, 1.0):.0f} update{'s' if round(upd) != 1 else ''}" if upd is not None else "few updates"
+        n_upd = max(round(upd), 1) if upd is not None else None
+        upd_txt = f"about {n_upd} update{'s' if n_upd != 1 else ''}" if n_upd is not None else "few updates"
         momenta = sorted({r.momentum for r in not_conv})
         findings.append(Finding(
             Cause.STATS_NOT_CONVERGED, _worst([r.severity for r in not_conv]), not_conv[0].path,
@@ -294,7 +295,7 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
 
 
 def _mode_group_findings(groups: dict, layers: Sequence[LayerRecord], gap: OutputGap,
-                         have_bn_finding: bool, inference_leaks: bool) -> tuple[list[Finding], list[str]]:
+                         inference_leaks: bool) -> tuple[list[Finding], list[str]]:
     findings, notes = [], []
     total = gap.relative_l2
     drop = float(groups.get("dropout", 0.0) or 0.0)
@@ -316,7 +317,9 @@ def _mode_group_findings(groups: dict, layers: Sequence[LayerRecord], gap: Outpu
         ))
     if drop > 0:
         names = [r.path for r in active if r.kind in (Kind.DROPOUT, Kind.NOISE, Kind.RECURRENT)]
-        only = not have_bn_finding and bn < max(0.2 * drop, 1e-6) and aug == 0 and other < max(0.2 * drop, 1e-6)
+        # A BN finding does not rule this out: frozen BN layers with bad statistics
+        # hurt both modes alike and add nothing to the gap (their group gap is ~0).
+        only = bn < max(0.2 * drop, 1e-6) and aug == 0 and other < max(0.2 * drop, 1e-6)
         if only:
             findings.append(Finding(
                 Cause.DROPOUT_ONLY, Severity.INFO, names[0] if names else None,
@@ -347,9 +350,7 @@ def diagnose(*, gap: OutputGap, groups: dict, layers: Sequence[LayerRecord],
     bn_findings, notes = _bn_findings(batchnorm, groups, layers, batch_size, samples, preprocessing)
     findings += bn_findings
     inference_leaks = any(c.is_leak and c.path == "model(x, training=False)" for c in leaks)
-    more, more_notes = _mode_group_findings(
-        groups, layers, gap, any(f.cause is not Cause.SMALL_BATCH for f in bn_findings),
-        inference_leaks)
+    more, more_notes = _mode_group_findings(groups, layers, gap, inference_leaks)
     findings += more
     notes += more_notes
     if batchnorm and samples < 2 * SMALL_BATCH:

@@ -70,6 +70,21 @@ def test_dropout_only_gap_is_attributed_to_dropout(reports):
     assert r.findings[0].severity is Severity.INFO
 
 
+def test_dropout_gap_is_named_beside_frozen_bn_with_bad_statistics(keras):
+    """Frozen BN layers whose statistics do not fit the data are a problem in
+    both modes, but add nothing to the gap: the gap is still dropout's."""
+    L = keras.layers
+    bn = L.BatchNormalization(name="bn")
+    model = keras.Sequential([keras.Input((6,)), L.Dense(8, name="d"), bn,
+                              L.Dropout(0.5, name="drop"), L.Dense(2, name="out")])
+    bn.trainable = False
+    x = np.random.default_rng(0).normal(5, 3, (64, 6)).astype("float32")
+    r = check(model, x, options=CheckOptions(effects=0))
+    assert r.groups["batchnorm"] == 0.0 and r.groups["dropout"] > 0.1
+    causes = [f.cause for f in r.findings]
+    assert Cause.DROPOUT_ONLY in causes
+    assert any(c in (Cause.STATS_NEVER_UPDATED, Cause.STATS_NOT_CONVERGED) for c in causes), causes
+
 def test_frozen_bn_shows_no_gap(reports):
     r = reports("frozen")
     assert r.output_gap.relative_l2 == 0.0
