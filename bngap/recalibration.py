@@ -262,15 +262,20 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
                  leak_checks=False)
     before, after = output_gap(m0), output_gap(m1)
     helped = after.relative_l2 < before.relative_l2 - 1e-9
-    if m0.metrics and m1.metrics and m1.metrics.eval["loss"] > m0.metrics.eval["loss"] + 1e-9:
+    why_not = f"the fix did not reduce the gap ({before.relative_l2:.4f} -> {after.relative_l2:.4f})"
+    if helped and m0.metrics and m1.metrics and m1.metrics.eval["loss"] > m0.metrics.eval["loss"] + 1e-9:
         helped = False
+        why_not = (f"the gap fell ({before.relative_l2:.4f} -> {after.relative_l2:.4f}) but the "
+                   f"inference loss rose ({m0.metrics.eval['loss']:.4f} -> {m1.metrics.eval['loss']:.4f})")
     notes = list(loaded.notes)
     if len(data) < ENOUGH_SAMPLES:
         notes.append(f"re-estimated from {len(data)} samples; use {ENOUGH_SAMPLES} or more "
                      "representative samples for stable statistics")
     noisy = [f for f in fixes if f.noise is not None and f.noise > NOISE_WARN]
     if noisy:
-        notes.append(f"{len(noisy)} layers' new statistics are noisy (relative noise up to "
+        whose = "layers'" if len(noisy) != 1 else "layer's"
+        notes.append(f"{len(noisy)} {whose} new statistics are "
+                     f"noisy (relative noise up to "
                      f"{max(f.noise for f in noisy):.3f}, e.g. {noisy[0].path}); more data would help")
     written = None
     reload_diff = None
@@ -280,8 +285,7 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
         written = str(target)
         reload_diff = _verify_reload(target, net, data, keras, unsafe=unsafe, custom=custom_objects)
     elif target is not None:
-        notes.append(f"not written: the fix did not reduce the gap ({before.relative_l2:.4f} -> "
-                     f"{after.relative_l2:.4f}); pass --force to write it anyway")
+        notes.append(f"not written: {why_not}; pass --force to write it anyway")
     return FixResult(before=before, after=after, metrics_before=m0.metrics, metrics_after=m1.metrics,
                      layers=tuple(fixes), skipped=tuple(skipped), passes=passes, samples=len(data),
                      batch_size=bs, helped=helped, written=written, reload_max_abs_diff=reload_diff,
