@@ -28,6 +28,8 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # Constructor arguments that Keras 2 wrote into layer configs and Keras 3
 # rejects; they carry no information Keras 3 needs.
 LEGACY_DROPPED_ARGS = {"time_major"}
+RNN_CLASSES = {"LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D",
+               "ConvLSTM3D", "CuDNNLSTM", "CuDNNGRU"}
 # How many layer classes may have arguments dropped on Keras 3's word.
 MAX_REFUSED_CLASSES = 12
 
@@ -339,16 +341,29 @@ def _unwrap_single_io(entry: dict) -> bool:
     return changed
 
 
-def drop_refused_arguments(cfg: dict, class_name: str, keys: list[str]) -> int:
-    """Drops the constructor arguments Keras 3 refused for every layer of a
-    class; returns how many layers changed."""
-    n = 0
+def drop_refused_arguments(cfg: dict, class_name: str, keys: list[str]) -> dict[str, list]:
+    """Drops the constructor arguments Keras 3 refused from every layer of a
+    class; returns each dropped argument's distinct values."""
+    dropped: dict[str, list] = {}
     for layer in _walk_layer_configs(cfg):
-        if layer["class_name"] == class_name and any(k in layer["config"] for k in keys):
+        if layer["class_name"] == class_name:
             for k in keys:
-                layer["config"].pop(k, None)
-            n += 1
-    return n
+                if k in layer["config"]:
+                    v = layer["config"].pop(k)
+                    if v not in dropped.setdefault(k, []):
+                        dropped[k].append(v)
+    return dropped
+
+
+def _describe_dropped(dropped: dict[str, list]) -> str:
+    """'groups'=1, 'kernel_initializer': the values a reader can judge."""
+    parts = []
+    for k, values in dropped.items():
+        if all(v is None or isinstance(v, (bool, int, float, str)) for v in values) and len(values) <= 2:
+            parts.append(f"{k!r}={'/'.join(repr(v) for v in values)}")
+        else:
+            parts.append(repr(k))
+    return ", ".join(parts)
 
 
 _REFUSED_ARGS = re.compile(r"Unrecognized keyword arguments passed to (\w+): \{")
@@ -379,6 +394,53 @@ def refused_arguments(message: str) -> tuple[str, list[str]] | None:
     return (m.group(1), keys) if keys else None
 
 
+def _keras_tensor(ref: list) -> dict:
+    """A Keras 3 serialized tensor standing for the output `ref` points at
+    (shape and dtype are placeholders: the loader swaps in the real tensor)."""
+    return {"class_name": "__keras_tensor__",
+            "config": {"shape": [], "dtype": "float32", "keras_history": list(ref[:3])}}
+
+
+def _tensors_in(value, names: set[str]):
+    """`value` with every reference to a layer output turned into a Keras 3
+    serialized tensor, and whether there was one."""
+    if _is_node_ref(value) and value[0] in names:
+        return _keras_tensor(value), True
+    if isinstance(value, list):
+        items = [_tensors_in(v, names) for v in value]
+        return [v for v, _ in items], any(f for _, f in items)
+    if isinstance(value, dict):
+        items = {k: _tensors_in(v, names) for k, v in value.items()}
+        return {k: v for k, (v, _) in items.items()}, any(f for _, f in items.values())
+    return value, False
+
+
+def _modernise_tensor_kwargs(entry: dict, names: set[str]) -> bool:
+    """Keras 2 wrote a tensor passed by keyword (`mha(q, value=v)`, an LSTM's
+    `initial_state`) as a reference inside the node's kwargs, which Keras 3's
+    legacy reader hands to the layer as a plain list. Such nodes are rewritten
+    in Keras 3's own node format, whose reader resolves tensors anywhere."""
+    nodes = entry.get("inbound_nodes")
+    if not isinstance(nodes, list):
+        return False
+    changed = False
+    for i, node in enumerate(nodes):
+        if not (isinstance(node, list) and node and all(_is_node_ref(r) for r in node)):
+            continue
+        kwargs = node[-1][3] if len(node[-1]) > 3 and isinstance(node[-1][3], dict) else {}
+        kwargs, has_tensor = _tensors_in(kwargs, names)
+        if entry.get("class_name") in RNN_CLASSES and len(node) > 1 and "initial_state" not in kwargs:
+            # Keras 2 folded an RNN's initial_state into its inputs: [x, h0, c0]
+            kwargs["initial_state"] = [_keras_tensor(r) for r in node[1:]]
+            node, has_tensor = node[:1], True
+        if not has_tensor:
+            continue
+        first = [_keras_tensor(r) for r in node]
+        nodes[i] = {"args": [first[0] if len(first) == 1 else first], "kwargs": kwargs}
+        changed = True
+    return changed
+
+
 def _repair_legacy_config(cfg: dict) -> list[str]:
     """Edits a Keras 2 model config in place so that Keras 3 accepts it.
 
@@ -389,11 +451,15 @@ def _repair_legacy_config(cfg: dict) -> list[str]:
     _rename_slashed_layers(cfg, changes)
     unwrapped = axes = 0
     ops: list[str] = []
+    keyword_tensors: list[str] = []
+    names = {str(e["config"].get("name") or e.get("name") or "") for e in _walk_layer_configs(cfg)}
     for layer in _walk_layer_configs(cfg):
         conf = layer["config"]
         if layer["class_name"] in OP_CLASSES and isinstance(conf.get("function"), str):
             rewrite_op_nodes(layer)
             ops.append(conf["function"])
+        elif _modernise_tensor_kwargs(layer, names):
+            keyword_tensors.append(str(conf.get("name", "")))
         for key in LEGACY_DROPPED_ARGS & set(conf):
             conf.pop(key)
             changes.append(f"dropped Keras 2 argument {key!r} of {layer['class_name']} "
@@ -417,6 +483,11 @@ def _repair_legacy_config(cfg: dict) -> list[str]:
                 changes.append(f"declared the Sequential's input {tuple(shape)} explicitly "
                                f"(Keras 2 kept it on layer {first.get('name', '')!r})")
     unwrapped += _unwrap_single_io(cfg)
+    if keyword_tensors:
+        changes.append(f"passed the tensors that {', '.join(repr(n) for n in keyword_tensors[:3])}"
+                       f"{' ...' if len(keyword_tensors) > 3 else ''} "
+                       f"{'takes' if len(keyword_tensors) == 1 else 'take'} by keyword as tensors "
+                       "(Keras 3 reads them as lists from a Keras 2 file)")
     if ops:
         kinds = sorted(set(ops))
         changes.append(f"ran {len(ops)} Keras 2 TF-op layer{'s' if len(ops) != 1 else ''} "
@@ -484,11 +555,11 @@ def _load_legacy(p: Path, keras, kwargs: dict, notes: list[str]):
                 # groups=1, SeparableConv2D's kernel_*) carry nothing Keras 3 uses.
                 if not refused or not hasattr(keras.layers, refused[0]):
                     raise
-                if not drop_refused_arguments(cfg, *refused):
+                dropped = drop_refused_arguments(cfg, *refused)
+                if not dropped:
                     raise
-                changes.append(f"dropped Keras 2 argument{'s' if len(refused[1]) != 1 else ''} "
-                               f"{', '.join(repr(k) for k in refused[1])} that Keras 3's "
-                               f"{refused[0]} does not take")
+                changes.append(f"dropped Keras 2 argument{'s' if len(dropped) != 1 else ''} "
+                               f"{_describe_dropped(dropped)} that Keras 3's {refused[0]} does not take")
         if changes:
             notes.append("repaired legacy config while loading (the file is unchanged): "
                          + "; ".join(changes))

@@ -183,9 +183,9 @@ def test_keras2_applications_model_says_what_was_repaired(apps_loaded):
         "ran 10 Keras 2 TF-op layers (tf.__operators__.add, tf.__operators__.getitem, tf.concat, "
         "tf.math.multiply ...) with bngap's stand-in",
         "read the single input/output of nested model 'tiny_mobile' as Keras 2 did",
-        "dropped Keras 2 argument 'groups' that Keras 3's DepthwiseConv2D does not take",
-        "dropped Keras 2 arguments 'groups', 'kernel_initializer', 'kernel_regularizer', "
-        "'kernel_constraint' that Keras 3's SeparableConv2D does not take",
+        "dropped Keras 2 argument 'groups'=1 that Keras 3's DepthwiseConv2D does not take",
+        "dropped Keras 2 arguments 'groups'=1, 'kernel_initializer', 'kernel_regularizer'=None, "
+        "'kernel_constraint'=None that Keras 3's SeparableConv2D does not take",
     ):
         assert words in note, words
     names = {l.name for l in apps_loaded.model.layers[0].layers}
@@ -207,6 +207,20 @@ def test_keras2_applications_batchnorm_statistics_are_the_files(apps_loaded):
         np.testing.assert_array_equal(bn.moving_mean.numpy(), stored[f"{old}/moving_mean:0"])
         np.testing.assert_array_equal(bn.moving_variance.numpy(), stored[f"{old}/moving_variance:0"])
         assert np.all(bn.moving_variance.numpy() != 1.0)  # fit() moved them
+
+
+def test_tensors_passed_by_keyword_reach_the_layer_as_tensors(keras):
+    """mha(q, v) and LSTM(initial_state=[h0, c0]) from a Keras 2 file compute
+    what Keras 2 computed."""
+    p = DATA / "k2_keyword_tensors.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(Exception, match="value_shape"):  # Keras 3 alone
+            keras.models.load_model(p, compile=False)
+    loaded = load_model(p)
+    expected = np.load(DATA / "k2_keyword_tensors.expected.npz")
+    np.testing.assert_allclose(_call(loaded.model, expected["x"]), expected["inference"], rtol=1e-5, atol=1e-6)
+    assert "passed the tensors that 'mha', 'lstm' take by keyword as tensors" in loaded.notes[0]
 
 
 def test_keras3_alone_refuses_the_applications_model(keras):

@@ -44,6 +44,12 @@ without bngap's repairs:
   that feeds the next layer two tensors). k2_applications_like.expected.npz
   holds Keras 2's own inference outputs on four inputs: bngap's load must
   reproduce them.
+- k2_keyword_tensors.h5: MultiHeadAttention called as mha(q, v) and an LSTM
+  given initial_state=[h0, c0]. Keras 2 wrote the tensors passed by keyword
+  as [layer, node, tensor] lists inside the node's kwargs; Keras 3 alone
+  hands them to the layer as lists ("MultiHeadAttention.build() missing 1
+  required positional argument: 'value_shape'"). The .expected.npz holds
+  Keras 2's inference outputs.
 - k2_tf_op_outside_allowlist.h5: tf.debugging.check_numerics on an input
   (a TFOpLambda that is not pure tensor math): refused in safe mode, runs
   with --unsafe.
@@ -151,6 +157,21 @@ def _applications_like(k2, L, rng) -> None:
     np.savez(HERE / "k2_applications_like.expected.npz", x=probe,
              inference=model(probe, training=False).numpy(),
              base_inference=base(probe, training=False).numpy())
+
+    # Tensors passed by keyword: attention's value, an LSTM's initial state.
+    seq = k2.Input((6, 4), name="sequence")
+    q, v = L.Dense(8, name="q")(seq), L.Dense(8, name="v")(seq)
+    att = L.MultiHeadAttention(2, 4, name="mha")(q, v)
+    summary = L.GlobalAveragePooling1D(name="pool")(seq)
+    h0, c0 = L.Dense(5, name="h0")(summary), L.Dense(5, name="c0")(summary)
+    h = L.LSTM(5, name="lstm")(att, initial_state=[h0, c0])
+    kw = k2.Model(seq, L.Dense(2, name="out")(L.BatchNormalization(name="bn")(h)), name="keyword_tensors")
+    kw.compile("adam", "mse")
+    sequences = rng.normal(0, 1, (32, 6, 4)).astype("float32")
+    kw.fit(sequences, rng.normal(0, 1, (32, 2)), epochs=1, batch_size=16, verbose=0)
+    kw.save(HERE / "k2_keyword_tensors.h5")
+    np.savez(HERE / "k2_keyword_tensors.expected.npz", x=sequences[:4],
+             inference=kw(sequences[:4], training=False).numpy())
 
     # A TF op outside the pure-math allowlist (harmless, but safe mode refuses it).
     i3 = k2.Input((4,), name="values")
