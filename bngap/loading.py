@@ -441,6 +441,53 @@ def _modernise_tensor_kwargs(entry: dict, names: set[str]) -> bool:
     return changed
 
 
+KERAS2_POLICIES = {"Policy", "PolicyV1"}  # Keras 3 writes "DTypePolicy" and reads it itself
+
+
+def _policy_name(dtype) -> str | None:
+    """'mixed_float16' from Keras 2's serialized dtype policy
+    {"class_name": "Policy", "config": {"name": "mixed_float16"}}."""
+    if (isinstance(dtype, dict) and dtype.get("class_name") in KERAS2_POLICIES
+            and isinstance(dtype.get("config"), dict) and isinstance(dtype["config"].get("name"), str)):
+        name = dtype["config"]["name"]
+        return "float32" if name == "_infer" else name
+    return None
+
+
+def _self_built_sequentials(cfg) -> set[str]:
+    """Names of nested Sequential models that Keras 2 built when they were
+    made (an InputLayer, or an input shape on the first layer): Keras 2 gave
+    such a model a node of its own, so its first call is node 1, where Keras 3
+    counts it as node 0."""
+    found = set()
+    for entry in _walk_layer_configs(cfg.get("config") if isinstance(cfg, dict) else cfg):
+        layers = _sequential_layers(entry)
+        if not layers:
+            continue
+        first = layers[0] if isinstance(layers[0], dict) else {}
+        conf = first.get("config", {}) if isinstance(first.get("config"), dict) else {}
+        if first.get("class_name") == "InputLayer" or conf.get("batch_input_shape") or conf.get("batch_shape"):
+            name = entry["config"].get("name") if isinstance(entry.get("config"), dict) else None
+            if name:
+                found.add(name)
+    return found
+
+
+def _shift_node_indices(cfg, names: set[str]) -> int:
+    """Counts Keras 2's node indices of the given nested models the way Keras 3 does."""
+    n = 0
+    if isinstance(cfg, dict):
+        for v in cfg.values():
+            n += _shift_node_indices(v, names)
+    elif isinstance(cfg, list):
+        if _is_node_ref(cfg) and cfg[0] in names and cfg[1] > 0:
+            cfg[1] -= 1
+            return 1
+        for v in cfg:
+            n += _shift_node_indices(v, names)
+    return n
+
+
 def _repair_legacy_config(cfg: dict) -> list[str]:
     """Edits a Keras 2 model config in place so that Keras 3 accepts it.
 
@@ -449,12 +496,21 @@ def _repair_legacy_config(cfg: dict) -> list[str]:
     changes: list[str] = []
     _modernise_sequential_layout(cfg, changes)
     _rename_slashed_layers(cfg, changes)
+    nested = _self_built_sequentials(cfg)
+    if nested and _shift_node_indices(cfg.get("config"), nested):
+        changes.append(f"renumbered the calls of nested Sequential model{'s' if len(nested) != 1 else ''} "
+                       f"{', '.join(repr(n) for n in sorted(nested)[:3])} as Keras 3 counts them")
+    policies = 0
     unwrapped = axes = 0
     ops: list[str] = []
     keyword_tensors: list[str] = []
     names = {str(e["config"].get("name") or e.get("name") or "") for e in _walk_layer_configs(cfg)}
     for layer in _walk_layer_configs(cfg):
         conf = layer["config"]
+        policy = _policy_name(conf.get("dtype"))
+        if policy:
+            conf["dtype"] = policy
+            policies += 1
         if layer["class_name"] in OP_CLASSES and isinstance(conf.get("function"), str):
             rewrite_op_nodes(layer)
             ops.append(conf["function"])
@@ -483,6 +539,9 @@ def _repair_legacy_config(cfg: dict) -> list[str]:
                 changes.append(f"declared the Sequential's input {tuple(shape)} explicitly "
                                f"(Keras 2 kept it on layer {first.get('name', '')!r})")
     unwrapped += _unwrap_single_io(cfg)
+    if policies:
+        changes.append(f"read Keras 2's dtype policies of {policies} layer{'s' if policies != 1 else ''} "
+                       "by name (e.g. mixed_float16)")
     if keyword_tensors:
         changes.append(f"passed the tensors that {', '.join(repr(n) for n in keyword_tensors[:3])}"
                        f"{' ...' if len(keyword_tensors) > 3 else ''} "

@@ -223,6 +223,29 @@ def test_tensors_passed_by_keyword_reach_the_layer_as_tensors(keras):
     assert "passed the tensors that 'mha', 'lstm' take by keyword as tensors" in loaded.notes[0]
 
 
+@pytest.mark.parametrize("name,inputs,rtol,note,keras_alone", [
+    ("k2_shared_sequential", ("left", "right"), 1e-5,
+     "renumbered the calls of nested Sequential model 'tower' as Keras 3 counts them",
+     "disconnected nodes"),
+    # float16 arithmetic: Keras 2 and 3 round differently in the last bits
+    ("k2_mixed_float16", ("x",), 3e-3,
+     "read Keras 2's dtype policies of 4 layers by name (e.g. mixed_float16)",
+     "quantization_mode"),
+])
+def test_keras2_graph_quirks_compute_what_keras2_computed(keras, name, inputs, rtol, note, keras_alone):
+    p = DATA / f"{name}.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(Exception, match=keras_alone):
+            keras.models.load_model(p, compile=False)
+    loaded = load_model(p)
+    expected = np.load(DATA / f"{name}.expected.npz")
+    x = [expected[k] for k in inputs]
+    out = _call(loaded.model, x if len(x) > 1 else x[0])
+    np.testing.assert_allclose(out, expected["inference"], rtol=rtol, atol=rtol)
+    assert note in loaded.notes[0]
+
+
 def test_keras3_alone_refuses_the_applications_model(keras):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

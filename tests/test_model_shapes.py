@@ -226,3 +226,20 @@ def test_keras2_applications_style_file_checks_end_to_end(keras):
     assert all(e is None or 4 <= e <= 8 for e in estimates), estimates
     assert report.output_gap.relative_l2 > 0.1
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("name,bn_paths", [
+    ("k2_shared_sequential", ["tower/bn"]),
+    ("k2_mixed_float16", ["bn"]),
+    ("k2_keyword_tensors", ["bn"]),
+])
+def test_keras2_files_check_end_to_end(keras, name, bn_paths):
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    expected = np.load(data / f"{name}.expected.npz")
+    x = [expected[k] for k in expected.files if k != "inference"]
+    report = check(str(data / f"{name}.h5"), x if len(x) > 1 else x[0], options=CheckOptions(effects=0))
+    assert [b.path for b in report.batchnorm] == bn_paths
+    assert math.isfinite(report.output_gap.relative_l2) and report.output_gap.relative_l2 > 0
+    assert report.notes[0].startswith("repaired legacy config while loading")

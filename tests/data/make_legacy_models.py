@@ -50,6 +50,13 @@ without bngap's repairs:
   hands them to the layer as lists ("MultiHeadAttention.build() missing 1
   required positional argument: 'value_shape'"). The .expected.npz holds
   Keras 2's inference outputs.
+- k2_shared_sequential.h5: a Sequential built with an input shape and called
+  on two inputs. Keras 2 counted its own node as 0, so the calls are nodes 1
+  and 2; Keras 3 counts them 0 and 1 and alone fails ("The graph of the
+  Functional model either has loops or disconnected nodes").
+- k2_mixed_float16.h5: mixed_float16 layers, each dtype written as a Keras 2
+  Policy object; Keras 3 alone fails ("'str' object has no attribute
+  'quantization_mode'").
 - k2_tf_op_outside_allowlist.h5: tf.debugging.check_numerics on an input
   (a TFOpLambda that is not pure tensor math): refused in safe mode, runs
   with --unsafe.
@@ -172,6 +179,34 @@ def _applications_like(k2, L, rng) -> None:
     kw.save(HERE / "k2_keyword_tensors.h5")
     np.savez(HERE / "k2_keyword_tensors.expected.npz", x=sequences[:4],
              inference=kw(sequences[:4], training=False).numpy())
+
+    # A Sequential built with an input shape (Keras 2 gave it a node of its
+    # own), shared by two inputs: its calls are nodes 1 and 2 in the file.
+    tower = k2.Sequential([L.Dense(4, input_shape=(3,), name="proj"), L.BatchNormalization(name="bn")],
+                          name="tower")
+    left, right = k2.Input((3,), name="left"), k2.Input((3,), name="right")
+    siamese = k2.Model([left, right], L.Dense(1, name="out")(L.Concatenate()([tower(left), tower(right)])))
+    siamese.compile("adam", "mse")
+    pair = [rng.normal(1, 2, (32, 3)).astype("float32") for _ in range(2)]
+    siamese.fit(pair, rng.normal(0, 1, (32, 1)), epochs=1, batch_size=16, verbose=0)
+    siamese.save(HERE / "k2_shared_sequential.h5")
+    np.savez(HERE / "k2_shared_sequential.expected.npz", left=pair[0][:4], right=pair[1][:4],
+             inference=siamese([pair[0][:4], pair[1][:4]], training=False).numpy())
+
+    # Mixed precision: Keras 2 wrote each layer's dtype as a Policy object.
+    k2.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mp_in = k2.Input((8, 8, 3), name="image")
+        h = L.ReLU()(L.BatchNormalization(name="bn")(L.Conv2D(4, 3, name="conv")(mp_in)))
+        mixed = k2.Model(mp_in, L.Dense(3, activation="softmax", dtype="float32", name="out")(
+            L.GlobalAveragePooling2D()(h)), name="mixed")
+    finally:
+        k2.mixed_precision.set_global_policy("float32")
+    mixed.compile("adam", "sparse_categorical_crossentropy")
+    mp_x = rng.normal(2, 3, (32, 8, 8, 3)).astype("float32")
+    mixed.fit(mp_x, rng.integers(0, 3, 32), epochs=1, batch_size=16, verbose=0)
+    mixed.save(HERE / "k2_mixed_float16.h5")
+    np.savez(HERE / "k2_mixed_float16.expected.npz", x=mp_x[:4], inference=mixed(mp_x[:4], training=False).numpy())
 
     # A TF op outside the pure-math allowlist (harmless, but safe mode refuses it).
     i3 = k2.Input((4,), name="values")
