@@ -16,6 +16,7 @@ inputs and the layer's config says which keyword each one fills.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 OP_CLASSES = ("TFOpLambda", "SlicingOpLambda")
@@ -35,6 +36,9 @@ SAFE_FUNCTIONS = frozenset({
 })
 
 
+_PUBLIC = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
 class UnsafeOpError(ValueError):
     pass
 
@@ -43,17 +47,23 @@ def resolve(function: str, *, unsafe: bool) -> Any:
     """The TensorFlow function a Keras 2 TF-op layer names."""
     import tensorflow as tf
 
-    if not unsafe and not (function in SAFE_FUNCTIONS or function.startswith(SAFE_PREFIXES)):
+    parts = function.split(".")
+    # No private or dunder attributes (the classic way out of a name allowlist),
+    # except TensorFlow's own `__operators__` namespace.
+    plain = all(_PUBLIC.match(p) or (i == 0 and p == "__operators__") for i, p in enumerate(parts))
+    if not unsafe and not (plain and (function in SAFE_FUNCTIONS or function.startswith(SAFE_PREFIXES))):
         raise UnsafeOpError(
             f"the model calls tf.{function}, which safe mode does not run (only tensor math is "
             "allowed); pass --unsafe if you trust the file")
     target: Any = tf
-    for part in function.split("."):
+    for part in parts:
         target = getattr(target, part, None)
         if target is None:
             raise UnsafeOpError(f"the model calls tf.{function}, which this TensorFlow does not have")
-    if not callable(target):
-        raise UnsafeOpError(f"the model names tf.{function}, which is not a function")
+    if not callable(target) or isinstance(target, type):
+        raise UnsafeOpError(f"the model names tf.{function}, which is not a TensorFlow function")
+    if not unsafe and not str(getattr(target, "__module__", "")).startswith("tensorflow"):
+        raise UnsafeOpError(f"the model names tf.{function}, which is not a TensorFlow function")
     return target
 
 

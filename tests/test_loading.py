@@ -584,3 +584,26 @@ def test_keras22_sequential_layer_list_layout(tmp_path):
         f.attrs["model_config"] = json.dumps(cfg)
     loaded = load_model(p)
     assert _run(loaded).shape == (2, 1)
+
+
+@pytest.mark.parametrize("function", ["io.write_file", "math.__class__", "nn.__loader__.load_module",
+                                      "math._private", "debugging.check_numerics", "py_function",
+                                      "__operators__.__class__"])
+def test_tf_op_names_outside_tensor_math_are_refused_in_safe_mode(keras, function):
+    from bngap.legacy_ops import UnsafeOpError, resolve
+
+    with pytest.raises(UnsafeOpError, match="safe mode does not run"):
+        resolve(function, unsafe=False)
+
+
+@pytest.mark.parametrize("function,x,expected", [
+    ("math.multiply", [1.0, 2.0], [0.5, 1.0]),
+    ("nn.relu6", [-1.0, 7.0], [0.0, 6.0]),
+    ("__operators__.add", [1.0, 2.0], [1.5, 2.5]),
+])
+def test_tf_op_names_of_tensor_math_resolve_to_tensorflow(keras, function, x, expected):
+    from bngap.legacy_ops import resolve
+
+    fn = resolve(function, unsafe=False)
+    args = () if function == "nn.relu6" else (0.5,)
+    np.testing.assert_allclose(np.asarray(fn(np.asarray(x, "float32"), *args)), expected)
