@@ -606,4 +606,5 @@ def test_tf_op_names_of_tensor_math_resolve_to_tensorflow(keras, function, x, ex
 
     fn = resolve(function, unsafe=False)
     args = () if function == "nn.relu6" else (0.5,)
-    np.testing.assert_allclose(np.asarray(fn(np.asarray(x, "float32"), *args)), expected)
+    tensor = keras.ops.convert_to_tensor(np.asarray(x, "float32"))
+    np.testing.assert_allclose(np.asarray(fn(tensor, *args)), expected)
