@@ -32,6 +32,20 @@ class CheckOptions:
     probe_preprocessing: bool = True
 
 
+def _declared_batch_size(loaded, asked: int) -> int:
+    """A model whose inputs declare a fixed batch size (Keras 2's
+    batch_input_shape=(8, ...)) was trained with it: measure with it too, as
+    training-mode BN statistics depend on the batch size."""
+    declared = {s.shape[0] for s in loaded.inputs if s.shape and isinstance(s.shape[0], int)}
+    if len(declared) != 1:
+        return asked
+    size = declared.pop()
+    if size != asked:
+        loaded.notes.append(f"the model declares a fixed batch size of {size} (fit() used it); "
+                            f"measured with batch size {size}, not {asked}")
+    return size
+
+
 def _summarise_model(model, nodes, path: str, specs) -> ModelSummary:
     def shapes(ts):
         out = []
@@ -128,8 +142,9 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
     nodes = build_tree(net, keras)
     if not nodes:
         raise BngapError(f"{loaded.path}: the model has no layers to check")
-    say(f"running {net.name}: {len(data)} samples, batch size {min(options.batch_size, len(data))}")
-    m = measure(net, nodes, data, keras, batch_size=options.batch_size, seed=options.seed,
+    batch_size = _declared_batch_size(loaded, options.batch_size)
+    say(f"running {net.name}: {len(data)} samples, batch size {min(batch_size, len(data))}")
+    m = measure(net, nodes, data, keras, batch_size=batch_size, seed=options.seed,
                 effects=options.effects, loss_id=loss if loss is not None else loaded.loss,
                 progress=progress or (lambda *a: None))
     layers = analysis.layer_records(m)

@@ -243,3 +243,14 @@ def test_keras2_files_check_end_to_end(keras, name, bn_paths):
     assert [b.path for b in report.batchnorm] == bn_paths
     assert math.isfinite(report.output_gap.relative_l2) and report.output_gap.relative_l2 > 0
     assert report.notes[0].startswith("repaired legacy config while loading")
+
+
+def test_a_declared_fixed_batch_size_is_the_one_measured(keras):
+    L = keras.layers
+    model = keras.Sequential([keras.Input((5,), batch_size=8), L.Dense(4), L.BatchNormalization(name="bn"),
+                              L.Dense(1)])
+    x = np.random.default_rng(0).normal(1, 2, (40, 5)).astype("float32")
+    report = check(model, x, options=CheckOptions(effects=0))
+    assert report.data.batch_size == 8 and report.data.batches == 5
+    assert "the model declares a fixed batch size of 8 (fit() used it); measured with batch size 8, not 32" \
+        in report.notes
