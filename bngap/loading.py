@@ -587,6 +587,11 @@ def _load_legacy(p: Path, keras, kwargs: dict, notes: list[str]):
     changes = _repair_legacy_config(cfg)
     unsafe = not kwargs.get("safe_mode", True)
     for layer in _walk_layer_configs(cfg):
+        axis = layer["config"].get("axis")
+        if layer["class_name"] == "BatchNormalization" and isinstance(axis, list) and len(axis) > 1:
+            raise ModelLoadError(
+                f"{p}: layer {layer['config'].get('name', '')!r} is a BatchNormalization over several "
+                f"axes {axis}, which Keras 2 allowed and Keras 3 does not; bngap cannot run it")
         if layer["class_name"] in OP_CLASSES and isinstance(layer["config"].get("function"), str):
             try:
                 resolve(layer["config"]["function"], unsafe=unsafe)

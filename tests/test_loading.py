@@ -608,3 +608,21 @@ def test_tf_op_names_of_tensor_math_resolve_to_tensorflow(keras, function, x, ex
     args = () if function == "nn.relu6" else (0.5,)
     tensor = keras.ops.convert_to_tensor(np.asarray(x, "float32"))
     np.testing.assert_allclose(np.asarray(fn(tensor, *args)), expected)
+
+
+def test_keras2_batchnorm_over_several_axes_is_explained(tmp_path):
+    import json
+    import shutil
+
+    import h5py
+
+    p = tmp_path / "multi_axis.h5"
+    shutil.copyfile(DATA / "k2_sequential_bn.h5", p)
+    with h5py.File(p, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        for layer in cfg["config"]["layers"]:
+            if layer["class_name"] == "BatchNormalization":
+                layer["config"]["axis"] = [1, 3]
+        f.attrs["model_config"] = json.dumps(cfg)
+    assert _load_error(p) == (f"{p}: layer 'bn' is a BatchNormalization over several axes [1, 3], which "
+                               "Keras 2 allowed and Keras 3 does not; bngap cannot run it")
