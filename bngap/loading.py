@@ -248,6 +248,19 @@ def _legacy_config(p: Path) -> dict | None:
     return json.loads(raw)
 
 
+def _written_by_keras2(p: Path) -> bool:
+    """Whether a legacy .h5 file was written by Keras 2 (or older): Keras 3's
+    own legacy writer records keras_version 3.x and needs no repair of its
+    node numbering."""
+    import h5py
+
+    with h5py.File(p, "r") as f:
+        version = f.attrs.get("keras_version", b"")
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    return not str(version).startswith("3")
+
+
 def _walk_layer_configs(cfg):
     """Yields every dict in a model config that looks like a layer entry."""
     if isinstance(cfg, dict):
@@ -323,8 +336,8 @@ def _rename_slashed_layers(cfg: dict, changes: list[str]) -> None:
         _rename_refs(cfg, renamed)
         shown = ", ".join(f"{a} -> {b}" for a, b in list(renamed.items())[:3])
         more = f" and {len(renamed) - 3} more" if len(renamed) > 3 else ""
-        changes.append(f"renamed {len(renamed)} layer{'s' if len(renamed) != 1 else ''} whose names "
-                       f"contain '/', which Keras 3 refuses ({shown}{more})")
+        changes.append(f"renamed {len(renamed)} layer{'s whose names contain' if len(renamed) != 1 else ' whose name contains'} "
+                       f"'/', which Keras 3 refuses ({shown}{more})")
 
 
 def _unwrap_single_io(entry: dict) -> bool:
@@ -428,8 +441,17 @@ def _modernise_tensor_kwargs(entry: dict, names: set[str]) -> bool:
         if not (isinstance(node, list) and node and all(_is_node_ref(r) for r in node)):
             continue
         kwargs = node[-1][3] if len(node[-1]) > 3 and isinstance(node[-1][3], dict) else {}
+        rnn = entry.get("class_name") in RNN_CLASSES
+        if rnn:
+            # Keras 2 wrote initial_state=None, constants=None; Keras 3 has no `constants`
+            empty = [k for k in ("initial_state", "constants") if k in kwargs and kwargs[k] is None]
+            for ref in node:
+                if len(ref) > 3 and isinstance(ref[3], dict):
+                    for k in empty:
+                        ref[3].pop(k, None)
+            kwargs = {k: v for k, v in kwargs.items() if k not in empty}
         kwargs, has_tensor = _tensors_in(kwargs, names)
-        if entry.get("class_name") in RNN_CLASSES and len(node) > 1 and "initial_state" not in kwargs:
+        if rnn and len(node) > 1 and "initial_state" not in kwargs:
             # Keras 2 folded an RNN's initial_state into its inputs: [x, h0, c0]
             kwargs["initial_state"] = [_keras_tensor(r) for r in node[1:]]
             node, has_tensor = node[:1], True
@@ -454,6 +476,19 @@ def _policy_name(dtype) -> str | None:
     return None
 
 
+def _nested_functionals(cfg) -> set[str]:
+    """Names of nested functional models: Keras 2 gave each a node of its own,
+    so its first call is node 1, where Keras 3's legacy reader looks for node
+    0 among a layer's inputs (it does subtract one for a model's outputs)."""
+    found = set()
+    for entry in _walk_layer_configs(cfg.get("config") if isinstance(cfg, dict) else cfg):
+        conf = entry.get("config")
+        if (entry.get("class_name") in ("Functional", "Model") and isinstance(conf, dict)
+                and "input_layers" in conf and conf.get("name")):
+            found.add(conf["name"])
+    return found
+
+
 def _self_built_sequentials(cfg) -> set[str]:
     """Names of nested Sequential models that Keras 2 built when they were
     made (an InputLayer, or an input shape on the first layer): Keras 2 gave
@@ -473,22 +508,23 @@ def _self_built_sequentials(cfg) -> set[str]:
     return found
 
 
-def _shift_node_indices(cfg, names: set[str]) -> int:
+def _shift_node_indices(cfg, names: set[str], outputs_too: bool = True) -> int:
     """Counts Keras 2's node indices of the given nested models the way Keras 3 does."""
     n = 0
     if isinstance(cfg, dict):
-        for v in cfg.values():
-            n += _shift_node_indices(v, names)
+        for k, v in cfg.items():
+            if outputs_too or k not in ("input_layers", "output_layers"):
+                n += _shift_node_indices(v, names, outputs_too)
     elif isinstance(cfg, list):
         if _is_node_ref(cfg) and cfg[0] in names and cfg[1] > 0:
             cfg[1] -= 1
             return 1
         for v in cfg:
-            n += _shift_node_indices(v, names)
+            n += _shift_node_indices(v, names, outputs_too)
     return n
 
 
-def _repair_legacy_config(cfg: dict) -> list[str]:
+def _repair_legacy_config(cfg: dict, keras2: bool = True) -> list[str]:
     """Edits a Keras 2 model config in place so that Keras 3 accepts it.
 
     Returns what was changed, for the report's notes.
@@ -496,12 +532,17 @@ def _repair_legacy_config(cfg: dict) -> list[str]:
     changes: list[str] = []
     _modernise_sequential_layout(cfg, changes)
     _rename_slashed_layers(cfg, changes)
-    nested = _self_built_sequentials(cfg)
-    if nested and _shift_node_indices(cfg.get("config"), nested):
-        changes.append(f"renumbered the calls of nested Sequential model{'s' if len(nested) != 1 else ''} "
-                       f"{', '.join(repr(n) for n in sorted(nested)[:3])} as Keras 3 counts them")
+    if keras2:  # Keras 3's own .h5 files number nodes as Keras 3 reads them
+        sequentials, functionals = _self_built_sequentials(cfg), _nested_functionals(cfg)
+        shifted = [n for n in sorted(sequentials) if _shift_node_indices(cfg.get("config"), {n})]
+        shifted += [n for n in sorted(functionals)
+                    if _shift_node_indices(cfg.get("config"), {n}, outputs_too=False)]
+        if shifted:
+            changes.append(f"renumbered the calls of nested model{'s' if len(shifted) != 1 else ''} "
+                           f"{', '.join(repr(n) for n in shifted[:3])}{' ...' if len(shifted) > 3 else ''} "
+                           "as Keras 3 counts them")
     policies = 0
-    unwrapped = axes = 0
+    unwrapped: list[str] = []  # nested models whose single input/output was a list
     ops: list[str] = []
     keyword_tensors: list[str] = []
     names = {str(e["config"].get("name") or e.get("name") or "") for e in _walk_layer_configs(cfg)}
@@ -523,8 +564,8 @@ def _repair_legacy_config(cfg: dict) -> list[str]:
         # Keras 3 converts a one-element axis list only on the outermost config
         if isinstance(conf.get("axis"), list) and len(conf["axis"]) == 1 and isinstance(conf["axis"][0], int):
             conf["axis"] = conf["axis"][0]
-            axes += 1
-        unwrapped += _unwrap_single_io(layer)
+        if _unwrap_single_io(layer) and layer is not cfg:
+            unwrapped.append(str(conf.get("name", "")))
         layers = _sequential_layers(layer)
         if layers and layers[0].get("class_name") != "InputLayer":
             first = layers[0].get("config", {})
@@ -538,7 +579,7 @@ def _repair_legacy_config(cfg: dict) -> list[str]:
                 first.pop("batch_input_shape", None)
                 changes.append(f"declared the Sequential's input {tuple(shape)} explicitly "
                                f"(Keras 2 kept it on layer {first.get('name', '')!r})")
-    unwrapped += _unwrap_single_io(cfg)
+    _unwrap_single_io(cfg)
     if policies:
         changes.append(f"read Keras 2's dtype policies of {policies} layer{'s' if policies != 1 else ''} "
                        "by name (e.g. mixed_float16)")
@@ -553,19 +594,12 @@ def _repair_legacy_config(cfg: dict) -> list[str]:
                        f"({', '.join('tf.' + k for k in kinds[:4])}{' ...' if len(kinds) > 4 else ''}) "
                        "with bngap's stand-in")
     if unwrapped:
-        # Only what changes behaviour is worth a note: a nested model's list
-        # output breaks the layer after it.
-        nested = [e for e in _walk_layer_configs(cfg.get("config")) if _is_model_entry(e)]
-        if nested:
-            changes.append("read the single input/output of nested model"
-                           f"{'s' if len(nested) != 1 else ''} "
-                           + ", ".join(repr(e["config"].get("name", "")) for e in nested[:3])
-                           + " as Keras 2 did (not as one-element lists)")
+        # The top level is repaired silently: only a nested model's list
+        # output changes behaviour (it breaks the layer after it).
+        changes.append(f"read the single input/output of nested model{'s' if len(unwrapped) != 1 else ''} "
+                       + ", ".join(repr(n) for n in unwrapped[:3]) + (" ..." if len(unwrapped) > 3 else "")
+                       + " as Keras 2 did (not as one-element lists)")
     return changes
-
-
-def _is_model_entry(entry: dict) -> bool:
-    return isinstance(entry.get("config"), dict) and isinstance(entry["config"].get("layers"), list)
 
 
 def _first_batch_shape(cfg: dict) -> tuple | None:
@@ -584,7 +618,7 @@ def _first_batch_shape(cfg: dict) -> tuple | None:
 def _load_legacy(p: Path, keras, kwargs: dict, notes: list[str]):
     cfg = _legacy_config(p)
     original = json.dumps(cfg)
-    changes = _repair_legacy_config(cfg)
+    changes = _repair_legacy_config(cfg, keras2=_written_by_keras2(p))
     unsafe = not kwargs.get("safe_mode", True)
     for layer in _walk_layer_configs(cfg):
         axis = layer["config"].get("axis")

@@ -225,8 +225,11 @@ def test_tensors_passed_by_keyword_reach_the_layer_as_tensors(keras):
 
 @pytest.mark.parametrize("name,inputs,rtol,note,keras_alone", [
     ("k2_shared_sequential", ("left", "right"), 1e-5,
-     "renumbered the calls of nested Sequential model 'tower' as Keras 3 counts them",
+     "renumbered the calls of nested model 'tower' as Keras 3 counts them",
      "disconnected nodes"),
+    ("k2_nested_calls", ("feature", "steps"), 1e-5,
+     "renumbered the calls of nested model 'shared' as Keras 3 counts them",
+     "TFOpLambda"),  # shared(fi * 2.0): Keras 3 stops at the TF op first
     # float16 arithmetic: Keras 2 and 3 round differently in the last bits
     ("k2_mixed_float16", ("x",), 3e-3,
      "read Keras 2's dtype policies of 4 layers by name (e.g. mixed_float16)",
@@ -626,3 +629,22 @@ def test_keras2_batchnorm_over_several_axes_is_explained(tmp_path):
         f.attrs["model_config"] = json.dumps(cfg)
     assert _load_error(p) == (f"{p}: layer 'bn' is a BatchNormalization over several axes [1, 3], which "
                                "Keras 2 allowed and Keras 3 does not; bngap cannot run it")
+
+
+def test_keras3_h5_with_nested_models_called_twice_is_left_as_it_is(tmp_path, keras):
+    """Keras 3's own .h5 numbers nested calls as Keras 3 reads them: renumbering
+    them as for a Keras 2 file would silently wire the wrong calls."""
+    L = keras.layers
+    fi = keras.Input((3,))
+    functional = keras.Model(fi, L.BatchNormalization()(L.Dense(4)(fi)), name="functional")
+    tower = keras.Sequential([keras.Input((3,)), L.Dense(4), L.BatchNormalization()], name="tower")
+    a, b = keras.Input((3,)), keras.Input((3,))
+    model = keras.Model([a, b], L.Concatenate()([functional(a), functional(b), tower(a), tower(b)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save(tmp_path / "k3_nested.h5")
+    rng = np.random.default_rng(0)
+    x = [rng.normal(0, 1, (4, 3)).astype("float32"), rng.normal(5, 1, (4, 3)).astype("float32")]
+    loaded = load_model(tmp_path / "k3_nested.h5")
+    np.testing.assert_array_equal(_call(loaded.model, x), _call(model, x))
+    assert loaded.notes == []

@@ -54,6 +54,10 @@ without bngap's repairs:
   on two inputs. Keras 2 counted its own node as 0, so the calls are nodes 1
   and 2; Keras 3 counts them 0 and 1 and alone fails ("The graph of the
   Functional model either has loops or disconnected nodes").
+- k2_nested_calls.h5: a functional model called twice inside another
+  (nodes 1 and 2 in the file; Keras 3 alone fails with "disconnected
+  nodes") and a Bidirectional LSTM with an initial state (Keras 2 folded it
+  into the inputs and wrote initial_state=None, constants=None).
 - k2_mixed_float16.h5: mixed_float16 layers, each dtype written as a Keras 2
   Policy object; Keras 3 alone fails ("'str' object has no attribute
   'quantization_mode'").
@@ -192,6 +196,21 @@ def _applications_like(k2, L, rng) -> None:
     siamese.save(HERE / "k2_shared_sequential.h5")
     np.savez(HERE / "k2_shared_sequential.expected.npz", left=pair[0][:4], right=pair[1][:4],
              inference=siamese([pair[0][:4], pair[1][:4]], training=False).numpy())
+
+    # A functional model shared by two inputs (its calls are nodes 1 and 2 in
+    # the file) and a Bidirectional LSTM given an initial state.
+    fi = k2.Input((3,), name="feature")
+    shared = k2.Model(fi, L.BatchNormalization(name="bn")(L.Dense(4, name="proj")(fi)), name="shared")
+    seq2 = k2.Input((5, 3), name="steps")
+    state = L.Dense(4, name="state")(L.Flatten()(seq2))
+    rnn = L.Bidirectional(L.LSTM(4, name="lstm"), name="bidi")(seq2, initial_state=[state] * 4)
+    calls = k2.Model([fi, seq2], L.Concatenate()([shared(fi), shared(fi * 2.0), rnn]), name="nested_calls")
+    calls.compile("adam", "mse")
+    feats, steps = rng.normal(1, 2, (32, 3)).astype("float32"), rng.normal(0, 1, (32, 5, 3)).astype("float32")
+    calls.fit([feats, steps], rng.normal(0, 1, (32, 16)), epochs=1, batch_size=16, verbose=0)
+    calls.save(HERE / "k2_nested_calls.h5")
+    np.savez(HERE / "k2_nested_calls.expected.npz", feature=feats[:4], steps=steps[:4],
+             inference=calls([feats[:4], steps[:4]], training=False).numpy())
 
     # Mixed precision: Keras 2 wrote each layer's dtype as a Policy object.
     k2.mixed_precision.set_global_policy("mixed_float16")
