@@ -658,6 +658,9 @@ def _load_legacy(p: Path, keras, kwargs: dict, notes: list[str]):
                     raise
                 changes.append(f"dropped Keras 2 argument{'s' if len(dropped) != 1 else ''} "
                                f"{_describe_dropped(dropped)} that Keras 3's {refused[0]} does not take")
+        else:
+            raise ModelLoadError(f"cannot load {p}: Keras 3 refused the Keras 2 arguments of more than "
+                                 f"{MAX_REFUSED_CLASSES} layer classes")
         if changes:
             notes.append("repaired legacy config while loading (the file is unchanged): "
                          + "; ".join(changes))
