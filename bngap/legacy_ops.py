@@ -8,10 +8,9 @@ layers run the named function again. In safe mode only pure tensor math is
 resolved (an allowlist below), so a file cannot name `tf.io.write_file`;
 `--unsafe` resolves any `tf.` function.
 
-`bngap.loading` rewrites the nodes first (see `rewrite_op_nodes`): Keras 2
-wrote a tensor passed by keyword (`a + b` is `add(a, y=b)`) as a reference
-that Keras 3 would pass on as a plain list, so such tensors become extra
-inputs and the layer's config says which keyword each one fills.
+`bngap.loading` rewrites the nodes first: a bare reference becomes a list of
+one (`normalise_op_nodes`), and a tensor passed by keyword (`a + b` is
+`add(a, y=b)`) is passed as a tensor, as for any layer.
 """
 
 from __future__ import annotations
@@ -86,27 +85,19 @@ def layer_classes(unsafe: bool) -> dict[str, type]:
     class TFOpLambda(keras.layers.Layer):
         """Runs the TensorFlow function a Keras 2 TF-op layer recorded."""
 
-        def __init__(self, function: str, tensor_kwargs=(), first_arg_count=None, **kwargs):
+        def __init__(self, function: str, **kwargs):
             super().__init__(**kwargs)
             self.function = function
-            self.tensor_kwargs = list(tensor_kwargs)
-            self.first_arg_count = first_arg_count
             self._fn = resolve(function, unsafe=unsafe)
 
         def call(self, inputs, **kwargs):
             kwargs.pop("name", None)
-            if self.tensor_kwargs:
-                inputs = list(inputs)
-                n = len(inputs) - len(self.tensor_kwargs)
-                kwargs.update(zip(self.tensor_kwargs, inputs[n:]))
-                inputs = inputs[0] if self.first_arg_count is None else inputs[:n]
             if "slice_spec" in kwargs:  # SlicingOpLambda: x[spec]
                 return self._fn(inputs, _slice(kwargs.pop("slice_spec")))
             return self._fn(inputs, **kwargs)
 
         def get_config(self):
-            return {**super().get_config(), "function": self.function,
-                    "tensor_kwargs": self.tensor_kwargs, "first_arg_count": self.first_arg_count}
+            return {**super().get_config(), "function": self.function}
 
     class SlicingOpLambda(TFOpLambda):
         pass
@@ -119,27 +110,11 @@ def _is_ref(v) -> bool:
             and isinstance(v[1], int) and isinstance(v[2], int))
 
 
-def rewrite_op_nodes(entry: dict) -> None:
-    """Rewrites one TF-op layer entry's inbound nodes into the form Keras 3's
-    legacy loader understands (a list of input references per node, tensors
-    passed by keyword among them)."""
+def normalise_op_nodes(entry: dict) -> None:
+    """Keras 2 wrote a TF-op layer's node whose first argument is one tensor
+    as a bare reference, [name, 0, 0, kwargs]; Keras 3 expects a list of
+    references per node. (Tensors passed by keyword are then handled like
+    any layer's, by bngap.loading.)"""
     nodes = entry.get("inbound_nodes")
-    if not isinstance(nodes, list):
-        return
-    tensor_kwargs: list[str] | None = None
-    first_arg_count: int | None = None
-    rewritten = []
-    for node in nodes:
-        refs = [node] if _is_ref(node) else list(node)
-        single = _is_ref(node) or len(refs) == 1
-        kwargs = dict(refs[-1][3]) if len(refs[-1]) > 3 and isinstance(refs[-1][3], dict) else {}
-        extra = [k for k, v in kwargs.items() if _is_ref(v)]
-        new_refs = [list(r[:3]) for r in refs] + [list(kwargs.pop(k)[:3]) for k in extra]
-        for r in new_refs:
-            r.append(kwargs)
-        rewritten.append(new_refs)
-        tensor_kwargs = extra
-        first_arg_count = None if single else len(refs)
-    entry["inbound_nodes"] = rewritten
-    entry["config"]["tensor_kwargs"] = tensor_kwargs or []
-    entry["config"]["first_arg_count"] = first_arg_count
+    if isinstance(nodes, list):
+        entry["inbound_nodes"] = [[node] if _is_ref(node) else node for node in nodes]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError, one_line
-from .legacy_ops import OP_CLASSES, UnsafeOpError, layer_classes, resolve, rewrite_op_nodes
+from .legacy_ops import OP_CLASSES, UnsafeOpError, layer_classes, normalise_op_nodes, resolve
 
 KERAS_EXTS = (".keras",)
 LEGACY_EXTS = (".h5", ".hdf5")
@@ -552,10 +552,11 @@ def _repair_legacy_config(cfg: dict, keras2: bool = True) -> list[str]:
         if policy:
             conf["dtype"] = policy
             policies += 1
-        if layer["class_name"] in OP_CLASSES and isinstance(conf.get("function"), str):
-            rewrite_op_nodes(layer)
+        op = layer["class_name"] in OP_CLASSES and isinstance(conf.get("function"), str)
+        if op:
+            normalise_op_nodes(layer)
             ops.append(conf["function"])
-        elif _modernise_tensor_kwargs(layer, names):
+        if _modernise_tensor_kwargs(layer, names) and not op:
             keyword_tensors.append(str(conf.get("name", "")))
         for key in LEGACY_DROPPED_ARGS & set(conf):
             conf.pop(key)
