@@ -15,7 +15,9 @@ one (`normalise_op_nodes`), and a tensor passed by keyword (`a + b` is
 
 from __future__ import annotations
 
+import inspect
 import re
+import types
 from typing import Any
 
 OP_CLASSES = ("TFOpLambda", "SlicingOpLambda")
@@ -30,9 +32,10 @@ SAFE_FUNCTIONS = frozenset({
     "matmul", "norm", "one_hot", "range", "fill", "slice", "strided_slice", "roll", "sort",
     "argsort", "size", "rank", "boolean_mask", "reduce_sum", "reduce_mean", "reduce_max",
     "reduce_min", "reduce_prod", "abs", "sqrt", "exp", "square", "sigmoid", "tanh", "clip_by_norm",
-    "image.resize", "image.rgb_to_grayscale", "image.grayscale_to_rgb", "compat.v1.transpose",
-    "compat.v1.squeeze", "compat.v1.gather", "searchsorted", "convert_to_tensor", "add_n",
-})
+    "image.resize", "image.rgb_to_grayscale", "image.grayscale_to_rgb",
+    "searchsorted", "convert_to_tensor", "add_n", "stop_gradient", "sequence_mask", "ensure_shape",
+    "image.extract_patches", "squeeze", "gather",
+})  # Keras 2 records some of these under compat.v1. (tf.shape is compat.v1.shape): allowed too
 
 
 _PUBLIC = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -50,19 +53,26 @@ def resolve(function: str, *, unsafe: bool) -> Any:
     # No private or dunder attributes (the classic way out of a name allowlist),
     # except TensorFlow's own `__operators__` namespace.
     plain = all(_PUBLIC.match(p) or (i == 0 and p == "__operators__") for i, p in enumerate(parts))
-    if not unsafe and not (plain and (function in SAFE_FUNCTIONS or function.startswith(SAFE_PREFIXES))):
-        raise UnsafeOpError(
-            f"the model calls tf.{function}, which safe mode does not run (only tensor math is "
-            "allowed); pass --unsafe if you trust the file")
+    base = function[len("compat.v1."):] if function.startswith("compat.v1.") else function
+    allowed = base in SAFE_FUNCTIONS or base.startswith(SAFE_PREFIXES)
+    refused = UnsafeOpError(f"the model calls tf.{function}, which safe mode does not run (only tensor "
+                            "math is allowed); pass --unsafe if you trust the file")
+    if not unsafe and not (plain and allowed):
+        raise refused
     target: Any = tf
-    for part in parts:
+    for i, part in enumerate(parts):
+        if i and not unsafe and not isinstance(target, types.ModuleType):
+            # Through a class (tf.nn.RNNCellDropoutWrapper.from_config) lies old
+            # Keras deserialisation without safe mode: only modules may be walked.
+            raise refused
         target = getattr(target, part, None)
         if target is None:
             raise UnsafeOpError(f"the model calls tf.{function}, which this TensorFlow does not have")
     if not callable(target) or isinstance(target, type):
         raise UnsafeOpError(f"the model names tf.{function}, which is not a TensorFlow function")
-    if not unsafe and not str(getattr(target, "__module__", "")).startswith("tensorflow"):
-        raise UnsafeOpError(f"the model names tf.{function}, which is not a TensorFlow function")
+    function_ = inspect.isfunction(target) or inspect.isbuiltin(target)
+    if not unsafe and not (function_ and str(getattr(target, "__module__", "")).startswith("tensorflow")):
+        raise refused
     return target
 
 

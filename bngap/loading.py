@@ -618,6 +618,17 @@ def _first_batch_shape(cfg: dict) -> tuple | None:
 
 def _load_legacy(p: Path, keras, kwargs: dict, notes: list[str]):
     cfg = _legacy_config(p)
+    if kwargs.get("safe_mode", True):
+        for layer in _walk_layer_configs(cfg):
+            # Keras 2 wrote a TF-op layer's inputs as [layer, node, tensor]
+            # references; anything else (a dict node can carry any object as
+            # the first argument) is not from Keras 2, and not run in safe mode.
+            nodes = layer.get("inbound_nodes") if layer["class_name"] in OP_CLASSES else None
+            if nodes and not all(isinstance(n, list) for n in nodes):
+                raise ModelLoadError(
+                    f"{p}: layer {layer['config'].get('name', '')!r}: a TF-op layer whose inputs are "
+                    "not references to other layers, which safe mode does not run; pass --unsafe if "
+                    "you trust the file")
     original = json.dumps(cfg)
     changes = _repair_legacy_config(cfg, keras2=_written_by_keras2(p))
     unsafe = not kwargs.get("safe_mode", True)

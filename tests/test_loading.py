@@ -591,12 +591,44 @@ def test_keras22_sequential_layer_list_layout(tmp_path):
 
 @pytest.mark.parametrize("function", ["io.write_file", "math.__class__", "nn.__loader__.load_module",
                                       "math._private", "debugging.check_numerics", "py_function",
-                                      "__operators__.__class__"])
+                                      "__operators__.__class__",
+                                      # through a class to old Keras deserialisation without safe mode
+                                      "nn.RNNCellDropoutWrapper.from_config",
+                                      "linalg.LinearOperatorFullMatrix", "compat.v1.io.write_file"])
 def test_tf_op_names_outside_tensor_math_are_refused_in_safe_mode(keras, function):
     from bngap.legacy_ops import UnsafeOpError, resolve
 
-    with pytest.raises(UnsafeOpError, match="safe mode does not run"):
+    with pytest.raises(UnsafeOpError, match="safe mode does not run|not a TensorFlow function"):
         resolve(function, unsafe=False)
+
+
+@pytest.mark.parametrize("function", ["compat.v1.shape", "compat.v1.pad", "compat.v1.norm", "stop_gradient",
+                                      "compat.v1.transpose", "image.resize", "__operators__.getitem"])
+def test_tensor_math_keras2_records_is_allowed_in_safe_mode(keras, function):
+    from bngap.legacy_ops import resolve
+
+    assert callable(resolve(function, unsafe=False))
+
+
+def test_tf_op_layer_fed_anything_but_layer_outputs_is_refused_in_safe_mode(tmp_path, keras):
+    """A dict node could hand the function any object (e.g. a config that old
+    Keras would deserialise, Lambda code included): Keras 2 never writes one."""
+    import json
+    import shutil
+
+    import h5py
+
+    p = tmp_path / "odd_node.h5"
+    shutil.copyfile(DATA / "k2_functional_bn.h5", p)
+    with h5py.File(p, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        cfg["config"]["layers"].append({"class_name": "TFOpLambda", "name": "odd", "config": {
+            "name": "odd", "dtype": "float32", "function": "math.multiply"},
+            "inbound_nodes": [{"args": [{"cell": {"class_name": "Sequential", "config": {}}}], "kwargs": {}}]})
+        f.attrs["model_config"] = json.dumps(cfg)
+    assert _load_error(p) == (
+        f"{p}: layer 'odd': a TF-op layer whose inputs are not references to other layers, which safe "
+        "mode does not run; pass --unsafe if you trust the file")
 
 
 @pytest.mark.parametrize("function,x,expected", [
