@@ -95,19 +95,29 @@ def layer_classes(unsafe: bool) -> dict[str, type]:
     class TFOpLambda(keras.layers.Layer):
         """Runs the TensorFlow function a Keras 2 TF-op layer recorded."""
 
-        def __init__(self, function: str, **kwargs):
+        def __init__(self, function: str, call_kwargs=None, first_constant=None, **kwargs):
             super().__init__(**kwargs)
             self.function = function
+            self.call_kwargs = call_kwargs or {}
+            # `1.0 - x`: the first argument is a constant, [value] (Keras only
+            # takes tensors positionally, so the keyword tensors come first then)
+            self.first_constant = first_constant
             self._fn = resolve(function, unsafe=unsafe)
 
-        def call(self, inputs, **kwargs):
+        def call(self, inputs, bngap_tensors=None, **kwargs):
+            if self.first_constant is not None:
+                inputs, bngap_tensors = self.first_constant[0], inputs
+            # Constants live in the config; the tensors among the keyword
+            # arguments arrive flat (Keras refuses arguments that mix both).
+            kwargs = {**fill(self.call_kwargs, list(bngap_tensors or [])), **kwargs}
             kwargs.pop("name", None)
             if "slice_spec" in kwargs:  # SlicingOpLambda: x[spec]
                 return self._fn(inputs, _slice(kwargs.pop("slice_spec")))
             return self._fn(inputs, **kwargs)
 
         def get_config(self):
-            return {**super().get_config(), "function": self.function}
+            return {**super().get_config(), "function": self.function, "call_kwargs": self.call_kwargs,
+                    "first_constant": self.first_constant}
 
     class SlicingOpLambda(TFOpLambda):
         pass
@@ -120,11 +130,28 @@ def _is_ref(v) -> bool:
             and isinstance(v[1], int) and isinstance(v[2], int))
 
 
-def normalise_op_nodes(entry: dict) -> None:
-    """Keras 2 wrote a TF-op layer's node whose first argument is one tensor
-    as a bare reference, [name, 0, 0, kwargs]; Keras 3 expects a list of
-    references per node. (Tensors passed by keyword are then handled like
-    any layer's, by bngap.loading.)"""
-    nodes = entry.get("inbound_nodes")
-    if isinstance(nodes, list):
-        entry["inbound_nodes"] = [[node] if _is_ref(node) else node for node in nodes]
+TENSOR_SLOT = "__bngap_tensor__"
+
+
+def template(value, tensors: list):
+    """`value` with each serialized Keras tensor replaced by a numbered slot,
+    the tensors appended to `tensors`."""
+    if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+        tensors.append(value)
+        return {TENSOR_SLOT: len(tensors) - 1}
+    if isinstance(value, list):
+        return [template(v, tensors) for v in value]
+    if isinstance(value, dict):
+        return {k: template(v, tensors) for k, v in value.items()}
+    return value
+
+
+def fill(value, tensors: list):
+    """The inverse of `template`, with the real tensors."""
+    if isinstance(value, dict) and set(value) == {TENSOR_SLOT}:
+        return tensors[value[TENSOR_SLOT]]
+    if isinstance(value, list):
+        return [fill(v, tensors) for v in value]
+    if isinstance(value, dict):
+        return {k: fill(v, tensors) for k, v in value.items()}
+    return value

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError, one_line
-from .legacy_ops import OP_CLASSES, UnsafeOpError, layer_classes, normalise_op_nodes, resolve
+from .legacy_ops import OP_CLASSES, UnsafeOpError, layer_classes, resolve, template
 
 KERAS_EXTS = (".keras",)
 LEGACY_EXTS = (".h5", ".hdf5")
@@ -463,6 +463,31 @@ def _modernise_tensor_kwargs(entry: dict, names: set[str]) -> bool:
     return changed
 
 
+def _rewrite_op_nodes(entry: dict, names: set[str]) -> None:
+    """A Keras 2 TF-op layer's nodes in Keras 3's node format: the first
+    argument (layer outputs, or a constant Keras 2 wrote as
+    ["_CONSTANT_VALUE", -1, value] for `1.0 - x`), the tensors among the
+    keyword arguments as a flat list, the constants in the layer's config."""
+    nodes = entry.get("inbound_nodes")
+    if not isinstance(nodes, list):
+        return
+    rewritten = []
+    for node in nodes:
+        refs = [node] if node and isinstance(node[0], str) else list(node)
+        kwargs = refs[-1][3] if len(refs[-1]) > 3 and isinstance(refs[-1][3], dict) else {}
+        kwargs, _ = _tensors_in(kwargs, names)
+        flat: list = []
+        entry["config"]["call_kwargs"] = template(kwargs, flat)
+        if refs[0][0] == "_CONSTANT_VALUE":
+            entry["config"]["first_constant"] = [refs[0][2]]
+            rewritten.append({"args": [flat], "kwargs": {}})
+            continue
+        tensors = [_keras_tensor(r) for r in refs]
+        first = tensors[0] if len(tensors) == 1 else tensors
+        rewritten.append({"args": [first], "kwargs": {"bngap_tensors": flat} if flat else {}})
+    entry["inbound_nodes"] = rewritten
+
+
 KERAS2_POLICIES = {"Policy", "PolicyV1"}  # Keras 3 writes "DTypePolicy" and reads it itself
 
 
@@ -552,11 +577,10 @@ def _repair_legacy_config(cfg: dict, keras2: bool = True) -> list[str]:
         if policy:
             conf["dtype"] = policy
             policies += 1
-        op = layer["class_name"] in OP_CLASSES and isinstance(conf.get("function"), str)
-        if op:
-            normalise_op_nodes(layer)
+        if layer["class_name"] in OP_CLASSES and isinstance(conf.get("function"), str):
+            _rewrite_op_nodes(layer, names)
             ops.append(conf["function"])
-        if _modernise_tensor_kwargs(layer, names) and not op:
+        elif _modernise_tensor_kwargs(layer, names):
             keyword_tensors.append(str(conf.get("name", "")))
         for key in LEGACY_DROPPED_ARGS & set(conf):
             conf.pop(key)

@@ -230,6 +230,8 @@ def test_tensors_passed_by_keyword_reach_the_layer_as_tensors(keras):
     ("k2_nested_calls", ("feature", "steps"), 1e-5,
      "renumbered the calls of nested model 'shared' as Keras 3 counts them",
      "TFOpLambda"),  # shared(fi * 2.0): Keras 3 stops at the TF op first
+    ("k2_tf_op_arguments", ("va", "idx"), 1e-5,
+     "ran 7 Keras 2 TF-op layers (tf.__operators__.getitem, tf.compat.v1.gather, tf.compat.v1.pad", "TFOpLambda"),
     # float16 arithmetic: Keras 2 and 3 round differently in the last bits
     ("k2_mixed_float16", ("x",), 3e-3,
      "read Keras 2's dtype policies of 4 layers by name (e.g. mixed_float16)",

@@ -58,6 +58,9 @@ without bngap's repairs:
   (nodes 1 and 2 in the file; Keras 3 alone fails with "disconnected
   nodes") and a Bidirectional LSTM with an initial state (Keras 2 folded it
   into the inputs and wrote initial_state=None, constants=None).
+- k2_tf_op_arguments.h5: TF ops with constants beside tensors (`1.0 - x`,
+  tf.gather with tensor indices and axis=1, tf.matmul(..., transpose_b=True),
+  tf.reshape to [tf.shape(x)[0], 8], tf.pad recorded as compat.v1.pad).
 - k2_mixed_float16.h5: mixed_float16 layers, each dtype written as a Keras 2
   Policy object; Keras 3 alone fails ("'str' object has no attribute
   'quantization_mode'").
@@ -226,6 +229,22 @@ def _applications_like(k2, L, rng) -> None:
     mixed.fit(mp_x, rng.integers(0, 3, 32), epochs=1, batch_size=16, verbose=0)
     mixed.save(HERE / "k2_mixed_float16.h5")
     np.savez(HERE / "k2_mixed_float16.expected.npz", x=mp_x[:4], inference=mixed(mp_x[:4], training=False).numpy())
+
+    # TF ops with constants beside tensors: a constant first argument,
+    # tensor keywords with constant ones, a keyword mixing both, compat.v1 names.
+    va = k2.Input((4, 3), name="va")
+    idx = k2.Input((2,), dtype="int32", name="idx")
+    left = 1.0 - va                                            # ["_CONSTANT_VALUE", -1, 1.0]
+    picked = tf.gather(left, idx, axis=1, batch_dims=1)         # indices tensor, axis constant
+    att = tf.matmul(picked, va, transpose_b=True)               # b tensor, transpose_b constant
+    flat = tf.reshape(att, [tf.shape(att)[0], 8])               # shape mixes a tensor and an int
+    padded = tf.pad(flat, [[0, 0], [1, 1]])                     # recorded as compat.v1.pad
+    ops = k2.Model([va, idx], L.Dense(2, name="out")(padded), name="tf_op_arguments")
+    ops_x = rng.normal(0, 1, (4, 4, 3)).astype("float32")
+    ops_i = rng.integers(0, 4, (4, 2)).astype("int32")
+    ops.save(HERE / "k2_tf_op_arguments.h5")
+    np.savez(HERE / "k2_tf_op_arguments.expected.npz", va=ops_x, idx=ops_i,
+             inference=ops([ops_x, ops_i], training=False).numpy())
 
     # A TF op outside the pure-math allowlist (harmless, but safe mode refuses it).
     i3 = k2.Input((4,), name="values")
