@@ -8,9 +8,11 @@ layers run the named function again. In safe mode only pure tensor math is
 resolved (an allowlist below), so a file cannot name `tf.io.write_file`;
 `--unsafe` resolves any `tf.` function.
 
-`bngap.loading` rewrites the nodes first: a bare reference becomes a list of
-one (`normalise_op_nodes`), and a tensor passed by keyword (`a + b` is
-`add(a, y=b)`) is passed as a tensor, as for any layer.
+`bngap.loading` rewrites the nodes first (`_rewrite_op_nodes`): the first
+argument stays an input (a constant, as in `1.0 - x`, moves to the config);
+tensors passed by keyword (`a + b` is `add(a, y=b)`) arrive as one flat list
+and the constant keywords live in the config (`template` / `fill`), because
+Keras refuses call arguments that mix tensors and constants.
 """
 
 from __future__ import annotations
@@ -123,11 +125,6 @@ def layer_classes(unsafe: bool) -> dict[str, type]:
         pass
 
     return {"TFOpLambda": TFOpLambda, "SlicingOpLambda": SlicingOpLambda}
-
-
-def _is_ref(v) -> bool:
-    return (isinstance(v, list) and len(v) >= 3 and isinstance(v[0], str)
-            and isinstance(v[1], int) and isinstance(v[2], int))
 
 
 TENSOR_SLOT = "__bngap_tensor__"
