@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 import traceback as tb
+from pathlib import Path
 
 import click
 
@@ -122,35 +123,6 @@ def _parse_effects(value: str) -> int | str | None:
     return n
 
 
-def _emit(text: str, output: str | None, quiet: bool = False) -> None:
-    if output:
-        from .writing import write_atomic
-
-        write_atomic(output, text)
-        if not quiet:
-            _err(f"bngap: report written to {output}")
-    else:
-        click.echo(text, nl=False)
-
-
-def _check_output_path(output: str | None, *inputs: str) -> None:
-    """Refuses, before any work, a report path that would replace an input
-    or that cannot be written."""
-    if not output:
-        return
-    from pathlib import Path
-
-    out = Path(output).resolve()
-    for given in inputs:
-        if Path(given).resolve() == out:
-            raise BngapError(f"--output {output} is one of the inputs; choose another file for the report")
-    folder = out.parent
-    if not folder.is_dir():
-        raise BngapError(f"cannot write {output}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise BngapError(f"cannot write {output}: permission denied")
-
-
 loading_options = [
     click.option("--unsafe", is_flag=True,
                  help="Allow loading models that contain Python code (Lambda layers). Only for files you trust."),
@@ -222,18 +194,27 @@ def main():
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path())
 @click.argument("data", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
-              show_default=True, help="Report form: a terminal summary, JSON for scripts, or Markdown for a bug report.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report to FILE (atomically) instead of stdout.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown", "html", "junit"]), default="text",
+              show_default=True, help="Report form on stdout: a terminal summary, JSON for scripts, Markdown for a bug report, a self-contained HTML page, or JUnit XML.")
+@click.option("--output", "-o", "outputs", multiple=True, type=click.Path(dir_okay=False),
+              help="Write the report to FILE (atomically) instead of stdout; repeat for several files. The format follows the extension: .json, .md, .html, .xml (JUnit), .txt; another extension gets --format.")
 @click.option("--fail-above", type=float, help="Exit 1 when the output gap (relative L2) exceeds this value.")
 @click.option("--fail-above-loss-delta", type=float, help="Exit 1 when inference loss minus training loss exceeds this (needs labels).")
 @click.option("--fail-above-accuracy-drop", type=float, help="Exit 1 when training accuracy minus inference accuracy exceeds this (needs labels).")
+@click.option("--warn-above", type=float, help="Verdict 'warn' (exit 0) when the output gap exceeds this value.")
+@click.option("--baseline", type=click.Path(dir_okay=False), metavar="OLD.json",
+              help="An earlier JSON report of the same model family: shown side by side with this run.")
+@click.option("--max-regression", type=float,
+              help="With --baseline: exit 1 when the output gap grew by more than this (absolute).")
+@click.option("--no-github", is_flag=True,
+              help="Under GitHub Actions (GITHUB_ACTIONS=true), do not add the job summary and annotations.")
 @click.option("--all-layers", is_flag=True, help="List every layer and every BN layer, not only the flagged and top ones.")
 @click.option("--effects", default="auto", show_default=True, metavar="N|all|auto",
               callback=lambda ctx, param, value: _parse_effects(value),
               help="Measure the output effect (only this layer in training mode) of the N mode-dependent layers with the largest own contribution; one extra training pass per layer and batch. auto: all of them when there are at most 8, else the strongest one.")
 @_add(loading_options)
-def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
+def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
+          warn_above, baseline, max_regression, no_github,
           all_layers, effects, unsafe, custom_objects, x_key, y_key, batch_size, limit, seed,
           preprocess, show_traceback, quiet):
     """Measure, attribute and explain the train-vs-inference gap.
@@ -248,44 +229,119 @@ def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_abov
     progress = _Progress(enabled=not quiet)
     with _errors_handled(show_traceback):
         from .pipeline import CheckOptions
+        from .render import FORMATS
         from .results import Thresholds
+        from .writing import plan_outputs
 
         for name, value in (("--fail-above", fail_above), ("--fail-above-loss-delta", fail_above_loss_delta),
-                            ("--fail-above-accuracy-drop", fail_above_accuracy_drop)):
+                            ("--fail-above-accuracy-drop", fail_above_accuracy_drop),
+                            ("--warn-above", warn_above), ("--max-regression", max_regression)):
             if value is not None and not value >= 0:  # also refuses nan, which nothing exceeds
                 raise BngapError(f"{name} must be 0 or more. Received: {value}")
+        if max_regression is not None and baseline is None:
+            raise BngapError("--max-regression needs --baseline OLD.json (the report to compare with)")
         opts = CheckOptions(
             batch_size=batch_size, limit=limit, seed=seed, effects=effects,
-            thresholds=Thresholds(fail_above, fail_above_loss_delta, fail_above_accuracy_drop),
+            thresholds=Thresholds(fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
+                                  warn_above, max_regression),
             x_key=x_key, y_key=y_key, unsafe=unsafe, custom_objects=custom_objects,
             preprocess=preprocess,
         )
-        _check_output_path(output, model, data)
-        report = _run_and_render(model, data, opts, fmt=fmt, output=output,
-                                 all_layers=all_layers, progress=progress)
+        plan = plan_outputs(outputs, FORMATS, default=fmt, inputs=(model, data, baseline))
+        old = None
+        if baseline is not None:
+            from .saved import read_baseline
+
+            old = read_baseline(baseline)
+        report = _run_and_render(model, data, opts, fmt=fmt, plan=plan, all_layers=all_layers,
+                                 progress=progress, baseline=old, github=not no_github)
         if (fail_above_loss_delta is not None or fail_above_accuracy_drop is not None) and report.metrics is None:
             _err("bngap: warning: loss/accuracy thresholds need labels; they were not applied")
         sys.exit(int(report.exit_status))
 
 
-def _run_and_render(model, data, opts, *, fmt: str, output: str | None, all_layers: bool,
-                    progress: "_Progress"):
-    """Runs a check and writes its report; returns the Report."""
+def _run_and_render(model, data, opts, *, fmt: str, plan, all_layers: bool,
+                    progress: "_Progress", baseline=None, github: bool = False):
+    """Runs a check and writes its report (stdout, or each planned file);
+    returns the Report. Every output is rendered from the report's JSON form,
+    so `bngap render r.json` reproduces any of them."""
+    import dataclasses
+
     from .pipeline import check as run_check
-    from .render import render
+    from .results import Report
 
     try:
         report = run_check(model, data, options=opts, progress=progress, status=progress.status)
     finally:
         progress.close()
-    text = render(report, fmt, all_layers=all_layers, width=_terminal_width() if not output else 100,
-                  color=fmt == "text" and not output and _use_color(sys.stdout))
-    _emit(text, output, quiet=not progress.enabled)
-    if progress.enabled and fmt != "text":
+    report = Report.from_dict(dataclasses.replace(report, baseline=baseline).to_dict())
+    _deliver(report, fmt, plan, all_layers=all_layers, quiet=not progress.enabled)
+    if progress.enabled and (fmt != "text" or plan):
         from .render.common import headline
 
         _err(f"bngap: {headline(report)}")
+    if github and os.environ.get("GITHUB_ACTIONS") == "true":
+        _github_actions(report, stdout_free=bool(plan), all_layers=all_layers)
     return report
+
+
+def _deliver(report, fmt: str, plan, *, all_layers: bool, quiet: bool) -> None:
+    """The report to stdout in `fmt`, or to each (path, format) of `plan`."""
+    from .render import file_renderers, render
+
+    if not plan:
+        click.echo(render(report, fmt, all_layers=all_layers, width=_terminal_width(),
+                          color=fmt == "text" and _use_color(sys.stdout)), nl=False)
+        return
+    from .writing import write_outputs
+
+    for path in write_outputs(report, plan, file_renderers(all_layers=all_layers)):
+        if not quiet:
+            _err(f"bngap: report written to {path}")
+
+
+def _github_actions(report, *, stdout_free: bool, all_layers: bool) -> None:
+    """Under GitHub Actions: the Markdown report appended to the job summary,
+    and an annotation per failing or warning gate and finding (on stdout
+    when the report went to files, else on stderr; the runner reads both)."""
+    from .render import render
+    from .render.github import annotations
+
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        try:
+            with open(summary, "a", encoding="utf-8") as fh:
+                fh.write(render(report, "markdown", all_layers=all_layers) + "\n")
+        except OSError as e:
+            _err(f"bngap: warning: cannot append to GITHUB_STEP_SUMMARY {summary}: {e.strerror or e}")
+    for line in annotations(report):
+        click.echo(line, err=not stdout_free)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("report_file", metavar="REPORT.json", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown", "html", "junit"]), default="text",
+              show_default=True, help="Form to render the saved report in (on stdout).")
+@click.option("--output", "-o", "outputs", multiple=True, type=click.Path(dir_okay=False),
+              help="Write to FILE instead of stdout; repeatable; the format follows the extension (.json, .md, .html, .xml, .txt).")
+@click.option("--all-layers", is_flag=True, help="List every layer and every BN layer.")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors.")
+def render(report_file, fmt, outputs, all_layers, show_traceback):
+    """Re-render a JSON report that `bngap check` saved.
+
+    Fast and without TensorFlow: for a later CI step, or to turn a bug
+    report's JSON into HTML. The output is the one the check itself would
+    have written in that format.
+    """
+    with _errors_handled(show_traceback):
+        from .render import FORMATS
+        from .saved import read_report
+        from .writing import plan_outputs
+
+        plan = plan_outputs(outputs, FORMATS, default=fmt, inputs=(report_file,))
+        report = read_report(report_file)
+        _deliver(report, fmt, plan, all_layers=all_layers, quiet=False)
+        sys.exit(int(ExitStatus.OK))
 
 
 @main.command(epilog=EPILOG)
@@ -314,7 +370,7 @@ def demo(out, fmt, show_traceback, quiet):
         folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="bngap-demo-"))
         progress.status(f"training the demo model in {folder} (a few seconds)")
         mpath, dpath = write_demo(folder)
-        _run_and_render(str(mpath), str(dpath), CheckOptions(), fmt=fmt, output=None,
+        _run_and_render(str(mpath), str(dpath), CheckOptions(), fmt=fmt, plan=[],
                         all_layers=False, progress=progress)
         if fmt == "text":
             click.echo(f"Demo files: {mpath} and {dpath}\n"
@@ -325,14 +381,15 @@ def demo(out, fmt, show_traceback, quiet):
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path())
 @click.argument("data", type=click.Path())
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the fixed model (.keras or .h5).")
+@click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False),
+              help="Where to write the fixed model (.keras or .h5); repeat with .json, .html or .txt files for reports of the fix.")
 @click.option("--in-place", is_flag=True, help="Overwrite MODEL itself (atomically).")
 @click.option("--force", is_flag=True, help="Write even if the gap does not shrink, and replace an existing output.")
 @click.option("--layers", "layer_patterns", metavar="PATTERN", help="Only these BN layers: comma-separated paths or globs, e.g. 'resnet50/conv5_*'.")
 @click.option("--skip-frozen", is_flag=True, help="Leave frozen (trainable=False) BN layers alone.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Result form.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True, help="Result form (stdout).")
 @_add(loading_options)
-def fix(model, data, output, in_place, force, layer_patterns, skip_frozen, fmt, unsafe, custom_objects,
+def fix(model, data, outputs, in_place, force, layer_patterns, skip_frozen, fmt, unsafe, custom_objects,
         x_key, y_key, batch_size, limit, seed, preprocess, show_traceback, quiet):
     """Re-estimate BatchNormalization statistics on DATA, verify, save a copy.
 
@@ -347,7 +404,15 @@ def fix(model, data, output, in_place, force, layer_patterns, skip_frozen, fmt, 
     progress = _Progress(enabled=not quiet)
     with _errors_handled(show_traceback):
         from .recalibration import fix as run_fix
+        from .writing import REPORT_EXTENSIONS, plan_outputs
 
+        # Report files are told from the fixed model by their extension.
+        reports = [o for o in outputs if Path(o).suffix.lower() in REPORT_EXTENSIONS]
+        models = [o for o in outputs if o not in reports]
+        if len(models) > 1:
+            raise BngapError(f"one fixed model at a time; -o was given {', '.join(models)}")
+        output = models[0] if models else None
+        plan = plan_outputs(reports, tuple(FIX_RENDERERS), inputs=(model, data, output))
         try:
             result = run_fix(model, data, output=output, in_place=in_place, force=force,
                              layers=layer_patterns, include_frozen=not skip_frozen,
@@ -356,15 +421,35 @@ def fix(model, data, output, in_place, force, layer_patterns, skip_frozen, fmt, 
                              preprocess=preprocess, progress=progress, status=progress.status)
         finally:
             progress.close()
-        if fmt == "json":
-            import json
+        if plan:
+            from .writing import write_outputs
 
-            click.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+            for path in write_outputs(result, plan, FIX_RENDERERS):
+                progress.status(f"report written to {path}")
         else:
-            from .render.fixing import render_fix
-
-            click.echo(render_fix(result), nl=False)
+            click.echo(FIX_RENDERERS[fmt](result), nl=False)
         sys.exit(int(ExitStatus.OK))
+
+
+def _fix_json(result) -> str:
+    import json
+
+    return json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
+def _fix_text(result) -> str:
+    from .render.fixing import render_fix
+
+    return render_fix(result)
+
+
+def _fix_html(result) -> str:
+    from .render.html import render_fix_html
+
+    return render_fix_html(result)
+
+
+FIX_RENDERERS = {"json": _fix_json, "text": _fix_text, "html": _fix_html}
 
 
 def run() -> None:  # pragma: no cover - console entry point

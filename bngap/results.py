@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 import math
+import types
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -223,15 +225,60 @@ class PreprocessingProbe:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """CI gate: a value above its threshold fails the check."""
+    """CI gates: a value above a `fail` threshold fails the check; an output
+    gap above `warn_above` only warns; `max_regression` bounds how much the
+    gap may grow against a baseline report."""
 
     output_gap: float | None = None
     loss_delta: float | None = None
     accuracy_drop: float | None = None
+    warn_above: float | None = None
+    max_regression: float | None = None
 
     @property
     def any(self) -> bool:
-        return any(v is not None for v in (self.output_gap, self.loss_delta, self.accuracy_drop))
+        return any(v is not None for v in (self.output_gap, self.loss_delta, self.accuracy_drop,
+                                           self.warn_above, self.max_regression))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """An earlier report of the same model family (`--baseline OLD.json`):
+    its numbers, shown side by side with this run's."""
+
+    path: str                      # the baseline report file
+    model_path: str                # the model it was made from
+    relative_l2: float | None
+    max_abs: float | None
+    top1_agreement: float | None
+    metrics: Metrics | None
+    verdict: str
+    top_cause: str | None = None
+    flagged_batchnorm: int = 0
+
+    @classmethod
+    def from_report(cls, d: dict, path: str) -> "Baseline":
+        """The baseline part of a saved JSON report (`Report.to_dict()`).
+
+        Raises:
+            ValueError: `d` is not a bngap report of a known schema version.
+        """
+        if not isinstance(d, dict) or d.get("schema_version") != SCHEMA_VERSION or not isinstance(
+                d.get("output_gap"), dict):
+            raise ValueError("not a bngap check report (schema version 1)")
+        g = d["output_gap"]
+        m = d.get("metrics")
+        findings = d.get("findings") or []
+        return cls(
+            path=str(path), model_path=str((d.get("model") or {}).get("path", "")),
+            relative_l2=_opt_float(g.get("relative_l2")), max_abs=_opt_float(g.get("max_abs")),
+            top1_agreement=_opt_float(g.get("top1_agreement")),
+            metrics=None if not isinstance(m, dict) else _build(Metrics, m),
+            verdict=str(d.get("verdict", "")),
+            top_cause=findings[0].get("cause") if findings and isinstance(findings[0], dict) else None,
+            flagged_batchnorm=sum(1 for b in d.get("batchnorm") or []
+                                  if isinstance(b, dict) and b.get("severity") in ("warn", "fail")),
+        )
 
 
 # Values are compared as they are displayed, so a printed 0.0500 never fails
@@ -271,6 +318,7 @@ class Report:
     notes: tuple[str, ...] = ()
     environment: dict = field(default_factory=dict)
     seconds: float = 0.0
+    baseline: Baseline | None = None
 
     @property
     def loss_delta(self) -> float | None:
@@ -297,11 +345,33 @@ class Report:
             out.append("loss_delta")
         if exceeds(self.accuracy_drop, t.accuracy_drop):
             out.append("accuracy_drop")
+        if exceeds(self.regression, t.max_regression):
+            out.append("regression")
         return tuple(out)
 
     @property
+    def regression(self) -> float | None:
+        """How much the output gap grew against the baseline, as both print."""
+        old = self.baseline.relative_l2 if self.baseline else None
+        new = self.output_gap.relative_l2
+        if old is None or new is None or not math.isfinite(old) or math.isnan(new):
+            return None
+        if math.isinf(new):  # NaN/Inf in one mode only: as bad as it gets
+            return math.inf
+        return round(new, DISPLAY_DECIMALS) - round(old, DISPLAY_DECIMALS)
+
+    @property
+    def warned(self) -> tuple[str, ...]:
+        """Names of the warn thresholds this report exceeds (`--warn-above`)."""
+        return ("output_gap",) if exceeds(self.output_gap.relative_l2, self.thresholds.warn_above) else ()
+
+    @property
     def verdict(self) -> str:
-        return "fail" if self.exceeded else "pass"
+        """`fail` when a fail gate is exceeded, else `warn` when a warn gate
+        is, else `pass`. The exit status follows from it (`exit_status`)."""
+        if self.exceeded:
+            return "fail"
+        return "warn" if self.warned else "pass"
 
     @property
     def ok(self) -> bool:
@@ -313,7 +383,8 @@ class Report:
 
     @property
     def exit_status(self) -> ExitStatus:
-        return ExitStatus.GAP_ABOVE_THRESHOLD if self.exceeded else ExitStatus.OK
+        """The one exit-code policy: 1 for `fail`, 0 for `warn` and `pass`."""
+        return ExitStatus.GAP_ABOVE_THRESHOLD if self.verdict == "fail" else ExitStatus.OK
 
     @property
     def first_flagged_batchnorm(self) -> BatchNormRecord | None:
@@ -344,6 +415,7 @@ class Report:
                 "dropout_like_layers": m.dropout_like_layers, "parameters": m.parameters,
                 "input_shapes": [list(s) for s in m.input_shapes],
                 "output_shapes": [list(s) for s in m.output_shapes],
+                "input_names": list(m.input_names), "output_names": list(m.output_names),
             },
             "data": {
                 "path": d.path, "samples": d.samples, "has_labels": d.has_labels,
@@ -374,7 +446,89 @@ class Report:
             "notes": list(self.notes),
             "environment": dict(self.environment),
             "seconds": _num(self.seconds),
+            "warned": list(self.warned),
+            "baseline": None if self.baseline is None else {
+                **_plain(self.baseline), "regression": _num(self.regression)},
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Report":
+        """The report back from its JSON form (`to_dict()`), for `bngap render`.
+
+        `from_dict(r.to_dict()).to_dict() == r.to_dict()`, so a saved report
+        renders exactly as the run did. Derived keys (`verdict`, `exceeded`,
+        `warned`, `first_flagged_batchnorm`) are recomputed, not read.
+
+        Raises:
+            ValueError: `d` is not a bngap report of schema version 1.
+        """
+        if not isinstance(d, dict) or d.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError("not a bngap check report (schema version 1)")
+        try:
+            m, dd, g = d["model"], d["data"], d["output_gap"]
+            baseline = d.get("baseline")
+            if baseline is not None:
+                baseline = _build(Baseline, {k: v for k, v in baseline.items() if k != "regression"})
+            return cls(
+                model=_build(ModelSummary, m),
+                data=_build(DataSummary, dd),
+                output_gap=_build(OutputGap, g),
+                metrics=None if d.get("metrics") is None else _build(Metrics, d["metrics"]),
+                groups=dict(d.get("groups") or {}),
+                layers=tuple(_build(LayerRecord, x) for x in d.get("layers") or []),
+                batchnorm=tuple(_build(BatchNormRecord, x) for x in d.get("batchnorm") or []),
+                findings=tuple(_build(Finding, x) for x in d.get("findings") or []),
+                leaks=tuple(_build(LeakCheck, x) for x in d.get("leaks") or []),
+                preprocessing=(None if d.get("preprocessing") is None
+                               else _build(PreprocessingProbe, d["preprocessing"])),
+                thresholds=_build(Thresholds, d.get("thresholds") or {}),
+                settings=dict(d.get("settings") or {}),
+                notes=tuple(d.get("notes") or ()),
+                environment=dict(d.get("environment") or {}),
+                seconds=d.get("seconds") or 0.0,
+                baseline=baseline,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"not a readable bngap check report: {type(e).__name__}: {e}") from None
+
+
+def _opt_float(v) -> float | None:
+    return None if v is None else float(v)
+
+
+def _build(cls, d: dict):
+    """A dataclass record from its `_plain` form: enums, nested records and
+    tuples restored from their field types; keys the record does not know
+    (written by a newer bngap) are ignored, missing ones take defaults."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{cls.__name__}: expected an object, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: _typed(hints[f.name], d[f.name]) for f in fields(cls) if f.name in d})
+
+
+def _typed(tp, v):
+    """`v` (a JSON value) as the annotated type `tp` expects it."""
+    if v is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _typed(options[0], v) if len(options) == 1 else v
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_typed(args[0], x) for x in v)
+        if args:
+            return tuple(_typed(a, x) for a, x in zip(args, v))
+        return tuple(tuple(x) if isinstance(x, list) else x for x in v)
+    if isinstance(tp, type):
+        if is_dataclass(tp):
+            return _build(tp, v)
+        if issubclass(tp, enum.Enum):
+            return tp(v)
+        if tp is tuple:  # shapes and the like: lists all the way down become tuples
+            return tuple(tuple(x) if isinstance(x, list) else x for x in v)
+    return v
 
 
 def _num(v):

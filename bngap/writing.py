@@ -83,3 +83,75 @@ def _file_system_errors(target: Path):
         raise BngapError(f"cannot write {target}: permission denied") from e
     except OSError as e:
         raise BngapError(f"cannot write {target}: {e.strerror or e}") from e
+
+
+# Report files: the format follows the extension.
+REPORT_EXTENSIONS = {".json": "json", ".md": "markdown", ".markdown": "markdown", ".html": "html",
+                     ".htm": "html", ".xml": "junit", ".txt": "text"}
+
+
+def output_format(path: str | os.PathLike, default: str | None = None) -> str | None:
+    """The report format a file name asks for (`.json`, `.md`, `.html`,
+    `.xml` for JUnit, `.txt`), else `default`."""
+    return REPORT_EXTENSIONS.get(Path(path).suffix.lower(), default)
+
+
+def plan_outputs(paths, formats, *, default: str | None = None, inputs=()) -> list[tuple[Path, str]]:
+    """(path, format) for each report file, checked before any work is done.
+
+    Args:
+        paths: the `--output` files, in the order given.
+        formats: the formats this command can write.
+        default: the format of a file whose extension names none (today's
+            `--format` + `--output`), or None to refuse such a file.
+        inputs: files the command reads; none may be overwritten.
+
+    Raises:
+        BngapError: a path names an input, repeats, has a format the
+            command cannot write, or lies in a missing or read-only folder.
+    """
+    plan: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+    known = ", ".join(sorted(e for e, f in REPORT_EXTENSIONS.items() if f in formats and e not in (".htm", ".markdown")))
+    for given in paths:
+        out = Path(given)
+        fmt = output_format(out, default)
+        if fmt is None or fmt not in formats:
+            what = f"a {fmt} report" if fmt else "this extension"
+            raise BngapError(f"--output {given}: cannot write {what} here; use one of {known}")
+        resolved = out.resolve()
+        if resolved in seen:
+            raise BngapError(f"--output {given} is given twice")
+        seen.add(resolved)
+        for source in inputs:
+            if source is not None and Path(source).resolve() == resolved:
+                raise BngapError(f"--output {given} is one of the inputs; choose another file for the report")
+        folder = resolved.parent
+        if not folder.is_dir():
+            raise BngapError(f"cannot write {given}: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise BngapError(f"cannot write {given}: permission denied")
+        plan.append((out, fmt))
+    return plan
+
+
+def write_outputs(subject, plan, renderers) -> list[Path]:
+    """Renders `subject` once per format and writes each file atomically.
+
+    Every file is rendered before the first is written, so a renderer that
+    fails leaves no file half done. Used by `check`, `fix` and `render`
+    (and any command with reports to write).
+
+    Args:
+        subject: what the renderers take (a `Report`, a `FixResult`, ...).
+        plan: (path, format) pairs from `plan_outputs`.
+        renderers: format -> callable(subject) -> str.
+
+    Returns:
+        The paths written.
+    """
+    texts: dict[str, str] = {}
+    for _, fmt in plan:
+        if fmt not in texts:
+            texts[fmt] = renderers[fmt](subject)
+    return [write_atomic(path, texts[fmt]) for path, fmt in plan]

@@ -114,7 +114,7 @@ CASES = [
     ("missing argument", ["{model}"], 2, "error: Missing argument 'DATA'. (see 'bngap check --help')"),
     ("no arguments", [], 2, "error: Missing argument 'MODEL'."),
     ("unknown --format", ["{model}", "{data}", "--format", "xml"], 2,
-     "error: Invalid value for '--format': 'xml' is not one of 'text', 'json', 'markdown'. "
+     "error: Invalid value for '--format': 'xml' is not one of 'text', 'json', 'markdown', 'html', 'junit'. "
      "(see 'bngap check --help')"),
     # runs
     ("valid model", ["{model}", "{data}"], 0, ""),

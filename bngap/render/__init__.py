@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from ..results import Report
 
-FORMATS = ("text", "json", "markdown")
+FORMATS = ("text", "json", "markdown", "html", "junit")
 
 
 def render(report: Report, fmt: str, *, all_layers: bool = False, width: int = 100,
            color: bool = False) -> str:
-    """The report in the named format ('text', 'json' or 'markdown')."""
+    """The report in the named format ('text', 'json', 'markdown', 'html' or 'junit')."""
     if fmt == "json":
         from .json import render_json
 
@@ -22,4 +24,18 @@ def render(report: Report, fmt: str, *, all_layers: bool = False, width: int = 1
         from .text import render_text
 
         return render_text(report, all_layers=all_layers, width=width, color=color)
+    if fmt == "html":
+        from .html import render_html
+
+        return render_html(report)
+    if fmt == "junit":
+        from .junit import render_junit
+
+        return render_junit(report)
     raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def file_renderers(*, all_layers: bool = False) -> dict[str, Callable[[Report], str]]:
+    """format -> renderer for report files (plain text 100 columns wide, no colour)."""
+    return {fmt: (lambda r, f=fmt: render(r, f, all_layers=all_layers, width=100, color=False))
+            for fmt in FORMATS}

@@ -25,9 +25,14 @@ def headline(report: Report) -> str:
     if report.thresholds.output_gap is not None:
         op = ">" if "output_gap" in report.exceeded else "<="
         parts[-1] += f" {op} {report.thresholds.output_gap:g}"
+    elif report.thresholds.warn_above is not None and report.warned:
+        parts[-1] += f" > {report.thresholds.warn_above:g} (warn)"
     for name in ("loss_delta", "accuracy_drop"):
         if name in report.exceeded:
             parts.append(f"{name.replace('_', ' ')} above its threshold")
+    if "regression" in report.exceeded:
+        parts.append(f"grew by {num(report.regression)} against the baseline "
+                     f"(at most {report.thresholds.max_regression:g})")
     top = report.top_finding
     if top is not None:
         parts.append(f"likely cause: {top.cause.value} ({top.severity.value})")

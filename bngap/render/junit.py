@@ -1,0 +1,131 @@
+"""The JUnit XML report, for CI systems that show test results (GitLab,
+Jenkins, Azure, GitHub test-report actions): one test suite per run."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+from .._version import __version__
+from ..results import Report, Severity
+from .common import headline, num
+
+SUITE = "bngap"
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _x(text: str) -> str:
+    """Text XML 1.0 can hold: control characters (in a layer name, say) become '?'."""
+    return _NOT_XML.sub("?", str(text))
+
+
+def _case(parent: ET.Element, classname: str, name: str, *, failure: str | None = None,
+          failure_type: str = "", out: str | None = None) -> ET.Element:
+    case = ET.SubElement(parent, "testcase", {"classname": classname, "name": _x(name), "time": "0"})
+    if failure is not None:
+        el = ET.SubElement(case, "failure", {"message": _x(failure.split("\n")[0]), "type": failure_type})
+        el.text = _x(failure)
+    if out:
+        ET.SubElement(case, "system-out").text = _x(out)
+    return case
+
+
+def _gates(suite: ET.Element, r: Report) -> None:
+    """One test case per gate given on the command line."""
+    t, g = r.thresholds, r.output_gap
+    gates = [
+        ("output_gap", "--fail-above", t.output_gap, g.relative_l2, "output gap (relative L2)"),
+        ("loss_delta", "--fail-above-loss-delta", t.loss_delta, r.loss_delta, "inference loss minus training loss"),
+        ("accuracy_drop", "--fail-above-accuracy-drop", t.accuracy_drop, r.accuracy_drop,
+         "training accuracy minus inference accuracy"),
+        ("regression", "--max-regression", t.max_regression, r.regression,
+         "growth of the output gap against the baseline"),
+    ]
+    for key, flag, limit, value, what in gates:
+        if limit is None:
+            continue
+        name = f"{what} <= {limit:g} ({flag})"
+        if key in r.exceeded:
+            _case(suite, f"{SUITE}.gates", name, failure=f"{what} is {num(value)}, above {limit:g}",
+                  failure_type="threshold")
+        elif value is None:
+            _case(suite, f"{SUITE}.gates", name, out=f"{what}: not measured (no labels or no baseline value)")
+        else:
+            _case(suite, f"{SUITE}.gates", name, out=f"{what} is {num(value)}")
+    if t.warn_above is not None:
+        name = f"output gap (relative L2) <= {t.warn_above:g} (--warn-above)"
+        value = num(g.relative_l2)
+        msg = (f"warning: output gap {value} is above {t.warn_above:g}" if r.warned
+               else f"output gap {value}")
+        _case(suite, f"{SUITE}.gates", name, out=msg)
+    if not t.any:
+        _case(suite, f"{SUITE}.gates", "output gap measured (no gate set)", out=headline(r))
+
+
+def render_junit(report: Report) -> str:
+    """The report as a JUnit XML document: test cases for the gates (failure
+    when exceeded), the findings at warn or fail (failure for fail; a warning
+    passes with its message in system-out), and each BatchNormalization
+    layer; properties carry the gap and the versions."""
+    r = report
+    suites = ET.Element("testsuites", {"name": SUITE})
+    suite = ET.SubElement(suites, "testsuite", {"name": _x(f"{SUITE} check {r.model.path}")})
+    props = ET.SubElement(suite, "properties")
+    values = {
+        "verdict": r.verdict, "headline": headline(r),
+        "model": r.model.path, "data": r.data.path, "samples": str(r.data.samples),
+        "batch_size": str(r.data.batch_size),
+        "output_gap.relative_l2": num(r.output_gap.relative_l2),
+        "output_gap.max_abs": num(r.output_gap.max_abs),
+    }
+    if r.output_gap.top1_agreement is not None:
+        values["output_gap.top1_agreement"] = num(r.output_gap.top1_agreement)
+    for e in r.output_gap.per_output if len(r.output_gap.per_output) > 1 else ():
+        values[f"output_gap.{e.name}"] = num(e.relative_l2)
+    if r.metrics:
+        for mode, vals in (("train", r.metrics.train), ("eval", r.metrics.eval)):
+            for k, v in vals.items():
+                values[f"metrics.{mode}.{k}"] = num(v)
+    for k, v in r.groups.items():
+        values[f"groups.{k}"] = num(v)
+    if r.baseline is not None:
+        values["baseline.path"] = r.baseline.path
+        values["baseline.relative_l2"] = num(r.baseline.relative_l2)
+        values["regression"] = num(r.regression)
+    values["bngap"] = __version__
+    for k, v in r.environment.items():
+        values[f"environment.{k}"] = str(v)
+    for k, v in values.items():
+        ET.SubElement(props, "property", {"name": _x(k), "value": _x(v)})
+
+    _gates(suite, r)
+    for i, f in enumerate(r.findings, 1):
+        if f.severity not in (Severity.WARN, Severity.FAIL):
+            continue
+        name = f"finding {i}: {f.cause.value}" + (f" ({f.layer})" if f.layer else "")
+        text = f"{f.message}\nfix: {f.remedy}"
+        if f.severity is Severity.FAIL:
+            _case(suite, f"{SUITE}.findings", name, failure=text, failure_type=f.cause.value)
+        else:
+            _case(suite, f"{SUITE}.findings", name, out="warning: " + text)
+    for b in r.batchnorm:
+        detail = (f"median |z| {num(b.median_abs_z, 2)}, max |z| {num(b.max_abs_z, 2)}, median |log2 var "
+                  f"ratio| {num(b.median_abs_log2_var_ratio, 2)}, expected local gap "
+                  f"{num(b.expected_local_gap, 3)} (noise {num(b.noise_local_gap, 3)})")
+        if b.severity is Severity.FAIL:
+            _case(suite, f"{SUITE}.batchnorm", b.path, failure=detail, failure_type="batchnorm_statistics")
+        elif b.severity is Severity.WARN:
+            _case(suite, f"{SUITE}.batchnorm", b.path, out="warning: " + detail)
+        else:
+            _case(suite, f"{SUITE}.batchnorm", b.path, out=detail)
+
+    cases = suite.findall("testcase")
+    failures = sum(1 for c in cases if c.find("failure") is not None)
+    for el in (suites, suite):
+        el.set("tests", str(len(cases)))
+        el.set("failures", str(failures))
+        el.set("errors", "0")
+        el.set("skipped", "0")
+        el.set("time", f"{r.seconds:.3f}")
+    ET.indent(suites, space="  ")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
