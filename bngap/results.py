@@ -485,7 +485,7 @@ class Report:
                 settings=dict(d.get("settings") or {}),
                 notes=tuple(d.get("notes") or ()),
                 environment=dict(d.get("environment") or {}),
-                seconds=d.get("seconds") or 0.0,
+                seconds=math.nan if d.get("seconds") is None else d["seconds"],
                 baseline=baseline,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:

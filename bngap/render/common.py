@@ -91,3 +91,37 @@ def init_share(b) -> str:
     if b.init_share_estimate is not None and b.init_share_estimate >= 0.5:
         return "~" + pct(b.init_share_estimate)
     return "-"
+
+
+def baseline_rows(report: Report) -> list[tuple[str, str, str]]:
+    """(what, baseline, this run) rows of the side-by-side comparison with
+    the `--baseline` report; empty without one."""
+    b, r = report.baseline, report
+    if b is None:
+        return []
+    g = r.output_gap
+    rows = [("output gap (relative L2)", num(b.relative_l2), num(g.relative_l2)),
+            ("max abs difference", num(b.max_abs), num(g.max_abs))]
+    if b.top1_agreement is not None or g.top1_agreement is not None:
+        rows.append(("top-1 agreement", pct(b.top1_agreement), pct(g.top1_agreement)))
+    if b.metrics and r.metrics:
+        for k in r.metrics.eval:
+            if k in b.metrics.eval:
+                f = pct if k == "accuracy" else num
+                rows.append((f"{k}, inference mode", f(b.metrics.eval[k]), f(r.metrics.eval[k])))
+    top = r.top_finding
+    rows.append(("flagged BatchNormalization layers", str(b.flagged_batchnorm),
+                 str(sum(x.severity is not Severity.OK for x in r.batchnorm))))
+    rows.append(("most likely cause", b.top_cause or "none", top.cause.value if top else "none"))
+    rows.append(("verdict", b.verdict, r.verdict))
+    return rows
+
+
+def baseline_summary(report: Report) -> str:
+    """One sentence: the baseline, and how much the gap grew against it."""
+    b, limit = report.baseline, report.thresholds.max_regression
+    grew = (f"the output gap changed by {report.regression:+.4f}" if report.regression is not None
+            else "no comparable output gap")
+    if limit is not None:
+        grew += f" (at most +{limit:g} allowed)"
+    return f"baseline {b.path} (model {b.model_path}): {grew}"

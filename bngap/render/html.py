@@ -8,7 +8,8 @@ from html import escape
 from .._version import __version__
 from ..results import Report, Severity
 from . import svg
-from .common import gap_opens_at, headline, init_share, num, pct, severity_mark, top_layers
+from .common import (baseline_rows, baseline_summary, gap_opens_at, headline, init_share, num, pct,
+                     severity_mark, top_layers)
 
 CSS = """
 :root { --fail: #c0392b; --warn: #d49a1a; --ok: #4c9a6a; --info: #4a7fb5; --ink: #1d2330; --dim: #5d6675; }
@@ -119,30 +120,10 @@ def _metrics(r: Report) -> list[str]:
 
 
 def _baseline(r: Report) -> list[str]:
-    b = r.baseline
-    if b is None:
+    if r.baseline is None:
         return []
-    rows = [["output gap (relative L2)", num(b.relative_l2), num(r.output_gap.relative_l2)],
-            ["max abs difference", num(b.max_abs), num(r.output_gap.max_abs)]]
-    if b.top1_agreement is not None or r.output_gap.top1_agreement is not None:
-        rows.append(["top-1 agreement", pct(b.top1_agreement), pct(r.output_gap.top1_agreement)])
-    if b.metrics and r.metrics:
-        for k in r.metrics.eval:
-            if k in b.metrics.eval:
-                f = pct if k == "accuracy" else num
-                rows.append([f"{escape(k)}, inference mode", f(b.metrics.eval[k]), f(r.metrics.eval[k])])
-    top = r.top_finding
-    rows.append(["flagged BatchNormalization layers", str(b.flagged_batchnorm),
-                 str(sum(x.severity is not Severity.OK for x in r.batchnorm))])
-    rows.append(["most likely cause", escape(b.top_cause or "none"), escape(top.cause.value if top else "none")])
-    rows.append(["verdict", escape(b.verdict), escape(r.verdict)])
-    limit = r.thresholds.max_regression
-    note = (f"The gap grew by {num(r.regression)}" if r.regression is not None else "No comparable gap")
-    if limit is not None:
-        note += f" (at most {limit:g} allowed)"
-    return ["<h2>Against the baseline</h2>",
-            f'<p class="dim">baseline <code>{escape(b.path)}</code> (model <code>{escape(b.model_path)}</code>). '
-            f"{escape(note)}.</p>",
+    rows = [[escape(a), escape(b), escape(c)] for a, b, c in baseline_rows(r)]
+    return ["<h2>Against the baseline</h2>", f'<p class="dim">{escape(baseline_summary(r))}.</p>',
             _table(["", "baseline", "this run"], rows, numeric=(1, 2))]
 
 

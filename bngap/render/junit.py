@@ -3,6 +3,7 @@ Jenkins, Azure, GitHub test-report actions): one test suite per run."""
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 
@@ -126,6 +127,6 @@ def render_junit(report: Report) -> str:
         el.set("failures", str(failures))
         el.set("errors", "0")
         el.set("skipped", "0")
-        el.set("time", f"{r.seconds:.3f}")
+        el.set("time", f"{r.seconds:.3f}" if math.isfinite(r.seconds) else "0")
     ET.indent(suites, space="  ")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"

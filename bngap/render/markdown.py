@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from .._version import __version__
 from ..results import Report, Severity
-from .common import gap_opens_at, headline, init_share, num, pct, severity_mark, top_layers
+from .common import (baseline_rows, baseline_summary, gap_opens_at, headline, init_share, num, pct,
+                     severity_mark, top_layers)
 
 MAX_BN_ROWS = 20
 
@@ -55,6 +56,11 @@ def render_markdown(report: Report, *, all_layers: bool = False) -> str:
     opens = gap_opens_at(r)
     if opens is not None:
         lines += [f"The gap opens at `{opens.path}` ({opens.class_name}, divergence {num(opens.divergence)}).", ""]
+
+    if r.baseline is not None:
+        lines += ["### Against the baseline", "", baseline_summary(r) + ".", ""]
+        lines += _table(["", "baseline", "this run"], [list(row) for row in baseline_rows(r)])
+        lines.append("")
 
     lines += ["### Model and data", ""]
     lines += _table(["", ""], [

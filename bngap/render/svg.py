@@ -155,6 +155,7 @@ def depth_chart(points: list[DepthPoint], opens_at: int | None, title: str) -> s
                     f"{label(p.divergence)}</title></rect>")
         marks += 1
     strip = base + 6
+    dot_r = min(3.5, max(1.6, band * 0.45))  # dense models: smaller dots that still show
     for i, p in enumerate(points):
         if not p.mode_dependent:
             continue
@@ -166,7 +167,7 @@ def depth_chart(points: list[DepthPoint], opens_at: int | None, title: str) -> s
     for i, p in enumerate(points):
         if p.own is None:
             continue
-        body.append(f'<circle class="mark own" cx="{_f(x_of(i))}" cy="{_f(axis.y(p.own))}" r="3.5" '
+        body.append(f'<circle class="mark own" cx="{_f(x_of(i))}" cy="{_f(axis.y(p.own))}" r="{_f(dot_r)}" '
                     f'fill="#fff" stroke="#c0392b" stroke-width="2">'
                     f"<title>{escape(p.path)}: own contribution {label(p.own)}</title></circle>")
         marks += 1

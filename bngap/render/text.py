@@ -13,7 +13,8 @@ from rich.text import Text
 
 from .._version import __version__
 from ..results import Report, Severity
-from .common import gap_opens_at, headline, init_share, num, pct, severity_mark, sparkline, top_layers
+from .common import (baseline_rows, baseline_summary, gap_opens_at, headline, init_share, num, pct,
+                     severity_mark, sparkline, top_layers)
 
 MAX_BN_ROWS = 12
 MIN_WIDTH = 80
@@ -51,11 +52,27 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
     con = Console(file=buf, width=width, color_system="standard" if color else None,
                   force_terminal=color, no_color=not color, highlight=False, emoji=False,
                   legacy_windows=False, soft_wrap=False)
-    r = report
+    _header(con, report)
+    _modes(con, report)
+    _baseline(con, report)
+    _groups(con, report)
+    _depth(con, report, width)
+    _layers(con, report, all_layers, width)
+    _batchnorm(con, report, all_layers, width)
+    _findings(con, report)
+    _notes(con, report)
+    text = buf.getvalue()
+    if not color:  # rich pads table cells; a log wants no trailing spaces
+        text = "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+    return text
+
+
+def _header(con: Console, r: Report) -> None:
+    """The headline, coloured by the verdict or the top finding, and the run's context."""
     top = r.top_finding
     sev = top.severity.value if top else "ok"
     if r.thresholds.any:
-        sev = "fail" if r.exceeded else "ok"
+        sev = {"fail": "fail", "warn": "warn"}.get(r.verdict, "ok")
     _para(con, headline(r), indent=0, style=_STYLE.get(sev, ""))
     last = "" if r.data.last_batch_size == r.data.batch_size else f", last batch {r.data.last_batch_size}"
     _para(con, f"bngap {__version__} · model {r.model.path} ({r.model.layers} layers, "
@@ -64,6 +81,9 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
                f"{r.data.batch_size}{last})", indent=0, style="dim")
     con.print()
 
+
+def _modes(con: Console, r: Report) -> None:
+    """Metrics in both modes and the output gap."""
     g = r.output_gap
     con.print(Text("Training mode (as in fit()) vs inference mode (as in evaluate(), predict())",
                    style="bold"))
@@ -84,92 +104,120 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
         con.print(Text(f"loss: {r.metrics.loss_name} ({r.metrics.source})", style="dim"))
     con.print()
 
+
+def _baseline(con: Console, r: Report) -> None:
+    """This run's numbers beside the `--baseline` report's."""
+    if r.baseline is None:
+        return
+    con.print(Text("Against the baseline", style="bold"))
+    _para(con, baseline_summary(r), indent=0, style="dim")
+    t = _table("", "baseline", "this run", right=(1, 2))
+    for what, old, new in baseline_rows(r):
+        t.add_row(escape(what), escape(old), escape(new))
+    con.print(t)
+    con.print()
+
+
+def _groups(con: Console, r: Report) -> None:
     con.print(Text("Gap by cause (output gap with only that group in training mode)", style="bold"))
     con.print("  " + "   ".join(f"{k} {num(v)}" for k, v in r.groups.items()))
     con.print()
 
+
+def _depth(con: Console, r: Report, width: int) -> None:
+    """Divergence along the depth as a sparkline, and where it opens."""
     divs = [x.divergence for x in r.layers if x.divergence is not None and x.order >= 0]
-    if divs:
-        opens = gap_opens_at(r)
-        con.print(Text("Where the gap opens (divergence of each layer's output, in call order)", style="bold"))
-        con.print("  " + sparkline(divs, max(10, width - 4)), markup=False)
-        if opens is not None:
-            _para(con, f"first divergent layer: {opens.path} ({opens.class_name}, divergence "
-                       f"{num(opens.divergence)}); at the output: {num(divs[-1])}", indent=2)
-        else:
-            _para(con, "no layer's output differs between the modes", indent=2)
-        con.print()
+    if not divs:
+        return
+    opens = gap_opens_at(r)
+    con.print(Text("Where the gap opens (divergence of each layer's output, in call order)", style="bold"))
+    con.print("  " + sparkline(divs, max(10, width - 4)), markup=False)
+    if opens is not None:
+        _para(con, f"first divergent layer: {opens.path} ({opens.class_name}, divergence "
+                   f"{num(opens.divergence)}); at the output: {num(divs[-1])}", indent=2)
+    else:
+        _para(con, "no layer's output differs between the modes", indent=2)
+    con.print()
 
+
+def _layers(con: Console, r: Report, all_layers: bool, width: int) -> None:
+    """The mode-dependent layers (or all of them), strongest first."""
     tops = r.layers if all_layers else top_layers(r)
-    if tops:
-        title = "All layers" if all_layers else "Mode-dependent layers"
-        title += (" (own: same input in both modes; effect: output gap with only this layer in "
-                  "training mode, every other one in inference mode)")
-        _para(con, title, indent=0, style="bold")
-        t = _table("layer", "kind", "in fit()", "own", "effect", "divergence",
-                   right=(3, 4, 5), first_width=min(max(len(x.path) for x in tops), width // 3))
-        for x in tops:
-            mode = x.fit_mode + (f" ({_short_reason(x.fit_mode_reason)})" if x.fit_mode_reason else "")
-            t.add_row(escape(x.path), x.kind.value, escape(mode), num(x.own_contribution),
-                      num(x.output_effect), num(x.divergence))
-        con.print(t)
-        con.print()
+    if not tops:
+        return
+    title = "All layers" if all_layers else "Mode-dependent layers"
+    title += (" (own: same input in both modes; effect: output gap with only this layer in "
+              "training mode, every other one in inference mode)")
+    _para(con, title, indent=0, style="bold")
+    t = _table("layer", "kind", "in fit()", "own", "effect", "divergence",
+               right=(3, 4, 5), first_width=min(max(len(x.path) for x in tops), width // 3))
+    for x in tops:
+        mode = x.fit_mode + (f" ({_short_reason(x.fit_mode_reason)})" if x.fit_mode_reason else "")
+        t.add_row(escape(x.path), x.kind.value, escape(mode), num(x.own_contribution),
+                  num(x.output_effect), num(x.divergence))
+    con.print(t)
+    con.print()
 
+
+def _batchnorm(con: Console, r: Report, all_layers: bool, width: int) -> None:
+    """The BN audit table: flagged layers first in call order (all with --all-layers)."""
     bn = r.batchnorm if all_layers else [b for b in r.batchnorm if b.severity is not Severity.OK]
     hidden = 0
     if not all_layers and len(bn) > MAX_BN_ROWS:  # the first flagged layers tell where it starts
         hidden = len(bn) - MAX_BN_ROWS
         bn = bn[:MAX_BN_ROWS]
-    if r.batchnorm:
-        flagged = sum(b.severity is not Severity.OK for b in r.batchnorm)
-        first = r.first_flagged_batchnorm
-        title = (f"BatchNormalization audit: {flagged} of {len(r.batchnorm)} layers flagged"
-                 + (f"; the first, {first.path}, is where the problem starts" if first else "")
-                 + ("" if all_layers or not flagged or flagged == len(r.batchnorm)
-                    else " (--all-layers shows all)"))
-        _para(con, title, indent=0, style="bold")
-        if bn:
-            _para(con, "z: mean shift in moving standard deviations; log2 var: median |log2| of "
-                  "data variance / moving variance; gap: expected relative change of the layer's "
-                  "output (moving vs data statistics) and its sampling noise; init: share of the "
-                  "initial statistics left (~: the channels disagree)", indent=0, style="dim")
-            t = _table("layer", "", "|z| med", "|z| max", "log2 var",
-                       "gap", "noise", "init", right=(2, 3, 4, 5, 6, 7),
-                       first_width=min(max(len(b.path) for b in bn), width // 3))
-            for b in bn:
-                t.add_row(escape(b.path), Text(severity_mark(b.severity), style=_STYLE[b.severity.value]),
-                          num(b.median_abs_z, 2), num(b.max_abs_z, 2),
-                          num(b.median_abs_log2_var_ratio, 2), num(b.expected_local_gap, 3),
-                          num(b.noise_local_gap, 3),
-                          init_share(b))
-            con.print(t)
-            if hidden:
-                con.print(f"  ... and {hidden} more flagged layers (--all-layers shows all)")
-        con.print()
+    if not r.batchnorm:
+        return
+    flagged = sum(b.severity is not Severity.OK for b in r.batchnorm)
+    first = r.first_flagged_batchnorm
+    title = (f"BatchNormalization audit: {flagged} of {len(r.batchnorm)} layers flagged"
+             + (f"; the first, {first.path}, is where the problem starts" if first else "")
+             + ("" if all_layers or not flagged or flagged == len(r.batchnorm)
+                else " (--all-layers shows all)"))
+    _para(con, title, indent=0, style="bold")
+    if bn:
+        _para(con, "z: mean shift in moving standard deviations; log2 var: median |log2| of "
+              "data variance / moving variance; gap: expected relative change of the layer's "
+              "output (moving vs data statistics) and its sampling noise; init: share of the "
+              "initial statistics left (~: the channels disagree)", indent=0, style="dim")
+        t = _table("layer", "", "|z| med", "|z| max", "log2 var",
+                   "gap", "noise", "init", right=(2, 3, 4, 5, 6, 7),
+                   first_width=min(max(len(b.path) for b in bn), width // 3))
+        for b in bn:
+            t.add_row(escape(b.path), Text(severity_mark(b.severity), style=_STYLE[b.severity.value]),
+                      num(b.median_abs_z, 2), num(b.max_abs_z, 2),
+                      num(b.median_abs_log2_var_ratio, 2), num(b.expected_local_gap, 3),
+                      num(b.noise_local_gap, 3),
+                      init_share(b))
+        con.print(t)
+        if hidden:
+            con.print(f"  ... and {hidden} more flagged layers (--all-layers shows all)")
+    con.print()
 
-    if r.findings:
-        con.print(Text("Findings (most likely cause first)", style="bold"))
-        for i, f in enumerate(r.findings, 1):
-            head = Text(f"{i}. {severity_mark(f.severity)} {f.cause.value}", style=_STYLE[f.severity.value])
-            if f.layer:
-                head.append(f" · {f.layer}", style="")
-            con.print(head)
-            _para(con, f.message)
-            _para(con, "fix: " + f.remedy, style="italic")
-        con.print()
-    else:
+
+def _findings(con: Console, r: Report) -> None:
+    if not r.findings:
         _para(con, "No cause flagged: the moving statistics describe the data and no layer "
               "behaves unexpectedly.", indent=0)
         con.print()
+        return
+    con.print(Text("Findings (most likely cause first)", style="bold"))
+    for i, f in enumerate(r.findings, 1):
+        head = Text(f"{i}. {severity_mark(f.severity)} {f.cause.value}", style=_STYLE[f.severity.value])
+        if f.layer:
+            head.append(f" · {f.layer}", style="")
+        con.print(head)
+        _para(con, f.message)
+        _para(con, "fix: " + f.remedy, style="italic")
+    con.print()
+
+
+def _notes(con: Console, r: Report) -> None:
     notes = list(r.notes) + list(r.data.notes)
     if notes:
         con.print(Text("Notes", style="bold"))
         for n in notes:
             _para(con, "- " + n, indent=2, hang=2)
-    text = buf.getvalue()
-    if not color:  # rich pads table cells; a log wants no trailing spaces
-        text = "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
-    return text
 
 
 def _short_reason(reason: str) -> str:
