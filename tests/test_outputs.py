@@ -177,3 +177,13 @@ def test_fix_writes_reports_beside_the_model(zoo, tmp_path):
     assert html.startswith("<!DOCTYPE html>") and f'{d["after"]["relative_l2"]:.4f}' in html
     res = run("fix", mpath, dpath, "-q", "-o", tmp_path / "a.keras", "-o", tmp_path / "b.keras")
     assert res.exit_code == 2 and "one fixed model at a time" in res.stderr
+
+
+def test_ci_examples_run_bngap_once():
+    examples = Path(__file__).parents[1] / "examples"
+    for name in ("github-actions.yml", "gitlab-ci.yml"):
+        text = (examples / name).read_text()
+        runs = [line for line in text.splitlines() if "bngap check" in line and not line.strip().startswith("#")]
+        assert len(runs) == 1, (name, runs)
+        assert "--output bngap-report.json" in text and "bngap-junit.xml" in text
+    assert "junit: bngap-junit.xml" in (examples / "gitlab-ci.yml").read_text()
