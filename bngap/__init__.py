@@ -35,7 +35,8 @@ def check(model: Any, x: Any, y: Any = None, **options: Any) -> "Report":
         y: labels, optional (loss and accuracy are then reported in both modes).
         **options: fields of `bngap.CheckOptions` (batch_size, limit, seed,
             effects, thresholds, ...); `fail_above=0.05` is short for
-            `thresholds=Thresholds(output_gap=0.05)`.
+            `thresholds=Thresholds(output_gap=0.05)`, `warn_above=0.02` for
+            `Thresholds(warn_above=0.02)` (verdict "warn").
 
     Returns:
         A `Report`; `report.ok` is False when a threshold is exceeded or a
@@ -48,11 +49,11 @@ def check(model: Any, x: Any, y: Any = None, **options: Any) -> "Report":
     from .results import Thresholds
 
     loss = options.pop("loss", None)
-    gate = {k: options.pop(k) for k in ("fail_above", "fail_above_loss_delta", "fail_above_accuracy_drop")
-            if k in options}
+    gate = {k: options.pop(k) for k in ("fail_above", "fail_above_loss_delta", "fail_above_accuracy_drop",
+                                        "warn_above") if k in options}
     if gate:
         options["thresholds"] = Thresholds(gate.get("fail_above"), gate.get("fail_above_loss_delta"),
-                                           gate.get("fail_above_accuracy_drop"))
+                                           gate.get("fail_above_accuracy_drop"), gate.get("warn_above"))
     return _check(model, x, y, options=CheckOptions(**options), loss=loss)
 
 

@@ -157,3 +157,10 @@ def test_compiled_loss_objects_are_used(keras):
     assert r.metrics.eval["loss"] == pytest.approx(m.evaluate(x, y, verbose=0, batch_size=32), rel=1e-5)
     r = bngap.check(m, x, y, loss=keras.losses.MeanAbsoluteError())
     assert r.metrics.eval["loss"] == pytest.approx(float(np.mean(np.abs(m.predict(x, verbose=0) - y))), rel=1e-5)
+
+
+def test_warn_above_from_python(zoo):
+    model, x, y = zoo.get("under_trained")
+    r = bngap.check(model, x, y, warn_above=0.01, effects=0)
+    assert r.verdict == "warn" and r.warned == ("output_gap",) and int(r.exit_status) == 0
+    assert r.to_dict()["thresholds"]["warn_above"] == 0.01
