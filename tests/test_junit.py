@@ -54,7 +54,7 @@ def test_gates_findings_and_layers(schema):
     assert c["bngap.gates::output gap (relative L2) <= 0.5 (--fail-above)"].find("failure") is None
     warn_gate = c["bngap.gates::output gap (relative L2) <= 0.1 (--warn-above)"]
     assert warn_gate.find("failure") is None
-    assert warn_gate.find("system-out").text == "warning: output gap 0.4123 is above 0.1"
+    assert warn_gate.find("system-out").text == "warning: output gap (relative L2) is 0.4123, above 0.1"
     fail = c["bngap.findings::finding 1: stats_never_updated (stem/conv[1]_bn)"].find("failure")
     assert fail.get("type") == "stats_never_updated"
     assert fail.get("message").startswith("The moving statistics of stem/conv[1]_bn")

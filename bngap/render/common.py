@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..results import LayerRecord, Report, Severity, format_number
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -125,3 +127,45 @@ def baseline_summary(report: Report) -> str:
     if limit is not None:
         grew += f" (at most +{limit:g} allowed)"
     return f"baseline {b.path} (model {b.model_path}): {grew}"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One gate given on the command line, and how the report fares against it."""
+
+    flag: str              # the option, e.g. --fail-above
+    what: str              # the value it bounds, in words
+    limit: float
+    value: float | None
+    state: str             # "fail", "warn" or "ok"
+
+    @property
+    def name(self) -> str:
+        return f"{self.what} <= {self.limit:g} ({self.flag})"
+
+    @property
+    def outcome(self) -> str:
+        """One sentence: the value against the limit."""
+        if self.value is None:
+            return f"{self.what}: not measured (no labels or no baseline value)"
+        if self.state == "ok":
+            return f"{self.what} is {num(self.value)}"
+        return f"{self.what} is {num(self.value)}, above {self.limit:g}"
+
+
+def gates(report: Report) -> list[Gate]:
+    """The report's gates in a fixed order: the fail gates, then --warn-above."""
+    r, t = report, report.thresholds
+    fail = [("output_gap", "--fail-above", "output gap (relative L2)", t.output_gap, r.output_gap.relative_l2),
+            ("loss_delta", "--fail-above-loss-delta", "inference loss minus training loss", t.loss_delta,
+             r.loss_delta),
+            ("accuracy_drop", "--fail-above-accuracy-drop", "training accuracy minus inference accuracy",
+             t.accuracy_drop, r.accuracy_drop),
+            ("regression", "--max-regression", "growth of the output gap against the baseline",
+             t.max_regression, r.regression)]
+    out = [Gate(flag, what, limit, value, "fail" if key in r.exceeded else "ok")
+           for key, flag, what, limit, value in fail if limit is not None]
+    if t.warn_above is not None:
+        out.append(Gate("--warn-above", "output gap (relative L2)", t.warn_above, r.output_gap.relative_l2,
+                        "warn" if r.warned else "ok"))
+    return out

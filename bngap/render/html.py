@@ -8,7 +8,7 @@ from html import escape
 from .._version import __version__
 from ..results import Report, Severity
 from . import svg
-from .common import (baseline_rows, baseline_summary, gap_opens_at, headline, init_share, num, pct,
+from .common import (baseline_rows, baseline_summary, gap_opens_at, gates, headline, init_share, num, pct,
                      severity_mark, top_layers)
 
 CSS = """
@@ -86,22 +86,8 @@ def _header(r: Report) -> list[str]:
 
 
 def _gates(r: Report) -> list[str]:
-    t = r.thresholds
-    if not t.any:
-        return []
-    rows = []
-    gates = [("output_gap", "--fail-above", t.output_gap, r.output_gap.relative_l2),
-             ("loss_delta", "--fail-above-loss-delta", t.loss_delta, r.loss_delta),
-             ("accuracy_drop", "--fail-above-accuracy-drop", t.accuracy_drop, r.accuracy_drop),
-             ("regression", "--max-regression", t.max_regression, r.regression)]
-    for key, flag, limit, value in gates:
-        if limit is not None:
-            state = _sev(Severity.FAIL) if key in r.exceeded else _sev(Severity.OK)
-            rows.append([f"<code>{flag} {limit:g}</code>", num(value), state])
-    if t.warn_above is not None:
-        state = _sev(Severity.WARN) if r.warned else _sev(Severity.OK)
-        rows.append([f"<code>--warn-above {t.warn_above:g}</code>", num(r.output_gap.relative_l2), state])
-    return ["<h2>Gates</h2>", _table(["gate", "value", "result"], rows, numeric=(1,))]
+    rows = [[f"<code>{g.flag} {g.limit:g}</code>", num(g.value), _sev(Severity(g.state))] for g in gates(r)]
+    return ["<h2>Gates</h2>", _table(["gate", "value", "result"], rows, numeric=(1,))] if rows else []
 
 
 def _metrics(r: Report) -> list[str]:
