@@ -100,3 +100,18 @@ def test_newer_keys_are_ignored_and_bad_reports_refused():
         Report.from_dict({"schema_version": "2"})
     with pytest.raises(ValueError, match="not a readable bngap check report"):
         Report.from_dict({"schema_version": "1", "model": {}})
+
+
+@pytest.mark.parametrize("thresholds,start", [
+    (Thresholds(output_gap=0.5, warn_above=0.1), "WARN · output gap 0.4123 (relative L2, train vs inference) <= 0.5, > 0.1 (warn) · "),
+    (Thresholds(warn_above=0.1), "WARN · output gap 0.4123 (relative L2, train vs inference) > 0.1 (warn) · "),
+    (Thresholds(output_gap=0.1, warn_above=0.05), "FAIL · output gap 0.4123 (relative L2, train vs inference) > 0.1 · "),
+    (Thresholds(warn_above=0.5), "PASS · output gap 0.4123 (relative L2, train vs inference) · "),
+])
+def test_every_output_shows_the_warn_verdict(thresholds, start):
+    r = make_report(thresholds=thresholds)
+    assert render(r, "text", width=200).startswith(start)
+    assert render(r, "markdown").startswith("## bngap report: " + start)
+    assert json.loads(render(r, "json"))["verdict"] == start.split(" ")[0].lower()
+    assert f'<property name="verdict" value="{start.split(" ")[0].lower()}" />' in render(r, "junit")
+    assert f'<span class="verdict {start.split(" ")[0].lower()}">{start.split(" ")[0]}</span>' in render(r, "html")

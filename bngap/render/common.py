@@ -27,8 +27,9 @@ def headline(report: Report) -> str:
     if report.thresholds.output_gap is not None:
         op = ">" if "output_gap" in report.exceeded else "<="
         parts[-1] += f" {op} {report.thresholds.output_gap:g}"
-    elif report.thresholds.warn_above is not None and report.warned:
-        parts[-1] += f" > {report.thresholds.warn_above:g} (warn)"
+    if report.verdict == "warn":
+        sep = "," if report.thresholds.output_gap is not None else ""
+        parts[-1] += f"{sep} > {report.thresholds.warn_above:g} (warn)"
     for name in ("loss_delta", "accuracy_drop"):
         if name in report.exceeded:
             parts.append(f"{name.replace('_', ' ')} above its threshold")
