@@ -32,6 +32,7 @@ code { font: 12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace
 .sev-ok { color: var(--ok); } .sev-info { color: var(--info); font-weight: 700; }
 ol.findings li { margin-bottom: 10px; } .remedy { font-style: italic; }
 svg.chart { width: 100%; height: auto; display: block; margin: 6px 0 14px; }
+.row { display: flex; flex-wrap: wrap; gap: 8px 48px; align-items: flex-start; }
 figure { margin: 0; } figcaption { color: var(--dim); font-size: 13px; }
 pre { background: #f6f7f9; padding: 8px 12px; font-size: 12.5px; overflow-x: auto; }
 @media print { body { font-size: 11pt; } main { max-width: none; padding: 0; }
@@ -92,16 +93,18 @@ def _gates(r: Report) -> list[str]:
 
 def _metrics(r: Report) -> list[str]:
     g = r.output_gap
-    out = ["<h2>Training mode (as in fit()) vs inference mode (as in evaluate(), predict())</h2>"]
+    out = ["<h2>Training mode (as in fit()) vs inference mode (as in evaluate(), predict())</h2>",
+           '<div class="row">']
     if r.metrics:
         rows = [[escape(k), (pct if k == "accuracy" else num)(r.metrics.train[k]),
                  (pct if k == "accuracy" else num)(r.metrics.eval.get(k))] for k in r.metrics.train]
         out.append(_table(["", "training", "inference"], rows, numeric=(1, 2)))
-        out.append(f'<p class="dim">loss: <code>{escape(r.metrics.loss_name)}</code> ({escape(r.metrics.source)})</p>')
     rows = [["output gap (relative L2)", num(g.relative_l2)], ["max abs difference", num(g.max_abs)]]
     if g.top1_agreement is not None:
         rows.append(["top-1 agreement", pct(g.top1_agreement)])
-    out.append(_table(["", "value"], rows, numeric=(1,)))
+    out += [_table(["training vs inference", "value"], rows, numeric=(1,)), "</div>"]
+    if r.metrics:
+        out.append(f'<p class="dim">loss: <code>{escape(r.metrics.loss_name)}</code> ({escape(r.metrics.source)})</p>')
     return out
 
 
@@ -159,7 +162,7 @@ def _layers_table(r: Report) -> list[str]:
             _table(["layer", "kind", "in fit()", "own", "output effect", "divergence"], rows, numeric=(3, 4, 5))]
 
 
-def _batchnorm(r: Report) -> list[str]:
+def _batchnorm_chart(r: Report) -> list[str]:
     if not r.batchnorm:
         return []
     bn = r.batchnorm
@@ -168,15 +171,26 @@ def _batchnorm(r: Report) -> list[str]:
                           b.expected_local_gap, b.noise_local_gap) for b in bn]
     first = r.first_flagged_batchnorm
     start = f" The first flagged layer, {first.path}, is where the problem starts." if first else ""
+    return [f"<h2>BatchNormalization audit: {flagged} of {len(bn)} layers flagged</h2>",
+            _figure(svg.batchnorm_chart(points, "BatchNormalization statistics against the data"),
+                    "Per BN layer in call order (numbered as in the BatchNormalization table below): how far "
+                    "the data's mean lies from the moving mean, how far the variances disagree, and the "
+                    "expected relative change of the layer's output between moving and data statistics, "
+                    f"against its sampling noise.{start}")]
+
+
+def _batchnorm_table(r: Report) -> list[str]:
+    if not r.batchnorm:
+        return []
     rows = [[str(i), f"<code>{escape(b.path)}</code>", _sev(b.severity), num(b.median_abs_z, 2), num(b.max_abs_z, 2),
              num(b.median_abs_log2_var_ratio, 2), num(b.expected_local_gap, 3), num(b.noise_local_gap, 3),
              escape(init_share(b)), "yes" if b.trainable else "frozen"]
-            for i, b in enumerate(bn, 1)]
-    return [f"<h2>BatchNormalization audit: {flagged} of {len(bn)} layers flagged</h2>",
-            _figure(svg.batchnorm_chart(points, "BatchNormalization statistics against the data"),
-                    "Per BN layer in call order: how far the data's mean lies from the moving mean, how far "
-                    "the variances disagree, and the expected relative change of the layer's output "
-                    f"between moving and data statistics, against its sampling noise.{start}"),
+            for i, b in enumerate(r.batchnorm, 1)]
+    return ["<h2>BatchNormalization layers</h2>",
+            '<p class="dim">z: mean shift in moving standard deviations; log2 var: median |log2| of data '
+            "variance / moving variance; gap: expected relative change of the layer's output (moving vs data "
+            "statistics) and its sampling noise; init: share of the initial statistics left (~: the channels "
+            "disagree)</p>",
             _table(["#", "layer", "", "|z| med", "|z| max", "log2 var", "gap", "noise", "init", "trainable"],
                    rows, numeric=(0, 3, 4, 5, 6, 7, 8))]
 
@@ -213,7 +227,7 @@ def render_html(report: Report) -> str:
     same report gives the same bytes (no timestamp, no random ids)."""
     r = report
     body = (_header(r) + _gates(r) + _findings(r) + _metrics(r) + _baseline(r) + _depth(r)
-            + _batchnorm(r) + _groups(r) + _layers_table(r) + _context(r))
+            + _batchnorm_chart(r) + _groups(r) + _batchnorm_table(r) + _layers_table(r) + _context(r))
     return _page(f"bngap: {r.model.path} ({r.verdict})", body)
 
 

@@ -137,7 +137,7 @@ def depth_chart(points: list[DepthPoint], opens_at: int | None, title: str) -> s
     axis = _y_axis(top, plot_h, [v for p in points for v in (p.divergence, p.own)])
     x0, x1 = LEFT, WIDTH - RIGHT
     band = (x1 - x0) / max(n, 1)
-    bar_w = max(band * 0.8, 0.6)
+    bar_w = min(max(band * 0.8, 0.6), 56)
 
     def x_of(i: int) -> float:
         return x0 + band * (i + 0.5)
@@ -210,7 +210,7 @@ def batchnorm_chart(points: list[BNPoint], title: str) -> str:
     n = len(points)
     x0, x1 = LEFT, WIDTH - RIGHT
     band = (x1 - x0) / max(n, 1)
-    bar_w = max(band * 0.75, 0.8)
+    bar_w = min(max(band * 0.75, 0.8), 56)  # few layers: bars, not slabs
 
     def x_of(i: int) -> float:
         return x0 + band * (i + 0.5)
@@ -288,7 +288,7 @@ def paired_chart(names: list[str], before: list[float | None], after: list[float
     n = len(names)
     x0, x1 = LEFT, WIDTH - RIGHT
     band = (x1 - x0) / max(n, 1)
-    bar_w = max(band * 0.38, 0.6)
+    bar_w = min(max(band * 0.38, 0.6), 28)
     top, plot_h = 40, 190
     axis = _y_axis(top, plot_h, list(before) + list(after))
     base = top + plot_h
