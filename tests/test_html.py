@@ -150,3 +150,20 @@ def test_fix_page_has_before_and_after_per_layer():
     text = " ".join(re.sub(r"<[^>]+>", " ", html).split())
     assert "output gap 1.1226 → 0.0046 · written to fixed.keras" in text
     assert "2 bn2 (frozen) 0.700 0.020 0" in text and "3 bn3 0.600 0.030 0" in text and "bn9 frozen" in text
+
+
+def test_the_real_resnet50_report_round_trips_and_renders():
+    """docs/resnet50-report.json: a real check of ResNet50 (53 BN layers)."""
+    import json
+    from pathlib import Path
+
+    from bngap.results import Report
+
+    d = json.loads((Path(__file__).parents[1] / "docs" / "resnet50-report.json").read_text())
+    r = Report.from_dict(d)
+    assert r.to_dict() == d  # exact, on a real report
+    assert len(r.batchnorm) == 53 and r.model.batchnorm_layers == 53
+    svgs = charts(parse(render(r, "html")))
+    by_label = {s.get("aria-label"): len(marks(s)) for s in svgs}
+    assert by_label["BatchNormalization statistics against the data"] == expected_bn_marks(r)
+    assert by_label["Divergence of each layer's output along the depth"] == expected_depth_marks(r)
