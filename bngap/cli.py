@@ -19,8 +19,9 @@ from ._version import __version__
 from .errors import BngapError, ExitStatus, one_line
 
 EPILOG = """\b
-Exit codes: 0 ran (no threshold exceeded), 1 a --fail-above threshold was
-exceeded, 2 bad input or usage, 3 internal failure.
+Exit codes: 0 ran (verdict pass, or warn above --warn-above), 1 a fail gate
+(--fail-above*, --max-regression) was exceeded, 2 bad input or usage, 3
+internal failure.
 """
 
 
