@@ -275,7 +275,9 @@ def _run_and_render(model, data, opts, *, fmt: str, plan, all_layers: bool,
         report = run_check(model, data, options=opts, progress=progress, status=progress.status)
     finally:
         progress.close()
-    report = Report.from_dict(dataclasses.replace(report, baseline=baseline).to_dict())
+    # --all-layers is kept in the report, so that `bngap render` repeats it
+    settings = {**report.settings, "all_layers": all_layers}
+    report = Report.from_dict(dataclasses.replace(report, baseline=baseline, settings=settings).to_dict())
     _deliver(report, fmt, plan, all_layers=all_layers, quiet=not progress.enabled)
     if progress.enabled and (fmt != "text" or plan):
         from .render.common import headline
@@ -325,7 +327,8 @@ def _github_actions(report, *, stdout_free: bool, all_layers: bool) -> None:
               show_default=True, help="Form to render the saved report in (on stdout).")
 @click.option("--output", "-o", "outputs", multiple=True, type=click.Path(dir_okay=False),
               help="Write to FILE instead of stdout; repeatable; the format follows the extension (.json, .md, .html, .xml, .txt).")
-@click.option("--all-layers", is_flag=True, help="List every layer and every BN layer.")
+@click.option("--all-layers", is_flag=True,
+              help="List every layer and every BN layer (the default when the check was run with it).")
 @click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors.")
 def render(report_file, fmt, outputs, all_layers, show_traceback):
     """Re-render a JSON report that `bngap check` saved.
@@ -341,7 +344,8 @@ def render(report_file, fmt, outputs, all_layers, show_traceback):
 
         plan = plan_outputs(outputs, FORMATS, default=fmt, inputs=(report_file,))
         report = read_report(report_file)
-        _deliver(report, fmt, plan, all_layers=all_layers, quiet=False)
+        _deliver(report, fmt, plan, all_layers=all_layers or report.settings.get("all_layers") is True,
+                 quiet=False)
         sys.exit(int(ExitStatus.OK))
 
 

@@ -96,6 +96,15 @@ def test_render_and_check_refuse_bad_outputs(tmp_path, args, message, monkeypatc
     assert list(tmp_path.iterdir()) == [saved]
 
 
+def test_render_repeats_all_layers(zoo, tmp_path):
+    mpath, dpath = zoo.files("nested")
+    res = run("check", mpath, dpath, "-q", "--all-layers", "-o", tmp_path / "r.json", "-o", tmp_path / "r.txt")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["settings"]["all_layers"] is True
+    again = run("render", tmp_path / "r.json", "--format", "text")
+    assert again.stdout == (tmp_path / "r.txt").read_text() and "All layers" in again.stdout
+
+
 def test_an_unknown_extension_takes_the_format(outputs, tmp_path):
     _, files, _ = outputs
     out = tmp_path / "report.log"
