@@ -469,7 +469,15 @@ class Report:
             baseline = d.get("baseline")
             if baseline is not None:
                 baseline = _build(Baseline, {k: v for k, v in baseline.items() if k != "regression"})
+            explicit = {"model", "data", "output_gap", "metrics", "groups", "layers", "batchnorm", "findings",
+                        "leaks", "preprocessing", "thresholds", "settings", "notes", "environment", "seconds",
+                        "baseline"}
+            # Fields added later whose key is the field's name come back by their type.
+            hints = typing.get_type_hints(cls)
+            later = {f.name: _typed(hints[f.name], d[f.name]) for f in fields(cls)
+                     if f.name not in explicit and f.name in d}
             return cls(
+                **later,
                 model=_build(ModelSummary, m),
                 data=_build(DataSummary, dd),
                 output_gap=_build(OutputGap, g),

@@ -196,3 +196,17 @@ def test_ci_examples_run_bngap_once():
         assert len(runs) == 1, (name, runs)
         assert "--output bngap-report.json" in text and "bngap-junit.xml" in text
     assert "junit: bngap-junit.xml" in (examples / "gitlab-ci.yml").read_text()
+
+
+@pytest.mark.parametrize("name", ["under_trained", "nested", "dropout_only", "preprocessing_mismatch"])
+def test_a_real_report_round_trips_exactly(zoo, name):
+    """What `check` returns survives its JSON form unchanged, so no key is
+    lost when the CLI renders every output from it (a key added to
+    `to_dict()` must come back through `Report.from_dict()`)."""
+    import bngap
+    from bngap.results import Report
+
+    model, x, y = zoo.get(name)
+    r = bngap.check(model, x, y, effects=0)
+    d = json.loads(json.dumps(r.to_dict()))
+    assert Report.from_dict(d).to_dict() == d
