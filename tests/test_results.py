@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 from test_render import make_report
@@ -115,3 +116,16 @@ def test_every_output_shows_the_warn_verdict(thresholds, start):
     assert json.loads(render(r, "json"))["verdict"] == start.split(" ")[0].lower()
     assert f'<property name="verdict" value="{start.split(" ")[0].lower()}" />' in render(r, "junit")
     assert f'<span class="verdict {start.split(" ")[0].lower()}">{start.split(" ")[0]}</span>' in render(r, "html")
+
+
+def test_text_and_markdown_show_the_baseline_side_by_side():
+    r = dataclasses.replace(make_report(thresholds=Thresholds(max_regression=0.5)), baseline=baseline_of(0.2))
+    text = render(r, "text", width=100)
+    block = text[text.index("Against the baseline"):text.index("Gap by cause")]
+    assert ("baseline old.json (model models/tiny_resnet.keras): the output gap changed by +0.2123 "
+            "(at most +0.5 allowed)") in " ".join(block.split())
+    assert re.search(r"^output gap \(relative L2\) +0\.2000 +0\.4123$", block, re.M)
+    assert re.search(r"^most likely cause +stats_not_converged +stats_never_updated$", block, re.M)
+    md = render(r, "markdown")
+    assert "| output gap (relative L2) | 0.2000 | 0.4123 |" in md
+    assert "| verdict | pass | pass |" in md
