@@ -210,3 +210,18 @@ def test_a_real_report_round_trips_exactly(zoo, name):
     r = bngap.check(model, x, y, effects=0)
     d = json.loads(json.dumps(r.to_dict()))
     assert Report.from_dict(d).to_dict() == d
+
+
+def test_annotations_follow_the_verdict():
+    from test_render import make_report
+
+    from bngap.render.github import annotations
+    from bngap.results import Thresholds
+
+    warn = annotations(make_report(thresholds=Thresholds(output_gap=1.0, warn_above=0.1)))
+    assert [a.split(" ")[0] for a in warn] == ["::warning", "::error", "::warning"]  # gate, fail finding, warn finding
+    assert warn[0].startswith("::warning file=models/tiny_resnet.keras,title=bngap%3A output gap (relative L2) "
+                              "above 0.1::output gap (relative L2) is 0.4123, above 0.1.")
+    fail = annotations(make_report(thresholds=Thresholds(output_gap=0.2, warn_above=0.1)))
+    assert [a.split(" ")[0] for a in fail] == ["::error", "::error", "::warning"]  # no warning beside the failure
+    assert annotations(make_report(findings=())) == []

@@ -29,7 +29,8 @@ def annotations(report: Report) -> list[str]:
     top = r.top_finding
     cause = f" Likely cause: {top.cause.value}." if top else ""
     for g in gates(r):
-        if g.state != "ok":
+        # beside a failure, a warning about the same gap adds nothing
+        if g.state == "fail" or (g.state == "warn" and r.verdict == "warn"):
             out.append(_command("error" if g.state == "fail" else "warning",
                                 f"bngap: {g.what} above {g.limit:g}", g.outcome + "." + cause, r.model.path))
     for f in r.findings:
