@@ -112,7 +112,8 @@ def plan_outputs(paths, formats, *, default: str | None = None, inputs=()) -> li
     """
     plan: list[tuple[Path, str]] = []
     seen: set[Path] = set()
-    known = ", ".join(sorted(e for e, f in REPORT_EXTENSIONS.items() if f in formats and e not in (".htm", ".markdown")))
+    known = ", ".join(sorted(e for e, f in REPORT_EXTENSIONS.items()
+                             if f in formats and e not in (".htm", ".markdown")))
     for given in paths:
         out = Path(given)
         fmt = output_format(out, default)
