@@ -178,3 +178,54 @@ def test_written_files_get_ordinary_permissions(tmp_path):
         assert stat.S_IMODE(kept.stat().st_mode) == 0o664
     finally:
         os.umask(umask)
+
+
+# ------------------------------------------------------------ report files
+
+def test_plan_outputs_reads_the_format_from_the_extension(tmp_path):
+    from bngap.writing import plan_outputs
+
+    names = ["r.json", "r.MD", "r.html", "r.htm", "r.xml", "r.txt", "r.markdown", "r.log"]
+    plan = plan_outputs([tmp_path / n for n in names], ("json", "markdown", "html", "junit", "text"),
+                        default="json")
+    assert [f for _, f in plan] == ["json", "markdown", "html", "html", "junit", "text", "markdown", "json"]
+
+
+@pytest.mark.parametrize("paths,message", [
+    (["r.log"], "--output {d}/r.log: cannot write this extension here; use one of .json, .txt"),
+    (["r.xml"], "--output {d}/r.xml: cannot write a junit report here; use one of .json, .txt"),
+    (["r.json", "./r.json"], "--output {d}/./r.json is given twice"),
+    (["model.keras.json"], "--output {d}/model.keras.json is one of the inputs"),
+    (["missing/r.json"], "cannot write {d}/missing/r.json: folder {d}/missing does not exist"),
+])
+def test_plan_outputs_refuses_before_any_work(tmp_path, paths, message):
+    from bngap.writing import plan_outputs
+
+    with pytest.raises(BngapError) as e:
+        plan_outputs([f"{tmp_path}/{p}" for p in paths], ("json", "text"),
+                     inputs=(tmp_path / "model.keras.json", None))
+    assert str(e.value).startswith(message.format(d=tmp_path))
+    assert listing(tmp_path) == []
+
+
+def test_write_outputs_renders_everything_before_writing(tmp_path):
+    from bngap.writing import plan_outputs, write_outputs
+
+    calls = []
+
+    def ok(subject):
+        calls.append("json")
+        return f"{subject}\n"
+
+    def broken(subject):
+        raise ZeroDivisionError("renderer bug")
+
+    plan = plan_outputs([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.txt"], ("json", "text"))
+    (tmp_path / "a.json").write_text("old")
+    with pytest.raises(ZeroDivisionError):
+        write_outputs("report", plan, {"json": ok, "text": broken})
+    assert (tmp_path / "a.json").read_text() == "old" and listing(tmp_path) == ["a.json"]  # nothing written
+    written = write_outputs("report", plan, {"json": ok, "text": lambda s: "text\n"})
+    assert written == [tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.txt"]
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text() == "report\n"
+    assert calls == ["json", "json"]  # once per run and format, not once per file
