@@ -299,7 +299,7 @@ def test_a_fixed_copy_of_a_keras2_model_with_tf_ops_reloads(tmp_path, apps_loade
     ("some other error", None),
 ])
 def test_refused_arguments_are_read_from_keras_message(message, expected):
-    from bngap.loading import refused_arguments
+    from bngap.keras2.repair import refused_arguments
 
     assert refused_arguments(message) == expected
 
@@ -598,7 +598,7 @@ def test_keras22_sequential_layer_list_layout(tmp_path):
                                       "nn.RNNCellDropoutWrapper.from_config",
                                       "linalg.LinearOperatorFullMatrix", "compat.v1.io.write_file"])
 def test_tf_op_names_outside_tensor_math_are_refused_in_safe_mode(keras, function):
-    from bngap.legacy_ops import UnsafeOpError, resolve
+    from bngap.keras2.ops import UnsafeOpError, resolve
 
     with pytest.raises(UnsafeOpError, match="safe mode does not run|not a TensorFlow function"):
         resolve(function, unsafe=False)
@@ -607,7 +607,7 @@ def test_tf_op_names_outside_tensor_math_are_refused_in_safe_mode(keras, functio
 @pytest.mark.parametrize("function", ["compat.v1.shape", "compat.v1.pad", "compat.v1.norm", "stop_gradient",
                                       "compat.v1.transpose", "image.resize", "__operators__.getitem"])
 def test_tensor_math_keras2_records_is_allowed_in_safe_mode(keras, function):
-    from bngap.legacy_ops import resolve
+    from bngap.keras2.ops import resolve
 
     assert callable(resolve(function, unsafe=False))
 
@@ -639,7 +639,7 @@ def test_tf_op_layer_fed_anything_but_layer_outputs_is_refused_in_safe_mode(tmp_
     ("__operators__.add", [1.0, 2.0], [1.5, 2.5]),
 ])
 def test_tf_op_names_of_tensor_math_resolve_to_tensorflow(keras, function, x, expected):
-    from bngap.legacy_ops import resolve
+    from bngap.keras2.ops import resolve
 
     fn = resolve(function, unsafe=False)
     args = () if function == "nn.relu6" else (0.5,)
