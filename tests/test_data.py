@@ -15,7 +15,7 @@ import pytest
 
 from bngap.data import Dataset, from_arrays, load_data, read_arrays, validate
 from bngap.errors import DataError
-from bngap.loading import InputSpec
+from bngap.specs import InputSpec
 
 IMG = [InputSpec("image", (None, 4, 4, 3), "float32")]
 GRAY = [InputSpec("gray", (None, 4, 4, 1), "float32")]
@@ -46,7 +46,7 @@ def test_reading_data_does_not_import_tensorflow(tmp_path):
     import subprocess
 
     p = _npz(tmp_path, x=_images(2))
-    code = ("import sys; from bngap.data import load_data; from bngap.loading import InputSpec; "
+    code = ("import sys; from bngap.data import load_data; from bngap.specs import InputSpec; "
             f"load_data({str(p)!r}, [InputSpec('image', (None, 4, 4, 3), 'float32')]); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
