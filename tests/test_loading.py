@@ -682,3 +682,46 @@ def test_keras3_h5_with_nested_models_called_twice_is_left_as_it_is(tmp_path, ke
     loaded = load_model(tmp_path / "k3_nested.h5")
     np.testing.assert_array_equal(_call(loaded.model, x), _call(model, x))
     assert loaded.notes == []
+
+
+# --------------------------------------------- merged from test_load_model.py
+REGISTERED_LAYER = '''
+import keras
+
+@keras.saving.register_keras_serializable(package="userpkg")
+class Scale(keras.layers.Layer):
+    def __init__(self, factor=2.0, **kw):
+        super().__init__(**kw)
+        self.factor = factor
+    def call(self, x):
+        return x * self.factor
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+'''
+
+
+def test_registered_custom_layer_needs_its_file(tmp_path, keras):
+    """A class registered under a package ('userpkg>Scale') is named and found
+    like an unregistered one."""
+    import subprocess
+
+    # Saved from another process, so that the class is not registered here.
+    (tmp_path / "userlayers.py").write_text(REGISTERED_LAYER)
+    script = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import keras, userlayers;"
+              "m = keras.Sequential([keras.Input((3,)), userlayers.Scale(3.0, name='scale')]);"
+              f"m.save({str(tmp_path / 'custom.keras')!r})")
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    msg = _load_error(tmp_path / "custom.keras")
+    assert "custom class or function" in msg and "--custom-objects" in msg, msg
+    model = load_model(tmp_path / "custom.keras", custom_objects_file=tmp_path / "userlayers.py").model
+    np.testing.assert_array_equal(_call(model, np.ones((1, 3), "float32")), np.full((1, 3), 3.0))
+
+
+def test_a_pickle_is_not_a_model_file(tmp_path):
+    import pickle
+
+    p = tmp_path / "model.pkl"
+    p.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    assert _check_error(p) == UNSUPPORTED.format(ext=".pkl")
+    assert _load_error(p) == UNSUPPORTED.format(ext=".pkl")
