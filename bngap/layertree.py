@@ -11,30 +11,37 @@ from .results import Kind
 
 # Image preprocessing layers that change nothing between modes.
 _DETERMINISTIC_IMAGE_LAYERS = {
-    "Resizing", "CenterCrop", "AutoContrast", "Equalization", "MaxNumBoundingBoxes", "CLAHE",
+    "Resizing",
+    "CenterCrop",
+    "AutoContrast",
+    "Equalization",
+    "MaxNumBoundingBoxes",
+    "CLAHE",
 }
 _MIXING_AUGMENTATIONS = {"AugMix", "RandAugment", "CutMix", "MixUp", "Solarization"}
 
 
 @dataclass(eq=False)
 class LayerNode:
-    """One layer instance in the tree (a shared instance appears once)."""
+    """One layer instance in the tree (a shared instance appears once).
+
+    `layer` is the live Keras layer, for the forward passes; the other fields
+    are plain data read when the tree is built, so that analysis can work on
+    hand-built nodes.
+    """
 
     path: str
     layer: Any
     depth: int
     kind: Kind
     mode_dependent: bool
-    parent: "LayerNode | None" = None
-    children: list = field(default_factory=list)
-    index: int = 0                  # position in the tree walk
-    takes_training: bool = False    # its call() accepts `training`
-    opaque: bool = False            # we do not look inside it (RNN cells)
-
-    @property
-    def class_name(self) -> str:
-        return type(self.layer).__name__
-
+    parent: LayerNode | None = None
+    children: list[LayerNode] = field(default_factory=list)
+    index: int = 0  # position in the tree walk
+    takes_training: bool = False  # its call() accepts `training`
+    opaque: bool = False  # we do not look inside it (RNN cells)
+    class_name: str = ""  # the layer's class, e.g. "BatchNormalization"
+    trainable: bool = True  # layer.trainable when the tree was built
 
 
 def _children(layer) -> list:
@@ -67,7 +74,10 @@ def classify(layer, keras) -> tuple[Kind, bool]:
         return Kind.NOISE, float(getattr(layer, "stddev", 1.0) or 0.0) > 0.0
     if isinstance(layer, L.RNN):
         cell = getattr(layer, "cell", None)
-        rates = [getattr(cell, "dropout", 0.0) or 0.0, getattr(cell, "recurrent_dropout", 0.0) or 0.0]
+        rates = [
+            getattr(cell, "dropout", 0.0) or 0.0,
+            getattr(cell, "recurrent_dropout", 0.0) or 0.0,
+        ]
         return Kind.RECURRENT, any(float(r) > 0 for r in rates)
     if isinstance(layer, L.Attention) or type(layer).__name__ == "AdditiveAttention":
         return Kind.DROPOUT, float(getattr(layer, "dropout", 0.0) or 0.0) > 0.0
@@ -86,7 +96,11 @@ def classify(layer, keras) -> tuple[Kind, bool]:
         if name.startswith("Random") or name in _MIXING_AUGMENTATIONS:
             return Kind.AUGMENTATION, True
         return Kind.OTHER, False
-    if not _is_keras_builtin(layer) and _takes_training(layer) and not isinstance(layer, keras.Model):
+    if (
+        not _is_keras_builtin(layer)
+        and _takes_training(layer)
+        and not isinstance(layer, keras.Model)
+    ):
         return Kind.CUSTOM_TRAINING_ARG, True
     return Kind.OTHER, False
 
@@ -107,9 +121,19 @@ def build_tree(model, keras) -> list[LayerNode]:
             seen.add(id(child))
             kind, dep = classify(child, keras)
             path = f"{prefix}{child.name}"
-            node = LayerNode(path=path, layer=child, depth=depth, kind=kind, mode_dependent=dep,
-                             parent=parent, index=len(nodes), takes_training=_takes_training(child),
-                             opaque=isinstance(child, keras.layers.RNN))
+            node = LayerNode(
+                path=path,
+                layer=child,
+                depth=depth,
+                kind=kind,
+                mode_dependent=dep,
+                parent=parent,
+                index=len(nodes),
+                takes_training=_takes_training(child),
+                opaque=isinstance(child, keras.layers.RNN),
+                class_name=type(child).__name__,
+                trainable=bool(child.trainable),
+            )
             nodes.append(node)
             if parent is not None:
                 parent.children.append(node)
