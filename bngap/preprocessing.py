@@ -15,9 +15,6 @@ PROBE_SAMPLES = 64
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 _TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-# The same transforms as `--preprocess` names them for image folders.
-PREPROCESS_FLAG = {"x / 255": "scale=1/255", "x / 127.5 - 1": "tf",
-                   "caffe: BGR, minus ImageNet mean": "caffe", "torch: x / 255, ImageNet mean/std": "torch"}
 
 
 def candidate_transforms(x: np.ndarray) -> dict:

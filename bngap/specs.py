@@ -1,4 +1,5 @@
-"""What a model expects of its inputs: the record that data reading and model loading share."""
+"""What a model expects of its inputs: shapes and dtypes (`InputSpec`), and the named input
+preprocessings that data reading, the preprocessing probe and the advice share."""
 
 from __future__ import annotations
 
@@ -12,3 +13,13 @@ class InputSpec:
     name: str
     shape: tuple  # e.g. (None, 224, 224, 3); None = any size
     dtype: str
+
+
+# The probe's transforms (`preprocessing.candidate_transforms`) that
+# `--preprocess` can apply to an image folder, and its name for each.
+PREPROCESS_FLAG = {
+    "x / 255": "scale=1/255",
+    "x / 127.5 - 1": "tf",
+    "caffe: BGR, minus ImageNet mean": "caffe",
+    "torch: x / 255, ImageNet mean/std": "torch",
+}
