@@ -44,7 +44,7 @@ class LayerNode:
     trainable: bool = True  # layer.trainable when the tree was built
 
 
-def _children(layer) -> list:
+def _children(layer: Any) -> list[Any]:
     try:
         kids = layer._flatten_layers(include_self=False, recursive=False)
     except Exception:  # a custom layer whose tracking we cannot read
@@ -52,18 +52,18 @@ def _children(layer) -> list:
     return list(kids)
 
 
-def _is_keras_builtin(layer) -> bool:
+def _is_keras_builtin(layer: Any) -> bool:
     return type(layer).__module__.startswith(("keras.", "keras_hub.", "keras_cv.", "keras_nlp."))
 
 
-def _takes_training(layer) -> bool:
+def _takes_training(layer: Any) -> bool:
     try:
         return "training" in inspect.signature(layer.call).parameters
     except (TypeError, ValueError):
         return False
 
 
-def classify(layer, keras) -> tuple[Kind, bool]:
+def classify(layer: Any, keras: Any) -> tuple[Kind, bool]:
     """(kind, mode_dependent) of one layer."""
     L = keras.layers
     if isinstance(layer, L.BatchNormalization):
@@ -82,13 +82,16 @@ def classify(layer, keras) -> tuple[Kind, bool]:
     if isinstance(layer, L.Attention) or type(layer).__name__ == "AdditiveAttention":
         return Kind.DROPOUT, float(getattr(layer, "dropout", 0.0) or 0.0) > 0.0
     name = type(layer).__name__
+    image_base: Any = ()
     try:
-        from keras.src.layers.preprocessing.image_preprocessing.base_image_preprocessing_layer import (
-            BaseImagePreprocessingLayer,
+        from keras.src.layers.preprocessing.image_preprocessing import (
+            base_image_preprocessing_layer as module,
         )
-    except ImportError:  # pragma: no cover - layout of a future Keras
-        BaseImagePreprocessingLayer = ()
-    if (BaseImagePreprocessingLayer and isinstance(layer, BaseImagePreprocessingLayer)) or (
+
+        image_base = module.BaseImagePreprocessingLayer
+    except (ImportError, AttributeError):  # pragma: no cover - layout of a future Keras
+        pass
+    if (image_base and isinstance(layer, image_base)) or (
         _is_keras_builtin(layer) and name.startswith("Random")
     ):
         if name in _DETERMINISTIC_IMAGE_LAYERS:
@@ -105,7 +108,7 @@ def classify(layer, keras) -> tuple[Kind, bool]:
     return Kind.OTHER, False
 
 
-def build_tree(model, keras) -> list[LayerNode]:
+def build_tree(model: Any, keras: Any) -> list[LayerNode]:
     """All layers below `model` in depth-first order, each instance once.
 
     Paths join layer names with '/'. Input layers are skipped (they compute
@@ -114,7 +117,7 @@ def build_tree(model, keras) -> list[LayerNode]:
     nodes: list[LayerNode] = []
     seen: set[int] = set()
 
-    def visit(layer, prefix: str, depth: int, parent: LayerNode | None):
+    def visit(layer: Any, prefix: str, depth: int, parent: LayerNode | None) -> None:
         for child in _children(layer):
             if id(child) in seen or isinstance(child, keras.layers.InputLayer):
                 continue

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,17 +95,13 @@ def check_model_path(path: str | os.PathLike) -> Path:
                 names = set(zf.namelist())
                 bad = zf.testzip()
         except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise ModelLoadError(
-                f"{p} is a damaged zip archive: {one_line(e)}"
-            ) from None
+            raise ModelLoadError(f"{p} is a damaged zip archive: {one_line(e)}") from None
         if "config.json" not in names:
             raise ModelLoadError(
                 f"{p} is a zip archive but not a Keras model (it has no config.json)"
             )
         if bad is not None:
-            raise ModelLoadError(
-                f"{p} is corrupted: zip member '{bad}' fails its checksum"
-            )
+            raise ModelLoadError(f"{p} is corrupted: zip member '{bad}' fails its checksum")
         version = _keras_version_of_archive(p)
         if version.startswith("2."):
             raise ModelLoadError(
@@ -150,11 +147,11 @@ def load_custom_objects(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise ModelLoadError(f"--custom-objects file not found: {p}")
     if p.suffix != ".py":
-        raise ModelLoadError(
-            f"--custom-objects must be a Python file (.py). Received: {p}"
-        )
+        raise ModelLoadError(f"--custom-objects must be a Python file (.py). Received: {p}")
     name = f"bngap_custom_objects_{abs(hash(str(p.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, p)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import --custom-objects file {p}")
     module = importlib.util.module_from_spec(spec)
     folder = str(p.resolve().parent)
     if folder not in sys.path:
@@ -190,9 +187,7 @@ def _translate_load_error(p: Path, e: Exception) -> ModelLoadError:
         )
     m = re.search(
         r"Could not (?:locate|deserialize) (?:class|function) '([^']+)'", msg
-    ) or re.search(
-        r"Unknown [a-z ]+: '([^']+)'", msg
-    )  # the legacy .h5 loader's wording
+    ) or re.search(r"Unknown [a-z ]+: '([^']+)'", msg)  # the legacy .h5 loader's wording
     if m:
         name = m.group(1)
         if name in ("Functional", "Sequential", "Model"):
@@ -206,9 +201,7 @@ def _translate_load_error(p: Path, e: Exception) -> ModelLoadError:
             "--custom-objects FILE.py with its definition"
         )
     if "No model config found" in msg:
-        return ModelLoadError(
-            f"{p} holds weights only (no model config); save the whole model"
-        )
+        return ModelLoadError(f"{p} holds weights only (no model config); save the whole model")
     if (
         "Unable to open file" in msg
         or "file signature" in msg
@@ -227,7 +220,7 @@ def _translate_load_error(p: Path, e: Exception) -> ModelLoadError:
 
 
 @contextlib.contextmanager
-def _lower_case_suffix(p: Path):
+def _lower_case_suffix(p: Path) -> Iterator[Path]:
     """Keras picks the format by the exact suffix: MODEL.H5 is loaded through
     a link named model.h5 (a copy where links are not allowed)."""
     if p.suffix == p.suffix.lower():
@@ -250,9 +243,7 @@ def _refuse_unsafe_op_nodes(cfg: Any, p: Path) -> None:
     references; anything else (a dict node can carry any object as the first
     argument) is not from Keras 2, and not run in safe mode."""
     for layer in layer_entries(cfg):
-        nodes = (
-            layer.get("inbound_nodes") if layer["class_name"] in OP_CLASSES else None
-        )
+        nodes = layer.get("inbound_nodes") if layer["class_name"] in OP_CLASSES else None
         if nodes and not all(isinstance(n, list) for n in nodes):
             raise ModelLoadError(
                 f"{p}: layer {layer['config'].get('name', '')!r}: a TF-op layer whose inputs are "
@@ -266,11 +257,7 @@ def _refuse_unrunnable(cfg: Any, p: Path, unsafe: bool) -> None:
     for layer in layer_entries(cfg):
         conf = layer["config"]
         axis = conf.get("axis")
-        if (
-            layer["class_name"] == "BatchNormalization"
-            and isinstance(axis, list)
-            and len(axis) > 1
-        ):
+        if layer["class_name"] == "BatchNormalization" and isinstance(axis, list) and len(axis) > 1:
             raise ModelLoadError(
                 f"{p}: layer {conf.get('name', '')!r} is a BatchNormalization over several "
                 f"axes {axis}, which Keras 2 allowed and Keras 3 does not; bngap cannot run it"
@@ -279,9 +266,7 @@ def _refuse_unrunnable(cfg: Any, p: Path, unsafe: bool) -> None:
             try:
                 resolve(conf["function"], unsafe=unsafe)
             except UnsafeOpError as e:
-                raise ModelLoadError(
-                    f"{p}: layer {conf.get('name', '')!r}: {e}"
-                ) from None
+                raise ModelLoadError(f"{p}: layer {conf.get('name', '')!r}: {e}") from None
 
 
 def _load_legacy(p: Path, keras: Any, kwargs: dict, notes: list[str]) -> Any:
@@ -361,7 +346,7 @@ def read_compiled_loss(p: Path) -> Any:
         return None
 
 
-def input_specs(model) -> list[InputSpec]:
+def input_specs(model: Any) -> list[InputSpec]:
     """The model's declared inputs; empty when it declares none (subclassed)."""
     specs = []
     inputs = getattr(model, "inputs", None)
@@ -373,7 +358,7 @@ def input_specs(model) -> list[InputSpec]:
             return specs
     except (AttributeError, ValueError):
         specs = []
-    build = {}
+    build: dict[str, Any] = {}
     try:
         build = model.get_build_config() or {}
     except Exception:
@@ -422,7 +407,7 @@ def load_model(
     custom = {**layer_classes(unsafe), **custom}
     kwargs = dict(compile=False, safe_mode=not unsafe, custom_objects=custom)
 
-    def attempt(kw):
+    def attempt(kw: dict[str, Any]) -> Any:
         with warnings.catch_warnings(), _lower_case_suffix(p) as source:
             warnings.simplefilter("ignore")
             if p.suffix.lower() in LEGACY_EXTS:
@@ -434,9 +419,7 @@ def load_model(
         if compile:
             try:
                 model = attempt({**kwargs, "compile": True})
-            except (
-                Exception
-            ) as e:  # loss or optimizer not restorable: keep going without
+            except Exception as e:  # loss or optimizer not restorable: keep going without
                 notes.append(
                     f"loaded without its compile configuration ({type(e).__name__}: "
                     f"{one_line(e, 120)})"
@@ -448,13 +431,9 @@ def load_model(
     except Exception as e:  # Keras raises many types for bad files
         raise _translate_load_error(p, e) from e
     if not isinstance(model, keras.Model):
-        raise ModelLoadError(
-            f"{p} does not hold a Keras model. Received: {type(model).__name__}"
-        )
+        raise ModelLoadError(f"{p} does not hold a Keras model. Received: {type(model).__name__}")
     if not model.built:
-        raise ModelLoadError(
-            f"{p} holds a model that was never built (no input shape known)"
-        )
+        raise ModelLoadError(f"{p} holds a model that was never built (no input shape known)")
     return LoadedModel(
         model=model,
         path=str(p),

@@ -89,8 +89,6 @@ SAFE_FUNCTIONS = frozenset(
         "sequence_mask",
         "ensure_shape",
         "image.extract_patches",
-        "squeeze",
-        "gather",
     }
 )  # Keras 2 records some of these under compat.v1. (tf.shape is compat.v1.shape): allowed too
 
@@ -109,13 +107,8 @@ def resolve(function: str, *, unsafe: bool) -> Any:
     parts = function.split(".")
     # No private or dunder attributes (the classic way out of a name allowlist),
     # except TensorFlow's own `__operators__` namespace.
-    plain = all(
-        _PUBLIC.match(p) or (i == 0 and p == "__operators__")
-        for i, p in enumerate(parts)
-    )
-    base = (
-        function[len("compat.v1.") :] if function.startswith("compat.v1.") else function
-    )
+    plain = all(_PUBLIC.match(p) or (i == 0 and p == "__operators__") for i, p in enumerate(parts))
+    base = function[len("compat.v1.") :] if function.startswith("compat.v1.") else function
     allowed = base in SAFE_FUNCTIONS or base.startswith(SAFE_PREFIXES)
     refused = UnsafeOpError(
         f"the model calls tf.{function}, which safe mode does not run (only tensor "
@@ -135,9 +128,7 @@ def resolve(function: str, *, unsafe: bool) -> Any:
                 f"the model calls tf.{function}, which this TensorFlow does not have"
             )
     if not callable(target) or isinstance(target, type):
-        raise UnsafeOpError(
-            f"the model names tf.{function}, which is not a TensorFlow function"
-        )
+        raise UnsafeOpError(f"the model names tf.{function}, which is not a TensorFlow function")
     function_ = inspect.isfunction(target) or inspect.isbuiltin(target)
     if not unsafe and not (
         function_ and str(getattr(target, "__module__", "")).startswith("tensorflow")
@@ -146,7 +137,7 @@ def resolve(function: str, *, unsafe: bool) -> Any:
     return target
 
 
-def _slice(spec):
+def _slice(spec: Any) -> Any:
     if isinstance(spec, dict) and set(spec) <= {"start", "stop", "step"}:
         return slice(spec.get("start"), spec.get("stop"), spec.get("step"))
     if spec in ("...", "Ellipsis"):
@@ -162,12 +153,16 @@ def layer_classes(unsafe: bool) -> dict[str, type]:
 
     keras = import_keras()
 
-    class TFOpLambda(keras.layers.Layer):
+    class TFOpLambda(keras.layers.Layer):  # type: ignore[name-defined]
         """Runs the TensorFlow function a Keras 2 TF-op layer recorded."""
 
         def __init__(
-            self, function: str, call_kwargs=None, first_constant=None, **kwargs
-        ):
+            self,
+            function: str,
+            call_kwargs: dict[str, Any] | None = None,
+            first_constant: list[Any] | None = None,
+            **kwargs: Any,
+        ) -> None:
             super().__init__(**kwargs)
             self.function = function
             self.call_kwargs = call_kwargs or {}
@@ -176,7 +171,7 @@ def layer_classes(unsafe: bool) -> dict[str, type]:
             self.first_constant = first_constant
             self._fn = resolve(function, unsafe=unsafe)
 
-        def call(self, inputs, bngap_tensors=None, **kwargs):
+        def call(self, inputs: Any, bngap_tensors: Any = None, **kwargs: Any) -> Any:
             if self.first_constant is not None:
                 inputs, bngap_tensors = self.first_constant[0], inputs
             # Constants live in the config; the tensors among the keyword
@@ -187,7 +182,7 @@ def layer_classes(unsafe: bool) -> dict[str, type]:
                 return self._fn(inputs, _slice(kwargs.pop("slice_spec")))
             return self._fn(inputs, **kwargs)
 
-        def get_config(self):
+        def get_config(self) -> dict[str, Any]:
             return {
                 **super().get_config(),
                 "function": self.function,
@@ -204,7 +199,7 @@ def layer_classes(unsafe: bool) -> dict[str, type]:
 TENSOR_SLOT = "__bngap_tensor__"
 
 
-def template(value, tensors: list):
+def template(value: Any, tensors: list[Any]) -> Any:
     """`value` with each serialized Keras tensor replaced by a numbered slot,
     the tensors appended to `tensors`."""
     if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
@@ -217,7 +212,7 @@ def template(value, tensors: list):
     return value
 
 
-def fill(value, tensors: list):
+def fill(value: Any, tensors: list[Any]) -> Any:
     """The inverse of `template`, with the real tensors."""
     if isinstance(value, dict) and set(value) == {TENSOR_SLOT}:
         return tensors[value[TENSOR_SLOT]]

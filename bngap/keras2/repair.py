@@ -31,9 +31,7 @@ KERAS2_POLICIES = {
     "Policy",
     "PolicyV1",
 }  # Keras 3 writes "DTypePolicy" and reads it itself
-KERAS_TENSOR = (
-    "__keras_tensor__"  # the class name of a serialized tensor in Keras 3 configs
-)
+KERAS_TENSOR = "__keras_tensor__"  # the class name of a serialized tensor in Keras 3 configs
 
 
 def read_config(p: Path) -> Any:
@@ -96,9 +94,7 @@ def walk(
 
 
 def _is_layer_entry(v: Any) -> bool:
-    return (
-        isinstance(v, dict) and "class_name" in v and isinstance(v.get("config"), dict)
-    )
+    return isinstance(v, dict) and "class_name" in v and isinstance(v.get("config"), dict)
 
 
 def layer_entries(cfg: Any) -> Iterator[dict]:
@@ -107,9 +103,7 @@ def layer_entries(cfg: Any) -> Iterator[dict]:
 
 
 def _layer_names(cfg: Any) -> set[str]:
-    return {
-        str(e["config"].get("name") or e.get("name") or "") for e in layer_entries(cfg)
-    }
+    return {str(e["config"].get("name") or e.get("name") or "") for e in layer_entries(cfg)}
 
 
 def _sequential_layers(entry: dict) -> list | None:
@@ -146,9 +140,7 @@ def _modernise_sequential_layout(cfg: Any, changes: list[str]) -> None:
                 "name": node.get("name") or "sequential",
                 "layers": node["config"],
             }
-            changes.append(
-                "converted an old Keras 2 Sequential layout (a bare layer list)"
-            )
+            changes.append("converted an old Keras 2 Sequential layout (a bare layer list)")
 
 
 def _is_node_ref(v: Any) -> bool:
@@ -205,9 +197,7 @@ def _unwrap_single_io(entry: dict) -> bool:
     return changed
 
 
-def drop_refused_arguments(
-    cfg: Any, class_name: str, keys: list[str]
-) -> dict[str, list]:
+def drop_refused_arguments(cfg: Any, class_name: str, keys: list[str]) -> dict[str, list]:
     """Drops the constructor arguments Keras 3 refused from every layer of a
     class; returns each dropped argument's distinct values."""
     dropped: dict[str, list] = {}
@@ -281,16 +271,15 @@ def _tensors_in(value: Any, names: set[str]) -> tuple[Any, bool]:
         return _keras_tensor(value), True
     value = copy.deepcopy(value)
     found = False
-    # A reference becomes a tensor in its holder; neither is walked into again.
-    done = lambda v: (
-        is_ref(v) or (isinstance(v, dict) and v.get("class_name") == KERAS_TENSOR)
-    )  # noqa: E731
+
+    def done(v: Any) -> bool:
+        """A reference becomes a tensor in its holder; neither is walked into again."""
+        return is_ref(v) or (isinstance(v, dict) and v.get("class_name") == KERAS_TENSOR)
+
     for node in walk(value, prune=done):
         if done(node):
             continue
-        for key, v in (
-            list(node.items()) if isinstance(node, dict) else list(enumerate(node))
-        ):
+        for key, v in list(node.items()) if isinstance(node, dict) else list(enumerate(node)):
             if is_ref(v):
                 node[key] = _keras_tensor(v)
                 found = True
@@ -309,17 +298,11 @@ def _modernise_tensor_kwargs(entry: dict, names: set[str]) -> bool:
     for i, node in enumerate(nodes):
         if not (isinstance(node, list) and node and all(_is_node_ref(r) for r in node)):
             continue
-        kwargs = (
-            node[-1][3] if len(node[-1]) > 3 and isinstance(node[-1][3], dict) else {}
-        )
+        kwargs = node[-1][3] if len(node[-1]) > 3 and isinstance(node[-1][3], dict) else {}
         rnn = entry.get("class_name") in RNN_CLASSES
         if rnn:
             # Keras 2 wrote initial_state=None, constants=None; Keras 3 has no `constants`
-            empty = [
-                k
-                for k in ("initial_state", "constants")
-                if k in kwargs and kwargs[k] is None
-            ]
+            empty = [k for k in ("initial_state", "constants") if k in kwargs and kwargs[k] is None]
             for ref in node:
                 if len(ref) > 3 and isinstance(ref[3], dict):
                     for k in empty:
@@ -333,7 +316,8 @@ def _modernise_tensor_kwargs(entry: dict, names: set[str]) -> bool:
         if not has_tensor:
             continue
         first = [_keras_tensor(r) for r in node]
-        nodes[i] = {"args": [first[0] if len(first) == 1 else first], "kwargs": kwargs}
+        args: Any = first[0] if len(first) == 1 else first
+        nodes[i] = {"args": [args], "kwargs": kwargs}
         changed = True
     return changed
 
@@ -346,12 +330,10 @@ def _rewrite_op_nodes(entry: dict, names: set[str]) -> None:
     nodes = entry.get("inbound_nodes")
     if not isinstance(nodes, list):
         return
-    rewritten = []
+    rewritten: list[dict[str, Any]] = []
     for node in nodes:
         refs = [node] if node and isinstance(node[0], str) else list(node)
-        kwargs = (
-            refs[-1][3] if len(refs[-1]) > 3 and isinstance(refs[-1][3], dict) else {}
-        )
+        kwargs = refs[-1][3] if len(refs[-1]) > 3 and isinstance(refs[-1][3], dict) else {}
         kwargs, _ = _tensors_in(kwargs, names)
         flat: list = []
         entry["config"]["call_kwargs"] = template(kwargs, flat)
@@ -360,10 +342,8 @@ def _rewrite_op_nodes(entry: dict, names: set[str]) -> None:
             rewritten.append({"args": [flat], "kwargs": {}})
             continue
         tensors = [_keras_tensor(r) for r in refs]
-        first = tensors[0] if len(tensors) == 1 else tensors
-        rewritten.append(
-            {"args": [first], "kwargs": {"bngap_tensors": flat} if flat else {}}
-        )
+        first: Any = tensors[0] if len(tensors) == 1 else tensors
+        rewritten.append({"args": [first], "kwargs": {"bngap_tensors": flat} if flat else {}})
     entry["inbound_nodes"] = rewritten
 
 
@@ -443,9 +423,7 @@ def _renumber_nested_calls(cfg: Any, changes: list[str]) -> None:
     inner = cfg.get("config")
     shifted = [n for n in sorted(sequentials) if _shift_node_indices(inner, {n})]
     shifted += [
-        n
-        for n in sorted(functionals)
-        if _shift_node_indices(inner, {n}, outputs_too=False)
+        n for n in sorted(functionals) if _shift_node_indices(inner, {n}, outputs_too=False)
     ]
     if shifted:
         changes.append(
