@@ -19,17 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError, one_line
+from .keras2.config import layer_entries, read_config, written_by_keras2
 from .keras2.ops import OP_CLASSES, UnsafeOpError, layer_classes, resolve
 from .keras2.repair import (
     describe_dropped,
     drop_refused_arguments,
     first_batch_shape,
-    layer_entries,
-    read_config,
     refused_arguments,
     repair_config,
     repair_sequential_input,
-    written_by_keras2,
 )
 from .specs import InputSpec
 
@@ -86,38 +84,46 @@ def check_model_path(path: str | os.PathLike) -> Path:
     if size == 0:
         raise ModelLoadError(f"model file {p} is empty (0 bytes)")
     if ext in KERAS_EXTS:
-        if not zipfile.is_zipfile(p):
-            raise ModelLoadError(
-                f"{p} is not a valid .keras file: not a zip archive (truncated or corrupted?)"
-            )
-        try:
-            with zipfile.ZipFile(p) as zf:
-                names = set(zf.namelist())
-                bad = zf.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise ModelLoadError(f"{p} is a damaged zip archive: {one_line(e)}") from None
-        if "config.json" not in names:
-            raise ModelLoadError(
-                f"{p} is a zip archive but not a Keras model (it has no config.json)"
-            )
-        if bad is not None:
-            raise ModelLoadError(f"{p} is corrupted: zip member '{bad}' fails its checksum")
-        version = _keras_version_of_archive(p)
-        if version.startswith("2."):
-            raise ModelLoadError(
-                f"{p} was written by Keras {version} (tf.keras 2.x) in the .keras format, which "
-                "Keras 3 cannot read. Re-save it as .h5 with the Keras that wrote it "
-                "(tf_keras.models.load_model(path).save('model.h5')); bngap reads Keras 2 .h5 files"
-            )
+        _check_keras_archive(p)
     else:
-        with open(p, "rb") as fh:
-            head = fh.read(8)
-        if head != HDF5_SIGNATURE:
-            raise ModelLoadError(
-                f"{p} is not a valid HDF5 file (wrong signature; truncated, corrupted, or "
-                "not a Keras .h5 model)"
-            )
+        _check_hdf5_signature(p)
     return p
+
+
+def _check_keras_archive(p: Path) -> None:
+    """A .keras file is an intact zip archive with a config, not written by Keras 2."""
+    if not zipfile.is_zipfile(p):
+        raise ModelLoadError(
+            f"{p} is not a valid .keras file: not a zip archive (truncated or corrupted?)"
+        )
+    try:
+        with zipfile.ZipFile(p) as zf:
+            names = set(zf.namelist())
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ModelLoadError(f"{p} is a damaged zip archive: {one_line(e)}") from None
+    if "config.json" not in names:
+        raise ModelLoadError(f"{p} is a zip archive but not a Keras model (it has no config.json)")
+    if bad is not None:
+        raise ModelLoadError(f"{p} is corrupted: zip member '{bad}' fails its checksum")
+    version = _keras_version_of_archive(p)
+    if version.startswith("2."):
+        raise ModelLoadError(
+            f"{p} was written by Keras {version} (tf.keras 2.x) in the .keras format, which "
+            "Keras 3 cannot read. Re-save it as .h5 with the Keras that wrote it "
+            "(tf_keras.models.load_model(path).save('model.h5')); bngap reads Keras 2 .h5 files"
+        )
+
+
+def _check_hdf5_signature(p: Path) -> None:
+    """An .h5 file starts with the HDF5 signature (the rest is for h5py to judge)."""
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    if head != HDF5_SIGNATURE:
+        raise ModelLoadError(
+            f"{p} is not a valid HDF5 file (wrong signature; truncated, corrupted, or "
+            "not a Keras .h5 model)"
+        )
 
 
 def _keras_version_of_archive(p: Path) -> str:
@@ -373,6 +379,15 @@ def input_specs(model: Any) -> list[InputSpec]:
     return specs
 
 
+def _open(p: Path, keras: Any, kwargs: dict[str, Any], notes: list[str]) -> Any:
+    """One try of Keras' loader (through the Keras 2 repairs for .h5 files)."""
+    with warnings.catch_warnings(), _lower_case_suffix(p) as source:
+        warnings.simplefilter("ignore")
+        if p.suffix.lower() in LEGACY_EXTS:
+            return _load_legacy(source, keras, kwargs, notes)
+        return keras.models.load_model(source, **kwargs)
+
+
 def load_model(
     path: str | os.PathLike,
     *,
@@ -406,26 +421,18 @@ def load_model(
     # Keras 2's TF-op layers; user definitions win
     custom = {**layer_classes(unsafe), **custom}
     kwargs = dict(compile=False, safe_mode=not unsafe, custom_objects=custom)
-
-    def attempt(kw: dict[str, Any]) -> Any:
-        with warnings.catch_warnings(), _lower_case_suffix(p) as source:
-            warnings.simplefilter("ignore")
-            if p.suffix.lower() in LEGACY_EXTS:
-                return _load_legacy(source, keras, kw, notes)
-            return keras.models.load_model(source, **kw)
-
     try:
         model = None
         if compile:
             try:
-                model = attempt({**kwargs, "compile": True})
+                model = _open(p, keras, {**kwargs, "compile": True}, notes)
             except Exception as e:  # loss or optimizer not restorable: keep going without
                 notes.append(
                     f"loaded without its compile configuration ({type(e).__name__}: "
                     f"{one_line(e, 120)})"
                 )
         if model is None:
-            model = attempt(kwargs)
+            model = _open(p, keras, kwargs, notes)
     except ModelLoadError:
         raise
     except Exception as e:  # Keras raises many types for bad files

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 
+from bngap.keras2.config import walk
 from bngap.keras2.ops import fill, template
 from bngap.keras2.repair import (
     describe_dropped,
@@ -18,7 +19,6 @@ from bngap.keras2.repair import (
     first_batch_shape,
     refused_arguments,
     repair_config,
-    walk,
 )
 
 
