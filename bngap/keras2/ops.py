@@ -8,7 +8,7 @@ layers run the named function again. In safe mode only pure tensor math is
 resolved (an allowlist below), so a file cannot name `tf.io.write_file`;
 `--unsafe` resolves any `tf.` function.
 
-`bngap.keras2.repair` rewrites the nodes first (`_rewrite_op_nodes`): the first
+`bngap.keras2.nodes` rewrites the nodes first (`rewrite_op_nodes`): the first
 argument stays an input (a constant, as in `1.0 - x`, moves to the config);
 tensors passed by keyword (`a + b` is `add(a, y=b)`) arrive as one flat list
 and the constant keywords live in the config (`template` / `fill`), because
