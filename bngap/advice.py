@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from .preprocessing import PREPROCESS_FLAG
+from .specs import PREPROCESS_FLAG
 from .results import (
     BatchNormRecord, Cause, Finding, Kind, LayerRecord, LeakCheck, Metrics, OutputGap,
     PreprocessingProbe, Severity, format_number,

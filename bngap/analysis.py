@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
-from .audit import audit_layer
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from .audit import BatchNormParams, audit_layer
 from .layertree import LayerNode
 from .results import BatchNormRecord, GapEntry, Kind, LayerRecord, OutputGap
+from .stats import GapAccumulator
 
 
-def _fit_mode(node: LayerNode, received: list) -> tuple[bool | None, str, str]:
+class Measured(Protocol):
+    """What the passes measured (`measurement.Measurements`, or hand-built records)."""
+
+    @property
+    def nodes(self) -> Sequence[LayerNode]: ...
+    @property
+    def stats(self) -> Mapping[int, Any]: ...  # node index -> probe.NodeStats
+    @property
+    def bn_params(self) -> Mapping[int, BatchNormParams]: ...
+    @property
+    def output(self) -> GapAccumulator: ...
+    @property
+    def per_output(self) -> Sequence[tuple[str, GapAccumulator]]: ...
+
+
+def _fit_mode(node: LayerNode, received: list[Any]) -> tuple[bool | None, str, str]:
     """(training value received, behaviour in fit(), why) for one layer."""
     got = [v for v in received if v is not None]
     training = None if not got else any(bool(v) for v in got)
@@ -18,12 +37,12 @@ def _fit_mode(node: LayerNode, received: list) -> tuple[bool | None, str, str]:
     if not training:
         caller = node.parent.path if node.parent else "the model"
         return False, "inference", f"called with training=False (by {caller})"
-    if node.kind is Kind.BATCHNORM and not node.layer.trainable:
+    if node.kind is Kind.BATCHNORM and not node.trainable:
         return True, "inference", "frozen (trainable=False): Keras 3 BN uses its moving statistics"
     return True, "training", ""
 
 
-def layer_records(m) -> tuple[LayerRecord, ...]:
+def layer_records(m: Measured) -> tuple[LayerRecord, ...]:
     """One record per layer, in the order they ran in the inference pass."""
     out = []
     for node in m.nodes:
@@ -33,18 +52,29 @@ def layer_records(m) -> tuple[LayerRecord, ...]:
         divergence = st.divergence.relative_l2 if called and st.paired else None
         own = st.own.relative_l2 if node.mode_dependent and called else None
         effect = st.effect.relative_l2 if st.effect is not None else None
-        out.append(LayerRecord(
-            path=node.path, class_name=node.class_name, kind=node.kind,
-            order=st.order, depth=node.depth, divergence=divergence,
-            own_contribution=own, output_effect=effect, mode_dependent=node.mode_dependent,
-            trainable=bool(node.layer.trainable), fit_training=fit_training,
-            fit_mode=fit_mode, fit_mode_reason=why, calls=st.calls,
-        ))
+        out.append(
+            LayerRecord(
+                path=node.path,
+                class_name=node.class_name,
+                kind=node.kind,
+                order=st.order,
+                depth=node.depth,
+                divergence=divergence,
+                own_contribution=own,
+                output_effect=effect,
+                mode_dependent=node.mode_dependent,
+                trainable=node.trainable,
+                fit_training=fit_training,
+                fit_mode=fit_mode,
+                fit_mode_reason=why,
+                calls=st.calls,
+            )
+        )
     out.sort(key=lambda r: (r.order < 0, r.order))
     return tuple(out)
 
 
-def batchnorm_records(m) -> tuple[BatchNormRecord, ...]:
+def batchnorm_records(m: Measured) -> tuple[BatchNormRecord, ...]:
     """The audit of every BN layer that ran, in call order."""
     recs = []
     for node in m.nodes:
@@ -54,13 +84,16 @@ def batchnorm_records(m) -> tuple[BatchNormRecord, ...]:
         if st.moments is None or not st.moments.halves:
             continue
         got = [v for v in st.fit_training.values() if v is not None]
-        uses_batch = (any(bool(v) for v in got) and bool(node.layer.trainable)) if got else False
+        uses_batch = (any(bool(v) for v in got) and node.trainable) if got else False
         recs.append(audit_layer(m.bn_params[node.index], st.moments, st.order, uses_batch))
     recs.sort(key=lambda r: r.order)
     return tuple(recs)
 
 
-def output_gap(m) -> OutputGap:
-    per = tuple(GapEntry(name, acc.relative_l2, acc.max_abs, acc.top1_agreement)
-                for name, acc in m.per_output)
+def output_gap(m: Measured) -> OutputGap:
+    """The output gap overall and per named output."""
+    per = tuple(
+        GapEntry(name, acc.relative_l2, acc.max_abs, acc.top1_agreement)
+        for name, acc in m.per_output
+    )
     return OutputGap(m.output.relative_l2, m.output.max_abs, m.output.top1_agreement, per)

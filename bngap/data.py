@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import DataError, one_line
-from .loading import InputSpec
+from .specs import InputSpec
 
 DEFAULT_BATCH_SIZE = 32  # what Model.fit() uses when no batch size is given
 

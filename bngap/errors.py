@@ -44,7 +44,7 @@ class ForwardPassError(BngapError):
         self.layer = layer
 
 
-def one_line(text: str, limit: int = 400) -> str:
+def one_line(text: object, limit: int = 400) -> str:
     """Collapses a message onto one line and shortens it for a terminal."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."

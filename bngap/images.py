@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import DataError, one_line
-from .loading import InputSpec
+from .specs import InputSpec
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _IMAGENET_MEAN_RGB = np.array([123.68, 116.779, 103.939], dtype=np.float32)

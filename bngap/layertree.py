@@ -11,33 +11,40 @@ from .results import Kind
 
 # Image preprocessing layers that change nothing between modes.
 _DETERMINISTIC_IMAGE_LAYERS = {
-    "Resizing", "CenterCrop", "AutoContrast", "Equalization", "MaxNumBoundingBoxes", "CLAHE",
+    "Resizing",
+    "CenterCrop",
+    "AutoContrast",
+    "Equalization",
+    "MaxNumBoundingBoxes",
+    "CLAHE",
 }
 _MIXING_AUGMENTATIONS = {"AugMix", "RandAugment", "CutMix", "MixUp", "Solarization"}
 
 
 @dataclass(eq=False)
 class LayerNode:
-    """One layer instance in the tree (a shared instance appears once)."""
+    """One layer instance in the tree (a shared instance appears once).
+
+    `layer` is the live Keras layer, for the forward passes; the other fields
+    are plain data read when the tree is built, so that analysis can work on
+    hand-built nodes.
+    """
 
     path: str
     layer: Any
     depth: int
     kind: Kind
     mode_dependent: bool
-    parent: "LayerNode | None" = None
-    children: list = field(default_factory=list)
-    index: int = 0                  # position in the tree walk
-    takes_training: bool = False    # its call() accepts `training`
-    opaque: bool = False            # we do not look inside it (RNN cells)
-
-    @property
-    def class_name(self) -> str:
-        return type(self.layer).__name__
+    parent: LayerNode | None = None
+    children: list[LayerNode] = field(default_factory=list)
+    index: int = 0  # position in the tree walk
+    takes_training: bool = False  # its call() accepts `training`
+    opaque: bool = False  # we do not look inside it (RNN cells)
+    class_name: str = ""  # the layer's class, e.g. "BatchNormalization"
+    trainable: bool = True  # layer.trainable when the tree was built
 
 
-
-def _children(layer) -> list:
+def _children(layer: Any) -> list[Any]:
     try:
         kids = layer._flatten_layers(include_self=False, recursive=False)
     except Exception:  # a custom layer whose tracking we cannot read
@@ -45,18 +52,18 @@ def _children(layer) -> list:
     return list(kids)
 
 
-def _is_keras_builtin(layer) -> bool:
+def _is_keras_builtin(layer: Any) -> bool:
     return type(layer).__module__.startswith(("keras.", "keras_hub.", "keras_cv.", "keras_nlp."))
 
 
-def _takes_training(layer) -> bool:
+def _takes_training(layer: Any) -> bool:
     try:
         return "training" in inspect.signature(layer.call).parameters
     except (TypeError, ValueError):
         return False
 
 
-def classify(layer, keras) -> tuple[Kind, bool]:
+def classify(layer: Any, keras: Any) -> tuple[Kind, bool]:
     """(kind, mode_dependent) of one layer."""
     L = keras.layers
     if isinstance(layer, L.BatchNormalization):
@@ -67,18 +74,24 @@ def classify(layer, keras) -> tuple[Kind, bool]:
         return Kind.NOISE, float(getattr(layer, "stddev", 1.0) or 0.0) > 0.0
     if isinstance(layer, L.RNN):
         cell = getattr(layer, "cell", None)
-        rates = [getattr(cell, "dropout", 0.0) or 0.0, getattr(cell, "recurrent_dropout", 0.0) or 0.0]
+        rates = [
+            getattr(cell, "dropout", 0.0) or 0.0,
+            getattr(cell, "recurrent_dropout", 0.0) or 0.0,
+        ]
         return Kind.RECURRENT, any(float(r) > 0 for r in rates)
     if isinstance(layer, L.Attention) or type(layer).__name__ == "AdditiveAttention":
         return Kind.DROPOUT, float(getattr(layer, "dropout", 0.0) or 0.0) > 0.0
     name = type(layer).__name__
+    image_base: Any = ()
     try:
-        from keras.src.layers.preprocessing.image_preprocessing.base_image_preprocessing_layer import (
-            BaseImagePreprocessingLayer,
+        from keras.src.layers.preprocessing.image_preprocessing import (
+            base_image_preprocessing_layer as module,
         )
-    except ImportError:  # pragma: no cover - layout of a future Keras
-        BaseImagePreprocessingLayer = ()
-    if (BaseImagePreprocessingLayer and isinstance(layer, BaseImagePreprocessingLayer)) or (
+
+        image_base = module.BaseImagePreprocessingLayer
+    except (ImportError, AttributeError):  # pragma: no cover - layout of a future Keras
+        pass
+    if (image_base and isinstance(layer, image_base)) or (
         _is_keras_builtin(layer) and name.startswith("Random")
     ):
         if name in _DETERMINISTIC_IMAGE_LAYERS:
@@ -86,12 +99,16 @@ def classify(layer, keras) -> tuple[Kind, bool]:
         if name.startswith("Random") or name in _MIXING_AUGMENTATIONS:
             return Kind.AUGMENTATION, True
         return Kind.OTHER, False
-    if not _is_keras_builtin(layer) and _takes_training(layer) and not isinstance(layer, keras.Model):
+    if (
+        not _is_keras_builtin(layer)
+        and _takes_training(layer)
+        and not isinstance(layer, keras.Model)
+    ):
         return Kind.CUSTOM_TRAINING_ARG, True
     return Kind.OTHER, False
 
 
-def build_tree(model, keras) -> list[LayerNode]:
+def build_tree(model: Any, keras: Any) -> list[LayerNode]:
     """All layers below `model` in depth-first order, each instance once.
 
     Paths join layer names with '/'. Input layers are skipped (they compute
@@ -100,16 +117,26 @@ def build_tree(model, keras) -> list[LayerNode]:
     nodes: list[LayerNode] = []
     seen: set[int] = set()
 
-    def visit(layer, prefix: str, depth: int, parent: LayerNode | None):
+    def visit(layer: Any, prefix: str, depth: int, parent: LayerNode | None) -> None:
         for child in _children(layer):
             if id(child) in seen or isinstance(child, keras.layers.InputLayer):
                 continue
             seen.add(id(child))
             kind, dep = classify(child, keras)
             path = f"{prefix}{child.name}"
-            node = LayerNode(path=path, layer=child, depth=depth, kind=kind, mode_dependent=dep,
-                             parent=parent, index=len(nodes), takes_training=_takes_training(child),
-                             opaque=isinstance(child, keras.layers.RNN))
+            node = LayerNode(
+                path=path,
+                layer=child,
+                depth=depth,
+                kind=kind,
+                mode_dependent=dep,
+                parent=parent,
+                index=len(nodes),
+                takes_training=_takes_training(child),
+                opaque=isinstance(child, keras.layers.RNN),
+                class_name=type(child).__name__,
+                trainable=bool(child.trainable),
+            )
             nodes.append(node)
             if parent is not None:
                 parent.children.append(node)

@@ -1,5 +1,4 @@
-"""Opening model files safely: format checks, Keras safe mode, custom objects,
-and repairs for legacy Keras 2 files that Keras 3 reads wrongly."""
+"""Opening model files safely: format checks, Keras safe mode, custom objects, legacy .h5 files."""
 
 from __future__ import annotations
 
@@ -14,33 +13,30 @@ import sys
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError, one_line
-from .legacy_ops import OP_CLASSES, UnsafeOpError, layer_classes, resolve, template
+from .keras2.config import layer_entries, read_config, written_by_keras2
+from .keras2.ops import OP_CLASSES, UnsafeOpError, layer_classes, resolve
+from .keras2.repair import (
+    describe_dropped,
+    drop_refused_arguments,
+    first_batch_shape,
+    refused_arguments,
+    repair_config,
+    repair_sequential_input,
+)
+from .specs import InputSpec
 
 KERAS_EXTS = (".keras",)
 LEGACY_EXTS = (".h5", ".hdf5")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
-# Constructor arguments that Keras 2 wrote into layer configs and Keras 3
-# rejects; they carry no information Keras 3 needs.
-LEGACY_DROPPED_ARGS = {"time_major"}
-RNN_CLASSES = {"LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D",
-               "ConvLSTM3D", "CuDNNLSTM", "CuDNNGRU"}
 # How many layer classes may have arguments dropped on Keras 3's word.
 MAX_REFUSED_CLASSES = 12
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the model expects for one input (batch dimension included)."""
-
-    name: str
-    shape: tuple          # e.g. (None, 224, 224, 3); None = any size
-    dtype: str
 
 
 @dataclass
@@ -50,7 +46,7 @@ class LoadedModel:
     model: Any
     path: str
     inputs: list[InputSpec]
-    loss: Any = None                 # the compiled loss identifier, if the file has one
+    loss: Any = None  # the compiled loss identifier, if the file has one
     notes: list[str] = field(default_factory=list)
 
 
@@ -88,38 +84,46 @@ def check_model_path(path: str | os.PathLike) -> Path:
     if size == 0:
         raise ModelLoadError(f"model file {p} is empty (0 bytes)")
     if ext in KERAS_EXTS:
-        if not zipfile.is_zipfile(p):
-            raise ModelLoadError(
-                f"{p} is not a valid .keras file: not a zip archive (truncated or corrupted?)"
-            )
-        try:
-            with zipfile.ZipFile(p) as zf:
-                names = set(zf.namelist())
-                bad = zf.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise ModelLoadError(f"{p} is a damaged zip archive: {one_line(e)}") from None
-        if "config.json" not in names:
-            raise ModelLoadError(
-                f"{p} is a zip archive but not a Keras model (it has no config.json)"
-            )
-        if bad is not None:
-            raise ModelLoadError(f"{p} is corrupted: zip member '{bad}' fails its checksum")
-        version = _keras_version_of_archive(p)
-        if version.startswith("2."):
-            raise ModelLoadError(
-                f"{p} was written by Keras {version} (tf.keras 2.x) in the .keras format, which "
-                "Keras 3 cannot read. Re-save it as .h5 with the Keras that wrote it "
-                "(tf_keras.models.load_model(path).save('model.h5')); bngap reads Keras 2 .h5 files"
-            )
+        _check_keras_archive(p)
     else:
-        with open(p, "rb") as fh:
-            head = fh.read(8)
-        if head != HDF5_SIGNATURE:
-            raise ModelLoadError(
-                f"{p} is not a valid HDF5 file (wrong signature; truncated, corrupted, or "
-                "not a Keras .h5 model)"
-            )
+        _check_hdf5_signature(p)
     return p
+
+
+def _check_keras_archive(p: Path) -> None:
+    """A .keras file is an intact zip archive with a config, not written by Keras 2."""
+    if not zipfile.is_zipfile(p):
+        raise ModelLoadError(
+            f"{p} is not a valid .keras file: not a zip archive (truncated or corrupted?)"
+        )
+    try:
+        with zipfile.ZipFile(p) as zf:
+            names = set(zf.namelist())
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ModelLoadError(f"{p} is a damaged zip archive: {one_line(e)}") from None
+    if "config.json" not in names:
+        raise ModelLoadError(f"{p} is a zip archive but not a Keras model (it has no config.json)")
+    if bad is not None:
+        raise ModelLoadError(f"{p} is corrupted: zip member '{bad}' fails its checksum")
+    version = _keras_version_of_archive(p)
+    if version.startswith("2."):
+        raise ModelLoadError(
+            f"{p} was written by Keras {version} (tf.keras 2.x) in the .keras format, which "
+            "Keras 3 cannot read. Re-save it as .h5 with the Keras that wrote it "
+            "(tf_keras.models.load_model(path).save('model.h5')); bngap reads Keras 2 .h5 files"
+        )
+
+
+def _check_hdf5_signature(p: Path) -> None:
+    """An .h5 file starts with the HDF5 signature (the rest is for h5py to judge)."""
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    if head != HDF5_SIGNATURE:
+        raise ModelLoadError(
+            f"{p} is not a valid HDF5 file (wrong signature; truncated, corrupted, or "
+            "not a Keras .h5 model)"
+        )
 
 
 def _keras_version_of_archive(p: Path) -> str:
@@ -152,6 +156,8 @@ def load_custom_objects(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelLoadError(f"--custom-objects must be a Python file (.py). Received: {p}")
     name = f"bngap_custom_objects_{abs(hash(str(p.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, p)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import --custom-objects file {p}")
     module = importlib.util.module_from_spec(spec)
     folder = str(p.resolve().parent)
     if folder not in sys.path:
@@ -170,7 +176,9 @@ def load_custom_objects(path: str | os.PathLike) -> dict[str, Any]:
     for attr, obj in vars(module).items():
         if attr.startswith("_"):
             continue
-        if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", None) == name:
+        if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(
+            obj, "__module__", None
+        ) == name:
             found[attr] = obj
     return found
 
@@ -183,8 +191,9 @@ def _translate_load_error(p: Path, e: Exception) -> ModelLoadError:
             f"{p} contains a Lambda layer with Python code, which could run arbitrary code; "
             "bngap refuses to load it by default. If you trust this file, pass --unsafe"
         )
-    m = (re.search(r"Could not (?:locate|deserialize) (?:class|function) '([^']+)'", msg)
-         or re.search(r"Unknown [a-z ]+: '([^']+)'", msg))  # the legacy .h5 loader's wording
+    m = re.search(
+        r"Could not (?:locate|deserialize) (?:class|function) '([^']+)'", msg
+    ) or re.search(r"Unknown [a-z ]+: '([^']+)'", msg)  # the legacy .h5 loader's wording
     if m:
         name = m.group(1)
         if name in ("Functional", "Sequential", "Model"):
@@ -199,9 +208,14 @@ def _translate_load_error(p: Path, e: Exception) -> ModelLoadError:
         )
     if "No model config found" in msg:
         return ModelLoadError(f"{p} holds weights only (no model config); save the whole model")
-    if "Unable to open file" in msg or "file signature" in msg or (
-            isinstance(e, OSError) and "truncated" in msg.lower()):
-        return ModelLoadError(f"{p} cannot be read as HDF5 (truncated or corrupted?): {one_line(msg, 200)}")
+    if (
+        "Unable to open file" in msg
+        or "file signature" in msg
+        or (isinstance(e, OSError) and "truncated" in msg.lower())
+    ):
+        return ModelLoadError(
+            f"{p} cannot be read as HDF5 (truncated or corrupted?): {one_line(msg, 200)}"
+        )
     if "Exception encountered:" in msg:
         # Keras nests the cause under whole layer configs; the innermost line says it
         where = re.findall(r"deserializing class '(\w+)'", msg)
@@ -212,7 +226,7 @@ def _translate_load_error(p: Path, e: Exception) -> ModelLoadError:
 
 
 @contextlib.contextmanager
-def _lower_case_suffix(p: Path):
+def _lower_case_suffix(p: Path) -> Iterator[Path]:
     """Keras picks the format by the exact suffix: MODEL.H5 is loaded through
     a link named model.h5 (a copy where links are not allowed)."""
     if p.suffix == p.suffix.lower():
@@ -230,443 +244,47 @@ def _lower_case_suffix(p: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _legacy_config(p: Path) -> dict | None:
-    import h5py
-
-    try:
-        with h5py.File(p, "r") as f:
-            raw = f.attrs.get("model_config")
-    except OSError as e:
-        raise ModelLoadError(f"{p} cannot be read as HDF5 (truncated or corrupted?): {one_line(e, 200)}") from None
-    if raw is None:
-        raise ModelLoadError(
-            f"{p} holds no model config: a weights-only file, or not a Keras model at all; save "
-            "the whole model with model.save('model.keras')"
-        )
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
-    return json.loads(raw)
+def _refuse_unsafe_op_nodes(cfg: Any, p: Path) -> None:
+    """Keras 2 wrote a TF-op layer's inputs as [layer, node, tensor]
+    references; anything else (a dict node can carry any object as the first
+    argument) is not from Keras 2, and not run in safe mode."""
+    for layer in layer_entries(cfg):
+        nodes = layer.get("inbound_nodes") if layer["class_name"] in OP_CLASSES else None
+        if nodes and not all(isinstance(n, list) for n in nodes):
+            raise ModelLoadError(
+                f"{p}: layer {layer['config'].get('name', '')!r}: a TF-op layer whose inputs are "
+                "not references to other layers, which safe mode does not run; pass --unsafe if "
+                "you trust the file"
+            )
 
 
-def _written_by_keras2(p: Path) -> bool:
-    """Whether a legacy .h5 file was written by Keras 2 (or older): Keras 3's
-    own legacy writer records keras_version 3.x and needs no repair of its
-    node numbering."""
-    import h5py
-
-    with h5py.File(p, "r") as f:
-        version = f.attrs.get("keras_version", b"")
-    if isinstance(version, bytes):
-        version = version.decode("utf-8", "replace")
-    return not str(version).startswith("3")
-
-
-def _walk_layer_configs(cfg):
-    """Yields every dict in a model config that looks like a layer entry."""
-    if isinstance(cfg, dict):
-        if "class_name" in cfg and isinstance(cfg.get("config"), dict):
-            yield cfg
-        for v in cfg.values():
-            yield from _walk_layer_configs(v)
-    elif isinstance(cfg, list):
-        for v in cfg:
-            yield from _walk_layer_configs(v)
-
-
-def _sequential_layers(entry: dict) -> list | None:
-    """The layer list of a Sequential config entry (both Keras 2 layouts)."""
-    if entry.get("class_name") != "Sequential":
-        return None
-    conf = entry.get("config")
-    if isinstance(conf, list):  # Keras <= 2.2: the config is the layer list
-        return conf
-    if isinstance(conf, dict) and isinstance(conf.get("layers"), list):
-        return conf["layers"]
-    return None
-
-
-def _modernise_sequential_layout(cfg, changes: list[str]) -> None:
-    """Keras <= 2.2 stored a Sequential's config as the bare layer list;
-    Keras 3 expects {"name", "layers"}."""
-    if isinstance(cfg, dict):
-        if cfg.get("class_name") == "Sequential" and isinstance(cfg.get("config"), list):
-            cfg["config"] = {"name": cfg.get("name") or "sequential", "layers": cfg["config"]}
-            changes.append("converted an old Keras 2 Sequential layout (a bare layer list)")
-        for v in cfg.values():
-            _modernise_sequential_layout(v, changes)
-    elif isinstance(cfg, list):
-        for v in cfg:
-            _modernise_sequential_layout(v, changes)
-
-
-def _is_node_ref(v) -> bool:
-    """[layer_name, node_index, tensor_index, ...]: how Keras 2 configs point at a tensor."""
-    return (isinstance(v, list) and len(v) >= 3 and isinstance(v[0], str)
-            and isinstance(v[1], int) and isinstance(v[2], int))
-
-
-def _rename_refs(cfg, renamed: dict[str, str]) -> None:
-    if isinstance(cfg, dict):
-        if "class_name" in cfg and isinstance(cfg.get("config"), dict):
-            for holder in (cfg, cfg["config"]):
-                if holder.get("name") in renamed:
-                    holder["name"] = renamed[holder["name"]]
-        for v in cfg.values():
-            _rename_refs(v, renamed)
-    elif isinstance(cfg, list):
-        if _is_node_ref(cfg) and cfg[0] in renamed:
-            cfg[0] = renamed[cfg[0]]
-        for v in cfg:
-            _rename_refs(v, renamed)
-
-
-def _rename_slashed_layers(cfg: dict, changes: list[str]) -> None:
-    """Keras 2 allowed '/' in layer names (DenseNet's 'conv1/conv', MobileNetV3's
-    'Conv/BatchNorm'); Keras 3 refuses them. Weights are matched by order, not
-    by name, so renaming is safe."""
-    names = {str(e["config"].get("name") or e.get("name") or "") for e in _walk_layer_configs(cfg)}
-    renamed: dict[str, str] = {}
-    for name in sorted(n for n in names if "/" in n):
-        new = base = name.replace("/", "_")
-        k = 1
-        while new in names or new in renamed.values():
-            new, k = f"{base}_{k}", k + 1
-        renamed[name] = new
-    if renamed:
-        _rename_refs(cfg, renamed)
-        shown = ", ".join(f"{a} -> {b}" for a, b in list(renamed.items())[:3])
-        more = f" and {len(renamed) - 3} more" if len(renamed) > 3 else ""
-        changes.append(f"renamed {len(renamed)} layer{'s whose names contain' if len(renamed) != 1 else ' whose name contains'} "
-                       f"'/', which Keras 3 refuses ({shown}{more})")
-
-
-def _unwrap_single_io(entry: dict) -> bool:
-    """Keras 2 wrote a single input or output as a one-element list; Keras 3
-    then returns a list, and a nested model feeds it on as two tensors."""
-    conf = entry.get("config")
-    changed = False
-    if isinstance(conf, dict) and "layers" in conf:
-        for key in ("input_layers", "output_layers"):
-            v = conf.get(key)
-            if isinstance(v, list) and len(v) == 1 and _is_node_ref(v[0]):
-                conf[key] = v[0]
-                changed = True
-    return changed
-
-
-def drop_refused_arguments(cfg: dict, class_name: str, keys: list[str]) -> dict[str, list]:
-    """Drops the constructor arguments Keras 3 refused from every layer of a
-    class; returns each dropped argument's distinct values."""
-    dropped: dict[str, list] = {}
-    for layer in _walk_layer_configs(cfg):
-        if layer["class_name"] == class_name:
-            for k in keys:
-                if k in layer["config"]:
-                    v = layer["config"].pop(k)
-                    if v not in dropped.setdefault(k, []):
-                        dropped[k].append(v)
-    return dropped
-
-
-def _describe_dropped(dropped: dict[str, list]) -> str:
-    """'groups'=1, 'kernel_initializer': the values a reader can judge."""
-    parts = []
-    for k, values in dropped.items():
-        if all(v is None or isinstance(v, (bool, int, float, str)) for v in values) and len(values) <= 2:
-            parts.append(f"{k!r}={'/'.join(repr(v) for v in values)}")
-        else:
-            parts.append(repr(k))
-    return ", ".join(parts)
-
-
-_REFUSED_ARGS = re.compile(r"Unrecognized keyword arguments passed to (\w+): \{")
-
-
-def refused_arguments(message: str) -> tuple[str, list[str]] | None:
-    """(class name, argument names) from Keras 3's "Unrecognized keyword
-    arguments passed to X: {...}": the dict's own keys, not nested ones."""
-    m = _REFUSED_ARGS.search(message)
-    if not m:
-        return None
-    body = message[m.end():]
-    keys, depth, i = [], 1, 0
-    while i < len(body) and depth:
-        ch = body[i]
-        if ch in "'\"":
-            end = body.find(ch, i + 1)
-            if end < 0:
-                break
-            if depth == 1 and body[end + 1:end + 2] == ":":
-                keys.append(body[i + 1:end])
-            i = end
-        elif ch in "{[(":
-            depth += 1
-        elif ch in "}])":
-            depth -= 1
-        i += 1
-    return (m.group(1), keys) if keys else None
-
-
-def _keras_tensor(ref: list) -> dict:
-    """A Keras 3 serialized tensor standing for the output `ref` points at
-    (shape and dtype are placeholders: the loader swaps in the real tensor)."""
-    return {"class_name": "__keras_tensor__",
-            "config": {"shape": [], "dtype": "float32", "keras_history": list(ref[:3])}}
-
-
-def _tensors_in(value, names: set[str]):
-    """`value` with every reference to a layer output turned into a Keras 3
-    serialized tensor, and whether there was one."""
-    if _is_node_ref(value) and value[0] in names:
-        return _keras_tensor(value), True
-    if isinstance(value, list):
-        items = [_tensors_in(v, names) for v in value]
-        return [v for v, _ in items], any(f for _, f in items)
-    if isinstance(value, dict):
-        items = {k: _tensors_in(v, names) for k, v in value.items()}
-        return {k: v for k, (v, _) in items.items()}, any(f for _, f in items.values())
-    return value, False
-
-
-def _modernise_tensor_kwargs(entry: dict, names: set[str]) -> bool:
-    """Keras 2 wrote a tensor passed by keyword (`mha(q, value=v)`, an LSTM's
-    `initial_state`) as a reference inside the node's kwargs, which Keras 3's
-    legacy reader hands to the layer as a plain list. Such nodes are rewritten
-    in Keras 3's own node format, whose reader resolves tensors anywhere."""
-    nodes = entry.get("inbound_nodes")
-    if not isinstance(nodes, list):
-        return False
-    changed = False
-    for i, node in enumerate(nodes):
-        if not (isinstance(node, list) and node and all(_is_node_ref(r) for r in node)):
-            continue
-        kwargs = node[-1][3] if len(node[-1]) > 3 and isinstance(node[-1][3], dict) else {}
-        rnn = entry.get("class_name") in RNN_CLASSES
-        if rnn:
-            # Keras 2 wrote initial_state=None, constants=None; Keras 3 has no `constants`
-            empty = [k for k in ("initial_state", "constants") if k in kwargs and kwargs[k] is None]
-            for ref in node:
-                if len(ref) > 3 and isinstance(ref[3], dict):
-                    for k in empty:
-                        ref[3].pop(k, None)
-            kwargs = {k: v for k, v in kwargs.items() if k not in empty}
-        kwargs, has_tensor = _tensors_in(kwargs, names)
-        if rnn and len(node) > 1 and "initial_state" not in kwargs:
-            # Keras 2 folded an RNN's initial_state into its inputs: [x, h0, c0]
-            kwargs["initial_state"] = [_keras_tensor(r) for r in node[1:]]
-            node, has_tensor = node[:1], True
-        if not has_tensor:
-            continue
-        first = [_keras_tensor(r) for r in node]
-        nodes[i] = {"args": [first[0] if len(first) == 1 else first], "kwargs": kwargs}
-        changed = True
-    return changed
-
-
-def _rewrite_op_nodes(entry: dict, names: set[str]) -> None:
-    """A Keras 2 TF-op layer's nodes in Keras 3's node format: the first
-    argument (layer outputs, or a constant Keras 2 wrote as
-    ["_CONSTANT_VALUE", -1, value] for `1.0 - x`), the tensors among the
-    keyword arguments as a flat list, the constants in the layer's config."""
-    nodes = entry.get("inbound_nodes")
-    if not isinstance(nodes, list):
-        return
-    rewritten = []
-    for node in nodes:
-        refs = [node] if node and isinstance(node[0], str) else list(node)
-        kwargs = refs[-1][3] if len(refs[-1]) > 3 and isinstance(refs[-1][3], dict) else {}
-        kwargs, _ = _tensors_in(kwargs, names)
-        flat: list = []
-        entry["config"]["call_kwargs"] = template(kwargs, flat)
-        if refs[0][0] == "_CONSTANT_VALUE":
-            entry["config"]["first_constant"] = [refs[0][2]]
-            rewritten.append({"args": [flat], "kwargs": {}})
-            continue
-        tensors = [_keras_tensor(r) for r in refs]
-        first = tensors[0] if len(tensors) == 1 else tensors
-        rewritten.append({"args": [first], "kwargs": {"bngap_tensors": flat} if flat else {}})
-    entry["inbound_nodes"] = rewritten
-
-
-KERAS2_POLICIES = {"Policy", "PolicyV1"}  # Keras 3 writes "DTypePolicy" and reads it itself
-
-
-def _policy_name(dtype) -> str | None:
-    """'mixed_float16' from Keras 2's serialized dtype policy
-    {"class_name": "Policy", "config": {"name": "mixed_float16"}}."""
-    if (isinstance(dtype, dict) and dtype.get("class_name") in KERAS2_POLICIES
-            and isinstance(dtype.get("config"), dict) and isinstance(dtype["config"].get("name"), str)):
-        name = dtype["config"]["name"]
-        return "float32" if name == "_infer" else name
-    return None
-
-
-def _nested_functionals(cfg) -> set[str]:
-    """Names of nested functional models: Keras 2 gave each a node of its own,
-    so its first call is node 1, where Keras 3's legacy reader looks for node
-    0 among a layer's inputs (it does subtract one for a model's outputs)."""
-    found = set()
-    for entry in _walk_layer_configs(cfg.get("config") if isinstance(cfg, dict) else cfg):
-        conf = entry.get("config")
-        if (entry.get("class_name") in ("Functional", "Model") and isinstance(conf, dict)
-                and "input_layers" in conf and conf.get("name")):
-            found.add(conf["name"])
-    return found
-
-
-def _self_built_sequentials(cfg) -> set[str]:
-    """Names of nested Sequential models that Keras 2 built when they were
-    made (an InputLayer, or an input shape on the first layer): Keras 2 gave
-    such a model a node of its own, so its first call is node 1, where Keras 3
-    counts it as node 0."""
-    found = set()
-    for entry in _walk_layer_configs(cfg.get("config") if isinstance(cfg, dict) else cfg):
-        layers = _sequential_layers(entry)
-        if not layers:
-            continue
-        first = layers[0] if isinstance(layers[0], dict) else {}
-        conf = first.get("config", {}) if isinstance(first.get("config"), dict) else {}
-        if first.get("class_name") == "InputLayer" or conf.get("batch_input_shape") or conf.get("batch_shape"):
-            name = entry["config"].get("name") if isinstance(entry.get("config"), dict) else None
-            if name:
-                found.add(name)
-    return found
-
-
-def _shift_node_indices(cfg, names: set[str], outputs_too: bool = True) -> int:
-    """Counts Keras 2's node indices of the given nested models the way Keras 3 does."""
-    n = 0
-    if isinstance(cfg, dict):
-        for k, v in cfg.items():
-            if outputs_too or k not in ("input_layers", "output_layers"):
-                n += _shift_node_indices(v, names, outputs_too)
-    elif isinstance(cfg, list):
-        if _is_node_ref(cfg) and cfg[0] in names and cfg[1] > 0:
-            cfg[1] -= 1
-            return 1
-        for v in cfg:
-            n += _shift_node_indices(v, names, outputs_too)
-    return n
-
-
-def _repair_legacy_config(cfg: dict, keras2: bool = True) -> list[str]:
-    """Edits a Keras 2 model config in place so that Keras 3 accepts it.
-
-    Returns what was changed, for the report's notes.
-    """
-    changes: list[str] = []
-    _modernise_sequential_layout(cfg, changes)
-    _rename_slashed_layers(cfg, changes)
-    if keras2:  # Keras 3's own .h5 files number nodes as Keras 3 reads them
-        sequentials, functionals = _self_built_sequentials(cfg), _nested_functionals(cfg)
-        shifted = [n for n in sorted(sequentials) if _shift_node_indices(cfg.get("config"), {n})]
-        shifted += [n for n in sorted(functionals)
-                    if _shift_node_indices(cfg.get("config"), {n}, outputs_too=False)]
-        if shifted:
-            changes.append(f"renumbered the calls of nested model{'s' if len(shifted) != 1 else ''} "
-                           f"{', '.join(repr(n) for n in shifted[:3])}{' ...' if len(shifted) > 3 else ''} "
-                           "as Keras 3 counts them")
-    policies = 0
-    unwrapped: list[str] = []  # nested models whose single input/output was a list
-    ops: list[str] = []
-    keyword_tensors: list[str] = []
-    names = {str(e["config"].get("name") or e.get("name") or "") for e in _walk_layer_configs(cfg)}
-    for layer in _walk_layer_configs(cfg):
+def _refuse_unrunnable(cfg: Any, p: Path, unsafe: bool) -> None:
+    """What Keras 3 (or safe mode) cannot run, said before Keras tries."""
+    for layer in layer_entries(cfg):
         conf = layer["config"]
-        policy = _policy_name(conf.get("dtype"))
-        if policy:
-            conf["dtype"] = policy
-            policies += 1
-        if layer["class_name"] in OP_CLASSES and isinstance(conf.get("function"), str):
-            _rewrite_op_nodes(layer, names)
-            ops.append(conf["function"])
-        elif _modernise_tensor_kwargs(layer, names):
-            keyword_tensors.append(str(conf.get("name", "")))
-        for key in LEGACY_DROPPED_ARGS & set(conf):
-            conf.pop(key)
-            changes.append(f"dropped Keras 2 argument {key!r} of {layer['class_name']} "
-                           f"{conf.get('name', '')!r}")
-        # Keras 3 converts a one-element axis list only on the outermost config
-        if isinstance(conf.get("axis"), list) and len(conf["axis"]) == 1 and isinstance(conf["axis"][0], int):
-            conf["axis"] = conf["axis"][0]
-        if _unwrap_single_io(layer) and layer is not cfg:
-            unwrapped.append(str(conf.get("name", "")))
-        layers = _sequential_layers(layer)
-        if layers and layers[0].get("class_name") != "InputLayer":
-            first = layers[0].get("config", {})
-            shape = first.get("batch_input_shape")
-            if shape:
-                # Older Keras 2 declared a Sequential's input on its first layer
-                # only; Keras 3 then adds a dimension. An explicit input fixes it.
-                layers.insert(0, {"class_name": "InputLayer", "config": {
-                    "batch_input_shape": shape, "dtype": first.get("dtype", "float32"),
-                    "sparse": False, "name": f"{first.get('name', 'input')}_input"}})
-                first.pop("batch_input_shape", None)
-                changes.append(f"declared the Sequential's input {tuple(shape)} explicitly "
-                               f"(Keras 2 kept it on layer {first.get('name', '')!r})")
-    _unwrap_single_io(cfg)
-    if policies:
-        changes.append(f"read Keras 2's dtype policies of {policies} layer{'s' if policies != 1 else ''} "
-                       "by name (e.g. mixed_float16)")
-    if keyword_tensors:
-        changes.append(f"passed the tensors that {', '.join(repr(n) for n in keyword_tensors[:3])}"
-                       f"{' ...' if len(keyword_tensors) > 3 else ''} "
-                       f"{'takes' if len(keyword_tensors) == 1 else 'take'} by keyword as tensors "
-                       "(Keras 3 reads them as lists from a Keras 2 file)")
-    if ops:
-        kinds = sorted(set(ops))
-        changes.append(f"ran {len(ops)} Keras 2 TF-op layer{'s' if len(ops) != 1 else ''} "
-                       f"({', '.join('tf.' + k for k in kinds[:4])}{' ...' if len(kinds) > 4 else ''}) "
-                       "with bngap's stand-in")
-    if unwrapped:
-        # The top level is repaired silently: only a nested model's list
-        # output changes behaviour (it breaks the layer after it).
-        changes.append(f"read the single input/output of nested model{'s' if len(unwrapped) != 1 else ''} "
-                       + ", ".join(repr(n) for n in unwrapped[:3]) + (" ..." if len(unwrapped) > 3 else "")
-                       + " as Keras 2 did (not as one-element lists)")
-    return changes
-
-
-def _first_batch_shape(cfg: dict) -> tuple | None:
-    """The batch_input_shape a legacy Sequential declared on its first layer."""
-    if cfg.get("class_name") != "Sequential":
-        return None
-    layers = cfg.get("config", {})
-    layers = layers.get("layers", layers) if isinstance(layers, dict) else layers
-    for layer in layers or []:
-        shape = layer.get("config", {}).get("batch_input_shape") or layer.get("config", {}).get("batch_shape")
-        if shape:
-            return tuple(shape)
-    return None
-
-
-def _load_legacy(p: Path, keras, kwargs: dict, notes: list[str]):
-    cfg = _legacy_config(p)
-    if kwargs.get("safe_mode", True):
-        for layer in _walk_layer_configs(cfg):
-            # Keras 2 wrote a TF-op layer's inputs as [layer, node, tensor]
-            # references; anything else (a dict node can carry any object as
-            # the first argument) is not from Keras 2, and not run in safe mode.
-            nodes = layer.get("inbound_nodes") if layer["class_name"] in OP_CLASSES else None
-            if nodes and not all(isinstance(n, list) for n in nodes):
-                raise ModelLoadError(
-                    f"{p}: layer {layer['config'].get('name', '')!r}: a TF-op layer whose inputs are "
-                    "not references to other layers, which safe mode does not run; pass --unsafe if "
-                    "you trust the file")
-    original = json.dumps(cfg)
-    changes = _repair_legacy_config(cfg, keras2=_written_by_keras2(p))
-    unsafe = not kwargs.get("safe_mode", True)
-    for layer in _walk_layer_configs(cfg):
-        axis = layer["config"].get("axis")
+        axis = conf.get("axis")
         if layer["class_name"] == "BatchNormalization" and isinstance(axis, list) and len(axis) > 1:
             raise ModelLoadError(
-                f"{p}: layer {layer['config'].get('name', '')!r} is a BatchNormalization over several "
-                f"axes {axis}, which Keras 2 allowed and Keras 3 does not; bngap cannot run it")
-        if layer["class_name"] in OP_CLASSES and isinstance(layer["config"].get("function"), str):
+                f"{p}: layer {conf.get('name', '')!r} is a BatchNormalization over several "
+                f"axes {axis}, which Keras 2 allowed and Keras 3 does not; bngap cannot run it"
+            )
+        if layer["class_name"] in OP_CLASSES and isinstance(conf.get("function"), str):
             try:
-                resolve(layer["config"]["function"], unsafe=unsafe)
+                resolve(conf["function"], unsafe=unsafe)
             except UnsafeOpError as e:
-                raise ModelLoadError(f"{p}: layer {layer['config'].get('name', '')!r}: {e}") from None
+                raise ModelLoadError(f"{p}: layer {conf.get('name', '')!r}: {e}") from None
+
+
+def _load_legacy(p: Path, keras: Any, kwargs: dict, notes: list[str]) -> Any:
+    """Loads a legacy .h5 file through a repaired copy of its config (the file
+    itself is never written)."""
+    cfg = read_config(p)
+    unsafe = not kwargs.get("safe_mode", True)
+    if not unsafe:
+        _refuse_unsafe_op_nodes(cfg, p)
+    original = json.dumps(cfg)
+    changes = repair_config(cfg, keras2=written_by_keras2(p))
+    _refuse_unrunnable(cfg, p, unsafe)
     source = p
     tmpdir = None
     try:
@@ -692,37 +310,24 @@ def _load_legacy(p: Path, keras, kwargs: dict, notes: list[str]):
                 dropped = drop_refused_arguments(cfg, *refused)
                 if not dropped:
                     raise
-                changes.append(f"dropped Keras 2 argument{'s' if len(dropped) != 1 else ''} "
-                               f"{_describe_dropped(dropped)} that Keras 3's {refused[0]} does not take")
+                changes.append(
+                    f"dropped Keras 2 argument{'s' if len(dropped) != 1 else ''} "
+                    f"{describe_dropped(dropped)} that Keras 3's {refused[0]} does not take"
+                )
         else:
-            raise ModelLoadError(f"cannot load {p}: Keras 3 refused the Keras 2 arguments of more than "
-                                 f"{MAX_REFUSED_CLASSES} layer classes")
+            raise ModelLoadError(
+                f"cannot load {p}: Keras 3 refused the Keras 2 arguments of more than "
+                f"{MAX_REFUSED_CLASSES} layer classes"
+            )
         if changes:
-            notes.append("repaired legacy config while loading (the file is unchanged): "
-                         + "; ".join(changes))
+            notes.append(
+                "repaired legacy config while loading (the file is unchanged): "
+                + "; ".join(changes)
+            )
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    declared = _first_batch_shape(cfg)
-    return _repair_sequential_input(model, declared, keras, notes)
-
-
-def _repair_sequential_input(model, declared: tuple | None, keras, notes: list[str]):
-    """Rebuilds a legacy Sequential whose input gained an extra leading
-    dimension while loading (Keras 2 `batch_input_shape` quirk)."""
-    if declared is None or not isinstance(model, keras.Sequential):
-        return model
-    try:
-        loaded = tuple(model.inputs[0].shape)
-    except (AttributeError, IndexError, ValueError):
-        return model
-    if len(loaded) == len(declared) + 1 and tuple(loaded[1:]) == tuple(declared):
-        fixed = keras.Sequential([keras.Input(shape=tuple(declared[1:]), batch_size=declared[0])]
-                                 + list(model.layers), name=model.name)
-        notes.append(f"repaired input shape: the file declares {tuple(declared)}, Keras 3 "
-                     f"loaded {loaded}; rebuilt the Sequential on the declared input")
-        return fixed
-    return model
+    return repair_sequential_input(model, first_batch_shape(cfg), keras, notes)
 
 
 def read_compiled_loss(p: Path) -> Any:
@@ -747,7 +352,7 @@ def read_compiled_loss(p: Path) -> Any:
         return None
 
 
-def input_specs(model) -> list[InputSpec]:
+def input_specs(model: Any) -> list[InputSpec]:
     """The model's declared inputs; empty when it declares none (subclassed)."""
     specs = []
     inputs = getattr(model, "inputs", None)
@@ -759,20 +364,37 @@ def input_specs(model) -> list[InputSpec]:
             return specs
     except (AttributeError, ValueError):
         specs = []
-    build = {}
+    build: dict[str, Any] = {}
     try:
         build = model.get_build_config() or {}
     except Exception:
         build = {}
     shape = build.get("input_shape")
-    if isinstance(shape, (list, tuple)) and shape and all(s is None or isinstance(s, int) for s in shape):
+    if (
+        isinstance(shape, (list, tuple))
+        and shape
+        and all(s is None or isinstance(s, int) for s in shape)
+    ):
         specs.append(InputSpec("input", (None,) + tuple(shape[1:]), "float32"))
     return specs
 
 
-def load_model(path: str | os.PathLike, *, unsafe: bool = False,
-               custom_objects_file: str | os.PathLike | None = None,
-               compile: bool = False) -> LoadedModel:
+def _open(p: Path, keras: Any, kwargs: dict[str, Any], notes: list[str]) -> Any:
+    """One try of Keras' loader (through the Keras 2 repairs for .h5 files)."""
+    with warnings.catch_warnings(), _lower_case_suffix(p) as source:
+        warnings.simplefilter("ignore")
+        if p.suffix.lower() in LEGACY_EXTS:
+            return _load_legacy(source, keras, kwargs, notes)
+        return keras.models.load_model(source, **kwargs)
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    unsafe: bool = False,
+    custom_objects_file: str | os.PathLike | None = None,
+    compile: bool = False,
+) -> LoadedModel:
     """Loads a `.keras` or legacy `.h5` model, safely unless asked otherwise.
 
     Args:
@@ -799,23 +421,18 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False,
     # Keras 2's TF-op layers; user definitions win
     custom = {**layer_classes(unsafe), **custom}
     kwargs = dict(compile=False, safe_mode=not unsafe, custom_objects=custom)
-    def attempt(kw):
-        with warnings.catch_warnings(), _lower_case_suffix(p) as source:
-            warnings.simplefilter("ignore")
-            if p.suffix.lower() in LEGACY_EXTS:
-                return _load_legacy(source, keras, kw, notes)
-            return keras.models.load_model(source, **kw)
-
     try:
         model = None
         if compile:
             try:
-                model = attempt({**kwargs, "compile": True})
+                model = _open(p, keras, {**kwargs, "compile": True}, notes)
             except Exception as e:  # loss or optimizer not restorable: keep going without
-                notes.append(f"loaded without its compile configuration ({type(e).__name__}: "
-                             f"{one_line(e, 120)})")
+                notes.append(
+                    f"loaded without its compile configuration ({type(e).__name__}: "
+                    f"{one_line(e, 120)})"
+                )
         if model is None:
-            model = attempt(kwargs)
+            model = _open(p, keras, kwargs, notes)
     except ModelLoadError:
         raise
     except Exception as e:  # Keras raises many types for bad files
@@ -824,5 +441,10 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False,
         raise ModelLoadError(f"{p} does not hold a Keras model. Received: {type(model).__name__}")
     if not model.built:
         raise ModelLoadError(f"{p} holds a model that was never built (no input shape known)")
-    return LoadedModel(model=model, path=str(p), inputs=input_specs(model),
-                       loss=read_compiled_loss(p), notes=notes)
+    return LoadedModel(
+        model=model,
+        path=str(p),
+        inputs=input_specs(model),
+        loss=read_compiled_loss(p),
+        notes=notes,
+    )

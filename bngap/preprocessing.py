@@ -4,10 +4,14 @@ most likely not preprocessed the way the model was trained."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from .audit import WARN_GAP, clean_gap, compare_channels, local_gap, noise_of_gap
 from .data import Dataset
+from .layertree import LayerNode
 from .results import BatchNormRecord, Kind, PreprocessingProbe, Severity
 
 FIRST_LAYERS = 3
@@ -15,27 +19,28 @@ PROBE_SAMPLES = 64
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 _TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-# The same transforms as `--preprocess` names them for image folders.
-PREPROCESS_FLAG = {"x / 255": "scale=1/255", "x / 127.5 - 1": "tf",
-                   "caffe: BGR, minus ImageNet mean": "caffe", "torch: x / 255, ImageNet mean/std": "torch"}
 
 
-def candidate_transforms(x: np.ndarray) -> dict:
+def candidate_transforms(x: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """Transforms worth trying for inputs with x's range (name -> function)."""
     lo, hi = float(np.min(x)), float(np.max(x))
     rgb = x.ndim >= 3 and x.shape[-1] == 3
     out = {}
-    if hi > 2.0 and lo >= -1e-6:            # looks like 0..255 pixels
+    if hi > 2.0 and lo >= -1e-6:  # looks like 0..255 pixels
         out["x / 255"] = lambda a: a / 255.0
         out["x / 127.5 - 1"] = lambda a: a / 127.5 - 1.0
         if rgb:
             out["caffe: BGR, minus ImageNet mean"] = lambda a: a[..., ::-1] - _CAFFE_MEAN_BGR
-            out["torch: x / 255, ImageNet mean/std"] = lambda a: (a / 255.0 - _TORCH_MEAN) / _TORCH_STD
+            out["torch: x / 255, ImageNet mean/std"] = lambda a: (
+                (a / 255.0 - _TORCH_MEAN) / _TORCH_STD
+            )
     elif lo >= -1e-6 and hi <= 1.0 + 1e-6:  # 0..1
         out["x * 255"] = lambda a: a * 255.0
         out["x * 2 - 1"] = lambda a: a * 2.0 - 1.0
         if rgb:
-            out["x * 255, then caffe: BGR, minus ImageNet mean"] = lambda a: (a * 255.0)[..., ::-1] - _CAFFE_MEAN_BGR
+            out["x * 255, then caffe: BGR, minus ImageNet mean"] = lambda a: (
+                (a * 255.0)[..., ::-1] - _CAFFE_MEAN_BGR
+            )
             out["ImageNet mean/std (torch, from 0..1)"] = lambda a: (a - _TORCH_MEAN) / _TORCH_STD
     elif lo >= -1.0 - 1e-6 and hi <= 1.0 + 1e-6:  # -1..1
         out["(x + 1) * 127.5"] = lambda a: (a + 1.0) * 127.5
@@ -43,7 +48,7 @@ def candidate_transforms(x: np.ndarray) -> dict:
     return out
 
 
-def _mean_gap(params: dict, captured: dict) -> float:
+def _mean_gap(params: dict[int, Any], captured: dict[int, Any]) -> float:
     gaps = []
     for idx, mom in captured.items():
         p = params[idx]
@@ -52,8 +57,14 @@ def _mean_gap(params: dict, captured: dict) -> float:
     return float(np.mean(gaps)) if gaps else float("nan")
 
 
-def probe_input_transforms(model, nodes, data: Dataset, bn: tuple[BatchNormRecord, ...],
-                           keras, seed: int = 0) -> PreprocessingProbe | None:
+def probe_input_transforms(
+    model: Any,
+    nodes: list[LayerNode],
+    data: Dataset,
+    bn: tuple[BatchNormRecord, ...],
+    keras: Any,
+    seed: int = 0,
+) -> PreprocessingProbe | None:
     """Runs the first BN layers on transformed copies of a few samples.
 
     Only when the first BN layer in call order is flagged and its statistics
@@ -86,7 +97,11 @@ def probe_input_transforms(model, nodes, data: Dataset, bn: tuple[BatchNormRecor
     if results and results[0][1] < WARN_GAP and results[0][1] < 0.5 * baseline:
         best = results[0][0]
     return PreprocessingProbe(
-        input_min=float(np.min(data.x[0][:PROBE_SAMPLES])), input_max=float(np.max(data.x[0][:PROBE_SAMPLES])),
-        input_mean=float(np.mean(x)), layers=tuple(names), baseline_gap=baseline,
-        candidates=tuple(results), best=best,
+        input_min=float(np.min(data.x[0][:PROBE_SAMPLES])),
+        input_max=float(np.max(data.x[0][:PROBE_SAMPLES])),
+        input_mean=float(np.mean(x)),
+        layers=tuple(names),
+        baseline_gap=baseline,
+        candidates=tuple(results),
+        best=best,
     )

@@ -43,13 +43,19 @@ class GapAccumulator:
     agree: int = 0
     rows: int = 0
     elements: int = 0
-    nonfinite_train: int = 0   # NaN/Inf values, left out of the sums
+    nonfinite_train: int = 0  # NaN/Inf values, left out of the sums
     nonfinite_ref: int = 0
-    nonfinite_pairs: int = 0   # finite on one side only: an unbounded gap
+    nonfinite_pairs: int = 0  # finite on one side only: an unbounded gap
     binary_cut: float | None = None
 
-    def add_sums(self, sq_diff: float, sq_ref: float, sq_other: float = 0.0,
-                 max_abs: float = 0.0, elements: int = 0) -> None:
+    def add_sums(
+        self,
+        sq_diff: float,
+        sq_ref: float,
+        sq_other: float = 0.0,
+        max_abs: float = 0.0,
+        elements: int = 0,
+    ) -> None:
         """Adds precomputed partial sums (e.g. reduced on the accelerator)."""
         self.sq_diff += float(sq_diff)
         self.sq_ref += float(sq_ref)
@@ -77,10 +83,16 @@ class GapAccumulator:
         if not both.all():  # a model that produced NaN/Inf: measure the rest, count these
             t, r = np.where(both, t, 0.0), np.where(both, r, 0.0)
         d = t - r
-        self.add_sums(np.sum(d * d), np.sum(r * r), np.sum(t * t),
-                      np.max(np.abs(d)) if d.size else 0.0, d.size)
+        self.add_sums(
+            np.sum(d * d),
+            np.sum(r * r),
+            np.sum(t * t),
+            np.max(np.abs(d)) if d.size else 0.0,
+            d.size,
+        )
         if classes and t.ndim >= 1 and t.shape[0] > 0:
-            if self.binary_cut is None:  # one reading of a binary score, for both modes and all batches
+            # one reading of a binary score, for both modes and all batches
+            if self.binary_cut is None:
                 self.binary_cut = binary_threshold(t, r)
             self.agree += int(np.sum(top1(t, self.binary_cut) == top1(r, self.binary_cut)))
             self.rows += int(np.prod(t.shape[:-1])) if t.ndim > 1 else int(t.shape[0])
@@ -127,7 +139,7 @@ class ChannelMoments:
     examples: int = 0
 
     @classmethod
-    def empty(cls, channels: int) -> "ChannelMoments":
+    def empty(cls, channels: int) -> ChannelMoments:
         z = np.zeros(channels, dtype=np.float64)
         return cls(z.copy(), z.copy(), z.copy(), 0)
 
@@ -142,23 +154,30 @@ class ChannelMoments:
             v = np.where(self.count > 0, self.m2 / np.maximum(self.count, 1e-300), 0.0)
         return np.maximum(v, 0.0)
 
-    def merge(self, other: "ChannelMoments") -> "ChannelMoments":
+    def merge(self, other: ChannelMoments) -> ChannelMoments:
         """Returns the moments of both parts together (neither is modified)."""
         if other.channels == 0:  # the empty moments are the identity on either side
-            return ChannelMoments(self.count.copy(), self.mean.copy(), self.m2.copy(), self.examples)
+            return ChannelMoments(
+                self.count.copy(), self.mean.copy(), self.m2.copy(), self.examples
+            )
         if self.channels == 0:
-            return ChannelMoments(other.count.copy(), other.mean.copy(), other.m2.copy(), other.examples)
+            return ChannelMoments(
+                other.count.copy(), other.mean.copy(), other.m2.copy(), other.examples
+            )
         n_a, n_b = self.count, other.count
         n = n_a + n_b
         safe = np.where(n > 0, n, 1.0)
         delta = other.mean - self.mean
         mean = self.mean + delta * (n_b / safe)
         m2 = self.m2 + other.m2 + delta * delta * (n_a * n_b / safe)
-        return ChannelMoments(n, np.where(n > 0, mean, 0.0), np.where(n > 0, m2, 0.0),
-                              self.examples + other.examples)
+        return ChannelMoments(
+            n, np.where(n > 0, mean, 0.0), np.where(n > 0, m2, 0.0), self.examples + other.examples
+        )
 
     @classmethod
-    def from_examples(cls, counts: np.ndarray, means: np.ndarray, m2s: np.ndarray) -> "ChannelMoments":
+    def from_examples(
+        cls, counts: np.ndarray, means: np.ndarray, m2s: np.ndarray
+    ) -> ChannelMoments:
         """Moments of a group of examples from each example's own moments.
 
         Args:
@@ -198,7 +217,9 @@ class SplitMoments:
         for h in (0, 1):
             sel = idx % 2 == h
             if np.any(sel):
-                part = ChannelMoments.from_examples(counts[sel], np.asarray(means)[sel], np.asarray(m2s)[sel])
+                part = ChannelMoments.from_examples(
+                    counts[sel], np.asarray(means)[sel], np.asarray(m2s)[sel]
+                )
                 self.halves[h] = self.halves[h].merge(part)
         self.seen += counts.shape[0]
 

@@ -111,7 +111,7 @@ def test_image_folder_checks_end_to_end(zoo, image_folder):
 
 def test_image_folder_reader(image_folder):
     from bngap.data import load_data
-    from bngap.loading import InputSpec
+    from bngap.specs import InputSpec
 
     spec = [InputSpec("img", (None, 6, 6, 3), "float32")]
     ds = load_data(image_folder, spec, limit=4, preprocess="scale=1/255")

@@ -456,3 +456,15 @@ def test_nonfinite_parameters_are_degenerate_not_nan():
     rec = audit_layer(p, split_of(x), 0, None)
     assert rec.degenerate_channels == 3
     assert finite_or_none(rec) == []
+
+
+# ---------------------------------------------- merged from test_audit_math.py
+
+def test_denormal_data_stays_finite():
+    """Input values around 1e-310 (float64 subnormals): their squares underflow."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.5, 1.0, (50, 2))
+    x[:, 1] = 1e-310 * rng.random(50)
+    rec = audit_layer(params([0.0, 0.0], [1.0, 1.0]), split_of(x), 0, True)
+    assert finite_or_none(rec) == []
+    assert rec.degenerate_channels == 0 and rec.severity in Severity

@@ -210,3 +210,96 @@ def test_bare_bngap_prints_its_help():
     assert result.exit_code == 0
     assert "Usage: bngap [OPTIONS] COMMAND [ARGS]..." in result.stdout
     assert "\nCommands:\n" in result.stdout
+
+
+# ---------------------------------------------- merged from test_bad_inputs.py
+BOOM = '''
+import keras
+
+@keras.saving.register_keras_serializable(package="corpus")
+class Boom(keras.layers.Layer):
+    def call(self, x):
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():  # building the model: shapes only
+            return x
+        raise ValueError("this layer always fails")
+'''
+
+
+@pytest.fixture(scope="session")
+def corpus(files):
+    """The bad files above plus those that need more making: one folder."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+    import zipfile
+
+    d = Path(files["d"])
+    (d / "saved").mkdir()
+    (d / "saved" / "saved_model.pb").write_bytes(b"\x08\x01")
+    with zipfile.ZipFile(d / "notkeras.keras", "w") as zf:
+        zf.writestr("hello.txt", "hi")
+    (d / "fake.h5").write_text("text")
+    (d / "pickle.npz").write_bytes(pickle.dumps([1, 2, 3]))
+    (d / "data.csv").write_text("1,2")
+    (d / "boom.py").write_text(BOOM)
+    # Saved from another process, so that Boom is not registered here.
+    script = (f"import sys; sys.path.insert(0, {str(d)!r}); import keras, boom;"
+              "m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3, name='conv'),"
+              "boom.Boom(name='boom')]);"
+              f"m.save({str(d / 'boom.keras')!r});"
+              f"keras.Sequential([keras.Input((3,))], name='empty').save({str(d / 'nolayers.keras')!r})")
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return {**files, "k2": str(DATA)}
+
+
+# (id, arguments after `check -q`, the whole error line; None: any one `error:` line)
+WHOLE_LINE_CASES = [
+    ("savedmodel", ["{d}/saved", "{data}"],
+     "error: {d}/saved is a TensorFlow SavedModel directory; Keras 3 can only wrap it as an opaque "
+     "TFSMLayer, which hides the layers bngap must inspect. Re-save the model from the code that built "
+     "it with model.save('model.keras'), or load it with tf-keras (TF_USE_LEGACY_KERAS=1) and save it "
+     "as 'model.h5'"),
+    ("zip not keras", ["{d}/notkeras.keras", "{data}"],
+     "error: {d}/notkeras.keras is a zip archive but not a Keras model (it has no config.json)"),
+    ("fake h5", ["{d}/fake.h5", "{data}"],
+     "error: {d}/fake.h5 is not a valid HDF5 file (wrong signature; truncated, corrupted, or not a "
+     "Keras .h5 model)"),
+    ("keras2 keras format", ["{k2}/k2_sequential.keras", "{data}"],
+     "error: {k2}/k2_sequential.keras was written by Keras 2.21.0 (tf.keras 2.x) in the .keras format, "
+     "which Keras 3 cannot read. Re-save it as .h5 with the Keras that wrote it "
+     "(tf_keras.models.load_model(path).save('model.h5')); bngap reads Keras 2 .h5 files"),
+    ("pickle file", ["{model}", "{d}/pickle.npz"], None),
+    ("data format", ["{model}", "{d}/data.csv"],
+     "error: unsupported data format '.csv': bngap reads .npz (x and optional y), .npy (inputs only) "
+     "or a folder of images"),
+    ("bad effects", ["{model}", "{data}", "--effects", "many"],
+     "error: Invalid value for '--effects': expected a number, 'all' or 'auto'. Received: 'many' "
+     "(see 'bngap check --help')"),
+    ("unknown option suggests one", ["{model}", "{data}", "--frobnicate"],
+     "error: No such option '--frobnicate'. Did you mean '--format'? (see 'bngap check --help')"),
+    ("no layers", ["{d}/nolayers.keras", "{data}"],
+     "error: {d}/nolayers.keras holds a model that was never built (no input shape known)"),
+    # before the case that registers the class: Keras keeps registrations per process
+    ("custom class missing", ["{d}/boom.keras", "{data}"],
+     "error: {d}/boom.keras uses the custom class or function 'Boom', which is not registered; "
+     "pass --custom-objects FILE.py with its definition"),
+    ("forward pass raises", ["{d}/boom.keras", "{data}", "--custom-objects", "{d}/boom.py"],
+     "error: the model failed in layer 'boom' (Boom) during the inference pass: ValueError: this "
+     "layer always fails"),
+]
+
+
+@pytest.mark.parametrize("args,line", [c[1:] for c in WHOLE_LINE_CASES],
+                         ids=[c[0] for c in WHOLE_LINE_CASES])
+def test_bad_input_is_one_whole_line_exit_2(corpus, args, line):
+    result = _invoke(["check", "-q"] + _fill(args, corpus))
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert result.stdout == ""
+    lines = _error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    if line is not None:
+        assert lines[0] == line.format(**corpus)

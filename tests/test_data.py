@@ -15,7 +15,7 @@ import pytest
 
 from bngap.data import Dataset, from_arrays, load_data, read_arrays, validate
 from bngap.errors import DataError
-from bngap.loading import InputSpec
+from bngap.specs import InputSpec
 
 IMG = [InputSpec("image", (None, 4, 4, 3), "float32")]
 GRAY = [InputSpec("gray", (None, 4, 4, 1), "float32")]
@@ -46,7 +46,7 @@ def test_reading_data_does_not_import_tensorflow(tmp_path):
     import subprocess
 
     p = _npz(tmp_path, x=_images(2))
-    code = ("import sys; from bngap.data import load_data; from bngap.loading import InputSpec; "
+    code = ("import sys; from bngap.data import load_data; from bngap.specs import InputSpec; "
             f"load_data({str(p)!r}, [InputSpec('image', (None, 4, 4, 3), 'float32')]); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -512,3 +512,20 @@ def test_unreadable_data_file(tmp_path):
         assert _err(load_data, p, IMG) == f"cannot read data file {p}: permission denied"
     finally:
         p.chmod(0o600)
+
+
+# ---------------------------------------------- merged from test_load_data.py
+
+def test_the_only_key_is_taken_with_a_note(tmp_path):
+    x = _images(3)
+    ds = load_data(_npz(tmp_path, images=x), IMG)
+    np.testing.assert_array_equal(ds.x[0], x)
+    assert ds.y is None and ds.notes == ["inputs read from the only key 'images'"]
+
+
+def test_a_plain_pickle_named_npz_is_refused_in_one_whole_line(tmp_path):
+    p = tmp_path / "evil.npz"
+    p.write_bytes(pickle.dumps({"x": 1}))
+    assert _err(load_data, p, IMG) == (
+        f"{p} is not an .npz archive of arrays but a pickle; bngap never unpickles data "
+        "(unpickling can run arbitrary code)")

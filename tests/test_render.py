@@ -416,3 +416,23 @@ def test_exceeds(value, threshold, expected):
 ])
 def test_format_number(value, text):
     assert format_number(value) == text
+
+
+# ------------------------------------------------ merged from test_renderers.py
+
+def test_text_headline_without_thresholds_names_the_cause_without_a_verdict():
+    text = render(make_report(), "text", width=80, color=False)
+    assert first_paragraph(text) == ("output gap 0.4123 (relative L2, train vs inference) · "
+                                     "likely cause: stats_never_updated (fail)")
+
+
+def test_markdown_all_layers_lists_every_layer():
+    md = render(make_report(), "markdown")
+    everything = render(make_report(), "markdown", all_layers=True)
+    for name in ("`unused_head`", "`logits`", "`head_bn`"):
+        assert name not in md and name in everything, name
+
+
+def test_no_labels_no_loss_delta_nor_accuracy_drop():
+    r = make_report(metrics=None, thresholds=Thresholds(loss_delta=0.0, accuracy_drop=0.0))
+    assert r.loss_delta is None and r.accuracy_drop is None and r.exceeded == ()
