@@ -39,6 +39,7 @@ def layer_records(m) -> tuple[LayerRecord, ...]:
             own_contribution=own, output_effect=effect, mode_dependent=node.mode_dependent,
             trainable=bool(node.layer.trainable), fit_training=fit_training,
             fit_mode=fit_mode, fit_mode_reason=why, calls=st.calls,
+            caller_training=node.caller_training,
         ))
     out.sort(key=lambda r: (r.order < 0, r.order))
     return tuple(out)

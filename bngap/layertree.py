@@ -30,6 +30,9 @@ class LayerNode:
     index: int = 0                  # position in the tree walk
     takes_training: bool = False    # its call() accepts `training`
     opaque: bool = False            # we do not look inside it (RNN cells)
+    # `training` written where it or an enclosing sub-model was called into a
+    # graph (`base(x, training=False)`); Keras 3 may override it in fit().
+    caller_training: bool | None = None
 
     @property
     def class_name(self) -> str:
@@ -91,6 +94,15 @@ def classify(layer, keras) -> tuple[Kind, bool]:
     return Kind.OTHER, False
 
 
+def _declared_training(layer) -> bool | None:
+    """The `training` value a functional graph passes this layer by name."""
+    for node in getattr(layer, "_inbound_nodes", None) or []:
+        kwargs = getattr(getattr(node, "arguments", None), "kwargs", None) or {}
+        if kwargs.get("training") is not None:
+            return bool(kwargs["training"])
+    return None
+
+
 def build_tree(model, keras) -> list[LayerNode]:
     """All layers below `model` in depth-first order, each instance once.
 
@@ -110,6 +122,9 @@ def build_tree(model, keras) -> list[LayerNode]:
             node = LayerNode(path=path, layer=child, depth=depth, kind=kind, mode_dependent=dep,
                              parent=parent, index=len(nodes), takes_training=_takes_training(child),
                              opaque=isinstance(child, keras.layers.RNN))
+            declared = _declared_training(child)
+            node.caller_training = declared if declared is not None else (
+                parent.caller_training if parent is not None else None)
             nodes.append(node)
             if parent is not None:
                 parent.children.append(node)

@@ -136,6 +136,7 @@ class LayerRecord:
     fit_mode: str = "n/a"              # "training" / "inference" / "n/a" as it behaves in fit()
     fit_mode_reason: str = ""
     calls: int = 0
+    caller_training: bool | None = None  # `training` written in the graph call of it or its sub-model
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ class Finding:
     message: str
     remedy: str
     evidence: dict = field(default_factory=dict)
+    explains: float | None = None  # share of the fit/evaluate output gap it explains (0..1)
 
 
 @dataclass(frozen=True)
