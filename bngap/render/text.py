@@ -158,8 +158,9 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
             _para(con, "fix: " + f.remedy, style="italic")
         con.print()
     else:
-        _para(con, "No cause flagged: the moving statistics describe the data and no layer "
-              "behaves unexpectedly.", indent=0)
+        _para(con, "No cause flagged: " + ("the moving statistics describe the data and no layer "
+                                           "behaves unexpectedly." if r.model.batchnorm_layers else
+                                           "no layer behaves unexpectedly."), indent=0)
         con.print()
     notes = list(r.notes) + list(r.data.notes)
     if notes:
