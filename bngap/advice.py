@@ -253,6 +253,12 @@ def _domain_shift(flagged: list[BatchNormRecord], explained: set[str],
         msg += (f" {len(frozen)} of them are frozen (trainable=False): in Keras 3 a frozen "
                 "BatchNormalization layer uses its moving statistics in fit() as well, so it "
                 "causes no train/eval gap, only poor results in both modes.")
+    renorm = [r for r in shifted if r.renorm and r.trainable]
+    if renorm:
+        msg += (f" {len(renorm)} of them use batch renormalization: training mode normalises with "
+                "the renorm statistics (within the clipping bounds, if any) and inference mode with "
+                "the moving ones, not with each batch's own, so expect both modes to be wrong alike "
+                "rather than a gap.")
     if overridden:
         msg += (f" {_bn_layers(len(overridden))} ({_names(overridden)}) sit in a sub-model called "
                 "with training=False, yet run in training mode in fit(): in this Keras version the "

@@ -7,6 +7,11 @@ from .layertree import LayerNode
 from .results import BatchNormRecord, GapEntry, Kind, LayerRecord, OutputGap
 
 
+def _renorm_unclipped(layer) -> bool:
+    clip = getattr(layer, "renorm_clipping", None) or {}
+    return bool(getattr(layer, "renorm", False)) and not any(v is not None for v in clip.values())
+
+
 def _fit_mode(node: LayerNode, received: list) -> tuple[bool | None, str, str]:
     """(training value received, behaviour in fit(), why) for one layer."""
     got = [v for v in received if v is not None]
@@ -56,6 +61,10 @@ def batchnorm_records(m) -> tuple[BatchNormRecord, ...]:
             continue
         got = [v for v in st.fit_training.values() if v is not None]
         uses_batch = (any(bool(v) for v in got) and bool(node.layer.trainable)) if got else False
+        # Renorm without clipping: training mode normalises with the renorm
+        # statistics, (x - renorm_mean) / renorm_stddev, never the batch's own.
+        if _renorm_unclipped(node.layer):
+            uses_batch = False
         recs.append(audit_layer(m.bn_params[node.index], st.moments, st.order, uses_batch))
     recs.sort(key=lambda r: r.order)
     return tuple(recs)

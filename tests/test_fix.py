@@ -153,3 +153,78 @@ def test_model_without_bn_is_refused(zoo, tmp_path):
     model, x, y = zoo.get("dropout_only")
     with pytest.raises(BngapError, match="no BatchNormalization layers"):
         fix(model, x, output=tmp_path / "x.keras")
+
+
+# ------------------------------------------------------------------ renorm
+@pytest.fixture(scope="module")
+def renorm_model(keras):
+    """Unclipped renorm BN trained to convergence, then its statistics replaced
+    by those of other data in all five variables: both modes normalise with
+    the wrong statistics, fit() and evaluate() agree, both bad."""
+    import zoo as z
+
+    L = keras.layers
+    rng = z._seed(11)
+    x, y = z.images(rng, n=128)
+    m = keras.Sequential([
+        keras.Input((8, 8, 3)), L.Conv2D(8, 3, name="conv1"),
+        L.BatchNormalization(renorm=True, momentum=0.9, renorm_momentum=0.9, name="bn1"), L.ReLU(),
+        L.Conv2D(8, 3, name="conv2"),
+        L.BatchNormalization(renorm=True, momentum=0.9, renorm_momentum=0.9, name="bn2"), L.ReLU(),
+        L.GlobalAveragePooling2D(), L.Dense(3, activation="softmax", name="head")], name="renorm")
+    m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    m.fit(x, y, epochs=40, batch_size=32, verbose=0)
+    # Statistics taken on other data (darker images): one
+    # training-mode pass at momentum 0 sets all five statistics to theirs.
+    bns = [m.get_layer("bn1"), m.get_layer("bn2")]
+    for bn in bns:
+        bn.momentum = bn.renorm_momentum = 0.0
+    m(x - 3.0, training=True)
+    for bn in bns:
+        bn.momentum = bn.renorm_momentum = 0.9
+    return m, x, y
+
+
+def _renorm_copy(keras, renorm_model, tmp_path):
+    m, x, y = renorm_model
+    path = tmp_path / "renorm.keras"
+    m.save(path)
+    return keras.models.load_model(path), x, y
+
+
+def test_renorm_check_says_both_modes_are_wrong(renorm_model):
+    from bngap.pipeline import check
+    from bngap.results import Cause
+
+    m, x, y = renorm_model
+    r = check(m, x, y)
+    assert r.output_gap.relative_l2 < 1e-4  # training mode uses the renorm statistics
+    top = r.findings[0]
+    assert top.cause is Cause.DOMAIN_SHIFT and "both modes" in top.message
+    assert "fit() looks fine" not in " ".join(f.message for f in r.findings)
+    assert all(b.fit_uses_batch_stats is False for b in r.batchnorm)
+
+
+def test_renorm_fix_sets_every_statistic_and_both_modes_agree(keras, renorm_model, tmp_path):
+    model, x, y = _renorm_copy(keras, renorm_model, tmp_path)
+    reference, _, _ = _renorm_copy(keras, renorm_model, tmp_path)
+    loss_before, acc_before = model.evaluate(x, y, verbose=0)
+    want = _expected_stats(reference, keras, x, ["bn1", "bn2"])
+    result = fix(model, x, y, output=tmp_path / "fixed.keras")
+    for name, (mean, var) in want.items():
+        bn = model.get_layer(name)
+        eps = bn.epsilon
+        np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), var, rtol=1e-5, atol=1e-6)
+        for v in ("moving_stddev", "renorm_stddev"):
+            np.testing.assert_allclose(getattr(bn, v).numpy(), np.sqrt(var + eps), rtol=1e-5)
+        np.testing.assert_allclose(bn.renorm_mean.numpy(), mean, rtol=1e-5, atol=1e-5)
+    # both modes agree (Keras itself), and inference got better
+    train = np.asarray(model(x, training=True))
+    infer = np.asarray(model(x, training=False))
+    assert np.max(np.abs(train - infer)) < 1e-4
+    loss_after, acc_after = model.evaluate(x, y, verbose=0)
+    assert loss_after < 0.6 * loss_before and acc_after > acc_before  # 0.40 -> 0.17, 92% -> 100%
+    assert result.helped and result.written  # no gap to close, but the inference loss fell
+    assert result.metrics_after.eval["loss"] < result.metrics_before.eval["loss"]
+    assert result.after.relative_l2 < 1e-4
