@@ -111,13 +111,28 @@ class OutputGap:
 
 
 @dataclass(frozen=True)
+class OutputMetrics:
+    """Loss and accuracy of one output of a multi-output model, both modes."""
+
+    name: str
+    train: dict
+    eval: dict
+    loss_name: str
+    source: str
+    weight: float = 1.0  # its loss weight in the total
+
+
+@dataclass(frozen=True)
 class Metrics:
-    """Loss and accuracy on the user's labels, in both modes."""
+    """Loss and accuracy on the user's labels, in both modes. For a model
+    with several outputs, `loss` is the weighted total evaluate() reports and
+    `per_output` holds each labelled output's own loss and accuracy."""
 
     train: dict
     eval: dict
     loss_name: str
     source: str  # "compiled" (the model's own loss) or "inferred"
+    per_output: tuple[OutputMetrics, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -362,6 +377,7 @@ class Report:
                 "train": {k: _num(v) for k, v in self.metrics.train.items()},
                 "eval": {k: _num(v) for k, v in self.metrics.eval.items()},
                 "loss_name": self.metrics.loss_name, "source": self.metrics.source,
+                "per_output": [_plain(o) for o in self.metrics.per_output],
             },
             "groups": {k: _num(self.groups.get(k, 0.0)) for k in GROUPS},
             "layers": [_plain(r) for r in self.layers],

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from .._version import __version__
 from ..results import Report, Severity
-from .common import gap_opens_at, headline, init_share, num, pct, severity_mark, sparkline, top_layers
+from .common import gap_opens_at, headline, init_share, metric_rows, num, pct, severity_mark, sparkline, top_layers
 
 MAX_BN_ROWS = 12
 MIN_WIDTH = 80
@@ -69,9 +69,8 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
                    style="bold"))
     t = _table("", "training", "inference", right=(1, 2))
     if r.metrics:
-        for k in r.metrics.train:
-            fmt = pct if k == "accuracy" else num
-            t.add_row(escape(k), fmt(r.metrics.train[k]), fmt(r.metrics.eval[k]))
+        for label, tr, ev in metric_rows(r):
+            t.add_row(escape(label), tr, ev)
         con.print(t)
     line = f"output gap: relative L2 {num(g.relative_l2)}, max |diff| {num(g.max_abs)}"
     if g.top1_agreement is not None:
@@ -95,7 +94,9 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
         con.print("  " + sparkline(divs, max(10, width - 4)), markup=False)
         if opens is not None:
             _para(con, f"first divergent layer: {opens.path} ({opens.class_name}, divergence "
-                       f"{num(opens.divergence)}); at the output: {num(divs[-1])}", indent=2)
+                       f"{num(opens.divergence)}); at the output"
+                       + (" (all outputs)" if len(g.per_output) > 1 else "")
+                       + f": {num(g.relative_l2)}", indent=2)
         else:
             _para(con, "no layer's output differs between the modes", indent=2)
         con.print()
