@@ -258,6 +258,10 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
                                y_key=y_key, limit=limit, preprocess=preprocess, compile=True, status=say)
     keras = import_keras()
     net = loaded.model
+    if from_file:
+        kept = keep_saved_optimizer(net, saved_optimizer_state(Path(model)))
+        if kept:
+            loaded.notes.append(kept)
     nodes = build_tree(net, keras)
     chosen, skipped = select_layers(nodes, layers, include_frozen)
     if not chosen:
@@ -323,6 +327,56 @@ def _helped(before: OutputGap, after: OutputGap, m0: Metrics | None,
     elif loss0 is not None and loss1 is not None:
         why += f" nor the inference loss ({loss0:.4f} -> {loss1:.4f})"
     return False, why
+
+
+def saved_optimizer_state(path: Path) -> list[np.ndarray] | None:
+    """The optimizer variables a `.keras` file holds, in order; None for
+    other formats or a file without an optimizer. Reads the archive only."""
+    if path.suffix.lower() != ".keras":
+        return None
+    import io
+    import zipfile
+
+    import h5py
+
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("model.weights.h5") as f:
+            with h5py.File(io.BytesIO(f.read()), "r") as h5:
+                group = h5.get("optimizer/vars")
+                if group is None:
+                    return None
+                return [np.array(group[str(i)]) for i in range(len(group))]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def keep_saved_optimizer(model, saved: list[np.ndarray] | None) -> str | None:
+    """Gives the model back the optimizer state its file held.
+
+    Loading a file compiled with an optimizer that was never built (saved
+    before any training step: 2 variables) builds a new one for every
+    trainable weight and skips the saved state; a copy saved from it would
+    carry all those zero slots (ResNet50: 95 MB -> 283 MB) and lose the
+    original's iteration count and learning rate. An unbuilt optimizer of
+    the same configuration, holding the saved values, replaces it.
+
+    Returns a note when the saved state could not be restored, else None.
+    Side effect: may replace `model.optimizer`.
+    """
+    opt = getattr(model, "optimizer", None)
+    if opt is None or saved is None or len(opt.variables) == len(saved):
+        return None  # nothing saved, or Keras restored it as it was
+    try:
+        fresh = type(opt).from_config(opt.get_config())
+        if len(fresh.variables) != len(saved):
+            return (f"the file's optimizer state ({len(saved)} variables) does not fit a "
+                    f"{type(opt).__name__}; the copy carries a freshly built one")
+        fresh.load_own_variables({str(i): v for i, v in enumerate(saved)})
+        model.optimizer = fresh
+    except Exception as e:  # a custom or wrapped optimizer: keep Keras' one, say so
+        return (f"the file's optimizer state could not be restored ({type(e).__name__}); the "
+                "copy carries a freshly built optimizer")
+    return None
 
 
 def _verify_reload(path: Path, model, data: Dataset, keras, *, unsafe: bool, custom) -> float:

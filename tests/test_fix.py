@@ -228,3 +228,49 @@ def test_renorm_fix_sets_every_statistic_and_both_modes_agree(keras, renorm_mode
     assert result.helped and result.written  # no gap to close, but the inference loss fell
     assert result.metrics_after.eval["loss"] < result.metrics_before.eval["loss"]
     assert result.after.relative_l2 < 1e-4
+
+
+# ------------------------------------------------------- the optimizer state
+def _optimizer_vars(path):
+    from bngap.recalibration import saved_optimizer_state
+
+    return saved_optimizer_state(path)
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_copy_keeps_the_original_optimizer_state_and_size(keras, tmp_path, trained):
+    """A model saved with a compiled but unbuilt optimizer (2 variables:
+    iterations and learning rate): the copy holds those 2, not a freshly
+    built optimizer's zero slots. A trained one's state is kept as it was."""
+    import zoo as z
+
+    rng = z._seed(21)
+    x, y = z.images(rng, n=64)
+    m = z.conv_bn("opt", momentum=0.9)
+    m.compile(keras.optimizers.Adam(learning_rate=0.003), "sparse_categorical_crossentropy")
+    if trained:
+        m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    else:
+        m(x[:2])
+        for layer in m.layers:  # stale statistics for fix to correct
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.moving_mean.assign(np.full(layer.moving_mean.shape, 3.0, "float32"))
+    src, out = tmp_path / "model.keras", tmp_path / "fixed.keras"
+    m.save(src)
+    before = _optimizer_vars(src)
+    assert len(before) == (2 if not trained else len(m.optimizer.variables))
+    res = CliRunner().invoke(main, ["fix", str(src), str(z_data(tmp_path, x, y)), "-o", str(out), "--force", "-q"])
+    assert res.exit_code == 0, res.output
+    after = _optimizer_vars(out)
+    assert len(after) == len(before)
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(a, b)
+    assert out.stat().st_size < src.stat().st_size * 1.1  # no zero slots added
+    again = keras.models.load_model(out)
+    assert again.optimizer.learning_rate.numpy() == pytest.approx(0.003)
+
+
+def z_data(tmp_path, x, y):
+    path = tmp_path / "data.npz"
+    np.savez(path, x=x, y=y)
+    return path
