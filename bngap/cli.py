@@ -356,14 +356,9 @@ def fix(model, data, output, in_place, force, layer_patterns, skip_frozen, fmt, 
                              preprocess=preprocess, progress=progress, status=progress.status)
         finally:
             progress.close()
-        if fmt == "json":
-            import json
+        from .render.fixing import render_fix_result
 
-            click.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
-        else:
-            from .render.fixing import render_fix
-
-            click.echo(render_fix(result), nl=False)
+        click.echo(render_fix_result(result, fmt), nl=False)
         sys.exit(int(ExitStatus.OK))
 
 

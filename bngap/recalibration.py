@@ -16,7 +16,7 @@ import fnmatch
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,9 +62,19 @@ class FixResult:
     reload_max_abs_diff: float | None = None
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    _restore: Any = field(default=None, repr=False, compare=False)
+
+    def undo(self) -> None:
+        """Puts back the statistics the re-estimated layers had before the fix,
+        in the in-memory model (every variable the fix assigned, bit for bit).
+        A file the fix wrote is left as it is."""
+        if self._restore is None:
+            raise BngapError("nothing to undo: this result holds no previous statistics")
+        self._restore()
 
     def to_dict(self) -> dict:
         d = _plain(self)
+        d.pop("_restore", None)
         d["schema_version"] = "1"
         return d
 
@@ -179,6 +189,21 @@ def _assign(layer, mean: np.ndarray, var: np.ndarray) -> None:
                 v.assign(value.astype(dtype))
 
 
+_STATISTICS = ("moving_mean", "moving_variance", "moving_stddev", "renorm_mean", "renorm_stddev")
+
+
+def _snapshot_statistics(layers) -> Callable[[], None]:
+    """A function that restores every statistic `_assign` may change."""
+    saved = [(v, np.array(v.numpy(), copy=True)) for layer in layers for name in _STATISTICS
+             if (v := getattr(layer, name, None)) is not None]
+
+    def restore() -> None:
+        for v, value in saved:
+            v.assign(value)
+
+    return restore
+
+
 def _relative_noise(mom, eps: float) -> float | None:
     """How far apart the two halves' statistics are, relative to the spread:
     RMS over channels of the half-difference of standardized means and of
@@ -271,6 +296,7 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     say("measuring the gap before")
     m0 = measure(net, nodes, data, keras, batch_size=bs, seed=seed, effects=0, loss_id=loaded.loss,
                  leak_checks=False)
+    restore = _snapshot_statistics([n.layer for n in chosen])
     say(f"re-estimating {len(chosen)} BatchNormalization layers on {len(data)} samples")
     fixes, passes = recalibrate(net, nodes, chosen, data, keras, batch_size=bs, progress=progress, seed=seed)
     say("measuring the gap after")
@@ -300,7 +326,7 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     return FixResult(before=before, after=after, metrics_before=m0.metrics, metrics_after=m1.metrics,
                      layers=tuple(fixes), skipped=tuple(skipped), passes=passes, samples=len(data),
                      batch_size=bs, helped=helped, written=written, reload_max_abs_diff=reload_diff,
-                     notes=tuple(notes), seconds=time.perf_counter() - started)
+                     notes=tuple(notes), seconds=time.perf_counter() - started, _restore=restore)
 
 
 def _helped(before: OutputGap, after: OutputGap, m0: Metrics | None,

@@ -274,3 +274,33 @@ def z_data(tmp_path, x, y):
     path = tmp_path / "data.npz"
     np.savez(path, x=x, y=y)
     return path
+
+
+# ---------------------------------------------------------------- undo, json
+def test_undo_restores_the_previous_statistics_bit_for_bit(zoo, keras, renorm_model, tmp_path):
+    import bngap
+
+    for model, x in (_fresh(zoo, keras, "under_trained")[:2], _renorm_copy(keras, renorm_model, tmp_path)[:2]):
+        before = [np.array(v.numpy(), copy=True) for v in model.variables]
+        result = bngap.fix(model, x)
+        changed = [v for v, b in zip(model.variables, before) if v.numpy().tobytes() != b.tobytes()]
+        assert changed  # the fix did change statistics
+        result.undo()
+        after = [v.numpy() for v in model.variables]
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(after, before))
+        assert "_restore" not in result.to_dict()
+
+
+def test_fix_json_comes_from_the_renderer(zoo, tmp_path):
+    import json as _json
+
+    from bngap.render.fixing import render_fix_result
+
+    mpath, dpath = zoo.files("under_trained")
+    res = CliRunner().invoke(main, ["fix", str(mpath), str(dpath), "-o", str(tmp_path / "f.keras"),
+                                    "--format", "json", "-q"])
+    assert res.exit_code == 0, res.output
+    d = _json.loads(res.stdout)
+    assert d["schema_version"] == "1" and d["after"]["relative_l2"] < d["before"]["relative_l2"]
+    with pytest.raises(ValueError):
+        render_fix_result(None, "xml")
