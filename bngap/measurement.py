@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from .layertree import LayerNode
 from .audit import BatchNormParams
 from .probe import NodeStats, Probe, pack_inputs
 from .results import GROUPS, Kind, LeakCheck, Metrics
-from .metrics import OutputMetricSums, _MetricSums, _is_classes, _output_names, resolve_loss  # noqa: F401
+from .metrics import OutputMetricSums, _MetricSums, _is_classes, _output_names
 from .stats import GapAccumulator
 
 LEAK_SAMPLES = 4  # inference paths are compared on this many samples (leaks are structural)
