@@ -186,8 +186,15 @@ def _both_modes_alike(group: Sequence[BatchNormRecord]) -> str | None:
         return ("These layers use batch renormalization: training mode normalises with the "
                 "renorm statistics (within the clipping bounds, if any) and inference mode with "
                 "the moving ones, not with each batch's own, so expect both modes to be wrong "
-                "alike rather than fit() looking fine. ")
+                f"alike rather than fit() looking fine{_renorm_gaps(group[0])}. ")
     return None
+
+
+def _renorm_gaps(r: BatchNormRecord) -> str:
+    if r.training_stats_gap is None:
+        return ""
+    return (f" ({r.path}: expected local gap {_fmt(r.training_stats_gap, 2)} for the renorm "
+            f"statistics training mode uses, {_fmt(r.expected_local_gap, 2)} for the moving ones)")
 
 
 def _not_converged(flagged: list[BatchNormRecord], explained: set[str]) -> Finding | None:
@@ -258,7 +265,7 @@ def _domain_shift(flagged: list[BatchNormRecord], explained: set[str],
         msg += (f" {len(renorm)} of them use batch renormalization: training mode normalises with "
                 "the renorm statistics (within the clipping bounds, if any) and inference mode with "
                 "the moving ones, not with each batch's own, so expect both modes to be wrong alike "
-                "rather than a gap.")
+                f"rather than a gap{_renorm_gaps(renorm[0])}.")
     if overridden:
         msg += (f" {_bn_layers(len(overridden))} ({_names(overridden)}) sit in a sub-model called "
                 "with training=False, yet run in training mode in fit(): in this Keras version the "

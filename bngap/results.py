@@ -194,6 +194,7 @@ class BatchNormRecord:
     init_variance: float | None = None
     init_share_estimate: float | None = None  # median per-channel initial share, consistent or not
     init_share_spread: float | None = None    # its median absolute deviation across channels
+    training_stats_gap: float | None = None   # renorm: the same gap for the renorm statistics fit() uses
 
 
 @dataclass(frozen=True)

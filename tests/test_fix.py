@@ -203,6 +203,30 @@ def test_renorm_check_says_both_modes_are_wrong(renorm_model):
     assert top.cause is Cause.DOMAIN_SHIFT and "both modes" in top.message
     assert "fit() looks fine" not in " ".join(f.message for f in r.findings)
     assert all(b.fit_uses_batch_stats is False for b in r.batchnorm)
+    # the audit of the statistics each mode uses: bn1's input does not depend on
+    # any other BN layer, so both gaps can be checked against numpy directly
+    b = r.batchnorm_layer("bn1")
+    bn = m.get_layer("bn1")
+    inp = np.asarray(m.get_layer("conv1")(x), np.float64)
+    mu, var = inp.mean(axis=(0, 1, 2)), inp.var(axis=(0, 1, 2))
+    gamma, eps = np.asarray(bn.gamma.numpy(), np.float64), bn.epsilon
+
+    def expected_gap(mean, variance):
+        """sqrt(sum gamma^2 (z^2 + w (sqrt(rho) - 1)^2) / sum E[y^2]) of the README."""
+        z = (mu - mean) / np.sqrt(variance + eps)
+        rho = (var + eps) / (variance + eps)
+        w = var / (var + eps)
+        beta = np.asarray(bn.beta.numpy(), np.float64)
+        e_y2 = gamma ** 2 * (z ** 2 + w * rho) + 2 * gamma * beta * z + beta ** 2  # E[y^2]
+        return np.sqrt(np.sum(gamma ** 2 * (z ** 2 + w * (np.sqrt(rho) - 1) ** 2)) / np.sum(e_y2))
+
+    rs = np.asarray(bn.renorm_stddev.numpy(), np.float64)
+    want_train = expected_gap(np.asarray(bn.renorm_mean.numpy(), np.float64), np.maximum(rs ** 2 - eps, 0))
+    want_eval = expected_gap(np.asarray(bn.moving_mean.numpy(), np.float64),
+                             np.asarray(bn.moving_variance.numpy(), np.float64))
+    assert b.expected_local_gap == pytest.approx(want_eval, rel=1e-3)
+    assert b.training_stats_gap == pytest.approx(want_train, rel=1e-3)
+    assert "for the renorm statistics training mode uses" in top.message
 
 
 def test_renorm_fix_sets_every_statistic_and_both_modes_agree(keras, renorm_model, tmp_path):
