@@ -347,8 +347,9 @@ def _axis_mismatch(bns: list[_BN], keras) -> list[LintFinding]:
     fmt = getattr(prod, "data_format", "channels_last")
     return [LintFinding(
         "axis_mismatch", Severity.FAIL, b.path,
-        f"{_layers_word(len(hits))} ({_names(h[0].path for h in hits)}) normalise over a different "
-        f"axis than the channels of the layer feeding them: {b.path} has axis={b.layer.axis} on a "
+        f"{_layers_word(len(hits))} ({_names(h[0].path for h in hits)}) "
+        f"{_v(len(hits), 'normalises', 'normalise')} over another axis than the channels of the "
+        f"layer feeding {_v(len(hits), 'it', 'them')}: {b.path} has axis={b.layer.axis} on a "
         f"rank-{b.rank} input, but {prod.name} ({type(prod).__name__}, {fmt}) puts its channels on "
         f"axis {channel}. Statistics are then kept per row (or column) of the feature map instead "
         "of per channel: a common porting slip (axis=1 from a channels-first model).",
@@ -445,7 +446,8 @@ def _call_without_training(model, nodes) -> list[LintFinding]:
     return [LintFinding(
         "call_without_training", Severity.WARN, dependent[0].path,
         f"{type(model).__name__}.call() has no `training` argument, so fit() calls the model "
-        f"without one and its {len(dependent)} mode-dependent layer(s) ({_names(n.path for n in dependent)}) "
+        f"without one and its {len(dependent)} mode-dependent "
+        f"{_v(len(dependent), 'layer', 'layers')} ({_names(n.path for n in dependent)}) "
         "run in inference mode during training"
         + (": the BatchNormalization statistics are never updated by fit()" if bn else "")
         + ". A direct model(x, training=True) behaves differently from fit().",
@@ -466,7 +468,8 @@ def _mode_dependent(nodes) -> list[LintFinding]:
     listed = "; ".join(f"{k}: {_names(v)}" for k, v in by_kind.items())
     return [LintFinding(
         "mode_dependent_layers", Severity.INFO, hits[0].path,
-        f"{len(hits)} layer(s) compute something different in training mode ({listed}): expect "
+        f"{len(hits)} {_v(len(hits), 'layer computes', 'layers compute')} something different in "
+        f"training mode ({listed}): expect "
         "fit()'s metrics to differ from evaluate()'s on the same data. That gap is by design.",
         "Nothing to fix. To compare like with like, run model.evaluate() on the training data "
         "after fit(); `bngap check MODEL DATA` measures the gap each layer causes.",
