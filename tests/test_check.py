@@ -328,6 +328,9 @@ def test_augmentation_comes_first_when_it_makes_the_whole_gap(reports):
     assert top.explains > 0.99  # the only mode-dependent layer
     later = [f for f in r.findings[1:] if f.cause is Cause.MODE_LEAK]
     assert all(f.explains is None for f in later)
+    from bngap.render import render
+
+    assert "1. INFO augmentation · flip · explains 100% of the gap" in render(r, "text")
 
 
 def test_explains_is_the_group_share_for_bn_causes(reports):

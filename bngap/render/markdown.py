@@ -33,7 +33,8 @@ def render_markdown(report: Report, *, all_layers: bool = False) -> str:
     lines += ["### Findings", ""]
     if r.findings:
         for i, f in enumerate(r.findings, 1):
-            where = f" (`{f.layer}`)" if f.layer else ""
+            where = (f" (`{f.layer}`)" if f.layer else "") + (
+                f", explains {f.explains:.0%} of the gap" if f.explains is not None else "")
             lines += [f"{i}. **{severity_mark(f.severity)} `{f.cause.value}`**{where}: {f.message}",
                       f"   *Fix:* {f.remedy}"]
     else:

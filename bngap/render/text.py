@@ -154,6 +154,8 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
             head = Text(f"{i}. {severity_mark(f.severity)} {f.cause.value}", style=_STYLE[f.severity.value])
             if f.layer:
                 head.append(f" · {f.layer}", style="")
+            if f.explains is not None:
+                head.append(f" · explains {f.explains:.0%} of the gap", style="")
             con.print(head)
             _para(con, f.message)
             _para(con, "fix: " + f.remedy, style="italic")
