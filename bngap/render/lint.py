@@ -18,8 +18,9 @@ def _g(v) -> str:
 def lint_headline(report) -> str:
     c = report.counts()
     found = ", ".join(f"{n} {k}" for k, n in c.items() if n) or "no findings"
+    n = len(report.batchnorm)
     return (f"{report.verdict.upper()} · bngap lint {report.path}: {found} "
-            f"({len(report.batchnorm)} BatchNormalization layers)")
+            f"({n} BatchNormalization layer{'' if n == 1 else 's'})")
 
 
 def _flagged(report) -> set[str]:
