@@ -164,11 +164,24 @@ def _transfer(bn_trainable: bool):
     return keras.Model(inp, L.Dense(2, name="head")(base(inp, training=False)))
 
 
+def _moves_in_fit(model) -> bool:
+    """Whether one fit() step changes the base's BN statistics (Keras itself)."""
+    bn = model.get_layer("base").get_layer("bn")
+    before = bn.moving_mean.numpy().copy()
+    model.compile("sgd", "mse")
+    model.fit(images(seed=1), np.zeros((16, 2)), epochs=1, batch_size=16, verbose=0)  # not the calibration images
+    return not np.array_equal(before, bn.moving_mean.numpy())
+
+
 def test_trainable_bn_in_frozen_base():
-    f = rules(_transfer(True))["trainable_bn_in_frozen_base"]
+    flagged = _transfer(True)
+    f = rules(flagged)["trainable_bn_in_frozen_base"]
     assert f.layers == ("base/bn",) and f.evidence["bases"] == ["base"]
     assert "layer.trainable = False" in f.remedy
-    assert "trainable_bn_in_frozen_base" not in rules(_transfer(False))
+    assert _moves_in_fit(flagged)  # what the message says fit() does
+    held = _transfer(False)
+    assert "trainable_bn_in_frozen_base" not in rules(held)
+    assert not _moves_in_fit(held)
 
 
 class _NoTraining(keras.Model):
@@ -195,6 +208,13 @@ def test_call_without_training():
         assert ("call_without_training" in found) is expected, cls
     f = rules(calibrate(_NoTraining(), images()))["call_without_training"]
     assert "fit() calls the model without one" in f.message and "never updated" in f.message
+    # what fit() itself does with each
+    for cls, moves in ((_NoTraining, False), (_WithTraining, True)):
+        m = calibrate(cls(), images())
+        before = m.bn.moving_mean.numpy().copy()
+        m.compile("sgd", "mse")
+        m.fit(images(seed=1), np.zeros((16, 4)), epochs=1, batch_size=16, verbose=0)
+        assert (not np.array_equal(before, m.bn.moving_mean.numpy())) is moves, cls
 
 
 def test_mode_dependent_layers_are_info():
