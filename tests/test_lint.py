@@ -184,7 +184,7 @@ def test_trainable_bn_in_frozen_base():
     assert not _moves_in_fit(held)
 
 
-class _NoTraining(keras.Model):
+class NoTrainingNet(keras.Model):
     def __init__(self, **kw):
         super().__init__(**kw)
         self.conv = L.Conv2D(4, 3)
@@ -195,21 +195,21 @@ class _NoTraining(keras.Model):
         return self.pool(self.bn(self.conv(x)))
 
 
-class _WithTraining(_NoTraining):
+class WithTrainingNet(NoTrainingNet):
     def call(self, x, training=None):
         return self.pool(self.bn(self.conv(x), training=training))
 
 
 def test_call_without_training():
-    for cls, expected in ((_NoTraining, True), (_WithTraining, False)):
+    for cls, expected in ((NoTrainingNet, True), (WithTrainingNet, False)):
         m = cls()
         calibrate(m, images())
         found = rules(m)
         assert ("call_without_training" in found) is expected, cls
-    f = rules(calibrate(_NoTraining(), images()))["call_without_training"]
+    f = rules(calibrate(NoTrainingNet(), images()))["call_without_training"]
     assert "fit() calls the model without one" in f.message and "never updated" in f.message
     # what fit() itself does with each
-    for cls, moves in ((_NoTraining, False), (_WithTraining, True)):
+    for cls, moves in ((NoTrainingNet, False), (WithTrainingNet, True)):
         m = calibrate(cls(), images())
         before = m.bn.moving_mean.numpy().copy()
         m.compile("sgd", "mse")
