@@ -25,6 +25,8 @@ def _fit_mode(node: LayerNode, received: list) -> tuple[bool | None, str, str]:
         return False, "inference", f"called with training=False (by {caller})"
     if node.kind is Kind.BATCHNORM and not node.layer.trainable:
         return True, "inference", "frozen (trainable=False): Keras 3 BN uses its moving statistics"
+    if node.kind is Kind.BATCHNORM and _renorm_unclipped(node.layer):
+        return True, "training", "renorm: normalises with the renorm statistics, not the batch's"
     return True, "training", ""
 
 

@@ -227,6 +227,10 @@ def test_renorm_check_says_both_modes_are_wrong(renorm_model):
     assert b.expected_local_gap == pytest.approx(want_eval, rel=1e-3)
     assert b.training_stats_gap == pytest.approx(want_train, rel=1e-3)
     assert "for the renorm statistics training mode uses" in top.message
+    from bngap.render import render
+
+    assert r.layer("bn1").fit_mode_reason.startswith("renorm")
+    assert "training (renorm statistics)" in render(r, "text", width=140)
 
 
 def test_renorm_fix_sets_every_statistic_and_both_modes_agree(keras, renorm_model, tmp_path):

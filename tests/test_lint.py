@@ -261,6 +261,12 @@ def test_command_line_formats_and_exit_codes(tmp_path):
     data = json.loads(res.stdout)
     assert data["verdict"] == "fail" and data["findings"][0]["rule"] == "momentum_torch_convention"
     assert set(data["findings"][0]) >= {"rule", "severity", "layer", "message", "remedy"}
+    jsonschema = pytest.importorskip("jsonschema")
+    from pathlib import Path
+
+    schema = json.loads((Path(__file__).parents[1] / "docs" / "lint.schema.json").read_text())
+    jsonschema.validate(data, schema)
+    assert schema["properties"]["findings"]["items"]["properties"]["rule"]["enum"] == list(RULES)
     (bn,) = data["batchnorm"]
     assert bn["momentum"] == pytest.approx(0.1) and bn["epsilon"] == pytest.approx(0.001)
     assert bn["variance_min"] <= bn["variance_max"]

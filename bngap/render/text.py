@@ -184,4 +184,6 @@ def _short_reason(reason: str) -> str:
         return "training=False"
     if "no training flag" in reason:
         return "no flag"
+    if reason.startswith("renorm"):
+        return "renorm statistics"
     return reason
