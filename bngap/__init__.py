@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
-__all__ = ["__version__", "check", "fix", "load_model", "CheckOptions", "Report", "Thresholds", "FixResult",
+__all__ = ["__version__", "check", "fix", "lint", "load_model", "CheckOptions", "Report", "Thresholds", "FixResult",
            "GapMonitor", "BngapError"]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,15 +70,36 @@ def fix(model: Any, x: Any, y: Any = None, **options: Any) -> "FixResult":
             batch_size, limit, seed, unsafe, custom_objects, x_key, y_key.
 
     Returns:
-        A `FixResult` (`before`, `after`, `helped`, per-layer records).
+        A `FixResult` (`before`, `after`, `helped`, per-layer records);
+        `result.undo()` restores the statistics the model had before.
 
     Example:
         >>> result = bngap.fix(model, x_train[:512])   # doctest: +SKIP
         >>> result.before.relative_l2, result.after.relative_l2  # doctest: +SKIP
+        >>> result.undo()   # the previous statistics, bit for bit  # doctest: +SKIP
     """
     from .recalibration import fix as _fix
 
     return _fix(model, x, y, **options)
+
+
+def lint(model: Any, *, fail_on: str = "fail", unsafe: bool = False,
+         custom_objects: Any = None) -> Any:
+    """Data-free checks of a model's BatchNormalization layers (`bngap lint`).
+
+    Args:
+        model: a Keras model or the path of a `.keras` / `.h5` file (loaded
+            safely unless `unsafe`).
+        fail_on: "fail" or "warn": the severity that makes the verdict 'fail'.
+
+    Returns:
+        A `bngap.lint.LintReport`: `findings` (rule, severity, layer,
+        message, remedy), every BN layer's momentum, epsilon and variance
+        range, `verdict`, and `to_dict()` for JSON. Changes nothing.
+    """
+    from .lint import lint as _lint
+
+    return _lint(model, fail_on=fail_on, unsafe=unsafe, custom_objects=custom_objects)
 
 
 def load_model(path: Any, *, unsafe: bool = False, custom_objects_file: Any = None) -> Any:

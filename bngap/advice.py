@@ -4,6 +4,7 @@ and a remedy, most likely first. Plain Python."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Sequence
 
 from .specs import PREPROCESS_FLAG
@@ -128,119 +129,174 @@ def _describe_bn(r: BatchNormRecord) -> str:
             f"{_fmt(r.median_abs_log2_var_ratio, 2)}, expected local gap {_fmt(r.expected_local_gap, 2)}")
 
 
-def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Sequence[LayerRecord],
-                 batch_size: int, samples: int,
-                 preprocessing: PreprocessingProbe | None) -> tuple[list[Finding], list[str]]:
-    findings: list[Finding] = []
-    notes: list[str] = []
-    flagged = [r for r in batchnorm if r.severity in (Severity.WARN, Severity.FAIL)]
-    bn_gap = float(groups.get("batchnorm", 0.0) or 0.0)
-    explained: set[str] = set()
-
+def _never_updated(batchnorm: Sequence[BatchNormRecord], flagged: list[BatchNormRecord],
+                   bn_gap: float) -> Finding | None:
     never = [r for r in batchnorm if r.never_updated]
     never_flagged = [r for r in never if r in flagged]
-    if never_flagged:
-        first = never_flagged[0]
-        sev = Severity.FAIL if (_worst([r.severity for r in never_flagged]) is Severity.FAIL
-                                or bn_gap >= NOTABLE_GAP) else Severity.WARN
-        findings.append(Finding(
-            Cause.STATS_NEVER_UPDATED, sev, first.path,
-            f"{len(never)} of {len(batchnorm)} BatchNormalization layers still hold their initial "
-            f"moving statistics ({_initial(first)}): they were never updated. In inference mode "
-            f"they normalise with those instead of your data's statistics (first: {first.path}, "
-            f"whose input has median |mean| {_fmt(first.data_mean_abs, 2)} and median std "
-            f"{_fmt(first.data_std, 2)}).",
-            "If you train with a custom loop, call the model with training=True in the training "
-            "step so BatchNormalization updates its statistics; if the model was never trained, "
-            f"train it. To repair this model without retraining, re-estimate them: {FIX_HINT}.",
-            {"layers": [r.path for r in never], "flagged": [r.path for r in never_flagged]},
-        ))
-        explained.update(r.path for r in never)
+    if not never_flagged:
+        return None
+    first = never_flagged[0]
+    sev = Severity.FAIL if (_worst([r.severity for r in never_flagged]) is Severity.FAIL
+                            or bn_gap >= NOTABLE_GAP) else Severity.WARN
+    return Finding(
+        Cause.STATS_NEVER_UPDATED, sev, first.path,
+        f"{len(never)} of {len(batchnorm)} BatchNormalization layers still hold their initial "
+        f"moving statistics ({_initial(first)}): they were never updated. In inference mode "
+        f"they normalise with those instead of your data's statistics (first: {first.path}, "
+        f"whose input has median |mean| {_fmt(first.data_mean_abs, 2)} and median std "
+        f"{_fmt(first.data_std, 2)}).",
+        "If you train with a custom loop, call the model with training=True in the training "
+        "step so BatchNormalization updates its statistics; if the model was never trained, "
+        f"train it. To repair this model without retraining, re-estimate them: {FIX_HINT}.",
+        {"layers": [r.path for r in never], "flagged": [r.path for r in never_flagged]},
+    )
 
-    if preprocessing is not None and preprocessing.best:
-        p = preprocessing
-        best_gap = dict(p.candidates).get(p.best)
-        first = flagged[0] if flagged else None
-        sev = first.severity if first is not None else Severity.WARN
-        findings.append(Finding(
-            Cause.PREPROCESSING_MISMATCH, sev, p.layers[0] if p.layers else None,
-            f"The first BatchNormalization layers ({_names(p.layers)}) see inputs unlike those "
-            f"they were trained on (mean expected local gap {_fmt(p.baseline_gap, 2)}); after the "
-            f"transform `{p.best}` they match (gap {_fmt(best_gap, 2)}). Your inputs range "
-            f"{_fmt(p.input_min, 3)}..{_fmt(p.input_max, 3)}: the model was most likely trained "
-            f"on inputs preprocessed as `{p.best}`.",
-            f"Apply the preprocessing used in training before predicting (here: {p.best}"
-            + (f"; for an image folder: --preprocess {PREPROCESS_FLAG[p.best]}" if p.best in PREPROCESS_FLAG else "")
-            + "); for keras.applications models use the family's preprocess_input. Everything "
-            "downstream of the first layers will then see the statistics it expects.",
-            {"transform": p.best, "baseline_gap": p.baseline_gap, "gap_after": best_gap,
-             "candidates": dict(p.candidates)},
-        ))
-        # Downstream layers inherit the shifted input: the first flagged run is explained.
-        explained.update(r.path for r in flagged)
 
+def _preprocessing(preprocessing: PreprocessingProbe | None,
+                   flagged: list[BatchNormRecord]) -> Finding | None:
+    if preprocessing is None or not preprocessing.best:
+        return None
+    p = preprocessing
+    best_gap = dict(p.candidates).get(p.best)
+    first = flagged[0] if flagged else None
+    sev = first.severity if first is not None else Severity.WARN
+    return Finding(
+        Cause.PREPROCESSING_MISMATCH, sev, p.layers[0] if p.layers else None,
+        f"The first BatchNormalization layers ({_names(p.layers)}) see inputs unlike those "
+        f"they were trained on (mean expected local gap {_fmt(p.baseline_gap, 2)}); after the "
+        f"transform `{p.best}` they match (gap {_fmt(best_gap, 2)}). Your inputs range "
+        f"{_fmt(p.input_min, 3)}..{_fmt(p.input_max, 3)}: the model was most likely trained "
+        f"on inputs preprocessed as `{p.best}`.",
+        f"Apply the preprocessing used in training before predicting (here: {p.best}"
+        + (f"; for an image folder: --preprocess {PREPROCESS_FLAG[p.best]}" if p.best in PREPROCESS_FLAG else "")
+        + "); for keras.applications models use the family's preprocess_input. Everything "
+        "downstream of the first layers will then see the statistics it expects.",
+        {"transform": p.best, "baseline_gap": p.baseline_gap, "gap_after": best_gap,
+         "candidates": dict(p.candidates), "layers": [r.path for r in flagged]},
+    )
+
+
+def _both_modes_alike(group: Sequence[BatchNormRecord]) -> str | None:
+    """Why these layers cause no fit/evaluate gap, when they do not: frozen, or
+    renorm without clipping (both modes use stored statistics)."""
+    if all(not r.trainable for r in group):
+        return ("These layers are frozen (trainable=False), so fit() uses these statistics too: "
+                "expect poor results in both modes rather than a gap. ")
+    if all(r.renorm for r in group):
+        return ("These layers use batch renormalization: training mode normalises with the "
+                "renorm statistics (within the clipping bounds, if any) and inference mode with "
+                "the moving ones, not with each batch's own, so expect both modes to be wrong "
+                f"alike rather than fit() looking fine{_renorm_gaps(group[0])}. ")
+    return None
+
+
+def _renorm_gaps(r: BatchNormRecord) -> str:
+    if r.training_stats_gap is None:
+        return ""
+    return (f" ({r.path}: expected local gap {_fmt(r.training_stats_gap, 2)} for the renorm "
+            f"statistics training mode uses, {_fmt(r.expected_local_gap, 2)} for the moving ones)")
+
+
+def _not_converged(flagged: list[BatchNormRecord], explained: set[str]) -> Finding | None:
     not_conv = [r for r in flagged if r.path not in explained and r.init_fraction is not None
                 and r.init_fraction >= NOT_CONVERGED_SHARE]
-    if not_conv:
-        # Deeper layers saw the same few updates, but under weights that kept
-        # changing, so their channels agree less; mostly-initial ones belong here.
-        clean = {r.path for r in not_conv}
-        not_conv = [r for r in flagged if r.path not in explained and (
-            r.path in clean or (r.init_share_estimate or 0.0) >= DRIFTED_SHARE)]
-        # The first clean layer's estimate is the best: deeper layers' inputs
-        # drifted while their statistics were being accumulated.
-        first = next(r for r in not_conv if r.path in clean)
-        share = first.init_fraction
-        shares = [r.init_fraction if r.init_fraction is not None else r.init_share_estimate
-                  for r in not_conv]
-        lo, hi = min(shares), max(shares)
-        spread = f"; {lo:.0%} to {hi:.0%} across them" if len(not_conv) > 1 and hi - lo >= 0.05 else ""
-        upd = first.estimated_updates
-        n_upd = max(round(upd), 1) if upd is not None else None
-        upd_txt = f"about {n_upd} update{'s' if n_upd != 1 else ''}" if n_upd is not None else "few updates"
-        momenta = sorted({r.momentum for r in not_conv})
-        findings.append(Finding(
-            Cause.STATS_NOT_CONVERGED, _worst([r.severity for r in not_conv]), not_conv[0].path,
-            f"{_bn_layers(len(not_conv))} {_verb(len(not_conv), 'has', 'have')} moving statistics that are still "
-            f"{share:.0%} their initial values ({_initial(first)}{spread}): {upd_txt} at momentum "
-            f"{', '.join(f'{m:g}' for m in momenta)}, too few to reach your data's statistics. "
-            + ("These layers are frozen (trainable=False), so fit() uses these statistics too: "
-               "expect poor results in both modes rather than a gap. "
-               if all(not r.trainable for r in not_conv) else
-               "In training mode each batch is normalised by its own statistics, so fit() looks "
-               "fine while evaluate() and predict() on the same data do not. ")
-            + f"First: {_describe_bn(first)}.",
-            _convergence_remedy(max(momenta)),
-            {"layers": [r.path for r in not_conv], "init_fraction": share, "estimated_updates": upd},
-        ))
-        explained.update(r.path for r in not_conv)
+    if not not_conv:
+        return None
+    # Deeper layers saw the same few updates, but under weights that kept
+    # changing, so their channels agree less; mostly-initial ones belong here.
+    clean = {r.path for r in not_conv}
+    not_conv = [r for r in flagged if r.path not in explained and (
+        r.path in clean or (r.init_share_estimate or 0.0) >= DRIFTED_SHARE)]
+    # The first clean layer's estimate is the best: deeper layers' inputs
+    # drifted while their statistics were being accumulated.
+    first = next(r for r in not_conv if r.path in clean)
+    share = first.init_fraction
+    shares = [r.init_fraction if r.init_fraction is not None else r.init_share_estimate
+              for r in not_conv]
+    lo, hi = min(shares), max(shares)
+    spread = f"; {lo:.0%} to {hi:.0%} across them" if len(not_conv) > 1 and hi - lo >= 0.05 else ""
+    upd = first.estimated_updates
+    n_upd = max(round(upd), 1) if upd is not None else None
+    upd_txt = f"about {n_upd} update{'s' if n_upd != 1 else ''}" if n_upd is not None else "few updates"
+    momenta = sorted({r.momentum for r in not_conv})
+    alike = _both_modes_alike(not_conv)
+    return Finding(
+        Cause.STATS_NOT_CONVERGED, _worst([r.severity for r in not_conv]), not_conv[0].path,
+        f"{_bn_layers(len(not_conv))} {_verb(len(not_conv), 'has', 'have')} moving statistics that are still "
+        f"{share:.0%} their initial values ({_initial(first)}{spread}): {upd_txt} at momentum "
+        f"{', '.join(f'{m:g}' for m in momenta)}, too few to reach your data's statistics. "
+        + (alike or "In training mode each batch is normalised by its own statistics, so fit() "
+           "looks fine while evaluate() and predict() on the same data do not. ")
+        + f"First: {_describe_bn(first)}.",
+        _convergence_remedy(max(momenta)),
+        {"layers": [r.path for r in not_conv], "init_fraction": share, "estimated_updates": upd},
+    )
 
+
+def _overridden(shifted: Sequence[BatchNormRecord], layers_by_path: dict) -> list[str]:
+    """BN layers inside a sub-model the user called with training=False that
+    nevertheless ran in training mode in the fit()-like pass."""
+    out = []
+    for r in shifted:
+        rec = layers_by_path.get(r.path)
+        if rec is not None and rec.fit_mode == "training" and rec.caller_training is False:
+            out.append(r.path)
+    return out
+
+
+def _domain_shift(flagged: list[BatchNormRecord], explained: set[str],
+                  layers_by_path: dict) -> Finding | None:
     shifted = [r for r in flagged if r.path not in explained]
-    if shifted:
-        first = shifted[0]
-        frozen = [r for r in shifted if not r.trainable]
-        msg = (f"{_bn_layers(len(shifted))} {_verb(len(shifted), 'has', 'have')} moving statistics that do not "
-               f"describe this data, although they are not initial values: they were estimated on "
-               f"data with a different distribution (pretrained statistics, or a different "
-               f"dataset). First: {_describe_bn(first)}.")
-        if frozen:
-            msg += (f" {len(frozen)} of them are frozen (trainable=False): in Keras 3 a frozen "
-                    "BatchNormalization layer uses its moving statistics in fit() as well, so it "
-                    "causes no train/eval gap, only poor results in both modes.")
-        findings.append(Finding(
-            Cause.DOMAIN_SHIFT, _worst([r.severity for r in shifted]), first.path, msg,
-            "Re-estimate the statistics on data like yours "
-            f"({FIX_HINT}), or fine-tune with the BatchNormalization layers in training mode "
-            "long enough for their statistics to follow; check that the data comes from the "
-            "distribution the model was trained on. To keep pretrained statistics while "
-            "fine-tuning, freeze the BN layers (layer.trainable = False), which holds them in "
-            "inference mode in fit(); calling the base with training=False does not hold inside "
-            "a functional model in every Keras version (the layer table shows what each BN layer "
-            "does in fit()).",
-            {"layers": [r.path for r in shifted], "frozen": [r.path for r in frozen]},
-        ))
+    if not shifted:
+        return None
+    first = shifted[0]
+    frozen = [r for r in shifted if not r.trainable]
+    overridden = _overridden(shifted, layers_by_path)
+    msg = (f"{_bn_layers(len(shifted))} {_verb(len(shifted), 'has', 'have')} moving statistics that do not "
+           f"describe this data, although they are not initial values: they were estimated on "
+           f"data with a different distribution (pretrained statistics, or a different "
+           f"dataset). First: {_describe_bn(first)}.")
+    if frozen:
+        msg += (f" {len(frozen)} of them are frozen (trainable=False): in Keras 3 a frozen "
+                "BatchNormalization layer uses its moving statistics in fit() as well, so it "
+                "causes no train/eval gap, only poor results in both modes.")
+    renorm = [r for r in shifted if r.renorm and r.trainable]
+    if renorm:
+        msg += (f" {len(renorm)} of them use batch renormalization: training mode normalises with "
+                "the renorm statistics (within the clipping bounds, if any) and inference mode with "
+                "the moving ones, not with each batch's own, so expect both modes to be wrong alike "
+                f"rather than a gap{_renorm_gaps(renorm[0])}.")
+    if overridden:
+        msg += (f" {_bn_layers(len(overridden))} ({_names(overridden)}) sit in a sub-model called "
+                "with training=False, yet run in training mode in fit(): in this Keras version the "
+                "outer training=True reaches them, so training=False did not hold, and fit() "
+                "normalises their batches by their own statistics while evaluate() uses the "
+                "pretrained ones.")
+    remedy = ("Re-estimate the statistics on data like yours "
+              f"({FIX_HINT}), or fine-tune with the BatchNormalization layers in training mode "
+              "long enough for their statistics to follow; check that the data comes from the "
+              "distribution the model was trained on. ")
+    if overridden:
+        remedy += ("To keep the pretrained statistics, set trainable=False on the base (or on "
+                   "its BatchNormalization layers): that is what holds a BN layer in inference "
+                   "mode in fit(); training=False in the call does not.")
+    else:
+        remedy += ("To keep pretrained statistics while fine-tuning, freeze the BN layers "
+                   "(layer.trainable = False), which holds them in inference mode in fit(); "
+                   "calling the base with training=False does not hold inside a functional "
+                   "model in every Keras version (the layer table shows what each BN layer "
+                   "does in fit()).")
+    return Finding(
+        Cause.DOMAIN_SHIFT, _worst([r.severity for r in shifted]), first.path, msg, remedy,
+        {"layers": [r.path for r in shifted], "frozen": [r.path for r in frozen],
+         "training_false_overridden": overridden},
+    )
 
-    # A BN gap the statistics do not explain: the batch statistics are the problem.
+
+def _small_batch(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRecord],
+                 flagged: list[BatchNormRecord], bn_gap: float, batch_size: int,
+                 samples: int) -> tuple[Finding | None, list[str]]:
+    """A BN gap the statistics do not explain: the batch statistics are the problem."""
     bn_layers = {r.path: r for r in layers if r.kind is Kind.BATCHNORM}
     noisy = []
     for r in batchnorm:
@@ -259,7 +315,7 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
         sev = Severity.WARN if bn_gap >= NOTABLE_GAP else Severity.INFO
         few = (f" Only {samples} samples were given, so they form one batch: give at least 32 to "
                "measure at the batch size fit() uses." if samples <= batch_size else "")
-        findings.append(Finding(
+        return Finding(
             Cause.SMALL_BATCH, sev, r.path,
             f"In training mode BatchNormalization normalises each batch by its own statistics; "
             f"with batches of {batch_size} these are unreliable estimates"
@@ -271,13 +327,17 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
             "unrepresentative statistics); for small-batch training consider renorm=True, or "
             "GroupNormalization / LayerNormalization.",
             {"batch_size": batch_size, "layers": [x.path for x, _ in noisy]},
-        ))
-    elif uses_batch and bn_gap >= NOTABLE_GAP and not flagged:
-        notes.append(
+        ), []
+    if uses_batch and bn_gap >= NOTABLE_GAP and not flagged:
+        return None, [
             f"The BatchNormalization layers' moving statistics match the data; their gap "
             f"({_fmt(bn_gap)}) is the batch-to-batch variation of batch statistics expected at "
-            f"batch size {batch_size}, not a fault.")
+            f"batch size {batch_size}, not a fault."]
+    return None, []
 
+
+def _bn_notes(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRecord]) -> list[str]:
+    notes = []
     frozen_all = [r for r in batchnorm if not r.trainable]
     if frozen_all:
         notes.append(
@@ -291,7 +351,39 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
     if held:
         notes.append(f"{_bn_layers(len(held))} {_verb(len(held), 'receives', 'receive')} training=False from their "
                      f"caller and stay in inference mode in fit() (e.g. {held[0].path}).")
-    return findings, notes
+    return notes
+
+
+def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Sequence[LayerRecord],
+                 batch_size: int, samples: int,
+                 preprocessing: PreprocessingProbe | None) -> tuple[list[Finding], list[str]]:
+    """The BatchNormalization causes, each from its own rule; a layer explained
+    by an earlier cause is not counted again by a later one."""
+    flagged = [r for r in batchnorm if r.severity in (Severity.WARN, Severity.FAIL)]
+    bn_gap = float(groups.get("batchnorm", 0.0) or 0.0)
+    by_path = {r.path: r for r in layers}
+    findings: list[Finding] = []
+    explained: set[str] = set()
+    never = _never_updated(batchnorm, flagged, bn_gap)
+    if never is not None:
+        findings.append(never)
+        explained.update(r.path for r in batchnorm if r.never_updated)
+    pre = _preprocessing(preprocessing, flagged)
+    if pre is not None:
+        findings.append(pre)
+        # Downstream layers inherit the shifted input: the first flagged run is explained.
+        explained.update(r.path for r in flagged)
+    conv = _not_converged(flagged, explained)
+    if conv is not None:
+        findings.append(conv)
+        explained.update(conv.evidence["layers"])
+    shift = _domain_shift(flagged, explained, by_path)
+    if shift is not None:
+        findings.append(shift)
+    small, notes = _small_batch(batchnorm, layers, flagged, bn_gap, batch_size, samples)
+    if small is not None:
+        findings.append(small)
+    return findings, notes + _bn_notes(batchnorm, layers)
 
 
 def _mode_group_findings(groups: dict, layers: Sequence[LayerRecord], gap: OutputGap,
@@ -362,4 +454,55 @@ def diagnose(*, gap: OutputGap, groups: dict, layers: Sequence[LayerRecord],
                      "training-mode statistics are noisy. Choose --batch-size or --limit so "
                      "that batches are full.")
     findings.sort(key=lambda f: (-f.severity.rank, _PRIORITY.index(f.cause)))
-    return findings, notes
+    return rank(with_shares(findings, groups, layers, gap)), notes
+
+
+_BN_CAUSES = {Cause.STATS_NEVER_UPDATED, Cause.PREPROCESSING_MISMATCH, Cause.STATS_NOT_CONVERGED,
+              Cause.DOMAIN_SHIFT, Cause.SMALL_BATCH}
+
+
+def _share(part: float | None, total: float) -> float | None:
+    if part is None or not total > 1e-6:
+        return None
+    return float(min(1.0, max(0.0, part / total)))
+
+
+def with_shares(findings: Sequence[Finding], groups: dict, layers: Sequence[LayerRecord],
+                gap: OutputGap) -> list[Finding]:
+    """Each finding with `explains`: the share of the fit/evaluate output gap
+    measured with only its layers in training mode.
+
+    A cause group's gap (only that group in training mode) is the measure for
+    the cause that owns the group; a second BN cause gets the largest output
+    effect among its own layers, when measured. Findings about other inference
+    paths (how to call the model, predict()) explain none of this gap: null.
+    """
+    total = gap.relative_l2
+    effects = {r.path: r.output_effect for r in layers if r.output_effect is not None}
+    out, bn_owner = [], None
+    for f in findings:
+        share = None
+        if f.cause is Cause.AUGMENTATION:
+            share = _share(float(groups.get("augmentation", 0.0) or 0.0), total)
+        elif f.cause is Cause.DROPOUT_ONLY:
+            share = _share(float(groups.get("dropout", 0.0) or 0.0), total)
+        elif f.cause in _BN_CAUSES:
+            if bn_owner is None:
+                bn_owner = f
+                share = _share(float(groups.get("batchnorm", 0.0) or 0.0), total)
+            else:
+                own = [effects[p] for p in f.evidence.get("layers", []) if p in effects]
+                share = _share(max(own), total) if own else None
+        out.append(replace(f, explains=share))
+    return out
+
+
+def rank(findings: Sequence[Finding]) -> list[Finding]:
+    """Most of the gap explained first; severity breaks ties (shares equal to
+    two decimals), then the more specific cause. Side notes on calling the
+    model for inference (mode_leak below fail) come after the causes."""
+    def key(f: Finding):
+        side = f.cause is Cause.MODE_LEAK and f.severity is not Severity.FAIL
+        return (side, -round(f.explains or 0.0, 2), -f.severity.rank, _PRIORITY.index(f.cause))
+
+    return sorted(findings, key=key)

@@ -39,6 +39,8 @@ def _fit_mode(node: LayerNode, received: list[Any]) -> tuple[bool | None, str, s
         return False, "inference", f"called with training=False (by {caller})"
     if node.kind is Kind.BATCHNORM and not node.trainable:
         return True, "inference", "frozen (trainable=False): Keras 3 BN uses its moving statistics"
+    if node.kind is Kind.BATCHNORM and node.renorm_unclipped:
+        return True, "training", "renorm: normalises with the renorm statistics, not the batch's"
     return True, "training", ""
 
 
@@ -68,6 +70,7 @@ def layer_records(m: Measured) -> tuple[LayerRecord, ...]:
                 fit_mode=fit_mode,
                 fit_mode_reason=why,
                 calls=st.calls,
+                caller_training=node.caller_training,
             )
         )
     out.sort(key=lambda r: (r.order < 0, r.order))
@@ -85,6 +88,10 @@ def batchnorm_records(m: Measured) -> tuple[BatchNormRecord, ...]:
             continue
         got = [v for v in st.fit_training.values() if v is not None]
         uses_batch = (any(bool(v) for v in got) and node.trainable) if got else False
+        # Renorm without clipping: training mode normalises with the renorm
+        # statistics, (x - renorm_mean) / renorm_stddev, never the batch's own.
+        if node.renorm_unclipped:
+            uses_batch = False
         recs.append(audit_layer(m.bn_params[node.index], st.moments, st.order, uses_batch))
     recs.sort(key=lambda r: r.order)
     return tuple(recs)

@@ -15,7 +15,7 @@ pass with large batches would show as the layer's own contribution.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -49,6 +49,10 @@ class BatchNormParams:
     synchronized: bool
     init_mean: float | None     # constant the moving mean was initialised to, if known
     init_variance: float | None
+    # Renorm layers: the statistics training mode normalises with (unclipped,
+    # (x - renorm_mean) / renorm_stddev); None for plain BN.
+    renorm_mean: np.ndarray | None = None
+    renorm_stddev: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,17 @@ def severity_of(gap: float, noise: float | None, never_updated: bool) -> Severit
     return sev
 
 
+def _renorm_training_gap(p: BatchNormParams, total: ChannelMoments) -> float | None:
+    """A renorm layer's expected local gap for the statistics training mode
+    uses: renorm_mean and renorm_stddev (as a variance: stddev**2 - eps, the
+    way Keras derives the moving variance), against the data's."""
+    if not p.renorm or p.renorm_mean is None or p.renorm_stddev is None:
+        return None
+    as_moving = replace(p, moving_mean=p.renorm_mean,
+                        moving_variance=np.maximum(p.renorm_stddev ** 2 - p.epsilon, 0.0))
+    return local_gap(compare_channels(as_moving, total))
+
+
 def audit_layer(p: BatchNormParams, moments: SplitMoments, order: int,
                 fit_uses_batch_stats: bool | None, worst: int = 3) -> BatchNormRecord:
     """The audit record of one BN layer from its parameters and input moments."""
@@ -240,6 +255,7 @@ def audit_layer(p: BatchNormParams, moments: SplitMoments, order: int,
     worst_ch = tuple(ChannelDeviation(int(i), float(cs.z[i]), float(cs.log2_ratio[i]))
                      for i in order_idx if not cs.degenerate[i] and cs.gap_num[i] > 0)
     return BatchNormRecord(
+        training_stats_gap=_renorm_training_gap(p, total),
         path=p.path, order=order, trainable=p.trainable, momentum=p.momentum,
         epsilon=p.epsilon, channels=int(cs.z.shape[0]), axis=p.axis,
         median_abs_z=mz[0], p95_abs_z=mz[1], max_abs_z=mz[2],

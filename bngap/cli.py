@@ -437,9 +437,9 @@ def fix(model, data, outputs, in_place, force, layer_patterns, skip_frozen, fmt,
 
 
 def _fix_json(result) -> str:
-    import json
+    from .render.fixing import render_fix_result
 
-    return json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+    return render_fix_result(result, "json")
 
 
 def _fix_text(result) -> str:
@@ -455,6 +455,53 @@ def _fix_html(result) -> str:
 
 
 FIX_RENDERERS = {"json": _fix_json, "text": _fix_text, "html": _fix_html}
+
+
+@main.command(epilog="""\b
+Exit codes: 0 no finding at the --fail-on severity, 1 at least one, 2 bad
+input or usage, 3 internal failure.
+""")
+@click.argument("model", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
+              show_default=True, help="Report form.")
+@click.option("--output", "-o", "outputs", multiple=True, type=click.Path(dir_okay=False),
+              help="Write the report to FILE (atomically) instead of stdout; repeatable. The format follows the extension: .json, .md, .txt; another extension gets --format.")
+@click.option("--fail-on", type=click.Choice(["warn", "fail"]), default="fail", show_default=True,
+              help="Exit 1 when a finding is at least this severe.")
+@click.option("--all-layers", is_flag=True, help="List every BN layer in the text report.")
+@click.option("--unsafe", is_flag=True, help="Allow loading models that contain Python code (Lambda layers). Only for files you trust.")
+@click.option("--custom-objects", "custom_objects", type=click.Path(dir_okay=False),
+              help="A trusted Python file that defines the model's custom layers or functions.")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="No status lines on stderr.")
+def lint(model, fmt, outputs, fail_on, all_layers, unsafe, custom_objects, show_traceback, quiet):
+    """Check the model file for BatchNormalization defects, without data.
+
+    Reads MODEL (safely, as check does) and reports never-updated
+    statistics, momentum in PyTorch's convention or 1.0, bad variances, too
+    small an epsilon, a BN axis that is not the channel axis, renorm without
+    clipping, trainable BN layers in a frozen base, a call() without
+    `training`, and layers that make a gap by design. Changes nothing.
+    """
+    progress = _Progress(enabled=not quiet)
+    with _errors_handled(show_traceback):
+        from .lint import lint as run_lint
+        from .render.lint import lint_headline, render_lint
+        from .writing import plan_outputs, write_outputs
+
+        formats = ("text", "json", "markdown")
+        plan = plan_outputs(outputs, formats, default=fmt, inputs=(model,))
+        progress.status(f"loading model {model}")
+        report = run_lint(model, fail_on=fail_on, unsafe=unsafe, custom_objects=custom_objects)
+        if plan:
+            renderers = {f: (lambda r, f=f: render_lint(r, f, all_layers=all_layers)) for f in formats}
+            for path in write_outputs(report, plan, renderers):
+                progress.status(f"report written to {path}")
+        else:
+            click.echo(render_lint(report, fmt, width=_terminal_width(), all_layers=all_layers), nl=False)
+        if progress.enabled and (fmt != "text" or plan):
+            _err(f"bngap: {lint_headline(report)}")
+        sys.exit(int(report.exit_status))
 
 
 def run() -> None:  # pragma: no cover - console entry point

@@ -28,7 +28,7 @@ class Dataset:
     """
 
     x: list[np.ndarray]
-    y: np.ndarray | None
+    y: np.ndarray | dict | None  # a dict: one label array per output name (multi-output models)
     path: str
     names: list[str]
     notes: list[str] = field(default_factory=list)
@@ -48,7 +48,7 @@ class Dataset:
         n = len(self)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            yield self.take(start, stop), (None if self.y is None else np.ascontiguousarray(self.y[start:stop]))
+            yield self.take(start, stop), _labels(self.y, start, stop)
 
     def take(self, start: int, stop: int) -> list[np.ndarray]:
         """Samples start..stop of every input, in memory, in the model's dtypes."""
@@ -56,8 +56,50 @@ class Dataset:
         return [np.ascontiguousarray(a[start:stop], dtype=dt) for a, dt in zip(self.x, dts)]
 
     def subset(self, n: int) -> "Dataset":
-        return Dataset(self.take(0, n), None if self.y is None else self.y[:n],
+        return Dataset(self.take(0, n), _labels(self.y, 0, n),
                        self.path, self.names, list(self.notes), keyed=self.keyed)
+
+
+def _labels(y, start: int, stop: int):
+    """Labels of samples start..stop: one array, or one per output name."""
+    if y is None:
+        return None
+    if isinstance(y, dict):
+        return {k: np.ascontiguousarray(v[start:stop]) for k, v in y.items()}
+    return np.ascontiguousarray(y[start:stop])
+
+
+def output_labels(source, output_names: Sequence[str], samples: int,
+                  limit: int | None = None) -> dict[str, np.ndarray] | None:
+    """One label array per output of a multi-output model, or None.
+
+    `source` is an .npz path (keys `y_<output name>` or the output name
+    itself) or what the caller gave as `y`: a dict by output name or a list
+    in output order. Each must hold one label per sample.
+    """
+    found: dict[str, np.ndarray] = {}
+    if isinstance(source, dict):
+        found = {n: np.asarray(source[n]) for n in output_names if n in source}
+    elif isinstance(source, (list, tuple)) and len(source) == len(output_names):
+        found = {n: np.asarray(a) for n, a in zip(output_names, source)}
+    elif isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".npz":
+        p = Path(source)
+        with np.load(p, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            for n in output_names:
+                key = f"y_{n}" if f"y_{n}" in keys else (n if n in keys else None)
+                if key is not None:
+                    found[n] = _read_npz_member(npz, p, key)
+    if not found:
+        return None
+    out = {}
+    for n, a in found.items():
+        a = a[:limit] if limit is not None and a.ndim else a
+        if not a.ndim or len(a) != samples:
+            raise DataError(f"labels of output '{n}' hold {len(a) if a.ndim else 0} values for "
+                            f"{samples} samples; give one label per sample")
+        out[n] = a
+    return out
 
 
 def _refuse_pickle(path: Path, key: str | None, err: Exception) -> DataError:

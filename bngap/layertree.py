@@ -42,6 +42,10 @@ class LayerNode:
     opaque: bool = False  # we do not look inside it (RNN cells)
     class_name: str = ""  # the layer's class, e.g. "BatchNormalization"
     trainable: bool = True  # layer.trainable when the tree was built
+    # `training` written where it or an enclosing sub-model was called into a
+    # graph (`base(x, training=False)`); Keras 3 may override it in fit().
+    caller_training: bool | None = None
+    renorm_unclipped: bool = False  # BN renorm without clipping: same output in both modes
 
 
 def _children(layer: Any) -> list[Any]:
@@ -108,6 +112,20 @@ def classify(layer: Any, keras: Any) -> tuple[Kind, bool]:
     return Kind.OTHER, False
 
 
+def _declared_training(layer: Any) -> bool | None:
+    """The `training` value a functional graph passes this layer by name."""
+    for node in getattr(layer, "_inbound_nodes", None) or []:
+        kwargs = getattr(getattr(node, "arguments", None), "kwargs", None) or {}
+        if kwargs.get("training") is not None:
+            return bool(kwargs["training"])
+    return None
+
+
+def _renorm_unclipped(layer: Any) -> bool:
+    clip = getattr(layer, "renorm_clipping", None) or {}
+    return bool(getattr(layer, "renorm", False)) and not any(v is not None for v in clip.values())
+
+
 def build_tree(model: Any, keras: Any) -> list[LayerNode]:
     """All layers below `model` in depth-first order, each instance once.
 
@@ -136,6 +154,13 @@ def build_tree(model: Any, keras: Any) -> list[LayerNode]:
                 opaque=isinstance(child, keras.layers.RNN),
                 class_name=type(child).__name__,
                 trainable=bool(child.trainable),
+                renorm_unclipped=kind is Kind.BATCHNORM and _renorm_unclipped(child),
+            )
+            declared = _declared_training(child)
+            node.caller_training = (
+                declared
+                if declared is not None
+                else (parent.caller_training if parent is not None else None)
             )
             nodes.append(node)
             if parent is not None:

@@ -330,15 +330,16 @@ def _load_legacy(p: Path, keras: Any, kwargs: dict, notes: list[str]) -> Any:
     return repair_sequential_input(model, first_batch_shape(cfg), keras, notes)
 
 
-def read_compiled_loss(p: Path) -> Any:
-    """The loss the model was compiled with, read from the file's training
-    config without compiling anything. None when absent or unreadable."""
+def read_compiled_loss(p: Path, key: str = "loss") -> Any:
+    """The loss the model was compiled with (or another compile setting:
+    `key`), read from the file's training config without compiling
+    anything. None when absent or unreadable."""
     try:
         if p.suffix.lower() in KERAS_EXTS:
             with zipfile.ZipFile(p) as zf:
                 cfg = json.loads(zf.read("config.json"))
             comp = cfg.get("compile_config") or {}
-            return comp.get("loss")
+            return comp.get(key)
         import h5py
 
         with h5py.File(p, "r") as f:
@@ -347,7 +348,7 @@ def read_compiled_loss(p: Path) -> Any:
             return None
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8")
-        return json.loads(raw).get("loss")
+        return json.loads(raw).get(key)
     except Exception:  # a missing loss only means we infer one
         return None
 

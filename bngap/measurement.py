@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -14,7 +14,8 @@ from .layertree import LayerNode
 from .audit import BatchNormParams
 from .probe import NodeStats, Probe, pack_inputs
 from .results import GROUPS, Kind, LeakCheck, Metrics
-from .stats import GapAccumulator, binary_threshold, top1
+from .metrics import OutputMetricSums, _MetricSums, _is_classes, _output_names
+from .stats import GapAccumulator
 
 LEAK_SAMPLES = 4  # inference paths are compared on this many samples (leaks are structural)
 AUTO_EFFECTS_ALL = 8  # with --effects auto, models with up to this many get every layer's effect
@@ -67,100 +68,6 @@ def effective_nodes(nodes: list[LayerNode], stats: dict[int, NodeStats]) -> list
 
 def _to_numpy_list(keras, out) -> list[np.ndarray]:
     return [np.asarray(t) for t in keras.tree.flatten(out) if t is not None]
-
-
-def _output_names(model, count: int) -> list[str]:
-    names = list(getattr(model, "output_names", None) or [])
-    if len(names) != count:
-        names = [f"output_{i}" for i in range(count)] if count > 1 else ["output"]
-    return names
-
-
-def _is_classes(arr: np.ndarray) -> bool:
-    return arr.ndim >= 2 and arr.shape[-1] >= 2
-
-
-# ------------------------------------------------------------------ metrics
-def resolve_loss(keras, loss_id, outputs: np.ndarray, y: np.ndarray) -> tuple[Any, str, str]:
-    """(loss callable, name, source). The model's compiled loss when the file
-    names one Keras knows; otherwise inferred from the outputs and labels."""
-    if callable(loss_id):  # a Loss object or a function (the model's own, or the caller's)
-        name = getattr(loss_id, "name", None) or getattr(loss_id, "__name__", type(loss_id).__name__)
-        return loss_id, str(name), "compiled"
-    named = isinstance(loss_id, str) or (isinstance(loss_id, dict) and "class_name" in loss_id)
-    if named:
-        try:
-            fn = keras.losses.get(loss_id)
-            if fn is not None:
-                name = getattr(fn, "name", None) or getattr(fn, "__name__", str(loss_id))
-                return fn, str(name), "compiled"
-        except (ValueError, TypeError):
-            pass
-    probs = bool(np.all(outputs >= 0) and np.all(outputs <= 1))
-    L = keras.losses
-    if outputs.ndim >= 2 and outputs.shape[-1] >= 2:
-        rows_sum_one = probs and np.allclose(outputs.sum(-1), 1.0, atol=1e-3)
-        if y.dtype.kind in "iu" or (y.ndim == outputs.ndim - 1) or (y.ndim == outputs.ndim and y.shape[-1] == 1):
-            return L.SparseCategoricalCrossentropy(from_logits=not rows_sum_one), "sparse_categorical_crossentropy", "inferred"
-        return L.CategoricalCrossentropy(from_logits=not rows_sum_one), "categorical_crossentropy", "inferred"
-    if set(np.unique(y).tolist()) <= {0, 1}:
-        return L.BinaryCrossentropy(from_logits=not probs), "binary_crossentropy", "inferred"
-    return L.MeanSquaredError(), "mean_squared_error", "inferred"
-
-
-def _accuracy(out: np.ndarray, y: np.ndarray, cut: float | None) -> np.ndarray | None:
-    """Per-sample correctness for class outputs; None for regression. A
-    binary score is cut at `cut` (decided once for both modes)."""
-    if out.ndim >= 2 and out.shape[-1] >= 2:
-        pred = np.argmax(out, axis=-1)
-        truth = np.argmax(y, axis=-1) if y.shape == out.shape else y.reshape(pred.shape)
-        return (pred == truth).astype(np.float64)
-    flat = out.reshape(out.shape[0], -1)
-    if flat.shape[1] == 1 and set(np.unique(y).tolist()) <= {0, 1}:
-        return (top1(flat, cut) == y.reshape(-1).astype(np.int64)).astype(np.float64)
-    return None
-
-
-class _MetricSums:
-    def __init__(self):
-        self.loss = {"train": 0.0, "eval": 0.0}
-        self.acc = {"train": 0.0, "eval": 0.0}
-        self.has_acc = True
-        self.n = 0
-        self.fn = None
-        self.name = ""
-        self.source = ""
-        self.cut: float | None = None
-
-    def add(self, keras, loss_id, train, ev, y: np.ndarray) -> None:
-        """Adds one batch. `train` and `ev` are the model's output tensors:
-        Keras computes a softmax/sigmoid output's cross-entropy from the
-        logits the tensor carries, as evaluate() does, so the loss must see
-        the tensor, not a numpy copy."""
-        if self.fn is None:
-            self.fn, self.name, self.source = resolve_loss(keras, loss_id, np.asarray(ev), y)
-            # a binary score's reading (probability or logit) is decided once
-            self.cut = binary_threshold(np.asarray(ev), np.asarray(train))
-        for mode, out in (("train", train), ("eval", ev)):
-            val = self.fn(y, out)
-            val = float(np.mean(np.asarray(val)))
-            self.loss[mode] += val * len(y)
-            acc = _accuracy(np.asarray(out), y, self.cut)
-            if acc is None:
-                self.has_acc = False
-            else:
-                self.acc[mode] += float(acc.sum())
-        self.n += len(y)
-
-    def result(self) -> Metrics | None:
-        if not self.n:
-            return None
-        tr = {"loss": self.loss["train"] / self.n}
-        ev = {"loss": self.loss["eval"] / self.n}
-        if self.has_acc:
-            tr["accuracy"] = self.acc["train"] / self.n
-            ev["accuracy"] = self.acc["eval"] / self.n
-        return Metrics(train=tr, eval=ev, loss_name=self.name, source=self.source)
 
 
 # --------------------------------------------------------------- the loop
@@ -240,7 +147,7 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
     per_out: list[tuple[str, GapAccumulator]] = []
     group_acc: dict[str, GapAccumulator] = {}
     plan: PassPlan | None = None
-    metric = _MetricSums()
+    metric: _MetricSums | OutputMetricSums = _MetricSums()
     notes: list[str] = []
     classes = False
     loss_ok = dataset.y is not None
@@ -261,9 +168,12 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                 group_acc = {g: GapAccumulator() for g in plan.run_groups}
                 for i in plan.effect_idx:
                     stats[i].effect = GapAccumulator()
-                if loss_ok and len(ev) != 1:
+                if loss_ok and len(ev) != 1 and not isinstance(dataset.y, dict):
                     loss_ok = False
-                    notes.append("labels ignored: loss and accuracy are computed for single-output models")
+                    notes.append("labels ignored: a model with several outputs needs one label array "
+                                 "per output (npz keys y_<output name>)")
+                elif loss_ok and isinstance(dataset.y, dict):
+                    metric = OutputMetricSums()
             extra: list[tuple[list[int], GapAccumulator]] = (
                 [(plan.group_members[g], group_acc[g]) for g in plan.run_groups]
                 + [([i], stats[i].effect) for i in plan.effect_idx]
@@ -279,8 +189,12 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                 progress(b * (2 + len(extra)) + 3 + k, total, f"batch {b + 1}/{batches}")
             if loss_ok and y is not None:
                 try:
-                    metric.add(keras, loss_id, keras.tree.flatten(tr_raw)[0],
-                               keras.tree.flatten(ev_raw)[0], y)
+                    if isinstance(metric, OutputMetricSums):
+                        metric.add(keras, loss_id, keras.tree.flatten(tr_raw), keras.tree.flatten(ev_raw),
+                                   y, names)
+                    else:
+                        metric.add(keras, loss_id, keras.tree.flatten(tr_raw)[0],
+                                   keras.tree.flatten(ev_raw)[0], y)
                 except Exception as e:  # labels that fit no loss: say so, keep the rest
                     loss_ok = False
                     notes.append(f"loss not computed: {type(e).__name__}: {str(e)[:160]}")

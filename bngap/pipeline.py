@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -96,6 +97,10 @@ def open_inputs(model: Any, x: Any, y: Any = None, *, unsafe: bool = False,
             raise BngapError(f"expected a Keras model or a model file path. Received: {type(model).__name__}")
         loaded = LoadedModel(model=model, path="<in-memory>", inputs=input_specs(model),
                              loss=getattr(model, "loss", None))
+    outputs = list(getattr(loaded.model, "output_names", None) or [])
+    per_output_y = None
+    if len(outputs) > 1 and isinstance(y, (dict, list, tuple)):  # one label array per output
+        per_output_y, y = y, None
     if isinstance(x, (str, os.PathLike)):
         say(f"reading data {x}")
         data = load_data(x, loaded.inputs, x_key=x_key, y_key=y_key, limit=limit, preprocess=preprocess)
@@ -103,7 +108,31 @@ def open_inputs(model: Any, x: Any, y: Any = None, *, unsafe: bool = False,
         raise DataError("no data given: pass the inputs (x)")
     else:
         data = from_arrays(x, y, loaded.inputs, limit=limit)
+    if len(outputs) > 1:
+        _attach_output_labels(loaded, data, per_output_y if per_output_y is not None else x, outputs, limit)
     return loaded, data
+
+
+def _attach_output_labels(loaded, data, source, outputs: list[str], limit: int | None) -> None:
+    """A multi-output model: labels per output name (npz keys y_<name> or the
+    name itself, or a dict/list given as y), with the compiled loss weights
+    that evaluate() applies to the total."""
+    from .data import output_labels
+    from .metrics import CompiledLoss
+
+    labels = output_labels(source, outputs, len(data), limit)
+    if labels is None:
+        return
+    data.y = labels
+    weights = None
+    config = getattr(getattr(loaded.model, "_compile_config", None), "config", None)
+    if isinstance(config, dict):
+        weights = config.get("loss_weights")
+    elif loaded.path != "<in-memory>":
+        from .loading import read_compiled_loss
+
+        weights = read_compiled_loss(Path(loaded.path), "loss_weights")
+    loaded.loss = CompiledLoss(loaded.loss, weights)
 
 
 def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = CheckOptions(),

@@ -558,6 +558,8 @@ class Probe:
             synchronized=bool(getattr(layer, "synchronized", False)),
             init_mean=_initializer_constant(layer.moving_mean_initializer),
             init_variance=_initializer_constant(layer.moving_variance_initializer),
+            renorm_mean=arr(getattr(layer, "renorm_mean", None)),
+            renorm_stddev=arr(getattr(layer, "renorm_stddev", None)),
         )
 
 

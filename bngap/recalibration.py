@@ -16,7 +16,7 @@ import fnmatch
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,9 +62,19 @@ class FixResult:
     reload_max_abs_diff: float | None = None
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    _restore: Any = field(default=None, repr=False, compare=False)
+
+    def undo(self) -> None:
+        """Puts back the statistics the re-estimated layers had before the fix,
+        in the in-memory model (every variable the fix assigned, bit for bit).
+        A file the fix wrote is left as it is."""
+        if self._restore is None:
+            raise BngapError("nothing to undo: this result holds no previous statistics")
+        self._restore()
 
     def to_dict(self) -> dict:
         d = _plain(self)
+        d.pop("_restore", None)
         d["schema_version"] = "1"
         return d
 
@@ -109,7 +119,8 @@ def recalibrate(model, nodes: list[LayerNode], chosen: list[LayerNode], data: Da
     statistics of their inputs on `data`, level by level.
 
     Side effects: changes `moving_mean` and `moving_variance` (and, for
-    renorm layers, `moving_stddev`) of the chosen layers; nothing else.
+    renorm layers, `moving_stddev`, `renorm_mean`, `renorm_stddev`) of the
+    chosen layers; nothing else.
 
     Returns:
         (one LayerFix per layer, number of passes over the data).
@@ -160,11 +171,37 @@ def recalibrate(model, nodes: list[LayerNode], chosen: list[LayerNode], data: Da
 
 
 def _assign(layer, mean: np.ndarray, var: np.ndarray) -> None:
+    """Every statistic the layer keeps, set consistently from (mean, var).
+
+    A renorm layer normalises with `renorm_mean`/`renorm_stddev` in training
+    mode and `moving_mean`/`moving_variance` in inference mode (Keras keeps
+    `moving_variance = moving_stddev**2 - epsilon`): all are set, so that
+    both modes use the same re-estimated statistics afterwards.
+    """
     dtype = layer.moving_mean.dtype
     layer.moving_mean.assign(mean.astype(dtype))
     layer.moving_variance.assign(var.astype(dtype))
-    if getattr(layer, "renorm", False) and hasattr(layer, "moving_stddev"):
-        layer.moving_stddev.assign(np.sqrt(var + layer.epsilon).astype(dtype))
+    if getattr(layer, "renorm", False):
+        std = np.sqrt(var + layer.epsilon)
+        for name, value in (("moving_stddev", std), ("renorm_mean", mean), ("renorm_stddev", std)):
+            v = getattr(layer, name, None)
+            if v is not None:
+                v.assign(value.astype(dtype))
+
+
+_STATISTICS = ("moving_mean", "moving_variance", "moving_stddev", "renorm_mean", "renorm_stddev")
+
+
+def _snapshot_statistics(layers) -> Callable[[], None]:
+    """A function that restores every statistic `_assign` may change."""
+    saved = [(v, np.array(v.numpy(), copy=True)) for layer in layers for name in _STATISTICS
+             if (v := getattr(layer, name, None)) is not None]
+
+    def restore() -> None:
+        for v, value in saved:
+            v.assign(value)
+
+    return restore
 
 
 def _relative_noise(mom, eps: float) -> float | None:
@@ -246,6 +283,10 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
                                y_key=y_key, limit=limit, preprocess=preprocess, compile=True, status=say)
     keras = import_keras()
     net = loaded.model
+    if from_file:
+        kept = keep_saved_optimizer(net, saved_optimizer_state(Path(model)))
+        if kept:
+            loaded.notes.append(kept)
     nodes = build_tree(net, keras)
     chosen, skipped = select_layers(nodes, layers, include_frozen)
     if not chosen:
@@ -255,18 +296,14 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     say("measuring the gap before")
     m0 = measure(net, nodes, data, keras, batch_size=bs, seed=seed, effects=0, loss_id=loaded.loss,
                  leak_checks=False)
+    restore = _snapshot_statistics([n.layer for n in chosen])
     say(f"re-estimating {len(chosen)} BatchNormalization layers on {len(data)} samples")
     fixes, passes = recalibrate(net, nodes, chosen, data, keras, batch_size=bs, progress=progress, seed=seed)
     say("measuring the gap after")
     m1 = measure(net, nodes, data, keras, batch_size=bs, seed=seed, effects=0, loss_id=loaded.loss,
                  leak_checks=False)
     before, after = output_gap(m0), output_gap(m1)
-    helped = after.relative_l2 < before.relative_l2 - 1e-9
-    why_not = f"the fix did not reduce the gap ({before.relative_l2:.4f} -> {after.relative_l2:.4f})"
-    if helped and m0.metrics and m1.metrics and m1.metrics.eval["loss"] > m0.metrics.eval["loss"] + 1e-9:
-        helped = False
-        why_not = (f"the gap fell ({before.relative_l2:.4f} -> {after.relative_l2:.4f}) but the "
-                   f"inference loss rose ({m0.metrics.eval['loss']:.4f} -> {m1.metrics.eval['loss']:.4f})")
+    helped, why_not = _helped(before, after, m0.metrics, m1.metrics)
     notes = list(loaded.notes)
     if len(data) < ENOUGH_SAMPLES:
         notes.append(f"re-estimated from {len(data)} samples; use {ENOUGH_SAMPLES} or more "
@@ -289,7 +326,83 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     return FixResult(before=before, after=after, metrics_before=m0.metrics, metrics_after=m1.metrics,
                      layers=tuple(fixes), skipped=tuple(skipped), passes=passes, samples=len(data),
                      batch_size=bs, helped=helped, written=written, reload_max_abs_diff=reload_diff,
-                     notes=tuple(notes), seconds=time.perf_counter() - started)
+                     notes=tuple(notes), seconds=time.perf_counter() - started, _restore=restore)
+
+
+def _helped(before: OutputGap, after: OutputGap, m0: Metrics | None,
+            m1: Metrics | None) -> tuple[bool, str]:
+    """Whether the fix helped, and why not. The gap must fall without the
+    inference loss rising; or, where there was no gap to close (a frozen or
+    renorm model whose stale statistics hurt both modes alike), the gap must
+    stay float noise while the inference loss falls (labels needed)."""
+    from .results import LEAK_TOLERANCE
+
+    b, a = before.relative_l2, after.relative_l2
+    loss0 = m0.eval.get("loss") if m0 else None
+    loss1 = m1.eval.get("loss") if m1 else None
+    if a < b - 1e-9:
+        if loss0 is not None and loss1 is not None and loss1 > loss0 + 1e-9:
+            return False, (f"the gap fell ({b:.4f} -> {a:.4f}) but the inference loss rose "
+                           f"({loss0:.4f} -> {loss1:.4f})")
+        return True, ""
+    if a <= LEAK_TOLERANCE and loss0 is not None and loss1 is not None and loss1 < loss0 - 1e-9:
+        return True, ""
+    why = f"the fix did not reduce the gap ({b:.4f} -> {a:.4f})"
+    if a <= LEAK_TOLERANCE and loss0 is None:
+        why += "; with no gap to close, only labels can show whether inference improved"
+    elif loss0 is not None and loss1 is not None:
+        why += f" nor the inference loss ({loss0:.4f} -> {loss1:.4f})"
+    return False, why
+
+
+def saved_optimizer_state(path: Path) -> list[np.ndarray] | None:
+    """The optimizer variables a `.keras` file holds, in order; None for
+    other formats or a file without an optimizer. Reads the archive only."""
+    if path.suffix.lower() != ".keras":
+        return None
+    import io
+    import zipfile
+
+    import h5py
+
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("model.weights.h5") as f:
+            with h5py.File(io.BytesIO(f.read()), "r") as h5:
+                group = h5.get("optimizer/vars")
+                if group is None:
+                    return None
+                return [np.array(group[str(i)]) for i in range(len(group))]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def keep_saved_optimizer(model, saved: list[np.ndarray] | None) -> str | None:
+    """Gives the model back the optimizer state its file held.
+
+    Loading a file compiled with an optimizer that was never built (saved
+    before any training step: 2 variables) builds a new one for every
+    trainable weight and skips the saved state; a copy saved from it would
+    carry all those zero slots (ResNet50: 95 MB -> 283 MB) and lose the
+    original's iteration count and learning rate. An unbuilt optimizer of
+    the same configuration, holding the saved values, replaces it.
+
+    Returns a note when the saved state could not be restored, else None.
+    Side effect: may replace `model.optimizer`.
+    """
+    opt = getattr(model, "optimizer", None)
+    if opt is None or saved is None or len(opt.variables) == len(saved):
+        return None  # nothing saved, or Keras restored it as it was
+    try:
+        fresh = type(opt).from_config(opt.get_config())
+        if len(fresh.variables) != len(saved):
+            return (f"the file's optimizer state ({len(saved)} variables) does not fit a "
+                    f"{type(opt).__name__}; the copy carries a freshly built one")
+        fresh.load_own_variables({str(i): v for i, v in enumerate(saved)})
+        model.optimizer = fresh
+    except Exception as e:  # a custom or wrapped optimizer: keep Keras' one, say so
+        return (f"the file's optimizer state could not be restored ({type(e).__name__}); the "
+                "copy carries a freshly built optimizer")
+    return None
 
 
 def _verify_reload(path: Path, model, data: Dataset, keras, *, unsafe: bool, custom) -> float:

@@ -113,13 +113,28 @@ class OutputGap:
 
 
 @dataclass(frozen=True)
+class OutputMetrics:
+    """Loss and accuracy of one output of a multi-output model, both modes."""
+
+    name: str
+    train: dict
+    eval: dict
+    loss_name: str
+    source: str
+    weight: float = 1.0  # its loss weight in the total
+
+
+@dataclass(frozen=True)
 class Metrics:
-    """Loss and accuracy on the user's labels, in both modes."""
+    """Loss and accuracy on the user's labels, in both modes. For a model
+    with several outputs, `loss` is the weighted total evaluate() reports and
+    `per_output` holds each labelled output's own loss and accuracy."""
 
     train: dict
     eval: dict
     loss_name: str
     source: str  # "compiled" (the model's own loss) or "inferred"
+    per_output: tuple[OutputMetrics, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +153,7 @@ class LayerRecord:
     fit_mode: str = "n/a"              # "training" / "inference" / "n/a" as it behaves in fit()
     fit_mode_reason: str = ""
     calls: int = 0
+    caller_training: bool | None = None  # `training` written in the graph call of it or its sub-model
 
 
 @dataclass(frozen=True)
@@ -180,6 +196,7 @@ class BatchNormRecord:
     init_variance: float | None = None
     init_share_estimate: float | None = None  # median per-channel initial share, consistent or not
     init_share_spread: float | None = None    # its median absolute deviation across channels
+    training_stats_gap: float | None = None   # renorm: the same gap for the renorm statistics fit() uses
 
 
 @dataclass(frozen=True)
@@ -190,6 +207,7 @@ class Finding:
     message: str
     remedy: str
     evidence: dict = field(default_factory=dict)
+    explains: float | None = None  # share of the fit/evaluate output gap it explains (0..1)
 
 
 @dataclass(frozen=True)
@@ -432,6 +450,7 @@ class Report:
                 "train": {k: _num(v) for k, v in self.metrics.train.items()},
                 "eval": {k: _num(v) for k, v in self.metrics.eval.items()},
                 "loss_name": self.metrics.loss_name, "source": self.metrics.source,
+                "per_output": [_plain(o) for o in self.metrics.per_output],
             },
             "groups": {k: _num(self.groups.get(k, 0.0)) for k in GROUPS},
             "layers": [_plain(r) for r in self.layers],

@@ -315,3 +315,58 @@ def test_reported_fit_mode_is_what_fit_does(keras):
     model.fit(x, np.zeros((32, 1)), epochs=1, batch_size=32, verbose=0)
     moved = not np.array_equal(before, bn.moving_mean.numpy())
     assert reported == ("training" if moved else "inference")
+
+
+# ------------------------------------------------ ranking and exact wording
+def test_augmentation_comes_first_when_it_makes_the_whole_gap(reports):
+    """Random flips make the whole fit/evaluate gap; the INFO note on calling
+    model(x) without a flag (a different comparison) comes after it."""
+    r = reports("augmentation")
+    top = r.findings[0]
+    assert top.cause is Cause.AUGMENTATION
+    assert top.explains == pytest.approx(min(1.0, r.groups["augmentation"] / r.output_gap.relative_l2))
+    assert top.explains > 0.99  # the only mode-dependent layer
+    later = [f for f in r.findings[1:] if f.cause is Cause.MODE_LEAK]
+    assert all(f.explains is None for f in later)
+    from bngap.render import render
+
+    assert "1. INFO augmentation · flip · explains 100% of the gap" in render(r, "text")
+
+
+def test_explains_is_the_group_share_for_bn_causes(reports):
+    r = reports("under_trained")
+    top = r.findings[0]
+    assert top.cause is Cause.STATS_NOT_CONVERGED
+    assert top.explains == pytest.approx(min(1.0, r.groups["batchnorm"] / r.output_gap.relative_l2))
+    d = r.to_dict()["findings"][0]
+    assert d["explains"] == pytest.approx(top.explains)
+
+
+def test_model_without_batchnorm_gets_no_batchnorm_sentence(reports):
+    from bngap.render import render
+
+    for name in ("augmentation", "dropout_only"):
+        r = reports(name)
+        assert r.batchnorm == ()
+        text = render(r, "text") + render(r, "markdown")
+        assert "moving statistics" not in text and "BatchNormalization audit" not in text
+
+
+def test_overridden_training_false_is_named(zoo, keras):
+    """base(x, training=False) inside a functional model: in Keras 3.15.1 fit()'s
+    training=True reaches the base's BN layers. The domain-shift finding says
+    so, for those layers, and points at trainable=False."""
+    base, _, _ = zoo.get("domain_shift")
+    _, x, y = zoo.get("domain_shift")
+    inp = keras.Input((8, 8, 3))
+    model = keras.Model(inp, base(inp, training=False), name="transfer")
+    r = check(model, x, y)
+    assert r.layer("domain_shift/bn1").fit_mode == "training"  # what fit() does (see the test above)
+    f = next(f for f in r.findings if f.cause is Cause.DOMAIN_SHIFT)
+    assert "domain_shift/bn1" in f.evidence["training_false_overridden"]
+    assert "training=False did not hold" in f.message and "domain_shift/bn1" in f.message
+    assert "trainable=False" in f.remedy
+    # the base called plainly: no such sentence
+    plain = check(base, x, y)
+    g = next(f for f in plain.findings if f.cause is Cause.DOMAIN_SHIFT)
+    assert g.evidence["training_false_overridden"] == [] and "did not hold" not in g.message

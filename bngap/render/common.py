@@ -46,6 +46,26 @@ def headline(report: Report) -> str:
     return " · ".join(parts)
 
 
+def metric_rows(report: Report) -> list[tuple[str, str, str]]:
+    """(label, training, inference) rows of loss and accuracy: the headline
+    (for several outputs: the weighted total loss, as evaluate() reports it),
+    then each output's own."""
+    m = report.metrics
+    if m is None:
+        return []
+
+    def fmt(k, v):
+        return pct(v) if k == "accuracy" else num(v)
+
+    total = "loss (weighted total)" if m.per_output else "loss"
+    rows = [(total if k == "loss" else k, fmt(k, m.train[k]), fmt(k, m.eval[k])) for k in m.train]
+    for o in m.per_output:
+        weight = f" (x{o.weight:g})" if o.weight != 1.0 else ""
+        rows += [(f"{o.name} {k}" + (weight if k == "loss" else ""), fmt(k, o.train[k]), fmt(k, o.eval[k]))
+                 for k in o.train]
+    return rows
+
+
 def gap_opens_at(report: Report) -> LayerRecord | None:
     """The first layer (in call order) whose output differs between modes."""
     for r in report.layers:

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 from .common import num, pct
+
+
+def render_fix_result(r, fmt: str) -> str:
+    """The result of `bngap fix` in the named format ('text' or 'json')."""
+    if fmt == "json":
+        return json.dumps(r.to_dict(), indent=2, allow_nan=False) + "\n"
+    if fmt == "text":
+        return render_fix(r)
+    raise ValueError(f"unknown format {fmt!r}; expected text or json")
 
 
 def render_fix(r) -> str:

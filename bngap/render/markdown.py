@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from .._version import __version__
 from ..results import Report, Severity
-from .common import (baseline_rows, baseline_summary, gap_opens_at, headline, init_share, num, pct,
-                     severity_mark, top_layers)
+from .common import (baseline_rows, baseline_summary, gap_opens_at, headline, init_share,
+                     metric_rows, num, pct, severity_mark, top_layers)
 
 MAX_BN_ROWS = 20
 
@@ -34,7 +34,8 @@ def render_markdown(report: Report, *, all_layers: bool = False) -> str:
     lines += ["### Findings", ""]
     if r.findings:
         for i, f in enumerate(r.findings, 1):
-            where = f" (`{f.layer}`)" if f.layer else ""
+            where = (f" (`{f.layer}`)" if f.layer else "") + (
+                f", explains {f.explains:.0%} of the gap" if f.explains is not None else "")
             lines += [f"{i}. **{severity_mark(f.severity)} `{f.cause.value}`**{where}: {f.message}",
                       f"   *Fix:* {f.remedy}"]
     else:
@@ -44,12 +45,12 @@ def render_markdown(report: Report, *, all_layers: bool = False) -> str:
     rows = [["output gap (relative L2)", num(g.relative_l2)], ["max abs difference", num(g.max_abs)]]
     if g.top1_agreement is not None:
         rows.append(["top-1 agreement", pct(g.top1_agreement)])
+    if len(g.per_output) > 1:
+        rows += [[f"output gap of {e.name}", num(e.relative_l2)] for e in g.per_output]
     lines += _table(["", "value"], rows)
     if r.metrics:
         lines.append("")
-        lines += _table(["", "training", "inference"],
-                        [[k, (pct if k == "accuracy" else num)(r.metrics.train[k]),
-                          (pct if k == "accuracy" else num)(r.metrics.eval[k])] for k in r.metrics.train])
+        lines += _table(["", "training", "inference"], [list(row) for row in metric_rows(r)])
         lines += ["", f"Loss: `{r.metrics.loss_name}` ({r.metrics.source})."]
     lines += ["", "Gap by cause (only that group in training mode): "
               + ", ".join(f"{k} {num(v)}" for k, v in r.groups.items()), ""]

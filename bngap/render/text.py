@@ -13,8 +13,8 @@ from rich.text import Text
 
 from .._version import __version__
 from ..results import Report, Severity
-from .common import (baseline_rows, baseline_summary, gap_opens_at, headline, init_share, num, pct,
-                     severity_mark, sparkline, top_layers)
+from .common import (baseline_rows, baseline_summary, gap_opens_at, headline, init_share,
+                     metric_rows, num, pct, severity_mark, sparkline, top_layers)
 
 MAX_BN_ROWS = 12
 MIN_WIDTH = 80
@@ -89,9 +89,8 @@ def _modes(con: Console, r: Report) -> None:
                    style="bold"))
     t = _table("", "training", "inference", right=(1, 2))
     if r.metrics:
-        for k in r.metrics.train:
-            fmt = pct if k == "accuracy" else num
-            t.add_row(escape(k), fmt(r.metrics.train[k]), fmt(r.metrics.eval[k]))
+        for label, tr, ev in metric_rows(r):
+            t.add_row(escape(label), tr, ev)
         con.print(t)
     line = f"output gap: relative L2 {num(g.relative_l2)}, max |diff| {num(g.max_abs)}"
     if g.top1_agreement is not None:
@@ -126,6 +125,7 @@ def _groups(con: Console, r: Report) -> None:
 
 def _depth(con: Console, r: Report, width: int) -> None:
     """Divergence along the depth as a sparkline, and where it opens."""
+    g = r.output_gap
     divs = [x.divergence for x in r.layers if x.divergence is not None and x.order >= 0]
     if not divs:
         return
@@ -134,7 +134,9 @@ def _depth(con: Console, r: Report, width: int) -> None:
     con.print("  " + sparkline(divs, max(10, width - 4)), markup=False)
     if opens is not None:
         _para(con, f"first divergent layer: {opens.path} ({opens.class_name}, divergence "
-                   f"{num(opens.divergence)}); at the output: {num(divs[-1])}", indent=2)
+                   f"{num(opens.divergence)}); at the output"
+                   + (" (all outputs)" if len(g.per_output) > 1 else "")
+                   + f": {num(g.relative_l2)}", indent=2)
     else:
         _para(con, "no layer's output differs between the modes", indent=2)
     con.print()
@@ -197,8 +199,9 @@ def _batchnorm(con: Console, r: Report, all_layers: bool, width: int) -> None:
 
 def _findings(con: Console, r: Report) -> None:
     if not r.findings:
-        _para(con, "No cause flagged: the moving statistics describe the data and no layer "
-              "behaves unexpectedly.", indent=0)
+        _para(con, "No cause flagged: " + ("the moving statistics describe the data and no layer "
+                                           "behaves unexpectedly." if r.model.batchnorm_layers else
+                                           "no layer behaves unexpectedly."), indent=0)
         con.print()
         return
     con.print(Text("Findings (most likely cause first)", style="bold"))
@@ -206,6 +209,8 @@ def _findings(con: Console, r: Report) -> None:
         head = Text(f"{i}. {severity_mark(f.severity)} {f.cause.value}", style=_STYLE[f.severity.value])
         if f.layer:
             head.append(f" · {f.layer}", style="")
+        if f.explains is not None:
+            head.append(f" · explains {f.explains:.0%} of the gap", style="")
         con.print(head)
         _para(con, f.message)
         _para(con, "fix: " + f.remedy, style="italic")
@@ -228,4 +233,6 @@ def _short_reason(reason: str) -> str:
         return "training=False"
     if "no training flag" in reason:
         return "no flag"
+    if reason.startswith("renorm"):
+        return "renorm statistics"
     return reason
