@@ -221,7 +221,7 @@ def main():
 
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path())
-@click.argument("data", type=click.Path())
+@click.argument("data", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
               show_default=True, help="Report form: a terminal summary, JSON for scripts, or Markdown for a bug report.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report to FILE (atomically) instead of stdout.")
@@ -246,6 +246,7 @@ def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_abov
     bit for bit after the training-mode passes.
     """
     progress = _Progress(enabled=not quiet)
+    data, shards = (data[0], ()) if len(data) == 1 else (list(data), data)
     with _errors_handled(show_traceback):
         from .pipeline import CheckOptions
         from .results import Thresholds
@@ -260,7 +261,7 @@ def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_abov
             x_key=x_key, y_key=y_key, unsafe=unsafe, custom_objects=custom_objects,
             preprocess=preprocess,
         )
-        _check_output_path(output, model, data)
+        _check_output_path(output, model, *(shards or (data,)))
         report = _run_and_render(model, data, opts, fmt=fmt, output=output,
                                  all_layers=all_layers, progress=progress)
         if (fail_above_loss_delta is not None or fail_above_accuracy_drop is not None) and report.metrics is None:
@@ -324,7 +325,7 @@ def demo(out, fmt, show_traceback, quiet):
 
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path())
-@click.argument("data", type=click.Path())
+@click.argument("data", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the fixed model (.keras or .h5).")
 @click.option("--in-place", is_flag=True, help="Overwrite MODEL itself (atomically).")
 @click.option("--force", is_flag=True, help="Write even if the gap does not shrink, and replace an existing output.")
@@ -345,6 +346,7 @@ def fix(model, data, output, in_place, force, layer_patterns, skip_frozen, fmt, 
     representative samples.
     """
     progress = _Progress(enabled=not quiet)
+    data = data[0] if len(data) == 1 else list(data)
     with _errors_handled(show_traceback):
         from .recalibration import fix as run_fix
 

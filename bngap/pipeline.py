@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .data import DEFAULT_BATCH_SIZE, from_arrays, load_data
+from .data import DEFAULT_BATCH_SIZE, from_arrays, is_data_path, load_data
 from .errors import BngapError, DataError
 from .results import Kind, ModelSummary, DataSummary, Report, Thresholds
 
@@ -96,8 +96,8 @@ def open_inputs(model: Any, x: Any, y: Any = None, *, unsafe: bool = False,
             raise BngapError(f"expected a Keras model or a model file path. Received: {type(model).__name__}")
         loaded = LoadedModel(model=model, path="<in-memory>", inputs=input_specs(model),
                              loss=getattr(model, "loss", None))
-    if isinstance(x, (str, os.PathLike)):
-        say(f"reading data {x}")
+    if is_data_path(x):  # a file, a folder, or several shards
+        say(f"reading data {x if isinstance(x, (str, os.PathLike)) else ', '.join(map(str, x))}")
         data = load_data(x, loaded.inputs, x_key=x_key, y_key=y_key, limit=limit, preprocess=preprocess)
     elif x is None:
         raise DataError("no data given: pass the inputs (x)")
