@@ -239,8 +239,11 @@ def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_abov
     """Measure, attribute and explain the train-vs-inference gap.
 
     MODEL is a .keras or legacy .h5 file. DATA is an .npz (inputs under 'x',
-    optional labels under 'y'), an .npy (inputs only) or a folder of images
-    (sub-folders as classes).
+    optional labels under 'y'), an .npy (inputs only), a folder of images
+    (sub-folders as classes), a directory written by tf.data.Dataset.save,
+    or several .npz/.npy shards (paths, or a quoted glob such as
+    'shards/*.npz'), read in order as one data set. Large files are read
+    batch by batch, never whole.
 
     The model file is never modified, and the model's variables are restored
     bit for bit after the training-mode passes.

@@ -56,12 +56,12 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def ensure_fits(nbytes: int, what: str) -> None:
+def ensure_fits(nbytes: int, what: str, hint: str = "") -> None:
     """Raises a DataError, before allocating, when `nbytes` cannot fit."""
     room = memory_available()
     if room is not None and nbytes > room:
         raise DataError(f"{what} needs {_gb(nbytes)} in memory at once, more than the {_gb(room)} "
-                        "this process can still allocate")
+                        f"this process can still allocate{hint}")
 
 
 class ObjectArray(DataError):
@@ -111,7 +111,8 @@ class RowArray:
         return self.__array__()[key]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        ensure_fits(self.nbytes, f"reading {len(self)} samples of {self._what}")
+        ensure_fits(self.nbytes, f"reading {len(self)} samples of {self._what}",
+                    "; a smaller --batch-size needs less")
         try:
             arr = self._reader(self._start, self._stop)
         except MemoryError:
