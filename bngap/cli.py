@@ -221,7 +221,7 @@ def main():
 
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path())
-@click.argument("data", nargs=-1, required=True, type=click.Path())
+@click.argument("data", nargs=-1, required=True, type=click.Path(), metavar="DATA")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
               show_default=True, help="Report form: a terminal summary, JSON for scripts, or Markdown for a bug report.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report to FILE (atomically) instead of stdout.")
@@ -328,7 +328,7 @@ def demo(out, fmt, show_traceback, quiet):
 
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path())
-@click.argument("data", nargs=-1, required=True, type=click.Path())
+@click.argument("data", nargs=-1, required=True, type=click.Path(), metavar="DATA")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the fixed model (.keras or .h5).")
 @click.option("--in-place", is_flag=True, help="Overwrite MODEL itself (atomically).")
 @click.option("--force", is_flag=True, help="Write even if the gap does not shrink, and replace an existing output.")

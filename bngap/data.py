@@ -225,20 +225,20 @@ def _target_dtype(arr: np.ndarray, spec: InputSpec | None, label: str, notes: li
 CHUNK_BYTES = 2**20  # validation reads on-disk arrays this much at a time
 
 
-def _chunks(arr: np.ndarray):
-    """Slices of the first axis of about CHUNK_BYTES, read one at a time
-    (memory-mapped and streamed arrays stay on disk)."""
+def _chunks(arr: np.ndarray, rows: int | None = None):
+    """Slices of the first axis (`rows` rows, default about CHUNK_BYTES), read
+    one at a time (memory-mapped and streamed arrays stay on disk)."""
     row = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize)
-    size = max(1, CHUNK_BYTES // row)
+    size = rows or max(1, CHUNK_BYTES // row)
     for start in range(0, arr.shape[0], size):
         yield np.asarray(arr[start:start + size])
 
 
-def _check_finite(arr: np.ndarray, label: str) -> None:
+def _check_finite(arr: np.ndarray, label: str, chunk: int | None = None) -> None:
     if arr.dtype.kind != "f":
         return
     nan = inf = bad_rows = 0
-    for part in _chunks(arr):
+    for part in _chunks(arr, chunk):
         isnan, isinf = np.isnan(part), np.isinf(part)
         nan += int(isnan.sum())
         inf += int(isinf.sum())
