@@ -436,11 +436,6 @@ def is_stream(x) -> bool:
     return hasattr(x, "__iter__")
 
 
-def _sample_rank(specs: Sequence[InputSpec]) -> int | None:
-    ranks = {len(s.shape) for s in specs if s.shape is not None}
-    return ranks.pop() if len(ranks) == 1 else None
-
-
 def from_stream(ds, specs: Sequence[InputSpec] = (), limit: int | None = None, what: str | None = None) -> Dataset:
     """A validated Dataset over a tf.data.Dataset or an iterable of numpy
     batches (x, (x,), (x, y) or (x, y, sample_weight) elements, batched or
@@ -460,8 +455,8 @@ def from_stream(ds, specs: Sequence[InputSpec] = (), limit: int | None = None, w
         if card == tf.data.INFINITE_CARDINALITY and limit is None:
             raise DataError(f"{what} is infinite (repeat()); pass limit=N (--limit N)")
         source: Any = ds
-        first = tf.nest.flatten(ds.element_spec)[0]
-        unbatched = _unbatched(len(first.shape), specs)
+        xs0, _, _ = split_element(ds.element_spec, names)
+        unbatched = _unbatched([len(t.shape) for t in tf.nest.flatten(xs0)], specs)
         if unbatched:  # whole batches cross into numpy faster than single samples
             source, unbatched = ds.batch(256), False
         make = source.as_numpy_iterator
@@ -474,7 +469,7 @@ def from_stream(ds, specs: Sequence[InputSpec] = (), limit: int | None = None, w
         if first is None:
             raise DataError(f"{what} yielded no samples")
         xs0, _, _ = split_element(first, names)
-        unbatched = _unbatched(np.ndim(xs0[0]), specs)
+        unbatched = _unbatched([np.ndim(a) for a in xs0], specs)
         make = lambda: iter(ds)  # noqa: E731
     stream = BatchStream(make, names, unbatched, what)
     xs, y = stream.columns(limit)
@@ -483,9 +478,11 @@ def from_stream(ds, specs: Sequence[InputSpec] = (), limit: int | None = None, w
     return _finish(xs, y, specs, names, notes, f"<{kind}>", None, keyed=stream.keyed)
 
 
-def _unbatched(rank: int, specs: Sequence[InputSpec]) -> bool:
-    want = _sample_rank(specs)
-    return want is not None and rank == want - 1
+def _unbatched(ranks: list[int], specs: Sequence[InputSpec]) -> bool:
+    """Elements are single samples: every input one rank short of the
+    model's (which counts the batch axis). Otherwise they are batches."""
+    return (len(ranks) == len(specs) > 0 and all(s.shape is not None for s in specs)
+            and all(r == len(s.shape) - 1 for r, s in zip(ranks, specs)))
 
 
 def _read_once(it, specs: Sequence[InputSpec], limit: int | None, what: str) -> list:
@@ -496,7 +493,7 @@ def _read_once(it, specs: Sequence[InputSpec], limit: int | None, what: str) -> 
         size += sum(np.asarray(a).nbytes for a in xs) + (0 if y is None else np.asarray(y).nbytes)
         ensure_fits(2 * size, f"{what} (a one-shot iterator, kept in memory for several passes)")
         items.append(elem)
-        n += 1 if _unbatched(np.ndim(xs[0]), specs) else len(np.asarray(xs[0]))
+        n += 1 if _unbatched([np.ndim(a) for a in xs], specs) else len(np.asarray(xs[0]))
         if limit is not None and n >= limit:
             break
     return items

@@ -128,3 +128,33 @@ def test_dataset_with_labels_and_y_is_refused(case, tf):
     model, x, y, _ = case
     with pytest.raises(bngap.BngapError, match="labels come from the dataset itself"):
         bngap.check(model, tf.data.Dataset.from_tensor_slices(x), y)
+
+
+def test_two_inputs_of_different_ranks_from_dict_elements(tf, keras):
+    keras.utils.set_random_seed(3)
+    L = keras.layers
+    img, meta = keras.Input((6, 6, 2), name="img"), keras.Input((3,), name="meta")
+    h = L.GlobalAveragePooling2D()(L.BatchNormalization()(L.Conv2D(4, 3)(img)))
+    out = L.Dense(2)(L.Concatenate()([h, L.BatchNormalization()(L.Dense(4)(meta))]))
+    model = keras.Model([img, meta], out)
+    rng = np.random.default_rng(3)
+    x = {"img": rng.normal(2, 3, (40, 6, 6, 2)).astype("float32"),
+         "meta": rng.normal(-1, 2, (40, 3)).astype("float32")}
+    ref = _numbers(bngap.check(model, x))
+    ds = tf.data.Dataset.from_tensor_slices(x)  # unbatched: ranks 3 and 1, one short of the model's
+    assert _numbers(bngap.check(model, ds)) == ref
+    assert _numbers(bngap.check(model, ds.batch(6))) == ref
+    assert _numbers(bngap.check(model, [({"img": x["img"][a:a + 9], "meta": x["meta"][a:a + 9]},)
+                                         for a in range(0, 40, 9)])) == ref
+
+
+def test_cli_shard_errors_are_one_line(tmp_path, zoo):
+    mpath, _ = zoo.files("under_trained")
+    res = CliRunner().invoke(main, ["check", str(mpath), str(tmp_path / "none-*.npz"), "-q"])
+    assert res.exit_code == 2 and res.stderr.strip() == f"error: no data files match {tmp_path / 'none-*.npz'}"
+    (tmp_path / "notes.txt").write_text("x")
+    np.savez(tmp_path / "a.npz", x=np.zeros((2, 8, 8, 3), "float32"))
+    res = CliRunner().invoke(main, ["check", str(mpath), str(tmp_path / "a.npz"), str(tmp_path / "notes.txt"), "-q"])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == ("error: several DATA paths must all be .npz or .npy files. "
+                                  f"Received: {tmp_path / 'notes.txt'}")
