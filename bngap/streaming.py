@@ -7,8 +7,6 @@ this module does not import TensorFlow.
 
 from __future__ import annotations
 
-import os
-import resource
 import struct
 import zipfile
 from pathlib import Path
@@ -34,13 +32,19 @@ def memory_available() -> int | None:
                     room.append(int(line.split()[1]) * 1024)
     except OSError:
         pass
+    for limit_file, used_file in (("memory.max", "memory.current"),  # cgroup v2, then v1
+                                  ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit = Path("/sys/fs/cgroup", limit_file).read_text().strip()
+            if limit != "max" and int(limit) < 2**60:  # v1 writes a huge number for "none"
+                room.append(int(limit) - int(Path("/sys/fs/cgroup", used_file).read_text()))
+            break
+        except (OSError, ValueError):
+            continue
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            room.append(int(limit) - used)
-    except (OSError, ValueError):
-        pass
+        import resource  # not on Windows
+    except ImportError:
+        return max(0, min(room)) if room else None
     soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
         try:

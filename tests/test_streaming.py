@@ -5,7 +5,6 @@ join end to end, and iterables of batches are re-batched. Plain numpy."""
 
 from __future__ import annotations
 
-import resource
 import tracemalloc
 import zipfile
 
@@ -187,11 +186,10 @@ def test_iterable_of_batches_is_rebatched(big):
 def test_memory_that_cannot_suffice_is_a_one_line_data_error(big):
     folder, _, _ = big
     ds = load_data(folder / "c.npz", SPEC)
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     room = memory_available()
     assert room is not None and room > 0
     with pytest.raises(DataError, match=r"needs .* in memory at once, more than the") as e:
-        # 10**12 rows of one image each would need 12 TB
+        # 10**9 images of 32x32x3 float32: 12 TB
         RowArray(lambda a, b: None, (10 ** 9, 32, 32, 3), "float32", "a huge array").__array__()
     assert "\n" not in str(e.value)
     assert len(ds.take(0, 2)[0]) == 2
