@@ -41,12 +41,21 @@ def make_files(folder: Path, sizes: list[int]) -> tuple[Path, dict[int, Path]]:
     keras = import_keras()
     keras.utils.set_random_seed(0)
     L = keras.layers
-    model = keras.Sequential([
-        keras.Input((32, 32, 3)),
-        L.Conv2D(16, 3, padding="same"), L.BatchNormalization(), L.ReLU(), L.MaxPooling2D(),
-        L.Conv2D(32, 3, padding="same"), L.BatchNormalization(), L.ReLU(), L.GlobalAveragePooling2D(),
-        L.Dropout(0.2), L.Dense(10, activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            L.Conv2D(16, 3, padding="same"),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.MaxPooling2D(),
+            L.Conv2D(32, 3, padding="same"),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.GlobalAveragePooling2D(),
+            L.Dropout(0.2),
+            L.Dense(10, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     rng = np.random.default_rng(0)
     x = rng.normal(0.5, 0.25, (max(sizes), 32, 32, 3)).astype("float32")
@@ -82,13 +91,31 @@ def child(args) -> dict:
         result = bngap.fix(args.model, args.data, output=str(out), force=True)
         seconds = time.perf_counter() - t
         samples, gap = result.samples, result.after.relative_l2
-    return {"command": args.command, "samples": samples, "seconds": seconds, "gap": gap,
-            "baseline_rss_mb": base, "peak_rss_mb": _peak_rss_mb()}
+    return {
+        "command": args.command,
+        "samples": samples,
+        "seconds": seconds,
+        "gap": gap,
+        "baseline_rss_mb": base,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def run_child(command: str, model: Path, data: Path) -> dict:
-    res = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", command, "--model", str(model),
-                          "--data", str(data)], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            command,
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if res.returncode != 0:
         raise SystemExit(f"{command} on {data} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -111,10 +138,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         mpath, data = make_files(Path(tmp), sizes)
         rows = [run_child(cmd, mpath, data[n]) for cmd in ("check", "fix") for n in sizes]
-    print(f"small CNN (2 conv + 2 BatchNormalization + Dropout), 32x32x3, batch 32, data in a compressed .npz; "
-          f"{os.cpu_count()} CPU cores; each row its own process, after a warm-up on 32 samples")
-    head = (f"{'command':8} {'samples':>8} {'seconds':>8} {'ms/sample':>10} {'marginal':>9} {'peak MB':>8} "
-            f"{'x peak':>7}")
+    print(
+        "small CNN (2 conv + 2 BatchNormalization + Dropout), 32x32x3, batch 32, "
+        f"data in a compressed .npz; {os.cpu_count()} CPU cores; "
+        "each row its own process, after a warm-up on 32 samples"
+    )
+    head = (
+        f"{'command':8} {'samples':>8} {'seconds':>8} {'ms/sample':>10} {'marginal':>9} "
+        f"{'peak MB':>8} {'x peak':>7}"
+    )
     print(head)
     print("-" * len(head))
     first, prev = {}, {}
@@ -123,16 +155,28 @@ def main() -> None:
         ref = first.setdefault(r["command"], r)
         before = prev.get(r["command"])
         r["ms_per_sample"], r["peak_ratio"] = per, r["peak_rss_mb"] / ref["peak_rss_mb"]
-        r["marginal_ms_per_sample"] = (None if before is None else
-                                       1000 * (r["seconds"] - before["seconds"]) / (r["samples"] - before["samples"]))
+        r["marginal_ms_per_sample"] = (
+            None
+            if before is None
+            else 1000 * (r["seconds"] - before["seconds"]) / (r["samples"] - before["samples"])
+        )
         prev[r["command"]] = r
-        marginal = "-" if r["marginal_ms_per_sample"] is None else f"{r['marginal_ms_per_sample']:.2f}"
-        print(f"{r['command']:8} {r['samples']:8d} {r['seconds']:8.2f} {per:10.2f} {marginal:>9} "
-              f"{r['peak_rss_mb']:8.0f} {r['peak_ratio']:7.2f}")
-    print("marginal: ms per added sample since the size above (linear cost: about constant); "
-          "x peak: peak RSS relative to 32 samples")
+        marginal = (
+            "-" if r["marginal_ms_per_sample"] is None else f"{r['marginal_ms_per_sample']:.2f}"
+        )
+        print(
+            f"{r['command']:8} {r['samples']:8d} {r['seconds']:8.2f} {per:10.2f} {marginal:>9} "
+            f"{r['peak_rss_mb']:8.0f} {r['peak_ratio']:7.2f}"
+        )
+    print(
+        "marginal: ms per added sample since the size above (linear cost: about constant); "
+        "x peak: peak RSS relative to 32 samples"
+    )
     after = os.getloadavg()[0]
-    print(f"load average before {load:.2f}, after {after:.2f}; benchmark took {time.perf_counter() - started:.0f} s")
+    print(
+        f"load average before {load:.2f}, after {after:.2f}; "
+        f"benchmark took {time.perf_counter() - started:.0f} s"
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"rows": rows, "load_before": load, "load_after": after}, fh, indent=2)

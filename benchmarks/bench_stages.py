@@ -36,7 +36,9 @@ def _build(name: str, size: int):
 
     keras = import_keras()
     keras.utils.set_random_seed(0)
-    app = {"resnet50": keras.applications.ResNet50, "densenet121": keras.applications.DenseNet121}[name]
+    app = {"resnet50": keras.applications.ResNet50, "densenet121": keras.applications.DenseNet121}[
+        name
+    ]
     return keras, app(weights=None, input_shape=(size, size, 3), classes=10)
 
 
@@ -62,12 +64,14 @@ def _timers():
         setattr(owner, attr, wrapper)
 
     timed(measurement, "measure", "measure() (all passes)")
-    for attr, label in (("eval_pass", "  inference pass (keeps outputs, BN moments)"),
-                        ("train_pass", "  training pass (divergence, own contribution)"),
-                        ("masked_pass", "  group / output-effect passes"),
-                        ("observe_pass", "  inference paths: model(x, training=False), model(x)"),
-                        ("forced_eval_pass", "  inference paths: forced inference"),
-                        ("predict", "  inference paths: predict(x)")):
+    for attr, label in (
+        ("eval_pass", "  inference pass (keeps outputs, BN moments)"),
+        ("train_pass", "  training pass (divergence, own contribution)"),
+        ("masked_pass", "  group / output-effect passes"),
+        ("observe_pass", "  inference paths: model(x, training=False), model(x)"),
+        ("forced_eval_pass", "  inference paths: forced inference"),
+        ("predict", "  inference paths: predict(x)"),
+    ):
         timed(Probe, attr, label)
     timed(Probe, "_accumulate", "    per-layer comparisons (reduce + .numpy() each)")
     timed(Probe, "_bn_input_moments", "    per-BN input moments (.numpy() each)")
@@ -87,7 +91,11 @@ def child(args) -> dict:
     keras, model = _build(args.model, args.size)
     import tensorflow as tf
 
-    x = np.random.default_rng(0).uniform(0, 255, (args.batch, args.size, args.size, 3)).astype("float32")
+    x = (
+        np.random.default_rng(0)
+        .uniform(0, 255, (args.batch, args.size, args.size, 3))
+        .astype("float32")
+    )
     saved = [v.numpy() for v in model.non_trainable_variables]
 
     def restore():
@@ -109,9 +117,15 @@ def child(args) -> dict:
         restore()
         f_ev = tf.function(lambda t: model(t, training=False))
         f_tr = tf.function(lambda t: model(t, training=True))
-        out["eval_compiled_first"], out["train_compiled_first"] = clock(lambda: f_ev(x)), clock(lambda: f_tr(x))
+        out["eval_compiled_first"], out["train_compiled_first"] = (
+            clock(lambda: f_ev(x)),
+            clock(lambda: f_tr(x)),
+        )
         restore()
-        out["eval_compiled_warm"], out["train_compiled_warm"] = clock(lambda: f_ev(x)), clock(lambda: f_tr(x))
+        out["eval_compiled_warm"], out["train_compiled_warm"] = (
+            clock(lambda: f_ev(x)),
+            clock(lambda: f_tr(x)),
+        )
         restore()
         out["predict_first"] = clock(lambda: model.predict(x[:4], verbose=0))
         out["predict_warm"] = clock(lambda: model.predict(x[:4], verbose=0))
@@ -134,8 +148,18 @@ def child(args) -> dict:
 
 
 def run_child(kind: str, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--model", args.model,
-           "--size", str(args.size), "--batch", str(args.batch)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        kind,
+        "--model",
+        args.model,
+        "--size",
+        str(args.size),
+        "--batch",
+        str(args.batch),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{res.stderr[-3000:]}")
@@ -157,20 +181,34 @@ def main() -> None:
     plain, chk = run_child("plain", args), run_child("check", args)
     floor_cold = plain["eval_cold"] + plain["train_cold"]
     floor_warm = plain["eval_warm"] + plain["train_warm"]
-    print(f"{args.model} (weights=None), {args.size}x{args.size}x3, batch {args.batch}, one batch; "
-          f"{os.cpu_count()} CPU cores, load average {load:.2f}")
-    print(f"floor, eager: cold {floor_cold:.2f} s (eval {plain['eval_cold']:.2f} + train {plain['train_cold']:.2f}); "
-          f"warm {floor_warm:.2f} s (eval {plain['eval_warm']:.2f} + train {plain['train_warm']:.2f})")
-    print(f"floor, tf.function: first call {plain['eval_compiled_first'] + plain['train_compiled_first']:.2f} s "
-          f"(traces); warm {plain['eval_compiled_warm'] + plain['train_compiled_warm']:.2f} s "
-          f"(eval {plain['eval_compiled_warm']:.2f} + train {plain['train_compiled_warm']:.2f})")
-    print(f"predict(x[:4]): first {plain['predict_first']:.2f} s, second {plain['predict_warm']:.2f} s")
-    print(f"check (default, {chk['effects_computed']} output effect(s)): cold {chk['check_cold']:.2f} s "
-          f"= {chk['check_cold'] / floor_cold:.2f}x the cold floor; warm {chk['check_warm']:.2f} s "
-          f"= {chk['check_warm'] / floor_warm:.2f}x the warm floor; --effects 0 warm "
-          f"{chk['check_effects0_warm']:.2f} s = {chk['check_effects0_warm'] / floor_warm:.2f}x")
-    print(f"peak RSS: plain {plain['peak_rss_mb']:.0f} MB, check {chk['peak_rss_mb']:.0f} MB "
-          f"({chk['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x)")
+    print(
+        f"{args.model} (weights=None), {args.size}x{args.size}x3, batch {args.batch}, one batch; "
+        f"{os.cpu_count()} CPU cores, load average {load:.2f}"
+    )
+    print(
+        f"floor, eager: cold {floor_cold:.2f} s "
+        f"(eval {plain['eval_cold']:.2f} + train {plain['train_cold']:.2f}); "
+        f"warm {floor_warm:.2f} s (eval {plain['eval_warm']:.2f} + train {plain['train_warm']:.2f})"
+    )
+    print(
+        "floor, tf.function: first call "
+        f"{plain['eval_compiled_first'] + plain['train_compiled_first']:.2f} s (traces); "
+        f"warm {plain['eval_compiled_warm'] + plain['train_compiled_warm']:.2f} s "
+        f"(eval {plain['eval_compiled_warm']:.2f} + train {plain['train_compiled_warm']:.2f})"
+    )
+    print(
+        f"predict(x[:4]): first {plain['predict_first']:.2f} s, second {plain['predict_warm']:.2f} s"
+    )
+    print(
+        f"check (default, {chk['effects_computed']} output effect(s)): cold {chk['check_cold']:.2f} s "
+        f"= {chk['check_cold'] / floor_cold:.2f}x the cold floor; warm {chk['check_warm']:.2f} s "
+        f"= {chk['check_warm'] / floor_warm:.2f}x the warm floor; --effects 0 warm "
+        f"{chk['check_effects0_warm']:.2f} s = {chk['check_effects0_warm'] / floor_warm:.2f}x"
+    )
+    print(
+        f"peak RSS: plain {plain['peak_rss_mb']:.0f} MB, check {chk['peak_rss_mb']:.0f} MB "
+        f"({chk['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x)"
+    )
     print(f"\n{'stage':58} {'cold s':>7} {'warm s':>7} {'calls':>6}")
     labels = list(chk["stages_cold"])
     for k in labels:

@@ -17,8 +17,8 @@ import numpy as np
 
 from .errors import DataError, one_line
 from .loading import InputSpec
-from .streaming import (BatchStream, ObjectArray, concat_rows, ensure_fits, is_rows, npz_member, one_shot,
-                        split_element)
+from .streaming import (BatchStream, ObjectArray, concat_rows, ensure_fits, is_rows, npz_member,
+                        one_shot, split_element)
 
 DEFAULT_BATCH_SIZE = 32  # what Model.fit() uses when no batch size is given
 
@@ -178,7 +178,8 @@ def read_arrays(path: str | os.PathLike, *, specs: Sequence[InputSpec] = (),
     y = None
     if y_key:
         if y_key not in keys:
-            raise DataError(f"{p} has no key '{y_key}' for the labels. Found keys: {', '.join(keys)}")
+            raise DataError(f"{p} has no key '{y_key}' for the labels. "
+                            f"Found keys: {', '.join(keys)}")
         y = _read_npz_member(npz, p, y_key)
     elif "y" in keys and "y" not in names:
         y = _read_npz_member(npz, p, "y")
@@ -333,7 +334,8 @@ def load_data(path: str | os.PathLike, specs: Sequence[InputSpec] = (), *,
         raise DataError(f"--limit must be at least 1. Received: {limit}")
     paths = data_paths(path)
     if len(paths) > 1:
-        shown = os.fspath(path) if isinstance(path, (str, os.PathLike)) else ", ".join(map(os.fspath, path))
+        shown = (os.fspath(path) if isinstance(path, (str, os.PathLike))
+                 else ", ".join(map(os.fspath, path)))
         return _load_shards(paths, shown, specs, x_key=x_key, y_key=y_key, limit=limit)
     p = paths[0]
     if saved_dataset(p):
@@ -345,7 +347,8 @@ def load_data(path: str | os.PathLike, specs: Sequence[InputSpec] = (), *,
         try:
             ds = tf.data.Dataset.load(str(p))
         except Exception as e:  # noqa: BLE001 - TensorFlow's own reading errors
-            raise DataError(f"cannot read {p} as a saved tf.data dataset: {one_line(e, 160)}") from None
+            raise DataError(f"cannot read {p} as a saved tf.data dataset: "
+                            f"{one_line(e, 160)}") from None
         data = from_stream(ds, specs, limit=limit, what=f"the dataset saved in {p}")
         data.path = str(p)
         return data
@@ -383,7 +386,8 @@ def is_data_path(x) -> bool:
     """A path, or a list of paths (shards), as opposed to arrays or a dataset."""
     if isinstance(x, (str, os.PathLike)):
         return True
-    return isinstance(x, (list, tuple)) and bool(x) and all(isinstance(a, (str, os.PathLike)) for a in x)
+    return (isinstance(x, (list, tuple)) and bool(x)
+            and all(isinstance(a, (str, os.PathLike)) for a in x))
 
 
 def saved_dataset(p: Path) -> bool:
@@ -407,14 +411,16 @@ def _load_shards(paths: list[Path], shown: str, specs: Sequence[InputSpec], *, x
         raise DataError(f"some shards have labels and some do not (none in "
                         f"{paths[labelled.index(False)]})")
     what = f"{len(paths)} shards"
-    xs = [concat_rows([pt[0][i] for pt in parts], f"input '{names[i]}' of {what}") for i in range(len(names))]
+    xs = [concat_rows([pt[0][i] for pt in parts], f"input '{names[i]}' of {what}")
+          for i in range(len(names))]
     y = concat_rows([pt[1] for pt in parts], f"the labels of {what}") if all(labelled) else None
     notes.append(f"read {what} in this order: {', '.join(p.name for p in paths[:4])}"
                  f"{', ...' if len(paths) > 4 else ''}")
     return _finish(xs, y, specs, names, notes, shown, limit)
 
 
-def _finish(xs, y, specs, names, notes, path: str, limit: int | None, keyed: bool = False) -> Dataset:
+def _finish(xs, y, specs, names, notes, path: str, limit: int | None,
+            keyed: bool = False) -> Dataset:
     if limit is not None and all(a.ndim for a in xs) and (y is None or y.ndim):
         total = xs[0].shape[0]
         xs = [a[:limit] for a in xs]
@@ -436,7 +442,8 @@ def is_stream(x) -> bool:
     return hasattr(x, "__iter__")
 
 
-def from_stream(ds, specs: Sequence[InputSpec] = (), limit: int | None = None, what: str | None = None) -> Dataset:
+def from_stream(ds, specs: Sequence[InputSpec] = (), limit: int | None = None,
+                what: str | None = None) -> Dataset:
     """A validated Dataset over a tf.data.Dataset or an iterable of numpy
     batches (x, (x,), (x, y) or (x, y, sample_weight) elements, batched or
     not), read batch by batch and re-batched to bngap's batch size.

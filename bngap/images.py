@@ -112,9 +112,11 @@ def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | 
         out = np.empty((b - a, height, width, channels), dtype=np.float32)
         for i, f in enumerate(files[a:b]):
             try:
-                img = tf.io.decode_image(tf.io.read_file(str(f)), channels=channels, expand_animations=False)
+                img = tf.io.decode_image(tf.io.read_file(str(f)), channels=channels,
+                                         expand_animations=False)
             except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-                raise DataError(f"cannot decode image {f}: {one_line(getattr(e, 'message', e), 160)}") from None
+                why = one_line(getattr(e, "message", e), 160)
+                raise DataError(f"cannot decode image {f}: {why}") from None
             img = tf.image.resize(tf.cast(img, tf.float32), (height, width), method="bilinear")
             out[i] = img.numpy()
         return out if fn is None else fn(out).astype(np.float32)
@@ -126,7 +128,8 @@ def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | 
         from .streaming import RowArray
 
         out = RowArray(decode, shape, np.float32, f"the images in {folder}")
-        notes.append(f"{len(files)} images decoded batch by batch ({shape[1]}x{shape[2]}x{shape[3]}, "
+        notes.append(f"{len(files)} images decoded batch by batch "
+                     f"({shape[1]}x{shape[2]}x{shape[3]}, "
                      f"{len(files) * height * width * channels * 4 / 1e9:.1f} GB as float32)")
     if fn is not None:
         notes.append(f"images preprocessed with --preprocess {preprocess}")

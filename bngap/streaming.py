@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import struct
 import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from .errors import DataError
 # Members smaller than this are read whole, as numpy would (one read, then
 # every pass runs from memory); larger ones stay on disk and are read by rows.
 READ_WHOLE_BELOW = 16 * 2**20
+
 
 # ------------------------------------------------------------------ memory
 def memory_available() -> int | None:
@@ -32,8 +34,10 @@ def memory_available() -> int | None:
                     room.append(int(line.split()[1]) * 1024)
     except OSError:
         pass
-    for limit_file, used_file in (("memory.max", "memory.current"),  # cgroup v2, then v1
-                                  ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+    for limit_file, used_file in (
+        ("memory.max", "memory.current"),  # cgroup v2, then v1
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
         try:
             limit = Path("/sys/fs/cgroup", limit_file).read_text().strip()
             if limit != "max" and int(limit) < 2**60:  # v1 writes a huge number for "none"
@@ -64,8 +68,10 @@ def ensure_fits(nbytes: int, what: str, hint: str = "") -> None:
     """Raises a DataError, before allocating, when `nbytes` cannot fit."""
     room = memory_available()
     if room is not None and nbytes > room:
-        raise DataError(f"{what} needs {_gb(nbytes)} in memory at once, more than the {_gb(room)} "
-                        f"this process can still allocate{hint}")
+        raise DataError(
+            f"{what} needs {_gb(nbytes)} in memory at once, more than the {_gb(room)} "
+            f"this process can still allocate{hint}"
+        )
 
 
 class ObjectArray(DataError):
@@ -81,9 +87,21 @@ class RowArray:
     those rows). `reader(start, stop)` returns rows start..stop as an array.
     """
 
-    def __init__(self, reader: Callable[[int, int], np.ndarray], shape: tuple, dtype,
-                 what: str, start: int = 0, stop: int | None = None):
-        self._reader, self._full, self.dtype, self._what = reader, tuple(shape), np.dtype(dtype), what
+    def __init__(
+        self,
+        reader: Callable[[int, int], np.ndarray],
+        shape: tuple,
+        dtype,
+        what: str,
+        start: int = 0,
+        stop: int | None = None,
+    ):
+        self._reader, self._full, self.dtype, self._what = (
+            reader,
+            tuple(shape),
+            np.dtype(dtype),
+            what,
+        )
         self._start = start
         self._stop = self._full[0] if stop is None else stop
 
@@ -105,23 +123,33 @@ class RowArray:
     def __getitem__(self, key):
         if isinstance(key, slice) and key.step in (None, 1):
             a, b, _ = key.indices(len(self))
-            return RowArray(self._reader, self._full, self.dtype, self._what,
-                            self._start + a, self._start + max(a, b))
+            return RowArray(
+                self._reader,
+                self._full,
+                self.dtype,
+                self._what,
+                self._start + a,
+                self._start + max(a, b),
+            )
         if isinstance(key, (int, np.integer)):
             i = int(key) + (len(self) if key < 0 else 0)
             if not 0 <= i < len(self):
                 raise IndexError(f"index {key} out of range for {len(self)} rows")
-            return self[i:i + 1].__array__()[0]
+            return self[i : i + 1].__array__()[0]
         return self.__array__()[key]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        ensure_fits(self.nbytes, f"reading {len(self)} samples of {self._what}",
-                    "; a smaller --batch-size needs less")
+        ensure_fits(
+            self.nbytes,
+            f"reading {len(self)} samples of {self._what}",
+            "; a smaller --batch-size needs less",
+        )
         try:
             arr = self._reader(self._start, self._stop)
         except MemoryError:
-            raise DataError(f"out of memory reading {len(self)} samples of {self._what} "
-                            f"({_gb(self.nbytes)})") from None
+            raise DataError(
+                f"out of memory reading {len(self)} samples of {self._what} ({_gb(self.nbytes)})"
+            ) from None
         return arr if dtype is None else arr.astype(dtype, copy=False)
 
     def __repr__(self) -> str:
@@ -190,7 +218,7 @@ class _Stream:
                 piece = self.f.read1(min(want - got, 2**18))
                 if not piece:
                     raise DataError(f"{self.label} is truncated: rows {a}..{b} are missing")
-                view[got:got + len(piece)] = piece
+                view[got : got + len(piece)] = piece
                 got += len(piece)
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise DataError(f"cannot read {self.label} (corrupted?): {str(e)[:160]}") from None
@@ -222,8 +250,9 @@ def npz_member(path: Path, zf: zipfile.ZipFile, key: str) -> np.ndarray | RowArr
             offset = _local_data_offset(fh, info) + header_len
         if nbytes == 0:
             return np.zeros(shape, dtype)
-        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
-                         order="F" if fortran else "C")
+        return np.memmap(
+            path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
+        )
     if fortran:  # columns first: no row is contiguous, read it whole
         ensure_fits(nbytes, f"{label} (Fortran order, compressed: read whole)")
         return np.lib.format.read_array(zf.open(info), allow_pickle=False)
@@ -238,8 +267,10 @@ def concat_rows(parts: Sequence[Any], what: str) -> Any:
         return parts[0]
     inner = {tuple(p.shape[1:]) for p in parts}
     if len(inner) != 1 or len({p.ndim for p in parts}) != 1:
-        raise DataError(f"the shards of {what} have different sample shapes: "
-                        f"{', '.join(str(tuple(p.shape)) for p in parts)}")
+        raise DataError(
+            f"the shards of {what} have different sample shapes: "
+            f"{', '.join(str(tuple(p.shape)) for p in parts)}"
+        )
     dtype = np.result_type(*[p.dtype for p in parts])
     bounds = np.cumsum([0] + [len(p) for p in parts])
 
@@ -248,7 +279,7 @@ def concat_rows(parts: Sequence[Any], what: str) -> Any:
         for k, p in enumerate(parts):
             lo, hi = max(a, bounds[k]), min(b, bounds[k + 1])
             if lo < hi:
-                out.append(np.asarray(p[lo - bounds[k]:hi - bounds[k]], dtype=dtype))
+                out.append(np.asarray(p[lo - bounds[k] : hi - bounds[k]], dtype=dtype))
         return np.concatenate(out) if len(out) != 1 else out[0]
 
     return RowArray(read, (int(bounds[-1]),) + inner.pop(), dtype, what)
@@ -274,7 +305,9 @@ def split_element(elem, names: Sequence[str]) -> tuple[list, Any, bool]:
     if isinstance(x, dict):
         missing = [n for n in names if n not in x]
         if missing:
-            raise DataError(f"the dataset's inputs miss {', '.join(missing)}. Received keys: {', '.join(x)}")
+            raise DataError(
+                f"the dataset's inputs miss {', '.join(missing)}. Received keys: {', '.join(x)}"
+            )
         return [x[n] for n in (names or list(x))], y, True
     return _leaves(x), y, False
 
@@ -290,12 +323,18 @@ class BatchStream:
         unbatched: elements are single samples (a leading axis is added).
     """
 
-    def __init__(self, make_iter: Callable[[], Iterator], names: Sequence[str], unbatched: bool,
-                 what: str):
-        self.make_iter, self.names, self.unbatched, self.what = make_iter, list(names), unbatched, what
+    def __init__(
+        self, make_iter: Callable[[], Iterator], names: Sequence[str], unbatched: bool, what: str
+    ):
+        self.make_iter, self.names, self.unbatched, self.what = (
+            make_iter,
+            list(names),
+            unbatched,
+            what,
+        )
         self.it: Iterator | None = None
-        self.pos = 0                      # rows consumed from the iterator
-        self.buf: list[np.ndarray] = []   # columns (inputs, then labels), rows buf_start..pos
+        self.pos = 0  # rows consumed from the iterator
+        self.buf: list[np.ndarray] = []  # columns (inputs, then labels), rows buf_start..pos
         self.buf_start = 0
         self.keyed = False
         self.has_y: bool | None = None
@@ -314,7 +353,9 @@ class BatchStream:
         if self.unbatched:
             cols = [c[None] for c in cols]
         if len({len(c) for c in cols}) != 1:
-            raise DataError(f"{self.what}: an element's inputs and labels have different batch sizes")
+            raise DataError(
+                f"{self.what}: an element's inputs and labels have different batch sizes"
+            )
         return cols
 
     def rows(self, a: int, b: int) -> list[np.ndarray]:
@@ -323,15 +364,19 @@ class BatchStream:
         while self.pos < b:
             cols = self._next()
             if cols is None:
-                raise DataError(f"{self.what} ended after {self.pos} samples; it yielded more before "
-                                "(it must give the same samples each time it is iterated)")
-            self.buf = cols if not self.buf else [np.concatenate([p, c]) for p, c in zip(self.buf, cols)]
+                raise DataError(
+                    f"{self.what} ended after {self.pos} samples; it yielded more before "
+                    "(it must give the same samples each time it is iterated)"
+                )
+            self.buf = (
+                cols if not self.buf else [np.concatenate([p, c]) for p, c in zip(self.buf, cols)]
+            )
             self.pos += len(cols[0])
             if self.buf_start < a:  # drop rows no longer needed
                 cut = min(a, self.pos) - self.buf_start
                 self.buf = [c[cut:] for c in self.buf]
                 self.buf_start += cut
-        return [c[a - self.buf_start:b - self.buf_start] for c in self.buf]
+        return [c[a - self.buf_start : b - self.buf_start] for c in self.buf]
 
     def scan(self, limit: int | None) -> tuple[int, list[tuple], list[np.dtype]]:
         """Counts the samples (up to `limit`), checking that every element
@@ -346,7 +391,9 @@ class BatchStream:
             if shapes is None:
                 shapes, dtypes = got, [c.dtype for c in cols]
             elif got != shapes:
-                raise DataError(f"{self.what}: elements have different sample shapes: {shapes} and {got}")
+                raise DataError(
+                    f"{self.what}: elements have different sample shapes: {shapes} and {got}"
+                )
             else:
                 dtypes = [np.result_type(d, c.dtype) for d, c in zip(dtypes, cols)]
             n += len(cols[0])
@@ -359,8 +406,10 @@ class BatchStream:
         n, shapes, dtypes = self.scan(limit)
         cols = []
         for i, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+
             def read(a, b, i=i, dtype=dtype):
                 return np.asarray(self.rows(a, b)[i], dtype=dtype)
+
             cols.append(RowArray(read, (n,) + tuple(shape), dtype, self.what))
         if self.has_y:
             return cols[:-1], cols[-1]

@@ -14,7 +14,15 @@ from click.testing import CliRunner
 import bngap
 from bngap.cli import main
 
-SAME = ("output_gap", "metrics", "groups", "layers", "batchnorm", "findings", "first_flagged_batchnorm")
+SAME = (
+    "output_gap",
+    "metrics",
+    "groups",
+    "layers",
+    "batchnorm",
+    "findings",
+    "first_flagged_batchnorm",
+)
 
 
 def _numbers(report) -> dict:
@@ -67,7 +75,9 @@ def test_saved_dataset_directory_gives_the_same_report(case, tf, tmp_path, keras
     assert _numbers(bngap.check(model, str(tmp_path / "saved"))) == ref
     mpath = tmp_path / "m.keras"
     model.save(mpath)
-    res = CliRunner().invoke(main, ["check", str(mpath), str(tmp_path / "saved"), "--format", "json", "-q"])
+    res = CliRunner().invoke(
+        main, ["check", str(mpath), str(tmp_path / "saved"), "--format", "json", "-q"]
+    )
     assert res.exit_code in (0, 1), res.output
     d = json.loads(res.stdout)
     assert _numbers(d) == json.loads(json.dumps(ref))
@@ -87,13 +97,15 @@ def test_npz_shards_give_the_same_report(case, tmp_path):
         assert res.exit_code in (0, 1), res.output
         d = json.loads(res.stdout)
         assert _numbers(d) == json.loads(json.dumps(ref))
-        assert any("read 3 shards in this order: shard-0.npz, shard-1.npz, shard-2.npz" in n
-                   for n in d["data"]["notes"])
+        assert any(
+            "read 3 shards in this order: shard-0.npz, shard-1.npz, shard-2.npz" in n
+            for n in d["data"]["notes"]
+        )
 
 
 def test_list_of_numpy_batches_gives_the_same_report(case):
     model, x, y, ref = case
-    batches = [(x[a:a + 9], y[a:a + 9]) for a in range(0, 64, 9)]
+    batches = [(x[a : a + 9], y[a : a + 9]) for a in range(0, 64, 9)]
     assert _numbers(bngap.check(model, batches)) == ref
 
 
@@ -138,23 +150,42 @@ def test_two_inputs_of_different_ranks_from_dict_elements(tf, keras):
     out = L.Dense(2)(L.Concatenate()([h, L.BatchNormalization()(L.Dense(4)(meta))]))
     model = keras.Model([img, meta], out)
     rng = np.random.default_rng(3)
-    x = {"img": rng.normal(2, 3, (40, 6, 6, 2)).astype("float32"),
-         "meta": rng.normal(-1, 2, (40, 3)).astype("float32")}
+    x = {
+        "img": rng.normal(2, 3, (40, 6, 6, 2)).astype("float32"),
+        "meta": rng.normal(-1, 2, (40, 3)).astype("float32"),
+    }
     ref = _numbers(bngap.check(model, x))
     ds = tf.data.Dataset.from_tensor_slices(x)  # unbatched: ranks 3 and 1, one short of the model's
     assert _numbers(bngap.check(model, ds)) == ref
     assert _numbers(bngap.check(model, ds.batch(6))) == ref
-    assert _numbers(bngap.check(model, [({"img": x["img"][a:a + 9], "meta": x["meta"][a:a + 9]},)
-                                         for a in range(0, 40, 9)])) == ref
+    assert (
+        _numbers(
+            bngap.check(
+                model,
+                [
+                    ({"img": x["img"][a : a + 9], "meta": x["meta"][a : a + 9]},)
+                    for a in range(0, 40, 9)
+                ],
+            )
+        )
+        == ref
+    )
 
 
 def test_cli_shard_errors_are_one_line(tmp_path, zoo):
     mpath, _ = zoo.files("under_trained")
     res = CliRunner().invoke(main, ["check", str(mpath), str(tmp_path / "none-*.npz"), "-q"])
-    assert res.exit_code == 2 and res.stderr.strip() == f"error: no data files match {tmp_path / 'none-*.npz'}"
+    assert (
+        res.exit_code == 2
+        and res.stderr.strip() == f"error: no data files match {tmp_path / 'none-*.npz'}"
+    )
     (tmp_path / "notes.txt").write_text("x")
     np.savez(tmp_path / "a.npz", x=np.zeros((2, 8, 8, 3), "float32"))
-    res = CliRunner().invoke(main, ["check", str(mpath), str(tmp_path / "a.npz"), str(tmp_path / "notes.txt"), "-q"])
+    res = CliRunner().invoke(
+        main, ["check", str(mpath), str(tmp_path / "a.npz"), str(tmp_path / "notes.txt"), "-q"]
+    )
     assert res.exit_code == 2
-    assert res.stderr.strip() == ("error: several DATA paths must all be .npz or .npy files. "
-                                  f"Received: {tmp_path / 'notes.txt'}")
+    assert res.stderr.strip() == (
+        "error: several DATA paths must all be .npz or .npy files. "
+        f"Received: {tmp_path / 'notes.txt'}"
+    )

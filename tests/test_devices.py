@@ -55,8 +55,12 @@ print(json.dumps({
 
 
 def test_gap_monitor_under_mirrored_strategy_on_two_logical_devices():
-    res = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True,
-                         env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    res = subprocess.run(
+        [sys.executable, "-c", MIRRORED],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2

@@ -22,7 +22,7 @@ def folder(tmp_path_factory, keras):
 
     root = tmp_path_factory.mktemp("imgs")
     rng = np.random.default_rng(1)
-    for c, name in enumerate(["a", "b"]):
+    for name in ["a", "b"]:
         (root / name).mkdir()
         for i in range(5):
             px = rng.uniform(0, 255, (9, 7, 3)).astype("uint8")
@@ -35,7 +35,9 @@ def test_large_folders_decode_batch_by_batch_to_the_same_pixels(folder, monkeypa
     assert isinstance(whole.x[0], np.ndarray)
     monkeypatch.setattr(images, "DECODE_WHOLE_BELOW", 0)
     lazy = load_data(folder, SPEC, preprocess="tf")
-    assert isinstance(lazy.x[0], RowArray) and any("decoded batch by batch" in n for n in lazy.notes)
+    assert isinstance(lazy.x[0], RowArray) and any(
+        "decoded batch by batch" in n for n in lazy.notes
+    )
     np.testing.assert_array_equal(np.concatenate([b[0][0] for b in lazy.batches(3)]), whole.x[0])
     np.testing.assert_array_equal(np.asarray(lazy.y), whole.y)
 

@@ -59,7 +59,7 @@ def test_compressed_member_streams_with_memory_set_by_the_batch(big):
     peak = _peak(walk)
     batch = 32 * x[0].nbytes
     assert peak < 8 * batch, (peak, batch)  # a few batches' bytes, not the 24.6 MB file
-    sums = [float(x[i:i + 32].sum(dtype=np.float64)) for i in range(0, N, 32)]
+    sums = [float(x[i : i + 32].sum(dtype=np.float64)) for i in range(0, N, 32)]
     np.testing.assert_allclose([s for s, _ in seen], sums, rtol=1e-12)
     np.testing.assert_array_equal(np.concatenate([b for _, b in seen]), y)
 
@@ -116,11 +116,11 @@ def test_member_with_a_long_local_extra_field_maps_at_the_right_offset(tmp_path)
 
 def test_streamed_object_array_is_refused_from_its_header(tmp_path):
     p = tmp_path / "obj.npz"
-    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as zf:
-        with zf.open("x.npy", "w") as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False,
-                                                     "shape": (10 ** 6,)})
-            f.write(b"\x80\x04N." * 10)
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("x.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "|O", "fortran_order": False, "shape": (10**6,)}
+        )
+        f.write(b"\x80\x04N." * 10)
     with pytest.raises(DataError, match="pickled Python object array"):
         load_data(p, SPEC)
 
@@ -128,7 +128,9 @@ def test_streamed_object_array_is_refused_from_its_header(tmp_path):
 def test_shape_is_validated_from_the_header_before_any_data(tmp_path):
     p = tmp_path / "wrong.npz"
     np.savez_compressed(p, x=np.zeros((N, 16, 16, 3), "float32"))
-    with pytest.raises(DataError, match=r"expected shape \(None, 32, 32, 3\), received \(2000, 16, 16, 3\)"):
+    with pytest.raises(
+        DataError, match=r"expected shape \(None, 32, 32, 3\), received \(2000, 16, 16, 3\)"
+    ):
         load_data(p, SPEC)
 
 
@@ -140,7 +142,7 @@ def test_truncated_stream_is_a_data_error(big, tmp_path):
         info = zf.getinfo("x.npy")
     # keep the central directory readable: rewrite the member's middle as garbage
     mid = info.header_offset + 4096
-    bad.write_bytes(raw[:mid] + bytes(4096) + raw[mid + 4096:])
+    bad.write_bytes(raw[:mid] + bytes(4096) + raw[mid + 4096 :])
     with pytest.raises(DataError):
         ds = load_data(bad, SPEC)
         list(ds.batches(256))
@@ -190,6 +192,6 @@ def test_memory_that_cannot_suffice_is_a_one_line_data_error(big):
     assert room is not None and room > 0
     with pytest.raises(DataError, match=r"needs .* in memory at once, more than the") as e:
         # 10**9 images of 32x32x3 float32: 12 TB
-        RowArray(lambda a, b: None, (10 ** 9, 32, 32, 3), "float32", "a huge array").__array__()
+        RowArray(lambda a, b: None, (10**9, 32, 32, 3), "float32", "a huge array").__array__()
     assert "\n" not in str(e.value)
     assert len(ds.take(0, 2)[0]) == 2
