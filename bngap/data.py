@@ -72,7 +72,7 @@ def _refuse_pickle(path: Path, key: str | None, err: Exception) -> DataError:
     )
 
 
-def _read_npz_member(npz, path: Path, key: str) -> np.ndarray:
+def _read_npz_member(npz, path: Path, key: str) -> Any:
     """The member, memory-mapped or streamed: nothing is decompressed here."""
     try:
         arr = npz_member(path, npz.zip, key)

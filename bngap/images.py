@@ -5,7 +5,7 @@ the model's input size, and a named preprocessing is applied."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -122,6 +122,7 @@ def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | 
         return out if fn is None else fn(out).astype(np.float32)
 
     shape = (len(files), height, width, channels)
+    out: Any
     if len(files) * height * width * channels * 4 < DECODE_WHOLE_BELOW:
         out = decode(0, len(files))
     else:  # validation decodes every image once (a bad file is an error before any pass)

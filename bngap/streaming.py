@@ -183,7 +183,7 @@ def _read_header(f, label: str) -> tuple[tuple, bool, np.dtype]:
         elif version == (2, 0):
             shape, fortran, dtype = npf.read_array_header_2_0(f)
         else:
-            shape, fortran, dtype = npf._read_array_header(f, version)
+            shape, fortran, dtype = getattr(npf, "_read_array_header")(f, version)
     except ValueError as e:
         raise DataError(f"cannot read {label} as an array: {str(e)[:160]}") from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
@@ -199,19 +199,16 @@ class _Stream:
         self.zf, self.info, self.label = zipfile.ZipFile(path), info, label
         self.row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         self.shape, self.dtype = shape, dtype
-        self.f = None
+        self.f: Any = None  # the open member (zipfile.ZipExtFile)
         self.start = 0  # the member offset of row 0
-
-    def open(self):
-        self.f = self.zf.open(self.info)
-        _read_header(self.f, self.label)
-        self.start = self.f.tell()
 
     def read(self, a: int, b: int) -> np.ndarray:
         if self.f is None:
-            self.open()
+            self.f = self.zf.open(self.info)
+            _read_header(self.f, self.label)
+            self.start = self.f.tell()
         out = np.empty((b - a,) + tuple(self.shape[1:]), self.dtype)
-        view, want, got = memoryview(out.reshape(-1).view(np.uint8)), (b - a) * self.row, 0
+        view, want, got = out.reshape(-1).view(np.uint8).data, (b - a) * self.row, 0
         try:
             self.f.seek(self.start + a * self.row)  # forward: decompressed and dropped in chunks
             while got < want:  # into the array, a piece at a time: no whole-size temporaries
@@ -340,6 +337,7 @@ class BatchStream:
         self.has_y: bool | None = None
 
     def _next(self) -> list[np.ndarray] | None:
+        assert self.it is not None
         try:
             elem = next(self.it)
         except StopIteration:
@@ -361,6 +359,7 @@ class BatchStream:
     def rows(self, a: int, b: int) -> list[np.ndarray]:
         if self.it is None or a < self.buf_start:
             self.it, self.pos, self.buf, self.buf_start = iter(self.make_iter()), 0, [], 0
+        pieces = [self.buf] if self.buf else []
         while self.pos < b:
             cols = self._next()
             if cols is None:
@@ -368,27 +367,32 @@ class BatchStream:
                     f"{self.what} ended after {self.pos} samples; it yielded more before "
                     "(it must give the same samples each time it is iterated)"
                 )
-            self.buf = (
-                cols if not self.buf else [np.concatenate([p, c]) for p, c in zip(self.buf, cols)]
-            )
             self.pos += len(cols[0])
-            if self.buf_start < a:  # drop rows no longer needed
-                cut = min(a, self.pos) - self.buf_start
-                self.buf = [c[cut:] for c in self.buf]
-                self.buf_start += cut
+            if self.pos <= a:  # wholly before the rows asked for: skipped, not kept
+                self.buf_start, pieces = self.pos, []
+            else:
+                pieces.append(cols)
+        if len(pieces) > 1:  # one concatenation per call, not one per element
+            pieces = [[np.concatenate(col) for col in zip(*pieces)]]
+        self.buf = pieces[0] if pieces else []
+        if self.buf_start < a:  # drop rows no longer needed
+            self.buf = [c[a - self.buf_start :] for c in self.buf]
+            self.buf_start = a
         return [c[a - self.buf_start : b - self.buf_start] for c in self.buf]
 
     def scan(self, limit: int | None) -> tuple[int, list[tuple], list[np.dtype]]:
         """Counts the samples (up to `limit`), checking that every element
         has the same columns and sample shapes. Returns (samples, shapes
         without the first axis, dtypes)."""
-        self.it, n, shapes, dtypes = iter(self.make_iter()), 0, None, None
+        self.it, n = iter(self.make_iter()), 0
+        shapes: list[tuple] = []
+        dtypes: list[np.dtype] = []
         while limit is None or n < limit:
             cols = self._next()
             if cols is None:
                 break
             got = [c.shape[1:] for c in cols]
-            if shapes is None:
+            if not n:
                 shapes, dtypes = got, [c.dtype for c in cols]
             elif got != shapes:
                 raise DataError(

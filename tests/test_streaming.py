@@ -180,6 +180,9 @@ def test_iterable_of_batches_is_rebatched(big):
     assert [len(b[0][0]) for b in got] == [32] * 9 + [12]
     np.testing.assert_array_equal(np.concatenate([b[0][0] for b in got]), x)
     np.testing.assert_array_equal(np.concatenate([b[1] for b in got]), y)
+    np.testing.assert_array_equal(ds.take(250, 260)[0], x[250:260])  # far ahead: skipped
+    np.testing.assert_array_equal(ds.take(5, 9)[0], x[5:9])  # behind: iterated again
+    np.testing.assert_array_equal(np.asarray(ds.y[99:102]), y[99:102])
     single = from_arrays(iter([(x[i], y[i]) for i in range(40)]), specs=SPEC, limit=33)
     assert len(single) == 33 and any("one-shot iterator" in n for n in single.notes)
     np.testing.assert_array_equal(single.take(0, 33)[0], x[:33])
