@@ -189,3 +189,16 @@ def test_cli_shard_errors_are_one_line(tmp_path, zoo):
         "error: several DATA paths must all be .npz or .npy files. "
         f"Received: {tmp_path / 'notes.txt'}"
     )
+
+
+def test_keras_py_dataset_gives_the_same_report(case, keras):
+    model, x, y, ref = case
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return x[i * 13 : (i + 1) * 13], y[i * 13 : (i + 1) * 13]
+
+    assert _numbers(bngap.check(model, Batches())) == ref
