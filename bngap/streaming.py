@@ -183,7 +183,8 @@ def _read_header(f, label: str) -> tuple[tuple, bool, np.dtype]:
         elif version == (2, 0):
             shape, fortran, dtype = npf.read_array_header_2_0(f)
         else:
-            shape, fortran, dtype = getattr(npf, "_read_array_header")(f, version)
+            # version 3.0 (utf-8 field names): numpy reads it only through a private helper
+            shape, fortran, dtype = npf._read_array_header(f, version)  # type: ignore[attr-defined]
     except ValueError as e:
         raise DataError(f"cannot read {label} as an array: {str(e)[:160]}") from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
