@@ -197,10 +197,12 @@ def main() -> None:
         f"(eval {plain['eval_compiled_warm']:.2f} + train {plain['train_compiled_warm']:.2f})"
     )
     print(
-        f"predict(x[:4]): first {plain['predict_first']:.2f} s, second {plain['predict_warm']:.2f} s"
+        f"predict(x[:4]): first {plain['predict_first']:.2f} s, "
+        f"second {plain['predict_warm']:.2f} s"
     )
     print(
-        f"check (default, {chk['effects_computed']} output effect(s)): cold {chk['check_cold']:.2f} s "
+        f"check (default, {chk['effects_computed']} output effect(s)): "
+        f"cold {chk['check_cold']:.2f} s "
         f"= {chk['check_cold'] / floor_cold:.2f}x the cold floor; warm {chk['check_warm']:.2f} s "
         f"= {chk['check_warm'] / floor_warm:.2f}x the warm floor; --effects 0 warm "
         f"{chk['check_effects0_warm']:.2f} s = {chk['check_effects0_warm'] / floor_warm:.2f}x"
