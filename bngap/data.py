@@ -344,11 +344,17 @@ def load_data(path: str | os.PathLike, specs: Sequence[InputSpec] = (), *,
         import_keras()  # TensorFlow reads the directory (its spec is a proto, not a pickle)
         import tensorflow as tf
 
-        try:
-            ds = tf.data.Dataset.load(str(p))
-        except Exception as e:  # noqa: BLE001 - TensorFlow's own reading errors
+        ds, why = None, None
+        for compression in (None, "GZIP", "SNAPPY"):  # the directory does not say which
+            try:
+                ds = tf.data.Dataset.load(str(p), compression=compression)
+                next(iter(ds.take(1)), None)
+                break
+            except Exception as e:  # noqa: BLE001 - TensorFlow's own reading errors
+                ds, why = None, why or e
+        if ds is None:
             raise DataError(f"cannot read {p} as a saved tf.data dataset: "
-                            f"{one_line(e, 160)}") from None
+                            f"{one_line(why, 160)}") from None
         data = from_stream(ds, specs, limit=limit, what=f"the dataset saved in {p}")
         data.path = str(p)
         return data

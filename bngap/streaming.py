@@ -343,6 +343,11 @@ class BatchStream:
             elem = next(self.it)
         except StopIteration:
             return None
+        except DataError:
+            raise
+        except Exception as e:  # the user's pipeline failed: a problem with the data, not bngap
+            msg = " ".join(str(e).split())[:200]
+            raise DataError(f"reading {self.what} failed: {type(e).__name__}: {msg}") from None
         xs, y, self.keyed = split_element(elem, self.names)
         cols = [np.asarray(a) for a in xs] + ([] if y is None else [np.asarray(y)])
         if self.has_y is None:

@@ -202,3 +202,20 @@ def test_keras_py_dataset_gives_the_same_report(case, keras):
             return x[i * 13 : (i + 1) * 13], y[i * 13 : (i + 1) * 13]
 
     assert _numbers(bngap.check(model, Batches())) == ref
+
+
+def test_compressed_saved_dataset_and_a_failing_pipeline(case, tf, tmp_path):
+    model, x, y, ref = case
+    tf.data.Dataset.from_tensor_slices((x, y)).save(str(tmp_path / "gz"), compression="GZIP")
+    assert _numbers(bngap.check(model, str(tmp_path / "gz"))) == ref
+
+    def broken():
+        yield x[:8], y[:8]
+        raise OSError("disk gone")
+
+    class Again:
+        def __iter__(self):
+            return broken()
+
+    with pytest.raises(bngap.BngapError, match="reading the Again failed: OSError: disk gone"):
+        bngap.check(model, Again())
