@@ -194,7 +194,7 @@ def main():
 
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path())
-@click.argument("data", type=click.Path())
+@click.argument("data", nargs=-1, required=True, type=click.Path(), metavar="DATA")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown", "html", "junit"]), default="text",
               show_default=True, help="Report form on stdout: a terminal summary, JSON for scripts, Markdown for a bug report, a self-contained HTML page, or JUnit XML.")
 @click.option("--output", "-o", "outputs", multiple=True, type=click.Path(dir_okay=False),
@@ -221,13 +221,17 @@ def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_abo
     """Measure, attribute and explain the train-vs-inference gap.
 
     MODEL is a .keras or legacy .h5 file. DATA is an .npz (inputs under 'x',
-    optional labels under 'y'), an .npy (inputs only) or a folder of images
-    (sub-folders as classes).
+    optional labels under 'y'), an .npy (inputs only), a folder of images
+    (sub-folders as classes), a directory written by tf.data.Dataset.save,
+    or several .npz/.npy shards (paths, or a quoted glob such as
+    'shards/*.npz'), read in order as one data set. Large files are read
+    batch by batch, never whole.
 
     The model file is never modified, and the model's variables are restored
     bit for bit after the training-mode passes.
     """
     progress = _Progress(enabled=not quiet)
+    data, shards = (data[0], ()) if len(data) == 1 else (list(data), data)
     with _errors_handled(show_traceback):
         from .pipeline import CheckOptions
         from .render import FORMATS
@@ -248,7 +252,7 @@ def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_abo
             x_key=x_key, y_key=y_key, unsafe=unsafe, custom_objects=custom_objects,
             preprocess=preprocess,
         )
-        plan = plan_outputs(outputs, FORMATS, default=fmt, inputs=(model, data, baseline))
+        plan = plan_outputs(outputs, FORMATS, default=fmt, inputs=(model, *(shards or (data,)), baseline))
         old = None
         if baseline is not None:
             from .saved import read_baseline
@@ -385,7 +389,7 @@ def demo(out, fmt, show_traceback, quiet):
 
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path())
-@click.argument("data", type=click.Path())
+@click.argument("data", nargs=-1, required=True, type=click.Path(), metavar="DATA")
 @click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False),
               help="Where to write the fixed model (.keras or .h5); repeat with .json, .html or .txt files for reports of the fix.")
 @click.option("--in-place", is_flag=True, help="Overwrite MODEL itself (atomically).")
@@ -407,6 +411,7 @@ def fix(model, data, outputs, in_place, force, layer_patterns, skip_frozen, fmt,
     representative samples.
     """
     progress = _Progress(enabled=not quiet)
+    paths, data = data, (data[0] if len(data) == 1 else list(data))
     with _errors_handled(show_traceback):
         from .recalibration import fix as run_fix
         from .writing import REPORT_EXTENSIONS, plan_outputs
@@ -417,7 +422,7 @@ def fix(model, data, outputs, in_place, force, layer_patterns, skip_frozen, fmt,
         if len(models) > 1:
             raise BngapError(f"one fixed model at a time; -o was given {', '.join(models)}")
         output = models[0] if models else None
-        plan = plan_outputs(reports, tuple(FIX_RENDERERS), inputs=(model, data, output))
+        plan = plan_outputs(reports, tuple(FIX_RENDERERS), inputs=(model, *paths, output))
         try:
             result = run_fix(model, data, output=output, in_place=in_place, force=force,
                              layers=layer_patterns, include_frozen=not skip_frozen,

@@ -6,16 +6,19 @@ Plain numpy: this module does not import TensorFlow.
 
 from __future__ import annotations
 
+import glob
 import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from .errors import DataError, one_line
 from .specs import InputSpec
+from .streaming import (BatchStream, ObjectArray, concat_rows, ensure_fits, is_rows, npz_member,
+                        one_shot, split_element)
 
 DEFAULT_BATCH_SIZE = 32  # what Model.fit() uses when no batch size is given
 
@@ -111,9 +114,12 @@ def _refuse_pickle(path: Path, key: str | None, err: Exception) -> DataError:
     )
 
 
-def _read_npz_member(npz, path: Path, key: str) -> np.ndarray:
+def _read_npz_member(npz, path: Path, key: str) -> Any:
+    """The member, memory-mapped or streamed: nothing is decompressed here."""
     try:
-        arr = npz[key]
+        arr = npz_member(path, npz.zip, key)
+    except ObjectArray as e:
+        raise _refuse_pickle(path, key, e) from None
     except ValueError as e:
         if "allow_pickle" in str(e) or "Object arrays" in str(e):
             raise _refuse_pickle(path, key, e) from None
@@ -180,44 +186,45 @@ def read_arrays(path: str | os.PathLike, *, specs: Sequence[InputSpec] = (),
                             "unpickles data (unpickling can run arbitrary code)") from None
         raise DataError(f"cannot read {p} as .npz (not a zip archive, truncated or corrupted?): "
                         f"{one_line(e, 160)}") from None
-    with npz:
-        keys = list(npz.files)
-        if not keys:
-            raise DataError(f"{p} holds no arrays")
-        if len(specs) > 1 and not x_key:
-            names = [s.name for s in specs]
-            missing = [n for n in names if n not in keys]
-            if missing:
+    # the archive stays open: its members are read batch by batch
+    keys = list(npz.files)
+    if not keys:
+        raise DataError(f"{p} holds no arrays")
+    if len(specs) > 1 and not x_key:
+        names = [s.name for s in specs]
+        missing = [n for n in names if n not in keys]
+        if missing:
+            raise DataError(
+                f"the model has {len(specs)} inputs; {p} must hold one array per input, "
+                f"named after them: {', '.join(names)}. Missing: {', '.join(missing)}. "
+                f"Found keys: {', '.join(keys)}"
+            )
+        xs = [_read_npz_member(npz, p, n) for n in names]
+    else:
+        key = x_key or "x"
+        if key not in keys:
+            alt = [s.name for s in specs if s.name in keys]
+            others = [k for k in keys if k != (y_key or "y")]
+            if not x_key and alt:
+                key = alt[0]
+            elif not x_key and len(others) == 1:
+                key = others[0]
+                notes.append(f"inputs read from the only key '{key}'")
+            else:
                 raise DataError(
-                    f"the model has {len(specs)} inputs; {p} must hold one array per input, "
-                    f"named after them: {', '.join(names)}. Missing: {', '.join(missing)}. "
-                    f"Found keys: {', '.join(keys)}"
+                    f"{p} has no key '{key}' for the inputs. Found keys: {', '.join(keys)}; "
+                    "choose one with --x-key"
                 )
-            xs = [_read_npz_member(npz, p, n) for n in names]
-        else:
-            key = x_key or "x"
-            if key not in keys:
-                alt = [s.name for s in specs if s.name in keys]
-                others = [k for k in keys if k != (y_key or "y")]
-                if not x_key and alt:
-                    key = alt[0]
-                elif not x_key and len(others) == 1:
-                    key = others[0]
-                    notes.append(f"inputs read from the only key '{key}'")
-                else:
-                    raise DataError(
-                        f"{p} has no key '{key}' for the inputs. Found keys: {', '.join(keys)}; "
-                        "choose one with --x-key"
-                    )
-            xs = [_read_npz_member(npz, p, key)]
-            names = [specs[0].name if specs else key]
-        y = None
-        if y_key:
-            if y_key not in keys:
-                raise DataError(f"{p} has no key '{y_key}' for the labels. Found keys: {', '.join(keys)}")
-            y = _read_npz_member(npz, p, y_key)
-        elif "y" in keys and "y" not in names:
-            y = _read_npz_member(npz, p, "y")
+        xs = [_read_npz_member(npz, p, key)]
+        names = [specs[0].name if specs else key]
+    y = None
+    if y_key:
+        if y_key not in keys:
+            raise DataError(f"{p} has no key '{y_key}' for the labels. "
+                            f"Found keys: {', '.join(keys)}")
+        y = _read_npz_member(npz, p, y_key)
+    elif "y" in keys and "y" not in names:
+        y = _read_npz_member(npz, p, "y")
     return xs, y, names, notes
 
 
@@ -258,18 +265,23 @@ def _target_dtype(arr: np.ndarray, spec: InputSpec | None, label: str, notes: li
     raise DataError(f"{label} must be numeric. Received: dtype={arr.dtype}")
 
 
-def _chunks(arr: np.ndarray, size: int = 4096):
-    """Slices of the first axis, read one at a time (memory-mapped arrays stay on disk)."""
+CHUNK_BYTES = 2**20  # validation reads on-disk arrays this much at a time
+
+
+def _chunks(arr: np.ndarray, rows: int | None = None):
+    """Slices of the first axis (`rows` rows, default about CHUNK_BYTES), read
+    one at a time (memory-mapped and streamed arrays stay on disk)."""
+    row = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize)
+    size = rows or max(1, CHUNK_BYTES // row)
     for start in range(0, arr.shape[0], size):
         yield np.asarray(arr[start:start + size])
 
 
-def _check_finite(arr: np.ndarray, label: str, chunk: int = 4096) -> None:
+def _check_finite(arr: np.ndarray, label: str, chunk: int | None = None) -> None:
     if arr.dtype.kind != "f":
         return
     nan = inf = bad_rows = 0
-    for start in range(0, arr.shape[0], chunk):
-        part = np.asarray(arr[start:start + chunk])
+    for part in _chunks(arr, chunk):
         isnan, isinf = np.isnan(part), np.isinf(part)
         nan += int(isnan.sum())
         inf += int(isinf.sum())
@@ -327,7 +339,7 @@ def validate(xs: list[np.ndarray], y: np.ndarray | None, specs: Sequence[InputSp
             raise DataError(f"the model's inputs have different sample counts: {n} and {arr.shape[0]} "
                             f"('{names[0]}' vs '{names[i]}')")
         target = _target_dtype(arr, spec, label, notes)
-        if target is not None and not isinstance(arr, np.memmap):
+        if target is not None and not is_rows(arr):
             arr = arr.astype(target)  # a memory-mapped array is cast batch by batch instead
         _check_finite(arr, label)
         out.append(arr)
@@ -362,7 +374,32 @@ def load_data(path: str | os.PathLike, specs: Sequence[InputSpec] = (), *,
     """
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be at least 1. Received: {limit}")
-    p = Path(path)
+    paths = data_paths(path)
+    if len(paths) > 1:
+        shown = (os.fspath(path) if isinstance(path, (str, os.PathLike))
+                 else ", ".join(map(os.fspath, path)))
+        return _load_shards(paths, shown, specs, x_key=x_key, y_key=y_key, limit=limit)
+    p = paths[0]
+    if saved_dataset(p):
+        from .runtime import import_keras
+
+        import_keras()  # TensorFlow reads the directory (its spec is a proto, not a pickle)
+        import tensorflow as tf
+
+        ds, why = None, None
+        for compression in (None, "GZIP", "SNAPPY"):  # the directory does not say which
+            try:
+                ds = tf.data.Dataset.load(str(p), compression=compression)
+                next(iter(ds.take(1)), None)
+                break
+            except Exception as e:  # noqa: BLE001 - TensorFlow's own reading errors
+                ds, why = None, why or e
+        if ds is None:
+            raise DataError(f"cannot read {p} as a saved tf.data dataset: "
+                            f"{one_line(why, 160)}") from None
+        data = from_stream(ds, specs, limit=limit, what=f"the dataset saved in {p}")
+        data.path = str(p)
+        return data
     if p.is_dir():
         from .images import read_image_folder
 
@@ -372,6 +409,66 @@ def load_data(path: str | os.PathLike, specs: Sequence[InputSpec] = (), *,
         xs, y, names, notes = read_arrays(p, specs=specs, x_key=x_key, y_key=y_key)
         if preprocess:
             notes.append("--preprocess applies to image folders only; ignored")
+    return _finish(xs, y, specs, names, notes, str(p), limit)
+
+
+def data_paths(given) -> list[Path]:
+    """The files behind DATA: one path, several, or globs ('shards/*.npz')."""
+    items = [given] if isinstance(given, (str, os.PathLike)) else list(given)
+    out: list[Path] = []
+    for item in items:
+        text = os.fspath(item)
+        if not os.path.exists(text) and glob.has_magic(text):
+            found = sorted(glob.glob(text))
+            if not found:
+                raise DataError(f"no data files match {text}")
+            out.extend(Path(f) for f in found)
+        else:
+            out.append(Path(text))
+    if not out:
+        raise DataError("no data given")
+    return out
+
+
+def is_data_path(x) -> bool:
+    """A path, or a list of paths (shards), as opposed to arrays or a dataset."""
+    if isinstance(x, (str, os.PathLike)):
+        return True
+    return (isinstance(x, (list, tuple)) and bool(x)
+            and all(isinstance(a, (str, os.PathLike)) for a in x))
+
+
+def saved_dataset(p: Path) -> bool:
+    """A directory written by tf.data.Dataset.save."""
+    return p.is_dir() and (p / "dataset_spec.pb").is_file()
+
+
+def _load_shards(paths: list[Path], shown: str, specs: Sequence[InputSpec], *, x_key, y_key,
+                 limit: int | None) -> Dataset:
+    """Several .npz/.npy files read as one data set, in the order given."""
+    for p in paths:
+        if p.is_dir() or p.suffix.lower() not in (".npz", ".npy"):
+            raise DataError(f"several DATA paths must all be .npz or .npy files. Received: {p}")
+    parts = [read_arrays(p, specs=specs, x_key=x_key, y_key=y_key) for p in paths]
+    names, notes = parts[0][2], list(parts[0][3])
+    if any(pt[2] != names for pt in parts):
+        raise DataError(f"the shards hold different inputs: {names} in {paths[0]}, "
+                        f"{next(pt[2] for pt in parts if pt[2] != names)} in another")
+    labelled = [pt[1] is not None for pt in parts]
+    if any(labelled) and not all(labelled):
+        raise DataError(f"some shards have labels and some do not (none in "
+                        f"{paths[labelled.index(False)]})")
+    what = f"{len(paths)} shards"
+    xs = [concat_rows([pt[0][i] for pt in parts], f"input '{names[i]}' of {what}")
+          for i in range(len(names))]
+    y = concat_rows([pt[1] for pt in parts], f"the labels of {what}") if all(labelled) else None
+    notes.append(f"read {what} in this order: {', '.join(p.name for p in paths[:4])}"
+                 f"{', ...' if len(paths) > 4 else ''}")
+    return _finish(xs, y, specs, names, notes, shown, limit)
+
+
+def _finish(xs, y, specs, names, notes, path: str, limit: int | None,
+            keyed: bool = False) -> Dataset:
     if limit is not None and all(a.ndim for a in xs) and (y is None or y.ndim):
         total = xs[0].shape[0]
         xs = [a[:limit] for a in xs]
@@ -379,16 +476,94 @@ def load_data(path: str | os.PathLike, specs: Sequence[InputSpec] = (), *,
         if total > limit:
             notes.append(f"used the first {limit} of {total} samples (--limit)")
     xs, y = validate(xs, y, specs, names, notes)
-    dtypes = [_target_dtype(a, specs[i] if i < len(specs) else None, "", []) if isinstance(a, np.memmap)
+    dtypes = [_target_dtype(a, specs[i] if i < len(specs) else None, "", []) if is_rows(a)
               else None for i, a in enumerate(xs)]
-    return Dataset(xs, y, str(p), names, notes, dtypes)
+    return Dataset(xs, y, path, names, notes, dtypes, keyed=keyed)
+
+
+def is_stream(x) -> bool:
+    """A tf.data.Dataset or another iterable of batches (not arrays)."""
+    if isinstance(x, list) and x and isinstance(x[0], (tuple, dict)):
+        return True  # a list of (x, y) batches; a list of arrays is one array per input
+    if isinstance(x, (np.ndarray, dict, list, tuple, str, bytes)) or hasattr(x, "__array__"):
+        return False
+    return hasattr(x, "__iter__")
+
+
+def from_stream(ds, specs: Sequence[InputSpec] = (), limit: int | None = None,
+                what: str | None = None) -> Dataset:
+    """A validated Dataset over a tf.data.Dataset or an iterable of numpy
+    batches (x, (x,), (x, y) or (x, y, sample_weight) elements, batched or
+    not), read batch by batch and re-batched to bngap's batch size.
+
+    A re-iterable source (a tf.data.Dataset, a list, a DataLoader) streams;
+    a one-shot iterator (a generator) is read into memory once.
+    """
+    names = [s.name for s in specs]
+    notes: list[str] = []
+    kind = type(ds).__name__
+    what = what or f"the {kind}"
+    if hasattr(ds, "element_spec") and hasattr(ds, "as_numpy_iterator"):  # tf.data
+        import tensorflow as tf
+
+        card = int(ds.cardinality())
+        if card == tf.data.INFINITE_CARDINALITY and limit is None:
+            raise DataError(f"{what} is infinite (repeat()); pass limit=N (--limit N)")
+        source: Any = ds
+        xs0, _, _ = split_element(ds.element_spec, names)
+        unbatched = _unbatched([len(t.shape) for t in tf.nest.flatten(xs0)], specs)
+        if unbatched:  # whole batches cross into numpy faster than single samples
+            source, unbatched = ds.batch(256), False
+        make = source.as_numpy_iterator
+    else:
+        if one_shot(ds):
+            ds = _read_once(ds, specs, limit, what)
+            notes.append(f"{what} is a one-shot iterator: read into memory (pass a re-iterable, "
+                         "e.g. a list or a tf.data.Dataset, to stream data bigger than memory)")
+        first = next(iter(ds), None)
+        if first is None:
+            raise DataError(f"{what} yielded no samples")
+        xs0, _, _ = split_element(first, names)
+        unbatched = _unbatched([np.ndim(a) for a in xs0], specs)
+        make = lambda: iter(ds)  # noqa: E731
+    stream = BatchStream(make, names, unbatched, what)
+    xs, y = stream.columns(limit)
+    if not names or len(names) != len(xs):
+        names = names if len(names) == len(xs) else [f"x{i}" for i in range(len(xs))]
+    return _finish(xs, y, specs, names, notes, f"<{kind}>", None, keyed=stream.keyed)
+
+
+def _unbatched(ranks: list[int], specs: Sequence[InputSpec]) -> bool:
+    """Elements are single samples: every input one rank short of the
+    model's (which counts the batch axis). Otherwise they are batches."""
+    return (len(ranks) == len(specs) > 0 and all(s.shape is not None for s in specs)
+            and all(r == len(s.shape) - 1 for r, s in zip(ranks, specs)))
+
+
+def _read_once(it, specs: Sequence[InputSpec], limit: int | None, what: str) -> list:
+    """A one-shot iterator's elements, kept (up to `limit` samples)."""
+    items, n, size = [], 0, 0
+    for elem in it:
+        xs, y, _ = split_element(elem, [s.name for s in specs])
+        size += sum(np.asarray(a).nbytes for a in xs) + (0 if y is None else np.asarray(y).nbytes)
+        ensure_fits(2 * size, f"{what} (a one-shot iterator, kept in memory for several passes)")
+        items.append(elem)
+        n += 1 if _unbatched([np.ndim(a) for a in xs], specs) else len(np.asarray(xs[0]))
+        if limit is not None and n >= limit:
+            break
+    return items
 
 
 def from_arrays(x, y=None, specs: Sequence[InputSpec] = (), limit: int | None = None) -> Dataset:
     """A validated Dataset from in-memory arrays (the Python API's path).
 
-    `x` is an array, or a list/dict of arrays for a multi-input model.
+    `x` is an array, or a list/dict of arrays for a multi-input model; a
+    tf.data.Dataset or an iterable of batches streams (`from_stream`).
     """
+    if is_stream(x):
+        if y is not None:
+            raise DataError("labels come from the dataset itself: give (x, y) elements, not y=")
+        return from_stream(x, specs, limit=limit)
     if isinstance(x, dict):
         names = [s.name for s in specs] if specs else list(x)
         missing = [n for n in names if n not in x]

@@ -5,7 +5,7 @@ the model's input size, and a named preprocessing is applied."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -17,6 +17,7 @@ _IMAGENET_MEAN_RGB = np.array([123.68, 116.779, 103.939], dtype=np.float32)
 _TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 PREPROCESS_HELP = "caffe, tf, torch, or scale=FACTOR (e.g. scale=1/255)"
+DECODE_WHOLE_BELOW = 256 * 2**20  # larger folders are decoded batch by batch, on every pass
 
 
 def parse_preprocess(spec: str | None):
@@ -107,16 +108,31 @@ def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | 
     import_keras()
     import tensorflow as tf
 
-    out = np.empty((len(files), height, width, channels), dtype=np.float32)
-    for i, f in enumerate(files):
-        try:
-            img = tf.io.decode_image(tf.io.read_file(str(f)), channels=channels, expand_animations=False)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-            raise DataError(f"cannot decode image {f}: {one_line(getattr(e, 'message', e), 160)}") from None
-        img = tf.image.resize(tf.cast(img, tf.float32), (height, width), method="bilinear")
-        out[i] = img.numpy()
+    def decode(a: int, b: int) -> np.ndarray:
+        out = np.empty((b - a, height, width, channels), dtype=np.float32)
+        for i, f in enumerate(files[a:b]):
+            try:
+                img = tf.io.decode_image(tf.io.read_file(str(f)), channels=channels,
+                                         expand_animations=False)
+            except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+                why = one_line(getattr(e, "message", e), 160)
+                raise DataError(f"cannot decode image {f}: {why}") from None
+            img = tf.image.resize(tf.cast(img, tf.float32), (height, width), method="bilinear")
+            out[i] = img.numpy()
+        return out if fn is None else fn(out).astype(np.float32)
+
+    shape = (len(files), height, width, channels)
+    out: Any
+    if len(files) * height * width * channels * 4 < DECODE_WHOLE_BELOW:
+        out = decode(0, len(files))
+    else:  # validation decodes every image once (a bad file is an error before any pass)
+        from .streaming import RowArray
+
+        out = RowArray(decode, shape, np.float32, f"the images in {folder}")
+        notes.append(f"{len(files)} images decoded batch by batch "
+                     f"({shape[1]}x{shape[2]}x{shape[3]}, "
+                     f"{len(files) * height * width * channels * 4 / 1e9:.1f} GB as float32)")
     if fn is not None:
-        out = fn(out).astype(np.float32)
         notes.append(f"images preprocessed with --preprocess {preprocess}")
     else:
         notes.append("images used as 0..255 pixels (no --preprocess given)")

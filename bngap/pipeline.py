@@ -11,7 +11,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .data import DEFAULT_BATCH_SIZE, from_arrays, load_data
+from .data import DEFAULT_BATCH_SIZE, from_arrays, is_data_path, load_data
 from .errors import BngapError, DataError
 from .results import Kind, ModelSummary, DataSummary, Report, Thresholds
 
@@ -101,15 +101,18 @@ def open_inputs(model: Any, x: Any, y: Any = None, *, unsafe: bool = False,
     per_output_y = None
     if len(outputs) > 1 and isinstance(y, (dict, list, tuple)):  # one label array per output
         per_output_y, y = y, None
-    if isinstance(x, (str, os.PathLike)):
-        say(f"reading data {x}")
+    if is_data_path(x):  # a file, a folder, or several shards
+        say(f"reading data {x if isinstance(x, (str, os.PathLike)) else ', '.join(map(str, x))}")
         data = load_data(x, loaded.inputs, x_key=x_key, y_key=y_key, limit=limit, preprocess=preprocess)
     elif x is None:
         raise DataError("no data given: pass the inputs (x)")
     else:
         data = from_arrays(x, y, loaded.inputs, limit=limit)
     if len(outputs) > 1:
-        _attach_output_labels(loaded, data, per_output_y if per_output_y is not None else x, outputs, limit)
+        # per-output labels come from y, or from the keys of one .npz (not from shards)
+        source = per_output_y if per_output_y is not None else (
+            x if isinstance(x, (str, os.PathLike)) else None)
+        _attach_output_labels(loaded, data, source, outputs, limit)
     return loaded, data
 
 
