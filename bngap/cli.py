@@ -163,6 +163,8 @@ loading_options = [
     click.option("--limit", type=int, help="Use only the first N samples."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed for dropout, noise and augmentation."),
     click.option("--preprocess", help="For image folders: caffe, tf, torch, or scale=FACTOR."),
+    click.option("--backend", type=click.Choice(["tensorflow", "jax", "torch"]), default=None,
+                 help="Keras backend to run the model on (default: KERAS_BACKEND if set, else tensorflow)."),
     click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors."),
     click.option("-q", "--quiet", is_flag=True, help="No status or progress lines on stderr."),
 ]
@@ -235,7 +237,7 @@ def main():
 @_add(loading_options)
 def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
           all_layers, effects, unsafe, custom_objects, x_key, y_key, batch_size, limit, seed,
-          preprocess, show_traceback, quiet):
+          preprocess, backend, show_traceback, quiet):
     """Measure, attribute and explain the train-vs-inference gap.
 
     MODEL is a .keras or legacy .h5 file. DATA is an .npz (inputs under 'x',
@@ -258,7 +260,7 @@ def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_abov
             batch_size=batch_size, limit=limit, seed=seed, effects=effects,
             thresholds=Thresholds(fail_above, fail_above_loss_delta, fail_above_accuracy_drop),
             x_key=x_key, y_key=y_key, unsafe=unsafe, custom_objects=custom_objects,
-            preprocess=preprocess,
+            preprocess=preprocess, backend=backend,
         )
         _check_output_path(output, model, data)
         report = _run_and_render(model, data, opts, fmt=fmt, output=output,
@@ -333,7 +335,7 @@ def demo(out, fmt, show_traceback, quiet):
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Result form.")
 @_add(loading_options)
 def fix(model, data, output, in_place, force, layer_patterns, skip_frozen, fmt, unsafe, custom_objects,
-        x_key, y_key, batch_size, limit, seed, preprocess, show_traceback, quiet):
+        x_key, y_key, batch_size, limit, seed, preprocess, backend, show_traceback, quiet):
     """Re-estimate BatchNormalization statistics on DATA, verify, save a copy.
 
     Every BN layer's moving mean and variance become the exact population
@@ -346,8 +348,10 @@ def fix(model, data, output, in_place, force, layer_patterns, skip_frozen, fmt, 
     """
     progress = _Progress(enabled=not quiet)
     with _errors_handled(show_traceback):
+        from .backend import select_backend
         from .recalibration import fix as run_fix
 
+        select_backend(backend)  # before Keras is imported
         try:
             result = run_fix(model, data, output=output, in_place=in_place, force=force,
                              layers=layer_patterns, include_frozen=not skip_frozen,

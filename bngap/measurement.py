@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import backend
 from .data import Dataset
 from .layertree import LayerNode
 from .audit import BatchNormParams
@@ -40,6 +41,7 @@ class Measurements:
     effects_skipped: int = 0
     notes: list[str] = field(default_factory=list)
     outputs_are_classes: bool = False
+    fit_call: Any = None            # backend.FitCall: how fit() calls this model
 
 
 Progress = Callable[[int, int, str], None]
@@ -66,7 +68,7 @@ def effective_nodes(nodes: list[LayerNode], stats: dict[int, NodeStats]) -> list
 
 
 def _to_numpy_list(keras, out) -> list[np.ndarray]:
-    return [np.asarray(t) for t in keras.tree.flatten(out) if t is not None]
+    return [backend.to_numpy(t) for t in keras.tree.flatten(out) if t is not None]
 
 
 def _output_names(model, count: int) -> list[str]:
@@ -138,14 +140,14 @@ class _MetricSums:
         logits the tensor carries, as evaluate() does, so the loss must see
         the tensor, not a numpy copy."""
         if self.fn is None:
-            self.fn, self.name, self.source = resolve_loss(keras, loss_id, np.asarray(ev), y)
+            self.fn, self.name, self.source = resolve_loss(keras, loss_id, backend.to_numpy(ev), y)
             # a binary score's reading (probability or logit) is decided once
-            self.cut = binary_threshold(np.asarray(ev), np.asarray(train))
+            self.cut = binary_threshold(backend.to_numpy(ev), backend.to_numpy(train))
         for mode, out in (("train", train), ("eval", ev)):
             val = self.fn(y, out)
-            val = float(np.mean(np.asarray(val)))
+            val = float(np.mean(backend.to_numpy(val)))
             self.loss[mode] += val * len(y)
-            acc = _accuracy(np.asarray(out), y, self.cut)
+            acc = _accuracy(backend.to_numpy(out), y, self.cut)
             if acc is None:
                 self.has_acc = False
             else:
@@ -176,19 +178,7 @@ class PassPlan:
     layers_pass: bool              # measure what all layers together explain
 
 
-def has_own_logic(model, keras) -> bool:
-    """A subclassed model whose own call() takes `training` may branch on it
-    outside any layer bngap can see."""
-    from keras.src.models.functional import Functional
-
-    if isinstance(model, (Functional, keras.Sequential)):
-        return False
-    import inspect
-
-    try:
-        return "training" in inspect.signature(model.call).parameters
-    except (TypeError, ValueError):
-        return False
+has_own_logic = backend.has_own_logic  # kept under its old name for one merge cycle
 
 
 def plan_passes(nodes: list[LayerNode], stats: dict[int, NodeStats], effects, own_logic: bool) -> PassPlan:
@@ -319,7 +309,7 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
         bn_params=bn_params, leaks=leaks, metrics=metric.result() if loss_ok else None,
         batch_size=batch_size, batches=batches, last_batch_size=last, samples=n,
         effects_computed=len(plan.effect_idx), effects_skipped=plan.effects_skipped, notes=notes,
-        outputs_are_classes=classes,
+        outputs_are_classes=classes, fit_call=backend.fit_call(model),
     )
 
 

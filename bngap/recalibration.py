@@ -301,9 +301,11 @@ def _verify_reload(path: Path, model, data: Dataset, keras, *, unsafe: bool, cus
     from .probe import pack_inputs
 
     xs = data.take(0, min(16, len(data)))
-    a = [np.asarray(t) for t in keras.tree.flatten(
+    from .backend import to_numpy
+
+    a = [to_numpy(t) for t in keras.tree.flatten(
         model(pack_inputs(keras, model, xs, data.names, data.keyed), training=False))]
-    b = [np.asarray(t) for t in keras.tree.flatten(
+    b = [to_numpy(t) for t in keras.tree.flatten(
         again(pack_inputs(keras, again, xs, data.names, data.keyed), training=False))]
     diff = max(float(np.max(np.abs(p - q))) if p.size else 0.0 for p, q in zip(a, b))
     scale = max(float(np.max(np.abs(p))) if p.size else 0.0 for p in a)

@@ -61,7 +61,10 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
     _para(con, f"bngap {__version__} · model {r.model.path} ({r.model.layers} layers, "
                f"{r.model.batchnorm_layers} BatchNormalization, {r.model.dropout_like_layers} "
                f"dropout/noise) · data {r.data.path} ({r.data.samples} samples, batch size "
-               f"{r.data.batch_size}{last})", indent=0, style="dim")
+               f"{r.data.batch_size}{last})"
+               + (f" · backend {r.environment['backend']} {r.environment.get('backend_version', '')}".rstrip()
+                  if r.environment.get("backend") else ""),
+          indent=0, style="dim")
     con.print()
 
     g = r.output_gap
@@ -180,4 +183,8 @@ def _short_reason(reason: str) -> str:
         return "training=False"
     if "no training flag" in reason:
         return "no flag"
+    if "has no training argument" in reason:
+        return "call() has no training"
+    if "stateless_call" in reason:
+        return "no flag on JAX"
     return reason
