@@ -41,7 +41,10 @@ def requested_backend(name: str | None = None) -> str:
 
 def installed(name: str) -> bool:
     """Whether the libraries of backend `name` can be imported (without importing them)."""
-    return all(importlib.util.find_spec(lib) is not None for lib in _LIBRARIES[name])
+    try:
+        return all(importlib.util.find_spec(lib) is not None for lib in _LIBRARIES[name])
+    except (ImportError, ValueError):  # a module hidden or half-installed
+        return False
 
 
 def select_backend(name: str | None = None) -> str:
@@ -314,11 +317,17 @@ class StateGuard:
         if id(self.keras_generator.state) not in tracked:
             self.variables.append(self.keras_generator.state)
         self.tf_generator = None
+        self.torch_rng = None
         if self.backend == "tensorflow":
             import tensorflow as tf
 
             self.tf_generator = tf.random.get_global_generator()
             self.tf_generator_state = np.array(self.tf_generator.state.numpy(), copy=True)
+        elif self.backend == "torch":  # unseeded Dropout draws from torch's global generators
+            import torch
+
+            self.torch_rng = (torch.get_rng_state(),
+                              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
         self.saved = [np.array(to_numpy(v), copy=True) for v in self.variables]
         self.mutable = [i for i, v in enumerate(self.variables) if not getattr(v, "trainable", False)]
 
@@ -328,6 +337,12 @@ class StateGuard:
             self.variables[i].assign(self.saved[i])
         if self.tf_generator is not None:
             self.tf_generator.reset(self.tf_generator_state)
+        if self.torch_rng is not None:
+            import torch
+
+            torch.set_rng_state(self.torch_rng[0])
+            if self.torch_rng[1] is not None:
+                torch.cuda.set_rng_state_all(self.torch_rng[1])
 
     def commit(self) -> None:
         """Makes the current values the ones restored (`fix` changes BN statistics on purpose)."""
@@ -375,13 +390,23 @@ def seed_state(seed: int, index: int, batch_index: int) -> list[int]:
     return [base, batch_index * 100003]
 
 
-def set_seeds(variables: list, seed: int, batch_index: int, guard: StateGuard | None = None) -> None:
+def set_seeds(variables: list, seed: int, batch_index: int) -> None:
     """Same random masks in every training-like pass of one batch, new ones
-    for the next batch, all derived from `seed`."""
+    for the next batch, all derived from `seed`: the seed-generator states,
+    and the backend's global generator that some ops draw from (TensorFlow's;
+    torch's, which Keras' unseeded Dropout uses). `StateGuard` restores them.
+    """
     for i, v in enumerate(variables):
         v.assign(np.array(seed_state(seed, i, batch_index), dtype=v.dtype))
-    if guard is not None and guard.tf_generator is not None:
-        guard.tf_generator.reset_from_seed(zlib.crc32(f"{seed}:tf:{batch_index}".encode()))
+    name = import_keras().backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        tf.random.get_global_generator().reset_from_seed(zlib.crc32(f"{seed}:tf:{batch_index}".encode()))
+    elif name == "torch":
+        import torch
+
+        torch.manual_seed(zlib.crc32(f"{seed}:torch:{batch_index}".encode()))
 
 
 # ------------------------------------------------------------ private Keras

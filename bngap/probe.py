@@ -157,7 +157,7 @@ class Probe:
     def _set_seeds(self, batch_index: int) -> None:
         """Same random masks in every training-like pass of one batch, new ones
         for the next batch, all derived from --seed."""
-        backend.set_seeds(self._seed_vars, self.seed, batch_index, self.guard)
+        backend.set_seeds(self._seed_vars, self.seed, batch_index)
 
     def _pack(self, xs: list[np.ndarray]):
         return self.pack(xs)
