@@ -121,6 +121,21 @@ def import_keras(backend: str | None = None):
     return keras
 
 
+def import_tensorflow():
+    """TensorFlow itself, imported quietly, whatever the Keras backend (image
+    decoding and Keras 2 TF-op layers use it)."""
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        with _stderr_silenced():
+            import tensorflow as tf
+
+            tf.get_logger().setLevel("ERROR")
+            tf.config.list_physical_devices()
+    import tensorflow as tf
+
+    return tf
+
+
 def active() -> str:
     """The backend Keras runs on (imports Keras)."""
     return import_keras().backend.backend()

@@ -105,7 +105,9 @@ def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | 
     from .runtime import import_keras
 
     import_keras()
-    import tensorflow as tf
+    from .backend import import_tensorflow
+
+    tf = import_tensorflow()  # decodes images on every backend
 
     out = np.empty((len(files), height, width, channels), dtype=np.float32)
     for i, f in enumerate(files):

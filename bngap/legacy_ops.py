@@ -49,7 +49,9 @@ class UnsafeOpError(ValueError):
 
 def resolve(function: str, *, unsafe: bool) -> Any:
     """The TensorFlow function a Keras 2 TF-op layer names."""
-    import tensorflow as tf
+    from .backend import import_tensorflow
+
+    tf = import_tensorflow()
 
     parts = function.split(".")
     # No private or dunder attributes (the classic way out of a name allowlist),
@@ -98,6 +100,13 @@ def layer_classes(unsafe: bool) -> dict[str, type]:
         """Runs the TensorFlow function a Keras 2 TF-op layer recorded."""
 
         def __init__(self, function: str, call_kwargs=None, first_constant=None, **kwargs):
+            if keras.backend.backend() != "tensorflow":
+                from .errors import ModelLoadError
+
+                raise ModelLoadError(
+                    f"the model has Keras 2 TF-op layers (tf.{function}), which run TensorFlow "
+                    f"functions and need the TensorFlow backend; check it with --backend tensorflow. "
+                    f"Received: backend={keras.backend.backend()}")
             super().__init__(**kwargs)
             self.function = function
             self.call_kwargs = call_kwargs or {}

@@ -204,3 +204,15 @@ def test_python_api_refuses_a_second_backend(keras, zoo):
     model, x, y = zoo.get("under_trained")
     with pytest.raises(BngapError, match="already imported with the tensorflow backend"):
         bngap.check(model, x, y, backend="jax")
+
+
+def test_keras2_tf_op_layers_need_tensorflow(tmp_path):
+    """Keras 2 TF-op layers run TensorFlow functions: on another backend, one
+    line and exit 2 (not a shape-inference error from deep inside Keras)."""
+    _need("torch")
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 32, 32, 3), "float32"))
+    out = _cli("check", str(HERE / "data" / "k2_applications_like.h5"), str(tmp_path / "d.npz"),
+               "--backend", "torch", "-q")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TF-op layers" in lines[0] and "--backend tensorflow" in lines[0]
