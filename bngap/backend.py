@@ -425,6 +425,26 @@ def set_seeds(variables: list, seed: int, batch_index: int) -> None:
 
 
 # ------------------------------------------------------------ private Keras
+def child_layers(layer) -> list:
+    """A layer's direct sub-layers, also inside subclassed models and custom
+    layers (Keras' private `_flatten_layers`; empty if it cannot be read)."""
+    try:
+        return list(layer._flatten_layers(include_self=False, recursive=False))
+    except Exception:  # a custom layer whose tracking we cannot read
+        return []
+
+
+def image_preprocessing_base() -> Any:
+    """Keras' base class of image preprocessing layers, or () if it moved."""
+    try:
+        from keras.src.layers.preprocessing.image_preprocessing.base_image_preprocessing_layer import (
+            BaseImagePreprocessingLayer,
+        )
+    except ImportError:  # pragma: no cover - layout of a future Keras
+        return ()
+    return BaseImagePreprocessingLayer
+
+
 def keras_message(e: Exception) -> str:
     """The error's own words, without the call details Keras wraps around it."""
     msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e))

@@ -38,11 +38,9 @@ class LayerNode:
 
 
 def _children(layer) -> list:
-    try:
-        kids = layer._flatten_layers(include_self=False, recursive=False)
-    except Exception:  # a custom layer whose tracking we cannot read
-        kids = []
-    return list(kids)
+    from .backend import child_layers
+
+    return child_layers(layer)
 
 
 def _is_keras_builtin(layer) -> bool:
@@ -72,12 +70,9 @@ def classify(layer, keras) -> tuple[Kind, bool]:
     if isinstance(layer, L.Attention) or type(layer).__name__ == "AdditiveAttention":
         return Kind.DROPOUT, float(getattr(layer, "dropout", 0.0) or 0.0) > 0.0
     name = type(layer).__name__
-    try:
-        from keras.src.layers.preprocessing.image_preprocessing.base_image_preprocessing_layer import (
-            BaseImagePreprocessingLayer,
-        )
-    except ImportError:  # pragma: no cover - layout of a future Keras
-        BaseImagePreprocessingLayer = ()
+    from .backend import image_preprocessing_base
+
+    BaseImagePreprocessingLayer = image_preprocessing_base()
     if (BaseImagePreprocessingLayer and isinstance(layer, BaseImagePreprocessingLayer)) or (
         _is_keras_builtin(layer) and name.startswith("Random")
     ):

@@ -295,7 +295,7 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                 notes.append(
                     f"With all its layers in training mode but the model's own call() in "
                     f"inference mode, the output gap is {explained:.4f}, against {whole:.4f} for "
-                    f"model(x, training=True): the rest comes from what {type(model).__name__}.call() "
+                    f"{backend.fit_call(model).expression}: the rest comes from what {type(model).__name__}.call() "
                     "itself does when training=True, outside any layer.")
         if leak_checks:
             leaks = compare_inference_paths(probe, nodes, dataset.subset(min(LEAK_SAMPLES, n)), keras,
