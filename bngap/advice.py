@@ -146,7 +146,7 @@ def _never_updated_in_fit(never: Sequence[BatchNormRecord], layers: Sequence[Lay
                "argument, so these layers (and Dropout) run in inference mode in fit() too and "
                "their statistics are never updated. Both modes are wrong alike: fit() and "
                "evaluate() agree, and both normalise with the initial statistics instead of your "
-               "data's.")
+               "data's")
         fix = (f"Give {cls}.call a training argument and pass it on: `def call(self, x, "
                "training=None):` and `self.bn(h, training=training)` for every sub-layer or "
                "sub-model that takes it; then train again, so that fit() runs in training mode "
@@ -156,7 +156,7 @@ def _never_updated_in_fit(never: Sequence[BatchNormRecord], layers: Sequence[Lay
         why = (f"On JAX, fit() runs {cls} through stateless_call, which in this Keras version "
                f"does not hand training=True to layers that {cls}.call() calls without it: these "
                "layers run in inference mode in fit() and their statistics are never updated. "
-               "Both modes are wrong alike.")
+               "Both modes are wrong alike")
         fix = (f"In {cls}.call, pass training on explicitly: `self.bn(h, training=training)`; "
                f"or upgrade Keras; then train again. To repair the statistics now: {FIX_HINT}.")
     else:
