@@ -281,6 +281,10 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     reload_diff = None
     if target is not None and (helped or force):
         say(f"writing {target}")
+        from .backend import import_tensorflow, installed
+
+        if installed("tensorflow"):  # Keras' saving imports it on every backend: quietly, first
+            import_tensorflow()
         replace_atomic(target, lambda tmp: net.save(tmp), suffix=target.suffix.lower())
         written = str(target)
         reload_diff = _verify_reload(target, net, data, keras, unsafe=unsafe, custom=custom_objects)
