@@ -435,8 +435,10 @@ class Probe:
         return self._call_model(xs, "inference", self._h_eval(capture_outputs, capture_bn), training=False)
 
     def train_pass(self, xs, batch_index: int, own: bool = True):
-        """model(x, training=True), as fit() runs it, comparing each layer's
-        output with the stored inference output of the same batch."""
+        """The model called as the installed Keras' fit() calls it on this
+        backend (`backend.call_as_fit`: training=True only when its call()
+        takes it; stateless_call on JAX), comparing each layer's output with
+        the stored inference output of the same batch."""
         self._set_seeds(batch_index)
         try:
             return self._call_model(xs, "training", self._h_train(own), fit=True)

@@ -216,3 +216,16 @@ def test_keras2_tf_op_layers_need_tensorflow(tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "TF-op layers" in lines[0] and "--backend tensorflow" in lines[0]
+
+
+def test_reports_name_the_backend(zoo):
+    """JSON environment, the text header and the Markdown report name it."""
+    import bngap
+    from bngap.render import render
+
+    model, x, y = zoo.get("under_trained")
+    report = bngap.check(model, x[:16], y[:16], effects=0)
+    env = report.to_dict()["environment"]
+    assert env["backend"] == "tensorflow" and env["backend_version"] == env["tensorflow"]
+    assert f"backend tensorflow {env['tensorflow']}" in render(report, "text", width=200, color=False)
+    assert "backend: tensorflow" in render(report, "markdown")
