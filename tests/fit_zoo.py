@@ -97,6 +97,14 @@ def augmentation(keras, L):
     return keras.Model(inp, L.Dense(3, activation="softmax", name="head")(h), name="augmentation")
 
 
+def mixed_precision(keras, L):
+    """Dense, BN, Dropout under the mixed_float16 policy, float32 logits."""
+    p = "mixed_float16"
+    return keras.Sequential([keras.Input((6,)), L.Dense(8, name="d1", dtype=p),
+                             L.BatchNormalization(name="bn", dtype=p), L.Dropout(0.3, name="drop", dtype=p),
+                             L.Dense(3, name="logits", dtype="float32")], name="mixed_precision")
+
+
 def _custom_classes(keras, L):
     class Scaled(L.Layer):
         """A custom layer that takes `training`: BN inside, halves its output in training."""
@@ -160,7 +168,8 @@ def subclassed_no_training(keras, L):
 
 
 ZOO = [functional, sequential, nested, frozen_base, dropout, augmentation, custom_layer, subclassed,
-       subclassed_implicit, subclassed_no_training]
+       subclassed_implicit, subclassed_no_training, mixed_precision]
+MIXED = {"mixed_precision"}  # float16 inside: 1e-3 relative
 # models trained with fit() first, so their BN statistics are what fit() left
 TRAINED_FIRST = {"subclassed_no_training"}
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from bngap.backend import BACKENDS, installed
-from fit_zoo import TRAINED_FIRST, ZOO
+from fit_zoo import MIXED, TRAINED_FIRST, ZOO
 
 HERE = Path(__file__).parent
 MODELS = [fn.__name__ for fn in ZOO]
@@ -71,9 +71,10 @@ def _result(zoo_runs, backend: str, model: str) -> dict:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_training_loss_and_accuracy_equal_fit(zoo_runs, backend, model):
     """bngap's training-mode numbers are fit()'s own, batch-size weighted over
-    one epoch of the same batches (fit() with SGD(0.0), shuffle=False)."""
+    one epoch of the same batches (fit() with SGD(0.0), shuffle=False);
+    1e-5 relative, 1e-3 under mixed precision."""
     r = _result(zoo_runs, backend, model)
-    assert r["bngap"]["loss"] == pytest.approx(r["fit"]["loss"], rel=1e-5)
+    assert r["bngap"]["loss"] == pytest.approx(r["fit"]["loss"], rel=1e-3 if model in MIXED else 1e-5)
     assert r["bngap"]["accuracy"] == pytest.approx(r["fit"]["accuracy"], rel=1e-6)  # fit(): float32
     assert r["check_left_model_unchanged"] and r["fit_weights_unchanged"]
 
@@ -123,14 +124,15 @@ def test_jax_fit_does_not_pass_training_through_the_call_context(zoo_runs):
 @pytest.mark.parametrize("model", MODELS)
 def test_inference_outputs_agree_across_backends(zoo_runs, model):
     """Same weights, same inputs: every backend's inference outputs within
-    1e-5 of the largest output (float32)."""
+    1e-5 of the largest output (float32; 1e-2 with float16 inside)."""
     have = [b for b in BACKENDS if installed(b)]
     if len(have) < 2:
         pytest.skip("one backend installed")
     first = np.asarray(_result(zoo_runs, have[0], model)["inference"])
     for b in have[1:]:
         other = np.asarray(_result(zoo_runs, b, model)["inference"])
-        assert np.max(np.abs(other - first)) <= 1e-5 * np.max(np.abs(first)), b
+        tol = 1e-2 if model in MIXED else 1e-5
+        assert np.max(np.abs(other - first)) <= tol * np.max(np.abs(first)), b
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
