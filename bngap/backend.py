@@ -55,15 +55,17 @@ def select_backend(name: str | None = None) -> str:
 
     Side effects: sets `KERAS_BACKEND`.
     """
-    chosen = requested_backend(name)
     if "keras" in sys.modules:
         current = sys.modules["keras"].backend.backend()
+        # nothing asked: the backend Keras already runs on (set by keras.json, say)
+        chosen = requested_backend(name or current)
         if current != chosen:
             raise BngapError(
                 f"Keras is already imported with the {current} backend in this process, and the "
                 f"backend cannot change after `import keras`; run bngap in a new process with "
                 f"KERAS_BACKEND={chosen} (or --backend {chosen}). Received: backend={chosen}")
         return chosen
+    chosen = requested_backend(name)
     if not installed(chosen):
         hint = "tensorflow" if chosen == "tensorflow" else f'"bngap[{chosen}]"'
         raise BngapError(f"the {chosen} backend is not installed; install it with: pip install {hint}")

@@ -231,3 +231,17 @@ def test_reports_name_the_backend(zoo):
     assert env["backend"] == "tensorflow" and env["backend_version"] == env["tensorflow"]
     assert f"backend tensorflow {env['tensorflow']}" in render(report, "text", width=200, color=False)
     assert "backend: tensorflow" in render(report, "markdown")
+
+
+def test_keras_already_running_is_used_when_nothing_is_asked(keras, monkeypatch):
+    """Keras imported first by the user (its backend from keras.json, say):
+    bngap runs on that one; asking for another is the clear error."""
+    from bngap.backend import select_backend
+    from bngap.errors import BngapError
+
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    assert select_backend(None) == keras.backend.backend()
+    with pytest.raises(BngapError, match="already imported"):
+        select_backend("torch" if keras.backend.backend() != "torch" else "jax")
+    with pytest.raises(BngapError, match="unknown backend"):
+        select_backend("numpy")
