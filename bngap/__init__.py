@@ -67,7 +67,8 @@ def fix(model: Any, x: Any, y: Any = None, **options: Any) -> "FixResult":
             model file path (then pass `output=` or `in_place=True`).
         x, y: data, as for `check`.
         **options: output, in_place, force, layers (globs), include_frozen,
-            batch_size, limit, seed, unsafe, custom_objects, x_key, y_key.
+            batch_size, limit, seed, unsafe, custom_objects, x_key, y_key,
+            backend (tensorflow, jax or torch; Keras must not yet run on another).
 
     Returns:
         A `FixResult` (`before`, `after`, `helped`, per-layer records);
@@ -80,6 +81,10 @@ def fix(model: Any, x: Any, y: Any = None, **options: Any) -> "FixResult":
     """
     from .recalibration import fix as _fix
 
+    if "backend" in options:  # chosen before Keras is imported, as for check
+        from .backend import import_keras
+
+        import_keras(options.pop("backend"))
     return _fix(model, x, y, **options)
 
 

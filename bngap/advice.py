@@ -129,8 +129,44 @@ def _describe_bn(r: BatchNormRecord) -> str:
             f"{_fmt(r.median_abs_log2_var_ratio, 2)}, expected local gap {_fmt(r.expected_local_gap, 2)}")
 
 
+def _never_updated_in_fit(never: Sequence[BatchNormRecord], layers: Sequence[LayerRecord],
+                          fit_call) -> tuple[str, str] | None:
+    """(message tail, remedy) when fit() itself runs these BN layers in
+    inference mode because of how it calls the model (so it never updated
+    them): both modes are wrong, and the model's call() signature is the fix."""
+    if fit_call is None:
+        return None
+    by_path = {r.path: r for r in layers}
+    held = [r for r in never if (rec := by_path.get(r.path)) is not None and r.trainable
+            and rec.fit_mode == "inference" and rec.fit_training is None]
+    if not held or len(held) < len(never):
+        return None
+    cls = fit_call.model_class
+    if not fit_call.passes_training:
+        why = (f"fit() calls {cls}(x) without `training`, because {cls}.call() has no `training` "
+               "argument, so these layers (and Dropout) run in inference mode in fit() too and "
+               "their statistics are never updated. Both modes are wrong alike: fit() and "
+               "evaluate() agree, and both normalise with the initial statistics instead of your "
+               "data's")
+        fix = (f"Give {cls}.call a training argument and pass it on: `def call(self, x, "
+               "training=None):` and `self.bn(h, training=training)` for every sub-layer or "
+               "sub-model that takes it; then train again, so that fit() runs in training mode "
+               f"and updates the statistics. To repair this model's statistics without "
+               f"retraining: {FIX_HINT}.")
+    elif fit_call.stateless:
+        why = (f"On JAX, fit() runs {cls} through stateless_call, which in this Keras version "
+               f"does not hand training=True to layers that {cls}.call() calls without it: these "
+               "layers run in inference mode in fit() and their statistics are never updated. "
+               "Both modes are wrong alike")
+        fix = (f"In {cls}.call, pass training on explicitly: `self.bn(h, training=training)`; "
+               f"or upgrade Keras; then train again. To repair the statistics now: {FIX_HINT}.")
+    else:
+        return None
+    return why, fix
+
+
 def _never_updated(batchnorm: Sequence[BatchNormRecord], flagged: list[BatchNormRecord],
-                   bn_gap: float) -> Finding | None:
+                   bn_gap: float, layers: Sequence[LayerRecord], fit_call=None) -> Finding | None:
     never = [r for r in batchnorm if r.never_updated]
     never_flagged = [r for r in never if r in flagged]
     if not never_flagged:
@@ -138,18 +174,25 @@ def _never_updated(batchnorm: Sequence[BatchNormRecord], flagged: list[BatchNorm
     first = never_flagged[0]
     sev = Severity.FAIL if (_worst([r.severity for r in never_flagged]) is Severity.FAIL
                             or bn_gap >= NOTABLE_GAP) else Severity.WARN
-    return Finding(
-        Cause.STATS_NEVER_UPDATED, sev, first.path,
-        f"{len(never)} of {len(batchnorm)} BatchNormalization layers still hold their initial "
-        f"moving statistics ({_initial(first)}): they were never updated. In inference mode "
-        f"they normalise with those instead of your data's statistics (first: {first.path}, "
-        f"whose input has median |mean| {_fmt(first.data_mean_abs, 2)} and median std "
-        f"{_fmt(first.data_std, 2)}).",
-        "If you train with a custom loop, call the model with training=True in the training "
-        "step so BatchNormalization updates its statistics; if the model was never trained, "
-        f"train it. To repair this model without retraining, re-estimate them: {FIX_HINT}.",
-        {"layers": [r.path for r in never], "flagged": [r.path for r in never_flagged]},
-    )
+    evidence = {"layers": [r.path for r in never], "flagged": [r.path for r in never_flagged]}
+    where = (f"first: {first.path}, whose input has median |mean| {_fmt(first.data_mean_abs, 2)} "
+             f"and median std {_fmt(first.data_std, 2)}")
+    in_fit = _never_updated_in_fit(never, layers, fit_call)
+    if in_fit is not None:  # fit() itself ran them in inference mode
+        why, remedy = in_fit
+        message = (f"{len(never)} of {len(batchnorm)} BatchNormalization layers still hold their "
+                   f"initial moving statistics ({_initial(first)}). {why} ({where}).")
+        evidence.update(fit_call=fit_call.expression, model_class=fit_call.model_class)
+    else:
+        message = (f"{len(never)} of {len(batchnorm)} BatchNormalization layers still hold their "
+                   f"initial moving statistics ({_initial(first)}): they were never updated. In "
+                   f"inference mode they normalise with those instead of your data's statistics "
+                   f"({where}).")
+        remedy = ("If you train with a custom loop, call the model with training=True in the "
+                  "training step so BatchNormalization updates its statistics; if the model was "
+                  "never trained, train it. To repair this model without retraining, re-estimate "
+                  f"them: {FIX_HINT}.")
+    return Finding(Cause.STATS_NEVER_UPDATED, sev, first.path, message, remedy, evidence)
 
 
 def _preprocessing(preprocessing: PreprocessingProbe | None,
@@ -355,8 +398,8 @@ def _bn_notes(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRecord
 
 
 def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Sequence[LayerRecord],
-                 batch_size: int, samples: int,
-                 preprocessing: PreprocessingProbe | None) -> tuple[list[Finding], list[str]]:
+                 batch_size: int, samples: int, preprocessing: PreprocessingProbe | None,
+                 fit_call=None) -> tuple[list[Finding], list[str]]:
     """The BatchNormalization causes, each from its own rule; a layer explained
     by an earlier cause is not counted again by a later one."""
     flagged = [r for r in batchnorm if r.severity in (Severity.WARN, Severity.FAIL)]
@@ -364,7 +407,7 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
     by_path = {r.path: r for r in layers}
     findings: list[Finding] = []
     explained: set[str] = set()
-    never = _never_updated(batchnorm, flagged, bn_gap)
+    never = _never_updated(batchnorm, flagged, bn_gap, layers, fit_call)
     if never is not None:
         findings.append(never)
         explained.update(r.path for r in batchnorm if r.never_updated)
@@ -436,10 +479,13 @@ def _mode_group_findings(groups: dict, layers: Sequence[LayerRecord], gap: Outpu
 def diagnose(*, gap: OutputGap, groups: dict, layers: Sequence[LayerRecord],
              batchnorm: Sequence[BatchNormRecord], leaks: Sequence[LeakCheck],
              metrics: Metrics | None, batch_size: int, last_batch_size: int, samples: int,
-             preprocessing: PreprocessingProbe | None = None) -> tuple[list[Finding], list[str]]:
-    """Findings (most likely cause first) and context notes for a report."""
+             preprocessing: PreprocessingProbe | None = None,
+             fit_call=None) -> tuple[list[Finding], list[str]]:
+    """Findings (most likely cause first) and context notes for a report.
+    `fit_call` (a `backend.FitCall`) says how fit() calls the model."""
     findings = _leak_findings(leaks, {r.path: r for r in layers})
-    bn_findings, notes = _bn_findings(batchnorm, groups, layers, batch_size, samples, preprocessing)
+    bn_findings, notes = _bn_findings(batchnorm, groups, layers, batch_size, samples, preprocessing,
+                                      fit_call)
     findings += bn_findings
     inference_leaks = any(c.is_leak and c.path == "model(x, training=False)" for c in leaks)
     more, more_notes = _mode_group_findings(groups, layers, gap, inference_leaks)

@@ -26,14 +26,29 @@ class Measured(Protocol):
     def per_output(self) -> Sequence[tuple[str, GapAccumulator]]: ...
 
 
-def _fit_mode(node: LayerNode, received: list[Any]) -> tuple[bool | None, str, str]:
+def _no_flag_reason(fit_call: Any) -> str:
+    """Why a layer got no `training` value in fit(), from how fit() calls the model."""
+    if fit_call is None:
+        return "received no training flag"
+    cls = fit_call.model_class
+    if not fit_call.passes_training:
+        return f"fit() calls {cls}(x) without training: {cls}.call() has no training argument"
+    if fit_call.stateless:
+        return (f"fit() on JAX runs {cls} through stateless_call, which does not hand training=True "
+                f"to layers that {cls}.call() calls without it")
+    return "received no training flag"
+
+
+def _fit_mode(
+    node: LayerNode, received: list[Any], fit_call: Any = None
+) -> tuple[bool | None, str, str]:
     """(training value received, behaviour in fit(), why) for one layer."""
     got = [v for v in received if v is not None]
     training = None if not got else any(bool(v) for v in got)
     if not node.mode_dependent:
         return training, "n/a", ""
     if training is None:
-        return None, "inference", "received no training flag"
+        return None, "inference", _no_flag_reason(fit_call)
     if not training:
         caller = node.parent.path if node.parent else "the model"
         return False, "inference", f"called with training=False (by {caller})"
@@ -49,7 +64,8 @@ def layer_records(m: Measured) -> tuple[LayerRecord, ...]:
     out = []
     for node in m.nodes:
         st = m.stats[node.index]
-        fit_training, fit_mode, why = _fit_mode(node, list(st.fit_training.values()))
+        fit_training, fit_mode, why = _fit_mode(node, list(st.fit_training.values()),
+                                                getattr(m, "fit_call", None))
         called = st.order >= 0
         divergence = st.divergence.relative_l2 if called and st.paired else None
         own = st.own.relative_l2 if node.mode_dependent and called else None

@@ -73,15 +73,10 @@ class GapMonitor(keras.callbacks.Callback):
         held samples. Restores the model's non-trainable variables (BN
         statistics, random-generator states) and Keras' global random state,
         which is all a forward pass changes."""
-        from keras.src.backend.common import global_state
-        from keras.src.random import seed_generator
+        from .backend import StateGuard
 
         model = self.model
-        state = list(model.non_trainable_variables)
-        shared = global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR)
-        if shared is not None:  # layers without a seed generator of their own draw from it
-            state.append(shared.state)
-        saved = [(v, np.array(v.numpy(), copy=True)) for v in state]
+        guard = StateGuard(model, variables=model.non_trainable_variables)
         acc = GapAccumulator()
         n = len(self.x[0])
         forward = self._forward()
@@ -91,13 +86,11 @@ class GapMonitor(keras.callbacks.Callback):
                 arg = pack_inputs(keras, model, part, self.names, keyed=self.names is not None)
                 ev = forward(arg, False)
                 tr = forward(arg, True)
-                for v, val in saved:  # undo the BN update before the next batch
-                    v.assign(val)
+                guard.restore()  # undo the BN update before the next batch
                 for t, e in zip(keras.tree.flatten(tr), keras.tree.flatten(ev)):
                     acc.add_arrays(np.asarray(t), np.asarray(e))
         finally:
-            for v, val in saved:
-                v.assign(val)
+            guard.close()
         return acc.relative_l2
 
     def _forward(self):

@@ -136,6 +136,8 @@ loading_options = [
     click.option("--limit", type=int, help="Use only the first N samples."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed for dropout, noise and augmentation."),
     click.option("--preprocess", help="For image folders: caffe, tf, torch, or scale=FACTOR."),
+    click.option("--backend", type=click.Choice(["tensorflow", "jax", "torch"]), default=None,
+                 help="Keras backend to run the model on (default: KERAS_BACKEND if set, else tensorflow)."),
     click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors."),
     click.option("-q", "--quiet", is_flag=True, help="No status or progress lines on stderr."),
 ]
@@ -217,7 +219,7 @@ def main():
 def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
           warn_above, baseline, max_regression, no_github,
           all_layers, effects, unsafe, custom_objects, x_key, y_key, batch_size, limit, seed,
-          preprocess, show_traceback, quiet):
+          preprocess, backend, show_traceback, quiet):
     """Measure, attribute and explain the train-vs-inference gap.
 
     MODEL is a .keras or legacy .h5 file. DATA is an .npz (inputs under 'x',
@@ -250,7 +252,7 @@ def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_abo
             thresholds=Thresholds(fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
                                   warn_above, max_regression),
             x_key=x_key, y_key=y_key, unsafe=unsafe, custom_objects=custom_objects,
-            preprocess=preprocess,
+            preprocess=preprocess, backend=backend,
         )
         plan = plan_outputs(outputs, FORMATS, default=fmt, inputs=(model, *(shards or (data,)), baseline))
         old = None
@@ -399,7 +401,7 @@ def demo(out, fmt, show_traceback, quiet):
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True, help="Result form (stdout).")
 @_add(loading_options)
 def fix(model, data, outputs, in_place, force, layer_patterns, skip_frozen, fmt, unsafe, custom_objects,
-        x_key, y_key, batch_size, limit, seed, preprocess, show_traceback, quiet):
+        x_key, y_key, batch_size, limit, seed, preprocess, backend, show_traceback, quiet):
     """Re-estimate BatchNormalization statistics on DATA, verify, save a copy.
 
     Every BN layer's moving mean and variance become the exact population
@@ -413,9 +415,11 @@ def fix(model, data, outputs, in_place, force, layer_patterns, skip_frozen, fmt,
     progress = _Progress(enabled=not quiet)
     paths, data = data, (data[0] if len(data) == 1 else list(data))
     with _errors_handled(show_traceback):
+        from .backend import select_backend
         from .recalibration import fix as run_fix
         from .writing import REPORT_EXTENSIONS, plan_outputs
 
+        select_backend(backend)  # before Keras is imported
         # Report files are told from the fixed model by their extension.
         reports = [o for o in outputs if Path(o).suffix.lower() in REPORT_EXTENSIONS]
         models = [o for o in outputs if o not in reports]

@@ -106,7 +106,9 @@ def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | 
     from .runtime import import_keras
 
     import_keras()
-    import tensorflow as tf
+    from .backend import import_tensorflow
+
+    tf = import_tensorflow()  # decodes images on every backend
 
     def decode(a: int, b: int) -> np.ndarray:
         out = np.empty((b - a, height, width, channels), dtype=np.float32)

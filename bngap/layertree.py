@@ -49,11 +49,9 @@ class LayerNode:
 
 
 def _children(layer: Any) -> list[Any]:
-    try:
-        kids = layer._flatten_layers(include_self=False, recursive=False)
-    except Exception:  # a custom layer whose tracking we cannot read
-        kids = []
-    return list(kids)
+    from .backend import child_layers
+
+    return list(child_layers(layer))
 
 
 def _is_keras_builtin(layer: Any) -> bool:
@@ -86,15 +84,9 @@ def classify(layer: Any, keras: Any) -> tuple[Kind, bool]:
     if isinstance(layer, L.Attention) or type(layer).__name__ == "AdditiveAttention":
         return Kind.DROPOUT, float(getattr(layer, "dropout", 0.0) or 0.0) > 0.0
     name = type(layer).__name__
-    image_base: Any = ()
-    try:
-        from keras.src.layers.preprocessing.image_preprocessing import (
-            base_image_preprocessing_layer as module,
-        )
+    from .backend import image_preprocessing_base
 
-        image_base = module.BaseImagePreprocessingLayer
-    except (ImportError, AttributeError):  # pragma: no cover - layout of a future Keras
-        pass
+    image_base = image_preprocessing_base()
     if (image_base and isinstance(layer, image_base)) or (
         _is_keras_builtin(layer) and name.startswith("Random")
     ):

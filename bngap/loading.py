@@ -437,7 +437,10 @@ def load_model(
     except ModelLoadError:
         raise
     except Exception as e:  # Keras raises many types for bad files
-        raise _translate_load_error(p, e) from e
+        cause = e.__cause__ or e.__context__
+        while cause is not None and not isinstance(cause, ModelLoadError):  # ours, wrapped by Keras
+            cause = cause.__cause__ or cause.__context__
+        raise (cause or _translate_load_error(p, e)) from e
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{p} does not hold a Keras model. Received: {type(model).__name__}")
     if not model.built:

@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import backend
 from .data import Dataset
 from .layertree import LayerNode
 from .audit import BatchNormParams
@@ -41,6 +42,7 @@ class Measurements:
     effects_skipped: int = 0
     notes: list[str] = field(default_factory=list)
     outputs_are_classes: bool = False
+    fit_call: Any = None            # backend.FitCall: how fit() calls this model
 
 
 Progress = Callable[[int, int, str], None]
@@ -67,7 +69,7 @@ def effective_nodes(nodes: list[LayerNode], stats: dict[int, NodeStats]) -> list
 
 
 def _to_numpy_list(keras, out) -> list[np.ndarray]:
-    return [np.asarray(t) for t in keras.tree.flatten(out) if t is not None]
+    return [backend.to_numpy(t) for t in keras.tree.flatten(out) if t is not None]
 
 
 # --------------------------------------------------------------- the loop
@@ -83,19 +85,7 @@ class PassPlan:
     layers_pass: bool              # measure what all layers together explain
 
 
-def has_own_logic(model, keras) -> bool:
-    """A subclassed model whose own call() takes `training` may branch on it
-    outside any layer bngap can see."""
-    from keras.src.models.functional import Functional
-
-    if isinstance(model, (Functional, keras.Sequential)):
-        return False
-    import inspect
-
-    try:
-        return "training" in inspect.signature(model.call).parameters
-    except (TypeError, ValueError):
-        return False
+has_own_logic = backend.has_own_logic  # kept under its old name for one merge cycle
 
 
 def plan_passes(nodes: list[LayerNode], stats: dict[int, NodeStats], effects, own_logic: bool) -> PassPlan:
@@ -219,7 +209,7 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                 notes.append(
                     f"With all its layers in training mode but the model's own call() in "
                     f"inference mode, the output gap is {explained:.4f}, against {whole:.4f} for "
-                    f"model(x, training=True): the rest comes from what {type(model).__name__}.call() "
+                    f"{backend.fit_call(model).expression}: the rest comes from what {type(model).__name__}.call() "
                     "itself does when training=True, outside any layer.")
         if leak_checks:
             leaks = compare_inference_paths(probe, nodes, dataset.subset(min(LEAK_SAMPLES, n)), keras,
@@ -233,7 +223,7 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
         bn_params=bn_params, leaks=leaks, metrics=metric.result() if loss_ok else None,
         batch_size=batch_size, batches=batches, last_batch_size=last, samples=n,
         effects_computed=len(plan.effect_idx), effects_skipped=plan.effects_skipped, notes=notes,
-        outputs_are_classes=classes,
+        outputs_are_classes=classes, fit_call=backend.fit_call(model),
     )
 
 

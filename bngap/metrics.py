@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .backend import to_numpy
 from .results import Metrics, OutputMetrics
 from .stats import binary_threshold, top1
 
@@ -95,14 +96,14 @@ class _MetricSums:
         logits the tensor carries, as evaluate() does, so the loss must see
         the tensor, not a numpy copy."""
         if self.fn is None:
-            self.fn, self.name, self.source = resolve_loss(keras, loss_id, np.asarray(ev), y)
+            self.fn, self.name, self.source = resolve_loss(keras, loss_id, to_numpy(ev), y)
             # a binary score's reading (probability or logit) is decided once
-            self.cut = binary_threshold(np.asarray(ev), np.asarray(train))
+            self.cut = binary_threshold(to_numpy(ev), to_numpy(train))
         for mode, out in (("train", train), ("eval", ev)):
             val = self.fn(y, out)
-            val = float(np.mean(np.asarray(val)))
+            val = float(np.mean(to_numpy(val)))
             self.loss[mode] += val * len(y)
-            acc = _accuracy(np.asarray(out), y, self.cut)
+            acc = _accuracy(to_numpy(out), y, self.cut)
             if acc is None:
                 self.has_acc = False
             else:

@@ -31,6 +31,7 @@ class CheckOptions:
     custom_objects: str | None = None
     preprocess: str | None = None
     probe_preprocessing: bool = True
+    backend: str | None = None  # tensorflow, jax or torch (default: KERAS_BACKEND, else tensorflow)
 
 
 def _declared_batch_size(loaded, asked: int) -> int:
@@ -164,6 +165,7 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
 
     started = time.perf_counter()
     say = status or (lambda s: None)
+    import_keras(options.backend)  # before anything imports Keras: the backend is fixed then
     if options.batch_size < 1:
         raise BngapError(f"--batch-size must be at least 1. Received: {options.batch_size}")
     loaded, data = open_inputs(model, x, y, unsafe=options.unsafe, custom_objects=options.custom_objects,
@@ -190,7 +192,7 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
     findings, notes = advice.diagnose(
         gap=gap, groups=m.groups, layers=layers, batchnorm=bn, leaks=m.leaks,
         metrics=m.metrics, batch_size=m.batch_size, last_batch_size=m.last_batch_size,
-        samples=m.samples, preprocessing=preprocessing,
+        samples=m.samples, preprocessing=preprocessing, fit_call=m.fit_call,
     )
     notes = list(loaded.notes) + list(m.notes) + list(notes)
     for label, count in (("training", m.output.nonfinite_train), ("inference", m.output.nonfinite_ref)):

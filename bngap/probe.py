@@ -14,14 +14,15 @@ snapshotted first and restored after each pass and in `finally`.
 
 from __future__ import annotations
 
-import contextlib
-import re
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from . import backend
+from .backend import (  # noqa: F401  (StateGuard, pack_inputs: re-exported for one merge cycle)
+    StateGuard, _context_training, _initializer_constant, _keras_message, pack_inputs,
+)
 from .errors import ForwardPassError, one_line
 from .layertree import LayerNode
 from .results import Kind
@@ -50,68 +51,6 @@ class NodeStats:
     moments: SplitMoments | None = None                 # BN layers: stats of their inputs
 
 
-class StateGuard:
-    """Snapshot of the state a forward pass can change, restored on demand
-    and on exit: every model variable, variables that custom layers hold
-    without Keras tracking them, and the global random generators (Keras'
-    and TensorFlow's) that layers without a seed generator of their own draw
-    from. Keras' training-mode call mutates BN moving statistics and
-    seed-generator states; this guard makes `check` leave them bit-identical.
-    """
-
-    def __init__(self, model, layers=()):
-        import tensorflow as tf
-        from keras.src.backend.common import global_state
-        from keras.src.random import seed_generator
-
-        self.variables = list(model.variables)
-        tracked = {id(v) for v in self.variables}
-        for layer in layers:  # raw tf.Variables in custom layers
-            for value in list(vars(layer).values()):
-                if isinstance(value, tf.Variable) and id(value) not in tracked:
-                    tracked.add(id(value))
-                    self.variables.append(value)
-        self._had_keras_generator = global_state.get_global_attribute(
-            seed_generator.GLOBAL_SEED_GENERATOR) is not None
-        self.keras_generator = seed_generator.global_seed_generator()
-        self.variables.append(self.keras_generator.state)
-        self.tf_generator = tf.random.get_global_generator()
-        self.tf_generator_state = np.array(self.tf_generator.state.numpy(), copy=True)
-        self.saved = [np.array(v.numpy(), copy=True) for v in self.variables]
-        self.mutable = [i for i, v in enumerate(self.variables) if not getattr(v, "trainable", False)]
-
-    def restore(self, everything: bool = False) -> None:
-        idx = range(len(self.variables)) if everything else self.mutable
-        for i in idx:
-            self.variables[i].assign(self.saved[i])
-        self.tf_generator.reset(self.tf_generator_state)
-
-    def changed(self) -> list[str]:
-        """Paths of variables whose value differs from the snapshot."""
-        out = []
-        for v, s in zip(self.variables, self.saved):
-            now = np.asarray(v.numpy())
-            if now.shape != s.shape or now.tobytes() != s.tobytes():
-                out.append(getattr(v, "path", v.name))
-        return out
-
-    def close(self) -> None:
-        """Restores everything and leaves no global generator that was not there."""
-        self.restore(everything=True)
-        if not self._had_keras_generator:
-            from keras.src.backend.common import global_state
-            from keras.src.random import seed_generator
-
-            global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
 def _flatten(keras, out) -> list:
     return [t for t in keras.tree.flatten(out) if t is not None]
 
@@ -124,11 +63,8 @@ class Probe:
     """
 
     def __init__(self, model, nodes: list[LayerNode], keras, seed: int = 0, pack=None):
-        import tensorflow as tf
-
         self.pack = pack or (lambda xs: pack_inputs(keras, model, xs))
-
-        self.tf = tf
+        self.ops = keras.ops
         self.keras = keras
         self.model = model
         self.nodes = nodes
@@ -146,12 +82,12 @@ class Probe:
         self._seq = 0
         self._bn_var_cache: dict | None = None
         self.guard: StateGuard | None = None
-        self._seed_vars = [v for v in model.variables if "seed_generator_state" in getattr(v, "path", v.name)]
+        self._seed_vars: list = []
 
     # ---------------------------------------------------------------- set-up
     def __enter__(self):
         self.guard = StateGuard(self.model, [n.layer for n in self.nodes])
-        self._seed_vars.append(self.guard.keras_generator.state)
+        self._seed_vars = backend.seed_variables(self.model, self.guard)
         for node in self.nodes:
             layer = node.layer
             previous = layer.__dict__.get("call", _MISSING)
@@ -174,7 +110,7 @@ class Probe:
 
     def _make_wrapper(self, node: LayerNode, original):
         def wrapper(*args, **kwargs):
-            if self._handler is None or self._bypass or not self.tf.executing_eagerly():
+            if self._handler is None or self._bypass or backend.tracing((args, kwargs)):
                 return original(*args, **kwargs)
             self._stack.append(node)
             try:
@@ -221,20 +157,23 @@ class Probe:
     def _set_seeds(self, batch_index: int) -> None:
         """Same random masks in every training-like pass of one batch, new ones
         for the next batch, all derived from --seed."""
-        for i, v in enumerate(self._seed_vars):
-            base = zlib.crc32(f"{self.seed}:{i}".encode()) & 0x7FFFFFFF
-            v.assign(np.array([base, batch_index * 100003], dtype=v.dtype))
-        self.guard.tf_generator.reset_from_seed(zlib.crc32(f"{self.seed}:tf:{batch_index}".encode()))
+        backend.set_seeds(self._seed_vars, self.seed, batch_index)
 
     def _pack(self, xs: list[np.ndarray]):
         return self.pack(xs)
 
-    def _call_model(self, xs, what: str, handler, **call_kwargs):
+    def _call_model(self, xs, what: str, handler, fit: bool = False, **call_kwargs):
+        """One pass with `handler` on every layer call: `fit=True` calls the
+        model as fit()'s train_step does (see `backend.call_as_fit`)."""
         self._handler = handler
         self._counts = {}
         self._failed_at = None
         try:
-            out = self.model(self._pack(xs), **call_kwargs)
+            with backend.no_grad():
+                if fit:
+                    out = backend.call_as_fit(self.model, self._pack(xs))
+                else:
+                    out = self.model(self._pack(xs), **call_kwargs)
         except _StopPass:
             return None
         except ForwardPassError:
@@ -256,7 +195,7 @@ class Probe:
     def _bn_input_moments(self, node, args, kwargs):
         """Per-example channel moments of the input a BN layer is called with."""
         x = args[0] if args else kwargs.get("inputs")
-        return _channel_moments(self.tf, x, node.layer.axis, kwargs.get("mask"))
+        return _channel_moments(self.ops, x, node.layer.axis, kwargs.get("mask"))
 
     def _run(self, node, original, args, kwargs):
         """Calls the layer; a BN layer's statistics update is undone at once."""
@@ -282,30 +221,29 @@ class Probe:
         Fast path first (two reductions); only when a sum comes out
         non-finite is it recomputed without the NaN/Inf entries.
         """
-        tf = self.tf
+        ops = self.ops
         a, b = _flatten(self.keras, train_out), _flatten(self.keras, ref_out)
         if len(a) != len(b):
             return False
         parts = []
         for t, r in zip(a, b):
-            if not hasattr(t, "shape") or t.shape != r.shape or not t.dtype.is_floating:
+            if not hasattr(t, "shape") or tuple(t.shape) != tuple(r.shape) or not backend.is_floating(t):
                 continue
-            t32, r32 = tf.cast(t, tf.float32), tf.cast(r, tf.float32)
-            parts.append((t32, r32, tf.stack([tf.reduce_sum(tf.math.squared_difference(t32, r32)),
-                                               tf.reduce_sum(tf.square(r32))])))
+            t32, r32 = ops.cast(t, "float32"), ops.cast(r, "float32")
+            parts.append((t32, r32, ops.stack([ops.sum(ops.square(t32 - r32)), ops.sum(ops.square(r32))])))
         if not parts:
             return False
-        sums = tf.reduce_sum(tf.stack([p[2] for p in parts]), axis=0).numpy().astype(np.float64)
+        sums = backend.to_numpy(ops.sum(ops.stack([p[2] for p in parts]), axis=0)).astype(np.float64)
         if not np.all(np.isfinite(sums)):
             sums = np.zeros(2)
             for t32, r32, _ in parts:
-                both = tf.logical_and(tf.math.is_finite(t32), tf.math.is_finite(r32))
-                t0, r0 = tf.where(both, t32, 0.0), tf.where(both, r32, 0.0)
-                sums += np.array([float(tf.reduce_sum(tf.square(t0 - r0))), float(tf.reduce_sum(tf.square(r0)))])
+                both = ops.logical_and(ops.isfinite(t32), ops.isfinite(r32))
+                t0, r0 = ops.where(both, t32, 0.0), ops.where(both, r32, 0.0)
+                sums += np.array([float(ops.sum(ops.square(t0 - r0))), float(ops.sum(ops.square(r0)))])
         sq_d, sq_r = sums
         sq_o = 0.0
         if sq_r == 0.0 and sq_d > 0.0:  # reference all zeros: relative to the other side
-            sq_o = sum(float(tf.reduce_sum(tf.square(p[0]))) for p in parts)
+            sq_o = sum(float(ops.sum(ops.square(p[0]))) for p in parts)
         acc.add_sums(sq_d, sq_r, sq_o)
         return True
 
@@ -342,8 +280,9 @@ class Probe:
             if node.mode_dependent and own:
                 if ref is None:  # ran in inference mode: same input, same output
                     flat = _flatten(self.keras, out)
-                    sq = sum(float(self.tf.reduce_sum(self.tf.square(self.tf.cast(t, self.tf.float32))))
-                             for t in flat if getattr(t.dtype, "is_floating", False))
+                    ops = self.ops
+                    sq = sum(float(ops.sum(ops.square(ops.cast(t, "float32"))))
+                             for t in flat if backend.is_floating(t))
                     st.own.add_sums(0.0, sq, sq)
                 else:
                     self._accumulate(st.own, out, ref)
@@ -485,7 +424,7 @@ class Probe:
     def commit(self) -> None:
         """Makes the current variable values the ones restored on exit (used
         by `fix`, which changes BN statistics on purpose)."""
-        self.guard.saved = [np.array(v.numpy(), copy=True) for v in self.guard.variables]
+        self.guard.commit()
         self._bn_var_cache = None
 
     # ----------------------------------------------------------------- passes
@@ -496,11 +435,13 @@ class Probe:
         return self._call_model(xs, "inference", self._h_eval(capture_outputs, capture_bn), training=False)
 
     def train_pass(self, xs, batch_index: int, own: bool = True):
-        """model(x, training=True), as fit() runs it, comparing each layer's
-        output with the stored inference output of the same batch."""
+        """The model called as the installed Keras' fit() calls it on this
+        backend (`backend.call_as_fit`: training=True only when its call()
+        takes it; stateless_call on JAX), comparing each layer's output with
+        the stored inference output of the same batch."""
         self._set_seeds(batch_index)
         try:
-            return self._call_model(xs, "training", self._h_train(own), training=True)
+            return self._call_model(xs, "training", self._h_train(own), fit=True)
         finally:
             self._eval_store.clear()
 
@@ -546,7 +487,7 @@ class Probe:
         layer = node.layer
 
         def arr(v):
-            return None if v is None else np.asarray(v.numpy(), dtype=np.float64)
+            return None if v is None else np.asarray(backend.to_numpy(v), dtype=np.float64)
 
         return BatchNormParams(
             path=node.path, gamma=arr(getattr(layer, "gamma", None)),
@@ -566,102 +507,35 @@ class Probe:
 _MISSING = object()
 
 
-def pack_inputs(keras, model, xs: list, names: list[str] | None = None, keyed: bool = False):
-    """The model's inputs in the structure it was built with.
-
-    A dict the user gave stays a dict. Otherwise `xs` are in `model.inputs`
-    order, which is the flattened order of the model's input structure (a
-    dict's keys sorted), so packing them back into that structure puts every
-    array under its own name.
-    """
-    if keyed and names:  # the user named every input: Keras matches names itself
-        return dict(zip(names, xs))
-    struct = getattr(model, "_inputs_struct", None)
-    if struct is not None:
-        try:
-            return keras.tree.pack_sequence_as(struct, list(xs))
-        except (ValueError, TypeError):
-            pass
-    return xs[0] if len(xs) == 1 else list(xs)
-
-
-def _keras_message(e: Exception) -> str:
-    """The error's own words, without the call details Keras wraps around it."""
-    msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    msg = re.sub(r"Exception encountered when calling [\w.]+\(\)\.\s*", "", msg)
-    msg = msg.split("Arguments received by", 1)[0]
-    return " ".join(msg.split())
-
-
-@contextlib.contextmanager
-def _context_training(value):
-    """Temporarily sets the `training` value that layers inherit from the
-    current call context (private Keras state; a no-op if it moved)."""
-    try:
-        from keras.src.backend.common import global_state
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    ctx = global_state.get_global_attribute("current_call_ctx")
-    if ctx is None:
-        yield
-        return
-    had = hasattr(ctx, "training")
-    old = getattr(ctx, "training", None)
-    ctx.training = value
-    try:
-        yield
-    finally:
-        if had:
-            ctx.training = old
-        else:
-            try:
-                delattr(ctx, "training")
-            except AttributeError:
-                pass
-
-
-def _initializer_constant(init) -> float | None:
-    name = type(init).__name__
-    if name == "Zeros":
-        return 0.0
-    if name == "Ones":
-        return 1.0
-    if name == "Constant":
-        try:
-            return float(init.value)
-        except (TypeError, ValueError):
-            return None
-    return None
-
-
-def _channel_moments(tf, x, axis: int, mask=None):
+def _channel_moments(ops, x, axis: int, mask=None):
     """Per-example, per-channel (count, mean, M2) of a BN layer's input, as
-    numpy (examples, channels) arrays. Two-pass within each example."""
-    x = tf.cast(x, tf.float32)
+    numpy (examples, channels) arrays. Two-pass within each example, in the
+    same float32 ops on every backend (not the backend's own `moments`: the
+    PyTorch one computes E[x^2] - E[x]^2)."""
+    x = ops.cast(x, "float32")
     rank = len(x.shape)
     axis = axis % rank
     if axis != rank - 1:
         perm = [i for i in range(rank) if i != axis] + [axis]
-        x = tf.transpose(x, perm)
+        x = ops.transpose(x, perm)
         mask = None  # Keras applies masks along the last axis only
     c = x.shape[-1]
-    b = tf.shape(x)[0]
-    x3 = tf.reshape(x, (b, -1, c))
+    b = x.shape[0]
+    x3 = ops.reshape(x, (b, -1, c))
     if mask is None:
-        mean = tf.reduce_mean(x3, axis=1)
-        m2 = tf.reduce_sum(tf.math.squared_difference(x3, mean[:, None, :]), axis=1)
+        mean = ops.mean(x3, axis=1)
+        m2 = ops.sum(ops.square(x3 - mean[:, None, :]), axis=1)
         per = int(np.prod([d for d in x.shape[1:-1]])) if rank > 2 else 1
-        mean_np = mean.numpy()
+        mean_np = backend.to_numpy(mean)
         counts = np.full(mean_np.shape, float(per))
-        return counts, mean_np, m2.numpy()
-    w = tf.reshape(tf.cast(mask, tf.float32), (b, -1, 1))
-    n = tf.reduce_sum(w, axis=1)
-    mean = tf.reduce_sum(x3 * w, axis=1) / tf.maximum(n, 1.0)
-    m2 = tf.reduce_sum(w * tf.square(x3 - mean[:, None, :]), axis=1)
-    mean_np = mean.numpy()
-    counts = np.broadcast_to(n.numpy(), mean_np.shape).astype(np.float64)
-    return counts, mean_np, m2.numpy()
+        return counts, mean_np, backend.to_numpy(m2)
+    w = ops.reshape(ops.cast(mask, "float32"), (b, -1, 1))
+    n = ops.sum(w, axis=1)
+    mean = ops.sum(x3 * w, axis=1) / ops.maximum(n, 1.0)
+    m2 = ops.sum(w * ops.square(x3 - mean[:, None, :]), axis=1)
+    mean_np = backend.to_numpy(mean)
+    counts = np.broadcast_to(backend.to_numpy(n), mean_np.shape).astype(np.float64)
+    return counts, mean_np, backend.to_numpy(m2)
 
 
 __all__ = ["Probe", "StateGuard", "NodeStats"]

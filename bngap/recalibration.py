@@ -318,6 +318,10 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     reload_diff = None
     if target is not None and (helped or force):
         say(f"writing {target}")
+        from .backend import import_tensorflow, installed
+
+        if installed("tensorflow"):  # Keras' saving imports it on every backend: quietly, first
+            import_tensorflow()
         replace_atomic(target, lambda tmp: net.save(tmp), suffix=target.suffix.lower())
         written = str(target)
         reload_diff = _verify_reload(target, net, data, keras, unsafe=unsafe, custom=custom_objects)
@@ -414,9 +418,11 @@ def _verify_reload(path: Path, model, data: Dataset, keras, *, unsafe: bool, cus
     from .probe import pack_inputs
 
     xs = data.take(0, min(16, len(data)))
-    a = [np.asarray(t) for t in keras.tree.flatten(
+    from .backend import to_numpy
+
+    a = [to_numpy(t) for t in keras.tree.flatten(
         model(pack_inputs(keras, model, xs, data.names, data.keyed), training=False))]
-    b = [np.asarray(t) for t in keras.tree.flatten(
+    b = [to_numpy(t) for t in keras.tree.flatten(
         again(pack_inputs(keras, again, xs, data.names, data.keyed), training=False))]
     diff = max(float(np.max(np.abs(p - q))) if p.size else 0.0 for p, q in zip(a, b))
     scale = max(float(np.max(np.abs(p))) if p.size else 0.0 for p in a)

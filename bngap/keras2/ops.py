@@ -102,7 +102,9 @@ class UnsafeOpError(ValueError):
 
 def resolve(function: str, *, unsafe: bool) -> Any:
     """The TensorFlow function a Keras 2 TF-op layer names."""
-    import tensorflow as tf
+    from ..backend import import_tensorflow
+
+    tf = import_tensorflow()
 
     parts = function.split(".")
     # No private or dunder attributes (the classic way out of a name allowlist),
@@ -149,7 +151,7 @@ def _slice(spec: Any) -> Any:
 
 def layer_classes(unsafe: bool) -> dict[str, type]:
     """The Keras 3 stand-ins, keyed by the Keras 2 class names."""
-    from ..runtime import import_keras
+    from ..backend import import_keras
 
     keras = import_keras()
 
@@ -163,6 +165,14 @@ def layer_classes(unsafe: bool) -> dict[str, type]:
             first_constant: list[Any] | None = None,
             **kwargs: Any,
         ) -> None:
+            if keras.backend.backend() != "tensorflow":
+                from ..errors import ModelLoadError
+
+                raise ModelLoadError(
+                    f"the model has Keras 2 TF-op layers (tf.{function}), which run TensorFlow "
+                    f"functions and need the TensorFlow backend; check it with --backend tensorflow. "
+                    f"Received: backend={keras.backend.backend()}"
+                )
             super().__init__(**kwargs)
             self.function = function
             self.call_kwargs = call_kwargs or {}

@@ -78,7 +78,10 @@ def _header(con: Console, r: Report) -> None:
     _para(con, f"bngap {__version__} · model {r.model.path} ({r.model.layers} layers, "
                f"{r.model.batchnorm_layers} BatchNormalization, {r.model.dropout_like_layers} "
                f"dropout/noise) · data {r.data.path} ({r.data.samples} samples, batch size "
-               f"{r.data.batch_size}{last})", indent=0, style="dim")
+               f"{r.data.batch_size}{last})"
+               + (f" · backend {r.environment['backend']} {r.environment.get('backend_version', '')}".rstrip()
+                  if r.environment.get("backend") else ""),
+          indent=0, style="dim")
     con.print()
 
 
@@ -235,4 +238,8 @@ def _short_reason(reason: str) -> str:
         return "no flag"
     if reason.startswith("renorm"):
         return "renorm statistics"
+    if "has no training argument" in reason:
+        return "call() has no training"
+    if "stateless_call" in reason:
+        return "no flag on JAX"
     return reason
