@@ -7,11 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from .probe import pack_inputs
-from .runtime import import_keras
-from .stats import GapAccumulator
+import keras  # the user's Keras, on whichever backend their fit() runs
 
-keras = import_keras()
+from .probe import StateGuard, pack_inputs
+from .stats import GapAccumulator
 
 
 class GapMonitor(keras.callbacks.Callback):
@@ -70,45 +69,31 @@ class GapMonitor(keras.callbacks.Callback):
     # ------------------------------------------------------------ measuring
     def measure(self) -> float:
         """Relative L2 gap between training- and inference-mode outputs on the
-        held samples. Restores the model's non-trainable variables (BN
-        statistics, random-generator states) and Keras' global random state,
-        which is all a forward pass changes."""
-        from keras.src.backend.common import global_state
-        from keras.src.random import seed_generator
-
-        model = self.model
-        state = list(model.non_trainable_variables)
-        shared = global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR)
-        if shared is not None:  # layers without a seed generator of their own draw from it
-            state.append(shared.state)
-        saved = [(v, np.array(v.numpy(), copy=True)) for v in state]
+        held samples, with the model called as this backend's fit() and
+        evaluate() call it. Every variable and random state a forward pass
+        can change is restored (`StateGuard`), so training goes on exactly as
+        without the monitor."""
+        model = self.model  # on JAX, reading it syncs the trainer's state into the variables
         acc = GapAccumulator()
         n = len(self.x[0])
-        forward = self._forward()
-        try:
+        forward = self._forward(model)
+        with StateGuard(model) as guard:
             for start in range(0, n, self.batch_size):
                 part = [a[start:start + self.batch_size] for a in self.x]
                 arg = pack_inputs(keras, model, part, self.names, keyed=self.names is not None)
                 ev = forward(arg, False)
                 tr = forward(arg, True)
-                for v, val in saved:  # undo the BN update before the next batch
-                    v.assign(val)
+                guard.restore()  # undo the BN update before the next batch
                 for t, e in zip(keras.tree.flatten(tr), keras.tree.flatten(ev)):
-                    acc.add_arrays(np.asarray(t), np.asarray(e))
-        finally:
-            for v, val in saved:
-                v.assign(val)
+                    acc.add_arrays(keras.ops.convert_to_numpy(t), keras.ops.convert_to_numpy(e))
         return acc.relative_l2
 
-    def _forward(self):
-        """The model's forward pass as a compiled function (one trace per
-        mode), so that watching costs little next to a training epoch."""
-        if getattr(self, "_compiled_for", None) is not self.model:
-            import tensorflow as tf
-
-            model = self.model
-            self._compiled = tf.function(lambda x, training: model(x, training=training),
-                                         reduce_retracing=True)
+    def _forward(self, model):
+        """The model's forward pass as this backend's trainer runs it, compiled
+        where the backend compiles (one trace per mode and shape), so that
+        watching costs little next to a training epoch."""
+        if getattr(self, "_compiled_for", None) is not model:
+            self._compiled = _trainer_forward(model)
             self._compiled_for = model
         return self._compiled
 
@@ -167,3 +152,41 @@ class GapMonitor(keras.callbacks.Callback):
                 if self.verbose:
                     sys.stdout.write(f"bngap: re-estimated {len(chosen)} BatchNormalization layers on "
                                      f"{len(data)} samples; gap now {after:.3f}\n")
+
+
+def _trainer_forward(model):
+    """(x, training) -> outputs, calling the model as the installed Keras
+    version's trainer does on the active backend (`keras/src/backend/*/
+    trainer.py`): with `training` only when the model's `call()` accepts it;
+    on JAX through `stateless_call` with the variables' current values."""
+    takes_training = getattr(model, "_call_has_training_arg", True)
+
+    def kwargs(training):
+        return {"training": training} if takes_training else {}
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        fns = {mode: tf.function(lambda x, _kw=kwargs(mode): model(x, **_kw), reduce_retracing=True)
+               for mode in (False, True)}
+        return lambda x, training: fns[training](x)
+    if backend == "jax":
+        import jax
+
+        def stateless(trainable, non_trainable, x, training):
+            return model.stateless_call(trainable, non_trainable, x, **kwargs(training))[0]
+
+        jitted = jax.jit(stateless, static_argnames="training")
+        return lambda x, training: jitted([v.value for v in model.trainable_variables],
+                                          [v.value for v in model.non_trainable_variables],
+                                          x, training=training)
+    if backend == "torch":
+        import torch
+
+        def call(x, training):
+            with torch.no_grad():  # a measurement, not a step: no autograd graph
+                return model(x, **kwargs(training))
+
+        return call
+    return lambda x, training: model(x, **kwargs(training))

@@ -60,6 +60,7 @@ class StateGuard:
     """
 
     def __init__(self, model, layers=()):
+        import keras
         import tensorflow as tf
         from keras.src.backend.common import global_state
         from keras.src.random import seed_generator
@@ -77,6 +78,13 @@ class StateGuard:
         self.variables.append(self.keras_generator.state)
         self.tf_generator = tf.random.get_global_generator()
         self.tf_generator_state = np.array(self.tf_generator.state.numpy(), copy=True)
+        # Keras' torch backend runs an unseeded Dropout through torch's own
+        # global generator, outside any Keras variable.
+        self.torch_rng = None
+        if keras.backend.backend() == "torch":
+            import torch
+
+            self.torch_rng = torch.get_rng_state()
         self.saved = [np.array(v.numpy(), copy=True) for v in self.variables]
         self.mutable = [i for i, v in enumerate(self.variables) if not getattr(v, "trainable", False)]
 
@@ -85,6 +93,10 @@ class StateGuard:
         for i in idx:
             self.variables[i].assign(self.saved[i])
         self.tf_generator.reset(self.tf_generator_state)
+        if self.torch_rng is not None:
+            import torch
+
+            torch.set_rng_state(self.torch_rng)
 
     def changed(self) -> list[str]:
         """Paths of variables whose value differs from the snapshot."""
