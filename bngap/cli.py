@@ -232,10 +232,13 @@ def main():
 @click.option("--effects", default="auto", show_default=True, metavar="N|all|auto",
               callback=lambda ctx, param, value: _parse_effects(value),
               help="Measure the output effect (only this layer in training mode) of the N mode-dependent layers with the largest own contribution; one extra training pass per layer and batch. auto: all of them when there are at most 8, else the strongest one.")
+@click.option("--backends", metavar="all|LIST",
+              help="Run the check on each Keras backend (all installed, or a comma list of tensorflow, jax, torch), each in a process of its own, and compare them side by side; the first is the reference.")
+@click.option("--save-outputs", type=click.Path(dir_okay=False), hidden=True)  # for --backends' processes
 @_add(loading_options)
 def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
-          all_layers, effects, unsafe, custom_objects, x_key, y_key, batch_size, limit, seed,
-          preprocess, show_traceback, quiet):
+          all_layers, effects, backends, save_outputs, unsafe, custom_objects, x_key, y_key, batch_size,
+          limit, seed, preprocess, show_traceback, quiet):
     """Measure, attribute and explain the train-vs-inference gap.
 
     MODEL is a .keras or legacy .h5 file. DATA is an .npz (inputs under 'x',
@@ -258,24 +261,36 @@ def check(model, data, fmt, output, fail_above, fail_above_loss_delta, fail_abov
             batch_size=batch_size, limit=limit, seed=seed, effects=effects,
             thresholds=Thresholds(fail_above, fail_above_loss_delta, fail_above_accuracy_drop),
             x_key=x_key, y_key=y_key, unsafe=unsafe, custom_objects=custom_objects,
-            preprocess=preprocess,
+            preprocess=preprocess, save_outputs=save_outputs,
         )
         _check_output_path(output, model, data)
+        across = None
+        if backends is not None:
+            from .crossbackend import parse_backends
+
+            across = parse_backends(backends)
         report = _run_and_render(model, data, opts, fmt=fmt, output=output,
-                                 all_layers=all_layers, progress=progress)
+                                 all_layers=all_layers, progress=progress, across=across)
         if (fail_above_loss_delta is not None or fail_above_accuracy_drop is not None) and report.metrics is None:
             _err("bngap: warning: loss/accuracy thresholds need labels; they were not applied")
         sys.exit(int(report.exit_status))
 
 
 def _run_and_render(model, data, opts, *, fmt: str, output: str | None, all_layers: bool,
-                    progress: "_Progress"):
-    """Runs a check and writes its report; returns the Report."""
+                    progress: "_Progress", across: tuple[list[str], list[str]] | None = None):
+    """Runs a check (on each backend of `across`: (backends, notes)) and
+    writes its report; returns the Report."""
     from .pipeline import check as run_check
     from .render import render
 
     try:
-        report = run_check(model, data, options=opts, progress=progress, status=progress.status)
+        if across is not None:
+            from .crossbackend import check_across
+
+            report = check_across(model, data, opts, across[0], notes=across[1], progress=progress,
+                                  status=progress.status)
+        else:
+            report = run_check(model, data, options=opts, progress=progress, status=progress.status)
     finally:
         progress.close()
     text = render(report, fmt, all_layers=all_layers, width=_terminal_width() if not output else 100,

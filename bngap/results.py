@@ -37,6 +37,7 @@ class Cause(str, enum.Enum):
     AUGMENTATION = "augmentation"
     SMALL_BATCH = "small_batch"
     MODE_LEAK = "mode_leak"
+    BACKEND_DIVERGENCE = "backend_divergence"
 
 
 class Kind(str, enum.Enum):
@@ -222,6 +223,28 @@ class PreprocessingProbe:
 
 
 @dataclass(frozen=True)
+class BackendRun:
+    """The same check on one Keras backend (a process of its own), compared
+    with the first backend's: inference outputs on the same samples, and each
+    layer's output on the first batch."""
+
+    backend: str
+    version: str | None = None               # the backend library's version
+    relative_l2: float | None = None         # its output gap, train vs inference
+    max_abs_vs_first: float | None = None    # inference outputs against the first backend's
+    relative_l2_vs_first: float | None = None
+    metrics: dict | None = None              # {"train": {...}, "eval": {...}} with labels
+    first_divergent_layer: str | None = None  # first layer beyond float tolerance of the first backend's
+    error: str | None = None                 # why this backend could not run the check
+    first_divergent_mode: str | None = None  # "inference" or "training" (BN only), where it was seen
+    first_divergent_relative_l2: float | None = None
+    training_relative_l2_vs_first: float | None = None  # first batch, only BN in training mode
+    batchnorm_gap: float | None = None       # output gap with only BN in training mode (deterministic)
+    compared_samples: int = 0
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
 class Thresholds:
     """CI gate: a value above its threshold fails the check."""
 
@@ -271,6 +294,7 @@ class Report:
     notes: tuple[str, ...] = ()
     environment: dict = field(default_factory=dict)
     seconds: float = 0.0
+    backends: tuple[BackendRun, ...] = ()  # with --backends: one run per backend, the first is this one
 
     @property
     def loss_delta(self) -> float | None:
@@ -374,6 +398,7 @@ class Report:
             "notes": list(self.notes),
             "environment": dict(self.environment),
             "seconds": _num(self.seconds),
+            **({"backends": [_plain(b) for b in self.backends]} if self.backends else {}),
         }
 
 

@@ -1,20 +1,52 @@
-"""Runs in a fresh process with KERAS_BACKEND set (the backend is fixed at
-`import keras`) and prints one JSON object: what the per-backend tests check.
+"""Per-backend test tasks, each run in a fresh process with KERAS_BACKEND set
+(the backend is fixed at `import keras`), printing one JSON object; and
+`spawn()`, which the tests use to start them.
 
     KERAS_BACKEND=jax python tests/backend_child.py gap_monitor
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
+import subprocess
 import sys
 from contextlib import redirect_stdout
+from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+BACKENDS = ("tensorflow", "jax", "torch")
+ROOT = Path(__file__).parent.parent
+
+
+def spawn(jobs: dict, timeout: int = 400) -> dict:
+    """Starts every job {label: (backend, task, *args)} at once, each in a
+    process of its own, and returns {label: its JSON, or {'error': stderr}}.
+    Jobs on the backend of the Keras this process already imported run here
+    (no start-up to pay); jobs whose backend is not installed are left out."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    here = sys.modules["keras"].backend.backend() if "keras" in sys.modules else None
+    procs, inline = {}, {}
+    for label, (backend, *argv) in jobs.items():
+        if importlib.util.find_spec(backend) is None:
+            continue
+        if backend == here:
+            inline[label] = argv
+            continue
+        procs[label] = subprocess.Popen([sys.executable, __file__, *map(str, argv)],
+                                        env=dict(env, KERAS_BACKEND=backend),
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = {label: TASKS[task](*map(str, args)) for label, (task, *args) in inline.items()}
+    for label, p in procs.items():
+        stdout, stderr = p.communicate(timeout=timeout)
+        lines = stdout.strip().splitlines()
+        out[label] = json.loads(lines[-1]) if p.returncode == 0 and lines else {"error": stderr[-3000:]}
+    return out
 
 
 def _data():
@@ -112,6 +144,34 @@ def gap_monitor() -> dict:
     return out
 
 
+def side_outputs(model_path: str, data_path: str, out_path: str, perturb: str = "") -> dict:
+    """`crossbackend.save_outputs` of a saved model on this backend; with
+    `perturb=LAYER`, that BN layer's moving variance is first made 1% larger
+    (a stand-in for a backend computing one layer differently)."""
+    import keras
+
+    from bngap.crossbackend import save_outputs
+    from bngap.data import from_arrays
+    from bngap.layertree import build_tree
+    from bngap.loading import input_specs
+
+    model = keras.saving.load_model(model_path, compile=False)
+    if perturb:
+        bn = model
+        for name in perturb.split("/"):
+            bn = bn.get_layer(name)
+        bn.moving_variance.assign(keras.ops.convert_to_numpy(bn.moving_variance.value) * 1.01)
+    with np.load(data_path) as f:
+        data = from_arrays(f["x"], None, input_specs(model))
+    before = [np.array(keras.ops.convert_to_numpy(v.value)) for v in model.variables]
+    save_outputs(out_path, model, build_tree(model, keras), data, keras, batch_size=32)
+    after = [np.array(keras.ops.convert_to_numpy(v.value)) for v in model.variables]
+    return {"backend": keras.backend.backend(),
+            "unchanged": all(a.tobytes() == b.tobytes() for a, b in zip(before, after))}
+
+
+TASKS = {"gap_monitor": gap_monitor, "side_outputs": side_outputs}
+
 if __name__ == "__main__":
-    result = {"gap_monitor": gap_monitor}[sys.argv[1]]()
+    result = TASKS[sys.argv[1]](*sys.argv[2:])
     sys.stdout.write("\n" + json.dumps(result) + "\n")

@@ -4,42 +4,14 @@ independent computation, and training is bit-identical with and without it."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-BACKENDS = ("tensorflow", "jax", "torch")
-CHILD = Path(__file__).parent / "backend_child.py"
-ROOT = Path(__file__).parent.parent
-
-
-def run_children(task: str, backends=BACKENDS, timeout: int = 400) -> dict:
-    """Starts `backend_child.py TASK` once per installed backend, all at
-    once, and returns {backend: its JSON, or the tail of its stderr}."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    procs = {}
-    for b in backends:
-        if importlib.util.find_spec(b) is None:
-            continue
-        procs[b] = subprocess.Popen([sys.executable, str(CHILD), task], env=dict(env, KERAS_BACKEND=b),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out = {}
-    for b, p in procs.items():
-        stdout, stderr = p.communicate(timeout=timeout)
-        lines = stdout.strip().splitlines()
-        out[b] = json.loads(lines[-1]) if p.returncode == 0 and lines else {"error": stderr[-3000:]}
-    return out
+from backend_child import BACKENDS, spawn
 
 
 @pytest.fixture(scope="module")
 def monitored():
-    return run_children("gap_monitor")
+    return spawn({b: (b, "gap_monitor") for b in BACKENDS})
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

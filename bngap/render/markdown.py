@@ -56,6 +56,11 @@ def render_markdown(report: Report, *, all_layers: bool = False) -> str:
     if opens is not None:
         lines += [f"The gap opens at `{opens.path}` ({opens.class_name}, divergence {num(opens.divergence)}).", ""]
 
+    if r.backends:
+        from . import backends as across
+
+        lines += [f"### {across.title(r)}", ""] + _table(across.head(r), across.rows(r)) + [""]
+
     lines += ["### Model and data", ""]
     lines += _table(["", ""], [
         ["model", f"`{m.path}` ({m.class_name} `{m.name}`)"],

@@ -147,6 +147,16 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
                 con.print(f"  ... and {hidden} more flagged layers (--all-layers shows all)")
         con.print()
 
+    if r.backends:
+        from . import backends as across
+
+        _para(con, across.title(r), indent=0, style="bold")
+        t = _table(*across.head(r), right=tuple(range(1, len(r.backends) + 1)))
+        for row in across.rows(r):
+            t.add_row(*(escape(c) for c in row))
+        con.print(t)
+        con.print()
+
     if r.findings:
         con.print(Text("Findings (most likely cause first)", style="bold"))
         for i, f in enumerate(r.findings, 1):
