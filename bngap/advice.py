@@ -408,7 +408,7 @@ def backend_divergence(runs: Sequence[BackendRun], diverged: dict[str, list[str]
                      f"({r.first_divergent_mode} mode, relative L2 {_fmt(r.first_divergent_relative_l2)})")
         parts.append(f"on {r.backend}, " + "; ".join(bits) + where)
     worst = max(bad, key=lambda r: (r.relative_l2_vs_first or 0.0, r.training_relative_l2_vs_first or 0.0))
-    versions = ", ".join([f"keras {keras_version}"] if keras_version else []
+    versions = ", ".join(([f"keras {keras_version}"] if keras_version else [])
                          + [f"{r.backend} {r.version}" for r in runs if r.version])
     layer = worst.first_divergent_layer
     message = (f"The Keras backends disagree beyond {dtype} rounding (tolerance {tolerance[0]:g} of "

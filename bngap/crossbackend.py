@@ -283,6 +283,32 @@ def divergences(run: BackendRun, first: BackendRun, ref: SideOutput | None,
     return out
 
 
+def _loss_note(runs: list[BackendRun], diverged: dict[str, list[str]], loss_name: str) -> str | None:
+    """Says so when a backend's loss differs from the first's while its
+    outputs agree: Keras computes some losses differently per backend, and
+    its own evaluate() reports the same numbers."""
+    ref = runs[0]
+    if not ref.metrics:
+        return None
+    parts = []
+    for mode, what, label in (("eval", "inference", "inference"), ("train", "training", "training")):
+        a = ref.metrics[mode].get("loss")
+        differ = [r for r in runs[1:] if r.metrics and a is not None and what not in diverged.get(r.backend, [])
+                  and r.metrics[mode].get("loss") is not None
+                  and abs(r.metrics[mode]["loss"] - a) > GAP_TOLERANCE * abs(a) + 1e-6]
+        if differ:
+            parts.append(f"{label} mode: {a:.4f} on {ref.backend}, " + ", ".join(
+                f"{r.metrics[mode]['loss']:.4f} on {r.backend}" for r in differ))
+    if not parts:
+        return None
+    why = ("that is how Keras computes the loss on each backend, and evaluate() reports the same")
+    if "crossentropy" in loss_name:
+        why += (": on TensorFlow the cross-entropy of a softmax or sigmoid output is computed from "
+                "the logits behind it, elsewhere from the probabilities clipped at 1e-7, so a "
+                "confidently wrong prediction costs at most 16.1 there")
+    return f"the loss differs between backends whose outputs agree ({'; '.join(parts)}): {why}"
+
+
 # ------------------------------------------------------------ running
 def _child_args(options) -> list[str]:
     """The measurement options of a check, as command-line arguments."""
@@ -379,6 +405,9 @@ def check_across(model: Any, data: Any, options, backends: list[str], *, notes: 
     if finding is not None:
         findings = advice.ordered(findings + (finding,))
     extra = list(notes) + [f"{r.backend} could not run the check: {r.error}" for r in runs if r.error]
+    loss_note = _loss_note(runs, diverged, report.metrics.loss_name if report.metrics else "")
+    if loss_note:
+        extra.append(loss_note)
     extra.append(f"across backends: inference outputs compared on the first {runs[0].compared_samples} "
                  f"samples, each layer's output on the first batch ({ref.meta['first_batch']} samples), "
                  f"with {first} as the reference")

@@ -121,6 +121,7 @@ def test_jax_agrees_and_torch_parts_at_the_first_batchnorm_in_training_mode(side
     assert f.cause is Cause.BACKEND_DIVERGENCE and f.severity is Severity.FAIL and f.layer == "bn_in"
     assert "on torch" in f.message and "bn_in (training mode" in f.message
     assert "--backends tensorflow,torch" in f.remedy and "bn_in alone" in f.remedy
+    assert f"torch {torch.meta['version']}" in f.remedy and "keras 3" in f.remedy
 
 
 def test_a_layer_computed_differently_is_found(sides):
@@ -242,3 +243,22 @@ def test_bad_backends_are_one_line_exit_2(zoo, value, says):
     res = CliRunner().invoke(main, ["check", str(mpath), str(dpath), "--backends", value, "-q"])
     assert res.exit_code == 2
     assert res.stderr.startswith("error: ") and says in res.stderr and len(res.stderr.splitlines()) == 1
+
+
+def test_a_loss_computed_differently_is_explained_not_flagged():
+    """Keras' own evaluate() gives a softmax model's cross-entropy from the
+    logits on TensorFlow, from clipped probabilities elsewhere (the demo: 10.35
+    against 8.41 with outputs equal to 2e-7): a note, not a divergence."""
+    from bngap.crossbackend import _loss_note
+
+    def run(backend, loss):
+        return BackendRun(backend, metrics={"train": {"loss": 0.0273}, "eval": {"loss": loss}})
+
+    runs = [run("tensorflow", 10.3506), run("jax", 8.4055), run("torch", 10.3507)]
+    note = _loss_note(runs, {}, "sparse_categorical_crossentropy")
+    assert note.startswith("the loss differs between backends whose outputs agree (inference mode: "
+                           "10.3506 on tensorflow, 8.4055 on jax)")
+    assert "from the logits behind it" in note and "torch" not in note
+    assert "logits" not in _loss_note(runs, {}, "mean_squared_error")
+    assert _loss_note(runs, {"jax": ["inference"]}, "sparse_categorical_crossentropy") is None
+    assert _loss_note(runs[:1] + [run("jax", 10.3509)], {}, "x") is None
