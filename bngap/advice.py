@@ -416,6 +416,12 @@ def backend_divergence(runs: Sequence[BackendRun], diverged: dict[str, list[str]
                f"{ref.backend}: " + ". ".join(parts) + ". The same file and data give different "
                "numbers depending on the backend, so part of what this report says may come from "
                "the backend, not from the model.")
+    variance = next((r for r in bad if r.backend == "torch" and r.first_divergent_mode == "training"
+                     and r.first_divergent_class == "BatchNormalization"), None)
+    if variance is not None:
+        message += (f" Likely why: Keras' PyTorch backend computes a batch's variance as "
+                    f"E[x^2] - E[x]^2, which in {dtype} loses the spread when the mean is large "
+                    f"against it; the other backends subtract the mean first.")
     names = ",".join(r.backend for r in [ref] + bad)
     remedy = (f"Trust the numbers of the backend the model was trained on for now. Report it to "
               f"Keras (github.com/keras-team/keras/issues) with: the output of `bngap check MODEL "
@@ -423,7 +429,10 @@ def backend_divergence(runs: Sequence[BackendRun], diverged: dict[str, list[str]
               + (f"a minimal reproduction with layer {layer} alone, called on the same input on "
                  f"each backend ({worst.first_divergent_mode} mode); " if layer else
                  "the model file or a minimal model that shows it; ")
-              + "and the inputs (a few samples are enough).")
+              + "and the inputs (a few samples are enough)."
+              + (f" Meanwhile, centre and scale the input of {variance.first_divergent_layer} (e.g. "
+                 "a Normalization layer adapted to the data before it): with a mean near zero "
+                 "the variance keeps its precision." if variance is not None else ""))
     evidence = {r.backend: {"diverged": list(diverged.get(r.backend, [])),
                             "max_abs_vs_first": r.max_abs_vs_first,
                             "relative_l2_vs_first": r.relative_l2_vs_first,

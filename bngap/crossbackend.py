@@ -141,6 +141,7 @@ def save_outputs(path: str, model, nodes, data, keras, *, batch_size: int) -> No
     pack = lambda xs: pack_inputs(keras, model, xs, data.names, data.keyed)  # noqa: E731
     arrays: dict[str, np.ndarray] = {}
     keys: dict[str, list[str]] = {"inference": [], "training": []}
+    classes: dict[str, str] = {}
     with Probe(model, nodes, keras, pack=pack) as probe:
         first = None
         outputs: list[list[np.ndarray]] = []
@@ -163,6 +164,7 @@ def save_outputs(path: str, model, nodes, data, keras, *, batch_size: int) -> No
             def record(node, call, out, _mode=mode):
                 key = f"{node.path}#{call}"
                 keys[_mode].append(key)
+                classes[node.path] = node.class_name
                 arrays[f"{_mode}/{key}"] = _sketch(keras, out)
 
             final = probe.record_pass(first, record, training=mode == "training")
@@ -173,7 +175,7 @@ def save_outputs(path: str, model, nodes, data, keras, *, batch_size: int) -> No
     policy = getattr(model, "dtype_policy", None)
     meta = {"backend": backend, "version": library_version(backend), "keras": keras.__version__,
             "compute_dtype": getattr(policy, "compute_dtype", None), "samples": samples,
-            "first_batch": len(first[0]) if first else 0, "layers": keys}
+            "first_batch": len(first[0]) if first else 0, "layers": keys, "classes": classes}
     np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
 
 
@@ -256,6 +258,7 @@ def compare(ref: SideOutput, other: SideOutput, ref_report: dict, report: dict,
         relative_l2_vs_first=rel,
         metrics=None if metrics is None else {"train": metrics["train"], "eval": metrics["eval"]},
         first_divergent_layer=layer, first_divergent_mode=mode, first_divergent_relative_l2=layer_rel,
+        first_divergent_class=ref.meta.get("classes", {}).get(layer) if layer else None,
         training_relative_l2_vs_first=train_rel,
         batchnorm_gap=(report.get("groups") or {}).get("batchnorm"),
         compared_samples=n, seconds=seconds,

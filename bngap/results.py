@@ -238,6 +238,7 @@ class BackendRun:
     error: str | None = None                 # why this backend could not run the check
     first_divergent_mode: str | None = None  # "inference" or "training" (BN only), where it was seen
     first_divergent_relative_l2: float | None = None
+    first_divergent_class: str | None = None  # its layer class (BatchNormalization, ...)
     training_relative_l2_vs_first: float | None = None  # first batch, only BN in training mode
     batchnorm_gap: float | None = None       # output gap with only BN in training mode (deterministic)
     compared_samples: int = 0

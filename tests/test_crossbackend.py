@@ -122,6 +122,8 @@ def test_jax_agrees_and_torch_parts_at_the_first_batchnorm_in_training_mode(side
     assert "on torch" in f.message and "bn_in (training mode" in f.message
     assert "--backends tensorflow,torch" in f.remedy and "bn_in alone" in f.remedy
     assert f"torch {torch.meta['version']}" in f.remedy and "keras 3" in f.remedy
+    assert runs[1].first_divergent_class == "BatchNormalization" and "E[x^2] - E[x]^2" in f.message
+    assert "centre and scale the input of bn_in" in f.remedy
 
 
 def test_a_layer_computed_differently_is_found(sides):
