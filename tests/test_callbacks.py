@@ -31,3 +31,17 @@ def test_gap_monitor_on_backend(monitored, backend):
     assert r["last"] == pytest.approx(r["expected_last"], rel=1e-5)
     # fit() calls a model whose call() lacks `training` as self(x): no gap there
     assert r["no_training_arg"] == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gap_monitor_recalibrates_at_the_end(monitored, backend):
+    if backend not in monitored:
+        pytest.skip(f"{backend} is not installed")
+    r = monitored[backend]
+    assert "error" not in r, r.get("error")
+    if "recalibrated" not in r:
+        pytest.skip(f"bngap's probe does not run on {backend} on this branch yet (bngap.backend)")
+    rec = r["recalibrated"]
+    # the moving statistics become the BN input's mean and (biased) variance, in numpy
+    assert rec["mean_error"] < 1e-4 and rec["variance_error"] < 1e-3
+    assert rec["before"] > 0.1 and rec["after"] < 1e-5
