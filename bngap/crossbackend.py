@@ -335,11 +335,13 @@ def _error_line(stderr: str, code: int) -> str:
     return lines[-1][:300] if lines else f"exited with status {code}"
 
 
-def run_in_process(backend: str, model: str, data: str, options, folder: Path) -> tuple[dict | None, Path, str | None, float]:
+def run_in_process(backend: str, model: str, data: Any, options,
+                   folder: Path) -> tuple[dict | None, Path, str | None, float]:
     """`python -m bngap check` on `backend` in a new process: (report dict or
     None, side-output path, error or None, seconds)."""
     report_path, side = folder / f"{backend}.json", folder / f"{backend}.npz"
-    cmd = [sys.executable, "-m", "bngap", "check", str(model), str(data), "--format", "json",
+    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)  # DATA may be several files
+    cmd = [sys.executable, "-m", "bngap", "check", str(model), *map(str, paths), "--format", "json",
            "--output", str(report_path), "--save-outputs", str(side), "-q", *_child_args(options)]
     env = dict(os.environ, KERAS_BACKEND=backend)
     started = time.perf_counter()
@@ -361,14 +363,16 @@ def check_across(model: Any, data: Any, options, backends: list[str], *, notes: 
     beyond float tolerance, and notes.
 
     Args:
-        model, data: paths (the other processes read them too).
+        model, data: paths (the other processes read them too); `data` may
+            be a list of paths.
         options: `CheckOptions`; thresholds apply to the first backend's report.
         backends: names, the first being the reference.
     """
     from . import advice
     from .pipeline import check
 
-    if not isinstance(model, (str, os.PathLike)) or not isinstance(data, (str, os.PathLike)):
+    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data or [None])
+    if not isinstance(model, (str, os.PathLike)) or not all(isinstance(p, (str, os.PathLike)) for p in paths):
         raise BngapError("--backends needs the model and the data as files (each backend reads them "
                          "in a process of its own)")
     say = status or (lambda s: None)
