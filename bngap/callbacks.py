@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import numpy as np
-
 import keras  # the user's Keras, on whichever backend their fit() runs
+import numpy as np
 
 from .probe import StateGuard, pack_inputs
 from .stats import GapAccumulator
@@ -168,8 +167,11 @@ def _trainer_forward(model):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        fns = {mode: tf.function(lambda x, _kw=kwargs(mode): model(x, **_kw), reduce_retracing=True)
-               for mode in (False, True)}
+        def compiled(mode):
+            kw = kwargs(mode)
+            return tf.function(lambda x: model(x, **kw), reduce_retracing=True)
+
+        fns = {mode: compiled(mode) for mode in (False, True)}
         return lambda x, training: fns[training](x)
     if backend == "jax":
         import jax

@@ -28,8 +28,11 @@ def spawn(jobs: dict, timeout: int = 400) -> dict:
     process of its own, and returns {label: its JSON, or {'error': stderr}}.
     Jobs on the backend of the Keras this process already imported run here
     (no start-up to pay); jobs whose backend is not installed are left out."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
     here = sys.modules["keras"].backend.backend() if "keras" in sys.modules else None
     procs, inline = {}, {}
     for label, (backend, *argv) in jobs.items():
@@ -38,14 +41,20 @@ def spawn(jobs: dict, timeout: int = 400) -> dict:
         if backend == here:
             inline[label] = argv
             continue
-        procs[label] = subprocess.Popen([sys.executable, __file__, *map(str, argv)],
-                                        env=dict(env, KERAS_BACKEND=backend),
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs[label] = subprocess.Popen(
+            [sys.executable, __file__, *map(str, argv)],
+            env=dict(env, KERAS_BACKEND=backend),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     out = {label: TASKS[task](*map(str, args)) for label, (task, *args) in inline.items()}
     for label, p in procs.items():
         stdout, stderr = p.communicate(timeout=timeout)
         lines = stdout.strip().splitlines()
-        out[label] = json.loads(lines[-1]) if p.returncode == 0 and lines else {"error": stderr[-3000:]}
+        out[label] = (
+            json.loads(lines[-1]) if p.returncode == 0 and lines else {"error": stderr[-3000:]}
+        )
     return out
 
 
@@ -100,13 +109,13 @@ def _relative_l2_numpy(keras, model, x, batch_size):
     sq_d = sq_r = 0.0
     saved = [np.array(keras.ops.convert_to_numpy(v.value)) for v in model.non_trainable_variables]
     for s in range(0, len(x), batch_size):
-        part = x[s:s + batch_size]
+        part = x[s : s + batch_size]
         ev = np.asarray(model.predict(part, verbose=0), np.float64)
         tr = np.asarray(keras.ops.convert_to_numpy(model(part, training=True)), np.float64)
         for v, val in zip(model.non_trainable_variables, saved):
             v.assign(val)
         sq_d += float(((tr - ev) ** 2).sum())
-        sq_r += float((ev ** 2).sum())
+        sq_r += float((ev**2).sum())
     return (sq_d / sq_r) ** 0.5
 
 
@@ -123,13 +132,18 @@ def gap_monitor() -> dict:
     buf = io.StringIO()
     with redirect_stdout(buf):
         watched, hist = _fit(keras, with_dropout, [monitor])
-    out["changed"] = [v.path for a, v in zip(plain.variables, watched.variables)
-                      if np.asarray(a.numpy()).tobytes() != np.asarray(v.numpy()).tobytes()]
+    out["changed"] = [
+        v.path
+        for a, v in zip(plain.variables, watched.variables)
+        if np.asarray(a.numpy()).tobytes() != np.asarray(v.numpy()).tobytes()
+    ]
     out["variables"] = len(watched.variables)
     out["logged"] = hist.history.get("bngap_gap")
     out["history"] = [v for _, v in monitor.history]
     out["batch_history"] = len(monitor.batch_history)
-    out["warned"] = "bngap: epoch 1: training-mode and inference-mode outputs differ" in buf.getvalue()
+    out["warned"] = (
+        "bngap: epoch 1: training-mode and inference-mode outputs differ" in buf.getvalue()
+    )
 
     # the value, against an independent computation on the final weights
     monitor = bngap.GapMonitor(x[:40], batch_size=16, verbose=False)
@@ -144,15 +158,24 @@ def gap_monitor() -> dict:
 
     # re-estimating the statistics at the end: the BN input's own mean and variance
     # (bngap's probe runs on every backend once the backend adapter is there)
-    if keras.backend.backend() == "tensorflow" or (Path(bngap.__file__).parent / "backend.py").is_file():
+    if (
+        keras.backend.backend() == "tensorflow"
+        or (Path(bngap.__file__).parent / "backend.py").is_file()
+    ):
         monitor = bngap.GapMonitor(x, batch_size=64, recalibrate_at_end=True, verbose=False)
         model, _ = _fit(keras, lambda k: _sequential(k, dropout=False), [monitor], epochs=2)
         inp = keras.ops.convert_to_numpy(model.layers[0](x)).astype(np.float64)
         bn = model.layers[1]
         out["recalibrated"] = {
-            "mean_error": float(np.abs(keras.ops.convert_to_numpy(bn.moving_mean.value) - inp.mean(0)).max()),
-            "variance_error": float(np.abs(keras.ops.convert_to_numpy(bn.moving_variance.value) - inp.var(0)).max()),
-            "before": monitor.history[-1][1], "after": monitor.measure()}
+            "mean_error": float(
+                np.abs(keras.ops.convert_to_numpy(bn.moving_mean.value) - inp.mean(0)).max()
+            ),
+            "variance_error": float(
+                np.abs(keras.ops.convert_to_numpy(bn.moving_variance.value) - inp.var(0)).max()
+            ),
+            "before": monitor.history[-1][1],
+            "after": monitor.measure(),
+        }
     return out
 
 
@@ -178,8 +201,10 @@ def side_outputs(model_path: str, data_path: str, out_path: str, perturb: str = 
     before = [np.array(keras.ops.convert_to_numpy(v.value)) for v in model.variables]
     save_outputs(out_path, model, build_tree(model, keras), data, keras, batch_size=32)
     after = [np.array(keras.ops.convert_to_numpy(v.value)) for v in model.variables]
-    return {"backend": keras.backend.backend(),
-            "unchanged": all(a.tobytes() == b.tobytes() for a, b in zip(before, after))}
+    return {
+        "backend": keras.backend.backend(),
+        "unchanged": all(a.tobytes() == b.tobytes() for a, b in zip(before, after)),
+    }
 
 
 TASKS = {"gap_monitor": gap_monitor, "side_outputs": side_outputs}

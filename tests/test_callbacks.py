@@ -5,7 +5,6 @@ independent computation, and training is bit-identical with and without it."""
 from __future__ import annotations
 
 import pytest
-
 from backend_child import BACKENDS, spawn
 
 

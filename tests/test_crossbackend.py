@@ -16,13 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from backend_child import BACKENDS, spawn
 from click.testing import CliRunner
 
-from backend_child import BACKENDS, spawn
 from bngap import advice
 from bngap.cli import main
 from bngap.crossbackend import (
-    SideOutput, check_across, compare, divergences, first_divergent, parse_backends, run_in_process,
+    SideOutput,
+    check_across,
+    compare,
+    divergences,
+    first_divergent,
+    parse_backends,
+    run_in_process,
     tolerance,
 )
 from bngap.errors import BngapError
@@ -39,13 +45,21 @@ def sensors(keras, tmp_path_factory):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     n = 96
-    x = np.stack([rng.normal(101325, 40, n), rng.normal(288, 3, n), rng.normal(60, 10, n)], 1).astype("float32")
+    x = np.stack(
+        [rng.normal(101325, 40, n), rng.normal(288, 3, n), rng.normal(60, 10, n)], 1
+    ).astype("float32")
     y = (x[:, 0] > 101325).astype("int64")
     L = keras.layers
-    m = keras.Sequential([keras.Input((3,)), L.BatchNormalization(momentum=0.9, name="bn_in"),
-                          L.Dense(16, activation="relu", name="d1"),
-                          L.BatchNormalization(momentum=0.9, name="bn1"),
-                          L.Dense(2, activation="softmax", name="head")], name="sensors")
+    m = keras.Sequential(
+        [
+            keras.Input((3,)),
+            L.BatchNormalization(momentum=0.9, name="bn_in"),
+            L.Dense(16, activation="relu", name="d1"),
+            L.BatchNormalization(momentum=0.9, name="bn1"),
+            L.Dense(2, activation="softmax", name="head"),
+        ],
+        name="sensors",
+    )
     m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     m.fit(x, y, epochs=20, batch_size=32, verbose=0)
     mpath, dpath = folder / "sensors.keras", folder / "sensors.npz"
@@ -61,7 +75,14 @@ def sides(sensors, tmp_path_factory):
     _, _, mpath, dpath = sensors
     folder = tmp_path_factory.mktemp("sides")
     jobs = {b: (b, "side_outputs", mpath, dpath, folder / f"{b}.npz") for b in BACKENDS}
-    jobs["perturbed"] = ("tensorflow", "side_outputs", mpath, dpath, folder / "perturbed.npz", "bn1")
+    jobs["perturbed"] = (
+        "tensorflow",
+        "side_outputs",
+        mpath,
+        dpath,
+        folder / "perturbed.npz",
+        "bn1",
+    )
     runs = spawn(jobs)
     for label, r in runs.items():
         assert "error" not in r, f"{label}: {r.get('error')}"
@@ -98,13 +119,19 @@ def test_backends_agree_in_inference(sides, backend):
     assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()  # the bar for float32 models
     run = _run(ref, other)
     assert run.max_abs_vs_first == pytest.approx(np.abs(a - b).max(), abs=1e-12)
-    assert run.relative_l2_vs_first == pytest.approx(np.linalg.norm(a - b) / np.linalg.norm(b), rel=1e-9, abs=1e-15)
+    assert run.relative_l2_vs_first == pytest.approx(
+        np.linalg.norm(a - b) / np.linalg.norm(b), rel=1e-9, abs=1e-15
+    )
     assert run.compared_samples == 96 and run.backend == backend
 
 
 def test_jax_agrees_and_torch_parts_at_the_first_batchnorm_in_training_mode(sides):
     if "jax" in sides:
-        assert first_divergent(sides["tensorflow"], sides["jax"], tolerance("float32")) == (None, None, None)
+        assert first_divergent(sides["tensorflow"], sides["jax"], tolerance("float32")) == (
+            None,
+            None,
+            None,
+        )
     if "torch" not in sides:
         pytest.skip("torch is not installed")
     ref, torch = sides["tensorflow"], sides["torch"]
@@ -116,9 +143,12 @@ def test_jax_agrees_and_torch_parts_at_the_first_batchnorm_in_training_mode(side
     runs = [_run(ref, ref), _run(ref, torch)]
     diverged = {r.backend: divergences(r, runs[0], ref, s) for r, s in zip(runs, (ref, torch))}
     assert diverged == {"tensorflow": [], "torch": ["training"]}
-    f = advice.backend_divergence(runs, diverged, tolerance=tolerance("float32"), dtype="float32",
-                                  keras_version="3")
-    assert f.cause is Cause.BACKEND_DIVERGENCE and f.severity is Severity.FAIL and f.layer == "bn_in"
+    f = advice.backend_divergence(
+        runs, diverged, tolerance=tolerance("float32"), dtype="float32", keras_version="3"
+    )
+    assert (
+        f.cause is Cause.BACKEND_DIVERGENCE and f.severity is Severity.FAIL and f.layer == "bn_in"
+    )
     assert "on torch" in f.message and "bn_in (training mode" in f.message
     assert "--backends tensorflow,torch" in f.remedy and "bn_in alone" in f.remedy
     assert f"torch {torch.meta['version']}" in f.remedy and "keras 3" in f.remedy
@@ -134,11 +164,20 @@ def test_a_layer_computed_differently_is_found(sides):
     # training mode normalises by the batch's statistics: the moving mean plays no part
     assert runs[1].training_relative_l2_vs_first == 0.0
     assert divergences(runs[1], runs[0], ref, other) == ["inference"]
-    f = advice.backend_divergence(runs, {"tensorflow": ["inference"]}, tolerance=(1e-5, 1e-3),
-                                  dtype="float32", keras_version=None)
+    f = advice.backend_divergence(
+        runs,
+        {"tensorflow": ["inference"]},
+        tolerance=(1e-5, 1e-3),
+        dtype="float32",
+        keras_version=None,
+    )
     assert f is not None and f.severity is Severity.WARN  # small: relative L2 under 1e-3
-    assert advice.backend_divergence(runs, {}, tolerance=(1e-5, 1e-3), dtype="float32",
-                                     keras_version=None) is None
+    assert (
+        advice.backend_divergence(
+            runs, {}, tolerance=(1e-5, 1e-3), dtype="float32", keras_version=None
+        )
+        is None
+    )
 
 
 def test_another_process_runs_the_same_check(sensors, tmp_path):
@@ -152,7 +191,9 @@ def test_another_process_runs_the_same_check(sensors, tmp_path):
     report, side, err, _ = run_in_process("tensorflow", str(mpath), str(dpath), opts, tmp_path)
     assert err is None
     assert report["data"]["samples"] == 64 and report["settings"]["effects"] == 0
-    assert report["output_gap"]["relative_l2"] == pytest.approx(here.output_gap.relative_l2, rel=1e-12)
+    assert report["output_gap"]["relative_l2"] == pytest.approx(
+        here.output_gap.relative_l2, rel=1e-12
+    )
     ref, other = SideOutput(tmp_path / "here.npz"), SideOutput(side)
     run = compare(ref, other, here.to_dict(), report, 1.0)
     assert run.max_abs_vs_first == 0.0 and run.training_relative_l2_vs_first == 0.0
@@ -164,8 +205,23 @@ def test_backends_all_end_to_end(sensors, tmp_path, monkeypatch):
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     _, _, mpath, dpath = sensors
     out = tmp_path / "report.json"
-    res = CliRunner().invoke(main, ["check", str(mpath), str(dpath), "--backends", "all", "--effects", "0",
-                                    "--format", "json", "-o", str(out), "-q"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "check",
+            str(mpath),
+            str(dpath),
+            "--backends",
+            "all",
+            "--effects",
+            "0",
+            "--format",
+            "json",
+            "-o",
+            str(out),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     d = json.loads(out.read_text())
     jsonschema.validate(d, SCHEMA)
@@ -197,27 +253,59 @@ def test_backends_table_in_text_and_markdown():
 
     from bngap.render import render
 
-    runs = (BackendRun("tensorflow", "2.21.0", 0.41, 0.0, 0.0, {"train": {"loss": 0.1}, "eval": {"loss": 0.9}}),
-            BackendRun("torch", "2.13.0", 0.57, 1.2e-07, 3.4e-08, {"train": {"loss": 0.3}, "eval": {"loss": 0.9}},
-                       "bn_in", first_divergent_mode="training"),
-            BackendRun("jax", "0.10.2", error="the model calls tf.gather, which needs TensorFlow"))
+    runs = (
+        BackendRun(
+            "tensorflow", "2.21.0", 0.41, 0.0, 0.0, {"train": {"loss": 0.1}, "eval": {"loss": 0.9}}
+        ),
+        BackendRun(
+            "torch",
+            "2.13.0",
+            0.57,
+            1.2e-07,
+            3.4e-08,
+            {"train": {"loss": 0.3}, "eval": {"loss": 0.9}},
+            "bn_in",
+            first_divergent_mode="training",
+        ),
+        BackendRun("jax", "0.10.2", error="the model calls tf.gather, which needs TensorFlow"),
+    )
     report = dataclasses.replace(make_report(), backends=runs)
     text = render(report, "text", width=80)
     assert "Across backends" in text and "first: tensorflow" in text
     lines = text.splitlines()
-    assert next(ln for ln in lines if ln.startswith("version")).split()[1:] == ["2.21.0", "2.13.0", "0.10.2"]
+    assert next(ln for ln in lines if ln.startswith("version")).split()[1:] == [
+        "2.21.0",
+        "2.13.0",
+        "0.10.2",
+    ]
     assert next(ln for ln in lines if ln.startswith("output gap (train vs")).split()[-5:] == [
-        "0.4100", "0.5700", "could", "not", "run"]
-    assert next(ln for ln in lines if ln.startswith("inference vs first: max")).split()[-2:] == ["-", "1.20e-07"]
-    assert next(ln for ln in lines if ln.startswith("loss, training mode")).split()[-2:] == ["0.1000", "0.3000"]
-    assert next(ln for ln in lines if ln.startswith("first divergent layer")).endswith("bn_in (training)")
+        "0.4100",
+        "0.5700",
+        "could",
+        "not",
+        "run",
+    ]
+    assert next(ln for ln in lines if ln.startswith("inference vs first: max")).split()[-2:] == [
+        "-",
+        "1.20e-07",
+    ]
+    assert next(ln for ln in lines if ln.startswith("loss, training mode")).split()[-2:] == [
+        "0.1000",
+        "0.3000",
+    ]
+    assert next(ln for ln in lines if ln.startswith("first divergent layer")).endswith(
+        "bn_in (training)"
+    )
     assert max(len(ln) for ln in lines) <= 80
     md = render(report, "markdown")
     assert "| inference vs first: rel. L2 | - | 3.40e-08 |  |" in md
     assert "| output gap (train vs inference) | 0.4100 | 0.5700 | could not run |" in md
     d = report.to_dict()
     assert [r["backend"] for r in d["backends"]] == ["tensorflow", "torch", "jax"]
-    assert d["backends"][2]["error"].startswith("the model calls") and d["backends"][2]["relative_l2"] is None
+    assert (
+        d["backends"][2]["error"].startswith("the model calls")
+        and d["backends"][2]["relative_l2"] is None
+    )
     assert "backends" not in make_report().to_dict()  # a plain check keeps its keys
 
 
@@ -239,12 +327,18 @@ def test_backend_lists(monkeypatch):
         check_across(object(), "data.npz", None, ["tensorflow"])
 
 
-@pytest.mark.parametrize("value,says", [("mxnet", "Received: 'mxnet'"), ("", "at least one backend")])
+@pytest.mark.parametrize(
+    "value,says", [("mxnet", "Received: 'mxnet'"), ("", "at least one backend")]
+)
 def test_bad_backends_are_one_line_exit_2(zoo, value, says):
     mpath, dpath = zoo.files("healthy")
     res = CliRunner().invoke(main, ["check", str(mpath), str(dpath), "--backends", value, "-q"])
     assert res.exit_code == 2
-    assert res.stderr.startswith("error: ") and says in res.stderr and len(res.stderr.splitlines()) == 1
+    assert (
+        res.stderr.startswith("error: ")
+        and says in res.stderr
+        and len(res.stderr.splitlines()) == 1
+    )
 
 
 def test_a_loss_computed_differently_is_explained_not_flagged():
@@ -258,8 +352,10 @@ def test_a_loss_computed_differently_is_explained_not_flagged():
 
     runs = [run("tensorflow", 10.3506), run("jax", 8.4055), run("torch", 10.3507)]
     note = _loss_note(runs, {}, "sparse_categorical_crossentropy")
-    assert note.startswith("the loss differs between backends whose outputs agree (inference mode: "
-                           "10.3506 on tensorflow, 8.4055 on jax)")
+    assert note.startswith(
+        "the loss differs between backends whose outputs agree (inference mode: "
+        "10.3506 on tensorflow, 8.4055 on jax)"
+    )
     assert "from the logits behind it" in note and "torch" not in note
     assert "logits" not in _loss_note(runs, {}, "mean_squared_error")
     assert _loss_note(runs, {"jax": ["inference"]}, "sparse_categorical_crossentropy") is None

@@ -9,8 +9,10 @@ from .common import num, pct
 
 def title(report: Report) -> str:
     ref = report.backends[0].backend
-    return (f"Across backends (the same check in a process per backend; first: {ref}, whose "
-            "inference outputs the others are compared with)")
+    return (
+        f"Across backends (the same check in a process per backend; first: {ref}, whose "
+        "inference outputs the others are compared with)"
+    )
 
 
 def head(report: Report) -> list[str]:
@@ -30,8 +32,12 @@ def rows(report: Report) -> list[list[str]]:
     runs = report.backends
 
     def row(label, value):
-        return [label] + [("could not run" if label == "output gap (train vs inference)" else "")
-                          if r.error else value(i, r) for i, r in enumerate(runs)]
+        return [label] + [
+            ("could not run" if label == "output gap (train vs inference)" else "")
+            if r.error
+            else value(i, r)
+            for i, r in enumerate(runs)
+        ]
 
     def layer(i, r):
         if i == 0:
@@ -43,10 +49,20 @@ def rows(report: Report) -> list[list[str]]:
     out = [
         ["version"] + [r.version or "n/a" for r in runs],
         row("output gap (train vs inference)", lambda i, r: num(r.relative_l2)),
-        row("inference vs first: max |diff|", lambda i, r: "-" if i == 0 else num(r.max_abs_vs_first)),
-        row("inference vs first: rel. L2", lambda i, r: "-" if i == 0 else num(r.relative_l2_vs_first)),
+        row(
+            "inference vs first: max |diff|",
+            lambda i, r: "-" if i == 0 else num(r.max_abs_vs_first),
+        ),
+        row(
+            "inference vs first: rel. L2",
+            lambda i, r: "-" if i == 0 else num(r.relative_l2_vs_first),
+        ),
     ]
-    keys = [k for k in ("loss", "accuracy") if any(r.metrics and k in r.metrics.get("train", {}) for r in runs)]
+    keys = [
+        k
+        for k in ("loss", "accuracy")
+        if any(r.metrics and k in r.metrics.get("train", {}) for r in runs)
+    ]
     for k in keys:
         out.append(row(f"{k}, training mode", lambda i, r, k=k: _metric(r, "train", k)))
         out.append(row(f"{k}, inference mode", lambda i, r, k=k: _metric(r, "eval", k)))
