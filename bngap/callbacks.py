@@ -5,13 +5,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import keras  # the user's Keras, on whichever backend their fit() runs
 import numpy as np
 
-from .probe import pack_inputs
-from .runtime import import_keras
+from .backend import StateGuard, pack_inputs
 from .stats import GapAccumulator
-
-keras = import_keras()
 
 
 class GapMonitor(keras.callbacks.Callback):
@@ -70,17 +68,16 @@ class GapMonitor(keras.callbacks.Callback):
     # ------------------------------------------------------------ measuring
     def measure(self) -> float:
         """Relative L2 gap between training- and inference-mode outputs on the
-        held samples. Restores the model's non-trainable variables (BN
-        statistics, random-generator states) and Keras' global random state,
-        which is all a forward pass changes."""
-        from .backend import StateGuard
-
-        model = self.model
-        guard = StateGuard(model, variables=model.non_trainable_variables)
+        held samples, with the model called as this backend's fit() and
+        evaluate() call it. Every variable and random state a forward pass
+        can change is restored (`StateGuard`), so training goes on exactly as
+        without the monitor."""
+        model = self.model  # on JAX, reading it syncs the trainer's state into the variables
         acc = GapAccumulator()
         n = len(self.x[0])
-        forward = self._forward()
-        try:
+        forward = self._forward(model)
+        # a forward pass changes only non-trainable state (BN statistics, seed generators)
+        with StateGuard(model, variables=model.non_trainable_variables) as guard:
             for start in range(0, n, self.batch_size):
                 part = [a[start:start + self.batch_size] for a in self.x]
                 arg = pack_inputs(keras, model, part, self.names, keyed=self.names is not None)
@@ -88,20 +85,15 @@ class GapMonitor(keras.callbacks.Callback):
                 tr = forward(arg, True)
                 guard.restore()  # undo the BN update before the next batch
                 for t, e in zip(keras.tree.flatten(tr), keras.tree.flatten(ev)):
-                    acc.add_arrays(np.asarray(t), np.asarray(e))
-        finally:
-            guard.close()
+                    acc.add_arrays(keras.ops.convert_to_numpy(t), keras.ops.convert_to_numpy(e))
         return acc.relative_l2
 
-    def _forward(self):
-        """The model's forward pass as a compiled function (one trace per
-        mode), so that watching costs little next to a training epoch."""
-        if getattr(self, "_compiled_for", None) is not self.model:
-            import tensorflow as tf
-
-            model = self.model
-            self._compiled = tf.function(lambda x, training: model(x, training=training),
-                                         reduce_retracing=True)
+    def _forward(self, model):
+        """The model's forward pass as this backend's trainer runs it, compiled
+        where the backend compiles (one trace per mode and shape), so that
+        watching costs little next to a training epoch."""
+        if getattr(self, "_compiled_for", None) is not model:
+            self._compiled = _trainer_forward(model)
             self._compiled_for = model
         return self._compiled
 
@@ -160,3 +152,44 @@ class GapMonitor(keras.callbacks.Callback):
                 if self.verbose:
                     sys.stdout.write(f"bngap: re-estimated {len(chosen)} BatchNormalization layers on "
                                      f"{len(data)} samples; gap now {after:.3f}\n")
+
+
+def _trainer_forward(model):
+    """(x, training) -> outputs, calling the model as the installed Keras
+    version's trainer does on the active backend (`keras/src/backend/*/
+    trainer.py`): with `training` only when the model's `call()` accepts it;
+    on JAX through `stateless_call` with the variables' current values."""
+    takes_training = getattr(model, "_call_has_training_arg", True)
+
+    def kwargs(training):
+        return {"training": training} if takes_training else {}
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def compiled(mode):
+            kw = kwargs(mode)
+            return tf.function(lambda x: model(x, **kw), reduce_retracing=True)
+
+        fns = {mode: compiled(mode) for mode in (False, True)}
+        return lambda x, training: fns[training](x)
+    if backend == "jax":
+        import jax
+
+        def stateless(trainable, non_trainable, x, training):
+            return model.stateless_call(trainable, non_trainable, x, **kwargs(training))[0]
+
+        jitted = jax.jit(stateless, static_argnames="training")
+        return lambda x, training: jitted([v.value for v in model.trainable_variables],
+                                          [v.value for v in model.non_trainable_variables],
+                                          x, training=training)
+    if backend == "torch":
+        import torch
+
+        def call(x, training):
+            with torch.no_grad():  # a measurement, not a step: no autograd graph
+                return model(x, **kwargs(training))
+
+        return call
+    return lambda x, training: model(x, **kwargs(training))

@@ -215,11 +215,14 @@ def main():
 @click.option("--effects", default="auto", show_default=True, metavar="N|all|auto",
               callback=lambda ctx, param, value: _parse_effects(value),
               help="Measure the output effect (only this layer in training mode) of the N mode-dependent layers with the largest own contribution; one extra training pass per layer and batch. auto: all of them when there are at most 8, else the strongest one.")
+@click.option("--backends", metavar="all|LIST",
+              help="Run the check on each Keras backend (all installed, or a comma list of tensorflow, jax, torch), each in a process of its own, and compare them side by side; the first is the reference.")
+@click.option("--save-outputs", type=click.Path(dir_okay=False), hidden=True)  # for --backends' processes
 @_add(loading_options)
 def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
           warn_above, baseline, max_regression, no_github,
-          all_layers, effects, unsafe, custom_objects, x_key, y_key, batch_size, limit, seed,
-          preprocess, backend, show_traceback, quiet):
+          all_layers, effects, backends, save_outputs, unsafe, custom_objects, x_key, y_key, batch_size,
+          limit, seed, preprocess, backend, show_traceback, quiet):
     """Measure, attribute and explain the train-vs-inference gap.
 
     MODEL is a .keras or legacy .h5 file. DATA is an .npz (inputs under 'x',
@@ -252,33 +255,47 @@ def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_abo
             thresholds=Thresholds(fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
                                   warn_above, max_regression),
             x_key=x_key, y_key=y_key, unsafe=unsafe, custom_objects=custom_objects,
-            preprocess=preprocess, backend=backend,
+            preprocess=preprocess, backend=backend, save_outputs=save_outputs,
         )
         plan = plan_outputs(outputs, FORMATS, default=fmt, inputs=(model, *(shards or (data,)), baseline))
+        across = None
+        if backends is not None:
+            from .crossbackend import parse_backends
+
+            across = parse_backends(backends)
         old = None
         if baseline is not None:
             from .saved import read_baseline
 
             old = read_baseline(baseline)
         report = _run_and_render(model, data, opts, fmt=fmt, plan=plan, all_layers=all_layers,
-                                 progress=progress, baseline=old, github=not no_github)
+                                 progress=progress, baseline=old, github=not no_github,
+                                 across=across)
         if (fail_above_loss_delta is not None or fail_above_accuracy_drop is not None) and report.metrics is None:
             _err("bngap: warning: loss/accuracy thresholds need labels; they were not applied")
         sys.exit(int(report.exit_status))
 
 
 def _run_and_render(model, data, opts, *, fmt: str, plan, all_layers: bool,
-                    progress: "_Progress", baseline=None, github: bool = False):
-    """Runs a check and writes its report (stdout, or each planned file);
-    returns the Report. Every output is rendered from the report's JSON form,
-    so `bngap render r.json` reproduces any of them."""
+                    progress: "_Progress", baseline=None, github: bool = False,
+                    across: tuple[list[str], list[str]] | None = None):
+    """Runs a check (on each backend of `across`: (backends, notes)) and
+    writes its report (stdout, or each planned file); returns the Report.
+    Every output is rendered from the report's JSON form, so `bngap render
+    r.json` reproduces any of them."""
     import dataclasses
 
     from .pipeline import check as run_check
     from .results import Report
 
     try:
-        report = run_check(model, data, options=opts, progress=progress, status=progress.status)
+        if across is not None:
+            from .crossbackend import check_across
+
+            report = check_across(model, data, opts, across[0], notes=across[1], progress=progress,
+                                  status=progress.status)
+        else:
+            report = run_check(model, data, options=opts, progress=progress, status=progress.status)
     finally:
         progress.close()
     # --all-layers is kept in the report, so that `bngap render` repeats it

@@ -32,6 +32,7 @@ class CheckOptions:
     preprocess: str | None = None
     probe_preprocessing: bool = True
     backend: str | None = None  # tensorflow, jax or torch (default: KERAS_BACKEND, else tensorflow)
+    save_outputs: str | None = None  # .npz of outputs for the cross-backend comparison (--backends)
 
 
 def _declared_batch_size(loaded, asked: int) -> int:
@@ -181,6 +182,10 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
     m = measure(net, nodes, data, keras, batch_size=batch_size, seed=options.seed,
                 effects=options.effects, loss_id=loss if loss is not None else loaded.loss,
                 progress=progress or (lambda *a: None))
+    if options.save_outputs:
+        from .crossbackend import save_outputs
+
+        save_outputs(options.save_outputs, net, nodes, data, keras, batch_size=m.batch_size)
     layers = analysis.layer_records(m)
     bn = analysis.batchnorm_records(m)
     gap = analysis.output_gap(m)

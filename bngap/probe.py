@@ -463,6 +463,22 @@ class Probe:
         out = self._call_model(xs, "inference", self._h_observe(seen), **call_kwargs)
         return out, seen
 
+    def record_pass(self, xs, record: Callable[[LayerNode, int, Any], None], *, training: bool):
+        """A pass that hands each layer call's output to `record(node, call,
+        output)`. With training=True only BatchNormalization layers get the
+        flag; random and custom mode-dependent layers stay in inference mode,
+        so the pass is deterministic (backends are compared on it)."""
+
+        def handler(node, original, args, kwargs):
+            k = self._next_call(node)
+            if training and node.mode_dependent and node.takes_training and node.kind is not Kind.BATCHNORM:
+                kwargs["training"] = False
+            out = self._run(node, original, args, kwargs)
+            record(node, k, out)
+            return out
+
+        return self._call_model(xs, "training" if training else "inference", handler, training=training)
+
     def first_bn_moments(self, xs, count: int) -> dict[int, SplitMoments]:
         """Input moments of the first `count` BN layers in inference mode;
         the pass stops as soon as it has them."""

@@ -39,6 +39,7 @@ class Cause(str, enum.Enum):
     AUGMENTATION = "augmentation"
     SMALL_BATCH = "small_batch"
     MODE_LEAK = "mode_leak"
+    BACKEND_DIVERGENCE = "backend_divergence"
 
 
 class Kind(str, enum.Enum):
@@ -242,6 +243,29 @@ class PreprocessingProbe:
 
 
 @dataclass(frozen=True)
+class BackendRun:
+    """The same check on one Keras backend (a process of its own), compared
+    with the first backend's: inference outputs on the same samples, and each
+    layer's output on the first batch."""
+
+    backend: str
+    version: str | None = None               # the backend library's version
+    relative_l2: float | None = None         # its output gap, train vs inference
+    max_abs_vs_first: float | None = None    # inference outputs against the first backend's
+    relative_l2_vs_first: float | None = None
+    metrics: dict | None = None              # {"train": {...}, "eval": {...}} with labels
+    first_divergent_layer: str | None = None  # first layer beyond float tolerance of the first backend's
+    error: str | None = None                 # why this backend could not run the check
+    first_divergent_mode: str | None = None  # "inference" or "training" (BN only), where it was seen
+    first_divergent_relative_l2: float | None = None
+    first_divergent_class: str | None = None  # its layer class (BatchNormalization, ...)
+    training_relative_l2_vs_first: float | None = None  # first batch, only BN in training mode
+    batchnorm_gap: float | None = None       # output gap with only BN in training mode (deterministic)
+    compared_samples: int = 0
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
 class Thresholds:
     """CI gates: a value above a `fail` threshold fails the check; an output
     gap above `warn_above` only warns; `max_regression` bounds how much the
@@ -337,6 +361,7 @@ class Report:
     environment: dict = field(default_factory=dict)
     seconds: float = 0.0
     baseline: Baseline | None = None
+    backends: tuple[BackendRun, ...] = ()  # with --backends: one run per backend, the first is this one
 
     @property
     def loss_delta(self) -> float | None:
@@ -468,6 +493,7 @@ class Report:
             "warned": list(self.warned),
             "baseline": None if self.baseline is None else {
                 **_plain(self.baseline), "regression": _num(self.regression)},
+            **({"backends": [_plain(b) for b in self.backends]} if self.backends else {}),
         }
 
     @classmethod

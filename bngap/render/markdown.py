@@ -62,6 +62,10 @@ def render_markdown(report: Report, *, all_layers: bool = False) -> str:
         lines += ["### Against the baseline", "", baseline_summary(r) + ".", ""]
         lines += _table(["", "baseline", "this run"], [list(row) for row in baseline_rows(r)])
         lines.append("")
+    if r.backends:
+        from . import backends as across
+
+        lines += [f"### {across.title(r)}", ""] + _table(across.head(r), across.rows(r)) + [""]
 
     lines += ["### Model and data", ""]
     lines += _table(["", ""], [

@@ -59,6 +59,7 @@ def render_text(report: Report, *, all_layers: bool = False, width: int = 100,
     _depth(con, report, width)
     _layers(con, report, all_layers, width)
     _batchnorm(con, report, all_layers, width)
+    _backends(con, report)
     _findings(con, report)
     _notes(con, report)
     text = buf.getvalue()
@@ -197,6 +198,20 @@ def _batchnorm(con: Console, r: Report, all_layers: bool, width: int) -> None:
         con.print(t)
         if hidden:
             con.print(f"  ... and {hidden} more flagged layers (--all-layers shows all)")
+    con.print()
+
+
+def _backends(con: Console, r: Report) -> None:
+    """With --backends: the same check on each backend, side by side."""
+    if not r.backends:
+        return
+    from . import backends as across
+
+    _para(con, across.title(r), indent=0, style="bold")
+    t = _table(*across.head(r), right=tuple(range(1, len(r.backends) + 1)))
+    for row in across.rows(r):
+        t.add_row(*(escape(c) for c in row))
+    con.print(t)
     con.print()
 
 

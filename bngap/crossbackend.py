@@ -1,0 +1,532 @@
+"""The same check on several Keras backends, each in a process of its own, compared side by side.
+
+The backend is fixed when Keras is imported, so each backend after the first
+runs `python -m bngap check ... --format json --save-outputs F.npz` with
+`KERAS_BACKEND` set. The side output holds what the reports do not: the
+inference outputs on the same samples, and every layer's output on the first
+batch in inference mode and with only the BatchNormalization layers in
+training mode (both deterministic, so that any difference is the backend's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BngapError
+from .results import BackendRun, Report
+
+BACKENDS = ("tensorflow", "jax", "torch")
+_EXTRA = {"tensorflow": "bngap", "jax": "bngap[jax]", "torch": "bngap[torch]"}
+OUTPUT_BUDGET = 64 * 2**20  # bytes of inference outputs kept for the comparison
+SKETCH = 16384  # elements of each layer output kept (same positions on every backend)
+# Float tolerance, relative to the largest value of the first backend's
+# output: inference mode, and training mode (batch statistics divide by the
+# batch's spread, which amplifies rounding: 6e-5 on a ResNet50 at batch 8).
+TOLERANCE = {
+    "float64": (1e-10, 1e-8),
+    "float32": (1e-5, 1e-3),
+    "float16": (1e-2, 5e-2),
+    "bfloat16": (1e-2, 5e-2),
+}
+GAP_TOLERANCE = 1e-3  # |gap difference| beyond 1e-3 + 1e-3 * gap
+
+
+def tolerance(dtype: str | None) -> tuple[float, float]:
+    """(inference, training) tolerance for a model computing in `dtype`."""
+    return TOLERANCE.get(dtype or "float32", TOLERANCE["float32"])
+
+
+# ------------------------------------------------------------ choosing backends
+def installed(backend: str) -> bool:
+    """Whether the backend's library can be imported (without importing it)."""
+    return importlib.util.find_spec(backend) is not None
+
+
+def library_version(backend: str) -> str | None:
+    try:
+        return importlib.metadata.version(backend)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def default_backend() -> str:
+    return os.environ.get("KERAS_BACKEND") or "tensorflow"
+
+
+def parse_backends(value: str, first: str | None = None) -> tuple[list[str], list[str]]:
+    """The backends of `--backends all|LIST`, the first one first, and notes.
+
+    `all`: every installed backend, starting with `first` (default: the
+    `KERAS_BACKEND` one, else tensorflow). A named backend that is not
+    installed is an error that names the extra to install.
+    """
+    first = first or default_backend()
+    notes: list[str] = []
+    if value.strip().lower() == "all":
+        order = [first] + [b for b in BACKENDS if b != first]
+        chosen = [b for b in order if b in BACKENDS and installed(b)]
+        missing = [b for b in order if b in BACKENDS and not installed(b)]
+        if missing:
+            notes.append(
+                "not installed, so not compared: "
+                + ", ".join(f'{b} (pip install "{_EXTRA[b]}")' for b in missing)
+            )
+        if not chosen:
+            raise BngapError("--backends all: no Keras backend is installed")
+        return chosen, notes
+    chosen = []
+    for name in (p.strip().lower() for p in value.split(",")):
+        if not name:
+            continue
+        if name not in BACKENDS:
+            raise BngapError(
+                f"--backends takes all or a comma list of {', '.join(BACKENDS)}. Received: {name!r}"
+            )
+        if not installed(name):
+            raise BngapError(f'the {name} backend is not installed: pip install "{_EXTRA[name]}"')
+        if name not in chosen:
+            chosen.append(name)
+    if not chosen:
+        raise BngapError(f"--backends needs at least one backend. Received: {value!r}")
+    return chosen, notes
+
+
+def select_backend(name: str) -> None:
+    """Makes `name` the backend of Keras in this process; refuses when Keras
+    is already imported with another one (the backend is fixed at import)."""
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        active = keras.backend.backend()
+        if active != name:
+            raise BngapError(
+                f"Keras is already imported with the {active} backend in this process; "
+                f"start a new process to check on {name}. Received: backend={name}"
+            )
+        return
+    os.environ["KERAS_BACKEND"] = name
+
+
+# ------------------------------------------------------------ the side output
+def _sketch(keras, out) -> np.ndarray:
+    """A layer's output as float64, at most SKETCH elements at positions that
+    depend only on its size (the same on every backend)."""
+    parts = []
+    for t in keras.tree.flatten(out):
+        if t is None or not hasattr(t, "shape"):
+            continue
+        a = np.asarray(keras.ops.convert_to_numpy(t))
+        if a.dtype.kind == "f" or a.dtype.name == "bfloat16":
+            parts.append(a.astype(np.float64).ravel())
+    if not parts:
+        return np.zeros(0)
+    flat = np.concatenate(parts)
+    if flat.size > SKETCH:
+        flat = flat[np.random.default_rng(flat.size).integers(0, flat.size, SKETCH)]
+    return flat
+
+
+def save_outputs(path: str, model, nodes, data, keras, *, batch_size: int) -> None:
+    """Writes the side output of one backend's check to `path` (.npz).
+
+    Holds the inference outputs of the first samples (up to OUTPUT_BUDGET
+    bytes), and on the first batch every layer call's output sketch in
+    inference mode and with only BN layers in training mode. Side effects:
+    none on the model (the probe restores every variable).
+    """
+    from .probe import Probe, pack_inputs
+
+    pack = lambda xs: pack_inputs(keras, model, xs, data.names, data.keyed)  # noqa: E731
+    arrays: dict[str, np.ndarray] = {}
+    keys: dict[str, list[str]] = {"inference": [], "training": []}
+    classes: dict[str, str] = {}
+    with Probe(model, nodes, keras, pack=pack) as probe:
+        first = None
+        outputs: list[list[np.ndarray]] = []
+        used = samples = 0
+        for xs, _ in data.batches(batch_size):
+            out = [
+                np.asarray(keras.ops.convert_to_numpy(t))
+                for t in keras.tree.flatten(model(pack(xs), training=False))
+                if t is not None
+            ]
+            if first is None:
+                first = xs
+                outputs = [[] for _ in out]
+            for acc, a in zip(outputs, out):
+                acc.append(a)
+            used += sum(a.nbytes for a in out)
+            samples += len(xs[0])
+            if used >= OUTPUT_BUDGET:
+                break
+        for i, acc in enumerate(outputs):
+            arrays[f"output/{i}"] = np.concatenate(acc)
+        for mode in ("inference", "training"):
+
+            def record(node, call, out, _mode=mode):
+                key = f"{node.path}#{call}"
+                keys[_mode].append(key)
+                classes[node.path] = node.class_name
+                arrays[f"{_mode}/{key}"] = _sketch(keras, out)
+
+            final = probe.record_pass(first, record, training=mode == "training")
+            if mode == "training":
+                for i, t in enumerate(t for t in keras.tree.flatten(final) if t is not None):
+                    arrays[f"training_output/{i}"] = np.asarray(keras.ops.convert_to_numpy(t))
+    backend = keras.backend.backend()
+    policy = getattr(model, "dtype_policy", None)
+    meta = {
+        "backend": backend,
+        "version": library_version(backend),
+        "keras": keras.__version__,
+        "compute_dtype": getattr(policy, "compute_dtype", None),
+        "samples": samples,
+        "first_batch": len(first[0]) if first else 0,
+        "layers": keys,
+        "classes": classes,
+    }
+    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+
+
+class SideOutput:
+    """One backend's side output, read back."""
+
+    def __init__(self, path: str | Path):
+        with np.load(path, allow_pickle=False) as f:
+            self.meta = json.loads(str(f["meta"]))
+            self.arrays = {k: f[k] for k in f.files if k != "meta"}
+
+    def outputs(self, prefix: str = "output") -> list[np.ndarray]:
+        return [
+            self.arrays[f"{prefix}/{i}"]
+            for i in range(sum(k.startswith(prefix + "/") for k in self.arrays))
+        ]
+
+    def layer(self, mode: str, key: str) -> np.ndarray | None:
+        return self.arrays.get(f"{mode}/{key}")
+
+
+# ------------------------------------------------------------ comparing
+def _diff(a_list: list[np.ndarray], b_list: list[np.ndarray], n: int | None = None):
+    """(max |a - b|, relative L2 ||a - b|| / ||b||, max |b|) over arrays
+    paired in order, in float64, on their first `n` samples."""
+    sq_d = sq_b = 0.0
+    max_d = max_b = 0.0
+    for a, b in zip(a_list, b_list):
+        a = np.asarray(a[:n] if n else a, np.float64)
+        b = np.asarray(b[:n] if n else b, np.float64)
+        if a.shape != b.shape:
+            return None, None, None
+        d = a - b
+        sq_d += float(np.sum(d * d))
+        sq_b += float(np.sum(b * b))
+        if d.size:
+            max_d = max(max_d, float(np.max(np.abs(d))))
+            max_b = max(max_b, float(np.max(np.abs(b))))
+    rel = (sq_d / sq_b) ** 0.5 if sq_b > 0 else (0.0 if sq_d == 0 else float("inf"))
+    return max_d, rel, max_b
+
+
+def _beyond(max_d: float | None, max_ref: float | None, tol: float) -> bool:
+    if max_d is None:
+        return True  # shapes differ: nothing agrees
+    return max_d > tol * max_ref if max_ref else max_d > 0
+
+
+def first_divergent(ref: SideOutput, other: SideOutput, tol: tuple[float, float]):
+    """(layer path, mode, relative L2) of the first layer call, in the first
+    backend's call order, whose output differs beyond tolerance, in the first
+    mode whose model outputs do on the first batch (inference, then the pass
+    with BN in training mode); or (None, None, None). Rounding differences
+    inside a model whose outputs agree are not reported."""
+    n = ref.meta.get("first_batch")
+    for mode, t, outputs in (
+        ("inference", tol[0], "output"),
+        ("training", tol[1], "training_output"),
+    ):
+        max_d, _, max_b = _diff(other.outputs(outputs), ref.outputs(outputs), n)
+        if not _beyond(max_d, max_b, t):
+            continue
+        for key in ref.meta["layers"][mode]:
+            a, b = other.layer(mode, key), ref.layer(mode, key)
+            if a is None or b is None:
+                continue
+            max_d, rel, max_b = _diff([a], [b])
+            if _beyond(max_d, max_b, t):
+                return key.rsplit("#", 1)[0], mode, rel
+    return None, None, None
+
+
+def compare(
+    ref: SideOutput, other: SideOutput, ref_report: dict, report: dict, seconds: float | None
+) -> BackendRun:
+    """`other` backend's run, measured against the first backend's."""
+    tol = tolerance(ref.meta.get("compute_dtype"))
+    n = min(ref.meta["samples"], other.meta["samples"])
+    max_d, rel, _ = _diff(other.outputs(), ref.outputs(), n)
+    _, train_rel, _ = _diff(other.outputs("training_output"), ref.outputs("training_output"))
+    layer, mode, layer_rel = (
+        first_divergent(ref, other, tol) if other is not ref else (None, None, None)
+    )
+    metrics = report.get("metrics")
+    return BackendRun(
+        backend=other.meta["backend"],
+        version=other.meta.get("version"),
+        relative_l2=report["output_gap"]["relative_l2"],
+        max_abs_vs_first=max_d,
+        relative_l2_vs_first=rel,
+        metrics=None if metrics is None else {"train": metrics["train"], "eval": metrics["eval"]},
+        first_divergent_layer=layer,
+        first_divergent_mode=mode,
+        first_divergent_relative_l2=layer_rel,
+        first_divergent_class=ref.meta.get("classes", {}).get(layer) if layer else None,
+        training_relative_l2_vs_first=train_rel,
+        batchnorm_gap=(report.get("groups") or {}).get("batchnorm"),
+        compared_samples=n,
+        seconds=seconds,
+    )
+
+
+def divergences(
+    run: BackendRun, first: BackendRun, ref: SideOutput | None, other: SideOutput | None
+) -> list[str]:
+    """What of `run` differs from the first backend's beyond tolerance:
+    'inference' outputs, 'training' outputs (only BN in training mode), 'gap'."""
+    if run.error or ref is None or other is None or run is first:
+        return []
+    tol = tolerance(ref.meta.get("compute_dtype"))
+    out = []
+    n = run.compared_samples
+    max_d, _, max_b = _diff(other.outputs(), ref.outputs(), n)
+    if _beyond(max_d, max_b, tol[0]):
+        out.append("inference")
+    max_d, _, max_b = _diff(other.outputs("training_output"), ref.outputs("training_output"))
+    if _beyond(max_d, max_b, tol[1]):
+        out.append("training")
+    a, b = run.batchnorm_gap, first.batchnorm_gap
+    if a is not None and b is not None and abs(a - b) > GAP_TOLERANCE + GAP_TOLERANCE * abs(b):
+        out.append("gap")
+    return out
+
+
+def _loss_note(
+    runs: list[BackendRun], diverged: dict[str, list[str]], loss_name: str
+) -> str | None:
+    """Says so when a backend's loss differs from the first's while its
+    outputs agree: Keras computes some losses differently per backend, and
+    its own evaluate() reports the same numbers."""
+    ref = runs[0]
+    if not ref.metrics:
+        return None
+    parts = []
+    for mode, what, label in (
+        ("eval", "inference", "inference"),
+        ("train", "training", "training"),
+    ):
+        a = ref.metrics[mode].get("loss")
+        differ = [
+            r
+            for r in runs[1:]
+            if r.metrics
+            and a is not None
+            and what not in diverged.get(r.backend, [])
+            and r.metrics[mode].get("loss") is not None
+            and abs(r.metrics[mode]["loss"] - a) > GAP_TOLERANCE * abs(a) + 1e-6
+        ]
+        if differ:
+            parts.append(
+                f"{label} mode: {a:.4f} on {ref.backend}, "
+                + ", ".join(f"{r.metrics[mode]['loss']:.4f} on {r.backend}" for r in differ)
+            )
+    if not parts:
+        return None
+    why = "that is how Keras computes the loss on each backend, and evaluate() reports the same"
+    if "crossentropy" in loss_name:
+        why += (
+            ": on TensorFlow the cross-entropy of a softmax or sigmoid output is computed from "
+            "the logits behind it, elsewhere from the probabilities clipped at 1e-7, so a "
+            "confidently wrong prediction costs at most 16.1 there"
+        )
+    return f"the loss differs between backends whose outputs agree ({'; '.join(parts)}): {why}"
+
+
+# ------------------------------------------------------------ running
+def _child_args(options) -> list[str]:
+    """The measurement options of a check, as command-line arguments."""
+    o = options
+    args = [
+        "--batch-size",
+        str(o.batch_size),
+        "--seed",
+        str(o.seed),
+        "--effects",
+        "all" if o.effects is None else str(o.effects),
+    ]
+    for flag, value in (
+        ("--limit", o.limit),
+        ("--x-key", o.x_key),
+        ("--y-key", o.y_key),
+        ("--custom-objects", o.custom_objects),
+        ("--preprocess", o.preprocess),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    if o.unsafe:
+        args.append("--unsafe")
+    return args
+
+
+def _error_line(stderr: str, code: int) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith(("error:", "internal error:")):
+            return ln.split(":", 1)[1].strip() if ln.startswith("error:") else ln
+    return lines[-1][:300] if lines else f"exited with status {code}"
+
+
+def run_in_process(
+    backend: str, model: str, data: Any, options, folder: Path
+) -> tuple[dict | None, Path, str | None, float]:
+    """`python -m bngap check` on `backend` in a new process: (report dict or
+    None, side-output path, error or None, seconds)."""
+    report_path, side = folder / f"{backend}.json", folder / f"{backend}.npz"
+    paths = (
+        [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    )  # DATA may be several files
+    cmd = [
+        sys.executable,
+        "-m",
+        "bngap",
+        "check",
+        str(model),
+        *map(str, paths),
+        "--format",
+        "json",
+        "--output",
+        str(report_path),
+        "--save-outputs",
+        str(side),
+        "-q",
+        *_child_args(options),
+    ]
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if proc.returncode not in (0, 1) or not report_path.exists() or not side.exists():
+        return None, side, _error_line(proc.stderr, proc.returncode), seconds
+    return json.loads(report_path.read_text()), side, None, seconds
+
+
+def check_across(
+    model: Any,
+    data: Any,
+    options,
+    backends: list[str],
+    *,
+    notes: list[str] = (),
+    progress=None,
+    status: Callable[[str], None] | None = None,
+) -> Report:
+    """Checks `model` on `data` on each backend and compares them.
+
+    The first backend runs in this process (Keras must not be imported yet
+    with another backend), every other one in a process of its own. The
+    report is the first backend's, with `backends` (one `BackendRun` each,
+    the first included), a `backend_divergence` finding when they disagree
+    beyond float tolerance, and notes.
+
+    Args:
+        model, data: paths (the other processes read them too); `data` may
+            be a list of paths.
+        options: `CheckOptions`; thresholds apply to the first backend's report.
+        backends: names, the first being the reference.
+    """
+    from . import advice
+    from .pipeline import check
+
+    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data or [None])
+    if not isinstance(model, (str, os.PathLike)) or not all(
+        isinstance(p, (str, os.PathLike)) for p in paths
+    ):
+        raise BngapError(
+            "--backends needs the model and the data as files (each backend reads them "
+            "in a process of its own)"
+        )
+    say = status or (lambda s: None)
+    first = backends[0]
+    select_backend(first)
+    with tempfile.TemporaryDirectory(prefix="bngap-backends-") as tmp:
+        folder = Path(tmp)
+        side_paths = {first: folder / f"{first}.npz"}
+        say(f"backend 1 of {len(backends)}: {first}")
+        started = time.perf_counter()
+        report = check(
+            model,
+            data,
+            options=dataclasses.replace(options, save_outputs=str(side_paths[first])),
+            progress=progress,
+            status=status,
+        )
+        seconds = {first: time.perf_counter() - started}
+        ref = SideOutput(side_paths[first])
+        ref_dict = report.to_dict()
+        reports, errors, sides = {first: ref_dict}, {}, {first: ref}
+        for i, b in enumerate(backends[1:], 2):
+            say(f"backend {i} of {len(backends)}: {b} (a process of its own)")
+            rep, side, err, secs = run_in_process(b, model, data, options, folder)
+            seconds[b] = secs
+            if err:
+                errors[b] = err
+            else:
+                reports[b], sides[b] = rep, SideOutput(side)
+        runs = []
+        for b in backends:
+            if b in errors:
+                runs.append(
+                    BackendRun(
+                        backend=b, version=library_version(b), error=errors[b], seconds=seconds[b]
+                    )
+                )
+            else:
+                runs.append(compare(ref, sides[b], ref_dict, reports[b], seconds[b]))
+        diverged = {r.backend: divergences(r, runs[0], ref, sides.get(r.backend)) for r in runs}
+    finding = advice.backend_divergence(
+        runs,
+        diverged,
+        tolerance=tolerance(ref.meta.get("compute_dtype")),
+        dtype=ref.meta.get("compute_dtype") or "float32",
+        keras_version=ref.meta.get("keras"),
+    )
+    findings = tuple(report.findings)
+    if finding is not None:
+        findings = advice.ordered(findings + (finding,))
+    extra = list(notes) + [
+        f"{r.backend} could not run the check: {r.error}" for r in runs if r.error
+    ]
+    loss_note = _loss_note(runs, diverged, report.metrics.loss_name if report.metrics else "")
+    if loss_note:
+        extra.append(loss_note)
+    extra.append(
+        f"across backends: inference outputs compared on the first {runs[0].compared_samples} "
+        f"samples, each layer's output on the first batch ({ref.meta['first_batch']} samples), "
+        f"with {first} as the reference"
+    )
+    return dataclasses.replace(
+        report, backends=tuple(runs), findings=findings, notes=tuple(report.notes) + tuple(extra)
+    )
+
+
+__all__ = ["BACKENDS", "check_across", "parse_backends", "save_outputs", "select_backend"]

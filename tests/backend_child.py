@@ -1,0 +1,214 @@
+"""Per-backend test tasks, each run in a fresh process with KERAS_BACKEND set
+(the backend is fixed at `import keras`), printing one JSON object; and
+`spawn()`, which the tests use to start them.
+
+    KERAS_BACKEND=jax python tests/backend_child.py gap_monitor
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+BACKENDS = ("tensorflow", "jax", "torch")
+ROOT = Path(__file__).parent.parent
+
+
+def spawn(jobs: dict, timeout: int = 400) -> dict:
+    """Starts every job {label: (backend, task, *args)} at once, each in a
+    process of its own, and returns {label: its JSON, or {'error': stderr}}.
+    Jobs on the backend of the Keras this process already imported run here
+    (no start-up to pay); jobs whose backend is not installed are left out."""
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    here = sys.modules["keras"].backend.backend() if "keras" in sys.modules else None
+    procs, inline = {}, {}
+    for label, (backend, *argv) in jobs.items():
+        if importlib.util.find_spec(backend) is None:
+            continue
+        if backend == here:
+            inline[label] = argv
+            continue
+        procs[label] = subprocess.Popen(
+            [sys.executable, __file__, *map(str, argv)],
+            env=dict(env, KERAS_BACKEND=backend),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    out = {label: TASKS[task](*map(str, args)) for label, (task, *args) in inline.items()}
+    for label, p in procs.items():
+        stdout, stderr = p.communicate(timeout=timeout)
+        lines = stdout.strip().splitlines()
+        out[label] = (
+            json.loads(lines[-1]) if p.returncode == 0 and lines else {"error": stderr[-3000:]}
+        )
+    return out
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3, 2, (64, 6)).astype("float32")
+    y = (x[:, 0] > 3).astype("int64")
+    return x, y
+
+
+def _sequential(keras, dropout: bool):
+    L = keras.layers
+    layers = [keras.Input((6,)), L.Dense(8), L.BatchNormalization(), L.ReLU()]
+    if dropout:
+        layers.append(L.Dropout(0.2))
+    return keras.Sequential(layers + [L.Dense(2)])
+
+
+def _no_training_arg(keras):
+    """A subclassed model whose call() has no `training` argument: fit()
+    calls it as self(x), so its BN layer runs in inference mode there."""
+    L = keras.layers
+
+    class Plain(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d1 = L.Dense(8)
+            self.bn = L.BatchNormalization()
+            self.d2 = L.Dense(2)
+
+        def call(self, x):
+            return self.d2(keras.ops.relu(self.bn(self.d1(x))))
+
+    m = Plain()
+    m(np.zeros((1, 6), "float32"))
+    return m
+
+
+def _fit(keras, build, callbacks, epochs=3):
+    keras.utils.set_random_seed(0)
+    m = build(keras)
+    m.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = _data()
+    hist = m.fit(x, y, epochs=epochs, batch_size=16, shuffle=False, verbose=0, callbacks=callbacks)
+    return m, hist
+
+
+def _relative_l2_numpy(keras, model, x, batch_size):
+    """The gap computed independently: model(x, training=True) against
+    predict(x), batch by batch, in float64 numpy (BN statistics restored
+    after each training call)."""
+    sq_d = sq_r = 0.0
+    saved = [np.array(keras.ops.convert_to_numpy(v.value)) for v in model.non_trainable_variables]
+    for s in range(0, len(x), batch_size):
+        part = x[s : s + batch_size]
+        ev = np.asarray(model.predict(part, verbose=0), np.float64)
+        tr = np.asarray(keras.ops.convert_to_numpy(model(part, training=True)), np.float64)
+        for v, val in zip(model.non_trainable_variables, saved):
+            v.assign(val)
+        sq_d += float(((tr - ev) ** 2).sum())
+        sq_r += float((ev**2).sum())
+    return (sq_d / sq_r) ** 0.5
+
+
+def gap_monitor() -> dict:
+    import keras
+
+    import bngap
+
+    x, _ = _data()
+    out: dict = {"backend": keras.backend.backend()}
+    with_dropout = lambda k: _sequential(k, dropout=True)  # noqa: E731
+    plain, _ = _fit(keras, with_dropout, [])
+    monitor = bngap.GapMonitor(x[:40], batch_size=16, every_n_batches=2, warn_above=0.1)
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        watched, hist = _fit(keras, with_dropout, [monitor])
+    out["changed"] = [
+        v.path
+        for a, v in zip(plain.variables, watched.variables)
+        if np.asarray(a.numpy()).tobytes() != np.asarray(v.numpy()).tobytes()
+    ]
+    out["variables"] = len(watched.variables)
+    out["logged"] = hist.history.get("bngap_gap")
+    out["history"] = [v for _, v in monitor.history]
+    out["batch_history"] = len(monitor.batch_history)
+    out["warned"] = (
+        "bngap: epoch 1: training-mode and inference-mode outputs differ" in buf.getvalue()
+    )
+
+    # the value, against an independent computation on the final weights
+    monitor = bngap.GapMonitor(x[:40], batch_size=16, verbose=False)
+    model, _ = _fit(keras, lambda k: _sequential(k, dropout=False), [monitor], epochs=2)
+    out["last"] = monitor.history[-1][1]
+    out["expected_last"] = _relative_l2_numpy(keras, model, x[:40], 16)
+
+    # fit() calls a model whose call() lacks `training` as self(x): no gap in fit()
+    monitor = bngap.GapMonitor(x[:40], batch_size=16, verbose=False)
+    _fit(keras, _no_training_arg, [monitor], epochs=1)
+    out["no_training_arg"] = monitor.history[-1][1]
+
+    # re-estimating the statistics at the end: the BN input's own mean and variance
+    # (bngap's probe runs on every backend once the backend adapter is there)
+    if (
+        keras.backend.backend() == "tensorflow"
+        or (Path(bngap.__file__).parent / "backend.py").is_file()
+    ):
+        monitor = bngap.GapMonitor(x, batch_size=64, recalibrate_at_end=True, verbose=False)
+        model, _ = _fit(keras, lambda k: _sequential(k, dropout=False), [monitor], epochs=2)
+        inp = keras.ops.convert_to_numpy(model.layers[0](x)).astype(np.float64)
+        bn = model.layers[1]
+        out["recalibrated"] = {
+            "mean_error": float(
+                np.abs(keras.ops.convert_to_numpy(bn.moving_mean.value) - inp.mean(0)).max()
+            ),
+            "variance_error": float(
+                np.abs(keras.ops.convert_to_numpy(bn.moving_variance.value) - inp.var(0)).max()
+            ),
+            "before": monitor.history[-1][1],
+            "after": monitor.measure(),
+        }
+    return out
+
+
+def side_outputs(model_path: str, data_path: str, out_path: str, perturb: str = "") -> dict:
+    """`crossbackend.save_outputs` of a saved model on this backend; with
+    `perturb=LAYER`, that BN layer's moving variance is first made 1% larger
+    (a stand-in for a backend computing one layer differently)."""
+    import keras
+
+    from bngap.crossbackend import save_outputs
+    from bngap.data import from_arrays
+    from bngap.layertree import build_tree
+    from bngap.loading import input_specs
+
+    model = keras.saving.load_model(model_path, compile=False)
+    if perturb:
+        bn = model
+        for name in perturb.split("/"):
+            bn = bn.get_layer(name)
+        bn.moving_variance.assign(keras.ops.convert_to_numpy(bn.moving_variance.value) * 1.01)
+    with np.load(data_path) as f:
+        data = from_arrays(f["x"], None, input_specs(model))
+    before = [np.array(keras.ops.convert_to_numpy(v.value)) for v in model.variables]
+    save_outputs(out_path, model, build_tree(model, keras), data, keras, batch_size=32)
+    after = [np.array(keras.ops.convert_to_numpy(v.value)) for v in model.variables]
+    return {
+        "backend": keras.backend.backend(),
+        "unchanged": all(a.tobytes() == b.tobytes() for a, b in zip(before, after)),
+    }
+
+
+TASKS = {"gap_monitor": gap_monitor, "side_outputs": side_outputs}
+
+if __name__ == "__main__":
+    result = TASKS[sys.argv[1]](*sys.argv[2:])
+    sys.stdout.write("\n" + json.dumps(result) + "\n")
