@@ -485,7 +485,7 @@ def lint(model, fmt, outputs, fail_on, all_layers, unsafe, custom_objects, show_
     """
     progress = _Progress(enabled=not quiet)
     with _errors_handled(show_traceback):
-        from .lint import lint as run_lint
+        from .linting import lint as run_lint
         from .render.lint import lint_headline, render_lint
         from .writing import plan_outputs, write_outputs
 

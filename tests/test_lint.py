@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from bngap.cli import main
-from bngap.lint import RULES, lint, lint_model
+from bngap.linting import RULES, lint, lint_model
 
 keras = pytest.importorskip("keras")
 L = keras.layers

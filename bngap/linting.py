@@ -2,7 +2,8 @@
 
 The analysis reads each layer's configuration and its weights once, as numpy
 arrays, and applies the rules below; it runs no forward pass. Rule ids are
-part of the public contract.
+part of the public contract. (Not named `lint.py`: importing a submodule
+`bngap.lint` would replace the function `bngap.lint()` on the package.)
 """
 
 from __future__ import annotations
