@@ -325,8 +325,25 @@ def _producer(layer, keras):
             return op
         if isinstance(op, (keras.layers.Dense, keras.layers.EinsumDense)):
             return op
+        if not _keeps_layout(op, history, keras):
+            return None  # it moves or regroups axes: the layout upstream says nothing
         current = op
     return None
+
+
+def _keeps_layout(op, history, keras) -> bool:
+    """Whether `op` leaves its input's axes where they were (activations,
+    dropout, elementwise merges), judged by the node that made the tensor:
+    same shape in and out, and not an axis permutation."""
+    if isinstance(op, (keras.layers.Permute, keras.layers.Reshape)):
+        return False
+    try:
+        node = op._inbound_nodes[history.node_index]
+        shape_in = tuple(node.input_tensors[0].shape)
+        shape_out = tuple(node.output_tensors[0].shape)
+    except (AttributeError, IndexError, TypeError):
+        return False
+    return shape_in == shape_out
 
 
 def _axis_mismatch(bns: list[_BN], keras) -> list[LintFinding]:
@@ -352,8 +369,10 @@ def _axis_mismatch(bns: list[_BN], keras) -> list[LintFinding]:
         f"{_v(len(hits), 'normalises', 'normalise')} over another axis than the channels of the "
         f"layer feeding {_v(len(hits), 'it', 'them')}: {b.path} has axis={b.layer.axis} on a "
         f"rank-{b.rank} input, but {prod.name} ({type(prod).__name__}, {fmt}) puts its channels on "
-        f"axis {channel}. Statistics are then kept per row (or column) of the feature map instead "
-        "of per channel: a common porting slip (axis=1 from a channels-first model).",
+        f"axis {channel}. Statistics are then kept per position along axis "
+        f"{b.layer.axis % b.rank} instead of per channel: a common porting slip ("
+        + ("the Keras default axis=-1 left on a channels_first model)." if fmt == "channels_first"
+           else "axis=1 from a channels-first model)."),
         f"Set axis={-1 if channel == b.rank - 1 else channel} (the channel axis) and retrain or "
         "re-estimate the statistics.",
         tuple(h[0].path for h in hits),

@@ -144,6 +144,34 @@ def test_axis_follows_a_channels_first_convolution():
     assert f.layers == ("bn_bad",) and "axis=1" in f.remedy
 
 
+def test_axis_wording_names_the_slip_that_was_made():
+    """After a channels-first convolution the slip is the Keras default
+    axis=-1 left in place, not axis=1 carried over."""
+    inp = keras.Input((3, 8, 8))
+    h = L.Conv2D(4, 3, data_format="channels_first", name="conv")(inp)
+    f = rules(keras.Model(inp, L.BatchNormalization(axis=-1, name="bn")(h)))["axis_mismatch"]
+    assert "axis=1 from a channels-first model" not in f.message
+    assert "channels_first" in f.message and "per channel" in f.message
+    assert "per row" not in f.message and "along axis 3" in f.message
+
+
+@pytest.mark.parametrize("between", [
+    lambda: L.Permute((3, 1, 2), name="to_channels_first"),   # channels moved to axis 1
+    lambda: L.Reshape((4, 36), name="reshape"),              # another layout altogether
+])
+def test_axis_check_stops_at_layers_that_move_axes(between):
+    """A layer that moves or regroups axes decides the layout itself: the
+    check does not look through it to the convolution (no false alarm)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = L.Conv2D(4, 3, name="conv")(inp)                     # (6, 6, 4)
+    h = between()(h)
+    h = L.BatchNormalization(axis=1, name="bn")(h)
+    m = keras.Model(inp, L.Flatten()(h))
+    x = images()
+    assert "axis_mismatch" not in rules(calibrate(m, x))
+
+
 def test_renorm_without_clipping():
     f = rules(calibrate(conv_bn(renorm=True), images()))["renorm_unclipped"]
     assert f.severity.value == "warn" and "renorm_mean" in f.message
