@@ -323,7 +323,8 @@ def _small_batch(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRec
                f"{_fmt(r.expected_local_gap, 2)} explained by the moving statistics)" if noisy else "")
             + ", so training-mode outputs differ from inference even where the moving statistics "
               "are right." + few,
-            "Use larger batches (32 or more) and shuffle them (a batch of one class has "
+            f"Use larger batches ({'32 or more' if batch_size < 32 else f'larger than {batch_size}'}) "
+            "and shuffle them (a batch of one class has "
             "unrepresentative statistics); for small-batch training consider renorm=True, or "
             "GroupNormalization / LayerNormalization.",
             {"batch_size": batch_size, "layers": [x.path for x, _ in noisy]},

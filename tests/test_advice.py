@@ -106,6 +106,15 @@ def test_small_batch():
     assert f.cause is Cause.SMALL_BATCH and "batches of 4" in f.message and f.explains == 1.0
 
 
+def test_small_batch_remedy_asks_for_more_than_the_batch_size_used():
+    """At batch size 32 the remedy cannot be 'use 32 or more'."""
+    recs = [bn(f"bn{i}", order=i, severity=Severity.OK, expected_local_gap=0.01) for i in range(4)]
+    lays = [layer(f"bn{i}", Kind.BATCHNORM, order=i, own=0.6) for i in range(4)]
+    for size, want in ((32, "larger than 32"), (64, "larger than 64"), (4, "32 or more")):
+        (f,), _ = run(recs, lays, {"batchnorm": 0.5}, gap=0.5, batch_size=size)
+        assert f.cause is Cause.SMALL_BATCH and want in f.remedy, (size, f.remedy)
+
+
 def test_augmentation_and_dropout_only():
     aug = [layer("flip", Kind.AUGMENTATION, effect=0.4)]
     (f,), _ = run(layers=aug, groups={"augmentation": 0.4}, gap=0.4)
