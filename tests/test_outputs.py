@@ -96,6 +96,24 @@ def test_render_and_check_refuse_bad_outputs(tmp_path, args, message, monkeypatc
     assert list(tmp_path.iterdir()) == [saved]
 
 
+@pytest.mark.parametrize("content,message", [
+    ("{}", "not a bngap check report (schema version 1)"),
+    (b"PK\x03\x04\xc8\x00binary", "is not a JSON report (not UTF-8 text)"),
+])
+@pytest.mark.parametrize("command", ["render", "baseline"])
+def test_not_a_report_is_said_once(tmp_path, monkeypatch, content, message, command):
+    """One plain line, the reason said once: no doubled 'not a bngap check
+    report (not a bngap check report ...)', no codec error."""
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "old.json"
+    f.write_bytes(content if isinstance(content, bytes) else content.encode())
+    res = run("render", f) if command == "render" else run("check", "m.keras", "d.npz", "--baseline", f)
+    assert res.exit_code == 2
+    line = res.stderr.strip()
+    assert line.startswith("error: ") and "\n" not in line and message in line, line
+    assert line.count("not a bngap check report") <= 1 and "codec" not in line, line
+
+
 def test_render_repeats_all_layers(zoo, tmp_path):
     mpath, dpath = zoo.files("nested")
     res = run("check", mpath, dpath, "-q", "--all-layers", "-o", tmp_path / "r.json", "-o", tmp_path / "r.txt")
