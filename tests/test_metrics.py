@@ -147,3 +147,35 @@ def test_no_accuracy_for_a_regression_output_of_several_columns(keras):
     r1 = check(single, x, y_box, options=CheckOptions(batch_size=48))
     assert set(r1.metrics.eval) == {"loss"}
     assert r1.metrics.eval["loss"] == pytest.approx(single.evaluate(x, y_box, batch_size=48, verbose=0), rel=1e-5)
+
+
+def test_accuracy_drop_gate_applies_to_a_multi_output_model(two_heads, tmp_path):
+    """--fail-above-accuracy-drop on a model with several outputs gates the
+    largest drop among its class outputs; it was never applied (the total
+    has no accuracy) and the run passed without a word."""
+    from bngap.results import Thresholds
+
+    m, x, y_cls, y_reg = two_heads
+    r = check(m, x, {"cls": y_cls, "reg": y_reg})
+    per = {o.name: o for o in r.metrics.per_output}
+    drop = per["cls"].train["accuracy"] - per["cls"].eval["accuracy"]
+    assert r.accuracy_drop == pytest.approx(drop)
+    below = check(m, x, {"cls": y_cls, "reg": y_reg},
+                  options=CheckOptions(thresholds=Thresholds(accuracy_drop=round(drop, 4) - 0.5)))
+    above = check(m, x, {"cls": y_cls, "reg": y_reg},
+                  options=CheckOptions(thresholds=Thresholds(accuracy_drop=round(drop, 4) + 0.5)))
+    assert "accuracy_drop" in below.exceeded and below.verdict == "fail"
+    assert above.exceeded == () and above.verdict == "pass"
+
+
+def test_accuracy_gate_on_a_model_without_accuracy_says_it_was_not_applied(two_heads, tmp_path):
+    m, x, y_cls, y_reg = two_heads
+    reg = type(m)(m.inputs, m.get_layer("reg").output)
+    reg.compile("adam", "mse")
+    reg.save(tmp_path / "reg.keras")
+    np.savez(tmp_path / "reg.npz", x=x, y=y_reg)
+    res = CliRunner().invoke(main, ["check", str(tmp_path / "reg.keras"), str(tmp_path / "reg.npz"), "-q",
+                                    "--fail-above-accuracy-drop", "0.1", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert "accuracy" not in json.loads(res.stdout)["metrics"]["eval"]
+    assert "--fail-above-accuracy-drop" in res.stderr and "not applied" in res.stderr
