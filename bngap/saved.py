@@ -36,6 +36,10 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
 def read_report(path: str | os.PathLike) -> Report:
     """A report that `bngap check --output r.json` wrote, as a `Report`."""
     d = read_json(path, "report")
+    kind = d.get("command") or ("fix" if "before" in d and "after" in d else None)
+    if kind in ("lint", "fix"):
+        raise BngapError(f"{path} is a bngap {kind} report; bngap render reads the JSON reports of "
+                         f"bngap check (bngap {kind} -o FILE writes its other formats)")
     try:
         return Report.from_dict(d)
     except ValueError as e:

@@ -114,6 +114,20 @@ def test_not_a_report_is_said_once(tmp_path, monkeypatch, content, message, comm
     assert line.count("not a bngap check report") <= 1 and "codec" not in line, line
 
 
+@pytest.mark.parametrize("saved,kind", [
+    ({"schema_version": "1", "command": "lint", "verdict": "pass", "model": {"path": "m.keras"}}, "lint"),
+    ({"schema_version": "1", "command": "fix", "before": {}, "after": {}}, "fix"),
+    ({"before": {"relative_l2": 1.0}, "after": {"relative_l2": 0.1}, "layers": []}, "fix"),
+])
+def test_render_names_a_lint_or_fix_report(tmp_path, saved, kind):
+    """A lint or fix JSON given to render: said as such, not 'KeyError: data'."""
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(saved))
+    res = run("render", f)
+    assert res.exit_code == 2
+    assert f"is a bngap {kind} report" in res.stderr and "KeyError" not in res.stderr, res.stderr
+
+
 def test_render_repeats_all_layers(zoo, tmp_path):
     mpath, dpath = zoo.files("nested")
     res = run("check", mpath, dpath, "-q", "--all-layers", "-o", tmp_path / "r.json", "-o", tmp_path / "r.txt")
