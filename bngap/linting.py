@@ -212,9 +212,11 @@ def _momentum(bns: list[_BN]) -> list[LintFinding]:
             f"{_layers_word(len(stuck))} ({_names(b.path for b in stuck)}) {_v(len(stuck), 'has', 'have')} momentum "
             f"{', '.join(sorted({f'{float(b.layer.momentum):g}' for b in stuck}))}: the moving "
             "statistics never move towards the data's (at momentum 1 they keep their old value; "
-            "above 1 they diverge), so inference mode normalises with whatever they hold while "
-            "training mode uses each batch's statistics."
-            + ("" if trainable else " They are frozen (trainable=False), so nothing updates them anyway."),
+            "above 1 they diverge), "
+            + ("so inference mode normalises with whatever they hold while training mode uses each "
+               "batch's statistics." if trainable else
+               "so they will not follow the data if the layers are ever unfrozen. They are frozen "
+               "(trainable=False) now: both modes normalise with the stored statistics."),
             "Set momentum below 1 (the Keras default is 0.99) and re-estimate the statistics: "
             "bngap fix MODEL DATA -o fixed.keras.",
             tuple(b.path for b in stuck), {"momenta": sorted({float(b.layer.momentum) for b in stuck})},

@@ -84,6 +84,16 @@ def test_momentum_one():
     assert "momentum_one" not in rules(_with_momentum(0.999))
 
 
+def test_momentum_one_on_frozen_layers_says_what_frozen_layers_do():
+    """A frozen BN layer uses its stored statistics in both modes: the
+    message must not say that training mode uses each batch's."""
+    model = _with_momentum(1.0)
+    model.get_layer("bn").trainable = False
+    f = rules(model)["momentum_one"]
+    assert f.severity.value == "warn"
+    assert "training mode uses each batch" not in f.message and "both modes" in f.message
+
+
 def _with_momentum(m):
     model = healthy()
     model.get_layer("bn").momentum = m
