@@ -339,6 +339,8 @@ def _keeps_layout(op, history, keras) -> bool:
     same shape in and out, and not an axis permutation."""
     if isinstance(op, (keras.layers.Permute, keras.layers.Reshape)):
         return False
+    if isinstance(op, keras.layers.Concatenate):
+        return True  # joins along one axis, moves none (DenseNet's BN inputs)
     try:
         node = op._inbound_nodes[history.node_index]
         shape_in = tuple(node.input_tensors[0].shape)

@@ -182,6 +182,15 @@ def test_axis_check_stops_at_layers_that_move_axes(between):
     assert "axis_mismatch" not in rules(calibrate(m, x))
 
 
+def test_axis_check_looks_through_a_concatenation():
+    """DenseNet's shape: BN after a Concatenate of convolutions."""
+    inp = keras.Input((8, 8, 3))
+    h = L.Concatenate(name="cat")([L.Conv2D(4, 3, name="a")(inp), L.Conv2D(2, 3, name="b")(inp)])
+    m = keras.Model(inp, L.BatchNormalization(axis=1, name="bn")(h))
+    f = rules(calibrate(m, images()))["axis_mismatch"]
+    assert f.layers == ("bn",) and "a (Conv2D, channels_last)" in f.message
+
+
 def test_renorm_without_clipping():
     f = rules(calibrate(conv_bn(renorm=True), images()))["renorm_unclipped"]
     assert f.severity.value == "warn" and "renorm_mean" in f.message
