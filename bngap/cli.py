@@ -333,7 +333,8 @@ def _github_actions(report, *, stdout_free: bool, all_layers: bool) -> None:
 @click.option("--all-layers", is_flag=True,
               help="List every layer and every BN layer (the default when the check was run with it).")
 @click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors.")
-def render(report_file, fmt, outputs, all_layers, show_traceback):
+@click.option("-q", "--quiet", is_flag=True, help="No status lines on stderr.")
+def render(report_file, fmt, outputs, all_layers, show_traceback, quiet):
     """Re-render a JSON report that `bngap check` saved.
 
     Fast and without TensorFlow: for a later CI step, or to turn a bug
@@ -348,7 +349,7 @@ def render(report_file, fmt, outputs, all_layers, show_traceback):
         plan = plan_outputs(outputs, FORMATS, default=fmt, inputs=(report_file,))
         report = read_report(report_file)
         _deliver(report, fmt, plan, all_layers=all_layers or report.settings.get("all_layers") is True,
-                 quiet=False)
+                 quiet=quiet)
         sys.exit(int(ExitStatus.OK))
 
 

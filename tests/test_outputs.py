@@ -257,3 +257,15 @@ def test_annotations_follow_the_verdict():
     fail = annotations(make_report(thresholds=Thresholds(output_gap=0.2, warn_above=0.1)))
     assert [a.split(" ")[0] for a in fail] == ["::error", "::error", "::warning"]  # no warning beside the failure
     assert annotations(make_report(findings=())) == []
+
+
+def test_render_is_quiet_with_q(tmp_path):
+    """-q, as for check, fix and lint: a CI script passes it to every step."""
+    from pathlib import Path
+
+    golden = Path(__file__).parent / "golden" / "render_report.json"
+    res = run("render", golden, "-q", "-o", tmp_path / "r.md")
+    assert res.exit_code == 0, res.stderr
+    assert res.stderr == "" and (tmp_path / "r.md").read_text().startswith("## bngap report")
+    loud = run("render", golden, "-o", tmp_path / "s.md")
+    assert "report written to" in loud.stderr
