@@ -298,10 +298,16 @@ def _small_batch(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRec
                  samples: int) -> tuple[Finding | None, list[str]]:
     """A BN gap the statistics do not explain: the batch statistics are the problem."""
     bn_layers = {r.path: r for r in layers if r.kind is Kind.BATCHNORM}
+    # Below a flagged layer, a layer's training-mode input is not its
+    # inference-mode input (upstream normalises differently): its own
+    # contribution cannot be set against its expected gap.
+    first_flagged = min((r.order for r in flagged), default=None)
     noisy = []
     for r in batchnorm:
         rec = bn_layers.get(r.path)
         if rec is None or rec.own_contribution is None or not r.fit_uses_batch_stats:
+            continue
+        if first_flagged is not None and r.order >= first_flagged:
             continue
         excess = rec.own_contribution - r.expected_local_gap
         if excess > BATCH_NOISE_EXCESS and rec.own_contribution > 2 * r.expected_local_gap:
