@@ -319,6 +319,7 @@ def _small_batch(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRec
     if uses_batch and (batch_size < SMALL_BATCH or (widespread and bn_gap >= NOTABLE_GAP)):
         r, own = noisy[0] if noisy else (uses_batch[0], None)
         sev = Severity.WARN if bn_gap >= NOTABLE_GAP else Severity.INFO
+        more = "32 or more" if batch_size < 32 else f"larger than {batch_size}"
         few = (f" Only {samples} samples were given, so they form one batch: give at least 32 to "
                "measure at the batch size fit() uses." if samples <= batch_size else "")
         return Finding(
@@ -329,7 +330,7 @@ def _small_batch(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRec
                f"{_fmt(r.expected_local_gap, 2)} explained by the moving statistics)" if noisy else "")
             + ", so training-mode outputs differ from inference even where the moving statistics "
               "are right." + few,
-            f"Use larger batches ({'32 or more' if batch_size < 32 else f'larger than {batch_size}'}) "
+            f"Use larger batches ({more}) "
             "and shuffle them (a batch of one class has "
             "unrepresentative statistics); for small-batch training consider renorm=True, or "
             "GroupNormalization / LayerNormalization.",

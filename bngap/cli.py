@@ -259,8 +259,8 @@ def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_abo
         if (fail_above_loss_delta is not None or fail_above_accuracy_drop is not None) and report.metrics is None:
             _err("bngap: warning: loss/accuracy thresholds need labels; they were not applied")
         elif fail_above_accuracy_drop is not None and report.accuracy_drop is None:
-            _err("bngap: warning: --fail-above-accuracy-drop needs a class output (no output has an "
-                 "accuracy); it was not applied")
+            _err("bngap: warning: --fail-above-accuracy-drop needs a class output (no output "
+                 "has an accuracy); it was not applied")
         sys.exit(int(report.exit_status))
 
 
