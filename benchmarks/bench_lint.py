@@ -37,7 +37,7 @@ def main() -> None:
     keras = import_keras()
     import numpy as np
 
-    from bngap.lint import lint, lint_model
+    from bngap.linting import lint, lint_model
     from bngap.loading import load_model
 
     model = keras.applications.ResNet50(weights=None, input_shape=(args.size, args.size, 3))

@@ -98,11 +98,11 @@ def lint(model: Any, *, fail_on: str = "fail", unsafe: bool = False,
         fail_on: "fail" or "warn": the severity that makes the verdict 'fail'.
 
     Returns:
-        A `bngap.lint.LintReport`: `findings` (rule, severity, layer,
+        A `bngap.linting.LintReport`: `findings` (rule, severity, layer,
         message, remedy), every BN layer's momentum, epsilon and variance
         range, `verdict`, and `to_dict()` for JSON. Changes nothing.
     """
-    from .lint import lint as _lint
+    from .linting import lint as _lint
 
     return _lint(model, fail_on=fail_on, unsafe=unsafe, custom_objects=custom_objects)
 

@@ -341,10 +341,16 @@ def _small_batch(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRec
                  samples: int) -> tuple[Finding | None, list[str]]:
     """A BN gap the statistics do not explain: the batch statistics are the problem."""
     bn_layers = {r.path: r for r in layers if r.kind is Kind.BATCHNORM}
+    # Below a flagged layer, a layer's training-mode input is not its
+    # inference-mode input (upstream normalises differently): its own
+    # contribution cannot be set against its expected gap.
+    first_flagged = min((r.order for r in flagged), default=None)
     noisy = []
     for r in batchnorm:
         rec = bn_layers.get(r.path)
         if rec is None or rec.own_contribution is None or not r.fit_uses_batch_stats:
+            continue
+        if first_flagged is not None and r.order >= first_flagged:
             continue
         excess = rec.own_contribution - r.expected_local_gap
         if excess > BATCH_NOISE_EXCESS and rec.own_contribution > 2 * r.expected_local_gap:
@@ -356,6 +362,7 @@ def _small_batch(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRec
     if uses_batch and (batch_size < SMALL_BATCH or (widespread and bn_gap >= NOTABLE_GAP)):
         r, own = noisy[0] if noisy else (uses_batch[0], None)
         sev = Severity.WARN if bn_gap >= NOTABLE_GAP else Severity.INFO
+        more = "32 or more" if batch_size < 32 else f"larger than {batch_size}"
         few = (f" Only {samples} samples were given, so they form one batch: give at least 32 to "
                "measure at the batch size fit() uses." if samples <= batch_size else "")
         return Finding(
@@ -366,7 +373,8 @@ def _small_batch(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRec
                f"{_fmt(r.expected_local_gap, 2)} explained by the moving statistics)" if noisy else "")
             + ", so training-mode outputs differ from inference even where the moving statistics "
               "are right." + few,
-            "Use larger batches (32 or more) and shuffle them (a batch of one class has "
+            f"Use larger batches ({more}) "
+            "and shuffle them (a batch of one class has "
             "unrepresentative statistics); for small-batch training consider renorm=True, or "
             "GroupNormalization / LayerNormalization.",
             {"batch_size": batch_size, "layers": [x.path for x, _ in noisy]},

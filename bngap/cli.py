@@ -273,6 +273,9 @@ def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_abo
                                  across=across)
         if (fail_above_loss_delta is not None or fail_above_accuracy_drop is not None) and report.metrics is None:
             _err("bngap: warning: loss/accuracy thresholds need labels; they were not applied")
+        elif fail_above_accuracy_drop is not None and report.accuracy_drop is None:
+            _err("bngap: warning: --fail-above-accuracy-drop needs a class output (no output "
+                 "has an accuracy); it was not applied")
         sys.exit(int(report.exit_status))
 
 
@@ -353,7 +356,8 @@ def _github_actions(report, *, stdout_free: bool, all_layers: bool) -> None:
 @click.option("--all-layers", is_flag=True,
               help="List every layer and every BN layer (the default when the check was run with it).")
 @click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors.")
-def render(report_file, fmt, outputs, all_layers, show_traceback):
+@click.option("-q", "--quiet", is_flag=True, help="No status lines on stderr.")
+def render(report_file, fmt, outputs, all_layers, show_traceback, quiet):
     """Re-render a JSON report that `bngap check` saved.
 
     Fast and without TensorFlow: for a later CI step, or to turn a bug
@@ -368,7 +372,7 @@ def render(report_file, fmt, outputs, all_layers, show_traceback):
         plan = plan_outputs(outputs, FORMATS, default=fmt, inputs=(report_file,))
         report = read_report(report_file)
         _deliver(report, fmt, plan, all_layers=all_layers or report.settings.get("all_layers") is True,
-                 quiet=False)
+                 quiet=quiet)
         sys.exit(int(ExitStatus.OK))
 
 
@@ -511,7 +515,7 @@ def lint(model, fmt, outputs, fail_on, all_layers, unsafe, custom_objects, show_
     """
     progress = _Progress(enabled=not quiet)
     with _errors_handled(show_traceback):
-        from .lint import lint as run_lint
+        from .linting import lint as run_lint
         from .render.lint import lint_headline, render_lint
         from .writing import plan_outputs, write_outputs
 

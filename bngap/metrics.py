@@ -70,7 +70,17 @@ def _accuracy(out: np.ndarray, y: np.ndarray, cut: float | None) -> np.ndarray |
     binary score is cut at `cut` (decided once for both modes)."""
     if out.ndim >= 2 and out.shape[-1] >= 2:
         pred = np.argmax(out, axis=-1)
-        truth = np.argmax(y, axis=-1) if y.shape == out.shape else y.reshape(pred.shape)
+        if y.shape == out.shape:
+            # one-hot (or smoothed) class labels; real-valued targets of the
+            # same shape (a box, a vector) are regression: no accuracy
+            yf = y.astype(np.float64)
+            if not (np.all(yf >= 0) and np.allclose(yf.sum(-1), 1.0, atol=1e-3)):
+                return None
+            truth = np.argmax(y, axis=-1)
+        else:
+            if y.size != pred.size or not np.all(np.mod(y, 1) == 0):
+                return None  # not class indices
+            truth = y.reshape(pred.shape)
         return (pred == truth).astype(np.float64)
     flat = out.reshape(out.shape[0], -1)
     if flat.shape[1] == 1 and set(np.unique(y).tolist()) <= {0, 1}:

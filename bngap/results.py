@@ -372,10 +372,15 @@ class Report:
 
     @property
     def accuracy_drop(self) -> float | None:
-        """Training-mode accuracy minus inference-mode accuracy."""
-        if not self.metrics or "accuracy" not in self.metrics.train:
+        """Training-mode accuracy minus inference-mode accuracy; for several
+        outputs, the largest drop among those with an accuracy."""
+        if not self.metrics:
             return None
-        return self.metrics.train["accuracy"] - self.metrics.eval["accuracy"]
+        if "accuracy" in self.metrics.train:
+            return self.metrics.train["accuracy"] - self.metrics.eval["accuracy"]
+        drops = [o.train["accuracy"] - o.eval["accuracy"] for o in self.metrics.per_output
+                 if "accuracy" in o.train and "accuracy" in o.eval]
+        return max(drops) if drops else None
 
     @property
     def exceeded(self) -> tuple[str, ...]:

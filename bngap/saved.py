@@ -22,7 +22,9 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
         raise BngapError(f"{what} {path} does not exist" if not p.exists() else f"{what} {path} is not a file")
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise BngapError(f"{what} {path} is not a JSON report (not UTF-8 text)") from e
+    except OSError as e:
         raise BngapError(f"cannot read {what} {path}: {e}") from e
     except json.JSONDecodeError as e:
         raise BngapError(f"{what} {path} is not JSON: {e.msg} at line {e.lineno}") from e
@@ -34,6 +36,10 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
 def read_report(path: str | os.PathLike) -> Report:
     """A report that `bngap check --output r.json` wrote, as a `Report`."""
     d = read_json(path, "report")
+    kind = d.get("command") or ("fix" if "before" in d and "after" in d else None)
+    if kind in ("lint", "fix"):
+        raise BngapError(f"{path} is a bngap {kind} report; bngap render reads the JSON reports of "
+                         f"bngap check (bngap {kind} -o FILE writes its other formats)")
     try:
         return Report.from_dict(d)
     except ValueError as e:
@@ -46,4 +52,7 @@ def read_baseline(path: str | os.PathLike) -> Baseline:
     try:
         return Baseline.from_report(d, str(path))
     except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise BngapError(f"--baseline {path}: not a bngap check report ({e})") from e
+        why = str(e)
+        if "not a bngap check report" not in why:
+            why = f"not a bngap check report ({why})"
+        raise BngapError(f"--baseline {path}: {why}") from e

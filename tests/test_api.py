@@ -164,3 +164,15 @@ def test_warn_above_from_python(zoo):
     r = bngap.check(model, x, y, warn_above=0.01, effects=0)
     assert r.verdict == "warn" and r.warned == ("output_gap",) and int(r.exit_status) == 0
     assert r.to_dict()["thresholds"]["warn_above"] == 0.01
+
+
+def test_lint_stays_callable_after_its_module_is_imported(keras, tmp_path):
+    """`bngap.lint(model)` works on every call, also after `bngap lint` ran:
+    a submodule named `lint` would replace the function on the package as
+    soon as anything imported it (the first call did)."""
+    m = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(2)])
+    first = bngap.lint(m)
+    m.save(tmp_path / "m.keras")
+    assert CliRunner().invoke(main, ["lint", str(tmp_path / "m.keras"), "-q"]).exit_code == 1
+    second = bngap.lint(m)
+    assert [f.rule for f in first.findings] == [f.rule for f in second.findings] == ["never_updated"]

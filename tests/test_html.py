@@ -181,3 +181,20 @@ def test_the_real_resnet50_report_round_trips_and_renders():
     by_label = {s.get("aria-label"): len(marks(s)) for s in svgs}
     assert by_label["BatchNormalization statistics against the data"] == expected_bn_marks(r)
     assert by_label["Divergence of each layer's output along the depth"] == expected_depth_marks(r)
+
+
+def test_depth_chart_legend_colours_are_told_apart():
+    """Each swatch of the depth chart's legend names one thing: the
+    divergence bars and the dropout/noise strip were two near-identical
+    blues (RGB distance 18)."""
+    from bngap.render.svg import BAR, KIND_COLOR
+
+    def rgb(c):
+        return tuple(int(c[i:i + 2], 16) for i in (1, 3, 5))
+
+    swatches = {"divergence": BAR, **{k: KIND_COLOR[k] for k in ("batchnorm", "dropout", "augmentation", "other")}}
+    names = sorted(swatches)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            d = sum((p - q) ** 2 for p, q in zip(rgb(swatches[a]), rgb(swatches[b]))) ** 0.5
+            assert d > 45, (a, b, d)  # blue against grey is 53

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from bngap.cli import main
-from bngap.lint import RULES, lint, lint_model
+from bngap.linting import RULES, lint, lint_model
 
 keras = pytest.importorskip("keras")
 L = keras.layers
@@ -84,6 +84,16 @@ def test_momentum_one():
     assert "momentum_one" not in rules(_with_momentum(0.999))
 
 
+def test_momentum_one_on_frozen_layers_says_what_frozen_layers_do():
+    """A frozen BN layer uses its stored statistics in both modes: the
+    message must not say that training mode uses each batch's."""
+    model = _with_momentum(1.0)
+    model.get_layer("bn").trainable = False
+    f = rules(model)["momentum_one"]
+    assert f.severity.value == "warn"
+    assert "training mode uses each batch" not in f.message and "both modes" in f.message
+
+
 def _with_momentum(m):
     model = healthy()
     model.get_layer("bn").momentum = m
@@ -142,6 +152,43 @@ def test_axis_follows_a_channels_first_convolution():
     m = keras.Model(inp, [ok, bad])
     f = rules(m)["axis_mismatch"]
     assert f.layers == ("bn_bad",) and "axis=1" in f.remedy
+
+
+def test_axis_wording_names_the_slip_that_was_made():
+    """After a channels-first convolution the slip is the Keras default
+    axis=-1 left in place, not axis=1 carried over."""
+    inp = keras.Input((3, 8, 8))
+    h = L.Conv2D(4, 3, data_format="channels_first", name="conv")(inp)
+    f = rules(keras.Model(inp, L.BatchNormalization(axis=-1, name="bn")(h)))["axis_mismatch"]
+    assert "axis=1 from a channels-first model" not in f.message
+    assert "channels_first" in f.message and "per channel" in f.message
+    assert "per row" not in f.message and "along axis 3" in f.message
+
+
+@pytest.mark.parametrize("between", [
+    lambda: L.Permute((3, 1, 2), name="to_channels_first"),   # channels moved to axis 1
+    lambda: L.Reshape((4, 36), name="reshape"),              # another layout altogether
+])
+def test_axis_check_stops_at_layers_that_move_axes(between):
+    """A layer that moves or regroups axes decides the layout itself: the
+    check does not look through it to the convolution (no false alarm)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = L.Conv2D(4, 3, name="conv")(inp)                     # (6, 6, 4)
+    h = between()(h)
+    h = L.BatchNormalization(axis=1, name="bn")(h)
+    m = keras.Model(inp, L.Flatten()(h))
+    x = images()
+    assert "axis_mismatch" not in rules(calibrate(m, x))
+
+
+def test_axis_check_looks_through_a_concatenation():
+    """DenseNet's shape: BN after a Concatenate of convolutions."""
+    inp = keras.Input((8, 8, 3))
+    h = L.Concatenate(name="cat")([L.Conv2D(4, 3, name="a")(inp), L.Conv2D(2, 3, name="b")(inp)])
+    m = keras.Model(inp, L.BatchNormalization(axis=1, name="bn")(h))
+    f = rules(calibrate(m, images()))["axis_mismatch"]
+    assert f.layers == ("bn",) and "a (Conv2D, channels_last)" in f.message
 
 
 def test_renorm_without_clipping():

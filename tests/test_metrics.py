@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from bngap.cli import main
-from bngap.pipeline import check
+from bngap.pipeline import CheckOptions, check
 from bngap.render import render
 
 
@@ -116,3 +116,66 @@ def test_json_with_per_output_metrics_validates_against_the_schema(two_heads):
     jsonschema.validate(d, schema)
     assert len(d["metrics"]["per_output"]) == 2
     assert all("explains" in f for f in d["findings"])
+
+
+def test_no_accuracy_for_a_regression_output_of_several_columns(keras):
+    """A box head (2 real-valued columns, MAE) has no accuracy: an argmax
+    over its columns compared with the argmax of real-valued targets is no
+    metric Keras reports. One-hot class labels still get theirs."""
+    L = keras.layers
+    keras.utils.set_random_seed(7)
+    rng = np.random.default_rng(7)
+    x = rng.normal(1.0, 2.0, (48, 6)).astype("float32")
+    y_box = rng.normal(size=(48, 2)).astype("float32")
+    y_cls = np.eye(3, dtype="float32")[np.arange(48) % 3]
+    inp = keras.Input((6,))
+    h = L.ReLU()(L.BatchNormalization(name="bn")(L.Dense(8)(inp)))
+    m = keras.Model(inp, [L.Dense(3, activation="softmax", name="cls")(h), L.Dense(2, name="box")(h)])
+    m.compile("adam", loss={"cls": "categorical_crossentropy", "box": "mae"},
+              loss_weights={"cls": 0.7, "box": 2.5}, metrics={"cls": ["accuracy"]})
+    m.fit(x, {"cls": y_cls, "box": y_box}, epochs=1, batch_size=16, verbose=0)
+    want = m.evaluate(x, {"cls": y_cls, "box": y_box}, batch_size=48, verbose=0, return_dict=True)
+    r = check(m, x, {"cls": y_cls, "box": y_box}, options=CheckOptions(batch_size=48))
+    per = {o.name: o for o in r.metrics.per_output}
+    assert "accuracy" not in per["box"].eval and "accuracy" not in per["box"].train
+    assert per["box"].eval["loss"] == pytest.approx(want["box_loss"], rel=1e-5)
+    assert per["cls"].eval["accuracy"] == pytest.approx(want["cls_accuracy"], abs=1e-6)
+    assert r.metrics.eval["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    # the same for a single-output regressor of two values
+    single = keras.Model(inp, m.get_layer("box").output)
+    single.compile("adam", "mse")
+    r1 = check(single, x, y_box, options=CheckOptions(batch_size=48))
+    assert set(r1.metrics.eval) == {"loss"}
+    assert r1.metrics.eval["loss"] == pytest.approx(single.evaluate(x, y_box, batch_size=48, verbose=0), rel=1e-5)
+
+
+def test_accuracy_drop_gate_applies_to_a_multi_output_model(two_heads, tmp_path):
+    """--fail-above-accuracy-drop on a model with several outputs gates the
+    largest drop among its class outputs; it was never applied (the total
+    has no accuracy) and the run passed without a word."""
+    from bngap.results import Thresholds
+
+    m, x, y_cls, y_reg = two_heads
+    r = check(m, x, {"cls": y_cls, "reg": y_reg})
+    per = {o.name: o for o in r.metrics.per_output}
+    drop = per["cls"].train["accuracy"] - per["cls"].eval["accuracy"]
+    assert r.accuracy_drop == pytest.approx(drop)
+    below = check(m, x, {"cls": y_cls, "reg": y_reg},
+                  options=CheckOptions(thresholds=Thresholds(accuracy_drop=round(drop, 4) - 0.5)))
+    above = check(m, x, {"cls": y_cls, "reg": y_reg},
+                  options=CheckOptions(thresholds=Thresholds(accuracy_drop=round(drop, 4) + 0.5)))
+    assert "accuracy_drop" in below.exceeded and below.verdict == "fail"
+    assert above.exceeded == () and above.verdict == "pass"
+
+
+def test_accuracy_gate_on_a_model_without_accuracy_says_it_was_not_applied(two_heads, tmp_path):
+    m, x, y_cls, y_reg = two_heads
+    reg = type(m)(m.inputs, m.get_layer("reg").output)
+    reg.compile("adam", "mse")
+    reg.save(tmp_path / "reg.keras")
+    np.savez(tmp_path / "reg.npz", x=x, y=y_reg)
+    res = CliRunner().invoke(main, ["check", str(tmp_path / "reg.keras"), str(tmp_path / "reg.npz"), "-q",
+                                    "--fail-above-accuracy-drop", "0.1", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert "accuracy" not in json.loads(res.stdout)["metrics"]["eval"]
+    assert "--fail-above-accuracy-drop" in res.stderr and "not applied" in res.stderr

@@ -96,6 +96,38 @@ def test_render_and_check_refuse_bad_outputs(tmp_path, args, message, monkeypatc
     assert list(tmp_path.iterdir()) == [saved]
 
 
+@pytest.mark.parametrize("content,message", [
+    ("{}", "not a bngap check report (schema version 1)"),
+    (b"PK\x03\x04\xc8\x00binary", "is not a JSON report (not UTF-8 text)"),
+])
+@pytest.mark.parametrize("command", ["render", "baseline"])
+def test_not_a_report_is_said_once(tmp_path, monkeypatch, content, message, command):
+    """One plain line, the reason said once: no doubled 'not a bngap check
+    report (not a bngap check report ...)', no codec error."""
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "old.json"
+    f.write_bytes(content if isinstance(content, bytes) else content.encode())
+    res = run("render", f) if command == "render" else run("check", "m.keras", "d.npz", "--baseline", f)
+    assert res.exit_code == 2
+    line = res.stderr.strip()
+    assert line.startswith("error: ") and "\n" not in line and message in line, line
+    assert line.count("not a bngap check report") <= 1 and "codec" not in line, line
+
+
+@pytest.mark.parametrize("saved,kind", [
+    ({"schema_version": "1", "command": "lint", "verdict": "pass", "model": {"path": "m.keras"}}, "lint"),
+    ({"schema_version": "1", "command": "fix", "before": {}, "after": {}}, "fix"),
+    ({"before": {"relative_l2": 1.0}, "after": {"relative_l2": 0.1}, "layers": []}, "fix"),
+])
+def test_render_names_a_lint_or_fix_report(tmp_path, saved, kind):
+    """A lint or fix JSON given to render: said as such, not 'KeyError: data'."""
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(saved))
+    res = run("render", f)
+    assert res.exit_code == 2
+    assert f"is a bngap {kind} report" in res.stderr and "KeyError" not in res.stderr, res.stderr
+
+
 def test_render_repeats_all_layers(zoo, tmp_path):
     mpath, dpath = zoo.files("nested")
     res = run("check", mpath, dpath, "-q", "--all-layers", "-o", tmp_path / "r.json", "-o", tmp_path / "r.txt")
@@ -225,3 +257,15 @@ def test_annotations_follow_the_verdict():
     fail = annotations(make_report(thresholds=Thresholds(output_gap=0.2, warn_above=0.1)))
     assert [a.split(" ")[0] for a in fail] == ["::error", "::error", "::warning"]  # no warning beside the failure
     assert annotations(make_report(findings=())) == []
+
+
+def test_render_is_quiet_with_q(tmp_path):
+    """-q, as for check, fix and lint: a CI script passes it to every step."""
+    from pathlib import Path
+
+    golden = Path(__file__).parent / "golden" / "render_report.json"
+    res = run("render", golden, "-q", "-o", tmp_path / "r.md")
+    assert res.exit_code == 0, res.stderr
+    assert res.stderr == "" and (tmp_path / "r.md").read_text().startswith("## bngap report")
+    loud = run("render", golden, "-o", tmp_path / "s.md")
+    assert "report written to" in loud.stderr

@@ -13,7 +13,7 @@ WIDTH = 960
 LEFT, RIGHT = 56, 16
 FONT = 11
 SEVERITY_COLOR = {"ok": "#4c9a6a", "info": "#4a7fb5", "warn": "#d49a1a", "fail": "#c0392b"}
-KIND_COLOR = {"batchnorm": "#c0392b", "dropout": "#4a7fb5", "noise": "#4a7fb5", "recurrent": "#4a7fb5",
+KIND_COLOR = {"batchnorm": "#c0392b", "dropout": "#1f9e89", "noise": "#1f9e89", "recurrent": "#1f9e89",
               "augmentation": "#8e44ad", "custom_training_arg": "#d49a1a", "other": "#7f8c8d"}
 BAR = "#5b7db1"
 LIGHT = "#9fb3d1"

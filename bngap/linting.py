@@ -2,7 +2,8 @@
 
 The analysis reads each layer's configuration and its weights once, as numpy
 arrays, and applies the rules below; it runs no forward pass. Rule ids are
-part of the public contract.
+part of the public contract. (Not named `lint.py`: importing a submodule
+`bngap.lint` would replace the function `bngap.lint()` on the package.)
 """
 
 from __future__ import annotations
@@ -211,9 +212,11 @@ def _momentum(bns: list[_BN]) -> list[LintFinding]:
             f"{_layers_word(len(stuck))} ({_names(b.path for b in stuck)}) {_v(len(stuck), 'has', 'have')} momentum "
             f"{', '.join(sorted({f'{float(b.layer.momentum):g}' for b in stuck}))}: the moving "
             "statistics never move towards the data's (at momentum 1 they keep their old value; "
-            "above 1 they diverge), so inference mode normalises with whatever they hold while "
-            "training mode uses each batch's statistics."
-            + ("" if trainable else " They are frozen (trainable=False), so nothing updates them anyway."),
+            "above 1 they diverge), "
+            + ("so inference mode normalises with whatever they hold while training mode uses each "
+               "batch's statistics." if trainable else
+               "so they will not follow the data if the layers are ever unfrozen. They are frozen "
+               "(trainable=False) now: both modes normalise with the stored statistics."),
             "Set momentum below 1 (the Keras default is 0.99) and re-estimate the statistics: "
             "bngap fix MODEL DATA -o fixed.keras.",
             tuple(b.path for b in stuck), {"momenta": sorted({float(b.layer.momentum) for b in stuck})},
@@ -324,8 +327,27 @@ def _producer(layer, keras):
             return op
         if isinstance(op, (keras.layers.Dense, keras.layers.EinsumDense)):
             return op
+        if not _keeps_layout(op, history, keras):
+            return None  # it moves or regroups axes: the layout upstream says nothing
         current = op
     return None
+
+
+def _keeps_layout(op, history, keras) -> bool:
+    """Whether `op` leaves its input's axes where they were (activations,
+    dropout, elementwise merges), judged by the node that made the tensor:
+    same shape in and out, and not an axis permutation."""
+    if isinstance(op, (keras.layers.Permute, keras.layers.Reshape)):
+        return False
+    if isinstance(op, keras.layers.Concatenate):
+        return True  # joins along one axis, moves none (DenseNet's BN inputs)
+    try:
+        node = op._inbound_nodes[history.node_index]
+        shape_in = tuple(node.input_tensors[0].shape)
+        shape_out = tuple(node.output_tensors[0].shape)
+    except (AttributeError, IndexError, TypeError):
+        return False
+    return shape_in == shape_out
 
 
 def _axis_mismatch(bns: list[_BN], keras) -> list[LintFinding]:
@@ -351,8 +373,10 @@ def _axis_mismatch(bns: list[_BN], keras) -> list[LintFinding]:
         f"{_v(len(hits), 'normalises', 'normalise')} over another axis than the channels of the "
         f"layer feeding {_v(len(hits), 'it', 'them')}: {b.path} has axis={b.layer.axis} on a "
         f"rank-{b.rank} input, but {prod.name} ({type(prod).__name__}, {fmt}) puts its channels on "
-        f"axis {channel}. Statistics are then kept per row (or column) of the feature map instead "
-        "of per channel: a common porting slip (axis=1 from a channels-first model).",
+        f"axis {channel}. Statistics are then kept per position along axis "
+        f"{b.layer.axis % b.rank} instead of per channel: a common porting slip ("
+        + ("the Keras default axis=-1 left on a channels_first model)." if fmt == "channels_first"
+           else "axis=1 from a channels-first model)."),
         f"Set axis={-1 if channel == b.rank - 1 else channel} (the channel axis) and retrain or "
         "re-estimate the statistics.",
         tuple(h[0].path for h in hits),
