@@ -9,7 +9,7 @@ from typing import Sequence
 
 from .specs import PREPROCESS_FLAG
 from .results import (
-    BatchNormRecord, Cause, Finding, Kind, LayerRecord, LeakCheck, Metrics, OutputGap,
+    BatchNormRecord, Cause, Finding, Kind, LayerRecord, LeakCheck, OutputGap,
     PreprocessingProbe, Severity, format_number,
 )
 
@@ -478,7 +478,7 @@ def _mode_group_findings(groups: dict, layers: Sequence[LayerRecord], gap: Outpu
 
 def diagnose(*, gap: OutputGap, groups: dict, layers: Sequence[LayerRecord],
              batchnorm: Sequence[BatchNormRecord], leaks: Sequence[LeakCheck],
-             metrics: Metrics | None, batch_size: int, last_batch_size: int, samples: int,
+             batch_size: int, last_batch_size: int, samples: int,
              preprocessing: PreprocessingProbe | None = None,
              fit_call=None) -> tuple[list[Finding], list[str]]:
     """Findings (most likely cause first) and context notes for a report.

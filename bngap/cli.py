@@ -513,9 +513,5 @@ def lint(model, fmt, outputs, fail_on, all_layers, unsafe, custom_objects, show_
         sys.exit(int(report.exit_status))
 
 
-def run() -> None:  # pragma: no cover - console entry point
-    main()
-
-
 if __name__ == "__main__":  # pragma: no cover
     main()

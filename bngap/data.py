@@ -105,7 +105,7 @@ def output_labels(source, output_names: Sequence[str], samples: int,
     return out
 
 
-def _refuse_pickle(path: Path, key: str | None, err: Exception) -> DataError:
+def _refuse_pickle(path: Path, key: str | None) -> DataError:
     where = f" under key '{key}'" if key else ""
     return DataError(
         f"{path}{where} holds a pickled Python object array; bngap never unpickles data "
@@ -118,16 +118,16 @@ def _read_npz_member(npz, path: Path, key: str) -> Any:
     """The member, memory-mapped or streamed: nothing is decompressed here."""
     try:
         arr = npz_member(path, npz.zip, key)
-    except ObjectArray as e:
-        raise _refuse_pickle(path, key, e) from None
+    except ObjectArray:
+        raise _refuse_pickle(path, key) from None
     except ValueError as e:
         if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise _refuse_pickle(path, key, e) from None
+            raise _refuse_pickle(path, key) from None
         raise DataError(f"cannot read key '{key}' of {path}: {one_line(e)}") from None
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise DataError(f"cannot read key '{key}' of {path} (corrupted?): {one_line(e)}") from None
     if arr.dtype == object:
-        raise _refuse_pickle(path, key, ValueError("object array"))
+        raise _refuse_pickle(path, key)
     return arr
 
 
@@ -162,7 +162,7 @@ def read_arrays(path: str | os.PathLike, *, specs: Sequence[InputSpec] = (),
             arr = np.load(p, allow_pickle=False, mmap_mode="r")
         except ValueError as e:
             if any(k in str(e) for k in ("allow_pickle", "Object arrays", "Python objects")):
-                raise _refuse_pickle(p, None, e) from None
+                raise _refuse_pickle(p, None) from None
             raise DataError(f"cannot read {p} as .npy: {one_line(e)}") from None
         except (OSError, EOFError) as e:
             raise DataError(f"cannot read {p} as .npy (truncated or corrupted?): {one_line(e)}") from None
@@ -381,7 +381,7 @@ def load_data(path: str | os.PathLike, specs: Sequence[InputSpec] = (), *,
         return _load_shards(paths, shown, specs, x_key=x_key, y_key=y_key, limit=limit)
     p = paths[0]
     if saved_dataset(p):
-        from .runtime import import_keras
+        from .backend import import_keras
 
         import_keras()  # TensorFlow reads the directory (its spec is a proto, not a pickle)
         import tensorflow as tf

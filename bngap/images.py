@@ -103,7 +103,7 @@ def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | 
         idx = _balanced(labels, limit) if labels is not None else list(range(limit))
         files = [files[i] for i in idx]
         labels = [labels[i] for i in idx] if labels is not None else None
-    from .runtime import import_keras
+    from .backend import import_keras
 
     import_keras()
     from .backend import import_tensorflow

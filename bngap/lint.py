@@ -117,9 +117,9 @@ def _v(n: int, one: str, many: str) -> str:
 
 
 def _initial_constant(init) -> float | None:
-    from .probe import _initializer_constant
+    from .backend import initializer_constant
 
-    return _initializer_constant(init)
+    return initializer_constant(init)
 
 
 @dataclass
@@ -480,8 +480,8 @@ def _mode_dependent(nodes) -> list[LintFinding]:
 def lint_model(model: Any, path: str = "<in-memory>", *, fail_on: Severity = Severity.FAIL,
                notes: tuple[str, ...] = ()) -> LintReport:
     """Applies every lint rule to a loaded Keras model. Reads the weights; changes nothing."""
+    from .backend import import_keras
     from .layertree import build_tree
-    from .runtime import import_keras
 
     keras = import_keras()
     start = time.perf_counter()

@@ -146,7 +146,7 @@ def load_custom_objects(path: str | os.PathLike) -> dict[str, Any]:
     Side effects: imports TensorFlow/Keras, runs the file's code, adds the
     file's folder to ``sys.path`` so that it can import its neighbours.
     """
-    from .runtime import import_keras
+    from .backend import import_keras
 
     import_keras()
     p = Path(path)
@@ -414,7 +414,7 @@ def load_model(
         ModelLoadError: with a one-line message, for anything the user can fix.
     """
     p = check_model_path(path)
-    from .runtime import import_keras
+    from .backend import import_keras
 
     keras = import_keras()
     custom = load_custom_objects(custom_objects_file) if custom_objects_file else {}

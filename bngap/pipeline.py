@@ -86,7 +86,7 @@ def open_inputs(model: Any, x: Any, y: Any = None, *, unsafe: bool = False,
         (LoadedModel, Dataset).
     """
     from .loading import LoadedModel, input_specs, load_model
-    from .runtime import import_keras
+    from .backend import import_keras
 
     say = status or (lambda s: None)
     if isinstance(model, (str, os.PathLike)):
@@ -161,7 +161,7 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
     from . import advice, analysis
     from .layertree import build_tree
     from .measurement import measure
-    from .runtime import environment, import_keras
+    from .backend import environment, import_keras
 
     started = time.perf_counter()
     say = status or (lambda s: None)
@@ -191,7 +191,7 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
         preprocessing = probe_input_transforms(net, nodes, data, bn, keras, seed=options.seed)
     findings, notes = advice.diagnose(
         gap=gap, groups=m.groups, layers=layers, batchnorm=bn, leaks=m.leaks,
-        metrics=m.metrics, batch_size=m.batch_size, last_batch_size=m.last_batch_size,
+        batch_size=m.batch_size, last_batch_size=m.last_batch_size,
         samples=m.samples, preprocessing=preprocessing, fit_call=m.fit_call,
     )
     notes = list(loaded.notes) + list(m.notes) + list(notes)

@@ -132,7 +132,7 @@ def recalibrate(model, nodes: list[LayerNode], chosen: list[LayerNode], data: Da
     wanted = {n.index for n in chosen}
     out: list[LayerFix] = []
     passes = 0
-    from .probe import pack_inputs
+    from .backend import pack_inputs
 
     pack = lambda xs: pack_inputs(keras, model, xs, data.names, data.keyed)  # noqa: E731
     with Probe(model, nodes, keras, seed=seed, pack=pack) as probe:
@@ -250,7 +250,7 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     from .layertree import build_tree
     from .measurement import measure
     from .pipeline import open_inputs
-    from .runtime import import_keras
+    from .backend import import_keras
     from .writing import replace_atomic
 
     started = time.perf_counter()
@@ -415,7 +415,7 @@ def _verify_reload(path: Path, model, data: Dataset, keras, *, unsafe: bool, cus
     from .loading import load_model
 
     again = load_model(path, unsafe=unsafe, custom_objects_file=custom).model
-    from .probe import pack_inputs
+    from .backend import pack_inputs
 
     xs = data.take(0, min(16, len(data)))
     from .backend import to_numpy
