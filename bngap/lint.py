@@ -16,11 +16,25 @@ from typing import Any
 import numpy as np
 
 from .errors import ExitStatus
-from .results import Kind, Severity, _plain
+from .results import Kind, Severity, Vocabulary, _coerce, _plain
 
-RULES = ("never_updated", "momentum_torch_convention", "momentum_one", "bad_variance",
-         "epsilon_too_small", "axis_mismatch", "renorm_unclipped", "trainable_bn_in_frozen_base",
-         "call_without_training", "mode_dependent_layers")
+class Rule(Vocabulary):
+    """The lint rule ids (public contract), in the order findings of equal
+    severity are listed."""
+
+    NEVER_UPDATED = "never_updated"
+    MOMENTUM_TORCH_CONVENTION = "momentum_torch_convention"
+    MOMENTUM_ONE = "momentum_one"
+    BAD_VARIANCE = "bad_variance"
+    EPSILON_TOO_SMALL = "epsilon_too_small"
+    AXIS_MISMATCH = "axis_mismatch"
+    RENORM_UNCLIPPED = "renorm_unclipped"
+    TRAINABLE_BN_IN_FROZEN_BASE = "trainable_bn_in_frozen_base"
+    CALL_WITHOUT_TRAINING = "call_without_training"
+    MODE_DEPENDENT_LAYERS = "mode_dependent_layers"
+
+
+RULES = tuple(r.value for r in Rule)
 
 TORCH_MOMENTUM = 0.5      # below this a Keras momentum is most likely PyTorch's convention
 NEAR_ZERO_SCALE = 1e-6    # variance + epsilon below this: 1/sqrt() amplifies by over 1000
@@ -48,13 +62,16 @@ class BatchNormLint:
 
 @dataclass(frozen=True)
 class LintFinding:
-    rule: str
+    rule: Rule
     severity: Severity
     layer: str | None
     message: str
     remedy: str
     layers: tuple[str, ...] = ()   # every layer the rule applies to (layer is the first)
     evidence: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _coerce(self, "rule", Rule)
 
 
 @dataclass(frozen=True)
@@ -173,7 +190,7 @@ def _never_updated(bns: list[_BN]) -> list[LintFinding]:
     paths = [h[0].path for h in hits]
     everyone = len(hits) == len(bns)
     return [LintFinding(
-        "never_updated", Severity.FAIL, paths[0],
+        Rule.NEVER_UPDATED, Severity.FAIL, paths[0],
         f"{_layers_word(len(hits))} ({_names(paths)}) {_v(len(hits), 'still holds', 'still hold')} the exact initial moving "
         f"statistics (mean {m0:g}, variance {v0:g} in every channel): they were never updated. "
         "In inference mode (evaluate(), predict()) they normalise with these constants instead "
@@ -194,7 +211,7 @@ def _momentum(bns: list[_BN]) -> list[LintFinding]:
         ms = sorted({float(b.layer.momentum) for b in torch})
         m = ms[0]
         out.append(LintFinding(
-            "momentum_torch_convention", Severity.WARN, torch[0].path,
+            Rule.MOMENTUM_TORCH_CONVENTION, Severity.WARN, torch[0].path,
             f"{_layers_word(len(torch))} ({_names(b.path for b in torch)}) {_v(len(torch), 'has', 'have')} momentum "
             f"{', '.join(f'{v:g}' for v in ms)}. In Keras momentum is the weight of the old value "
             "(moving = momentum * moving + (1 - momentum) * batch), so the moving statistics "
@@ -207,7 +224,7 @@ def _momentum(bns: list[_BN]) -> list[LintFinding]:
     if stuck:
         trainable = [b for b in stuck if b.layer.trainable]
         out.append(LintFinding(
-            "momentum_one", Severity.FAIL if trainable else Severity.WARN, stuck[0].path,
+            Rule.MOMENTUM_ONE, Severity.FAIL if trainable else Severity.WARN, stuck[0].path,
             f"{_layers_word(len(stuck))} ({_names(b.path for b in stuck)}) {_v(len(stuck), 'has', 'have')} momentum "
             f"{', '.join(sorted({f'{float(b.layer.momentum):g}' for b in stuck}))}: the moving "
             "statistics never move towards the data's (at momentum 1 they keep their old value; "
@@ -246,7 +263,7 @@ def _bad_variance(bns: list[_BN]) -> list[LintFinding]:
 
     if bad:
         out.append(LintFinding(
-            "bad_variance", Severity.FAIL, bad[0].path,
+            Rule.BAD_VARIANCE, Severity.FAIL, bad[0].path,
             f"{_layers_word(len(bad))} {_v(len(bad), 'has', 'have')} moving statistics that cannot normalise: {describe(bad)} "
             "channels (a negative or non-finite variance makes the inference output NaN or "
             "meaningless). Training went numerically wrong, or the weights were converted badly.",
@@ -256,7 +273,7 @@ def _bad_variance(bns: list[_BN]) -> list[LintFinding]:
         ))
     if odd:
         out.append(LintFinding(
-            "bad_variance", Severity.WARN, odd[0].path,
+            Rule.BAD_VARIANCE, Severity.WARN, odd[0].path,
             f"{_layers_word(len(odd))} {_v(len(odd), 'has', 'have')} a moving variance of zero or subnormal (below "
             f"{TINY:.3g}) in some channels: {describe(odd)}. Unless those channels' inputs are "
             "constant (dead channels), inference mode divides their spread by sqrt(epsilon) and "
@@ -291,7 +308,7 @@ def _epsilon(bns: list[_BN]) -> list[LintFinding]:
     broken = [h for h in hits if h[2] is not None and h[2] + h[1] <= 0]
     b, eps, low = (broken or hits)[0]
     return [LintFinding(
-        "epsilon_too_small", Severity.FAIL if broken else Severity.WARN, b.path,
+        Rule.EPSILON_TOO_SMALL, Severity.FAIL if broken else Severity.WARN, b.path,
         f"{_layers_word(len(hits))} ({_names(h[0].path for h in hits)}) {_v(len(hits), 'has', 'have')} epsilon {eps:g}"
         + (f" and a smallest moving variance of {low:.3g}" if low is not None else "")
         + ": " + _epsilon_effect(eps, low, bool(broken)),
@@ -346,7 +363,7 @@ def _axis_mismatch(bns: list[_BN], keras) -> list[LintFinding]:
     b, prod, channel = hits[0]
     fmt = getattr(prod, "data_format", "channels_last")
     return [LintFinding(
-        "axis_mismatch", Severity.FAIL, b.path,
+        Rule.AXIS_MISMATCH, Severity.FAIL, b.path,
         f"{_layers_word(len(hits))} ({_names(h[0].path for h in hits)}) "
         f"{_v(len(hits), 'normalises', 'normalise')} over another axis than the channels of the "
         f"layer feeding {_v(len(hits), 'it', 'them')}: {b.path} has axis={b.layer.axis} on a "
@@ -377,7 +394,7 @@ def _renorm(bns: list[_BN]) -> list[LintFinding]:
         r = np.abs(np.log2(np.maximum(np.asarray(rs.numpy(), np.float64).ravel(), 1e-30) / std))
         apart[b.path] = float(max(d.max(initial=0.0), r.max(initial=0.0)))
     return [LintFinding(
-        "renorm_unclipped", Severity.WARN, hits[0].path,
+        Rule.RENORM_UNCLIPPED, Severity.WARN, hits[0].path,
         f"{_layers_word(len(hits))} ({_names(b.path for b in hits)}) {_v(len(hits), 'uses', 'use')} batch renormalization "
         "without clipping (renorm_clipping empty). Then training mode normalises with the renorm "
         "statistics (renorm_mean, renorm_stddev) and inference mode with the moving ones "
@@ -416,7 +433,7 @@ def _frozen_base(nodes, keras) -> list[LintFinding]:
     if not hits:
         return []
     return [LintFinding(
-        "trainable_bn_in_frozen_base", Severity.WARN, hits[0],
+        Rule.TRAINABLE_BN_IN_FROZEN_BASE, Severity.WARN, hits[0],
         f"{_layers_word(len(hits))} ({_names(hits)}) {_v(len(hits), 'is', 'are')} trainable inside "
         f"{_names(bases)}, whose other weighted layers are all frozen. In Keras 3 fit() runs a "
         "trainable BN layer in training mode: these layers normalise each batch by its own "
@@ -444,7 +461,7 @@ def _call_without_training(model, nodes) -> list[LintFinding]:
         return []
     bn = [n.path for n in dependent if n.kind is Kind.BATCHNORM and n.layer.trainable]
     return [LintFinding(
-        "call_without_training", Severity.WARN, dependent[0].path,
+        Rule.CALL_WITHOUT_TRAINING, Severity.WARN, dependent[0].path,
         f"{type(model).__name__}.call() has no `training` argument, so fit() calls the model "
         f"without one and its {len(dependent)} mode-dependent "
         f"{_v(len(dependent), 'layer', 'layers')} ({_names(n.path for n in dependent)}) "
@@ -467,7 +484,7 @@ def _mode_dependent(nodes) -> list[LintFinding]:
         by_kind.setdefault(n.kind.value, []).append(n.path)
     listed = "; ".join(f"{k}: {_names(v)}" for k, v in by_kind.items())
     return [LintFinding(
-        "mode_dependent_layers", Severity.INFO, hits[0].path,
+        Rule.MODE_DEPENDENT_LAYERS, Severity.INFO, hits[0].path,
         f"{len(hits)} {_v(len(hits), 'layer computes', 'layers compute')} something different in "
         f"training mode ({listed}): expect "
         "fit()'s metrics to differ from evaluate()'s on the same data. That gap is by design.",

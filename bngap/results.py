@@ -19,6 +19,50 @@ SCHEMA_VERSION = "1"
 LEAK_TOLERANCE = 1e-4  # relative L2 below this is float noise between inference paths
 
 
+class Vocabulary(str, enum.Enum):
+    """A fixed set of words of the contract. Each member is its own string
+    value: it compares, hashes, formats and serialises as the plain string, so
+    JSON output and comparisons with literals are unchanged."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+    __hash__ = str.__hash__
+
+
+class FitMode(Vocabulary):
+    """How a layer behaves in fit() (`LayerRecord.fit_mode`)."""
+
+    TRAINING = "training"
+    INFERENCE = "inference"
+    NOT_APPLICABLE = "n/a"  # the layer's output does not depend on the mode
+
+
+class Group(Vocabulary):
+    """The cause groups of the contract's `groups` decomposition."""
+
+    BATCHNORM = "batchnorm"
+    DROPOUT = "dropout"
+    AUGMENTATION = "augmentation"
+    OTHER = "other"
+
+
+class InferencePath(Vocabulary):
+    """The inference paths a leak check compares (`LeakCheck.path`)."""
+
+    FORCED = "model(x, training=False)"  # every layer explicitly in inference mode
+    NO_FLAG = "model(x)"                 # the call without a `training` argument
+    PREDICT = "predict(x)"               # Keras' own inference loop
+
+
+def _coerce(record, name: str, vocabulary: type[enum.Enum]) -> None:
+    """Checks a frozen record's field against its vocabulary, storing the member.
+
+    Raises:
+        ValueError: the value is not a word of the vocabulary.
+    """
+    object.__setattr__(record, name, vocabulary(getattr(record, name)))
+
+
 class Severity(str, enum.Enum):
     OK = "ok"
     INFO = "info"
@@ -53,18 +97,18 @@ class Kind(str, enum.Enum):
     OTHER = "other"
 
     @property
-    def group(self) -> str:
+    def group(self) -> Group:
         """The cause group of the contract's `groups` decomposition."""
         return {
-            "batchnorm": "batchnorm",
-            "dropout": "dropout",
-            "noise": "dropout",
-            "recurrent": "dropout",
-            "augmentation": "augmentation",
-        }.get(self.value, "other")
+            "batchnorm": Group.BATCHNORM,
+            "dropout": Group.DROPOUT,
+            "noise": Group.DROPOUT,
+            "recurrent": Group.DROPOUT,
+            "augmentation": Group.AUGMENTATION,
+        }.get(self.value, Group.OTHER)
 
 
-GROUPS = ("batchnorm", "dropout", "augmentation", "other")
+GROUPS = tuple(g.value for g in Group)  # the `groups` keys, in the contract's order
 
 
 @dataclass(frozen=True)
@@ -150,10 +194,13 @@ class LayerRecord:
     mode_dependent: bool = False
     trainable: bool = True
     fit_training: bool | None = None   # the `training` value it received in a fit()-like pass
-    fit_mode: str = "n/a"              # "training" / "inference" / "n/a" as it behaves in fit()
+    fit_mode: FitMode = FitMode.NOT_APPLICABLE  # how it behaves in fit()
     fit_mode_reason: str = ""
     calls: int = 0
     caller_training: bool | None = None  # `training` written in the graph call of it or its sub-model
+
+    def __post_init__(self) -> None:
+        _coerce(self, "fit_mode", FitMode)
 
 
 @dataclass(frozen=True)
@@ -214,11 +261,14 @@ class Finding:
 class LeakCheck:
     """A comparison of another inference path against model(x, training=False)."""
 
-    path: str                   # "predict(x)", "model(x)", "forced inference"
+    path: InferencePath
     relative_l2: float | None
     layers_in_training: tuple[str, ...] = ()
     samples: int = 0
     skipped: str = ""
+
+    def __post_init__(self) -> None:
+        _coerce(self, "path", InferencePath)
 
     @property
     def is_leak(self) -> bool:
