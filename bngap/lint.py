@@ -62,6 +62,10 @@ class BatchNormLint:
 
 @dataclass(frozen=True)
 class LintFinding:
+    """One defect a lint rule found: the rule, its severity, the first layer
+    it applies to (None for the whole model) and every such layer (`layers`),
+    what is wrong, what to do, and the numbers it rests on (`evidence`)."""
+
     rule: Rule
     severity: Severity
     layer: str | None
@@ -76,6 +80,11 @@ class LintFinding:
 
 @dataclass(frozen=True)
 class LintReport:
+    """The result of `bngap lint` on one model file: the model (`path`, name,
+    class, number of layers at every depth), each BN layer as the file says
+    it, the findings (most severe first), the severity that fails
+    (`fail_on`), remarks made while loading, and the wall time in seconds."""
+
     path: str
     model_name: str
     class_name: str

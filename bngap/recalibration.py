@@ -34,7 +34,12 @@ NOISE_WARN = 0.05          # relative noise of a layer's estimate worth a warnin
 
 @dataclass(frozen=True)
 class LayerFix:
-    """What re-estimation did to one BN layer."""
+    """What re-estimation did to one BN layer: its dependency level (layers of
+    a level are estimated in one pass, after the levels upstream), the number
+    of values per channel the new statistics rest on, the expected local gap
+    of the old statistics on this data (relative RMS change of the layer's
+    output), the new statistics' relative sampling noise, and whether the
+    layer is frozen (trainable=False)."""
 
     path: str
     level: int                  # dependency level: 0 = no BN upstream
@@ -46,7 +51,16 @@ class LayerFix:
 
 @dataclass(frozen=True)
 class FixResult:
-    """Before/after numbers of a fix, and what was written."""
+    """Before/after numbers of a fix, and what was written.
+
+    `before`/`after`: the output gap with the old and the new statistics;
+    `metrics_*` the same for loss and accuracy (None without labels);
+    `skipped`: (layer path, reason) of BN layers left alone; `passes`: passes
+    over the data; `samples`, `batch_size`: the data used; `helped`: the gap
+    fell without the inference loss rising (see `_helped`); `written`: the
+    file written, or None; `reload_max_abs_diff`: the largest absolute output
+    difference between that file reloaded and the fixed model in memory;
+    `seconds`: wall time."""
 
     before: OutputGap
     after: OutputGap

@@ -64,6 +64,8 @@ def _coerce(record, name: str, vocabulary: type[enum.Enum]) -> None:
 
 
 class Severity(str, enum.Enum):
+    """How serious a finding or a BN audit is, `ok` < `info` < `warn` < `fail`."""
+
     OK = "ok"
     INFO = "info"
     WARN = "warn"
@@ -75,6 +77,8 @@ class Severity(str, enum.Enum):
 
 
 class Cause(str, enum.Enum):
+    """Why training and inference mode differ: the contract's cause ids."""
+
     STATS_NEVER_UPDATED = "stats_never_updated"
     STATS_NOT_CONVERGED = "stats_not_converged"
     PREPROCESSING_MISMATCH = "preprocessing_mismatch"
@@ -113,6 +117,11 @@ GROUPS = tuple(g.value for g in Group)  # the `groups` keys, in the contract's o
 
 @dataclass(frozen=True)
 class ModelSummary:
+    """The model checked: its file, class, size, and input/output shapes
+    (batch dimension as None) and names. `layers` counts the layers of the
+    layer tree (nested ones too); `dropout_like_layers` the Dropout and noise
+    ones; `parameters` is count_params()."""
+
     path: str
     name: str
     class_name: str
@@ -128,6 +137,11 @@ class ModelSummary:
 
 @dataclass(frozen=True)
 class DataSummary:
+    """The data used: where from (its path or paths), how many
+    samples, whether labels came with them, the input shapes, and the batching
+    (`batches` batches of `batch_size`, the last one `last_batch_size`).
+    `notes` are remarks made while reading it (ignored keys and the like)."""
+
     path: str
     samples: int
     has_labels: bool
@@ -150,6 +164,11 @@ class GapEntry:
 
 @dataclass(frozen=True)
 class OutputGap:
+    """The train-vs-eval gap of the model's outputs over all samples:
+    relative L2 (||train - eval|| / ||eval||), the largest absolute difference,
+    and the share of samples whose top-1 class agrees (None for outputs that
+    are not classes); `per_output` for a model with several outputs."""
+
     relative_l2: float
     max_abs: float
     top1_agreement: float | None
@@ -183,6 +202,11 @@ class Metrics:
 
 @dataclass(frozen=True)
 class LayerRecord:
+    """One layer of the model (at any depth, path joined with `/`) as the
+    check saw it. Divergences and effects are relative L2 norms, train vs eval;
+    None where the layer was not measured. `fit_*` say how the layer behaves
+    in fit() and why; `calls` counts its calls per forward pass."""
+
     path: str
     class_name: str
     kind: Kind
@@ -205,6 +229,10 @@ class LayerRecord:
 
 @dataclass(frozen=True)
 class ChannelDeviation:
+    """One channel of a BN layer: its index, the data mean's shift from the
+    moving mean in moving standard deviations (z), and log2 of data variance
+    over moving variance."""
+
     index: int
     z: float
     log2_var_ratio: float
@@ -212,6 +240,22 @@ class ChannelDeviation:
 
 @dataclass(frozen=True)
 class BatchNormRecord:
+    """The audit of one BatchNormalization layer: its moving statistics
+    against the statistics of the input it receives on the data.
+
+    Per channel, z = (data mean - moving mean) / sqrt(moving variance + eps)
+    and log2 var = log2((data variance + eps) / (moving variance + eps));
+    `median_/p95_/max_abs_*` summarise their absolute values over channels
+    (degenerate channels, with zero or non-finite variance, left out and
+    counted in `degenerate_channels`). `order` is the call order, `samples`
+    the number of values per channel the data statistics rest on (samples
+    times spatial positions), `severity` the audit's verdict on the layer.
+    `never_updated`: the moving statistics are still exactly their initial
+    constants; `estimated_updates`: how many moving-average updates at this
+    momentum leave `init_fraction` of them (None when the channels disagree);
+    `fit_uses_batch_stats`: whether fit() normalises this layer with batch
+    statistics (None when not known)."""
+
     path: str
     order: int
     trainable: bool
@@ -248,6 +292,10 @@ class BatchNormRecord:
 
 @dataclass(frozen=True)
 class Finding:
+    """One diagnosis in plain words: the cause, how serious it is, the layer
+    where it shows (None for the whole model), what is wrong (`message`), what
+    to do (`remedy`), and the numbers it rests on (`evidence`)."""
+
     cause: Cause
     severity: Severity
     layer: str | None
@@ -371,6 +419,14 @@ def exceeds(value: float | None, threshold: float | None) -> bool:
 
 @dataclass(frozen=True)
 class Report:
+    """Everything one check found, in the order a report shows it.
+
+    `groups`: output gap (relative L2) with only that cause group in training
+    mode (keys `GROUPS`); `layers` every layer, `batchnorm` the BN audits,
+    `findings` most likely cause first; `settings` the options the check ran
+    with; `environment` library versions and the backend; `seconds` the wall
+    time of the check. The verdict and exit status are derived, not stored."""
+
     model: ModelSummary
     data: DataSummary
     output_gap: OutputGap
