@@ -18,6 +18,7 @@ import numpy as np
 from .errors import ExitStatus
 from .results import Kind, Severity, Vocabulary, _coerce, _plain
 
+
 class Rule(Vocabulary):
     """The lint rule ids (public contract), in the order findings of equal
     severity are listed."""

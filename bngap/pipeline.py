@@ -85,8 +85,8 @@ def open_inputs(model: Any, x: Any, y: Any = None, *, unsafe: bool = False,
     Returns:
         (LoadedModel, Dataset).
     """
-    from .loading import LoadedModel, input_specs, load_model
     from .backend import import_keras
+    from .loading import LoadedModel, input_specs, load_model
 
     say = status or (lambda s: None)
     if isinstance(model, (str, os.PathLike)):
@@ -159,9 +159,9 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
         A `Report`. The model's variables are left bit-identical.
     """
     from . import advice, analysis
+    from .backend import environment, import_keras
     from .layertree import build_tree
     from .measurement import measure
-    from .backend import environment, import_keras
 
     started = time.perf_counter()
     say = status or (lambda s: None)
