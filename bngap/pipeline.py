@@ -155,6 +155,7 @@ def _measurement_notes(m: Any) -> list[str]:
     return notes
 
 
+# Long mostly by its docstring: the body is the check's stages in order, each one call.
 def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = CheckOptions(),
           progress: Callable[[int, int, str], None] | None = None,
           status: Callable[[str], None] | None = None, loss: Any = None) -> Report:

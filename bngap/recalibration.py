@@ -231,6 +231,8 @@ def _relative_noise(mom, eps: float) -> float | None:
     return float(np.sqrt(np.mean(dz * dz + dl * dl)))
 
 
+# Long mostly by its docstring: the body is the five steps in order (open, measure, re-estimate,
+# measure, write), each one call.
 def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None = None,
         in_place: bool = False, force: bool = False, layers: str | None = None,
         include_frozen: bool = True, batch_size: int = 32, limit: int | None = None,
