@@ -12,7 +12,15 @@ from test_render import make_report
 from bngap.lint import RULES, LintFinding, Rule
 from bngap.render import FORMATS, Format, render
 from bngap.results import (
-    GROUPS, FitMode, Group, InferencePath, Kind, LayerRecord, LeakCheck, Report, Severity,
+    GROUPS,
+    FitMode,
+    Group,
+    InferencePath,
+    Kind,
+    LayerRecord,
+    LeakCheck,
+    Report,
+    Severity,
 )
 
 CONTRACT_WORDS = [
@@ -41,8 +49,17 @@ def test_tuples_of_words_follow_the_enums():
 
 
 def _layer(**kw) -> LayerRecord:
-    return LayerRecord(path="bn", class_name="BatchNormalization", kind=Kind.BATCHNORM, order=0,
-                       depth=0, divergence=None, own_contribution=None, output_effect=None, **kw)
+    return LayerRecord(
+        path="bn",
+        class_name="BatchNormalization",
+        kind=Kind.BATCHNORM,
+        order=0,
+        depth=0,
+        divergence=None,
+        own_contribution=None,
+        output_effect=None,
+        **kw,
+    )
 
 
 def test_records_store_members_and_refuse_other_words():
