@@ -42,8 +42,8 @@ def test_members_are_the_contract_words_and_behave_as_strings(vocabulary, words)
 
 def test_tuples_of_words_follow_the_enums():
     assert GROUPS == ("batchnorm", "dropout", "augmentation", "other")
-    assert FORMATS == tuple(f.value for f in Format)
-    assert RULES[0] == "never_updated" and RULES == tuple(r.value for r in Rule)
+    assert tuple(f.value for f in Format) == FORMATS
+    assert RULES[0] == "never_updated" and tuple(r.value for r in Rule) == RULES
     assert {k.group for k in Kind} == set(Group)
     assert Kind.NOISE.group is Group.DROPOUT and Kind.CUSTOM_TRAINING_ARG.group is Group.OTHER
 
