@@ -24,9 +24,13 @@ class Vocabulary(str, enum.Enum):
     value: it compares, hashes, formats and serialises as the plain string, so
     JSON output and comparisons with literals are unchanged."""
 
-    __str__ = str.__str__
-    __format__ = str.__format__
     __hash__ = str.__hash__
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(self, spec)
 
 
 class FitMode(Vocabulary):
