@@ -27,6 +27,7 @@ PURE = {
     "saved",
     "writing",
     "streaming",
+    "arrayfiles",
     "_version",
     "render",
     "render.common",
