@@ -9,8 +9,8 @@ from typing import Sequence
 
 from .specs import PREPROCESS_FLAG
 from .results import (
-    BackendRun, BatchNormRecord, Cause, Finding, Kind, LayerRecord, LeakCheck, Metrics, OutputGap,
-    PreprocessingProbe, Severity, format_number,
+    BackendRun, BatchNormRecord, Cause, Finding, FitMode, Group, InferencePath, Kind, LayerRecord,
+    LeakCheck, OutputGap, PreprocessingProbe, Severity, format_number,
 )
 
 NOTABLE_GAP = 0.05        # an output or group gap worth explaining (relative L2)
@@ -45,16 +45,16 @@ def _leak_findings(leaks: Sequence[LeakCheck], layers_by_path: dict) -> list[Fin
     out = []
     inference_leak = set()
     for chk in leaks:
-        if chk.path == "model(x, training=False)" and chk.is_leak:
+        if chk.path is InferencePath.FORCED and chk.is_leak:
             inference_leak = set(chk.layers_in_training)
     for chk in leaks:
         if not chk.is_leak:
             continue
         layers = list(chk.layers_in_training)
-        if chk.path == "model(x)" and layers and set(layers) <= inference_leak:
+        if chk.path is InferencePath.NO_FLAG and layers and set(layers) <= inference_leak:
             continue  # the same layers, already reported for inference itself
         rel = _fmt(chk.relative_l2)
-        if chk.path == "model(x, training=False)":
+        if chk.path is InferencePath.FORCED:
             out.append(Finding(
                 Cause.MODE_LEAK, Severity.FAIL, layers[0] if layers else None,
                 f"{len(layers)} layer(s) run in training mode during inference: {_names(layers)}. "
@@ -66,7 +66,7 @@ def _leak_findings(leaks: Sequence[LeakCheck], layers_by_path: dict) -> list[Fin
                 "a known Resizing/CenterCrop leak.",
                 {"relative_l2": chk.relative_l2, "layers": layers, "samples": chk.samples},
             ))
-        elif chk.path == "predict(x)":
+        elif chk.path is InferencePath.PREDICT:
             out.append(Finding(
                 Cause.MODE_LEAK, Severity.FAIL, None,
                 f"predict() differs from model(x, training=False) by {rel} (relative L2): the "
@@ -138,7 +138,7 @@ def _never_updated_in_fit(never: Sequence[BatchNormRecord], layers: Sequence[Lay
         return None
     by_path = {r.path: r for r in layers}
     held = [r for r in never if (rec := by_path.get(r.path)) is not None and r.trainable
-            and rec.fit_mode == "inference" and rec.fit_training is None]
+            and rec.fit_mode is FitMode.INFERENCE and rec.fit_training is None]
     if not held or len(held) < len(never):
         return None
     cls = fit_call.model_class
@@ -282,7 +282,7 @@ def _overridden(shifted: Sequence[BatchNormRecord], layers_by_path: dict) -> lis
     out = []
     for r in shifted:
         rec = layers_by_path.get(r.path)
-        if rec is not None and rec.fit_mode == "training" and rec.caller_training is False:
+        if rec is not None and rec.fit_mode is FitMode.TRAINING and rec.caller_training is False:
             out.append(r.path)
     return out
 
@@ -397,7 +397,7 @@ def _bn_notes(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRecord
             "fit() and evaluate() (older Keras 2 versions behaved differently, as many reports "
             "from that time describe)."
         )
-    held = [r for r in layers if r.kind is Kind.BATCHNORM and r.fit_mode == "inference"
+    held = [r for r in layers if r.kind is Kind.BATCHNORM and r.fit_mode is FitMode.INFERENCE
             and r.fit_training is False]
     if held:
         notes.append(f"{_bn_layers(len(held))} {_verb(len(held), 'receives', 'receive')} training=False from their "
@@ -411,7 +411,7 @@ def _bn_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Seq
     """The BatchNormalization causes, each from its own rule; a layer explained
     by an earlier cause is not counted again by a later one."""
     flagged = [r for r in batchnorm if r.severity in (Severity.WARN, Severity.FAIL)]
-    bn_gap = float(groups.get("batchnorm", 0.0) or 0.0)
+    bn_gap = float(groups.get(Group.BATCHNORM, 0.0) or 0.0)
     by_path = {r.path: r for r in layers}
     findings: list[Finding] = []
     explained: set[str] = set()
@@ -441,11 +441,11 @@ def _mode_group_findings(groups: dict, layers: Sequence[LayerRecord], gap: Outpu
                          inference_leaks: bool) -> tuple[list[Finding], list[str]]:
     findings, notes = [], []
     total = gap.relative_l2
-    drop = float(groups.get("dropout", 0.0) or 0.0)
-    aug = float(groups.get("augmentation", 0.0) or 0.0)
-    bn = float(groups.get("batchnorm", 0.0) or 0.0)
-    other = float(groups.get("other", 0.0) or 0.0)
-    active = [r for r in layers if r.fit_mode == "training"]
+    drop = float(groups.get(Group.DROPOUT, 0.0) or 0.0)
+    aug = float(groups.get(Group.AUGMENTATION, 0.0) or 0.0)
+    bn = float(groups.get(Group.BATCHNORM, 0.0) or 0.0)
+    other = float(groups.get(Group.OTHER, 0.0) or 0.0)
+    active = [r for r in layers if r.fit_mode is FitMode.TRAINING]
     if aug > 0:
         names = [r.path for r in active if r.kind is Kind.AUGMENTATION]
         findings.append(Finding(
@@ -486,7 +486,7 @@ def _mode_group_findings(groups: dict, layers: Sequence[LayerRecord], gap: Outpu
 
 def diagnose(*, gap: OutputGap, groups: dict, layers: Sequence[LayerRecord],
              batchnorm: Sequence[BatchNormRecord], leaks: Sequence[LeakCheck],
-             metrics: Metrics | None, batch_size: int, last_batch_size: int, samples: int,
+             batch_size: int, last_batch_size: int, samples: int,
              preprocessing: PreprocessingProbe | None = None,
              fit_call=None) -> tuple[list[Finding], list[str]]:
     """Findings (most likely cause first) and context notes for a report.
@@ -495,7 +495,7 @@ def diagnose(*, gap: OutputGap, groups: dict, layers: Sequence[LayerRecord],
     bn_findings, notes = _bn_findings(batchnorm, groups, layers, batch_size, samples, preprocessing,
                                       fit_call)
     findings += bn_findings
-    inference_leaks = any(c.is_leak and c.path == "model(x, training=False)" for c in leaks)
+    inference_leaks = any(c.is_leak and c.path is InferencePath.FORCED for c in leaks)
     more, more_notes = _mode_group_findings(groups, layers, gap, inference_leaks)
     findings += more
     notes += more_notes
@@ -537,13 +537,13 @@ def with_shares(findings: Sequence[Finding], groups: dict, layers: Sequence[Laye
     for f in findings:
         share = None
         if f.cause is Cause.AUGMENTATION:
-            share = _share(float(groups.get("augmentation", 0.0) or 0.0), total)
+            share = _share(float(groups.get(Group.AUGMENTATION, 0.0) or 0.0), total)
         elif f.cause is Cause.DROPOUT_ONLY:
-            share = _share(float(groups.get("dropout", 0.0) or 0.0), total)
+            share = _share(float(groups.get(Group.DROPOUT, 0.0) or 0.0), total)
         elif f.cause in _BN_CAUSES:
             if bn_owner is None:
                 bn_owner = f
-                share = _share(float(groups.get("batchnorm", 0.0) or 0.0), total)
+                share = _share(float(groups.get(Group.BATCHNORM, 0.0) or 0.0), total)
             else:
                 own = [effects[p] for p in f.evidence.get("layers", []) if p in effects]
                 share = _share(max(own), total) if own else None

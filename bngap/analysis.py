@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from .audit import BatchNormParams, audit_layer
 from .layertree import LayerNode
-from .results import BatchNormRecord, GapEntry, Kind, LayerRecord, OutputGap
+from .results import BatchNormRecord, FitMode, GapEntry, Kind, LayerRecord, OutputGap
 from .stats import GapAccumulator
 
 
@@ -41,22 +41,22 @@ def _no_flag_reason(fit_call: Any) -> str:
 
 def _fit_mode(
     node: LayerNode, received: list[Any], fit_call: Any = None
-) -> tuple[bool | None, str, str]:
+) -> tuple[bool | None, FitMode, str]:
     """(training value received, behaviour in fit(), why) for one layer."""
     got = [v for v in received if v is not None]
     training = None if not got else any(bool(v) for v in got)
     if not node.mode_dependent:
-        return training, "n/a", ""
+        return training, FitMode.NOT_APPLICABLE, ""
     if training is None:
-        return None, "inference", _no_flag_reason(fit_call)
+        return None, FitMode.INFERENCE, _no_flag_reason(fit_call)
     if not training:
         caller = node.parent.path if node.parent else "the model"
-        return False, "inference", f"called with training=False (by {caller})"
+        return False, FitMode.INFERENCE, f"called with training=False (by {caller})"
     if node.kind is Kind.BATCHNORM and not node.trainable:
-        return True, "inference", "frozen (trainable=False): Keras 3 BN uses its moving statistics"
+        return True, FitMode.INFERENCE, "frozen (trainable=False): Keras 3 BN uses its moving statistics"
     if node.kind is Kind.BATCHNORM and node.renorm_unclipped:
-        return True, "training", "renorm: normalises with the renorm statistics, not the batch's"
-    return True, "training", ""
+        return True, FitMode.TRAINING, "renorm: normalises with the renorm statistics, not the batch's"
+    return True, FitMode.TRAINING, ""
 
 
 def layer_records(m: Measured) -> tuple[LayerRecord, ...]:

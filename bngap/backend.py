@@ -365,15 +365,6 @@ class StateGuard:
         """Makes the current values the ones restored (`fix` changes BN statistics on purpose)."""
         self.saved = [np.array(to_numpy(v), copy=True) for v in self.variables]
 
-    def changed(self) -> list[str]:
-        """Paths of variables whose value differs from the snapshot."""
-        out = []
-        for v, s in zip(self.variables, self.saved):
-            now = to_numpy(v)
-            if now.shape != s.shape or now.tobytes() != s.tobytes():
-                out.append(getattr(v, "path", v.name))
-        return out
-
     def close(self) -> None:
         """Restores everything and leaves no global generator that was not there."""
         self.restore(everything=True)

@@ -17,6 +17,7 @@ import click
 
 from ._version import __version__
 from .errors import BngapError, ExitStatus, one_line
+from .render import FORMATS
 
 EPILOG = """\b
 Exit codes: 0 ran (verdict pass, or warn above --warn-above), 1 a fail gate
@@ -197,7 +198,7 @@ def main():
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path())
 @click.argument("data", nargs=-1, required=True, type=click.Path(), metavar="DATA")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown", "html", "junit"]), default="text",
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
               show_default=True, help="Report form on stdout: a terminal summary, JSON for scripts, Markdown for a bug report, a self-contained HTML page, or JUnit XML.")
 @click.option("--output", "-o", "outputs", multiple=True, type=click.Path(dir_okay=False),
               help="Write the report to FILE (atomically) instead of stdout; repeat for several files. The format follows the extension: .json, .md, .html, .xml (JUnit), .txt; another extension gets --format.")
@@ -349,7 +350,7 @@ def _github_actions(report, *, stdout_free: bool, all_layers: bool) -> None:
 
 @main.command(epilog=EPILOG)
 @click.argument("report_file", metavar="REPORT.json", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown", "html", "junit"]), default="text",
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
               show_default=True, help="Form to render the saved report in (on stdout).")
 @click.option("--output", "-o", "outputs", multiple=True, type=click.Path(dir_okay=False),
               help="Write to FILE instead of stdout; repeatable; the format follows the extension (.json, .md, .html, .xml, .txt).")
@@ -532,10 +533,6 @@ def lint(model, fmt, outputs, fail_on, all_layers, unsafe, custom_objects, show_
         if progress.enabled and (fmt != "text" or plan):
             _err(f"bngap: {lint_headline(report)}")
         sys.exit(int(report.exit_status))
-
-
-def run() -> None:  # pragma: no cover - console entry point
-    main()
 
 
 if __name__ == "__main__":  # pragma: no cover

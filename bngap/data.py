@@ -1,5 +1,5 @@
-"""Reading the user's inputs and labels (.npz / .npy / image folder) without
-ever unpickling, and validating them against the model's inputs.
+"""The user's inputs and labels as a `Dataset` (files, shards, image folders,
+data sets, arrays), validated against the model's inputs.
 
 Plain numpy: this module does not import TensorFlow.
 """
@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import glob
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .arrayfiles import read_arrays, read_npz_member
 from .errors import DataError, one_line
 from .specs import InputSpec
-from .streaming import (BatchStream, ObjectArray, concat_rows, ensure_fits, is_rows, npz_member,
-                        one_shot, split_element)
+from .streaming import BatchStream, concat_rows, ensure_fits, is_rows, one_shot, split_element
 
 DEFAULT_BATCH_SIZE = 32  # what Model.fit() uses when no batch size is given
 
@@ -92,7 +91,7 @@ def output_labels(source, output_names: Sequence[str], samples: int,
             for n in output_names:
                 key = f"y_{n}" if f"y_{n}" in keys else (n if n in keys else None)
                 if key is not None:
-                    found[n] = _read_npz_member(npz, p, key)
+                    found[n] = read_npz_member(npz, p, key)
     if not found:
         return None
     out = {}
@@ -103,129 +102,6 @@ def output_labels(source, output_names: Sequence[str], samples: int,
                             f"{samples} samples; give one label per sample")
         out[n] = a
     return out
-
-
-def _refuse_pickle(path: Path, key: str | None, err: Exception) -> DataError:
-    where = f" under key '{key}'" if key else ""
-    return DataError(
-        f"{path}{where} holds a pickled Python object array; bngap never unpickles data "
-        "(unpickling can run arbitrary code). Save plain numeric arrays, e.g. "
-        "np.savez('data.npz', x=x.astype('float32'), y=y)"
-    )
-
-
-def _read_npz_member(npz, path: Path, key: str) -> Any:
-    """The member, memory-mapped or streamed: nothing is decompressed here."""
-    try:
-        arr = npz_member(path, npz.zip, key)
-    except ObjectArray as e:
-        raise _refuse_pickle(path, key, e) from None
-    except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise _refuse_pickle(path, key, e) from None
-        raise DataError(f"cannot read key '{key}' of {path}: {one_line(e)}") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DataError(f"cannot read key '{key}' of {path} (corrupted?): {one_line(e)}") from None
-    if arr.dtype == object:
-        raise _refuse_pickle(path, key, ValueError("object array"))
-    return arr
-
-
-def read_arrays(path: str | os.PathLike, *, specs: Sequence[InputSpec] = (),
-                x_key: str | None = None, y_key: str | None = None) -> tuple[list[np.ndarray], np.ndarray | None, list[str], list[str]]:
-    """Reads raw arrays from an .npz or .npy file.
-
-    Args:
-        path: an .npz (inputs under `x_key`, default 'x'; labels under
-            `y_key`, default 'y' if present) or .npy file (inputs only).
-        specs: the model's inputs; with several, the .npz keys are the
-            model's input names.
-
-    Returns:
-        (inputs, labels or None, input names, notes).
-    """
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"data file not found: {p}")
-    if p.is_dir():
-        raise DataError(f"{p} is a directory; image folders need the image reader")
-    if not os.access(p, os.R_OK):
-        raise DataError(f"cannot read data file {p}: permission denied")
-    if p.stat().st_size == 0:
-        raise DataError(f"data file {p} is empty (0 bytes)")
-    ext = p.suffix.lower()
-    notes: list[str] = []
-    if ext == ".npy":
-        if y_key:
-            notes.append("--y-key ignored: an .npy file holds inputs only")
-        try:
-            arr = np.load(p, allow_pickle=False, mmap_mode="r")
-        except ValueError as e:
-            if any(k in str(e) for k in ("allow_pickle", "Object arrays", "Python objects")):
-                raise _refuse_pickle(p, None, e) from None
-            raise DataError(f"cannot read {p} as .npy: {one_line(e)}") from None
-        except (OSError, EOFError) as e:
-            raise DataError(f"cannot read {p} as .npy (truncated or corrupted?): {one_line(e)}") from None
-        names = [specs[0].name] if specs else ["x"]
-        if len(specs) > 1:
-            raise DataError(
-                f"the model has {len(specs)} inputs ({', '.join(s.name for s in specs)}); an .npy "
-                "file holds one array. Use an .npz with one array per input name"
-            )
-        return [arr], None, names, notes
-    if ext != ".npz":
-        raise DataError(
-            f"unsupported data format '{ext or p.name}': bngap reads .npz (x and optional y), "
-            ".npy (inputs only) or a folder of images"
-        )
-    try:
-        npz = np.load(p, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        if "pickled" in str(e):  # numpy's advice to allow_pickle is not ours to give
-            raise DataError(f"{p} is not an .npz archive of arrays but a pickle; bngap never "
-                            "unpickles data (unpickling can run arbitrary code)") from None
-        raise DataError(f"cannot read {p} as .npz (not a zip archive, truncated or corrupted?): "
-                        f"{one_line(e, 160)}") from None
-    # the archive stays open: its members are read batch by batch
-    keys = list(npz.files)
-    if not keys:
-        raise DataError(f"{p} holds no arrays")
-    if len(specs) > 1 and not x_key:
-        names = [s.name for s in specs]
-        missing = [n for n in names if n not in keys]
-        if missing:
-            raise DataError(
-                f"the model has {len(specs)} inputs; {p} must hold one array per input, "
-                f"named after them: {', '.join(names)}. Missing: {', '.join(missing)}. "
-                f"Found keys: {', '.join(keys)}"
-            )
-        xs = [_read_npz_member(npz, p, n) for n in names]
-    else:
-        key = x_key or "x"
-        if key not in keys:
-            alt = [s.name for s in specs if s.name in keys]
-            others = [k for k in keys if k != (y_key or "y")]
-            if not x_key and alt:
-                key = alt[0]
-            elif not x_key and len(others) == 1:
-                key = others[0]
-                notes.append(f"inputs read from the only key '{key}'")
-            else:
-                raise DataError(
-                    f"{p} has no key '{key}' for the inputs. Found keys: {', '.join(keys)}; "
-                    "choose one with --x-key"
-                )
-        xs = [_read_npz_member(npz, p, key)]
-        names = [specs[0].name if specs else key]
-    y = None
-    if y_key:
-        if y_key not in keys:
-            raise DataError(f"{p} has no key '{y_key}' for the labels. "
-                            f"Found keys: {', '.join(keys)}")
-        y = _read_npz_member(npz, p, y_key)
-    elif "y" in keys and "y" not in names:
-        y = _read_npz_member(npz, p, "y")
-    return xs, y, names, notes
 
 
 def _describe(shape) -> str:
@@ -381,7 +257,7 @@ def load_data(path: str | os.PathLike, specs: Sequence[InputSpec] = (), *,
         return _load_shards(paths, shown, specs, x_key=x_key, y_key=y_key, limit=limit)
     p = paths[0]
     if saved_dataset(p):
-        from .runtime import import_keras
+        from .backend import import_keras
 
         import_keras()  # TensorFlow reads the directory (its spec is a proto, not a pickle)
         import tensorflow as tf

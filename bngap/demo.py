@@ -31,7 +31,7 @@ def build_and_train(x: np.ndarray, y: np.ndarray, seed: int = 0):
     """A small CNN with BatchNormalization (default momentum 0.99), trained
     for 8 epochs of 2 batches: 16 updates of the moving statistics, 85% of
     their initial values left."""
-    from .runtime import import_keras
+    from .backend import import_keras
 
     keras = import_keras()
     keras.utils.set_random_seed(seed)

@@ -74,17 +74,13 @@ def _balanced(labels: list[int], limit: int) -> list[int]:
     return sorted(order)
 
 
-def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | None = None,
-                      preprocess: str | None = None, image_size: tuple[int, int] | None = None):
-    """Reads images as (inputs, labels, names, notes) for `data.load_data`.
-
-    Side effects: imports TensorFlow (to decode and resize images).
-    """
-    fn = parse_preprocess(preprocess)
+def _image_geometry(specs: Sequence[InputSpec],
+                    image_size: tuple[int, int] | None) -> tuple[int, int, int]:
+    """(height, width, channels) the images are resized to: the model's one
+    image input (RGB when it leaves channels open), or `image_size`."""
     if len(specs) > 1:
         raise DataError(f"an image folder feeds one input, but the model has {len(specs)}")
-    spec = specs[0] if specs else None
-    shape = tuple(spec.shape) if spec else (None, None, None, 3)
+    shape = tuple(specs[0].shape) if specs else (None, None, None, 3)
     if len(shape) != 4:
         raise DataError(f"the model's input has shape {shape}; image folders need an image input (batch, height, width, channels)")
     height, width, channels = shape[1], shape[2], shape[3]
@@ -95,6 +91,18 @@ def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | 
     channels = channels or 3
     if channels not in (1, 3, 4):
         raise DataError(f"the model expects {channels} channels; images have 1, 3 or 4")
+    return height, width, channels
+
+
+def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | None = None,
+                      preprocess: str | None = None, image_size: tuple[int, int] | None = None):
+    """Reads images as (inputs, labels, names, notes) for `data.load_data`.
+
+    Side effects: imports TensorFlow (to decode and resize images).
+    """
+    fn = parse_preprocess(preprocess)
+    spec = specs[0] if specs else None
+    height, width, channels = _image_geometry(specs, image_size)
     files, labels, classes = list_images(folder)
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_EXTS)}), directly or in class sub-folders")
@@ -103,7 +111,7 @@ def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | 
         idx = _balanced(labels, limit) if labels is not None else list(range(limit))
         files = [files[i] for i in idx]
         labels = [labels[i] for i in idx] if labels is not None else None
-    from .runtime import import_keras
+    from .backend import import_keras
 
     import_keras()
     from .backend import import_tensorflow

@@ -146,7 +146,7 @@ def load_custom_objects(path: str | os.PathLike) -> dict[str, Any]:
     Side effects: imports TensorFlow/Keras, runs the file's code, adds the
     file's folder to ``sys.path`` so that it can import its neighbours.
     """
-    from .runtime import import_keras
+    from .backend import import_keras
 
     import_keras()
     p = Path(path)
@@ -389,6 +389,20 @@ def _open(p: Path, keras: Any, kwargs: dict[str, Any], notes: list[str]) -> Any:
         return keras.models.load_model(source, **kwargs)
 
 
+def _open_compiled_if_asked(p: Path, keras: Any, kwargs: dict[str, Any], compile: bool,
+                            notes: list[str]) -> Any:
+    """The model, compiled when asked and restorable, else uncompiled (with a note)."""
+    if compile:
+        try:
+            return _open(p, keras, {**kwargs, "compile": True}, notes)
+        except Exception as e:  # loss or optimizer not restorable: keep going without
+            notes.append(
+                f"loaded without its compile configuration ({type(e).__name__}: "
+                f"{one_line(e, 120)})"
+            )
+    return _open(p, keras, kwargs, notes)
+
+
 def load_model(
     path: str | os.PathLike,
     *,
@@ -414,7 +428,7 @@ def load_model(
         ModelLoadError: with a one-line message, for anything the user can fix.
     """
     p = check_model_path(path)
-    from .runtime import import_keras
+    from .backend import import_keras
 
     keras = import_keras()
     custom = load_custom_objects(custom_objects_file) if custom_objects_file else {}
@@ -423,17 +437,7 @@ def load_model(
     custom = {**layer_classes(unsafe), **custom}
     kwargs = dict(compile=False, safe_mode=not unsafe, custom_objects=custom)
     try:
-        model = None
-        if compile:
-            try:
-                model = _open(p, keras, {**kwargs, "compile": True}, notes)
-            except Exception as e:  # loss or optimizer not restorable: keep going without
-                notes.append(
-                    f"loaded without its compile configuration ({type(e).__name__}: "
-                    f"{one_line(e, 120)})"
-                )
-        if model is None:
-            model = _open(p, keras, kwargs, notes)
+        model = _open_compiled_if_asked(p, keras, kwargs, compile, notes)
     except ModelLoadError:
         raise
     except Exception as e:  # Keras raises many types for bad files

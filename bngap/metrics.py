@@ -89,6 +89,9 @@ def _accuracy(out: np.ndarray, y: np.ndarray, cut: float | None) -> np.ndarray |
 
 
 class _MetricSums:
+    """Running sums of one output's per-sample loss and accuracy in both modes
+    (`loss`, `acc` keyed by "train"/"eval"; `n` samples so far)."""
+
     def __init__(self):
         self.loss = {"train": 0.0, "eval": 0.0}
         self.acc = {"train": 0.0, "eval": 0.0}

@@ -86,8 +86,8 @@ def open_inputs(model: Any, x: Any, y: Any = None, *, unsafe: bool = False,
     Returns:
         (LoadedModel, Dataset).
     """
+    from .backend import import_keras
     from .loading import LoadedModel, input_specs, load_model
-    from .runtime import import_keras
 
     say = status or (lambda s: None)
     if isinstance(model, (str, os.PathLike)):
@@ -140,6 +140,23 @@ def _attach_output_labels(loaded, data, source, outputs: list[str], limit: int |
     loaded.loss = CompiledLoss(loaded.loss, weights)
 
 
+def _measurement_notes(m: Any) -> list[str]:
+    """Remarks on what the passes left out: non-finite outputs, layers whose
+    output effect was not measured. `m` is a `measurement.Measurements`."""
+    notes = []
+    for label, count in (("training", m.output.nonfinite_train), ("inference", m.output.nonfinite_ref)):
+        if count:
+            notes.append(f"the model's {label}-mode outputs contain {count} NaN/infinite values "
+                         "(left out of the gap); look for a layer dividing by zero, e.g. "
+                         "BatchNormalization with epsilon=0 on a constant channel")
+    if m.effects_skipped:
+        notes.append(f"output effect measured for the {m.effects_computed} layer(s) with the largest "
+                     f"own contribution, not for {m.effects_skipped} more (each costs one more pass "
+                     "per batch; --effects N or --effects all)")
+    return notes
+
+
+# Long mostly by its docstring: the body is the check's stages in order, each one call.
 def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = CheckOptions(),
           progress: Callable[[int, int, str], None] | None = None,
           status: Callable[[str], None] | None = None, loss: Any = None) -> Report:
@@ -160,9 +177,9 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
         A `Report`. The model's variables are left bit-identical.
     """
     from . import advice, analysis
+    from .backend import environment, import_keras
     from .layertree import build_tree
     from .measurement import measure
-    from .runtime import environment, import_keras
 
     started = time.perf_counter()
     say = status or (lambda s: None)
@@ -196,19 +213,10 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
         preprocessing = probe_input_transforms(net, nodes, data, bn, keras, seed=options.seed)
     findings, notes = advice.diagnose(
         gap=gap, groups=m.groups, layers=layers, batchnorm=bn, leaks=m.leaks,
-        metrics=m.metrics, batch_size=m.batch_size, last_batch_size=m.last_batch_size,
+        batch_size=m.batch_size, last_batch_size=m.last_batch_size,
         samples=m.samples, preprocessing=preprocessing, fit_call=m.fit_call,
     )
-    notes = list(loaded.notes) + list(m.notes) + list(notes)
-    for label, count in (("training", m.output.nonfinite_train), ("inference", m.output.nonfinite_ref)):
-        if count:
-            notes.append(f"the model's {label}-mode outputs contain {count} NaN/infinite values "
-                         "(left out of the gap); look for a layer dividing by zero, e.g. "
-                         "BatchNormalization with epsilon=0 on a constant channel")
-    if m.effects_skipped:
-        notes.append(f"output effect measured for the {m.effects_computed} layer(s) with the largest "
-                     f"own contribution, not for {m.effects_skipped} more (each costs one more pass "
-                     "per batch; --effects N or --effects all)")
+    notes = list(loaded.notes) + list(m.notes) + list(notes) + _measurement_notes(m)
     summary = _summarise_model(net, nodes, loaded.path, loaded.inputs or [])
     dsum = DataSummary(path=data.path, samples=len(data), has_labels=data.y is not None,
                        input_shapes=tuple(data.shapes), batch_size=m.batch_size,

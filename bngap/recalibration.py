@@ -34,7 +34,12 @@ NOISE_WARN = 0.05          # relative noise of a layer's estimate worth a warnin
 
 @dataclass(frozen=True)
 class LayerFix:
-    """What re-estimation did to one BN layer."""
+    """What re-estimation did to one BN layer: its dependency level (layers of
+    a level are estimated in one pass, after the levels upstream), the number
+    of values per channel the new statistics rest on, the expected local gap
+    of the old statistics on this data (relative RMS change of the layer's
+    output), the new statistics' relative sampling noise, and whether the
+    layer is frozen (trainable=False)."""
 
     path: str
     level: int                  # dependency level: 0 = no BN upstream
@@ -46,7 +51,16 @@ class LayerFix:
 
 @dataclass(frozen=True)
 class FixResult:
-    """Before/after numbers of a fix, and what was written."""
+    """Before/after numbers of a fix, and what was written.
+
+    `before`/`after`: the output gap with the old and the new statistics;
+    `metrics_*` the same for loss and accuracy (None without labels);
+    `skipped`: (layer path, reason) of BN layers left alone; `passes`: passes
+    over the data; `samples`, `batch_size`: the data used; `helped`: the gap
+    fell without the inference loss rising (see `_helped`); `written`: the
+    file written, or None; `reload_max_abs_diff`: the largest absolute output
+    difference between that file reloaded and the fixed model in memory;
+    `seconds`: wall time."""
 
     before: OutputGap
     after: OutputGap
@@ -132,7 +146,7 @@ def recalibrate(model, nodes: list[LayerNode], chosen: list[LayerNode], data: Da
     wanted = {n.index for n in chosen}
     out: list[LayerFix] = []
     passes = 0
-    from .probe import pack_inputs
+    from .backend import pack_inputs
 
     pack = lambda xs: pack_inputs(keras, model, xs, data.names, data.keyed)  # noqa: E731
     with Probe(model, nodes, keras, seed=seed, pack=pack) as probe:
@@ -217,6 +231,8 @@ def _relative_noise(mom, eps: float) -> float | None:
     return float(np.sqrt(np.mean(dz * dz + dl * dl)))
 
 
+# Long mostly by its docstring: the body is the five steps in order (open, measure, re-estimate,
+# measure, write), each one call.
 def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None = None,
         in_place: bool = False, force: bool = False, layers: str | None = None,
         include_frozen: bool = True, batch_size: int = 32, limit: int | None = None,
@@ -247,36 +263,17 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     rename) only when the fix helps or `force` is set.
     """
     from .analysis import output_gap
+    from .backend import import_keras
     from .layertree import build_tree
     from .measurement import measure
     from .pipeline import open_inputs
-    from .runtime import import_keras
-    from .writing import replace_atomic
 
     started = time.perf_counter()
     say = status or (lambda s: None)
     if batch_size < 1:
         raise BngapError(f"--batch-size must be at least 1. Received: {batch_size}")
     from_file = isinstance(model, (str, os.PathLike))
-    target: Path | None = None
-    if from_file:
-        src = Path(model)
-        if in_place:
-            if output and Path(output).resolve() != src.resolve():
-                raise BngapError("give either --in-place or -o/--output, not both")
-            target = src
-        elif not output:
-            raise BngapError("say where to write the fixed model: -o/--output FILE (or --in-place)")
-        else:
-            target = Path(output)
-            if target.resolve() == src.resolve():
-                raise BngapError(f"{target} is the input model; pass --in-place to overwrite it")
-    elif output:
-        target = Path(output)
-    if target is not None and target.suffix.lower() not in (".keras", ".h5", ".hdf5"):
-        raise BngapError(f"the output must end in .keras or .h5. Received: {target}")
-    if target is not None and target.exists() and not (in_place or force):
-        raise BngapError(f"{target} already exists; choose another path or pass --force to replace it")
+    target = _output_target(model, output, in_place=in_place, force=force)
 
     # Compiled, so that the copy keeps the loss, metrics and optimizer state.
     loaded, data = open_inputs(model, x, y, unsafe=unsafe, custom_objects=custom_objects, x_key=x_key,
@@ -304,25 +301,12 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
                  leak_checks=False)
     before, after = output_gap(m0), output_gap(m1)
     helped, why_not = _helped(before, after, m0.metrics, m1.metrics)
-    notes = list(loaded.notes)
-    if len(data) < ENOUGH_SAMPLES:
-        notes.append(f"re-estimated from {len(data)} samples; use {ENOUGH_SAMPLES} or more "
-                     "representative samples for stable statistics")
-    noisy = [f for f in fixes if f.noise is not None and f.noise > NOISE_WARN]
-    if noisy:
-        whose = "layers'" if len(noisy) != 1 else "layer's"
-        notes.append(f"{len(noisy)} {whose} new statistics are "
-                     f"noisy (relative noise up to "
-                     f"{max(f.noise for f in noisy):.3f}, e.g. {noisy[0].path}); more data would help")
+    notes = list(loaded.notes) + _estimate_notes(len(data), fixes)
     written = None
     reload_diff = None
     if target is not None and (helped or force):
         say(f"writing {target}")
-        from .backend import import_tensorflow, installed
-
-        if installed("tensorflow"):  # Keras' saving imports it on every backend: quietly, first
-            import_tensorflow()
-        replace_atomic(target, lambda tmp: net.save(tmp), suffix=target.suffix.lower())
+        _save_model(net, target)
         written = str(target)
         reload_diff = _verify_reload(target, net, data, keras, unsafe=unsafe, custom=custom_objects)
     elif target is not None:
@@ -331,6 +315,62 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
                      layers=tuple(fixes), skipped=tuple(skipped), passes=passes, samples=len(data),
                      batch_size=bs, helped=helped, written=written, reload_max_abs_diff=reload_diff,
                      notes=tuple(notes), seconds=time.perf_counter() - started, _restore=restore)
+
+
+def _output_target(model: Any, output: str | os.PathLike | None, *, in_place: bool,
+                   force: bool) -> Path | None:
+    """Where `fix` writes the fixed model (None: nowhere), checked before any work.
+
+    Raises:
+        BngapError: the output is missing, ambiguous, the input itself without
+            `in_place`, not .keras/.h5, or exists without `force`.
+    """
+    target: Path | None = None
+    if isinstance(model, (str, os.PathLike)):
+        src = Path(model)
+        if in_place:
+            if output and Path(output).resolve() != src.resolve():
+                raise BngapError("give either --in-place or -o/--output, not both")
+            target = src
+        elif not output:
+            raise BngapError("say where to write the fixed model: -o/--output FILE (or --in-place)")
+        else:
+            target = Path(output)
+            if target.resolve() == src.resolve():
+                raise BngapError(f"{target} is the input model; pass --in-place to overwrite it")
+    elif output:
+        target = Path(output)
+    if target is not None and target.suffix.lower() not in (".keras", ".h5", ".hdf5"):
+        raise BngapError(f"the output must end in .keras or .h5. Received: {target}")
+    if target is not None and target.exists() and not (in_place or force):
+        raise BngapError(f"{target} already exists; choose another path "
+                         "or pass --force to replace it")
+    return target
+
+
+def _estimate_notes(samples: int, fixes: list[LayerFix]) -> list[str]:
+    """Remarks on how reliable the new statistics are: too few samples, noisy layers."""
+    notes = []
+    if samples < ENOUGH_SAMPLES:
+        notes.append(f"re-estimated from {samples} samples; use {ENOUGH_SAMPLES} or more "
+                     "representative samples for stable statistics")
+    noisy = [f for f in fixes if f.noise is not None and f.noise > NOISE_WARN]
+    if noisy:
+        whose = "layers'" if len(noisy) != 1 else "layer's"
+        notes.append(f"{len(noisy)} {whose} new statistics are "
+                     f"noisy (relative noise up to "
+                     f"{max(f.noise for f in noisy):.3f}, e.g. {noisy[0].path}); more data would help")
+    return notes
+
+
+def _save_model(net: Any, target: Path) -> None:
+    """Saves the model to `target` atomically (temporary file, then rename)."""
+    from .backend import import_tensorflow, installed
+    from .writing import replace_atomic
+
+    if installed("tensorflow"):  # Keras' saving imports it on every backend: quietly, first
+        import_tensorflow()
+    replace_atomic(target, lambda tmp: net.save(tmp), suffix=target.suffix.lower())
 
 
 def _helped(before: OutputGap, after: OutputGap, m0: Metrics | None,
@@ -415,7 +455,7 @@ def _verify_reload(path: Path, model, data: Dataset, keras, *, unsafe: bool, cus
     from .loading import load_model
 
     again = load_model(path, unsafe=unsafe, custom_objects_file=custom).model
-    from .probe import pack_inputs
+    from .backend import pack_inputs
 
     xs = data.take(0, min(16, len(data)))
     from .backend import to_numpy

@@ -19,7 +19,57 @@ SCHEMA_VERSION = "1"
 LEAK_TOLERANCE = 1e-4  # relative L2 below this is float noise between inference paths
 
 
+class Vocabulary(str, enum.Enum):
+    """A fixed set of words of the contract. Each member is its own string
+    value: it compares, hashes, formats and serialises as the plain string, so
+    JSON output and comparisons with literals are unchanged."""
+
+    __hash__ = str.__hash__
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(self, spec)
+
+
+class FitMode(Vocabulary):
+    """How a layer behaves in fit() (`LayerRecord.fit_mode`)."""
+
+    TRAINING = "training"
+    INFERENCE = "inference"
+    NOT_APPLICABLE = "n/a"  # the layer's output does not depend on the mode
+
+
+class Group(Vocabulary):
+    """The cause groups of the contract's `groups` decomposition."""
+
+    BATCHNORM = "batchnorm"
+    DROPOUT = "dropout"
+    AUGMENTATION = "augmentation"
+    OTHER = "other"
+
+
+class InferencePath(Vocabulary):
+    """The inference paths a leak check compares (`LeakCheck.path`)."""
+
+    FORCED = "model(x, training=False)"  # every layer explicitly in inference mode
+    NO_FLAG = "model(x)"                 # the call without a `training` argument
+    PREDICT = "predict(x)"               # Keras' own inference loop
+
+
+def _coerce(record, name: str, vocabulary: type[enum.Enum]) -> None:
+    """Checks a frozen record's field against its vocabulary, storing the member.
+
+    Raises:
+        ValueError: the value is not a word of the vocabulary.
+    """
+    object.__setattr__(record, name, vocabulary(getattr(record, name)))
+
+
 class Severity(str, enum.Enum):
+    """How serious a finding or a BN audit is, `ok` < `info` < `warn` < `fail`."""
+
     OK = "ok"
     INFO = "info"
     WARN = "warn"
@@ -31,6 +81,8 @@ class Severity(str, enum.Enum):
 
 
 class Cause(str, enum.Enum):
+    """Why training and inference mode differ: the contract's cause ids."""
+
     STATS_NEVER_UPDATED = "stats_never_updated"
     STATS_NOT_CONVERGED = "stats_not_converged"
     PREPROCESSING_MISMATCH = "preprocessing_mismatch"
@@ -54,22 +106,27 @@ class Kind(str, enum.Enum):
     OTHER = "other"
 
     @property
-    def group(self) -> str:
+    def group(self) -> Group:
         """The cause group of the contract's `groups` decomposition."""
         return {
-            "batchnorm": "batchnorm",
-            "dropout": "dropout",
-            "noise": "dropout",
-            "recurrent": "dropout",
-            "augmentation": "augmentation",
-        }.get(self.value, "other")
+            "batchnorm": Group.BATCHNORM,
+            "dropout": Group.DROPOUT,
+            "noise": Group.DROPOUT,
+            "recurrent": Group.DROPOUT,
+            "augmentation": Group.AUGMENTATION,
+        }.get(self.value, Group.OTHER)
 
 
-GROUPS = ("batchnorm", "dropout", "augmentation", "other")
+GROUPS = tuple(g.value for g in Group)  # the `groups` keys, in the contract's order
 
 
 @dataclass(frozen=True)
 class ModelSummary:
+    """The model checked: its file, class, size, and input/output shapes
+    (batch dimension as None) and names. `layers` counts the layers of the
+    layer tree (nested ones too); `dropout_like_layers` the Dropout and noise
+    ones; `parameters` is count_params()."""
+
     path: str
     name: str
     class_name: str
@@ -85,6 +142,11 @@ class ModelSummary:
 
 @dataclass(frozen=True)
 class DataSummary:
+    """The data used: where from (its path or paths), how many
+    samples, whether labels came with them, the input shapes, and the batching
+    (`batches` batches of `batch_size`, the last one `last_batch_size`).
+    `notes` are remarks made while reading it (ignored keys and the like)."""
+
     path: str
     samples: int
     has_labels: bool
@@ -107,6 +169,11 @@ class GapEntry:
 
 @dataclass(frozen=True)
 class OutputGap:
+    """The train-vs-eval gap of the model's outputs over all samples:
+    relative L2 (||train - eval|| / ||eval||), the largest absolute difference,
+    and the share of samples whose top-1 class agrees (None for outputs that
+    are not classes); `per_output` for a model with several outputs."""
+
     relative_l2: float
     max_abs: float
     top1_agreement: float | None
@@ -140,6 +207,11 @@ class Metrics:
 
 @dataclass(frozen=True)
 class LayerRecord:
+    """One layer of the model (at any depth, path joined with `/`) as the
+    check saw it. Divergences and effects are relative L2 norms, train vs eval;
+    None where the layer was not measured. `fit_*` say how the layer behaves
+    in fit() and why; `calls` counts its calls per forward pass."""
+
     path: str
     class_name: str
     kind: Kind
@@ -151,14 +223,21 @@ class LayerRecord:
     mode_dependent: bool = False
     trainable: bool = True
     fit_training: bool | None = None   # the `training` value it received in a fit()-like pass
-    fit_mode: str = "n/a"              # "training" / "inference" / "n/a" as it behaves in fit()
+    fit_mode: FitMode = FitMode.NOT_APPLICABLE  # how it behaves in fit()
     fit_mode_reason: str = ""
     calls: int = 0
     caller_training: bool | None = None  # `training` written in the graph call of it or its sub-model
 
+    def __post_init__(self) -> None:
+        _coerce(self, "fit_mode", FitMode)
+
 
 @dataclass(frozen=True)
 class ChannelDeviation:
+    """One channel of a BN layer: its index, the data mean's shift from the
+    moving mean in moving standard deviations (z), and log2 of data variance
+    over moving variance."""
+
     index: int
     z: float
     log2_var_ratio: float
@@ -166,6 +245,22 @@ class ChannelDeviation:
 
 @dataclass(frozen=True)
 class BatchNormRecord:
+    """The audit of one BatchNormalization layer: its moving statistics
+    against the statistics of the input it receives on the data.
+
+    Per channel, z = (data mean - moving mean) / sqrt(moving variance + eps)
+    and log2 var = log2((data variance + eps) / (moving variance + eps));
+    `median_/p95_/max_abs_*` summarise their absolute values over channels
+    (degenerate channels, with zero or non-finite variance, left out and
+    counted in `degenerate_channels`). `order` is the call order, `samples`
+    the number of values per channel the data statistics rest on (samples
+    times spatial positions), `severity` the audit's verdict on the layer.
+    `never_updated`: the moving statistics are still exactly their initial
+    constants; `estimated_updates`: how many moving-average updates at this
+    momentum leave `init_fraction` of them (None when the channels disagree);
+    `fit_uses_batch_stats`: whether fit() normalises this layer with batch
+    statistics (None when not known)."""
+
     path: str
     order: int
     trainable: bool
@@ -202,6 +297,10 @@ class BatchNormRecord:
 
 @dataclass(frozen=True)
 class Finding:
+    """One diagnosis in plain words: the cause, how serious it is, the layer
+    where it shows (None for the whole model), what is wrong (`message`), what
+    to do (`remedy`), and the numbers it rests on (`evidence`)."""
+
     cause: Cause
     severity: Severity
     layer: str | None
@@ -215,11 +314,14 @@ class Finding:
 class LeakCheck:
     """A comparison of another inference path against model(x, training=False)."""
 
-    path: str                   # "predict(x)", "model(x)", "forced inference"
+    path: InferencePath
     relative_l2: float | None
     layers_in_training: tuple[str, ...] = ()
     samples: int = 0
     skipped: str = ""
+
+    def __post_init__(self) -> None:
+        _coerce(self, "path", InferencePath)
 
     @property
     def is_leak(self) -> bool:
@@ -345,6 +447,14 @@ def exceeds(value: float | None, threshold: float | None) -> bool:
 
 @dataclass(frozen=True)
 class Report:
+    """Everything one check found, in the order a report shows it.
+
+    `groups`: output gap (relative L2) with only that cause group in training
+    mode (keys `GROUPS`); `layers` every layer, `batchnorm` the BN audits,
+    `findings` most likely cause first; `settings` the options the check ran
+    with; `environment` library versions and the backend; `seconds` the wall
+    time of the check. The verdict and exit status are derived, not stored."""
+
     model: ModelSummary
     data: DataSummary
     output_gap: OutputGap

@@ -6,7 +6,7 @@ during training with the GapMonitor callback.
 
 import bngap
 from bngap.demo import build_and_train, make_data
-from bngap.runtime import import_keras
+from bngap.backend import import_keras
 
 x, y = make_data()
 model = build_and_train(x, y)          # 16 updates of the BN statistics

@@ -58,6 +58,6 @@ def zoo(tmp_path_factory) -> Zoo:
 
 @pytest.fixture(scope="session")
 def keras():
-    from bngap.runtime import import_keras
+    from bngap.backend import import_keras
 
     return import_keras()

@@ -37,7 +37,7 @@ def run(batchnorm=(), layers=(), groups=None, gap=1.0, leaks=(), preprocessing=N
         samples=64):
     groups = {"batchnorm": 0.0, "dropout": 0.0, "augmentation": 0.0, "other": 0.0, **(groups or {})}
     return diagnose(gap=OutputGap(gap, gap, None), groups=groups, layers=list(layers),
-                    batchnorm=list(batchnorm), leaks=list(leaks), metrics=None,
+                    batchnorm=list(batchnorm), leaks=list(leaks),
                     batch_size=batch_size, last_batch_size=batch_size, samples=samples,
                     preprocessing=preprocessing)
 

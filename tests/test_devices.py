@@ -18,7 +18,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import bngap
-from bngap.runtime import import_keras
+from bngap.backend import import_keras
 keras = import_keras()
 L = keras.layers
 rng = np.random.default_rng(0)

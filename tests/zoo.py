@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bngap.runtime import import_keras
+from bngap.backend import import_keras
 
 keras = import_keras()
 L = keras.layers

@@ -4,35 +4,51 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..results import Report
+from ..results import Report, Vocabulary
 
-FORMATS = ("text", "json", "markdown", "html", "junit")
+class Format(Vocabulary):
+    """The formats a check report renders to (`--format`, `--output` suffixes)."""
+
+    TEXT = "text"
+    JSON = "json"
+    MARKDOWN = "markdown"
+    HTML = "html"
+    JUNIT = "junit"
+
+
+FORMATS = tuple(f.value for f in Format)
 
 
 def render(report: Report, fmt: str, *, all_layers: bool = False, width: int = 100,
            color: bool = False) -> str:
-    """The report in the named format ('text', 'json', 'markdown', 'html' or 'junit')."""
-    if fmt == "json":
+    """The report in the named format ('text', 'json', 'markdown', 'html' or 'junit').
+
+    Raises:
+        ValueError: `fmt` is not one of `FORMATS`.
+    """
+    try:
+        form = Format(fmt)
+    except ValueError:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}") from None
+    if form is Format.JSON:
         from .json import render_json
 
         return render_json(report)
-    if fmt == "markdown":
+    if form is Format.MARKDOWN:
         from .markdown import render_markdown
 
         return render_markdown(report, all_layers=all_layers)
-    if fmt == "text":
+    if form is Format.TEXT:
         from .text import render_text
 
         return render_text(report, all_layers=all_layers, width=width, color=color)
-    if fmt == "html":
+    if form is Format.HTML:
         from .html import render_html
 
         return render_html(report)
-    if fmt == "junit":
-        from .junit import render_junit
+    from .junit import render_junit
 
-        return render_junit(report)
-    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return render_junit(report)
 
 
 def file_renderers(*, all_layers: bool = False) -> dict[str, Callable[[Report], str]]:

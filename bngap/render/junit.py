@@ -52,6 +52,27 @@ def render_junit(report: Report) -> str:
     suites = ET.Element("testsuites", {"name": SUITE})
     suite = ET.SubElement(suites, "testsuite", {"name": _x(f"{SUITE} check {r.model.path}")})
     props = ET.SubElement(suite, "properties")
+    for k, v in _properties(r).items():
+        ET.SubElement(props, "property", {"name": _x(k), "value": _x(v)})
+
+    _gates(suite, r)
+    _finding_cases(suite, r)
+    _batchnorm_cases(suite, r)
+
+    cases = suite.findall("testcase")
+    failures = sum(1 for c in cases if c.find("failure") is not None)
+    for el in (suites, suite):
+        el.set("tests", str(len(cases)))
+        el.set("failures", str(failures))
+        el.set("errors", "0")
+        el.set("skipped", "0")
+        el.set("time", f"{r.seconds:.3f}" if math.isfinite(r.seconds) else "0")
+    ET.indent(suites, space="  ")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def _properties(r: Report) -> dict[str, str]:
+    """The suite's properties: verdict, gap, metrics, groups, baseline, versions."""
     values = {
         "verdict": r.verdict, "headline": headline(r),
         "model": r.model.path, "data": r.data.path, "samples": str(r.data.samples),
@@ -76,10 +97,11 @@ def render_junit(report: Report) -> str:
     values["bngap"] = __version__
     for k, v in r.environment.items():
         values[f"environment.{k}"] = str(v)
-    for k, v in values.items():
-        ET.SubElement(props, "property", {"name": _x(k), "value": _x(v)})
+    return values
 
-    _gates(suite, r)
+
+def _finding_cases(suite: ET.Element, r: Report) -> None:
+    """A test case per finding at warn (passes, message in system-out) or fail (failure)."""
     for i, f in enumerate(r.findings, 1):
         if f.severity not in (Severity.WARN, Severity.FAIL):
             continue
@@ -89,6 +111,10 @@ def render_junit(report: Report) -> str:
             _case(suite, f"{SUITE}.findings", name, failure=text, failure_type=f.cause.value)
         else:
             _case(suite, f"{SUITE}.findings", name, out="warning: " + text)
+
+
+def _batchnorm_cases(suite: ET.Element, r: Report) -> None:
+    """A test case per BatchNormalization layer; a failed audit is a failure."""
     for b in r.batchnorm:
         detail = (f"median |z| {num(b.median_abs_z, 2)}, max |z| {num(b.max_abs_z, 2)}, median |log2 var "
                   f"ratio| {num(b.median_abs_log2_var_ratio, 2)}, expected local gap "
@@ -99,14 +125,3 @@ def render_junit(report: Report) -> str:
             _case(suite, f"{SUITE}.batchnorm", b.path, out="warning: " + detail)
         else:
             _case(suite, f"{SUITE}.batchnorm", b.path, out=detail)
-
-    cases = suite.findall("testcase")
-    failures = sum(1 for c in cases if c.find("failure") is not None)
-    for el in (suites, suite):
-        el.set("tests", str(len(cases)))
-        el.set("failures", str(failures))
-        el.set("errors", "0")
-        el.set("skipped", "0")
-        el.set("time", f"{r.seconds:.3f}" if math.isfinite(r.seconds) else "0")
-    ET.indent(suites, space="  ")
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"

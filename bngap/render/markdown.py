@@ -27,11 +27,23 @@ def _plural(n: int, word: str) -> str:
 
 
 def render_markdown(report: Report, *, all_layers: bool = False) -> str:
+    """The report as Markdown for a bug report or a PR comment, one section
+    per part of the report (flagged layers only unless `all_layers`)."""
     r = report
-    m, d, g = r.model, r.data, r.output_gap
     lines = [f"## bngap report: {headline(r)}", ""]
+    lines += _findings(r)
+    lines += _modes(r)
+    lines += _baseline(r)
+    lines += _backends(r)
+    lines += _model_and_data(r)
+    lines += _layers(r, all_layers)
+    lines += _batchnorm(r, all_layers)
+    lines += _context(r)
+    return "\n".join(lines) + "\n"
 
-    lines += ["### Findings", ""]
+
+def _findings(r: Report) -> list[str]:
+    lines = ["### Findings", ""]
     if r.findings:
         for i, f in enumerate(r.findings, 1):
             where = (f" (`{f.layer}`)" if f.layer else "") + (
@@ -40,8 +52,12 @@ def render_markdown(report: Report, *, all_layers: bool = False) -> str:
                       f"   *Fix:* {f.remedy}"]
     else:
         lines.append("No cause flagged.")
+    return lines
 
-    lines += ["", "### Training mode (as in fit()) vs inference mode (as in evaluate())", ""]
+
+def _modes(r: Report) -> list[str]:
+    g = r.output_gap
+    lines = ["", "### Training mode (as in fit()) vs inference mode (as in evaluate())", ""]
     rows = [["output gap (relative L2)", num(g.relative_l2)], ["max abs difference", num(g.max_abs)]]
     if g.top1_agreement is not None:
         rows.append(["top-1 agreement", pct(g.top1_agreement)])
@@ -57,17 +73,29 @@ def render_markdown(report: Report, *, all_layers: bool = False) -> str:
     opens = gap_opens_at(r)
     if opens is not None:
         lines += [f"The gap opens at `{opens.path}` ({opens.class_name}, divergence {num(opens.divergence)}).", ""]
+    return lines
 
-    if r.baseline is not None:
-        lines += ["### Against the baseline", "", baseline_summary(r) + ".", ""]
-        lines += _table(["", "baseline", "this run"], [list(row) for row in baseline_rows(r)])
-        lines.append("")
-    if r.backends:
-        from . import backends as across
 
-        lines += [f"### {across.title(r)}", ""] + _table(across.head(r), across.rows(r)) + [""]
+def _baseline(r: Report) -> list[str]:
+    if r.baseline is None:
+        return []
+    lines = ["### Against the baseline", "", baseline_summary(r) + ".", ""]
+    lines += _table(["", "baseline", "this run"], [list(row) for row in baseline_rows(r)])
+    lines.append("")
+    return lines
 
-    lines += ["### Model and data", ""]
+
+def _backends(r: Report) -> list[str]:
+    if not r.backends:
+        return []
+    from . import backends as across
+
+    return [f"### {across.title(r)}", ""] + _table(across.head(r), across.rows(r)) + [""]
+
+
+def _model_and_data(r: Report) -> list[str]:
+    m, d = r.model, r.data
+    lines = ["### Model and data", ""]
     lines += _table(["", ""], [
         ["model", f"`{m.path}` ({m.class_name} `{m.name}`)"],
         ["layers", f"{m.layers} ({m.batchnorm_layers} BatchNormalization, {m.dropout_like_layers} dropout/noise)"],
@@ -78,32 +106,45 @@ def render_markdown(report: Report, *, all_layers: bool = False) -> str:
         ["batch size", f"{d.batch_size} ({_plural(d.batches, 'batch')}, the last of {d.last_batch_size})"],
     ])
     lines.append("")
+    return lines
 
+
+def _layers(r: Report, all_layers: bool) -> list[str]:
     tops = r.layers if all_layers else top_layers(r)
-    if tops:
-        lines += ["### Layers", ""]
-        lines += _table(["layer", "kind", "in fit()", "own", "output effect", "divergence"],
-                        [[f"`{x.path}`", x.kind.value, x.fit_mode + (f" ({x.fit_mode_reason})" if x.fit_mode_reason else ""),
-                          num(x.own_contribution), num(x.output_effect), num(x.divergence)] for x in tops])
-        lines.append("")
-    bn = r.batchnorm if all_layers else [b for b in r.batchnorm if b.severity is not Severity.OK]
-    if r.batchnorm:
-        flagged = sum(b.severity is not Severity.OK for b in r.batchnorm)
-        lines += [f"### BatchNormalization audit ({flagged} of {len(r.batchnorm)} flagged)", ""]
-        shown = bn if all_layers else bn[:MAX_BN_ROWS]
-        if shown:
-            lines += _table(["layer", "severity", "median abs z", "max abs z", "median abs log2 var ratio", "local gap", "noise", "init share"],
-                            [[f"`{b.path}`", severity_mark(b.severity), num(b.median_abs_z, 2), num(b.max_abs_z, 2),
-                              num(b.median_abs_log2_var_ratio, 2), num(b.expected_local_gap, 3), num(b.noise_local_gap, 3),
-                              init_share(b)] for b in shown])
-            if len(bn) > len(shown):
-                lines.append(f"\n... and {len(bn) - len(shown)} more flagged layers (`--all-layers` lists them).")
-            lines.append("")
+    if not tops:
+        return []
+    lines = ["### Layers", ""]
+    lines += _table(["layer", "kind", "in fit()", "own", "output effect", "divergence"],
+                    [[f"`{x.path}`", x.kind.value, x.fit_mode + (f" ({x.fit_mode_reason})" if x.fit_mode_reason else ""),
+                      num(x.own_contribution), num(x.output_effect), num(x.divergence)] for x in tops])
+    lines.append("")
+    return lines
 
+
+def _batchnorm(r: Report, all_layers: bool) -> list[str]:
+    if not r.batchnorm:
+        return []
+    bn = r.batchnorm if all_layers else [b for b in r.batchnorm if b.severity is not Severity.OK]
+    flagged = sum(b.severity is not Severity.OK for b in r.batchnorm)
+    lines = [f"### BatchNormalization audit ({flagged} of {len(r.batchnorm)} flagged)", ""]
+    shown = bn if all_layers else bn[:MAX_BN_ROWS]
+    if shown:
+        lines += _table(["layer", "severity", "median abs z", "max abs z", "median abs log2 var ratio", "local gap", "noise", "init share"],
+                        [[f"`{b.path}`", severity_mark(b.severity), num(b.median_abs_z, 2), num(b.max_abs_z, 2),
+                          num(b.median_abs_log2_var_ratio, 2), num(b.expected_local_gap, 3), num(b.noise_local_gap, 3),
+                          init_share(b)] for b in shown])
+        if len(bn) > len(shown):
+            lines.append(f"\n... and {len(bn) - len(shown)} more flagged layers (`--all-layers` lists them).")
+        lines.append("")
+    return lines
+
+
+def _context(r: Report) -> list[str]:
+    lines = []
     notes = list(r.notes) + list(r.data.notes)
     if notes:
         lines += ["### Notes", ""] + [f"- {n}" for n in notes] + [""]
     lines += ["### Environment", "", "```"]
     lines += [f"bngap: {__version__}"] + [f"{k}: {v}" for k, v in r.environment.items()]
     lines += ["```"]
-    return "\n".join(lines) + "\n"
+    return lines

@@ -127,6 +127,7 @@ class DepthPoint:
     mode_dependent: bool
 
 
+# One chart drawn layer over layer (bars, strip, dots, marker, legend) on one shared axis: long, one job.
 def depth_chart(points: list[DepthPoint], opens_at: int | None, title: str) -> str:
     """Divergence of each layer's output along the depth (bars), the own
     contribution of mode-dependent layers (dots), and a strip under the axis
