@@ -20,7 +20,6 @@ output's largest magnitude).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

@@ -4,14 +4,26 @@ and a remedy, most likely first. Plain Python."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
-from .specs import PREPROCESS_FLAG
 from .results import (
-    BackendRun, BatchNormRecord, Cause, Finding, FitMode, Group, InferencePath, Kind, LayerRecord,
-    LeakCheck, OutputGap, PreprocessingProbe, Severity, format_number,
+    BackendRun,
+    BatchNormRecord,
+    Cause,
+    Finding,
+    FitMode,
+    Group,
+    InferencePath,
+    Kind,
+    LayerRecord,
+    LeakCheck,
+    OutputGap,
+    PreprocessingProbe,
+    Severity,
+    format_number,
 )
+from .specs import PREPROCESS_FLAG
 
 NOTABLE_GAP = 0.05        # an output or group gap worth explaining (relative L2)
 NOT_CONVERGED_SHARE = 0.1  # initial values still this large a share of the statistics

@@ -281,7 +281,7 @@ def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_abo
 
 
 def _run_and_render(model, data, opts, *, fmt: str, plan, all_layers: bool,
-                    progress: "_Progress", baseline=None, github: bool = False,
+                    progress: _Progress, baseline=None, github: bool = False,
                     across: tuple[list[str], list[str]] | None = None):
     """Runs a check (on each backend of `across`: (backends, notes)) and
     writes its report (stdout, or each planned file); returns the Report.

@@ -4,8 +4,9 @@ the model's input size, and a named preprocessing is applied."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 from .data import DEFAULT_BATCH_SIZE, from_arrays, is_data_path, load_data
 from .errors import BngapError, DataError
-from .results import Kind, ModelSummary, DataSummary, Report, Thresholds
+from .results import DataSummary, Kind, ModelSummary, Report, Thresholds
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,23 @@ import pytest
 from bngap.errors import ExitStatus
 from bngap.render import render
 from bngap.results import (
-    BatchNormRecord, Cause, ChannelDeviation, DataSummary, Finding, GapEntry, Kind, LayerRecord, LeakCheck,
-    Metrics, ModelSummary, OutputGap, PreprocessingProbe, Report, Severity, Thresholds, exceeds,
+    BatchNormRecord,
+    Cause,
+    ChannelDeviation,
+    DataSummary,
+    Finding,
+    GapEntry,
+    Kind,
+    LayerRecord,
+    LeakCheck,
+    Metrics,
+    ModelSummary,
+    OutputGap,
+    PreprocessingProbe,
+    Report,
+    Severity,
+    Thresholds,
+    exceeds,
     format_number,
 )
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..results import Report, Vocabulary
+
 
 class Format(Vocabulary):
     """The formats a check report renders to (`--format`, `--output` suffixes)."""

@@ -6,8 +6,18 @@ from __future__ import annotations
 
 from .._version import __version__
 from ..results import Report, Severity
-from .common import (baseline_rows, baseline_summary, gap_opens_at, headline, init_share,
-                     metric_rows, num, pct, severity_mark, top_layers)
+from .common import (
+    baseline_rows,
+    baseline_summary,
+    gap_opens_at,
+    headline,
+    init_share,
+    metric_rows,
+    num,
+    pct,
+    severity_mark,
+    top_layers,
+)
 
 MAX_BN_ROWS = 20
 
