@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -54,10 +55,8 @@ def _summarise_model(model, nodes, path: str, specs) -> ModelSummary:
     def shapes(ts):
         out = []
         for t in ts or []:
-            try:
+            with contextlib.suppress(AttributeError):
                 out.append(tuple(t.shape))
-            except AttributeError:
-                pass
         return tuple(out)
 
     try:

@@ -411,12 +411,15 @@ def saved_optimizer_state(path: Path) -> list[np.ndarray] | None:
     import h5py
 
     try:
-        with zipfile.ZipFile(path) as zf, zf.open("model.weights.h5") as f:
-            with h5py.File(io.BytesIO(f.read()), "r") as h5:
-                group = h5.get("optimizer/vars")
-                if group is None:
-                    return None
-                return [np.array(group[str(i)]) for i in range(len(group))]
+        with (
+            zipfile.ZipFile(path) as zf,
+            zf.open("model.weights.h5") as f,
+            h5py.File(io.BytesIO(f.read()), "r") as h5,
+        ):
+            group = h5.get("optimizer/vars")
+            if group is None:
+                return None
+            return [np.array(group[str(i)]) for i in range(len(group))]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
 
