@@ -12,12 +12,16 @@ import os
 import sys
 import traceback as tb
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ._version import __version__
 from .errors import BngapError, ExitStatus, one_line
 from .render import FORMATS
+
+if TYPE_CHECKING:  # rich's progress bar is imported only when one is shown
+    from rich.progress import Progress, TaskID
 
 EPILOG = """\b
 Exit codes: 0 ran (verdict pass, or warn above --warn-above), 1 a fail gate
@@ -76,8 +80,8 @@ class _Progress:
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.tty = sys.stderr.isatty()
-        self.bar = None
-        self.task = None
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
         self.last_pct = 0
 
     def status(self, line: str) -> None:
@@ -98,6 +102,7 @@ class _Progress:
                                     transient=True)
                 self.bar.start()
                 self.task = self.bar.add_task(label, total=total)
+            assert self.task is not None  # set together with the bar
             self.bar.update(self.task, completed=done, description=label)
         else:
             pct = int(100 * done / total)
@@ -335,7 +340,7 @@ def _github_actions(report, *, stdout_free: bool, all_layers: bool) -> None:
     and an annotation per failing or warning gate and finding (on stdout
     when the report went to files, else on stderr; the runner reads both)."""
     from .render import render
-    from .render.github import annotations
+    from .render.github import annotations as github_annotations
 
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
@@ -344,7 +349,7 @@ def _github_actions(report, *, stdout_free: bool, all_layers: bool) -> None:
                 fh.write(render(report, "markdown", all_layers=all_layers) + "\n")
         except OSError as e:
             _err(f"bngap: warning: cannot append to GITHUB_STEP_SUMMARY {summary}: {e.strerror or e}")
-    for line in annotations(report):
+    for line in github_annotations(report):
         click.echo(line, err=not stdout_free)
 
 

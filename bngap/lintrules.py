@@ -301,6 +301,7 @@ def _axis_mismatch(bns: list[_BN], keras) -> list[LintFinding]:
     if not hits:
         return []
     b, prod, channel = hits[0]
+    assert b.rank is not None  # hits holds only layers of known rank
     fmt = getattr(prod, "data_format", "channels_last")
     return [LintFinding(
         Rule.AXIS_MISMATCH, Severity.FAIL, b.path,
@@ -362,7 +363,8 @@ def _weighted_leaves(node) -> list:
 
 
 def _frozen_base(nodes, keras) -> list[LintFinding]:
-    hits, bases = [], []
+    hits: list[str] = []
+    bases: list[str] = []
     for node in nodes:
         if not isinstance(node.layer, keras.Model):
             continue
