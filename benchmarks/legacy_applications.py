@@ -20,7 +20,6 @@ output's largest magnitude).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -60,7 +59,7 @@ def write_keras2(out: Path, names: list[str]) -> None:
             files = {f"{name}_{'frozen' if frozen else 'finetuned'}.h5": (m, False)}
             if frozen:
                 # EfficientNet has Dropout inside: its training mode is random
-                random = any("Dropout" in type(l).__name__ for l in base.submodules)
+                random = any("Dropout" in type(layer).__name__ for layer in base.submodules)
                 files[f"{name}_base.h5"] = (base, not random)
             for fname, (model, deterministic) in files.items():
                 model.save(out / fname)
@@ -106,7 +105,8 @@ def compare(out: Path) -> int:
             bad += 1
             continue
 
-        def rel(mode: str) -> float:
+        # loaded and ref bound as defaults: rel is called at once, but B023 cannot see that
+        def rel(mode: str, loaded=loaded, ref=ref) -> float:
             got = np.asarray(loaded.model(ref["x"], training=(mode == "training")))
             return float(np.abs(got - ref[mode]).max() / max(np.abs(ref[mode]).max(), 1e-12))
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .results import Report, Thresholds
 
 
-def check(model: Any, x: Any, y: Any = None, **options: Any) -> "Report":
+def check(model: Any, x: Any, y: Any = None, **options: Any) -> Report:
     """Measures and explains the gap between training and inference mode.
 
     Args:
@@ -45,7 +45,8 @@ def check(model: Any, x: Any, y: Any = None, **options: Any) -> "Report":
     Example:
         >>> assert bngap.check(model, x_val).ok   # doctest: +SKIP
     """
-    from .pipeline import CheckOptions, check as _check
+    from .pipeline import CheckOptions
+    from .pipeline import check as _check
     from .results import Thresholds
 
     loss = options.pop("loss", None)
@@ -57,7 +58,7 @@ def check(model: Any, x: Any, y: Any = None, **options: Any) -> "Report":
     return _check(model, x, y, options=CheckOptions(**options), loss=loss)
 
 
-def fix(model: Any, x: Any, y: Any = None, **options: Any) -> "FixResult":
+def fix(model: Any, x: Any, y: Any = None, **options: Any) -> FixResult:
     """Re-estimates every BatchNormalization layer's moving statistics as the
     exact population statistics of its input on `x` (PreciseBN), in
     dependency order, and measures the gap before and after.

@@ -4,14 +4,26 @@ and a remedy, most likely first. Plain Python."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
-from .specs import PREPROCESS_FLAG
 from .results import (
-    BackendRun, BatchNormRecord, Cause, Finding, FitMode, Group, InferencePath, Kind, LayerRecord,
-    LeakCheck, OutputGap, PreprocessingProbe, Severity, format_number,
+    BackendRun,
+    BatchNormRecord,
+    Cause,
+    Finding,
+    FitMode,
+    Group,
+    InferencePath,
+    Kind,
+    LayerRecord,
+    LeakCheck,
+    OutputGap,
+    PreprocessingProbe,
+    Severity,
+    format_number,
 )
+from .specs import PREPROCESS_FLAG
 
 NOTABLE_GAP = 0.05        # an output or group gap worth explaining (relative L2)
 NOT_CONVERGED_SHARE = 0.1  # initial values still this large a share of the statistics
@@ -197,9 +209,9 @@ def _never_updated(batchnorm: Sequence[BatchNormRecord], flagged: list[BatchNorm
 
 def _preprocessing(preprocessing: PreprocessingProbe | None,
                    flagged: list[BatchNormRecord]) -> Finding | None:
-    if preprocessing is None or not preprocessing.best:
-        return None
     p = preprocessing
+    if p is None or not p.best:
+        return None
     best_gap = dict(p.candidates).get(p.best)
     first = flagged[0] if flagged else None
     sev = first.severity if first is not None else Severity.WARN
@@ -254,8 +266,11 @@ def _not_converged(flagged: list[BatchNormRecord], explained: set[str]) -> Findi
     # drifted while their statistics were being accumulated.
     first = next(r for r in not_conv if r.path in clean)
     share = first.init_fraction
-    shares = [r.init_fraction if r.init_fraction is not None else r.init_share_estimate
-              for r in not_conv]
+    shares: list[float] = []
+    for r in not_conv:
+        s = r.init_fraction if r.init_fraction is not None else r.init_share_estimate
+        assert s is not None  # the filter above keeps only layers with one or the other
+        shares.append(s)
     lo, hi = min(shares), max(shares)
     spread = f"; {lo:.0%} to {hi:.0%} across them" if len(not_conv) > 1 and hi - lo >= 0.05 else ""
     upd = first.estimated_updates

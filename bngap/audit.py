@@ -166,6 +166,8 @@ def mixture_reproduces_moving(p: BatchNormParams, mom: ChannelMoments, cs: Chann
     in their own scale, not only in the data's: statistics learnt on data a
     hundred times smaller look like the initial 0 and 1 from far away, yet
     miss them by orders of magnitude up close."""
+    # a comes from init_mixture, which answers only when both are known
+    assert p.init_mean is not None and p.init_variance is not None
     ok = ~cs.degenerate
     pred_mean = a * p.init_mean + (1 - a) * mom.mean[ok]
     pred_var = a * p.init_variance + (1 - a) * mom.variance[ok]

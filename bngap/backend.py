@@ -471,10 +471,8 @@ def context_training(value):
         if had:
             ctx.training = old
         else:
-            try:
+            with contextlib.suppress(AttributeError):
                 delattr(ctx, "training")
-            except AttributeError:
-                pass
 
 
 _context_training = context_training

@@ -12,12 +12,16 @@ import os
 import sys
 import traceback as tb
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ._version import __version__
 from .errors import BngapError, ExitStatus, one_line
 from .render import FORMATS
+
+if TYPE_CHECKING:  # rich's progress bar is imported only when one is shown
+    from rich.progress import Progress, TaskID
 
 EPILOG = """\b
 Exit codes: 0 ran (verdict pass, or warn above --warn-above), 1 a fail gate
@@ -76,8 +80,8 @@ class _Progress:
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.tty = sys.stderr.isatty()
-        self.bar = None
-        self.task = None
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
         self.last_pct = 0
 
     def status(self, line: str) -> None:
@@ -98,6 +102,7 @@ class _Progress:
                                     transient=True)
                 self.bar.start()
                 self.task = self.bar.add_task(label, total=total)
+            assert self.task is not None  # set together with the bar
             self.bar.update(self.task, completed=done, description=label)
         else:
             pct = int(100 * done / total)
@@ -199,9 +204,12 @@ def main():
 @click.argument("model", type=click.Path())
 @click.argument("data", nargs=-1, required=True, type=click.Path(), metavar="DATA")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
-              show_default=True, help="Report form on stdout: a terminal summary, JSON for scripts, Markdown for a bug report, a self-contained HTML page, or JUnit XML.")
+              show_default=True, help=("Report form on stdout: a terminal summary, JSON for scripts, Markdown for a bug "
+                  "report, a self-contained HTML page, or JUnit XML."))
 @click.option("--output", "-o", "outputs", multiple=True, type=click.Path(dir_okay=False),
-              help="Write the report to FILE (atomically) instead of stdout; repeat for several files. The format follows the extension: .json, .md, .html, .xml (JUnit), .txt; another extension gets --format.")
+              help=("Write the report to FILE (atomically) instead of stdout; repeat for several files. "
+                  "The format follows the extension: .json, .md, .html, .xml (JUnit), .txt; another "
+                  "extension gets --format."))
 @click.option("--fail-above", type=float, help="Exit 1 when the output gap (relative L2) exceeds this value.")
 @click.option("--fail-above-loss-delta", type=float, help="Exit 1 when inference loss minus training loss exceeds this (needs labels).")
 @click.option("--fail-above-accuracy-drop", type=float, help="Exit 1 when training accuracy minus inference accuracy exceeds this (needs labels).")
@@ -215,9 +223,13 @@ def main():
 @click.option("--all-layers", is_flag=True, help="List every layer and every BN layer, not only the flagged and top ones.")
 @click.option("--effects", default="auto", show_default=True, metavar="N|all|auto",
               callback=lambda ctx, param, value: _parse_effects(value),
-              help="Measure the output effect (only this layer in training mode) of the N mode-dependent layers with the largest own contribution; one extra training pass per layer and batch. auto: all of them when there are at most 8, else the strongest one.")
+              help=("Measure the output effect (only this layer in training mode) of the N mode-dependent "
+                  "layers with the largest own contribution; one extra training pass per layer and batch. "
+                  "auto: all of them when there are at most 8, else the strongest one."))
 @click.option("--backends", metavar="all|LIST",
-              help="Run the check on each Keras backend (all installed, or a comma list of tensorflow, jax, torch), each in a process of its own, and compare them side by side; the first is the reference.")
+              help=("Run the check on each Keras backend (all installed, or a comma list of tensorflow, jax, "
+                  "torch), each in a process of its own, and compare them side by side; the first is the "
+                  "reference."))
 @click.option("--save-outputs", type=click.Path(dir_okay=False), hidden=True)  # for --backends' processes
 @_add(loading_options)
 def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
@@ -281,7 +293,7 @@ def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_abo
 
 
 def _run_and_render(model, data, opts, *, fmt: str, plan, all_layers: bool,
-                    progress: "_Progress", baseline=None, github: bool = False,
+                    progress: _Progress, baseline=None, github: bool = False,
                     across: tuple[list[str], list[str]] | None = None):
     """Runs a check (on each backend of `across`: (backends, notes)) and
     writes its report (stdout, or each planned file); returns the Report.
@@ -335,7 +347,7 @@ def _github_actions(report, *, stdout_free: bool, all_layers: bool) -> None:
     and an annotation per failing or warning gate and finding (on stdout
     when the report went to files, else on stderr; the runner reads both)."""
     from .render import render
-    from .render.github import annotations
+    from .render.github import annotations as github_annotations
 
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
@@ -344,7 +356,7 @@ def _github_actions(report, *, stdout_free: bool, all_layers: bool) -> None:
                 fh.write(render(report, "markdown", all_layers=all_layers) + "\n")
         except OSError as e:
             _err(f"bngap: warning: cannot append to GITHUB_STEP_SUMMARY {summary}: {e.strerror or e}")
-    for line in annotations(report):
+    for line in github_annotations(report):
         click.echo(line, err=not stdout_free)
 
 
@@ -353,7 +365,8 @@ def _github_actions(report, *, stdout_free: bool, all_layers: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
               show_default=True, help="Form to render the saved report in (on stdout).")
 @click.option("--output", "-o", "outputs", multiple=True, type=click.Path(dir_okay=False),
-              help="Write to FILE instead of stdout; repeatable; the format follows the extension (.json, .md, .html, .xml, .txt).")
+              help=("Write to FILE instead of stdout; repeatable; the format follows the extension "
+                  "(.json, .md, .html, .xml, .txt)."))
 @click.option("--all-layers", is_flag=True,
               help="List every layer and every BN layer (the default when the check was run with it).")
 @click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors.")
@@ -415,7 +428,8 @@ def demo(out, fmt, show_traceback, quiet):
 @click.argument("model", type=click.Path())
 @click.argument("data", nargs=-1, required=True, type=click.Path(), metavar="DATA")
 @click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False),
-              help="Where to write the fixed model (.keras or .h5); repeat with .json, .html or .txt files for reports of the fix.")
+              help=("Where to write the fixed model (.keras or .h5); repeat with .json, .html or .txt "
+                  "files for reports of the fix."))
 @click.option("--in-place", is_flag=True, help="Overwrite MODEL itself (atomically).")
 @click.option("--force", is_flag=True, help="Write even if the gap does not shrink, and replace an existing output.")
 @click.option("--layers", "layer_patterns", metavar="PATTERN", help="Only these BN layers: comma-separated paths or globs, e.g. 'resnet50/conv5_*'.")
@@ -496,7 +510,8 @@ input or usage, 3 internal failure.
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
               show_default=True, help="Report form.")
 @click.option("--output", "-o", "outputs", multiple=True, type=click.Path(dir_okay=False),
-              help="Write the report to FILE (atomically) instead of stdout; repeatable. The format follows the extension: .json, .md, .txt; another extension gets --format.")
+              help=("Write the report to FILE (atomically) instead of stdout; repeatable. The format "
+                  "follows the extension: .json, .md, .txt; another extension gets --format."))
 @click.option("--fail-on", type=click.Choice(["warn", "fail"]), default="fail", show_default=True,
               help="Exit 1 when a finding is at least this severe.")
 @click.option("--all-layers", is_flag=True, help="List every BN layer in the text report.")

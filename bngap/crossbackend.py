@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +197,8 @@ def save_outputs(path: str, model, nodes, data, keras, *, batch_size: int) -> No
         "layers": keys,
         "classes": classes,
     }
-    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+    # the keys all hold a "/", so none can fall on savez's allow_pickle
+    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)  # type: ignore[arg-type]
 
 
 class SideOutput:
@@ -337,18 +338,18 @@ def _loss_note(
     ):
         a = ref.metrics[mode].get("loss")
         differ = [
-            r
+            (r.backend, loss)
             for r in runs[1:]
             if r.metrics
             and a is not None
             and what not in diverged.get(r.backend, [])
-            and r.metrics[mode].get("loss") is not None
-            and abs(r.metrics[mode]["loss"] - a) > GAP_TOLERANCE * abs(a) + 1e-6
+            and (loss := r.metrics[mode].get("loss")) is not None
+            and abs(loss - a) > GAP_TOLERANCE * abs(a) + 1e-6
         ]
         if differ:
             parts.append(
                 f"{label} mode: {a:.4f} on {ref.backend}, "
-                + ", ".join(f"{r.metrics[mode]['loss']:.4f} on {r.backend}" for r in differ)
+                + ", ".join(f"{loss:.4f} on {backend}" for backend, loss in differ)
             )
     if not parts:
         return None
@@ -397,7 +398,7 @@ def _error_line(stderr: str, code: int) -> str:
 
 
 def run_in_process(
-    backend: str, model: str, data: Any, options, folder: Path
+    backend: str, model: str | os.PathLike, data: Any, options, folder: Path
 ) -> tuple[dict | None, Path, str | None, float]:
     """`python -m bngap check` on `backend` in a new process: (report dict or
     None, side-output path, error or None, seconds)."""
@@ -436,7 +437,7 @@ def check_across(
     options,
     backends: list[str],
     *,
-    notes: list[str] = (),
+    notes: Sequence[str] = (),
     progress=None,
     status: Callable[[str], None] | None = None,
 ) -> Report:
@@ -491,6 +492,7 @@ def check_across(
             if err:
                 errors[b] = err
             else:
+                assert rep is not None  # a run without an error wrote its report
                 reports[b], sides[b] = rep, SideOutput(side)
         runs = []
         for b in backends:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class Dataset:
         dts = self.dtypes or [None] * len(self.x)
         return [np.ascontiguousarray(a[start:stop], dtype=dt) for a, dt in zip(self.x, dts)]
 
-    def subset(self, n: int) -> "Dataset":
+    def subset(self, n: int) -> Dataset:
         return Dataset(self.take(0, n), _labels(self.y, 0, n),
                        self.path, self.names, list(self.notes), keyed=self.keyed)
 

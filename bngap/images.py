@@ -4,8 +4,9 @@ the model's input size, and a named preprocessing is applied."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +67,8 @@ def _balanced(labels: list[int], limit: int) -> list[int]:
     by_class: dict[int, list[int]] = {}
     for i, c in enumerate(labels):
         by_class.setdefault(c, []).append(i)
-    order, queues = [], [list(v) for _, v in sorted(by_class.items())]
+    order: list[int] = []
+    queues = [list(v) for _, v in sorted(by_class.items())]
     while len(order) < limit and any(queues):
         for q in queues:
             if q and len(order) < limit:

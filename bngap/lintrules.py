@@ -110,7 +110,8 @@ def _never_updated(bns: list[_BN]) -> list[LintFinding]:
     everyone = len(hits) == len(bns)
     return [LintFinding(
         Rule.NEVER_UPDATED, Severity.FAIL, paths[0],
-        f"{_layers_word(len(hits))} ({_names(paths)}) {_v(len(hits), 'still holds', 'still hold')} the exact initial moving "
+        f"{_layers_word(len(hits))} ({_names(paths)}) "
+        f"{_v(len(hits), 'still holds', 'still hold')} the exact initial moving "
         f"statistics (mean {m0:g}, variance {v0:g} in every channel): they were never updated. "
         "In inference mode (evaluate(), predict()) they normalise with these constants instead "
         "of the data's statistics"
@@ -131,7 +132,8 @@ def _momentum(bns: list[_BN]) -> list[LintFinding]:
         m = ms[0]
         out.append(LintFinding(
             Rule.MOMENTUM_TORCH_CONVENTION, Severity.WARN, torch[0].path,
-            f"{_layers_word(len(torch))} ({_names(b.path for b in torch)}) {_v(len(torch), 'has', 'have')} momentum "
+            f"{_layers_word(len(torch))} ({_names(b.path for b in torch)}) "
+            f"{_v(len(torch), 'has', 'have')} momentum "
             f"{', '.join(f'{v:g}' for v in ms)}. In Keras momentum is the weight of the old value "
             "(moving = momentum * moving + (1 - momentum) * batch), so the moving statistics "
             f"follow the last batch or two; PyTorch's momentum={m:g} is the weight of the new "
@@ -144,7 +146,8 @@ def _momentum(bns: list[_BN]) -> list[LintFinding]:
         trainable = [b for b in stuck if b.layer.trainable]
         out.append(LintFinding(
             Rule.MOMENTUM_ONE, Severity.FAIL if trainable else Severity.WARN, stuck[0].path,
-            f"{_layers_word(len(stuck))} ({_names(b.path for b in stuck)}) {_v(len(stuck), 'has', 'have')} momentum "
+            f"{_layers_word(len(stuck))} ({_names(b.path for b in stuck)}) "
+            f"{_v(len(stuck), 'has', 'have')} momentum "
             f"{', '.join(sorted({f'{float(b.layer.momentum):g}' for b in stuck}))}: the moving "
             "statistics never move towards the data's (at momentum 1 they keep their old value; "
             "above 1 they diverge), "
@@ -185,7 +188,8 @@ def _bad_variance(bns: list[_BN]) -> list[LintFinding]:
     if bad:
         out.append(LintFinding(
             Rule.BAD_VARIANCE, Severity.FAIL, bad[0].path,
-            f"{_layers_word(len(bad))} {_v(len(bad), 'has', 'have')} moving statistics that cannot normalise: {describe(bad)} "
+            f"{_layers_word(len(bad))} {_v(len(bad), 'has', 'have')} moving statistics that "
+            f"cannot normalise: {describe(bad)} "
             "channels (a negative or non-finite variance makes the inference output NaN or "
             "meaningless). Training went numerically wrong, or the weights were converted badly.",
             "Re-estimate the statistics on representative data (bngap fix MODEL DATA -o "
@@ -230,7 +234,8 @@ def _epsilon(bns: list[_BN]) -> list[LintFinding]:
     b, eps, low = (broken or hits)[0]
     return [LintFinding(
         Rule.EPSILON_TOO_SMALL, Severity.FAIL if broken else Severity.WARN, b.path,
-        f"{_layers_word(len(hits))} ({_names(h[0].path for h in hits)}) {_v(len(hits), 'has', 'have')} epsilon {eps:g}"
+        f"{_layers_word(len(hits))} ({_names(h[0].path for h in hits)}) "
+        f"{_v(len(hits), 'has', 'have')} epsilon {eps:g}"
         + (f" and a smallest moving variance of {low:.3g}" if low is not None else "")
         + ": " + _epsilon_effect(eps, low, bool(broken)),
         "Use an epsilon of 1e-5 to 1e-3 (the Keras default is 1e-3; keras.applications use 1e-3 "
@@ -301,6 +306,7 @@ def _axis_mismatch(bns: list[_BN], keras) -> list[LintFinding]:
     if not hits:
         return []
     b, prod, channel = hits[0]
+    assert b.rank is not None  # hits holds only layers of known rank
     fmt = getattr(prod, "data_format", "channels_last")
     return [LintFinding(
         Rule.AXIS_MISMATCH, Severity.FAIL, b.path,
@@ -337,7 +343,8 @@ def _renorm(bns: list[_BN]) -> list[LintFinding]:
         apart[b.path] = float(max(d.max(initial=0.0), r.max(initial=0.0)))
     return [LintFinding(
         Rule.RENORM_UNCLIPPED, Severity.WARN, hits[0].path,
-        f"{_layers_word(len(hits))} ({_names(b.path for b in hits)}) {_v(len(hits), 'uses', 'use')} batch renormalization "
+        f"{_layers_word(len(hits))} ({_names(b.path for b in hits)}) "
+        f"{_v(len(hits), 'uses', 'use')} batch renormalization "
         "without clipping (renorm_clipping empty). Then training mode normalises with the renorm "
         "statistics (renorm_mean, renorm_stddev) and inference mode with the moving ones "
         "(moving_mean, moving_variance), never with the batch's own: when those are stale, fit() "
@@ -362,7 +369,8 @@ def _weighted_leaves(node) -> list:
 
 
 def _frozen_base(nodes, keras) -> list[LintFinding]:
-    hits, bases = [], []
+    hits: list[str] = []
+    bases: list[str] = []
     for node in nodes:
         if not isinstance(node.layer, keras.Model):
             continue

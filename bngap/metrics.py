@@ -179,8 +179,9 @@ class OutputMetricSums:
                 s.add(keras, s.loss_id, t, e, np.asarray(ys[name]))
 
     def result(self) -> Metrics | None:
-        parts = {n: self.sums[n].result() for n in self.names}
-        if not parts or any(p is None for p in parts.values()):
+        results = {n: self.sums[n].result() for n in self.names}
+        parts = {n: p for n, p in results.items() if p is not None}
+        if not parts or len(parts) < len(results):
             return None
         tr = {"loss": sum(self.weights[n] * parts[n].train["loss"] for n in self.names)}
         ev = {"loss": sum(self.weights[n] * parts[n].eval["loss"] for n in self.names)}

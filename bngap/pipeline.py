@@ -5,15 +5,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from pathlib import Path
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 from .data import DEFAULT_BATCH_SIZE, from_arrays, is_data_path, load_data
 from .errors import BngapError, DataError
-from .results import Kind, ModelSummary, DataSummary, Report, Thresholds
+from .results import DataSummary, Kind, ModelSummary, Report, Thresholds
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,8 @@ def _summarise_model(model, nodes, path: str, specs) -> ModelSummary:
     def shapes(ts):
         out = []
         for t in ts or []:
-            try:
+            with contextlib.suppress(AttributeError):
                 out.append(tuple(t.shape))
-            except AttributeError:
-                pass
         return tuple(out)
 
     try:

@@ -16,9 +16,10 @@ import fnmatch
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -153,7 +154,7 @@ def recalibrate(model, nodes: list[LayerNode], chosen: list[LayerNode], data: Da
         first = next(data.batches(min(2, len(data))))[0]
         calls = probe.discover_bn_dependencies(first)
         levels = dependency_levels(calls)
-        last_call = {}
+        last_call: dict[int, int] = {}
         for idx, seq, _ in calls:
             last_call[idx] = max(last_call.get(idx, -1), seq)
         never_called = [by_index[i].path for i in wanted if i not in levels]
@@ -354,12 +355,12 @@ def _estimate_notes(samples: int, fixes: list[LayerFix]) -> list[str]:
     if samples < ENOUGH_SAMPLES:
         notes.append(f"re-estimated from {samples} samples; use {ENOUGH_SAMPLES} or more "
                      "representative samples for stable statistics")
-    noisy = [f for f in fixes if f.noise is not None and f.noise > NOISE_WARN]
+    noisy = [(f.path, f.noise) for f in fixes if f.noise is not None and f.noise > NOISE_WARN]
     if noisy:
         whose = "layers'" if len(noisy) != 1 else "layer's"
         notes.append(f"{len(noisy)} {whose} new statistics are "
                      f"noisy (relative noise up to "
-                     f"{max(f.noise for f in noisy):.3f}, e.g. {noisy[0].path}); more data would help")
+                     f"{max(n for _, n in noisy):.3f}, e.g. {noisy[0][0]}); more data would help")
     return notes
 
 
@@ -410,12 +411,15 @@ def saved_optimizer_state(path: Path) -> list[np.ndarray] | None:
     import h5py
 
     try:
-        with zipfile.ZipFile(path) as zf, zf.open("model.weights.h5") as f:
-            with h5py.File(io.BytesIO(f.read()), "r") as h5:
-                group = h5.get("optimizer/vars")
-                if group is None:
-                    return None
-                return [np.array(group[str(i)]) for i in range(len(group))]
+        with (
+            zipfile.ZipFile(path) as zf,
+            zf.open("model.weights.h5") as f,
+            h5py.File(io.BytesIO(f.read()), "r") as h5,
+        ):
+            group = h5.get("optimizer/vars")
+            if group is None:
+                return None
+            return [np.array(group[str(i)]) for i in range(len(group))]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
 

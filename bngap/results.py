@@ -401,7 +401,7 @@ class Baseline:
     flagged_batchnorm: int = 0
 
     @classmethod
-    def from_report(cls, d: dict, path: str) -> "Baseline":
+    def from_report(cls, d: dict, path: str) -> Baseline:
         """The baseline part of a saved JSON report (`Report.to_dict()`).
 
         Raises:
@@ -612,7 +612,7 @@ class Report:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Report":
+    def from_dict(cls, d: dict[str, Any]) -> Report:
         """The report back from its JSON form (`to_dict()`), for `bngap render`.
 
         `from_dict(r.to_dict()).to_dict() == r.to_dict()`, so a saved report

@@ -5,8 +5,8 @@ during training with the GapMonitor callback.
 """
 
 import bngap
-from bngap.demo import build_and_train, make_data
 from bngap.backend import import_keras
+from bngap.demo import build_and_train, make_data
 
 x, y = make_data()
 model = build_and_train(x, y)          # 16 updates of the BN statistics

@@ -9,7 +9,14 @@ import pytest
 
 from bngap.advice import diagnose, rank, with_shares
 from bngap.results import (
-    BatchNormRecord, Cause, Finding, Kind, LayerRecord, LeakCheck, OutputGap, PreprocessingProbe,
+    BatchNormRecord,
+    Cause,
+    Finding,
+    Kind,
+    LayerRecord,
+    LeakCheck,
+    OutputGap,
+    PreprocessingProbe,
     Severity,
 )
 

@@ -117,7 +117,7 @@ def test_image_folder_reader(image_folder):
     ds = load_data(image_folder, spec, limit=4, preprocess="scale=1/255")
     assert ds.x[0].shape == (4, 6, 6, 3)
     assert sorted(ds.y.tolist()) == [0, 0, 1, 1]  # --limit takes classes in turn
-    assert 0.0 <= ds.x[0].min() and ds.x[0].max() <= 1.0
+    assert ds.x[0].min() >= 0.0 and ds.x[0].max() <= 1.0
     raw = load_data(image_folder, spec)
     assert raw.x[0].max() > 200  # 0..255 without --preprocess
 

@@ -10,15 +10,26 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bngap.audit import (
-    CONVERGED_FRACTION, FAIL_GAP, WARN_GAP, BatchNormParams, audit_layer, clean_gap, compare_channels,
-    estimated_updates, init_mixture, is_never_updated, local_gap, noise_of_gap, severity_of,
+    CONVERGED_FRACTION,
+    FAIL_GAP,
+    WARN_GAP,
+    BatchNormParams,
+    audit_layer,
+    clean_gap,
+    compare_channels,
+    estimated_updates,
+    init_mixture,
+    is_never_updated,
+    local_gap,
+    noise_of_gap,
+    severity_of,
 )
 from bngap.results import Severity
 from bngap.stats import ChannelMoments, SplitMoments
-
 
 # ----------------------------------------------------------------- helpers
 

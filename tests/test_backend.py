@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fit_zoo import MIXED, TRAINED_FIRST, ZOO
 
 from bngap.backend import BACKENDS, installed
-from fit_zoo import MIXED, TRAINED_FIRST, ZOO
 
 HERE = Path(__file__).parent
 MODELS = [fn.__name__ for fn in ZOO]

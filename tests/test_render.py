@@ -25,8 +25,23 @@ import pytest
 from bngap.errors import ExitStatus
 from bngap.render import render
 from bngap.results import (
-    BatchNormRecord, Cause, ChannelDeviation, DataSummary, Finding, GapEntry, Kind, LayerRecord, LeakCheck,
-    Metrics, ModelSummary, OutputGap, PreprocessingProbe, Report, Severity, Thresholds, exceeds,
+    BatchNormRecord,
+    Cause,
+    ChannelDeviation,
+    DataSummary,
+    Finding,
+    GapEntry,
+    Kind,
+    LayerRecord,
+    LeakCheck,
+    Metrics,
+    ModelSummary,
+    OutputGap,
+    PreprocessingProbe,
+    Report,
+    Severity,
+    Thresholds,
+    exceeds,
     format_number,
 )
 
@@ -436,3 +451,15 @@ def test_markdown_all_layers_lists_every_layer():
 def test_no_labels_no_loss_delta_nor_accuracy_drop():
     r = make_report(metrics=None, thresholds=Thresholds(loss_delta=0.0, accuracy_drop=0.0))
     assert r.loss_delta is None and r.accuracy_drop is None and r.exceeded == ()
+
+
+def test_file_renderers_each_render_their_own_format(report):
+    # One closure per format: a late-bound loop variable would give every
+    # format the last one's renderer.
+    from bngap.render import FORMATS, file_renderers
+
+    renderers = file_renderers(all_layers=True)
+    assert sorted(renderers) == sorted(FORMATS)
+    for fmt, renderer in renderers.items():
+        assert renderer(report) == render(report, fmt, all_layers=True, width=100, color=False)
+    assert json.loads(renderers["json"](report))["verdict"] == report.verdict

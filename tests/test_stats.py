@@ -8,11 +8,18 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from bngap.stats import (
-    ChannelMoments, GapAccumulator, SplitMoments, binary_threshold, relative_l2, robust_summary, top1,
+    ChannelMoments,
+    GapAccumulator,
+    SplitMoments,
+    binary_threshold,
+    relative_l2,
+    robust_summary,
+    top1,
 )
 
 FAST = settings(max_examples=50, deadline=None)

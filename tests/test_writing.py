@@ -22,7 +22,7 @@ def listing(folder: Path) -> list[str]:
 def test_writes_text_as_utf8(tmp_path):
     target = tmp_path / "report.md"
     assert write_atomic(target, "gap · 0.41 µ\n") == target
-    assert target.read_bytes() == "gap · 0.41 µ\n".encode("utf-8")
+    assert target.read_bytes() == "gap · 0.41 µ\n".encode()
     assert listing(tmp_path) == ["report.md"]
 
 

@@ -25,7 +25,7 @@ def images(rng, n=64, size=8, mean=2.0, std=3.0):
     return x, y
 
 
-def conv_bn(name="conv_bn", momentum=0.99) -> "keras.Model":
+def conv_bn(name="conv_bn", momentum=0.99) -> keras.Model:
     """Conv-BN-ReLU x2, global pooling, dropout, softmax."""
     return keras.Sequential([
         keras.Input((8, 8, 3)),

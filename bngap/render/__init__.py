@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..results import Report, Vocabulary
+
 
 class Format(Vocabulary):
     """The formats a check report renders to (`--format`, `--output` suffixes)."""
@@ -53,5 +54,7 @@ def render(report: Report, fmt: str, *, all_layers: bool = False, width: int = 1
 
 def file_renderers(*, all_layers: bool = False) -> dict[str, Callable[[Report], str]]:
     """format -> renderer for report files (plain text 100 columns wide, no colour)."""
-    return {fmt: (lambda r, f=fmt: render(r, f, all_layers=all_layers, width=100, color=False))
-            for fmt in FORMATS}
+    def renderer(fmt: str) -> Callable[[Report], str]:
+        return lambda r: render(r, fmt, all_layers=all_layers, width=100, color=False)
+
+    return {fmt: renderer(fmt) for fmt in FORMATS}

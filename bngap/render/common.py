@@ -143,6 +143,7 @@ def baseline_rows(report: Report) -> list[tuple[str, str, str]]:
 def baseline_summary(report: Report) -> str:
     """One sentence: the baseline, and how much the gap grew against it."""
     b, limit = report.baseline, report.thresholds.max_regression
+    assert b is not None  # the renderers call this only for a report with a baseline
     grew = (f"the output gap changed by {report.regression:+.4f}" if report.regression is not None
             else "no comparable output gap")
     if limit is not None:

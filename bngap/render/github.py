@@ -1,8 +1,8 @@
 """GitHub Actions workflow commands (`::error` / `::warning` annotations) for
 a report's failing and warning findings and gates."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: the public annotations()
+# below would shadow it (Python 3.10 reads these annotations as they are).
 from ..results import Report, Severity
 from .common import gates
 

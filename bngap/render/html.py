@@ -8,8 +8,18 @@ from html import escape
 from .._version import __version__
 from ..results import Report, Severity
 from . import svg
-from .common import (baseline_rows, baseline_summary, gap_opens_at, gates, headline, init_share, num, pct,
-                     severity_mark, top_layers)
+from .common import (
+    baseline_rows,
+    baseline_summary,
+    gap_opens_at,
+    gates,
+    headline,
+    init_share,
+    num,
+    pct,
+    severity_mark,
+    top_layers,
+)
 
 CSS = """
 :root { --fail: #c0392b; --warn: #d49a1a; --ok: #4c9a6a; --info: #4a7fb5; --ink: #1d2330; --dim: #5d6675; }

@@ -6,8 +6,18 @@ from __future__ import annotations
 
 from .._version import __version__
 from ..results import Report, Severity
-from .common import (baseline_rows, baseline_summary, gap_opens_at, headline, init_share,
-                     metric_rows, num, pct, severity_mark, top_layers)
+from .common import (
+    baseline_rows,
+    baseline_summary,
+    gap_opens_at,
+    headline,
+    init_share,
+    metric_rows,
+    num,
+    pct,
+    severity_mark,
+    top_layers,
+)
 
 MAX_BN_ROWS = 20
 
@@ -102,7 +112,9 @@ def _model_and_data(r: Report) -> list[str]:
         ["parameters", f"{m.parameters:,}"],
         ["inputs", ", ".join(str(tuple(s)) for s in m.input_shapes) or "n/a"],
         ["outputs", ", ".join(str(tuple(s)) for s in m.output_shapes) or "n/a"],
-        ["data", f"`{d.path}`: {d.samples} samples, shapes {', '.join(str(tuple(s)) for s in d.input_shapes)}, labels: {'yes' if d.has_labels else 'no'}"],
+        ["data", f"`{d.path}`: {d.samples} samples, shapes "
+                 f"{', '.join(str(tuple(s)) for s in d.input_shapes)}, "
+                 f"labels: {'yes' if d.has_labels else 'no'}"],
         ["batch size", f"{d.batch_size} ({_plural(d.batches, 'batch')}, the last of {d.last_batch_size})"],
     ])
     lines.append("")

@@ -6,6 +6,7 @@ drawn data points carry `class="mark"` (tests count them) and a `<title>`
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -255,7 +256,7 @@ def batchnorm_chart(points: list[BNPoint], title: str) -> str:
     return _svg(bottom + 42, title, marks, body)
 
 
-def hbar_chart(rows: list[tuple[str, float | None, str]], title: str, caption: str) -> str:
+def hbar_chart(rows: Sequence[tuple[str, float | None, str]], title: str, caption: str) -> str:
     """Horizontal bars, one row each: (label, value, colour)."""
     label_w = min(360, 40 + 6.6 * max((len(r[0]) for r in rows), default=4))
     x0, x1 = label_w, WIDTH - 90

@@ -13,8 +13,19 @@ from rich.text import Text
 
 from .._version import __version__
 from ..results import Report, Severity
-from .common import (baseline_rows, baseline_summary, gap_opens_at, headline, init_share,
-                     metric_rows, num, pct, severity_mark, sparkline, top_layers)
+from .common import (
+    baseline_rows,
+    baseline_summary,
+    gap_opens_at,
+    headline,
+    init_share,
+    metric_rows,
+    num,
+    pct,
+    severity_mark,
+    sparkline,
+    top_layers,
+)
 
 MAX_BN_ROWS = 12
 MIN_WIDTH = 80

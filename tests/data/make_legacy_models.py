@@ -133,7 +133,7 @@ def main() -> None:
                    L.Dense(1, name="out")]).save(path)
     with h5py.File(path, "r+") as fh:
         cfg = json.loads(fh.attrs["model_config"])
-        cfg["config"]["layers"] = [l for l in cfg["config"]["layers"] if l["class_name"] != "InputLayer"]
+        cfg["config"]["layers"] = [lay for lay in cfg["config"]["layers"] if lay["class_name"] != "InputLayer"]
         fh.attrs["model_config"] = json.dumps(cfg)
 
     _applications_like(k2, L, rng)
