@@ -234,7 +234,10 @@ class Probe:
         if not parts:
             return False
         # one output (nearly every layer): its two sums as they are, without a stack and sum more
-        total = parts[0][2] if len(parts) == 1 else ops.sum(ops.stack([p[2] for p in parts]), axis=0)
+        if len(parts) == 1:
+            total = parts[0][2]
+        else:
+            total = ops.sum(ops.stack([p[2] for p in parts]), axis=0)
         sums = backend.to_numpy(total).astype(np.float64)
         if not np.all(np.isfinite(sums)):
             sums = np.zeros(2)
@@ -524,7 +527,8 @@ def _predict_key(model) -> tuple:
     """What Keras' make_predict_function builds from: a cached function is
     reused only while these are unchanged."""
     return (getattr(model, "run_eagerly", None), getattr(model, "jit_compile", None),
-            getattr(model, "steps_per_execution", None), id(getattr(model, "_distribute_strategy", None)))
+            getattr(model, "steps_per_execution", None),
+            id(getattr(model, "_distribute_strategy", None)))
 
 
 def _as_float32(ops, t):

@@ -40,7 +40,8 @@ def test_a_leaky_predict_step_is_found_on_every_check(keras):
     L = keras.layers
 
     class LeakyPredict(keras.Sequential):
-        def predict_step(self, data):  # a custom inference step that runs the model in training mode
+        # a custom inference step that runs the model in training mode
+        def predict_step(self, data):
             x = data[0] if isinstance(data, tuple) else data
             return self(x, training=True)
 
@@ -57,7 +58,9 @@ def test_a_leaky_predict_step_is_found_on_every_check(keras):
 
 def test_a_new_compile_setting_traces_again(keras):
     L = keras.layers
-    model = keras.Sequential([keras.Input((4,)), L.Dense(3), L.BatchNormalization(), L.Dropout(0.5)])
+    model = keras.Sequential(
+        [keras.Input((4,)), L.Dense(3), L.BatchNormalization(), L.Dropout(0.5)]
+    )
     x = np.random.default_rng(5).normal(0.0, 1.0, (8, 4)).astype("float32")
     model.compile(loss="mse")
     check(model, x, options=CheckOptions(probe_preprocessing=False))
