@@ -230,7 +230,7 @@ class Probe:
             if not hasattr(t, "shape") or tuple(t.shape) != tuple(r.shape) or not backend.is_floating(t):
                 continue
             t32, r32 = _as_float32(ops, t), _as_float32(ops, r)
-            parts.append((t32, r32, ops.stack([ops.sum(ops.square(t32 - r32)), ops.sum(ops.square(r32))])))
+            parts.append((t32, r32, backend.pair_sums(t32, r32)))
         if not parts:
             return False
         # one output (nearly every layer): its two sums as they are, without a stack and sum more
