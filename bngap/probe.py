@@ -553,7 +553,7 @@ def _channel_moments(ops, x, axis: int, mask=None):
     x3 = ops.reshape(x, (b, -1, c))
     if mask is None:
         mean = ops.mean(x3, axis=1)
-        m2 = ops.sum(ops.square(x3 - mean[:, None, :]), axis=1)
+        m2 = backend.sum_squared_difference(x3, mean[:, None, :], axis=1)
         per = int(np.prod([d for d in x.shape[1:-1]])) if rank > 2 else 1
         mean_np = backend.to_numpy(mean)
         counts = np.full(mean_np.shape, float(per))

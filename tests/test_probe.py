@@ -82,3 +82,23 @@ def test_pair_sums_are_the_plain_ops_bit_for_bit(keras):
     assert np.array_equal(got, plain)
     t64, r64 = backend.to_numpy(t).astype(np.float64), backend.to_numpy(r).astype(np.float64)
     np.testing.assert_allclose(got, [np.sum((t64 - r64) ** 2), np.sum(r64**2)], rtol=1e-5)
+
+
+def test_bn_input_moments_are_the_plain_ops_bit_for_bit(keras):
+    from bngap import backend
+    from bngap.probe import _channel_moments
+
+    ops = keras.ops
+    x = ops.convert_to_tensor(
+        np.random.default_rng(8).normal(5.0, 2.0, (3, 6, 6, 4)).astype("float32")
+    )
+    _, mean, m2 = _channel_moments(ops, x, -1)
+    x3 = ops.reshape(x, (3, -1, 4))
+    mu = ops.mean(x3, axis=1)
+    plain = backend.to_numpy(ops.sum(ops.square(x3 - mu[:, None, :]), axis=1))
+    assert np.array_equal(m2, plain)
+    x64 = backend.to_numpy(x).astype(np.float64).reshape(3, -1, 4)
+    np.testing.assert_allclose(mean, x64.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(
+        m2, ((x64 - x64.mean(axis=1, keepdims=True)) ** 2).sum(axis=1), rtol=1e-4
+    )
