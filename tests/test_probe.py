@@ -1,0 +1,104 @@
+"""The probe's passes: predict()'s traced function is made once per model
+and kept aside, the model's own `predict_function` is left as it was, and
+the leak comparison it answers is the same on every check."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bngap.pipeline import CheckOptions, check
+from bngap.probe import _PREDICT_CACHE
+
+
+def _predict_check(report):
+    return next(c for c in report.leaks if c.path == "predict(x)")
+
+
+def test_predict_traced_once_and_kept_off_the_model(keras, zoo):
+    model, x, _ = zoo.get("under_trained")
+    model.predict_function = None
+    first = check(model, x, options=CheckOptions(probe_preprocessing=False))
+    assert model.predict_function is None  # the user's model is left as it was
+    made = model.__dict__[_PREDICT_CACHE][1]
+    second = check(model, x, options=CheckOptions(probe_preprocessing=False))
+    assert model.predict_function is None
+    assert model.__dict__[_PREDICT_CACHE][1] is made  # no second trace
+    assert first.to_dict()["leaks"] == second.to_dict()["leaks"]
+    assert first.output_gap == second.output_gap
+    assert _predict_check(second).relative_l2 is not None
+
+
+def test_predict_function_of_the_user_is_used_and_kept(keras, zoo):
+    model, x, _ = zoo.get("under_trained")
+    model.predict(x[:4], verbose=0)
+    own = model.predict_function
+    check(model, x, options=CheckOptions(probe_preprocessing=False))
+    assert model.predict_function is own
+
+
+def test_a_leaky_predict_step_is_found_on_every_check(keras):
+    L = keras.layers
+
+    class LeakyPredict(keras.Sequential):
+        # a custom inference step that runs the model in training mode
+        def predict_step(self, data):
+            x = data[0] if isinstance(data, tuple) else data
+            return self(x, training=True)
+
+    keras.utils.set_random_seed(3)
+    model = LeakyPredict([keras.Input((5,)), L.Dense(6), L.BatchNormalization(), L.Dense(2)])
+    x = np.random.default_rng(3).normal(4.0, 3.0, (16, 5)).astype("float32")
+    before = [np.array(v) for v in model.variables]
+    for _ in range(2):  # the second check reuses the kept function: it must still see the leak
+        leak = _predict_check(check(model, x, options=CheckOptions(probe_preprocessing=False)))
+        assert leak.relative_l2 is not None and leak.relative_l2 > 0.1
+        assert leak.is_leak
+    assert all(np.array_equal(b, np.array(v)) for b, v in zip(before, model.variables))
+
+
+def test_a_new_compile_setting_traces_again(keras):
+    L = keras.layers
+    model = keras.Sequential(
+        [keras.Input((4,)), L.Dense(3), L.BatchNormalization(), L.Dropout(0.5)]
+    )
+    x = np.random.default_rng(5).normal(0.0, 1.0, (8, 4)).astype("float32")
+    model.compile(loss="mse")
+    check(model, x, options=CheckOptions(probe_preprocessing=False))
+    made = model.__dict__[_PREDICT_CACHE][1]
+    model.compile(loss="mse", run_eagerly=True)  # Keras would make a new predict function: so do we
+    check(model, x, options=CheckOptions(probe_preprocessing=False))
+    assert model.__dict__[_PREDICT_CACHE][1] is not made
+
+
+def test_pair_sums_are_the_plain_ops_bit_for_bit(keras):
+    from bngap import backend
+
+    ops = keras.ops
+    rng = np.random.default_rng(7)
+    t = ops.convert_to_tensor(rng.normal(1.0, 3.0, (4, 9, 9, 5)).astype("float32"))
+    r = ops.convert_to_tensor(rng.normal(0.0, 2.0, (4, 9, 9, 5)).astype("float32"))
+    got = backend.to_numpy(backend.pair_sums(t, r))
+    plain = backend.to_numpy(ops.stack([ops.sum(ops.square(t - r)), ops.sum(ops.square(r))]))
+    assert np.array_equal(got, plain)
+    t64, r64 = backend.to_numpy(t).astype(np.float64), backend.to_numpy(r).astype(np.float64)
+    np.testing.assert_allclose(got, [np.sum((t64 - r64) ** 2), np.sum(r64**2)], rtol=1e-5)
+
+
+def test_bn_input_moments_are_the_plain_ops_bit_for_bit(keras):
+    from bngap import backend
+    from bngap.probe import _channel_moments
+
+    ops = keras.ops
+    x = ops.convert_to_tensor(
+        np.random.default_rng(8).normal(5.0, 2.0, (3, 6, 6, 4)).astype("float32")
+    )
+    _, mean, m2 = _channel_moments(ops, x, -1)
+    x3 = ops.reshape(x, (3, -1, 4))
+    mu = ops.mean(x3, axis=1)
+    plain = backend.to_numpy(ops.sum(ops.square(x3 - mu[:, None, :]), axis=1))
+    assert np.array_equal(m2, plain)
+    x64 = backend.to_numpy(x).astype(np.float64).reshape(3, -1, 4)
+    np.testing.assert_allclose(mean, x64.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(
+        m2, ((x64 - x64.mean(axis=1, keepdims=True)) ** 2).sum(axis=1), rtol=1e-4
+    )
