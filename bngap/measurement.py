@@ -4,18 +4,19 @@ reduced to the raw numbers that analysis turns into a report."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, cast
 
 import numpy as np
 
 from . import backend
+from .audit import BatchNormParams
 from .data import Dataset
 from .layertree import LayerNode
-from .audit import BatchNormParams
+from .metrics import OutputMetricSums, _is_classes, _MetricSums, _output_names
 from .probe import NodeStats, Probe, pack_inputs
-from .results import GROUPS, Kind, LeakCheck, Metrics
-from .metrics import OutputMetricSums, _MetricSums, _is_classes, _output_names
+from .results import GROUPS, InferencePath, Kind, LeakCheck, Metrics
 from .stats import GapAccumulator
 
 LEAK_SAMPLES = 4  # inference paths are compared on this many samples (leaks are structural)
@@ -170,7 +171,7 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                 + ([([nd.index for nd in effective_nodes(nodes, stats)], layers_acc)] if plan.layers_pass else []))
             total = batches * (2 + len(extra))
             progress(b * (2 + len(extra)) + 2, total, f"batch {b + 1}/{batches}")
-            for (nm, acc), t, e in zip(per_out, tr, ev):
+            for (_name, acc), t, e in zip(per_out, tr, ev):
                 acc.add_arrays(t, e, classes=_is_classes(e))
                 out_acc.add_arrays(t, e, classes=classes)
             for k, (active, acc) in enumerate(extra):
@@ -181,7 +182,7 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                 try:
                     if isinstance(metric, OutputMetricSums):
                         metric.add(keras, loss_id, keras.tree.flatten(tr_raw), keras.tree.flatten(ev_raw),
-                                   y, names)
+                                   cast(dict, y), names)  # per-output labels come as a dict
                     else:
                         metric.add(keras, loss_id, keras.tree.flatten(tr_raw)[0],
                                    keras.tree.flatten(ev_raw)[0], y)
@@ -189,6 +190,8 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                     loss_ok = False
                     notes.append(f"loss not computed: {type(e).__name__}: {str(e)[:160]}")
 
+        # the data were validated non-empty, so the first batch made the plan
+        assert plan is not None, "no batch was measured"
         groups = {g: 0.0 for g in GROUPS}
         if plan.reuse_total:
             groups[plan.reuse_total] = out_acc.relative_l2
@@ -267,14 +270,14 @@ def compare_inference_paths(probe: Probe, nodes: list[LayerNode], subset: Datase
     ref, _ = probe.observe_pass(xs, training=False)
     if leaked:
         forced = probe.forced_eval_pass(xs)
-        checks.append(LeakCheck("model(x, training=False)", _rel(keras, ref, forced), leaked, m))
+        checks.append(LeakCheck(InferencePath.FORCED, _rel(keras, ref, forced), leaked, m))
     else:
-        checks.append(LeakCheck("model(x, training=False)", 0.0, (), m))
+        checks.append(LeakCheck(InferencePath.FORCED, 0.0, (), m))
     noflag, seen_nf = probe.observe_pass(xs)
-    checks.append(LeakCheck("model(x)", _rel(keras, noflag, ref), _training_layers(nodes, seen_nf), m))
+    checks.append(LeakCheck(InferencePath.NO_FLAG, _rel(keras, noflag, ref), _training_layers(nodes, seen_nf), m))
     try:
         pred = probe.predict(xs)
-        checks.append(LeakCheck("predict(x)", _rel(keras, pred, ref), (), m))
+        checks.append(LeakCheck(InferencePath.PREDICT, _rel(keras, pred, ref), (), m))
     except Exception as e:  # predict's tracing can fail where eager calls work
-        checks.append(LeakCheck("predict(x)", None, (), m, skipped=f"{type(e).__name__}: {str(e)[:120]}"))
+        checks.append(LeakCheck(InferencePath.PREDICT, None, (), m, skipped=f"{type(e).__name__}: {str(e)[:120]}"))
     return checks

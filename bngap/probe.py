@@ -14,21 +14,25 @@ snapshotted first and restored after each pass and in `finally`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
 from . import backend
+from .audit import BatchNormParams
 from .backend import (  # noqa: F401  (StateGuard, pack_inputs: re-exported for one merge cycle)
-    StateGuard, _context_training, _initializer_constant, _keras_message, pack_inputs,
+    StateGuard,
+    _context_training,
+    _initializer_constant,
+    _keras_message,
+    pack_inputs,
 )
 from .errors import ForwardPassError, one_line
 from .layertree import LayerNode
 from .results import Kind
-from .audit import BatchNormParams
 from .stats import GapAccumulator, SplitMoments
-
 
 
 class _StopPass(Exception):
@@ -124,7 +128,7 @@ class Probe:
             finally:
                 self._stack.pop()
 
-        wrapper.__wrapped__ = original
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]  # functools' convention
         return wrapper
 
     # --------------------------------------------------------------- helpers
@@ -139,18 +143,23 @@ class Probe:
         for v, saved in self._bn_vars(node):
             v.assign(saved)
 
+    def _guard(self) -> StateGuard:
+        """The state guard, set up on entering the probe."""
+        assert self.guard is not None, "the probe is used outside its `with` block"
+        return self.guard
+
     def _bn_vars(self, node: LayerNode):
         cache = self._bn_var_cache
         if cache is None:
             cache = self._bn_var_cache = {}
-            where = {id(v): i for i, v in enumerate(self.guard.variables)}
+            where = {id(v): i for i, v in enumerate(self._guard().variables)}
             for n in self.nodes:
                 if n.kind is Kind.BATCHNORM:
                     pairs = []
                     for v in n.layer.non_trainable_variables:
                         i = where.get(id(v))
                         if i is not None:
-                            pairs.append((v, self.guard.saved[i]))
+                            pairs.append((v, self._guard().saved[i]))
                     cache[n.index] = pairs
         return cache.get(node.index, ())
 
@@ -189,7 +198,7 @@ class Probe:
         finally:
             self._handler = None
             self._stack.clear()
-            self.guard.restore()
+            self._guard().restore()
         return out
 
     def _bn_input_moments(self, node, args, kwargs):
@@ -429,7 +438,7 @@ class Probe:
     def commit(self) -> None:
         """Makes the current variable values the ones restored on exit (used
         by `fix`, which changes BN statistics on purpose)."""
-        self.guard.commit()
+        self._guard().commit()
         self._bn_var_cache = None
 
     # ----------------------------------------------------------------- passes
@@ -512,7 +521,7 @@ class Probe:
             if previous is None and made is not None:
                 object.__setattr__(model, _PREDICT_CACHE, (key, made))  # untracked by Keras
             model.predict_function = previous
-            self.guard.restore()
+            self._guard().restore()
 
     def bn_params(self, node: LayerNode) -> BatchNormParams:
         layer = node.layer
