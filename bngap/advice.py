@@ -7,23 +7,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 
-from .results import (
+from .records import (
     BackendRun,
     BatchNormRecord,
-    Cause,
     Finding,
-    FitMode,
-    Group,
-    InferencePath,
-    Kind,
     LayerRecord,
     LeakCheck,
     OutputGap,
     PreprocessingProbe,
-    Severity,
-    format_number,
 )
+from .results import format_number
 from .specs import PREPROCESS_FLAG
+from .vocabulary import Cause, FitMode, Group, InferencePath, Kind, Severity
 
 NOTABLE_GAP = 0.05        # an output or group gap worth explaining (relative L2)
 NOT_CONVERGED_SHARE = 0.1  # initial values still this large a share of the statistics

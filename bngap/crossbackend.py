@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from .errors import BngapError
-from .results import BackendRun, Report
+from .records import BackendRun
+from .results import Report
 
 BACKENDS = ("tensorflow", "jax", "torch")
 _EXTRA = {"tensorflow": "bngap", "jax": "bngap[jax]", "torch": "bngap[torch]"}

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .linting import BatchNormLint, LintFinding, Rule
-from .results import Kind, Severity
+from .vocabulary import Kind, Severity
 
 TORCH_MOMENTUM = 0.5      # below this a Keras momentum is most likely PyTorch's convention
 NEAR_ZERO_SCALE = 1e-6    # variance + epsilon below this: 1/sqrt() amplifies by over 1000

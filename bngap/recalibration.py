@@ -26,8 +26,10 @@ import numpy as np
 from .audit import compare_channels, local_gap
 from .data import Dataset
 from .errors import BngapError
+from .jsonform import plain
 from .layertree import LayerNode
-from .results import Kind, Metrics, OutputGap, _plain
+from .records import Metrics, OutputGap
+from .vocabulary import Kind
 
 ENOUGH_SAMPLES = 256       # below this, say the estimates are rough
 NOISE_WARN = 0.05          # relative noise of a layer's estimate worth a warning
@@ -88,7 +90,7 @@ class FixResult:
         self._restore()
 
     def to_dict(self) -> dict:
-        d = _plain(self)
+        d = plain(self)
         d.pop("_restore", None)
         d["schema_version"] = "1"
         return d
@@ -380,7 +382,7 @@ def _helped(before: OutputGap, after: OutputGap, m0: Metrics | None,
     inference loss rising; or, where there was no gap to close (a frozen or
     renorm model whose stale statistics hurt both modes alike), the gap must
     stay float noise while the inference loss falls (labels needed)."""
-    from .results import LEAK_TOLERANCE
+    from .records import LEAK_TOLERANCE
 
     b, a = before.relative_l2, after.relative_l2
     loss0 = m0.eval.get("loss") if m0 else None
