@@ -456,7 +456,8 @@ def check_across(
         options: `CheckOptions`; thresholds apply to the first backend's report.
         backends: names, the first being the reference.
     """
-    from . import advice
+    from .advice.backends import backend_divergence
+    from .advice.ranking import ordered
     from .pipeline import check
 
     paths = [data] if isinstance(data, (str, os.PathLike)) else list(data or [None])
@@ -506,7 +507,7 @@ def check_across(
             else:
                 runs.append(compare(ref, sides[b], ref_dict, reports[b], seconds[b]))
         diverged = {r.backend: divergences(r, runs[0], ref, sides.get(r.backend)) for r in runs}
-    finding = advice.backend_divergence(
+    finding = backend_divergence(
         runs,
         diverged,
         tolerance=tolerance(ref.meta.get("compute_dtype")),
@@ -515,7 +516,7 @@ def check_across(
     )
     findings = tuple(report.findings)
     if finding is not None:
-        findings = advice.ordered(findings + (finding,))
+        findings = ordered(findings + (finding,))
     extra = list(notes) + [
         f"{r.backend} could not run the check: {r.error}" for r in runs if r.error
     ]
