@@ -35,6 +35,7 @@ PURE = {
     "writing",
     "streaming",
     "arrayfiles",
+    "comparison",
     "_version",
     "render",
     "render.common",
