@@ -1,9 +1,10 @@
 """What the advice rules share: the gap worth explaining, the batch size
-called small, the fix command, and the wording of numbers and name lists."""
+called small, the fix command, and the wording of numbers and name lists
+(which the lint rules use too)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from ..results import format_number
 
@@ -16,7 +17,7 @@ def fmt(v: float | None, digits: int = 3) -> str:
     return format_number(v, digits)
 
 
-def name_list(items: Sequence[str], limit: int = 3) -> str:
+def name_list(items: Iterable[str], limit: int = 3) -> str:
     items = list(items)
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
