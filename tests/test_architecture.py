@@ -36,6 +36,7 @@ PURE = {
     "streaming",
     "arrayfiles",
     "comparison",
+    "validation",
     "_version",
     "render",
     "render.common",
