@@ -7,8 +7,9 @@ from typing import Any, Protocol
 
 from .audit import BatchNormParams, audit_layer
 from .layertree import LayerNode
-from .results import BatchNormRecord, FitMode, GapEntry, Kind, LayerRecord, OutputGap
+from .records import BatchNormRecord, GapEntry, LayerRecord, OutputGap
 from .stats import GapAccumulator
+from .vocabulary import FitMode, Kind
 
 
 class Measured(Protocol):

@@ -19,8 +19,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .results import BatchNormRecord, ChannelDeviation, Severity
+from .records import BatchNormRecord, ChannelDeviation
 from .stats import ChannelMoments, SplitMoments, robust_summary
+from .vocabulary import Severity
 
 WARN_GAP = 0.25   # expected local gap (debiased) at which a layer is flagged
 FAIL_GAP = 0.6

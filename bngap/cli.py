@@ -7,113 +7,22 @@ to stdout or `--output`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import traceback as tb
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from ._version import __version__
-from .errors import BngapError, ExitStatus, one_line
+from .console import CommandGroup, ProgressDisplay, err, errors_handled, terminal_width, use_color
+from .errors import BngapError, ExitStatus
 from .render import FORMATS
-
-if TYPE_CHECKING:  # rich's progress bar is imported only when one is shown
-    from rich.progress import Progress, TaskID
 
 EPILOG = """\b
 Exit codes: 0 ran (verdict pass, or warn above --warn-above), 1 a fail gate
 (--fail-above*, --max-regression) was exceeded, 2 bad input or usage, 3
 internal failure.
 """
-
-
-def _err(msg: str) -> None:
-    click.echo(msg, err=True)
-
-
-def _use_color(stream) -> bool:
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return False
-    if os.environ.get("CI"):
-        return False
-    return hasattr(stream, "isatty") and stream.isatty()
-
-
-def _terminal_width() -> int:
-    try:
-        return max(60, min(os.get_terminal_size(sys.stdout.fileno()).columns, 160))
-    except (OSError, ValueError, AttributeError):
-        return 100
-
-
-@contextlib.contextmanager
-def _errors_handled(show_traceback: bool):
-    """The one place where exceptions become exit codes."""
-    try:
-        yield
-    except BngapError as e:
-        if show_traceback:
-            tb.print_exc()
-        _err(f"error: {one_line(e)}")
-        sys.exit(int(e.exit_status))
-    except click.exceptions.Exit:
-        raise
-    except click.ClickException:
-        raise
-    except KeyboardInterrupt:
-        _err("error: interrupted")
-        sys.exit(130)
-    except Exception as e:  # a bug in bngap (or Keras): say so, exit 3
-        if show_traceback:
-            tb.print_exc()
-        _err(f"internal error: {type(e).__name__}: {one_line(e, 300)}"
-             + ("" if show_traceback else " (rerun with --traceback for details)"))
-        sys.exit(int(ExitStatus.INTERNAL_ERROR))
-
-
-class _Progress:
-    """A progress bar on a terminal, a few plain lines in a log."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self.bar: Progress | None = None
-        self.task: TaskID | None = None
-        self.last_pct = 0
-
-    def status(self, line: str) -> None:
-        if self.enabled:
-            _err(f"bngap: {line}")
-
-    def __call__(self, done: int, total: int, label: str) -> None:
-        if not self.enabled or total <= 2:
-            return
-        if self.tty:
-            if self.bar is None:
-                from rich.console import Console
-                from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-                self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                    TextColumn("{task.completed}/{task.total} passes"),
-                                    TimeRemainingColumn(), console=Console(stderr=True),
-                                    transient=True)
-                self.bar.start()
-                self.task = self.bar.add_task(label, total=total)
-            assert self.task is not None  # set together with the bar
-            self.bar.update(self.task, completed=done, description=label)
-        else:
-            pct = int(100 * done / total)
-            if pct // 25 > self.last_pct // 25:
-                self.last_pct = pct
-                _err(f"bngap: {label} ({done} of {total} passes)")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
 
 
 def _parse_effects(value: str) -> int | str | None:
@@ -158,31 +67,7 @@ def _add(options):
     return deco
 
 
-class _Group(click.Group):
-    """A click group whose usage errors are one line, `error: ...`, exit 2."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as e:  # a bare `bngap`: the help, not an error
-            click.echo(e.ctx.get_help())
-            sys.exit(int(ExitStatus.OK))
-        except click.UsageError as e:
-            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-            _err(f"error: {one_line(e.format_message())}{where}")
-            sys.exit(int(ExitStatus.BAD_INPUT))
-        except click.ClickException as e:  # any other refusal of the command line is usage
-            _err(f"error: {one_line(e.format_message())}")
-            sys.exit(int(ExitStatus.BAD_INPUT))
-        except click.Abort:
-            _err("error: aborted")
-            sys.exit(130)
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
-@click.group(cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CommandGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="bngap")
 def main():
     """bngap: why does my Keras model score well in fit() and badly in
@@ -248,9 +133,9 @@ def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_abo
     The model file is never modified, and the model's variables are restored
     bit for bit after the training-mode passes.
     """
-    progress = _Progress(enabled=not quiet)
+    progress = ProgressDisplay(enabled=not quiet)
     data, shards = (data[0], ()) if len(data) == 1 else (list(data), data)
-    with _errors_handled(show_traceback):
+    with errors_handled(show_traceback):
         from .pipeline import CheckOptions
         from .render import FORMATS
         from .results import Thresholds
@@ -285,15 +170,15 @@ def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_abo
                                  progress=progress, baseline=old, github=not no_github,
                                  across=across)
         if (fail_above_loss_delta is not None or fail_above_accuracy_drop is not None) and report.metrics is None:
-            _err("bngap: warning: loss/accuracy thresholds need labels; they were not applied")
+            err("bngap: warning: loss/accuracy thresholds need labels; they were not applied")
         elif fail_above_accuracy_drop is not None and report.accuracy_drop is None:
-            _err("bngap: warning: --fail-above-accuracy-drop needs a class output (no output "
+            err("bngap: warning: --fail-above-accuracy-drop needs a class output (no output "
                  "has an accuracy); it was not applied")
         sys.exit(int(report.exit_status))
 
 
 def _run_and_render(model, data, opts, *, fmt: str, plan, all_layers: bool,
-                    progress: _Progress, baseline=None, github: bool = False,
+                    progress: ProgressDisplay, baseline=None, github: bool = False,
                     across: tuple[list[str], list[str]] | None = None):
     """Runs a check (on each backend of `across`: (backends, notes)) and
     writes its report (stdout, or each planned file); returns the Report.
@@ -321,7 +206,7 @@ def _run_and_render(model, data, opts, *, fmt: str, plan, all_layers: bool,
     if progress.enabled and (fmt != "text" or plan):
         from .render.common import headline
 
-        _err(f"bngap: {headline(report)}")
+        err(f"bngap: {headline(report)}")
     if github and os.environ.get("GITHUB_ACTIONS") == "true":
         _github_actions(report, stdout_free=bool(plan), all_layers=all_layers)
     return report
@@ -332,14 +217,14 @@ def _deliver(report, fmt: str, plan, *, all_layers: bool, quiet: bool) -> None:
     from .render import file_renderers, render
 
     if not plan:
-        click.echo(render(report, fmt, all_layers=all_layers, width=_terminal_width(),
-                          color=fmt == "text" and _use_color(sys.stdout)), nl=False)
+        click.echo(render(report, fmt, all_layers=all_layers, width=terminal_width(),
+                          color=fmt == "text" and use_color(sys.stdout)), nl=False)
         return
     from .writing import write_outputs
 
     for path in write_outputs(report, plan, file_renderers(all_layers=all_layers)):
         if not quiet:
-            _err(f"bngap: report written to {path}")
+            err(f"bngap: report written to {path}")
 
 
 def _github_actions(report, *, stdout_free: bool, all_layers: bool) -> None:
@@ -355,7 +240,7 @@ def _github_actions(report, *, stdout_free: bool, all_layers: bool) -> None:
             with open(summary, "a", encoding="utf-8") as fh:
                 fh.write(render(report, "markdown", all_layers=all_layers) + "\n")
         except OSError as e:
-            _err(f"bngap: warning: cannot append to GITHUB_STEP_SUMMARY {summary}: {e.strerror or e}")
+            err(f"bngap: warning: cannot append to GITHUB_STEP_SUMMARY {summary}: {e.strerror or e}")
     for line in github_annotations(report):
         click.echo(line, err=not stdout_free)
 
@@ -378,7 +263,7 @@ def render(report_file, fmt, outputs, all_layers, show_traceback, quiet):
     report's JSON into HTML. The output is the one the check itself would
     have written in that format.
     """
-    with _errors_handled(show_traceback):
+    with errors_handled(show_traceback):
         from .render import FORMATS
         from .saved import read_report
         from .writing import plan_outputs
@@ -405,8 +290,8 @@ def demo(out, fmt, show_traceback, quiet):
     evaluate(): the classic report. Its model and data are saved so that you
     can run `bngap check` on them yourself. Takes a few seconds.
     """
-    progress = _Progress(enabled=not quiet)
-    with _errors_handled(show_traceback):
+    progress = ProgressDisplay(enabled=not quiet)
+    with errors_handled(show_traceback):
         import tempfile
         from pathlib import Path
 
@@ -448,9 +333,9 @@ def fix(model, data, outputs, in_place, force, layer_patterns, skip_frozen, fmt,
     --in-place) only if the gap shrinks, unless --force. Use a few hundred
     representative samples.
     """
-    progress = _Progress(enabled=not quiet)
+    progress = ProgressDisplay(enabled=not quiet)
     paths, data = data, (data[0] if len(data) == 1 else list(data))
-    with _errors_handled(show_traceback):
+    with errors_handled(show_traceback):
         from .backend import select_backend
         from .recalibration import fix as run_fix
         from .writing import REPORT_EXTENSIONS, plan_outputs
@@ -529,8 +414,8 @@ def lint(model, fmt, outputs, fail_on, all_layers, unsafe, custom_objects, show_
     clipping, trainable BN layers in a frozen base, a call() without
     `training`, and layers that make a gap by design. Changes nothing.
     """
-    progress = _Progress(enabled=not quiet)
-    with _errors_handled(show_traceback):
+    progress = ProgressDisplay(enabled=not quiet)
+    with errors_handled(show_traceback):
         from .linting import lint as run_lint
         from .render.lint import lint_headline, render_lint
         from .writing import plan_outputs, write_outputs
@@ -544,9 +429,9 @@ def lint(model, fmt, outputs, fail_on, all_layers, unsafe, custom_objects, show_
             for path in write_outputs(report, plan, renderers):
                 progress.status(f"report written to {path}")
         else:
-            click.echo(render_lint(report, fmt, width=_terminal_width(), all_layers=all_layers), nl=False)
+            click.echo(render_lint(report, fmt, width=terminal_width(), all_layers=all_layers), nl=False)
         if progress.enabled and (fmt != "text" or plan):
-            _err(f"bngap: {lint_headline(report)}")
+            err(f"bngap: {lint_headline(report)}")
         sys.exit(int(report.exit_status))
 
 

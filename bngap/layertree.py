@@ -7,7 +7,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from .results import Kind
+from .vocabulary import Kind
 
 # Image preprocessing layers that change nothing between modes.
 _DETERMINISTIC_IMAGE_LAYERS = {

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ExitStatus
-from .results import Severity, Vocabulary, _coerce, _plain
+from .jsonform import plain
+from .vocabulary import Severity, Vocabulary, coerce
 
 
 class Rule(Vocabulary):
@@ -67,7 +68,7 @@ class LintFinding:
     evidence: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _coerce(self, "rule", Rule)
+        coerce(self, "rule", Rule)
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,8 @@ class LintReport:
             "fail_on": self.fail_on.value,
             "model": {"path": self.path, "name": self.model_name, "class_name": self.class_name,
                       "layers": self.layers, "batchnorm_layers": len(self.batchnorm)},
-            "batchnorm": [_plain(b) for b in self.batchnorm],
-            "findings": [_plain(f) for f in self.findings],
+            "batchnorm": [plain(b) for b in self.batchnorm],
+            "findings": [plain(f) for f in self.findings],
             "notes": list(self.notes),
             "seconds": self.seconds,
         }

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from .advice.common import bn_count, name_list, verb
 from .linting import BatchNormLint, LintFinding, Rule
-from .results import Kind, Severity
+from .vocabulary import Kind, Severity
 
 TORCH_MOMENTUM = 0.5      # below this a Keras momentum is most likely PyTorch's convention
 NEAR_ZERO_SCALE = 1e-6    # variance + epsilon below this: 1/sqrt() amplifies by over 1000
@@ -36,20 +37,6 @@ def apply_rules(model: Any, nodes: list, keras: Any) -> tuple[list[BatchNormLint
     findings += _call_without_training(model, nodes)
     findings += _mode_dependent(nodes)
     return [_summary(b) for b in bns], findings
-
-
-def _names(items, limit: int = 3) -> str:
-    items = list(items)
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
-def _layers_word(n: int) -> str:
-    return f"{n} BatchNormalization layer{'' if n == 1 else 's'}"
-
-
-def _v(n: int, one: str, many: str) -> str:
-    return one if n == 1 else many
 
 
 def _initial_constant(init) -> float | None:
@@ -110,8 +97,8 @@ def _never_updated(bns: list[_BN]) -> list[LintFinding]:
     everyone = len(hits) == len(bns)
     return [LintFinding(
         Rule.NEVER_UPDATED, Severity.FAIL, paths[0],
-        f"{_layers_word(len(hits))} ({_names(paths)}) "
-        f"{_v(len(hits), 'still holds', 'still hold')} the exact initial moving "
+        f"{bn_count(len(hits))} ({name_list(paths)}) "
+        f"{verb(len(hits), 'still holds', 'still hold')} the exact initial moving "
         f"statistics (mean {m0:g}, variance {v0:g} in every channel): they were never updated. "
         "In inference mode (evaluate(), predict()) they normalise with these constants instead "
         "of the data's statistics"
@@ -132,8 +119,8 @@ def _momentum(bns: list[_BN]) -> list[LintFinding]:
         m = ms[0]
         out.append(LintFinding(
             Rule.MOMENTUM_TORCH_CONVENTION, Severity.WARN, torch[0].path,
-            f"{_layers_word(len(torch))} ({_names(b.path for b in torch)}) "
-            f"{_v(len(torch), 'has', 'have')} momentum "
+            f"{bn_count(len(torch))} ({name_list(b.path for b in torch)}) "
+            f"{verb(len(torch), 'has', 'have')} momentum "
             f"{', '.join(f'{v:g}' for v in ms)}. In Keras momentum is the weight of the old value "
             "(moving = momentum * moving + (1 - momentum) * batch), so the moving statistics "
             f"follow the last batch or two; PyTorch's momentum={m:g} is the weight of the new "
@@ -146,8 +133,8 @@ def _momentum(bns: list[_BN]) -> list[LintFinding]:
         trainable = [b for b in stuck if b.layer.trainable]
         out.append(LintFinding(
             Rule.MOMENTUM_ONE, Severity.FAIL if trainable else Severity.WARN, stuck[0].path,
-            f"{_layers_word(len(stuck))} ({_names(b.path for b in stuck)}) "
-            f"{_v(len(stuck), 'has', 'have')} momentum "
+            f"{bn_count(len(stuck))} ({name_list(b.path for b in stuck)}) "
+            f"{verb(len(stuck), 'has', 'have')} momentum "
             f"{', '.join(sorted({f'{float(b.layer.momentum):g}' for b in stuck}))}: the moving "
             "statistics never move towards the data's (at momentum 1 they keep their old value; "
             "above 1 they diverge), "
@@ -188,7 +175,7 @@ def _bad_variance(bns: list[_BN]) -> list[LintFinding]:
     if bad:
         out.append(LintFinding(
             Rule.BAD_VARIANCE, Severity.FAIL, bad[0].path,
-            f"{_layers_word(len(bad))} {_v(len(bad), 'has', 'have')} moving statistics that "
+            f"{bn_count(len(bad))} {verb(len(bad), 'has', 'have')} moving statistics that "
             f"cannot normalise: {describe(bad)} "
             "channels (a negative or non-finite variance makes the inference output NaN or "
             "meaningless). Training went numerically wrong, or the weights were converted badly.",
@@ -199,7 +186,7 @@ def _bad_variance(bns: list[_BN]) -> list[LintFinding]:
     if odd:
         out.append(LintFinding(
             Rule.BAD_VARIANCE, Severity.WARN, odd[0].path,
-            f"{_layers_word(len(odd))} {_v(len(odd), 'has', 'have')} a moving variance of zero or subnormal (below "
+            f"{bn_count(len(odd))} {verb(len(odd), 'has', 'have')} a moving variance of zero or subnormal (below "
             f"{TINY:.3g}) in some channels: {describe(odd)}. Unless those channels' inputs are "
             "constant (dead channels), inference mode divides their spread by sqrt(epsilon) and "
             "amplifies it.",
@@ -234,8 +221,8 @@ def _epsilon(bns: list[_BN]) -> list[LintFinding]:
     b, eps, low = (broken or hits)[0]
     return [LintFinding(
         Rule.EPSILON_TOO_SMALL, Severity.FAIL if broken else Severity.WARN, b.path,
-        f"{_layers_word(len(hits))} ({_names(h[0].path for h in hits)}) "
-        f"{_v(len(hits), 'has', 'have')} epsilon {eps:g}"
+        f"{bn_count(len(hits))} ({name_list(h[0].path for h in hits)}) "
+        f"{verb(len(hits), 'has', 'have')} epsilon {eps:g}"
         + (f" and a smallest moving variance of {low:.3g}" if low is not None else "")
         + ": " + _epsilon_effect(eps, low, bool(broken)),
         "Use an epsilon of 1e-5 to 1e-3 (the Keras default is 1e-3; keras.applications use 1e-3 "
@@ -310,9 +297,9 @@ def _axis_mismatch(bns: list[_BN], keras) -> list[LintFinding]:
     fmt = getattr(prod, "data_format", "channels_last")
     return [LintFinding(
         Rule.AXIS_MISMATCH, Severity.FAIL, b.path,
-        f"{_layers_word(len(hits))} ({_names(h[0].path for h in hits)}) "
-        f"{_v(len(hits), 'normalises', 'normalise')} over another axis than the channels of the "
-        f"layer feeding {_v(len(hits), 'it', 'them')}: {b.path} has axis={b.layer.axis} on a "
+        f"{bn_count(len(hits))} ({name_list(h[0].path for h in hits)}) "
+        f"{verb(len(hits), 'normalises', 'normalise')} over another axis than the channels of the "
+        f"layer feeding {verb(len(hits), 'it', 'them')}: {b.path} has axis={b.layer.axis} on a "
         f"rank-{b.rank} input, but {prod.name} ({type(prod).__name__}, {fmt}) puts its channels on "
         f"axis {channel}. Statistics are then kept per position along axis "
         f"{b.layer.axis % b.rank} instead of per channel: a common porting slip ("
@@ -343,8 +330,8 @@ def _renorm(bns: list[_BN]) -> list[LintFinding]:
         apart[b.path] = float(max(d.max(initial=0.0), r.max(initial=0.0)))
     return [LintFinding(
         Rule.RENORM_UNCLIPPED, Severity.WARN, hits[0].path,
-        f"{_layers_word(len(hits))} ({_names(b.path for b in hits)}) "
-        f"{_v(len(hits), 'uses', 'use')} batch renormalization "
+        f"{bn_count(len(hits))} ({name_list(b.path for b in hits)}) "
+        f"{verb(len(hits), 'uses', 'use')} batch renormalization "
         "without clipping (renorm_clipping empty). Then training mode normalises with the renorm "
         "statistics (renorm_mean, renorm_stddev) and inference mode with the moving ones "
         "(moving_mean, moving_variance), never with the batch's own: when those are stale, fit() "
@@ -384,8 +371,8 @@ def _frozen_base(nodes, keras) -> list[LintFinding]:
         return []
     return [LintFinding(
         Rule.TRAINABLE_BN_IN_FROZEN_BASE, Severity.WARN, hits[0],
-        f"{_layers_word(len(hits))} ({_names(hits)}) {_v(len(hits), 'is', 'are')} trainable inside "
-        f"{_names(bases)}, whose other weighted layers are all frozen. In Keras 3 fit() runs a "
+        f"{bn_count(len(hits))} ({name_list(hits)}) {verb(len(hits), 'is', 'are')} trainable inside "
+        f"{name_list(bases)}, whose other weighted layers are all frozen. In Keras 3 fit() runs a "
         "trainable BN layer in training mode: these layers normalise each batch by its own "
         "statistics and overwrite the pretrained moving statistics while the base is meant to "
         "stay fixed.",
@@ -414,7 +401,7 @@ def _call_without_training(model, nodes) -> list[LintFinding]:
         Rule.CALL_WITHOUT_TRAINING, Severity.WARN, dependent[0].path,
         f"{type(model).__name__}.call() has no `training` argument, so fit() calls the model "
         f"without one and its {len(dependent)} mode-dependent "
-        f"{_v(len(dependent), 'layer', 'layers')} ({_names(n.path for n in dependent)}) "
+        f"{verb(len(dependent), 'layer', 'layers')} ({name_list(n.path for n in dependent)}) "
         "run in inference mode during training"
         + (": the BatchNormalization statistics are never updated by fit()" if bn else "")
         + ". A direct model(x, training=True) behaves differently from fit().",
@@ -432,10 +419,10 @@ def _mode_dependent(nodes) -> list[LintFinding]:
     by_kind: dict[str, list[str]] = {}
     for n in hits:
         by_kind.setdefault(n.kind.value, []).append(n.path)
-    listed = "; ".join(f"{k}: {_names(v)}" for k, v in by_kind.items())
+    listed = "; ".join(f"{k}: {name_list(v)}" for k, v in by_kind.items())
     return [LintFinding(
         Rule.MODE_DEPENDENT_LAYERS, Severity.INFO, hits[0].path,
-        f"{len(hits)} {_v(len(hits), 'layer computes', 'layers compute')} something different in "
+        f"{len(hits)} {verb(len(hits), 'layer computes', 'layers compute')} something different in "
         f"training mode ({listed}): expect "
         "fit()'s metrics to differ from evaluate()'s on the same data. That gap is by design.",
         "Nothing to fix. To compare like with like, run model.evaluate() on the training data "

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .backend import to_numpy
-from .results import Metrics, OutputMetrics
+from .records import Metrics, OutputMetrics
 from .stats import binary_threshold, top1
 
 

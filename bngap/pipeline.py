@@ -15,7 +15,9 @@ from typing import Any
 
 from .data import DEFAULT_BATCH_SIZE, from_arrays, is_data_path, load_data
 from .errors import BngapError, DataError
-from .results import DataSummary, Kind, ModelSummary, Report, Thresholds
+from .records import DataSummary, ModelSummary
+from .results import Report, Thresholds
+from .vocabulary import Kind
 
 
 @dataclass(frozen=True)

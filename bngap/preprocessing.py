@@ -12,7 +12,8 @@ import numpy as np
 from .audit import WARN_GAP, clean_gap, compare_channels, local_gap, noise_of_gap
 from .data import Dataset
 from .layertree import LayerNode
-from .results import BatchNormRecord, Kind, PreprocessingProbe, Severity
+from .records import BatchNormRecord, PreprocessingProbe
+from .vocabulary import Kind, Severity
 
 FIRST_LAYERS = 3
 PROBE_SAMPLES = 64

@@ -26,8 +26,17 @@ import numpy as np
 from .audit import compare_channels, local_gap
 from .data import Dataset
 from .errors import BngapError
+from .fixedcopy import (
+    keep_saved_optimizer,
+    output_target,
+    save_model,
+    saved_optimizer_state,
+    verify_reload,
+)
+from .jsonform import plain
 from .layertree import LayerNode
-from .results import Kind, Metrics, OutputGap, _plain
+from .records import Metrics, OutputGap
+from .vocabulary import Kind
 
 ENOUGH_SAMPLES = 256       # below this, say the estimates are rough
 NOISE_WARN = 0.05          # relative noise of a layer's estimate worth a warning
@@ -88,7 +97,7 @@ class FixResult:
         self._restore()
 
     def to_dict(self) -> dict:
-        d = _plain(self)
+        d = plain(self)
         d.pop("_restore", None)
         d["schema_version"] = "1"
         return d
@@ -274,7 +283,7 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     if batch_size < 1:
         raise BngapError(f"--batch-size must be at least 1. Received: {batch_size}")
     from_file = isinstance(model, (str, os.PathLike))
-    target = _output_target(model, output, in_place=in_place, force=force)
+    target = output_target(model, output, in_place=in_place, force=force)
 
     # Compiled, so that the copy keeps the loss, metrics and optimizer state.
     loaded, data = open_inputs(model, x, y, unsafe=unsafe, custom_objects=custom_objects, x_key=x_key,
@@ -307,46 +316,15 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     reload_diff = None
     if target is not None and (helped or force):
         say(f"writing {target}")
-        _save_model(net, target)
+        save_model(net, target)
         written = str(target)
-        reload_diff = _verify_reload(target, net, data, keras, unsafe=unsafe, custom=custom_objects)
+        reload_diff = verify_reload(target, net, data, keras, unsafe=unsafe, custom=custom_objects)
     elif target is not None:
         notes.append(f"not written: {why_not}; pass --force to write it anyway")
     return FixResult(before=before, after=after, metrics_before=m0.metrics, metrics_after=m1.metrics,
                      layers=tuple(fixes), skipped=tuple(skipped), passes=passes, samples=len(data),
                      batch_size=bs, helped=helped, written=written, reload_max_abs_diff=reload_diff,
                      notes=tuple(notes), seconds=time.perf_counter() - started, _restore=restore)
-
-
-def _output_target(model: Any, output: str | os.PathLike | None, *, in_place: bool,
-                   force: bool) -> Path | None:
-    """Where `fix` writes the fixed model (None: nowhere), checked before any work.
-
-    Raises:
-        BngapError: the output is missing, ambiguous, the input itself without
-            `in_place`, not .keras/.h5, or exists without `force`.
-    """
-    target: Path | None = None
-    if isinstance(model, (str, os.PathLike)):
-        src = Path(model)
-        if in_place:
-            if output and Path(output).resolve() != src.resolve():
-                raise BngapError("give either --in-place or -o/--output, not both")
-            target = src
-        elif not output:
-            raise BngapError("say where to write the fixed model: -o/--output FILE (or --in-place)")
-        else:
-            target = Path(output)
-            if target.resolve() == src.resolve():
-                raise BngapError(f"{target} is the input model; pass --in-place to overwrite it")
-    elif output:
-        target = Path(output)
-    if target is not None and target.suffix.lower() not in (".keras", ".h5", ".hdf5"):
-        raise BngapError(f"the output must end in .keras or .h5. Received: {target}")
-    if target is not None and target.exists() and not (in_place or force):
-        raise BngapError(f"{target} already exists; choose another path "
-                         "or pass --force to replace it")
-    return target
 
 
 def _estimate_notes(samples: int, fixes: list[LayerFix]) -> list[str]:
@@ -364,23 +342,13 @@ def _estimate_notes(samples: int, fixes: list[LayerFix]) -> list[str]:
     return notes
 
 
-def _save_model(net: Any, target: Path) -> None:
-    """Saves the model to `target` atomically (temporary file, then rename)."""
-    from .backend import import_tensorflow, installed
-    from .writing import replace_atomic
-
-    if installed("tensorflow"):  # Keras' saving imports it on every backend: quietly, first
-        import_tensorflow()
-    replace_atomic(target, lambda tmp: net.save(tmp), suffix=target.suffix.lower())
-
-
 def _helped(before: OutputGap, after: OutputGap, m0: Metrics | None,
             m1: Metrics | None) -> tuple[bool, str]:
     """Whether the fix helped, and why not. The gap must fall without the
     inference loss rising; or, where there was no gap to close (a frozen or
     renorm model whose stale statistics hurt both modes alike), the gap must
     stay float noise while the inference loss falls (labels needed)."""
-    from .results import LEAK_TOLERANCE
+    from .records import LEAK_TOLERANCE
 
     b, a = before.relative_l2, after.relative_l2
     loss0 = m0.eval.get("loss") if m0 else None
@@ -398,79 +366,3 @@ def _helped(before: OutputGap, after: OutputGap, m0: Metrics | None,
     elif loss0 is not None and loss1 is not None:
         why += f" nor the inference loss ({loss0:.4f} -> {loss1:.4f})"
     return False, why
-
-
-def saved_optimizer_state(path: Path) -> list[np.ndarray] | None:
-    """The optimizer variables a `.keras` file holds, in order; None for
-    other formats or a file without an optimizer. Reads the archive only."""
-    if path.suffix.lower() != ".keras":
-        return None
-    import io
-    import zipfile
-
-    import h5py
-
-    try:
-        with (
-            zipfile.ZipFile(path) as zf,
-            zf.open("model.weights.h5") as f,
-            h5py.File(io.BytesIO(f.read()), "r") as h5,
-        ):
-            group = h5.get("optimizer/vars")
-            if group is None:
-                return None
-            return [np.array(group[str(i)]) for i in range(len(group))]
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return None
-
-
-def keep_saved_optimizer(model, saved: list[np.ndarray] | None) -> str | None:
-    """Gives the model back the optimizer state its file held.
-
-    Loading a file compiled with an optimizer that was never built (saved
-    before any training step: 2 variables) builds a new one for every
-    trainable weight and skips the saved state; a copy saved from it would
-    carry all those zero slots (ResNet50: 95 MB -> 283 MB) and lose the
-    original's iteration count and learning rate. An unbuilt optimizer of
-    the same configuration, holding the saved values, replaces it.
-
-    Returns a note when the saved state could not be restored, else None.
-    Side effect: may replace `model.optimizer`.
-    """
-    opt = getattr(model, "optimizer", None)
-    if opt is None or saved is None or len(opt.variables) == len(saved):
-        return None  # nothing saved, or Keras restored it as it was
-    try:
-        fresh = type(opt).from_config(opt.get_config())
-        if len(fresh.variables) != len(saved):
-            return (f"the file's optimizer state ({len(saved)} variables) does not fit a "
-                    f"{type(opt).__name__}; the copy carries a freshly built one")
-        fresh.load_own_variables({str(i): v for i, v in enumerate(saved)})
-        model.optimizer = fresh
-    except Exception as e:  # a custom or wrapped optimizer: keep Keras' one, say so
-        return (f"the file's optimizer state could not be restored ({type(e).__name__}); the "
-                "copy carries a freshly built optimizer")
-    return None
-
-
-def _verify_reload(path: Path, model, data: Dataset, keras, *, unsafe: bool, custom) -> float:
-    """Reloads the written file and compares its inference output with the
-    in-memory model's on a few samples; raises if they differ."""
-    from .loading import load_model
-
-    again = load_model(path, unsafe=unsafe, custom_objects_file=custom).model
-    from .backend import pack_inputs
-
-    xs = data.take(0, min(16, len(data)))
-    from .backend import to_numpy
-
-    a = [to_numpy(t) for t in keras.tree.flatten(
-        model(pack_inputs(keras, model, xs, data.names, data.keyed), training=False))]
-    b = [to_numpy(t) for t in keras.tree.flatten(
-        again(pack_inputs(keras, again, xs, data.names, data.keyed), training=False))]
-    diff = max(float(np.max(np.abs(p - q))) if p.size else 0.0 for p, q in zip(a, b))
-    scale = max(float(np.max(np.abs(p))) if p.size else 0.0 for p in a)
-    if diff > 1e-5 * max(1.0, scale):
-        raise BngapError(f"the saved model {path} does not reproduce the fixed model's outputs "
-                         f"(max difference {diff:.3g}); it was written, but do not trust it")
-    return diff

@@ -345,7 +345,7 @@ def test_a_loss_computed_differently_is_explained_not_flagged():
     """Keras' own evaluate() gives a softmax model's cross-entropy from the
     logits on TensorFlow, from clipped probabilities elsewhere (the demo: 10.35
     against 8.41 with outputs equal to 2e-7): a note, not a divergence."""
-    from bngap.crossbackend import _loss_note
+    from bngap.comparison import loss_note as _loss_note
 
     def run(backend, loss):
         return BackendRun(backend, metrics={"train": {"loss": 0.0273}, "eval": {"loss": loss}})

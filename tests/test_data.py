@@ -266,7 +266,7 @@ def test_nan_and_inf_are_counted(tmp_path):
 
 def test_nan_counted_across_chunks():
     """The finite check reads in chunks (memory-mapped data): counts add up across them."""
-    from bngap.data import _check_finite
+    from bngap.validation import check_finite as _check_finite
 
     x = np.zeros((10, 3), "float32")
     x[[0, 4, 9], 1] = np.nan

@@ -260,7 +260,7 @@ def test_renorm_fix_sets_every_statistic_and_both_modes_agree(keras, renorm_mode
 
 # ------------------------------------------------------- the optimizer state
 def _optimizer_vars(path):
-    from bngap.recalibration import saved_optimizer_state
+    from bngap.fixedcopy import saved_optimizer_state
 
     return saved_optimizer_state(path)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..results import Report, Vocabulary
+from ..results import Report
+from ..vocabulary import Vocabulary
 
 
 class Format(Vocabulary):

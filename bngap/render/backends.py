@@ -3,7 +3,8 @@ one column per backend, the reference first."""
 
 from __future__ import annotations
 
-from ..results import BackendRun, Report
+from ..records import BackendRun
+from ..results import Report
 from .common import num, pct
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..results import LayerRecord, Report, Severity, format_number
+from ..records import LayerRecord
+from ..results import Report, format_number
+from ..vocabulary import Severity
 
 SPARK = "▁▂▃▄▅▆▇█"
 OPENS_AT = 0.01  # divergence at which we say the gap has opened

@@ -3,7 +3,8 @@ a report's failing and warning findings and gates."""
 
 # No `from __future__ import annotations` here: the public annotations()
 # below would shadow it (Python 3.10 reads these annotations as they are).
-from ..results import Report, Severity
+from ..results import Report
+from ..vocabulary import Severity
 from .common import gates
 
 

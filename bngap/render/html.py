@@ -6,7 +6,8 @@ from __future__ import annotations
 from html import escape
 
 from .._version import __version__
-from ..results import Report, Severity
+from ..results import Report
+from ..vocabulary import Severity
 from . import svg
 from .common import (
     baseline_rows,

@@ -8,7 +8,8 @@ import re
 import xml.etree.ElementTree as ET
 
 from .._version import __version__
-from ..results import Report, Severity
+from ..results import Report
+from ..vocabulary import Severity
 from .common import gates, headline, num
 
 SUITE = "bngap"

@@ -5,7 +5,8 @@ environment last."""
 from __future__ import annotations
 
 from .._version import __version__
-from ..results import Report, Severity
+from ..results import Report
+from ..vocabulary import Severity
 from .common import (
     baseline_rows,
     baseline_summary,

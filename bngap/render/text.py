@@ -12,7 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .._version import __version__
-from ..results import Report, Severity
+from ..results import Report
+from ..vocabulary import Severity
 from .common import (
     baseline_rows,
     baseline_summary,
