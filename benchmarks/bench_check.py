@@ -181,7 +181,9 @@ def run(cb):
                           L.Conv2D(16, 3), L.BatchNormalization(), L.ReLU(), L.GlobalAveragePooling2D(), L.Dense(3)])
     m.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     m.fit(x[:64], y[:64], epochs=1, verbose=0)  # warm-up
-    t = time.perf_counter(); m.fit(x, y, epochs=5, batch_size=32, verbose=0, callbacks=cb); return time.perf_counter() - t
+    t = time.perf_counter()
+    m.fit(x, y, epochs=5, batch_size=32, verbose=0, callbacks=cb)
+    return time.perf_counter() - t
 plain = run([]); watched = run([bngap.GapMonitor(x[:64], verbose=False)])
 print(json.dumps({"fit_s": plain, "fit_with_monitor_s": watched, "ratio": watched / plain,
                   "per_epoch_overhead_s": (watched - plain) / 5}))

@@ -47,13 +47,21 @@ def write_keras2(out: Path, names: list[str]) -> None:
     refs = {}
     for name in names:
         ctor, size, kw = ARCHS[name]
-        base = getattr(k.applications, ctor)(input_shape=(size, size, 3), weights=None, include_top=False, **kw)
+        base = getattr(k.applications, ctor)(
+            input_shape=(size, size, 3), weights=None, include_top=False, **kw
+        )
         x = rng.uniform(0, 255, (16, size, size, 3)).astype("float32")
         y = rng.integers(0, 3, 16)
         for frozen in (False, True):
             base.trainable = not frozen
-            m = k.Sequential([base, k.layers.GlobalAveragePooling2D(), k.layers.Dropout(0.2),
-                              k.layers.Dense(3, activation="softmax")])
+            m = k.Sequential(
+                [
+                    base,
+                    k.layers.GlobalAveragePooling2D(),
+                    k.layers.Dropout(0.2),
+                    k.layers.Dense(3, activation="softmax"),
+                ]
+            )
             m.compile("adam", "sparse_categorical_crossentropy")
             m.fit(x / 255.0, y, epochs=2, batch_size=8, verbose=0)
             files = {f"{name}_{'frozen' if frozen else 'finetuned'}.h5": (m, False)}
@@ -88,7 +96,9 @@ def compare(out: Path) -> int:
         fname, what = key.split("|")
         refs.setdefault(fname, {"training": None})[what] = stored[key]
     bad = alone_ok = 0
-    print(f"{'file':32} {'Keras 3 alone':14} {'bngap':6} {'inference':>10} {'training':>10}  repairs")
+    print(
+        f"{'file':32} {'Keras 3 alone':14} {'bngap':6} {'inference':>10} {'training':>10}  repairs"
+    )
     for fname, ref in refs.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -114,11 +124,17 @@ def compare(out: Path) -> int:
         tr = rel("training") if ref["training"] is not None else None
         if inf > 1e-4 or (tr is not None and tr > 1e-4):
             bad += 1
-        repairs = "; ".join(loaded.notes)[len("repaired legacy config while loading (the file is unchanged): "):]
-        print(f"{fname:32} {alone:14} {'ok':6} {inf:10.1e} {'-' if tr is None else f'{tr:.1e}':>10}  "
-              f"{repairs[:100]}")
-    print(f"\n{len(refs)} files: Keras 3 alone loads {alone_ok}; bngap loads "
-          f"{len(refs) - bad} and matches Keras 2's outputs; {bad} problems")
+        repairs = "; ".join(loaded.notes)[
+            len("repaired legacy config while loading (the file is unchanged): ") :
+        ]
+        print(
+            f"{fname:32} {alone:14} {'ok':6} {inf:10.1e} {'-' if tr is None else f'{tr:.1e}':>10}  "
+            f"{repairs[:100]}"
+        )
+    print(
+        f"\n{len(refs)} files: Keras 3 alone loads {alone_ok}; bngap loads "
+        f"{len(refs) - bad} and matches Keras 2's outputs; {bad} problems"
+    )
     return 1 if bad else 0
 
 
@@ -138,10 +154,24 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     print(f"Keras 2 (tf_keras) writes the files to {out}")
-    subprocess.run([sys.executable, __file__, "--stage", "write", "--out", str(out), "--only", ",".join(names)],
-                   check=True, env={**env, "TF_USE_LEGACY_KERAS": "1"})
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--stage",
+            "write",
+            "--out",
+            str(out),
+            "--only",
+            ",".join(names),
+        ],
+        check=True,
+        env={**env, "TF_USE_LEGACY_KERAS": "1"},
+    )
     print("Keras 3 reads them")
-    return subprocess.run([sys.executable, __file__, "--stage", "compare", "--out", str(out)], env=env).returncode
+    return subprocess.run(
+        [sys.executable, __file__, "--stage", "compare", "--out", str(out)], env=env
+    ).returncode
 
 
 if __name__ == "__main__":

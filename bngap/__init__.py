@@ -14,8 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
-__all__ = ["__version__", "check", "fix", "lint", "load_model", "CheckOptions", "Report", "Thresholds", "FixResult",
-           "GapMonitor", "BngapError"]
+__all__ = [
+    "__version__",
+    "check",
+    "fix",
+    "lint",
+    "load_model",
+    "CheckOptions",
+    "Report",
+    "Thresholds",
+    "FixResult",
+    "GapMonitor",
+    "BngapError",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .callbacks import GapMonitor
@@ -50,11 +61,18 @@ def check(model: Any, x: Any, y: Any = None, **options: Any) -> Report:
     from .results import Thresholds
 
     loss = options.pop("loss", None)
-    gate = {k: options.pop(k) for k in ("fail_above", "fail_above_loss_delta", "fail_above_accuracy_drop",
-                                        "warn_above") if k in options}
+    gate = {
+        k: options.pop(k)
+        for k in ("fail_above", "fail_above_loss_delta", "fail_above_accuracy_drop", "warn_above")
+        if k in options
+    }
     if gate:
-        options["thresholds"] = Thresholds(gate.get("fail_above"), gate.get("fail_above_loss_delta"),
-                                           gate.get("fail_above_accuracy_drop"), gate.get("warn_above"))
+        options["thresholds"] = Thresholds(
+            gate.get("fail_above"),
+            gate.get("fail_above_loss_delta"),
+            gate.get("fail_above_accuracy_drop"),
+            gate.get("warn_above"),
+        )
     return _check(model, x, y, options=CheckOptions(**options), loss=loss)
 
 
@@ -89,8 +107,9 @@ def fix(model: Any, x: Any, y: Any = None, **options: Any) -> FixResult:
     return _fix(model, x, y, **options)
 
 
-def lint(model: Any, *, fail_on: str = "fail", unsafe: bool = False,
-         custom_objects: Any = None) -> Any:
+def lint(
+    model: Any, *, fail_on: str = "fail", unsafe: bool = False, custom_objects: Any = None
+) -> Any:
     """Data-free checks of a model's BatchNormalization layers (`bngap lint`).
 
     Args:

@@ -35,8 +35,10 @@ def _no_flag_reason(fit_call: Any) -> str:
     if not fit_call.passes_training:
         return f"fit() calls {cls}(x) without training: {cls}.call() has no training argument"
     if fit_call.stateless:
-        return (f"fit() on JAX runs {cls} through stateless_call, which does not hand training=True "
-                f"to layers that {cls}.call() calls without it")
+        return (
+            f"fit() on JAX runs {cls} through stateless_call, which does not hand training=True "
+            f"to layers that {cls}.call() calls without it"
+        )
     return "received no training flag"
 
 
@@ -54,9 +56,17 @@ def _fit_mode(
         caller = node.parent.path if node.parent else "the model"
         return False, FitMode.INFERENCE, f"called with training=False (by {caller})"
     if node.kind is Kind.BATCHNORM and not node.trainable:
-        return True, FitMode.INFERENCE, "frozen (trainable=False): Keras 3 BN uses its moving statistics"
+        return (
+            True,
+            FitMode.INFERENCE,
+            "frozen (trainable=False): Keras 3 BN uses its moving statistics",
+        )
     if node.kind is Kind.BATCHNORM and node.renorm_unclipped:
-        return True, FitMode.TRAINING, "renorm: normalises with the renorm statistics, not the batch's"
+        return (
+            True,
+            FitMode.TRAINING,
+            "renorm: normalises with the renorm statistics, not the batch's",
+        )
     return True, FitMode.TRAINING, ""
 
 
@@ -65,8 +75,9 @@ def layer_records(m: Measured) -> tuple[LayerRecord, ...]:
     out = []
     for node in m.nodes:
         st = m.stats[node.index]
-        fit_training, fit_mode, why = _fit_mode(node, list(st.fit_training.values()),
-                                                getattr(m, "fit_call", None))
+        fit_training, fit_mode, why = _fit_mode(
+            node, list(st.fit_training.values()), getattr(m, "fit_call", None)
+        )
         called = st.order >= 0
         divergence = st.divergence.relative_l2 if called and st.paired else None
         own = st.own.relative_l2 if node.mode_dependent and called else None

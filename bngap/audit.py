@@ -23,14 +23,14 @@ from .records import BatchNormRecord, ChannelDeviation
 from .stats import ChannelMoments, SplitMoments, robust_summary
 from .vocabulary import Severity
 
-WARN_GAP = 0.25   # expected local gap (debiased) at which a layer is flagged
+WARN_GAP = 0.25  # expected local gap (debiased) at which a layer is flagged
 FAIL_GAP = 0.6
 NOISE_FACTOR = 2.0  # a gap below this many times its own noise is not flagged
 CONVERGED_FRACTION = 0.02  # init share below which a layer counts as converged
-MIXTURE_SPREAD = 0.25      # per-channel init-share estimates must agree this well (relative)
-MIXTURE_FLOOR = 0.01       # ... give or take this much (estimation noise)
-IDENTIFIABLE = 0.3         # standardised distance data -> initial values that says something
-MOVING_FIT = 0.5           # median misfit of the mixture in the moving statistics' own scale
+MIXTURE_SPREAD = 0.25  # per-channel init-share estimates must agree this well (relative)
+MIXTURE_FLOOR = 0.01  # ... give or take this much (estimation noise)
+IDENTIFIABLE = 0.3  # standardised distance data -> initial values that says something
+MOVING_FIT = 0.5  # median misfit of the mixture in the moving statistics' own scale
 
 
 @dataclass
@@ -48,7 +48,7 @@ class BatchNormParams:
     axis: int
     renorm: bool
     synchronized: bool
-    init_mean: float | None     # constant the moving mean was initialised to, if known
+    init_mean: float | None  # constant the moving mean was initialised to, if known
     init_variance: float | None
     # Renorm layers: the statistics training mode normalises with (unclipped,
     # (x - renorm_mean) / renorm_stddev); None for plain BN.
@@ -63,10 +63,10 @@ class ChannelStats:
     z: np.ndarray
     log2_ratio: np.ndarray
     sqrt_rho: np.ndarray
-    weight: np.ndarray         # v / (v + eps)
-    degenerate: np.ndarray     # channels excluded from the summaries
-    gap_num: np.ndarray        # gamma^2 (z^2 + w (sqrt(rho)-1)^2)
-    gap_den: np.ndarray        # E[y_moving^2] per channel
+    weight: np.ndarray  # v / (v + eps)
+    degenerate: np.ndarray  # channels excluded from the summaries
+    gap_num: np.ndarray  # gamma^2 (z^2 + w (sqrt(rho)-1)^2)
+    gap_den: np.ndarray  # E[y_moving^2] per channel
 
 
 def compare_channels(p: BatchNormParams, mom: ChannelMoments) -> ChannelStats:
@@ -78,8 +78,15 @@ def compare_channels(p: BatchNormParams, mom: ChannelMoments) -> ChannelStats:
     beta = np.zeros_like(mu) if p.beta is None else p.beta
     den_m = mv + eps
     den_d = v + eps
-    degenerate = ~(np.isfinite(den_m) & np.isfinite(den_d) & (den_m > 0) & (den_d > 0)
-                   & np.isfinite(mm) & np.isfinite(mu) & (mom.count > 0))
+    degenerate = ~(
+        np.isfinite(den_m)
+        & np.isfinite(den_d)
+        & (den_m > 0)
+        & (den_d > 0)
+        & np.isfinite(mm)
+        & np.isfinite(mu)
+        & (mom.count > 0)
+    )
     safe_m = np.where(degenerate, 1.0, den_m)
     safe_d = np.where(degenerate, 1.0, den_d)
     with np.errstate(all="ignore"):
@@ -104,7 +111,9 @@ def local_gap(cs: ChannelStats) -> float:
     return math.sqrt(num / den) if den > 0 else math.inf
 
 
-def noise_of_gap(p: BatchNormParams, halves: list[ChannelMoments], full: ChannelStats) -> float | None:
+def noise_of_gap(
+    p: BatchNormParams, halves: list[ChannelMoments], full: ChannelStats
+) -> float | None:
     """The gap that sampling noise alone would produce, from the disagreement
     of the two interleaved halves of the data (None with fewer than 2 samples
     in either half)."""
@@ -122,7 +131,9 @@ def noise_of_gap(p: BatchNormParams, halves: list[ChannelMoments], full: Channel
     return math.sqrt(max(noise_num, 0.0) / den)
 
 
-def init_mixture(p: BatchNormParams, mom: ChannelMoments, cs: ChannelStats) -> tuple[float | None, float]:
+def init_mixture(
+    p: BatchNormParams, mom: ChannelMoments, cs: ChannelStats
+) -> tuple[float | None, float]:
     """How much of the initial moving statistics remains, if that explains them.
 
     After k updates with momentum m, every channel's moving statistics are
@@ -143,7 +154,7 @@ def init_mixture(p: BatchNormParams, mom: ChannelMoments, cs: ChannelStats) -> t
         return None, math.inf
     var = mom.variance[ok]
     s = np.sqrt(var + p.epsilon)
-    dm = (p.init_mean - mom.mean[ok]) / s            # standardised distance init -> data
+    dm = (p.init_mean - mom.mean[ok]) / s  # standardised distance init -> data
     dv = (p.init_variance - var) / (var + p.epsilon)
     with np.errstate(all="ignore"):
         am = (p.moving_mean[ok] - mom.mean[ok]) / s / dm
@@ -161,8 +172,9 @@ def init_mixture(p: BatchNormParams, mom: ChannelMoments, cs: ChannelStats) -> t
     return min(max(a, 0.0), 1.0), spread
 
 
-def mixture_reproduces_moving(p: BatchNormParams, mom: ChannelMoments, cs: ChannelStats,
-                              a: float) -> bool:
+def mixture_reproduces_moving(
+    p: BatchNormParams, mom: ChannelMoments, cs: ChannelStats, a: float
+) -> bool:
     """Whether ``a * initial + (1 - a) * data`` lands on the moving statistics
     in their own scale, not only in the data's: statistics learnt on data a
     hundred times smaller look like the initial 0 and 1 from far away, yet
@@ -196,7 +208,9 @@ def is_never_updated(p: BatchNormParams) -> bool:
     """Moving statistics still exactly equal to their initial constants."""
     if p.init_mean is None or p.init_variance is None:
         return False
-    return bool(np.all(p.moving_mean == p.init_mean) and np.all(p.moving_variance == p.init_variance))
+    return bool(
+        np.all(p.moving_mean == p.init_mean) and np.all(p.moving_variance == p.init_variance)
+    )
 
 
 def clean_gap(gap: float, noise: float | None) -> float:
@@ -228,13 +242,21 @@ def _renorm_training_gap(p: BatchNormParams, total: ChannelMoments) -> float | N
     way Keras derives the moving variance), against the data's."""
     if not p.renorm or p.renorm_mean is None or p.renorm_stddev is None:
         return None
-    as_moving = replace(p, moving_mean=p.renorm_mean,
-                        moving_variance=np.maximum(p.renorm_stddev ** 2 - p.epsilon, 0.0))
+    as_moving = replace(
+        p,
+        moving_mean=p.renorm_mean,
+        moving_variance=np.maximum(p.renorm_stddev**2 - p.epsilon, 0.0),
+    )
     return local_gap(compare_channels(as_moving, total))
 
 
-def audit_layer(p: BatchNormParams, moments: SplitMoments, order: int,
-                fit_uses_batch_stats: bool | None, worst: int = 3) -> BatchNormRecord:
+def audit_layer(
+    p: BatchNormParams,
+    moments: SplitMoments,
+    order: int,
+    fit_uses_batch_stats: bool | None,
+    worst: int = 3,
+) -> BatchNormRecord:
     """The audit record of one BN layer from its parameters and input moments."""
     total = moments.total
     cs = compare_channels(p, total)
@@ -251,28 +273,50 @@ def audit_layer(p: BatchNormParams, moments: SplitMoments, order: int,
     # The agreement that matters is on the smaller of the two shares: a layer
     # 97% initial must agree on the 3% it moved, or it is something else (for
     # instance statistics from other data that sit near 0 and 1 next to these).
-    fraction = (frac if frac is not None
-                and spread <= MIXTURE_FLOOR + MIXTURE_SPREAD * min(frac, 1.0 - frac)
-                and mixture_reproduces_moving(p, total, cs, frac) else None)
+    fraction = (
+        frac
+        if frac is not None
+        and spread <= MIXTURE_FLOOR + MIXTURE_SPREAD * min(frac, 1.0 - frac)
+        and mixture_reproduces_moving(p, total, cs, frac)
+        else None
+    )
     order_idx = np.argsort(-cs.gap_num)[:worst]
-    worst_ch = tuple(ChannelDeviation(int(i), float(cs.z[i]), float(cs.log2_ratio[i]))
-                     for i in order_idx if not cs.degenerate[i] and cs.gap_num[i] > 0)
+    worst_ch = tuple(
+        ChannelDeviation(int(i), float(cs.z[i]), float(cs.log2_ratio[i]))
+        for i in order_idx
+        if not cs.degenerate[i] and cs.gap_num[i] > 0
+    )
     return BatchNormRecord(
         training_stats_gap=_renorm_training_gap(p, total),
-        path=p.path, order=order, trainable=p.trainable, momentum=p.momentum,
-        epsilon=p.epsilon, channels=int(cs.z.shape[0]), axis=p.axis,
-        median_abs_z=mz[0], p95_abs_z=mz[1], max_abs_z=mz[2],
-        median_abs_log2_var_ratio=ml[0], p95_abs_log2_var_ratio=ml[1],
+        path=p.path,
+        order=order,
+        trainable=p.trainable,
+        momentum=p.momentum,
+        epsilon=p.epsilon,
+        channels=int(cs.z.shape[0]),
+        axis=p.axis,
+        median_abs_z=mz[0],
+        p95_abs_z=mz[1],
+        max_abs_z=mz[2],
+        median_abs_log2_var_ratio=ml[0],
+        p95_abs_log2_var_ratio=ml[1],
         max_abs_log2_var_ratio=ml[2],
         expected_local_gap=gap,
-        noise_local_gap=noise, never_updated=never,
-        init_fraction=fraction, estimated_updates=estimated_updates(fraction, p.momentum),
+        noise_local_gap=noise,
+        never_updated=never,
+        init_fraction=fraction,
+        estimated_updates=estimated_updates(fraction, p.momentum),
         fit_uses_batch_stats=fit_uses_batch_stats,
-        severity=severity_of(gap, noise, never), samples=int(total.examples),
-        degenerate_channels=int(cs.degenerate.sum()), worst_channels=worst_ch,
-        renorm=p.renorm, synchronized=p.synchronized,
+        severity=severity_of(gap, noise, never),
+        samples=int(total.examples),
+        degenerate_channels=int(cs.degenerate.sum()),
+        worst_channels=worst_ch,
+        renorm=p.renorm,
+        synchronized=p.synchronized,
         data_mean_abs=float(np.median(np.abs(total.mean[ok]))) if ok.any() else 0.0,
         data_std=float(np.median(np.sqrt(total.variance[ok]))) if ok.any() else 0.0,
-        init_mean=p.init_mean, init_variance=p.init_variance,
-        init_share_estimate=frac, init_share_spread=spread if math.isfinite(spread) else None,
+        init_mean=p.init_mean,
+        init_variance=p.init_variance,
+        init_share_estimate=frac,
+        init_share_spread=spread if math.isfinite(spread) else None,
     )

@@ -34,8 +34,10 @@ def requested_backend(name: str | None = None) -> str:
     """The backend asked for: `name`, else `KERAS_BACKEND`, else tensorflow."""
     chosen = (name or os.environ.get("KERAS_BACKEND") or "tensorflow").strip().lower()
     if chosen not in BACKENDS:
-        raise BngapError(f"unknown backend {chosen!r}; choose one of {', '.join(BACKENDS)}. "
-                         f"Received: backend={chosen}")
+        raise BngapError(
+            f"unknown backend {chosen!r}; choose one of {', '.join(BACKENDS)}. "
+            f"Received: backend={chosen}"
+        )
     return chosen
 
 
@@ -63,12 +65,15 @@ def select_backend(name: str | None = None) -> str:
             raise BngapError(
                 f"Keras is already imported with the {current} backend in this process, and the "
                 f"backend cannot change after `import keras`; run bngap in a new process with "
-                f"KERAS_BACKEND={chosen} (or --backend {chosen}). Received: backend={chosen}")
+                f"KERAS_BACKEND={chosen} (or --backend {chosen}). Received: backend={chosen}"
+            )
         return chosen
     chosen = requested_backend(name)
     if not installed(chosen):
         hint = "tensorflow" if chosen == "tensorflow" else f'"bngap[{chosen}]"'
-        raise BngapError(f"the {chosen} backend is not installed; install it with: pip install {hint}")
+        raise BngapError(
+            f"the {chosen} backend is not installed; install it with: pip install {hint}"
+        )
     os.environ["KERAS_BACKEND"] = chosen
     return chosen
 
@@ -162,7 +167,9 @@ def environment() -> dict[str, str]:
         "keras": keras.__version__,
         "numpy": np.__version__,
     }
-    if name != "tensorflow" and "tensorflow" in sys.modules:  # image folders and Keras 2 files use it
+    if (
+        name != "tensorflow" and "tensorflow" in sys.modules
+    ):  # image folders and Keras 2 files use it
         env["tensorflow"] = library_version("tensorflow")
     return env
 
@@ -215,8 +222,9 @@ def tracing(args) -> bool:
         import jax
 
         keras = import_keras()
-        return any(isinstance(t, (jax.core.Tracer, keras.KerasTensor))
-                   for t in keras.tree.flatten(args))
+        return any(
+            isinstance(t, (jax.core.Tracer, keras.KerasTensor)) for t in keras.tree.flatten(args)
+        )
     keras = import_keras()
     return any(isinstance(t, keras.KerasTensor) for t in keras.tree.flatten(args))
 
@@ -262,8 +270,8 @@ class FitCall:
 
     backend: str
     model_class: str
-    passes_training: bool   # the model's call() accepts `training`: fit() passes training=True
-    stateless: bool         # JAX: through model.stateless_call(...)
+    passes_training: bool  # the model's call() accepts `training`: fit() passes training=True
+    stateless: bool  # JAX: through model.stateless_call(...)
 
     @property
     def expression(self) -> str:
@@ -277,9 +285,12 @@ def fit_call(model) -> FitCall:
     """Describes how `fit()` calls `model` (see `call_as_fit`)."""
     keras = import_keras()
     name = keras.backend.backend()
-    return FitCall(backend=name, model_class=type(model).__name__,
-                   passes_training=bool(getattr(model, "_call_has_training_arg", True)),
-                   stateless=name == "jax")
+    return FitCall(
+        backend=name,
+        model_class=type(model).__name__,
+        passes_training=bool(getattr(model, "_call_has_training_arg", True)),
+        stateless=name == "jax",
+    )
 
 
 def call_as_fit(model, x):
@@ -348,8 +359,9 @@ class StateGuard:
                     if isinstance(value, tf.Variable) and id(value) not in tracked:
                         tracked.add(id(value))
                         self.variables.append(value)
-        self._had_keras_generator = global_state.get_global_attribute(
-            seed_generator.GLOBAL_SEED_GENERATOR) is not None
+        self._had_keras_generator = (
+            global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR) is not None
+        )
         self.keras_generator = seed_generator.global_seed_generator()
         if id(self.keras_generator.state) not in tracked:
             self.variables.append(self.keras_generator.state)
@@ -363,10 +375,14 @@ class StateGuard:
         elif self.backend == "torch":  # unseeded Dropout draws from torch's global generators
             import torch
 
-            self.torch_rng = (torch.get_rng_state(),
-                              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+            self.torch_rng = (
+                torch.get_rng_state(),
+                torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            )
         self.saved = [np.array(to_numpy(v), copy=True) for v in self.variables]
-        self.mutable = [i for i, v in enumerate(self.variables) if not getattr(v, "trainable", False)]
+        self.mutable = [
+            i for i, v in enumerate(self.variables) if not getattr(v, "trainable", False)
+        ]
 
     def restore(self, everything: bool = False) -> None:
         idx = range(len(self.variables)) if everything else self.mutable
@@ -430,7 +446,9 @@ def set_seeds(variables: list, seed: int, batch_index: int) -> None:
     if name == "tensorflow":
         import tensorflow as tf
 
-        tf.random.get_global_generator().reset_from_seed(zlib.crc32(f"{seed}:tf:{batch_index}".encode()))
+        tf.random.get_global_generator().reset_from_seed(
+            zlib.crc32(f"{seed}:tf:{batch_index}".encode())
+        )
     elif name == "torch":
         import torch
 

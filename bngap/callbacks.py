@@ -41,9 +41,17 @@ class GapMonitor(keras.callbacks.Callback):
         [(0, 0.83), (1, 0.41), ...]
     """
 
-    def __init__(self, x: Any, *, batch_size: int = 32, warn_above: float | None = 0.1,
-                 every_n_batches: int = 0, stop_above: float | None = None,
-                 recalibrate_at_end: bool = False, verbose: bool = True):
+    def __init__(
+        self,
+        x: Any,
+        *,
+        batch_size: int = 32,
+        warn_above: float | None = 0.1,
+        every_n_batches: int = 0,
+        stop_above: float | None = None,
+        recalibrate_at_end: bool = False,
+        verbose: bool = True,
+    ):
         super().__init__()
         self.names = list(x) if isinstance(x, dict) else None
         if isinstance(x, dict):
@@ -79,7 +87,7 @@ class GapMonitor(keras.callbacks.Callback):
         # a forward pass changes only non-trainable state (BN statistics, seed generators)
         with StateGuard(model, variables=model.non_trainable_variables) as guard:
             for start in range(0, n, self.batch_size):
-                part = [a[start:start + self.batch_size] for a in self.x]
+                part = [a[start : start + self.batch_size] for a in self.x]
                 arg = pack_inputs(keras, model, part, self.names, keyed=self.names is not None)
                 ev = forward(arg, False)
                 tr = forward(arg, True)
@@ -106,10 +114,13 @@ class GapMonitor(keras.callbacks.Callback):
                 f"(relative L2) on the watched samples, above {self.warn_above:g}. What fit() "
                 "reports will not match evaluate() or predict(): BatchNormalization statistics "
                 "that lag behind the weights, or dropout. Run `bngap check` on the saved model "
-                "for the cause.")
+                "for the cause."
+            )
         if self.stop_above is not None and value > self.stop_above:
             self.model.stop_training = True
-            self._pending.append(f"bngap: stopping training: gap {value:.3f} above {self.stop_above:g}")
+            self._pending.append(
+                f"bngap: stopping training: gap {value:.3f} above {self.stop_above:g}"
+            )
 
     def _flush(self) -> None:
         if self.verbose:
@@ -145,13 +156,19 @@ class GapMonitor(keras.callbacks.Callback):
             nodes = build_tree(self.model, keras)
             chosen, _ = select_layers(nodes, None, include_frozen=True)
             if chosen:
-                given = dict(zip(self.names, self.x)) if self.names else (self.x if len(self.x) > 1 else self.x[0])
+                given = (
+                    dict(zip(self.names, self.x))
+                    if self.names
+                    else (self.x if len(self.x) > 1 else self.x[0])
+                )
                 data = from_arrays(given, None, input_specs(self.model))
                 recalibrate(self.model, nodes, chosen, data, keras, batch_size=self.batch_size)
                 after = self.measure()
                 if self.verbose:
-                    sys.stdout.write(f"bngap: re-estimated {len(chosen)} BatchNormalization layers on "
-                                     f"{len(data)} samples; gap now {after:.3f}\n")
+                    sys.stdout.write(
+                        f"bngap: re-estimated {len(chosen)} BatchNormalization layers on "
+                        f"{len(data)} samples; gap now {after:.3f}\n"
+                    )
 
 
 def _trainer_forward(model):
@@ -181,9 +198,12 @@ def _trainer_forward(model):
             return model.stateless_call(trainable, non_trainable, x, **kwargs(training))[0]
 
         jitted = jax.jit(stateless, static_argnames="training")
-        return lambda x, training: jitted([v.value for v in model.trainable_variables],
-                                          [v.value for v in model.non_trainable_variables],
-                                          x, training=training)
+        return lambda x, training: jitted(
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            x,
+            training=training,
+        )
     if backend == "torch":
         import torch
 

@@ -33,27 +33,53 @@ def _parse_effects(value: str) -> int | str | None:
     try:
         n = int(value)
     except ValueError:
-        raise click.BadParameter(f"expected a number, 'all' or 'auto'. Received: {value!r}") from None
+        raise click.BadParameter(
+            f"expected a number, 'all' or 'auto'. Received: {value!r}"
+        ) from None
     if n < 0:
         raise click.BadParameter(f"must be 0 or more. Received: {n}")
     return n
 
 
 loading_options = [
-    click.option("--unsafe", is_flag=True,
-                 help="Allow loading models that contain Python code (Lambda layers). Only for files you trust."),
-    click.option("--custom-objects", "custom_objects", type=click.Path(dir_okay=False),
-                 help="A trusted Python file that defines the model's custom layers or functions."),
+    click.option(
+        "--unsafe",
+        is_flag=True,
+        help="Allow loading models that contain Python code (Lambda layers). Only for files you trust.",
+    ),
+    click.option(
+        "--custom-objects",
+        "custom_objects",
+        type=click.Path(dir_okay=False),
+        help="A trusted Python file that defines the model's custom layers or functions.",
+    ),
     click.option("--x-key", help="Key of the inputs in an .npz file (default: x)."),
     click.option("--y-key", help="Key of the labels in an .npz file (default: y, if present)."),
-    click.option("--batch-size", type=int, default=32, show_default=True,
-                 help="Batch size of the training-mode passes (BN statistics depend on it; fit() uses 32)."),
+    click.option(
+        "--batch-size",
+        type=int,
+        default=32,
+        show_default=True,
+        help="Batch size of the training-mode passes (BN statistics depend on it; fit() uses 32).",
+    ),
     click.option("--limit", type=int, help="Use only the first N samples."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed for dropout, noise and augmentation."),
+    click.option(
+        "--seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Seed for dropout, noise and augmentation.",
+    ),
     click.option("--preprocess", help="For image folders: caffe, tf, torch, or scale=FACTOR."),
-    click.option("--backend", type=click.Choice(["tensorflow", "jax", "torch"]), default=None,
-                 help="Keras backend to run the model on (default: KERAS_BACKEND if set, else tensorflow)."),
-    click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors."),
+    click.option(
+        "--backend",
+        type=click.Choice(["tensorflow", "jax", "torch"]),
+        default=None,
+        help="Keras backend to run the model on (default: KERAS_BACKEND if set, else tensorflow).",
+    ),
+    click.option(
+        "--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors."
+    ),
     click.option("-q", "--quiet", is_flag=True, help="No status or progress lines on stderr."),
 ]
 
@@ -67,7 +93,9 @@ def _add(options):
     return deco
 
 
-@click.group(cls=CommandGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=CommandGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, "--version", prog_name="bngap")
 def main():
     """bngap: why does my Keras model score well in fit() and badly in
@@ -88,39 +116,121 @@ def main():
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path())
 @click.argument("data", nargs=-1, required=True, type=click.Path(), metavar="DATA")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
-              show_default=True, help=("Report form on stdout: a terminal summary, JSON for scripts, Markdown for a bug "
-                  "report, a self-contained HTML page, or JUnit XML."))
-@click.option("--output", "-o", "outputs", multiple=True, type=click.Path(dir_okay=False),
-              help=("Write the report to FILE (atomically) instead of stdout; repeat for several files. "
-                  "The format follows the extension: .json, .md, .html, .xml (JUnit), .txt; another "
-                  "extension gets --format."))
-@click.option("--fail-above", type=float, help="Exit 1 when the output gap (relative L2) exceeds this value.")
-@click.option("--fail-above-loss-delta", type=float, help="Exit 1 when inference loss minus training loss exceeds this (needs labels).")
-@click.option("--fail-above-accuracy-drop", type=float, help="Exit 1 when training accuracy minus inference accuracy exceeds this (needs labels).")
-@click.option("--warn-above", type=float, help="Verdict 'warn' (exit 0) when the output gap exceeds this value.")
-@click.option("--baseline", type=click.Path(dir_okay=False), metavar="OLD.json",
-              help="An earlier JSON report of the same model family: shown side by side with this run.")
-@click.option("--max-regression", type=float,
-              help="With --baseline: exit 1 when the output gap grew by more than this (absolute).")
-@click.option("--no-github", is_flag=True,
-              help="Under GitHub Actions (GITHUB_ACTIONS=true), do not add the job summary and annotations.")
-@click.option("--all-layers", is_flag=True, help="List every layer and every BN layer, not only the flagged and top ones.")
-@click.option("--effects", default="auto", show_default=True, metavar="N|all|auto",
-              callback=lambda ctx, param, value: _parse_effects(value),
-              help=("Measure the output effect (only this layer in training mode) of the N mode-dependent "
-                  "layers with the largest own contribution; one extra training pass per layer and batch. "
-                  "auto: all of them when there are at most 8, else the strongest one."))
-@click.option("--backends", metavar="all|LIST",
-              help=("Run the check on each Keras backend (all installed, or a comma list of tensorflow, jax, "
-                  "torch), each in a process of its own, and compare them side by side; the first is the "
-                  "reference."))
-@click.option("--save-outputs", type=click.Path(dir_okay=False), hidden=True)  # for --backends' processes
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help=(
+        "Report form on stdout: a terminal summary, JSON for scripts, Markdown for a bug "
+        "report, a self-contained HTML page, or JUnit XML."
+    ),
+)
+@click.option(
+    "--output",
+    "-o",
+    "outputs",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help=(
+        "Write the report to FILE (atomically) instead of stdout; repeat for several files. "
+        "The format follows the extension: .json, .md, .html, .xml (JUnit), .txt; another "
+        "extension gets --format."
+    ),
+)
+@click.option(
+    "--fail-above", type=float, help="Exit 1 when the output gap (relative L2) exceeds this value."
+)
+@click.option(
+    "--fail-above-loss-delta",
+    type=float,
+    help="Exit 1 when inference loss minus training loss exceeds this (needs labels).",
+)
+@click.option(
+    "--fail-above-accuracy-drop",
+    type=float,
+    help="Exit 1 when training accuracy minus inference accuracy exceeds this (needs labels).",
+)
+@click.option(
+    "--warn-above",
+    type=float,
+    help="Verdict 'warn' (exit 0) when the output gap exceeds this value.",
+)
+@click.option(
+    "--baseline",
+    type=click.Path(dir_okay=False),
+    metavar="OLD.json",
+    help="An earlier JSON report of the same model family: shown side by side with this run.",
+)
+@click.option(
+    "--max-regression",
+    type=float,
+    help="With --baseline: exit 1 when the output gap grew by more than this (absolute).",
+)
+@click.option(
+    "--no-github",
+    is_flag=True,
+    help="Under GitHub Actions (GITHUB_ACTIONS=true), do not add the job summary and annotations.",
+)
+@click.option(
+    "--all-layers",
+    is_flag=True,
+    help="List every layer and every BN layer, not only the flagged and top ones.",
+)
+@click.option(
+    "--effects",
+    default="auto",
+    show_default=True,
+    metavar="N|all|auto",
+    callback=lambda ctx, param, value: _parse_effects(value),
+    help=(
+        "Measure the output effect (only this layer in training mode) of the N mode-dependent "
+        "layers with the largest own contribution; one extra training pass per layer and batch. "
+        "auto: all of them when there are at most 8, else the strongest one."
+    ),
+)
+@click.option(
+    "--backends",
+    metavar="all|LIST",
+    help=(
+        "Run the check on each Keras backend (all installed, or a comma list of tensorflow, jax, "
+        "torch), each in a process of its own, and compare them side by side; the first is the "
+        "reference."
+    ),
+)
+@click.option(
+    "--save-outputs", type=click.Path(dir_okay=False), hidden=True
+)  # for --backends' processes
 @_add(loading_options)
-def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
-          warn_above, baseline, max_regression, no_github,
-          all_layers, effects, backends, save_outputs, unsafe, custom_objects, x_key, y_key, batch_size,
-          limit, seed, preprocess, backend, show_traceback, quiet):
+def check(
+    model,
+    data,
+    fmt,
+    outputs,
+    fail_above,
+    fail_above_loss_delta,
+    fail_above_accuracy_drop,
+    warn_above,
+    baseline,
+    max_regression,
+    no_github,
+    all_layers,
+    effects,
+    backends,
+    save_outputs,
+    unsafe,
+    custom_objects,
+    x_key,
+    y_key,
+    batch_size,
+    limit,
+    seed,
+    preprocess,
+    backend,
+    show_traceback,
+    quiet,
+):
     """Measure, attribute and explain the train-vs-inference gap.
 
     MODEL is a .keras or legacy .h5 file. DATA is an .npz (inputs under 'x',
@@ -141,21 +251,42 @@ def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_abo
         from .results import Thresholds
         from .writing import plan_outputs
 
-        for name, value in (("--fail-above", fail_above), ("--fail-above-loss-delta", fail_above_loss_delta),
-                            ("--fail-above-accuracy-drop", fail_above_accuracy_drop),
-                            ("--warn-above", warn_above), ("--max-regression", max_regression)):
+        for name, value in (
+            ("--fail-above", fail_above),
+            ("--fail-above-loss-delta", fail_above_loss_delta),
+            ("--fail-above-accuracy-drop", fail_above_accuracy_drop),
+            ("--warn-above", warn_above),
+            ("--max-regression", max_regression),
+        ):
             if value is not None and not value >= 0:  # also refuses nan, which nothing exceeds
                 raise BngapError(f"{name} must be 0 or more. Received: {value}")
         if max_regression is not None and baseline is None:
-            raise BngapError("--max-regression needs --baseline OLD.json (the report to compare with)")
+            raise BngapError(
+                "--max-regression needs --baseline OLD.json (the report to compare with)"
+            )
         opts = CheckOptions(
-            batch_size=batch_size, limit=limit, seed=seed, effects=effects,
-            thresholds=Thresholds(fail_above, fail_above_loss_delta, fail_above_accuracy_drop,
-                                  warn_above, max_regression),
-            x_key=x_key, y_key=y_key, unsafe=unsafe, custom_objects=custom_objects,
-            preprocess=preprocess, backend=backend, save_outputs=save_outputs,
+            batch_size=batch_size,
+            limit=limit,
+            seed=seed,
+            effects=effects,
+            thresholds=Thresholds(
+                fail_above,
+                fail_above_loss_delta,
+                fail_above_accuracy_drop,
+                warn_above,
+                max_regression,
+            ),
+            x_key=x_key,
+            y_key=y_key,
+            unsafe=unsafe,
+            custom_objects=custom_objects,
+            preprocess=preprocess,
+            backend=backend,
+            save_outputs=save_outputs,
         )
-        plan = plan_outputs(outputs, FORMATS, default=fmt, inputs=(model, *(shards or (data,)), baseline))
+        plan = plan_outputs(
+            outputs, FORMATS, default=fmt, inputs=(model, *(shards or (data,)), baseline)
+        )
         across = None
         if backends is not None:
             from .crossbackend import parse_backends
@@ -166,20 +297,43 @@ def check(model, data, fmt, outputs, fail_above, fail_above_loss_delta, fail_abo
             from .saved import read_baseline
 
             old = read_baseline(baseline)
-        report = _run_and_render(model, data, opts, fmt=fmt, plan=plan, all_layers=all_layers,
-                                 progress=progress, baseline=old, github=not no_github,
-                                 across=across)
-        if (fail_above_loss_delta is not None or fail_above_accuracy_drop is not None) and report.metrics is None:
+        report = _run_and_render(
+            model,
+            data,
+            opts,
+            fmt=fmt,
+            plan=plan,
+            all_layers=all_layers,
+            progress=progress,
+            baseline=old,
+            github=not no_github,
+            across=across,
+        )
+        if (
+            fail_above_loss_delta is not None or fail_above_accuracy_drop is not None
+        ) and report.metrics is None:
             err("bngap: warning: loss/accuracy thresholds need labels; they were not applied")
         elif fail_above_accuracy_drop is not None and report.accuracy_drop is None:
-            err("bngap: warning: --fail-above-accuracy-drop needs a class output (no output "
-                 "has an accuracy); it was not applied")
+            err(
+                "bngap: warning: --fail-above-accuracy-drop needs a class output (no output "
+                "has an accuracy); it was not applied"
+            )
         sys.exit(int(report.exit_status))
 
 
-def _run_and_render(model, data, opts, *, fmt: str, plan, all_layers: bool,
-                    progress: ProgressDisplay, baseline=None, github: bool = False,
-                    across: tuple[list[str], list[str]] | None = None):
+def _run_and_render(
+    model,
+    data,
+    opts,
+    *,
+    fmt: str,
+    plan,
+    all_layers: bool,
+    progress: ProgressDisplay,
+    baseline=None,
+    github: bool = False,
+    across: tuple[list[str], list[str]] | None = None,
+):
     """Runs a check (on each backend of `across`: (backends, notes)) and
     writes its report (stdout, or each planned file); returns the Report.
     Every output is rendered from the report's JSON form, so `bngap render
@@ -193,15 +347,24 @@ def _run_and_render(model, data, opts, *, fmt: str, plan, all_layers: bool,
         if across is not None:
             from .crossbackend import check_across
 
-            report = check_across(model, data, opts, across[0], notes=across[1], progress=progress,
-                                  status=progress.status)
+            report = check_across(
+                model,
+                data,
+                opts,
+                across[0],
+                notes=across[1],
+                progress=progress,
+                status=progress.status,
+            )
         else:
             report = run_check(model, data, options=opts, progress=progress, status=progress.status)
     finally:
         progress.close()
     # --all-layers is kept in the report, so that `bngap render` repeats it
     settings = {**report.settings, "all_layers": all_layers}
-    report = Report.from_dict(dataclasses.replace(report, baseline=baseline, settings=settings).to_dict())
+    report = Report.from_dict(
+        dataclasses.replace(report, baseline=baseline, settings=settings).to_dict()
+    )
     _deliver(report, fmt, plan, all_layers=all_layers, quiet=not progress.enabled)
     if progress.enabled and (fmt != "text" or plan):
         from .render.common import headline
@@ -217,8 +380,16 @@ def _deliver(report, fmt: str, plan, *, all_layers: bool, quiet: bool) -> None:
     from .render import file_renderers, render
 
     if not plan:
-        click.echo(render(report, fmt, all_layers=all_layers, width=terminal_width(),
-                          color=fmt == "text" and use_color(sys.stdout)), nl=False)
+        click.echo(
+            render(
+                report,
+                fmt,
+                all_layers=all_layers,
+                width=terminal_width(),
+                color=fmt == "text" and use_color(sys.stdout),
+            ),
+            nl=False,
+        )
         return
     from .writing import write_outputs
 
@@ -240,21 +411,42 @@ def _github_actions(report, *, stdout_free: bool, all_layers: bool) -> None:
             with open(summary, "a", encoding="utf-8") as fh:
                 fh.write(render(report, "markdown", all_layers=all_layers) + "\n")
         except OSError as e:
-            err(f"bngap: warning: cannot append to GITHUB_STEP_SUMMARY {summary}: {e.strerror or e}")
+            err(
+                f"bngap: warning: cannot append to GITHUB_STEP_SUMMARY {summary}: {e.strerror or e}"
+            )
     for line in github_annotations(report):
         click.echo(line, err=not stdout_free)
 
 
 @main.command(epilog=EPILOG)
 @click.argument("report_file", metavar="REPORT.json", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
-              show_default=True, help="Form to render the saved report in (on stdout).")
-@click.option("--output", "-o", "outputs", multiple=True, type=click.Path(dir_okay=False),
-              help=("Write to FILE instead of stdout; repeatable; the format follows the extension "
-                  "(.json, .md, .html, .xml, .txt)."))
-@click.option("--all-layers", is_flag=True,
-              help="List every layer and every BN layer (the default when the check was run with it).")
-@click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="Form to render the saved report in (on stdout).",
+)
+@click.option(
+    "--output",
+    "-o",
+    "outputs",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help=(
+        "Write to FILE instead of stdout; repeatable; the format follows the extension "
+        "(.json, .md, .html, .xml, .txt)."
+    ),
+)
+@click.option(
+    "--all-layers",
+    is_flag=True,
+    help="List every layer and every BN layer (the default when the check was run with it).",
+)
+@click.option(
+    "--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No status lines on stderr.")
 def render(report_file, fmt, outputs, all_layers, show_traceback, quiet):
     """Re-render a JSON report that `bngap check` saved.
@@ -270,17 +462,33 @@ def render(report_file, fmt, outputs, all_layers, show_traceback, quiet):
 
         plan = plan_outputs(outputs, FORMATS, default=fmt, inputs=(report_file,))
         report = read_report(report_file)
-        _deliver(report, fmt, plan, all_layers=all_layers or report.settings.get("all_layers") is True,
-                 quiet=quiet)
+        _deliver(
+            report,
+            fmt,
+            plan,
+            all_layers=all_layers or report.settings.get("all_layers") is True,
+            quiet=quiet,
+        )
         sys.exit(int(ExitStatus.OK))
 
 
 @main.command(epilog=EPILOG)
-@click.option("--out", type=click.Path(file_okay=False),
-              help="Folder for the demo's model.keras and data.npz (default: a new temporary folder).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
-              show_default=True, help="Report form.")
-@click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Folder for the demo's model.keras and data.npz (default: a new temporary folder).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+    help="Report form.",
+)
+@click.option(
+    "--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No status lines on stderr.")
 def demo(out, fmt, show_traceback, quiet):
     """Build a small model with a real gap and check it.
@@ -301,28 +509,79 @@ def demo(out, fmt, show_traceback, quiet):
         folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="bngap-demo-"))
         progress.status(f"training the demo model in {folder} (a few seconds)")
         mpath, dpath = write_demo(folder)
-        _run_and_render(str(mpath), str(dpath), CheckOptions(), fmt=fmt, plan=[],
-                        all_layers=False, progress=progress)
+        _run_and_render(
+            str(mpath),
+            str(dpath),
+            CheckOptions(),
+            fmt=fmt,
+            plan=[],
+            all_layers=False,
+            progress=progress,
+        )
         if fmt == "text":
-            click.echo(f"Demo files: {mpath} and {dpath}\n"
-                       f"Run it yourself: bngap check {mpath} {dpath}")
+            click.echo(
+                f"Demo files: {mpath} and {dpath}\nRun it yourself: bngap check {mpath} {dpath}"
+            )
         sys.exit(int(ExitStatus.OK))
 
 
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path())
 @click.argument("data", nargs=-1, required=True, type=click.Path(), metavar="DATA")
-@click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False),
-              help=("Where to write the fixed model (.keras or .h5); repeat with .json, .html or .txt "
-                  "files for reports of the fix."))
+@click.option(
+    "-o",
+    "--output",
+    "outputs",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help=(
+        "Where to write the fixed model (.keras or .h5); repeat with .json, .html or .txt "
+        "files for reports of the fix."
+    ),
+)
 @click.option("--in-place", is_flag=True, help="Overwrite MODEL itself (atomically).")
-@click.option("--force", is_flag=True, help="Write even if the gap does not shrink, and replace an existing output.")
-@click.option("--layers", "layer_patterns", metavar="PATTERN", help="Only these BN layers: comma-separated paths or globs, e.g. 'resnet50/conv5_*'.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write even if the gap does not shrink, and replace an existing output.",
+)
+@click.option(
+    "--layers",
+    "layer_patterns",
+    metavar="PATTERN",
+    help="Only these BN layers: comma-separated paths or globs, e.g. 'resnet50/conv5_*'.",
+)
 @click.option("--skip-frozen", is_flag=True, help="Leave frozen (trainable=False) BN layers alone.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True, help="Result form (stdout).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "html"]),
+    default="text",
+    show_default=True,
+    help="Result form (stdout).",
+)
 @_add(loading_options)
-def fix(model, data, outputs, in_place, force, layer_patterns, skip_frozen, fmt, unsafe, custom_objects,
-        x_key, y_key, batch_size, limit, seed, preprocess, backend, show_traceback, quiet):
+def fix(
+    model,
+    data,
+    outputs,
+    in_place,
+    force,
+    layer_patterns,
+    skip_frozen,
+    fmt,
+    unsafe,
+    custom_objects,
+    x_key,
+    y_key,
+    batch_size,
+    limit,
+    seed,
+    preprocess,
+    backend,
+    show_traceback,
+    quiet,
+):
     """Re-estimate BatchNormalization statistics on DATA, verify, save a copy.
 
     Every BN layer's moving mean and variance become the exact population
@@ -349,11 +608,25 @@ def fix(model, data, outputs, in_place, force, layer_patterns, skip_frozen, fmt,
         output = models[0] if models else None
         plan = plan_outputs(reports, tuple(FIX_RENDERERS), inputs=(model, *paths, output))
         try:
-            result = run_fix(model, data, output=output, in_place=in_place, force=force,
-                             layers=layer_patterns, include_frozen=not skip_frozen,
-                             batch_size=batch_size, limit=limit, unsafe=unsafe,
-                             custom_objects=custom_objects, x_key=x_key, y_key=y_key, seed=seed,
-                             preprocess=preprocess, progress=progress, status=progress.status)
+            result = run_fix(
+                model,
+                data,
+                output=output,
+                in_place=in_place,
+                force=force,
+                layers=layer_patterns,
+                include_frozen=not skip_frozen,
+                batch_size=batch_size,
+                limit=limit,
+                unsafe=unsafe,
+                custom_objects=custom_objects,
+                x_key=x_key,
+                y_key=y_key,
+                seed=seed,
+                preprocess=preprocess,
+                progress=progress,
+                status=progress.status,
+            )
         finally:
             progress.close()
         if plan:
@@ -387,23 +660,54 @@ def _fix_html(result) -> str:
 FIX_RENDERERS = {"json": _fix_json, "text": _fix_text, "html": _fix_html}
 
 
-@main.command(epilog="""\b
+@main.command(
+    epilog="""\b
 Exit codes: 0 no finding at the --fail-on severity, 1 at least one, 2 bad
 input or usage, 3 internal failure.
-""")
+"""
+)
 @click.argument("model", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
-              show_default=True, help="Report form.")
-@click.option("--output", "-o", "outputs", multiple=True, type=click.Path(dir_okay=False),
-              help=("Write the report to FILE (atomically) instead of stdout; repeatable. The format "
-                  "follows the extension: .json, .md, .txt; another extension gets --format."))
-@click.option("--fail-on", type=click.Choice(["warn", "fail"]), default="fail", show_default=True,
-              help="Exit 1 when a finding is at least this severe.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+    help="Report form.",
+)
+@click.option(
+    "--output",
+    "-o",
+    "outputs",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help=(
+        "Write the report to FILE (atomically) instead of stdout; repeatable. The format "
+        "follows the extension: .json, .md, .txt; another extension gets --format."
+    ),
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(["warn", "fail"]),
+    default="fail",
+    show_default=True,
+    help="Exit 1 when a finding is at least this severe.",
+)
 @click.option("--all-layers", is_flag=True, help="List every BN layer in the text report.")
-@click.option("--unsafe", is_flag=True, help="Allow loading models that contain Python code (Lambda layers). Only for files you trust.")
-@click.option("--custom-objects", "custom_objects", type=click.Path(dir_okay=False),
-              help="A trusted Python file that defines the model's custom layers or functions.")
-@click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors.")
+@click.option(
+    "--unsafe",
+    is_flag=True,
+    help="Allow loading models that contain Python code (Lambda layers). Only for files you trust.",
+)
+@click.option(
+    "--custom-objects",
+    "custom_objects",
+    type=click.Path(dir_okay=False),
+    help="A trusted Python file that defines the model's custom layers or functions.",
+)
+@click.option(
+    "--traceback", "show_traceback", is_flag=True, help="Show the full traceback on errors."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No status lines on stderr.")
 def lint(model, fmt, outputs, fail_on, all_layers, unsafe, custom_objects, show_traceback, quiet):
     """Check the model file for BatchNormalization defects, without data.
@@ -425,11 +729,15 @@ def lint(model, fmt, outputs, fail_on, all_layers, unsafe, custom_objects, show_
         progress.status(f"loading model {model}")
         report = run_lint(model, fail_on=fail_on, unsafe=unsafe, custom_objects=custom_objects)
         if plan:
-            renderers = {f: (lambda r, f=f: render_lint(r, f, all_layers=all_layers)) for f in formats}
+            renderers = {
+                f: (lambda r, f=f: render_lint(r, f, all_layers=all_layers)) for f in formats
+            }
             for path in write_outputs(report, plan, renderers):
                 progress.status(f"report written to {path}")
         else:
-            click.echo(render_lint(report, fmt, width=terminal_width(), all_layers=all_layers), nl=False)
+            click.echo(
+                render_lint(report, fmt, width=terminal_width(), all_layers=all_layers), nl=False
+            )
         if progress.enabled and (fmt != "text" or plan):
             err(f"bngap: {lint_headline(report)}")
         sys.exit(int(report.exit_status))

@@ -48,7 +48,6 @@ class SideOutput:
         return self.arrays.get(f"{mode}/{key}")
 
 
-
 def _diff(a_list: list[np.ndarray], b_list: list[np.ndarray], n: int | None = None):
     """(max |a - b|, relative L2 ||a - b|| / ||b||, max |b|) over arrays
     paired in order, in float64, on their first `n` samples."""
@@ -151,9 +150,7 @@ def divergences(
     return out
 
 
-def loss_note(
-    runs: list[BackendRun], diverged: dict[str, list[str]], loss_name: str
-) -> str | None:
+def loss_note(runs: list[BackendRun], diverged: dict[str, list[str]], loss_name: str) -> str | None:
     """Says so when a backend's loss differs from the first's while its
     outputs agree: Keras computes some losses differently per backend, and
     its own evaluate() reports the same numbers."""

@@ -57,8 +57,10 @@ def errors_handled(show_traceback: bool):
     except Exception as e:  # a bug in bngap (or Keras): say so, exit 3
         if show_traceback:
             tb.print_exc()
-        err(f"internal error: {type(e).__name__}: {one_line(e, 300)}"
-             + ("" if show_traceback else " (rerun with --traceback for details)"))
+        err(
+            f"internal error: {type(e).__name__}: {one_line(e, 300)}"
+            + ("" if show_traceback else " (rerun with --traceback for details)")
+        )
         sys.exit(int(ExitStatus.INTERNAL_ERROR))
 
 
@@ -84,10 +86,14 @@ class ProgressDisplay:
                 from rich.console import Console
                 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-                self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                    TextColumn("{task.completed}/{task.total} passes"),
-                                    TimeRemainingColumn(), console=Console(stderr=True),
-                                    transient=True)
+                self.bar = Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    TextColumn("{task.completed}/{task.total} passes"),
+                    TimeRemainingColumn(),
+                    console=Console(stderr=True),
+                    transient=True,
+                )
                 self.bar.start()
                 self.task = self.bar.add_task(label, total=total)
             assert self.task is not None  # set together with the bar

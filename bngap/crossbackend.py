@@ -40,8 +40,18 @@ from .records import BackendRun
 from .results import Report
 
 __all__ = [
-    "BACKENDS", "GAP_TOLERANCE", "TOLERANCE", "SideOutput", "check_across", "compare", "divergences",
-    "first_divergent", "parse_backends", "run_in_process", "save_outputs", "tolerance",
+    "BACKENDS",
+    "GAP_TOLERANCE",
+    "TOLERANCE",
+    "SideOutput",
+    "check_across",
+    "compare",
+    "divergences",
+    "first_divergent",
+    "parse_backends",
+    "run_in_process",
+    "save_outputs",
+    "tolerance",
 ]
 
 BACKENDS = ("tensorflow", "jax", "torch")

@@ -36,8 +36,10 @@ class Dataset:
     path: str
     names: list[str]
     notes: list[str] = field(default_factory=list)
-    dtypes: list = field(default_factory=list)  # per input: the dtype batches are cast to (None: as is)
-    keyed: bool = False                          # the user gave the inputs as a dict of names
+    dtypes: list = field(
+        default_factory=list
+    )  # per input: the dtype batches are cast to (None: as is)
+    keyed: bool = False  # the user gave the inputs as a dict of names
 
     def __len__(self) -> int:
         return int(self.x[0].shape[0])
@@ -60,8 +62,14 @@ class Dataset:
         return [np.ascontiguousarray(a[start:stop], dtype=dt) for a, dt in zip(self.x, dts)]
 
     def subset(self, n: int) -> Dataset:
-        return Dataset(self.take(0, n), _labels(self.y, 0, n),
-                       self.path, self.names, list(self.notes), keyed=self.keyed)
+        return Dataset(
+            self.take(0, n),
+            _labels(self.y, 0, n),
+            self.path,
+            self.names,
+            list(self.notes),
+            keyed=self.keyed,
+        )
 
 
 def _labels(y, start: int, stop: int):
@@ -73,8 +81,9 @@ def _labels(y, start: int, stop: int):
     return np.ascontiguousarray(y[start:stop])
 
 
-def output_labels(source, output_names: Sequence[str], samples: int,
-                  limit: int | None = None) -> dict[str, np.ndarray] | None:
+def output_labels(
+    source, output_names: Sequence[str], samples: int, limit: int | None = None
+) -> dict[str, np.ndarray] | None:
     """One label array per output of a multi-output model, or None.
 
     `source` is an .npz path (keys `y_<output name>` or the output name
@@ -100,16 +109,24 @@ def output_labels(source, output_names: Sequence[str], samples: int,
     for n, a in found.items():
         a = a[:limit] if limit is not None and a.ndim else a
         if not a.ndim or len(a) != samples:
-            raise DataError(f"labels of output '{n}' hold {len(a) if a.ndim else 0} values for "
-                            f"{samples} samples; give one label per sample")
+            raise DataError(
+                f"labels of output '{n}' hold {len(a) if a.ndim else 0} values for "
+                f"{samples} samples; give one label per sample"
+            )
         out[n] = a
     return out
 
 
-def load_data(path: str | os.PathLike, specs: Sequence[InputSpec] = (), *,
-              x_key: str | None = None, y_key: str | None = None,
-              limit: int | None = None, preprocess: str | None = None,
-              image_size: tuple[int, int] | None = None) -> Dataset:
+def load_data(
+    path: str | os.PathLike,
+    specs: Sequence[InputSpec] = (),
+    *,
+    x_key: str | None = None,
+    y_key: str | None = None,
+    limit: int | None = None,
+    preprocess: str | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> Dataset:
     """Reads and validates the user's data for a model with `specs` inputs.
 
     Args:
@@ -126,8 +143,11 @@ def load_data(path: str | os.PathLike, specs: Sequence[InputSpec] = (), *,
         raise DataError(f"--limit must be at least 1. Received: {limit}")
     paths = data_paths(path)
     if len(paths) > 1:
-        shown = (os.fspath(path) if isinstance(path, (str, os.PathLike))
-                 else ", ".join(map(os.fspath, path)))
+        shown = (
+            os.fspath(path)
+            if isinstance(path, (str, os.PathLike))
+            else ", ".join(map(os.fspath, path))
+        )
         return _load_shards(paths, shown, specs, x_key=x_key, y_key=y_key, limit=limit)
     p = paths[0]
     if saved_dataset(p):
@@ -145,16 +165,18 @@ def load_data(path: str | os.PathLike, specs: Sequence[InputSpec] = (), *,
             except Exception as e:  # noqa: BLE001 - TensorFlow's own reading errors
                 ds, why = None, why or e
         if ds is None:
-            raise DataError(f"cannot read {p} as a saved tf.data dataset: "
-                            f"{one_line(why, 160)}") from None
+            raise DataError(
+                f"cannot read {p} as a saved tf.data dataset: {one_line(why, 160)}"
+            ) from None
         data = from_stream(ds, specs, limit=limit, what=f"the dataset saved in {p}")
         data.path = str(p)
         return data
     if p.is_dir():
         from .images import read_image_folder
 
-        xs, y, names, notes = read_image_folder(p, specs, limit=limit, preprocess=preprocess,
-                                                image_size=image_size)
+        xs, y, names, notes = read_image_folder(
+            p, specs, limit=limit, preprocess=preprocess, image_size=image_size
+        )
     else:
         xs, y, names, notes = read_arrays(p, specs=specs, x_key=x_key, y_key=y_key)
         if preprocess:
@@ -184,8 +206,11 @@ def is_data_path(x) -> bool:
     """A path, or a list of paths (shards), as opposed to arrays or a dataset."""
     if isinstance(x, (str, os.PathLike)):
         return True
-    return (isinstance(x, (list, tuple)) and bool(x)
-            and all(isinstance(a, (str, os.PathLike)) for a in x))
+    return (
+        isinstance(x, (list, tuple))
+        and bool(x)
+        and all(isinstance(a, (str, os.PathLike)) for a in x)
+    )
 
 
 def saved_dataset(p: Path) -> bool:
@@ -193,8 +218,9 @@ def saved_dataset(p: Path) -> bool:
     return p.is_dir() and (p / "dataset_spec.pb").is_file()
 
 
-def _load_shards(paths: list[Path], shown: str, specs: Sequence[InputSpec], *, x_key, y_key,
-                 limit: int | None) -> Dataset:
+def _load_shards(
+    paths: list[Path], shown: str, specs: Sequence[InputSpec], *, x_key, y_key, limit: int | None
+) -> Dataset:
     """Several .npz/.npy files read as one data set, in the order given."""
     for p in paths:
         if p.is_dir() or p.suffix.lower() not in (".npz", ".npy"):
@@ -202,23 +228,31 @@ def _load_shards(paths: list[Path], shown: str, specs: Sequence[InputSpec], *, x
     parts = [read_arrays(p, specs=specs, x_key=x_key, y_key=y_key) for p in paths]
     names, notes = parts[0][2], list(parts[0][3])
     if any(pt[2] != names for pt in parts):
-        raise DataError(f"the shards hold different inputs: {names} in {paths[0]}, "
-                        f"{next(pt[2] for pt in parts if pt[2] != names)} in another")
+        raise DataError(
+            f"the shards hold different inputs: {names} in {paths[0]}, "
+            f"{next(pt[2] for pt in parts if pt[2] != names)} in another"
+        )
     labelled = [pt[1] is not None for pt in parts]
     if any(labelled) and not all(labelled):
-        raise DataError(f"some shards have labels and some do not (none in "
-                        f"{paths[labelled.index(False)]})")
+        raise DataError(
+            f"some shards have labels and some do not (none in {paths[labelled.index(False)]})"
+        )
     what = f"{len(paths)} shards"
-    xs = [concat_rows([pt[0][i] for pt in parts], f"input '{names[i]}' of {what}")
-          for i in range(len(names))]
+    xs = [
+        concat_rows([pt[0][i] for pt in parts], f"input '{names[i]}' of {what}")
+        for i in range(len(names))
+    ]
     y = concat_rows([pt[1] for pt in parts], f"the labels of {what}") if all(labelled) else None
-    notes.append(f"read {what} in this order: {', '.join(p.name for p in paths[:4])}"
-                 f"{', ...' if len(paths) > 4 else ''}")
+    notes.append(
+        f"read {what} in this order: {', '.join(p.name for p in paths[:4])}"
+        f"{', ...' if len(paths) > 4 else ''}"
+    )
     return _finish(xs, y, specs, names, notes, shown, limit)
 
 
-def _finish(xs, y, specs, names, notes, path: str, limit: int | None,
-            keyed: bool = False) -> Dataset:
+def _finish(
+    xs, y, specs, names, notes, path: str, limit: int | None, keyed: bool = False
+) -> Dataset:
     if limit is not None and all(a.ndim for a in xs) and (y is None or y.ndim):
         total = xs[0].shape[0]
         xs = [a[:limit] for a in xs]
@@ -226,8 +260,10 @@ def _finish(xs, y, specs, names, notes, path: str, limit: int | None,
         if total > limit:
             notes.append(f"used the first {limit} of {total} samples (--limit)")
     xs, y = validate(xs, y, specs, names, notes)
-    dtypes = [target_dtype(a, specs[i] if i < len(specs) else None, "", []) if is_rows(a)
-              else None for i, a in enumerate(xs)]
+    dtypes = [
+        target_dtype(a, specs[i] if i < len(specs) else None, "", []) if is_rows(a) else None
+        for i, a in enumerate(xs)
+    ]
     return Dataset(xs, y, path, names, notes, dtypes, keyed=keyed)
 
 
@@ -240,8 +276,9 @@ def is_stream(x) -> bool:
     return hasattr(x, "__iter__")
 
 
-def from_stream(ds, specs: Sequence[InputSpec] = (), limit: int | None = None,
-                what: str | None = None) -> Dataset:
+def from_stream(
+    ds, specs: Sequence[InputSpec] = (), limit: int | None = None, what: str | None = None
+) -> Dataset:
     """A validated Dataset over a tf.data.Dataset or an iterable of numpy
     batches (x, (x,), (x, y) or (x, y, sample_weight) elements, batched or
     not), read batch by batch and re-batched to bngap's batch size.
@@ -268,8 +305,10 @@ def from_stream(ds, specs: Sequence[InputSpec] = (), limit: int | None = None,
     else:
         if one_shot(ds):
             ds = _read_once(ds, specs, limit, what)
-            notes.append(f"{what} is a one-shot iterator: read into memory (pass a re-iterable, "
-                         "e.g. a list or a tf.data.Dataset, to stream data bigger than memory)")
+            notes.append(
+                f"{what} is a one-shot iterator: read into memory (pass a re-iterable, "
+                "e.g. a list or a tf.data.Dataset, to stream data bigger than memory)"
+            )
         first = next(iter(ds), None)
         if first is None:
             raise DataError(f"{what} yielded no samples")
@@ -286,8 +325,11 @@ def from_stream(ds, specs: Sequence[InputSpec] = (), limit: int | None = None,
 def _unbatched(ranks: list[int], specs: Sequence[InputSpec]) -> bool:
     """Elements are single samples: every input one rank short of the
     model's (which counts the batch axis). Otherwise they are batches."""
-    return (len(ranks) == len(specs) > 0 and all(s.shape is not None for s in specs)
-            and all(r == len(s.shape) - 1 for r, s in zip(ranks, specs)))
+    return (
+        len(ranks) == len(specs) > 0
+        and all(s.shape is not None for s in specs)
+        and all(r == len(s.shape) - 1 for r, s in zip(ranks, specs))
+    )
 
 
 def _read_once(it, specs: Sequence[InputSpec], limit: int | None, what: str) -> list:
@@ -318,11 +360,15 @@ def from_arrays(x, y=None, specs: Sequence[InputSpec] = (), limit: int | None = 
         names = [s.name for s in specs] if specs else list(x)
         missing = [n for n in names if n not in x]
         if missing:
-            raise DataError(f"inputs missing for: {', '.join(missing)}. Received keys: {', '.join(x)}")
+            raise DataError(
+                f"inputs missing for: {', '.join(missing)}. Received keys: {', '.join(x)}"
+            )
         xs = [np.asarray(x[n]) for n in names]
     elif isinstance(x, (list, tuple)):
         xs = [np.asarray(a) for a in x]
-        names = [s.name for s in specs] if len(specs) == len(xs) else [f"x{i}" for i in range(len(xs))]
+        names = (
+            [s.name for s in specs] if len(specs) == len(xs) else [f"x{i}" for i in range(len(xs))]
+        )
     else:
         xs = [np.asarray(x)]
         names = [specs[0].name] if specs else ["x"]

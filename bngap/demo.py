@@ -36,13 +36,23 @@ def build_and_train(x: np.ndarray, y: np.ndarray, seed: int = 0):
     keras = import_keras()
     keras.utils.set_random_seed(seed)
     L = keras.layers
-    model = keras.Sequential([
-        keras.Input((SIZE, SIZE, 3)),
-        L.Conv2D(16, 3, name="conv1"), L.BatchNormalization(name="bn1"), L.ReLU(name="relu1"),
-        L.Conv2D(16, 3, name="conv2"), L.BatchNormalization(name="bn2"), L.ReLU(name="relu2"),
-        L.GlobalAveragePooling2D(name="pool"), L.Dense(CLASSES, activation="softmax", name="head"),
-    ], name="demo_cnn")
-    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            L.Conv2D(16, 3, name="conv1"),
+            L.BatchNormalization(name="bn1"),
+            L.ReLU(name="relu1"),
+            L.Conv2D(16, 3, name="conv2"),
+            L.BatchNormalization(name="bn2"),
+            L.ReLU(name="relu2"),
+            L.GlobalAveragePooling2D(name="pool"),
+            L.Dense(CLASSES, activation="softmax", name="head"),
+        ],
+        name="demo_cnn",
+    )
+    model.compile(
+        keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     model.fit(x, y, epochs=8, batch_size=24, shuffle=True, verbose=0)
     return model
 

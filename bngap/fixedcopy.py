@@ -14,8 +14,9 @@ from .data import Dataset
 from .errors import BngapError
 
 
-def output_target(model: Any, output: str | os.PathLike | None, *, in_place: bool,
-                   force: bool) -> Path | None:
+def output_target(
+    model: Any, output: str | os.PathLike | None, *, in_place: bool, force: bool
+) -> Path | None:
     """Where `fix` writes the fixed model (None: nowhere), checked before any work.
 
     Raises:
@@ -40,8 +41,9 @@ def output_target(model: Any, output: str | os.PathLike | None, *, in_place: boo
     if target is not None and target.suffix.lower() not in (".keras", ".h5", ".hdf5"):
         raise BngapError(f"the output must end in .keras or .h5. Received: {target}")
     if target is not None and target.exists() and not (in_place or force):
-        raise BngapError(f"{target} already exists; choose another path "
-                         "or pass --force to replace it")
+        raise BngapError(
+            f"{target} already exists; choose another path or pass --force to replace it"
+        )
     return target
 
 
@@ -98,13 +100,17 @@ def keep_saved_optimizer(model, saved: list[np.ndarray] | None) -> str | None:
     try:
         fresh = type(opt).from_config(opt.get_config())
         if len(fresh.variables) != len(saved):
-            return (f"the file's optimizer state ({len(saved)} variables) does not fit a "
-                    f"{type(opt).__name__}; the copy carries a freshly built one")
+            return (
+                f"the file's optimizer state ({len(saved)} variables) does not fit a "
+                f"{type(opt).__name__}; the copy carries a freshly built one"
+            )
         fresh.load_own_variables({str(i): v for i, v in enumerate(saved)})
         model.optimizer = fresh
     except Exception as e:  # a custom or wrapped optimizer: keep Keras' one, say so
-        return (f"the file's optimizer state could not be restored ({type(e).__name__}); the "
-                "copy carries a freshly built optimizer")
+        return (
+            f"the file's optimizer state could not be restored ({type(e).__name__}); the "
+            "copy carries a freshly built optimizer"
+        )
     return None
 
 
@@ -119,13 +125,23 @@ def verify_reload(path: Path, model, data: Dataset, keras, *, unsafe: bool, cust
     xs = data.take(0, min(16, len(data)))
     from .backend import to_numpy
 
-    a = [to_numpy(t) for t in keras.tree.flatten(
-        model(pack_inputs(keras, model, xs, data.names, data.keyed), training=False))]
-    b = [to_numpy(t) for t in keras.tree.flatten(
-        again(pack_inputs(keras, again, xs, data.names, data.keyed), training=False))]
+    a = [
+        to_numpy(t)
+        for t in keras.tree.flatten(
+            model(pack_inputs(keras, model, xs, data.names, data.keyed), training=False)
+        )
+    ]
+    b = [
+        to_numpy(t)
+        for t in keras.tree.flatten(
+            again(pack_inputs(keras, again, xs, data.names, data.keyed), training=False)
+        )
+    ]
     diff = max(float(np.max(np.abs(p - q))) if p.size else 0.0 for p, q in zip(a, b))
     scale = max(float(np.max(np.abs(p))) if p.size else 0.0 for p in a)
     if diff > 1e-5 * max(1.0, scale):
-        raise BngapError(f"the saved model {path} does not reproduce the fixed model's outputs "
-                         f"(max difference {diff:.3g}); it was written, but do not trust it")
+        raise BngapError(
+            f"the saved model {path} does not reproduce the fixed model's outputs "
+            f"(max difference {diff:.3g}); it was written, but do not trust it"
+        )
     return diff

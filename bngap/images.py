@@ -41,7 +41,9 @@ def parse_preprocess(spec: str | None):
             else:
                 factor = float(expr)
         except (ValueError, ZeroDivisionError):
-            raise DataError(f"--preprocess scale must be a number or a fraction. Received: {spec}") from None
+            raise DataError(
+                f"--preprocess scale must be a number or a fraction. Received: {spec}"
+            ) from None
         return lambda x: x * factor
     raise DataError(f"unknown --preprocess {spec!r}; expected {PREPROCESS_HELP}")
 
@@ -76,15 +78,18 @@ def _balanced(labels: list[int], limit: int) -> list[int]:
     return sorted(order)
 
 
-def _image_geometry(specs: Sequence[InputSpec],
-                    image_size: tuple[int, int] | None) -> tuple[int, int, int]:
+def _image_geometry(
+    specs: Sequence[InputSpec], image_size: tuple[int, int] | None
+) -> tuple[int, int, int]:
     """(height, width, channels) the images are resized to: the model's one
     image input (RGB when it leaves channels open), or `image_size`."""
     if len(specs) > 1:
         raise DataError(f"an image folder feeds one input, but the model has {len(specs)}")
     shape = tuple(specs[0].shape) if specs else (None, None, None, 3)
     if len(shape) != 4:
-        raise DataError(f"the model's input has shape {shape}; image folders need an image input (batch, height, width, channels)")
+        raise DataError(
+            f"the model's input has shape {shape}; image folders need an image input (batch, height, width, channels)"
+        )
     height, width, channels = shape[1], shape[2], shape[3]
     if image_size:
         height, width = image_size
@@ -96,8 +101,14 @@ def _image_geometry(specs: Sequence[InputSpec],
     return height, width, channels
 
 
-def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | None = None,
-                      preprocess: str | None = None, image_size: tuple[int, int] | None = None):
+def read_image_folder(
+    folder: Path,
+    specs: Sequence[InputSpec],
+    *,
+    limit: int | None = None,
+    preprocess: str | None = None,
+    image_size: tuple[int, int] | None = None,
+):
     """Reads images as (inputs, labels, names, notes) for `data.load_data`.
 
     Side effects: imports TensorFlow (to decode and resize images).
@@ -107,7 +118,9 @@ def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | 
     height, width, channels = _image_geometry(specs, image_size)
     files, labels, classes = list_images(folder)
     if not files:
-        raise DataError(f"{folder} holds no images ({', '.join(IMAGE_EXTS)}), directly or in class sub-folders")
+        raise DataError(
+            f"{folder} holds no images ({', '.join(IMAGE_EXTS)}), directly or in class sub-folders"
+        )
     notes = []
     if limit is not None and limit < len(files):
         idx = _balanced(labels, limit) if labels is not None else list(range(limit))
@@ -124,8 +137,9 @@ def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | 
         out = np.empty((b - a, height, width, channels), dtype=np.float32)
         for i, f in enumerate(files[a:b]):
             try:
-                img = tf.io.decode_image(tf.io.read_file(str(f)), channels=channels,
-                                         expand_animations=False)
+                img = tf.io.decode_image(
+                    tf.io.read_file(str(f)), channels=channels, expand_animations=False
+                )
             except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
                 why = one_line(getattr(e, "message", e), 160)
                 raise DataError(f"cannot decode image {f}: {why}") from None
@@ -141,15 +155,19 @@ def read_image_folder(folder: Path, specs: Sequence[InputSpec], *, limit: int | 
         from .streaming import RowArray
 
         out = RowArray(decode, shape, np.float32, f"the images in {folder}")
-        notes.append(f"{len(files)} images decoded batch by batch "
-                     f"({shape[1]}x{shape[2]}x{shape[3]}, "
-                     f"{len(files) * height * width * channels * 4 / 1e9:.1f} GB as float32)")
+        notes.append(
+            f"{len(files)} images decoded batch by batch "
+            f"({shape[1]}x{shape[2]}x{shape[3]}, "
+            f"{len(files) * height * width * channels * 4 / 1e9:.1f} GB as float32)"
+        )
     if fn is not None:
         notes.append(f"images preprocessed with --preprocess {preprocess}")
     else:
         notes.append("images used as 0..255 pixels (no --preprocess given)")
     if classes:
-        notes.append(f"{len(files)} images in {len(classes)} classes: {', '.join(classes[:10])}"
-                     + (" ..." if len(classes) > 10 else ""))
+        notes.append(
+            f"{len(files)} images in {len(classes)} classes: {', '.join(classes[:10])}"
+            + (" ..." if len(classes) > 10 else "")
+        )
     y = np.asarray(labels, dtype=np.int64) if labels is not None else None
     return [out], y, [spec.name if spec else "image"], notes

@@ -46,7 +46,7 @@ class BatchNormLint:
     epsilon: float
     axis: int | tuple
     channels: int
-    variance_min: float | None     # over finite values; None when none is finite
+    variance_min: float | None  # over finite values; None when none is finite
     variance_max: float | None
     mean_abs_max: float | None
     renorm: bool = False
@@ -64,7 +64,7 @@ class LintFinding:
     layer: str | None
     message: str
     remedy: str
-    layers: tuple[str, ...] = ()   # every layer the rule applies to (layer is the first)
+    layers: tuple[str, ...] = ()  # every layer the rule applies to (layer is the first)
     evidence: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -112,8 +112,13 @@ class LintReport:
             "command": "lint",
             "verdict": self.verdict,
             "fail_on": self.fail_on.value,
-            "model": {"path": self.path, "name": self.model_name, "class_name": self.class_name,
-                      "layers": self.layers, "batchnorm_layers": len(self.batchnorm)},
+            "model": {
+                "path": self.path,
+                "name": self.model_name,
+                "class_name": self.class_name,
+                "layers": self.layers,
+                "batchnorm_layers": len(self.batchnorm),
+            },
             "batchnorm": [plain(b) for b in self.batchnorm],
             "findings": [plain(f) for f in self.findings],
             "notes": list(self.notes),
@@ -121,8 +126,13 @@ class LintReport:
         }
 
 
-def lint_model(model: Any, path: str = "<in-memory>", *, fail_on: Severity = Severity.FAIL,
-               notes: tuple[str, ...] = ()) -> LintReport:
+def lint_model(
+    model: Any,
+    path: str = "<in-memory>",
+    *,
+    fail_on: Severity = Severity.FAIL,
+    notes: tuple[str, ...] = (),
+) -> LintReport:
     """Applies every lint rule to a loaded Keras model. Reads the weights; changes nothing."""
     from .backend import import_keras
     from .layertree import build_tree
@@ -134,14 +144,25 @@ def lint_model(model: Any, path: str = "<in-memory>", *, fail_on: Severity = Sev
     batchnorm, found = apply_rules(model, nodes, keras)
     findings = sorted(found, key=lambda f: (-f.severity.rank, RULES.index(f.rule)))
     return LintReport(
-        path=path, model_name=model.name, class_name=type(model).__name__, layers=len(nodes),
-        batchnorm=tuple(batchnorm), findings=tuple(findings), fail_on=fail_on,
-        notes=tuple(notes), seconds=time.perf_counter() - start,
+        path=path,
+        model_name=model.name,
+        class_name=type(model).__name__,
+        layers=len(nodes),
+        batchnorm=tuple(batchnorm),
+        findings=tuple(findings),
+        fail_on=fail_on,
+        notes=tuple(notes),
+        seconds=time.perf_counter() - start,
     )
 
 
-def lint(model: Any, *, fail_on: str | Severity = "fail", unsafe: bool = False,
-         custom_objects: str | None = None) -> LintReport:
+def lint(
+    model: Any,
+    *,
+    fail_on: str | Severity = "fail",
+    unsafe: bool = False,
+    custom_objects: str | None = None,
+) -> LintReport:
     """Lints a model file (loaded safely unless `unsafe`) or an in-memory Keras model.
 
     Raises:

@@ -15,14 +15,16 @@ from .advice.common import bn_count, name_list, verb
 from .linting import BatchNormLint, LintFinding, Rule
 from .vocabulary import Kind, Severity
 
-TORCH_MOMENTUM = 0.5      # below this a Keras momentum is most likely PyTorch's convention
-NEAR_ZERO_SCALE = 1e-6    # variance + epsilon below this: 1/sqrt() amplifies by over 1000
+TORCH_MOMENTUM = 0.5  # below this a Keras momentum is most likely PyTorch's convention
+NEAR_ZERO_SCALE = 1e-6  # variance + epsilon below this: 1/sqrt() amplifies by over 1000
 TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32: below it, subnormal
 # Layers that keep the channel layout of their input: the axis check looks through them.
 _PASS_THROUGH_STEPS = 8
 
 
-def apply_rules(model: Any, nodes: list, keras: Any) -> tuple[list[BatchNormLint], list[LintFinding]]:
+def apply_rules(
+    model: Any, nodes: list, keras: Any
+) -> tuple[list[BatchNormLint], list[LintFinding]]:
     """(each built BN layer as the file says it, the findings of every rule) for a
     model and its layer tree. Reads the weights; changes nothing."""
     bns = [_read(n) for n in nodes if n.kind is Kind.BATCHNORM and n.layer.built]
@@ -71,8 +73,12 @@ def _summary(b: _BN) -> BatchNormLint:
     layer = b.layer
     axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
     return BatchNormLint(
-        path=b.path, trainable=bool(layer.trainable), momentum=float(layer.momentum),
-        epsilon=float(layer.epsilon), axis=axis, channels=int(b.var.size),
+        path=b.path,
+        trainable=bool(layer.trainable),
+        momentum=float(layer.momentum),
+        epsilon=float(layer.epsilon),
+        axis=axis,
+        channels=int(b.var.size),
         variance_min=float(finite.min()) if finite.size else None,
         variance_max=float(finite.max()) if finite.size else None,
         mean_abs_max=float(means.max()) if means.size else None,
@@ -95,20 +101,29 @@ def _never_updated(bns: list[_BN]) -> list[LintFinding]:
     b, m0, v0 = hits[0]
     paths = [h[0].path for h in hits]
     everyone = len(hits) == len(bns)
-    return [LintFinding(
-        Rule.NEVER_UPDATED, Severity.FAIL, paths[0],
-        f"{bn_count(len(hits))} ({name_list(paths)}) "
-        f"{verb(len(hits), 'still holds', 'still hold')} the exact initial moving "
-        f"statistics (mean {m0:g}, variance {v0:g} in every channel): they were never updated. "
-        "In inference mode (evaluate(), predict()) they normalise with these constants instead "
-        "of the data's statistics"
-        + (", so the model was most likely never trained in training mode, or its statistics "
-           "were never saved." if everyone else "."),
-        "Train with the BatchNormalization layers in training mode (a custom loop must call "
-        "model(x, training=True)), or re-estimate the statistics on representative data: "
-        "bngap fix MODEL DATA -o fixed.keras.",
-        tuple(paths), {"initial_mean": m0, "initial_variance": v0},
-    )]
+    return [
+        LintFinding(
+            Rule.NEVER_UPDATED,
+            Severity.FAIL,
+            paths[0],
+            f"{bn_count(len(hits))} ({name_list(paths)}) "
+            f"{verb(len(hits), 'still holds', 'still hold')} the exact initial moving "
+            f"statistics (mean {m0:g}, variance {v0:g} in every channel): they were never updated. "
+            "In inference mode (evaluate(), predict()) they normalise with these constants instead "
+            "of the data's statistics"
+            + (
+                ", so the model was most likely never trained in training mode, or its statistics "
+                "were never saved."
+                if everyone
+                else "."
+            ),
+            "Train with the BatchNormalization layers in training mode (a custom loop must call "
+            "model(x, training=True)), or re-estimate the statistics on representative data: "
+            "bngap fix MODEL DATA -o fixed.keras.",
+            tuple(paths),
+            {"initial_mean": m0, "initial_variance": v0},
+        )
+    ]
 
 
 def _momentum(bns: list[_BN]) -> list[LintFinding]:
@@ -117,35 +132,48 @@ def _momentum(bns: list[_BN]) -> list[LintFinding]:
     if torch:
         ms = sorted({float(b.layer.momentum) for b in torch})
         m = ms[0]
-        out.append(LintFinding(
-            Rule.MOMENTUM_TORCH_CONVENTION, Severity.WARN, torch[0].path,
-            f"{bn_count(len(torch))} ({name_list(b.path for b in torch)}) "
-            f"{verb(len(torch), 'has', 'have')} momentum "
-            f"{', '.join(f'{v:g}' for v in ms)}. In Keras momentum is the weight of the old value "
-            "(moving = momentum * moving + (1 - momentum) * batch), so the moving statistics "
-            f"follow the last batch or two; PyTorch's momentum={m:g} is the weight of the new "
-            f"value, the Keras equivalent of momentum={1 - m:g}. Typical of a ported model.",
-            f"Use momentum = 1 - (PyTorch momentum), e.g. {1 - m:g}, or the Keras default 0.99.",
-            tuple(b.path for b in torch), {"momenta": ms},
-        ))
+        out.append(
+            LintFinding(
+                Rule.MOMENTUM_TORCH_CONVENTION,
+                Severity.WARN,
+                torch[0].path,
+                f"{bn_count(len(torch))} ({name_list(b.path for b in torch)}) "
+                f"{verb(len(torch), 'has', 'have')} momentum "
+                f"{', '.join(f'{v:g}' for v in ms)}. In Keras momentum is the weight of the old value "
+                "(moving = momentum * moving + (1 - momentum) * batch), so the moving statistics "
+                f"follow the last batch or two; PyTorch's momentum={m:g} is the weight of the new "
+                f"value, the Keras equivalent of momentum={1 - m:g}. Typical of a ported model.",
+                f"Use momentum = 1 - (PyTorch momentum), e.g. {1 - m:g}, or the Keras default 0.99.",
+                tuple(b.path for b in torch),
+                {"momenta": ms},
+            )
+        )
     stuck = [b for b in bns if not float(b.layer.momentum) < 1.0]
     if stuck:
         trainable = [b for b in stuck if b.layer.trainable]
-        out.append(LintFinding(
-            Rule.MOMENTUM_ONE, Severity.FAIL if trainable else Severity.WARN, stuck[0].path,
-            f"{bn_count(len(stuck))} ({name_list(b.path for b in stuck)}) "
-            f"{verb(len(stuck), 'has', 'have')} momentum "
-            f"{', '.join(sorted({f'{float(b.layer.momentum):g}' for b in stuck}))}: the moving "
-            "statistics never move towards the data's (at momentum 1 they keep their old value; "
-            "above 1 they diverge), "
-            + ("so inference mode normalises with whatever they hold while training mode uses each "
-               "batch's statistics." if trainable else
-               "so they will not follow the data if the layers are ever unfrozen. They are frozen "
-               "(trainable=False) now: both modes normalise with the stored statistics."),
-            "Set momentum below 1 (the Keras default is 0.99) and re-estimate the statistics: "
-            "bngap fix MODEL DATA -o fixed.keras.",
-            tuple(b.path for b in stuck), {"momenta": sorted({float(b.layer.momentum) for b in stuck})},
-        ))
+        out.append(
+            LintFinding(
+                Rule.MOMENTUM_ONE,
+                Severity.FAIL if trainable else Severity.WARN,
+                stuck[0].path,
+                f"{bn_count(len(stuck))} ({name_list(b.path for b in stuck)}) "
+                f"{verb(len(stuck), 'has', 'have')} momentum "
+                f"{', '.join(sorted({f'{float(b.layer.momentum):g}' for b in stuck}))}: the moving "
+                "statistics never move towards the data's (at momentum 1 they keep their old value; "
+                "above 1 they diverge), "
+                + (
+                    "so inference mode normalises with whatever they hold while training mode uses each "
+                    "batch's statistics."
+                    if trainable
+                    else "so they will not follow the data if the layers are ever unfrozen. They are frozen "
+                    "(trainable=False) now: both modes normalise with the stored statistics."
+                ),
+                "Set momentum below 1 (the Keras default is 0.99) and re-estimate the statistics: "
+                "bngap fix MODEL DATA -o fixed.keras.",
+                tuple(b.path for b in stuck),
+                {"momenta": sorted({float(b.layer.momentum) for b in stuck})},
+            )
+        )
     return out
 
 
@@ -154,7 +182,9 @@ def _bad_variance(bns: list[_BN]) -> list[LintFinding]:
     counts: dict[str, dict[str, int]] = {}
     for b in bns:
         c = {
-            "not_finite": int(np.count_nonzero(~np.isfinite(b.var)) + np.count_nonzero(~np.isfinite(b.mean))),
+            "not_finite": int(
+                np.count_nonzero(~np.isfinite(b.var)) + np.count_nonzero(~np.isfinite(b.mean))
+            ),
             "negative": int(np.count_nonzero(b.var < 0)),
             "zero": int(np.count_nonzero(b.var == 0)),
             "subnormal": int(np.count_nonzero((b.var != 0) & (np.abs(b.var) < TINY))),
@@ -168,32 +198,44 @@ def _bad_variance(bns: list[_BN]) -> list[LintFinding]:
     out = []
 
     def describe(group):
-        return "; ".join(f"{b.path}: " + ", ".join(f"{v} {k.replace('_', ' ')}"
-                                                   for k, v in counts[b.path].items())
-                         for b in group[:3]) + (f"; and {len(group) - 3} more layers" if len(group) > 3 else "")
+        return "; ".join(
+            f"{b.path}: "
+            + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts[b.path].items())
+            for b in group[:3]
+        ) + (f"; and {len(group) - 3} more layers" if len(group) > 3 else "")
 
     if bad:
-        out.append(LintFinding(
-            Rule.BAD_VARIANCE, Severity.FAIL, bad[0].path,
-            f"{bn_count(len(bad))} {verb(len(bad), 'has', 'have')} moving statistics that "
-            f"cannot normalise: {describe(bad)} "
-            "channels (a negative or non-finite variance makes the inference output NaN or "
-            "meaningless). Training went numerically wrong, or the weights were converted badly.",
-            "Re-estimate the statistics on representative data (bngap fix MODEL DATA -o "
-            "fixed.keras), and look for the overflow or the faulty conversion that produced them.",
-            tuple(b.path for b in bad), {"channels": {b.path: counts[b.path] for b in bad}},
-        ))
+        out.append(
+            LintFinding(
+                Rule.BAD_VARIANCE,
+                Severity.FAIL,
+                bad[0].path,
+                f"{bn_count(len(bad))} {verb(len(bad), 'has', 'have')} moving statistics that "
+                f"cannot normalise: {describe(bad)} "
+                "channels (a negative or non-finite variance makes the inference output NaN or "
+                "meaningless). Training went numerically wrong, or the weights were converted badly.",
+                "Re-estimate the statistics on representative data (bngap fix MODEL DATA -o "
+                "fixed.keras), and look for the overflow or the faulty conversion that produced them.",
+                tuple(b.path for b in bad),
+                {"channels": {b.path: counts[b.path] for b in bad}},
+            )
+        )
     if odd:
-        out.append(LintFinding(
-            Rule.BAD_VARIANCE, Severity.WARN, odd[0].path,
-            f"{bn_count(len(odd))} {verb(len(odd), 'has', 'have')} a moving variance of zero or subnormal (below "
-            f"{TINY:.3g}) in some channels: {describe(odd)}. Unless those channels' inputs are "
-            "constant (dead channels), inference mode divides their spread by sqrt(epsilon) and "
-            "amplifies it.",
-            "Check what feeds those channels; re-estimate the statistics on representative data "
-            "(bngap fix MODEL DATA -o fixed.keras).",
-            tuple(b.path for b in odd), {"channels": {b.path: counts[b.path] for b in odd}},
-        ))
+        out.append(
+            LintFinding(
+                Rule.BAD_VARIANCE,
+                Severity.WARN,
+                odd[0].path,
+                f"{bn_count(len(odd))} {verb(len(odd), 'has', 'have')} a moving variance of zero or subnormal (below "
+                f"{TINY:.3g}) in some channels: {describe(odd)}. Unless those channels' inputs are "
+                "constant (dead channels), inference mode divides their spread by sqrt(epsilon) and "
+                "amplifies it.",
+                "Check what feeds those channels; re-estimate the statistics on representative data "
+                "(bngap fix MODEL DATA -o fixed.keras).",
+                tuple(b.path for b in odd),
+                {"channels": {b.path: counts[b.path] for b in odd}},
+            )
+        )
     return out
 
 
@@ -201,10 +243,14 @@ def _epsilon_effect(eps: float, low: float | None, broken: bool) -> str:
     if broken:
         return "1 / sqrt(variance + epsilon) is infinite (a division by zero) in some channels."
     if low is not None and low + eps < NEAR_ZERO_SCALE:
-        return (f"1 / sqrt(variance + epsilon) reaches {1 / math.sqrt(low + eps):.3g}, so tiny "
-                "input differences become large output differences.")
-    return ("nothing guards the division: a channel whose variance reaches zero (a dead "
-            "channel, or statistics re-estimated on constant inputs) divides by zero.")
+        return (
+            f"1 / sqrt(variance + epsilon) reaches {1 / math.sqrt(low + eps):.3g}, so tiny "
+            "input differences become large output differences."
+        )
+    return (
+        "nothing guards the division: a channel whose variance reaches zero (a dead "
+        "channel, or statistics re-estimated on constant inputs) divides by zero."
+    )
 
 
 def _epsilon(bns: list[_BN]) -> list[LintFinding]:
@@ -219,17 +265,25 @@ def _epsilon(bns: list[_BN]) -> list[LintFinding]:
         return []
     broken = [h for h in hits if h[2] is not None and h[2] + h[1] <= 0]
     b, eps, low = (broken or hits)[0]
-    return [LintFinding(
-        Rule.EPSILON_TOO_SMALL, Severity.FAIL if broken else Severity.WARN, b.path,
-        f"{bn_count(len(hits))} ({name_list(h[0].path for h in hits)}) "
-        f"{verb(len(hits), 'has', 'have')} epsilon {eps:g}"
-        + (f" and a smallest moving variance of {low:.3g}" if low is not None else "")
-        + ": " + _epsilon_effect(eps, low, bool(broken)),
-        "Use an epsilon of 1e-5 to 1e-3 (the Keras default is 1e-3; keras.applications use 1e-3 "
-        "or 1.001e-5).",
-        tuple(h[0].path for h in hits),
-        {"epsilon": {h[0].path: h[1] for h in hits}, "variance_min": {h[0].path: h[2] for h in hits}},
-    )]
+    return [
+        LintFinding(
+            Rule.EPSILON_TOO_SMALL,
+            Severity.FAIL if broken else Severity.WARN,
+            b.path,
+            f"{bn_count(len(hits))} ({name_list(h[0].path for h in hits)}) "
+            f"{verb(len(hits), 'has', 'have')} epsilon {eps:g}"
+            + (f" and a smallest moving variance of {low:.3g}" if low is not None else "")
+            + ": "
+            + _epsilon_effect(eps, low, bool(broken)),
+            "Use an epsilon of 1e-5 to 1e-3 (the Keras default is 1e-3; keras.applications use 1e-3 "
+            "or 1.001e-5).",
+            tuple(h[0].path for h in hits),
+            {
+                "epsilon": {h[0].path: h[1] for h in hits},
+                "variance_min": {h[0].path: h[2] for h in hits},
+            },
+        )
+    ]
 
 
 def _producer(layer, keras):
@@ -295,27 +349,48 @@ def _axis_mismatch(bns: list[_BN], keras) -> list[LintFinding]:
     b, prod, channel = hits[0]
     assert b.rank is not None  # hits holds only layers of known rank
     fmt = getattr(prod, "data_format", "channels_last")
-    return [LintFinding(
-        Rule.AXIS_MISMATCH, Severity.FAIL, b.path,
-        f"{bn_count(len(hits))} ({name_list(h[0].path for h in hits)}) "
-        f"{verb(len(hits), 'normalises', 'normalise')} over another axis than the channels of the "
-        f"layer feeding {verb(len(hits), 'it', 'them')}: {b.path} has axis={b.layer.axis} on a "
-        f"rank-{b.rank} input, but {prod.name} ({type(prod).__name__}, {fmt}) puts its channels on "
-        f"axis {channel}. Statistics are then kept per position along axis "
-        f"{b.layer.axis % b.rank} instead of per channel: a common porting slip ("
-        + ("the Keras default axis=-1 left on a channels_first model)." if fmt == "channels_first"
-           else "axis=1 from a channels-first model)."),
-        f"Set axis={-1 if channel == b.rank - 1 else channel} (the channel axis) and retrain or "
-        "re-estimate the statistics.",
-        tuple(h[0].path for h in hits),
-        {"axes": {h[0].path: {"axis": h[0].layer.axis, "channel_axis": h[2], "producer": h[1].name}
-                  for h in hits}},
-    )]
+    return [
+        LintFinding(
+            Rule.AXIS_MISMATCH,
+            Severity.FAIL,
+            b.path,
+            f"{bn_count(len(hits))} ({name_list(h[0].path for h in hits)}) "
+            f"{verb(len(hits), 'normalises', 'normalise')} over another axis than the channels of the "
+            f"layer feeding {verb(len(hits), 'it', 'them')}: {b.path} has axis={b.layer.axis} on a "
+            f"rank-{b.rank} input, but {prod.name} ({type(prod).__name__}, {fmt}) puts its channels on "
+            f"axis {channel}. Statistics are then kept per position along axis "
+            f"{b.layer.axis % b.rank} instead of per channel: a common porting slip ("
+            + (
+                "the Keras default axis=-1 left on a channels_first model)."
+                if fmt == "channels_first"
+                else "axis=1 from a channels-first model)."
+            ),
+            f"Set axis={-1 if channel == b.rank - 1 else channel} (the channel axis) and retrain or "
+            "re-estimate the statistics.",
+            tuple(h[0].path for h in hits),
+            {
+                "axes": {
+                    h[0].path: {
+                        "axis": h[0].layer.axis,
+                        "channel_axis": h[2],
+                        "producer": h[1].name,
+                    }
+                    for h in hits
+                }
+            },
+        )
+    ]
 
 
 def _renorm(bns: list[_BN]) -> list[LintFinding]:
-    hits = [b for b in bns if getattr(b.layer, "renorm", False)
-            and not any(v is not None for v in (getattr(b.layer, "renorm_clipping", None) or {}).values())]
+    hits = [
+        b
+        for b in bns
+        if getattr(b.layer, "renorm", False)
+        and not any(
+            v is not None for v in (getattr(b.layer, "renorm_clipping", None) or {}).values()
+        )
+    ]
     if not hits:
         return []
     apart = {}
@@ -328,20 +403,25 @@ def _renorm(bns: list[_BN]) -> list[LintFinding]:
         d = np.abs(np.asarray(rm.numpy(), np.float64).ravel() - b.mean) / std
         r = np.abs(np.log2(np.maximum(np.asarray(rs.numpy(), np.float64).ravel(), 1e-30) / std))
         apart[b.path] = float(max(d.max(initial=0.0), r.max(initial=0.0)))
-    return [LintFinding(
-        Rule.RENORM_UNCLIPPED, Severity.WARN, hits[0].path,
-        f"{bn_count(len(hits))} ({name_list(b.path for b in hits)}) "
-        f"{verb(len(hits), 'uses', 'use')} batch renormalization "
-        "without clipping (renorm_clipping empty). Then training mode normalises with the renorm "
-        "statistics (renorm_mean, renorm_stddev) and inference mode with the moving ones "
-        "(moving_mean, moving_variance), never with the batch's own: when those are stale, fit() "
-        "and evaluate() are wrong alike and show no gap, and re-estimating only the moving "
-        "statistics makes the two modes disagree.",
-        "Give renorm_clipping bounds (e.g. {'rmax': 3, 'rmin': 1/3, 'dmax': 5}) or use plain "
-        "BatchNormalization; to repair statistics, re-estimate all of them together (bngap fix "
-        "MODEL DATA -o fixed.keras does).",
-        tuple(b.path for b in hits), {"renorm_vs_moving": apart},
-    )]
+    return [
+        LintFinding(
+            Rule.RENORM_UNCLIPPED,
+            Severity.WARN,
+            hits[0].path,
+            f"{bn_count(len(hits))} ({name_list(b.path for b in hits)}) "
+            f"{verb(len(hits), 'uses', 'use')} batch renormalization "
+            "without clipping (renorm_clipping empty). Then training mode normalises with the renorm "
+            "statistics (renorm_mean, renorm_stddev) and inference mode with the moving ones "
+            "(moving_mean, moving_variance), never with the batch's own: when those are stale, fit() "
+            "and evaluate() are wrong alike and show no gap, and re-estimating only the moving "
+            "statistics makes the two modes disagree.",
+            "Give renorm_clipping bounds (e.g. {'rmax': 3, 'rmin': 1/3, 'dmax': 5}) or use plain "
+            "BatchNormalization; to repair statistics, re-estimate all of them together (bngap fix "
+            "MODEL DATA -o fixed.keras does).",
+            tuple(b.path for b in hits),
+            {"renorm_vs_moving": apart},
+        )
+    ]
 
 
 def _weighted_leaves(node) -> list:
@@ -369,19 +449,24 @@ def _frozen_base(nodes, keras) -> list[LintFinding]:
             hits.extend(n.path for n in bns if n.path not in hits)
     if not hits:
         return []
-    return [LintFinding(
-        Rule.TRAINABLE_BN_IN_FROZEN_BASE, Severity.WARN, hits[0],
-        f"{bn_count(len(hits))} ({name_list(hits)}) {verb(len(hits), 'is', 'are')} trainable inside "
-        f"{name_list(bases)}, whose other weighted layers are all frozen. In Keras 3 fit() runs a "
-        "trainable BN layer in training mode: these layers normalise each batch by its own "
-        "statistics and overwrite the pretrained moving statistics while the base is meant to "
-        "stay fixed.",
-        "Freeze them too (set base.trainable = False after any per-layer changes, or "
-        "layer.trainable = False on each BatchNormalization layer): a frozen BN layer stays in "
-        "inference mode in fit(). Passing training=False to the base does not hold inside a "
-        "functional model in Keras 3.",
-        tuple(hits), {"bases": bases},
-    )]
+    return [
+        LintFinding(
+            Rule.TRAINABLE_BN_IN_FROZEN_BASE,
+            Severity.WARN,
+            hits[0],
+            f"{bn_count(len(hits))} ({name_list(hits)}) {verb(len(hits), 'is', 'are')} trainable inside "
+            f"{name_list(bases)}, whose other weighted layers are all frozen. In Keras 3 fit() runs a "
+            "trainable BN layer in training mode: these layers normalise each batch by its own "
+            "statistics and overwrite the pretrained moving statistics while the base is meant to "
+            "stay fixed.",
+            "Freeze them too (set base.trainable = False after any per-layer changes, or "
+            "layer.trainable = False on each BatchNormalization layer): a frozen BN layer stays in "
+            "inference mode in fit(). Passing training=False to the base does not hold inside a "
+            "functional model in Keras 3.",
+            tuple(hits),
+            {"bases": bases},
+        )
+    ]
 
 
 def _call_without_training(model, nodes) -> list[LintFinding]:
@@ -397,18 +482,23 @@ def _call_without_training(model, nodes) -> list[LintFinding]:
     if not dependent:
         return []
     bn = [n.path for n in dependent if n.kind is Kind.BATCHNORM and n.layer.trainable]
-    return [LintFinding(
-        Rule.CALL_WITHOUT_TRAINING, Severity.WARN, dependent[0].path,
-        f"{type(model).__name__}.call() has no `training` argument, so fit() calls the model "
-        f"without one and its {len(dependent)} mode-dependent "
-        f"{verb(len(dependent), 'layer', 'layers')} ({name_list(n.path for n in dependent)}) "
-        "run in inference mode during training"
-        + (": the BatchNormalization statistics are never updated by fit()" if bn else "")
-        + ". A direct model(x, training=True) behaves differently from fit().",
-        "Add `training=None` to the model's call() signature and pass it to the layers that "
-        "take it.",
-        tuple(n.path for n in dependent), {"class_name": type(model).__name__},
-    )]
+    return [
+        LintFinding(
+            Rule.CALL_WITHOUT_TRAINING,
+            Severity.WARN,
+            dependent[0].path,
+            f"{type(model).__name__}.call() has no `training` argument, so fit() calls the model "
+            f"without one and its {len(dependent)} mode-dependent "
+            f"{verb(len(dependent), 'layer', 'layers')} ({name_list(n.path for n in dependent)}) "
+            "run in inference mode during training"
+            + (": the BatchNormalization statistics are never updated by fit()" if bn else "")
+            + ". A direct model(x, training=True) behaves differently from fit().",
+            "Add `training=None` to the model's call() signature and pass it to the layers that "
+            "take it.",
+            tuple(n.path for n in dependent),
+            {"class_name": type(model).__name__},
+        )
+    ]
 
 
 def _mode_dependent(nodes) -> list[LintFinding]:
@@ -420,12 +510,17 @@ def _mode_dependent(nodes) -> list[LintFinding]:
     for n in hits:
         by_kind.setdefault(n.kind.value, []).append(n.path)
     listed = "; ".join(f"{k}: {name_list(v)}" for k, v in by_kind.items())
-    return [LintFinding(
-        Rule.MODE_DEPENDENT_LAYERS, Severity.INFO, hits[0].path,
-        f"{len(hits)} {verb(len(hits), 'layer computes', 'layers compute')} something different in "
-        f"training mode ({listed}): expect "
-        "fit()'s metrics to differ from evaluate()'s on the same data. That gap is by design.",
-        "Nothing to fix. To compare like with like, run model.evaluate() on the training data "
-        "after fit(); `bngap check MODEL DATA` measures the gap each layer causes.",
-        tuple(n.path for n in hits), {"kinds": by_kind},
-    )]
+    return [
+        LintFinding(
+            Rule.MODE_DEPENDENT_LAYERS,
+            Severity.INFO,
+            hits[0].path,
+            f"{len(hits)} {verb(len(hits), 'layer computes', 'layers compute')} something different in "
+            f"training mode ({listed}): expect "
+            "fit()'s metrics to differ from evaluate()'s on the same data. That gap is by design.",
+            "Nothing to fix. To compare like with like, run model.evaluate() on the training data "
+            "after fit(); `bngap check MODEL DATA` measures the gap each layer causes.",
+            tuple(n.path for n in hits),
+            {"kinds": by_kind},
+        )
+    ]

@@ -389,16 +389,16 @@ def _open(p: Path, keras: Any, kwargs: dict[str, Any], notes: list[str]) -> Any:
         return keras.models.load_model(source, **kwargs)
 
 
-def _open_compiled_if_asked(p: Path, keras: Any, kwargs: dict[str, Any], compile: bool,
-                            notes: list[str]) -> Any:
+def _open_compiled_if_asked(
+    p: Path, keras: Any, kwargs: dict[str, Any], compile: bool, notes: list[str]
+) -> Any:
     """The model, compiled when asked and restorable, else uncompiled (with a note)."""
     if compile:
         try:
             return _open(p, keras, {**kwargs, "compile": True}, notes)
         except Exception as e:  # loss or optimizer not restorable: keep going without
             notes.append(
-                f"loaded without its compile configuration ({type(e).__name__}: "
-                f"{one_line(e, 120)})"
+                f"loaded without its compile configuration ({type(e).__name__}: {one_line(e, 120)})"
             )
     return _open(p, keras, kwargs, notes)
 

@@ -43,7 +43,7 @@ class Measurements:
     effects_skipped: int = 0
     notes: list[str] = field(default_factory=list)
     outputs_are_classes: bool = False
-    fit_call: Any = None            # backend.FitCall: how fit() calls this model
+    fit_call: Any = None  # backend.FitCall: how fit() calls this model
 
 
 Progress = Callable[[int, int, str], None]
@@ -79,17 +79,19 @@ class PassPlan:
     """Which extra training passes each batch gets, decided on the first batch."""
 
     group_members: dict[str, list[int]]
-    run_groups: list[str]          # groups measured by a pass of their own
-    reuse_total: str | None        # the one active group whose value is the whole gap
-    effect_idx: list[int]          # layers whose output effect gets a pass
+    run_groups: list[str]  # groups measured by a pass of their own
+    reuse_total: str | None  # the one active group whose value is the whole gap
+    effect_idx: list[int]  # layers whose output effect gets a pass
     effects_skipped: int
-    layers_pass: bool              # measure what all layers together explain
+    layers_pass: bool  # measure what all layers together explain
 
 
 has_own_logic = backend.has_own_logic  # kept under its old name for one merge cycle
 
 
-def plan_passes(nodes: list[LayerNode], stats: dict[int, NodeStats], effects, own_logic: bool) -> PassPlan:
+def plan_passes(
+    nodes: list[LayerNode], stats: dict[int, NodeStats], effects, own_logic: bool
+) -> PassPlan:
     """Plans the group and effect passes from the first batch's training pass.
 
     When only one group is active in a model without logic of its own, that
@@ -111,13 +113,29 @@ def plan_passes(nodes: list[LayerNode], stats: dict[int, NodeStats], effects, ow
         limit = len(candidates) if len(candidates) <= AUTO_EFFECTS_ALL else 1
     else:
         limit = len(candidates) if effects is None else max(0, int(effects))
-    return PassPlan(members, run_groups, reuse, candidates[:limit], len(candidates) - min(limit, len(candidates)),
-                    layers_pass=own_logic and bool(eff))
+    return PassPlan(
+        members,
+        run_groups,
+        reuse,
+        candidates[:limit],
+        len(candidates) - min(limit, len(candidates)),
+        layers_pass=own_logic and bool(eff),
+    )
 
 
-def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_size: int,
-            seed: int = 0, effects: int | str | None = "auto", loss_id=None,
-            progress: Progress = _noop, leak_checks: bool = True) -> Measurements:
+def measure(
+    model,
+    nodes: list[LayerNode],
+    dataset: Dataset,
+    keras,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    effects: int | str | None = "auto",
+    loss_id=None,
+    progress: Progress = _noop,
+    leak_checks: bool = True,
+) -> Measurements:
     """Runs every pass a check needs, batch by batch.
 
     Per batch: one inference pass (recording BN inputs and keeping each
@@ -161,14 +179,21 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                     stats[i].effect = GapAccumulator()
                 if loss_ok and len(ev) != 1 and not isinstance(dataset.y, dict):
                     loss_ok = False
-                    notes.append("labels ignored: a model with several outputs needs one label array "
-                                 "per output (npz keys y_<output name>)")
+                    notes.append(
+                        "labels ignored: a model with several outputs needs one label array "
+                        "per output (npz keys y_<output name>)"
+                    )
                 elif loss_ok and isinstance(dataset.y, dict):
                     metric = OutputMetricSums()
             extra: list[tuple[list[int], GapAccumulator]] = (
                 [(plan.group_members[g], group_acc[g]) for g in plan.run_groups]
                 + [([i], stats[i].effect) for i in plan.effect_idx]
-                + ([([nd.index for nd in effective_nodes(nodes, stats)], layers_acc)] if plan.layers_pass else []))
+                + (
+                    [([nd.index for nd in effective_nodes(nodes, stats)], layers_acc)]
+                    if plan.layers_pass
+                    else []
+                )
+            )
             total = batches * (2 + len(extra))
             progress(b * (2 + len(extra)) + 2, total, f"batch {b + 1}/{batches}")
             for (_name, acc), t, e in zip(per_out, tr, ev):
@@ -181,11 +206,22 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
             if loss_ok and y is not None:
                 try:
                     if isinstance(metric, OutputMetricSums):
-                        metric.add(keras, loss_id, keras.tree.flatten(tr_raw), keras.tree.flatten(ev_raw),
-                                   cast(dict, y), names)  # per-output labels come as a dict
+                        metric.add(
+                            keras,
+                            loss_id,
+                            keras.tree.flatten(tr_raw),
+                            keras.tree.flatten(ev_raw),
+                            cast(dict, y),
+                            names,
+                        )  # per-output labels come as a dict
                     else:
-                        metric.add(keras, loss_id, keras.tree.flatten(tr_raw)[0],
-                                   keras.tree.flatten(ev_raw)[0], y)
+                        metric.add(
+                            keras,
+                            loss_id,
+                            keras.tree.flatten(tr_raw)[0],
+                            keras.tree.flatten(ev_raw)[0],
+                            y,
+                        )
                 except Exception as e:  # labels that fit no loss: say so, keep the rest
                     loss_ok = False
                     notes.append(f"loss not computed: {type(e).__name__}: {str(e)[:160]}")
@@ -204,7 +240,9 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                 continue
             if len(eff) == 1 and not own_logic:
                 st.effect = out_acc
-            elif group_acc.get(nd.kind.group) is not None and plan.group_members[nd.kind.group] == [nd.index]:
+            elif group_acc.get(nd.kind.group) is not None and plan.group_members[nd.kind.group] == [
+                nd.index
+            ]:
                 st.effect = group_acc[nd.kind.group]
         if plan.layers_pass:
             explained, whole = layers_acc.relative_l2, out_acc.relative_l2
@@ -213,20 +251,34 @@ def measure(model, nodes: list[LayerNode], dataset: Dataset, keras, *, batch_siz
                     f"With all its layers in training mode but the model's own call() in "
                     f"inference mode, the output gap is {explained:.4f}, against {whole:.4f} for "
                     f"{backend.fit_call(model).expression}: the rest comes from what {type(model).__name__}.call() "
-                    "itself does when training=True, outside any layer.")
+                    "itself does when training=True, outside any layer."
+                )
         if leak_checks:
-            leaks = compare_inference_paths(probe, nodes, dataset.subset(min(LEAK_SAMPLES, n)), keras,
-                                            stats=stats)
+            leaks = compare_inference_paths(
+                probe, nodes, dataset.subset(min(LEAK_SAMPLES, n)), keras, stats=stats
+            )
         else:
             leaks = []
         bn_params = {nd.index: probe.bn_params(nd) for nd in nodes if nd.kind is Kind.BATCHNORM}
 
     return Measurements(
-        nodes=nodes, stats=stats, output=out_acc, per_output=per_out, groups=groups,
-        bn_params=bn_params, leaks=leaks, metrics=metric.result() if loss_ok else None,
-        batch_size=batch_size, batches=batches, last_batch_size=last, samples=n,
-        effects_computed=len(plan.effect_idx), effects_skipped=plan.effects_skipped, notes=notes,
-        outputs_are_classes=classes, fit_call=backend.fit_call(model),
+        nodes=nodes,
+        stats=stats,
+        output=out_acc,
+        per_output=per_out,
+        groups=groups,
+        bn_params=bn_params,
+        leaks=leaks,
+        metrics=metric.result() if loss_ok else None,
+        batch_size=batch_size,
+        batches=batches,
+        last_batch_size=last,
+        samples=n,
+        effects_computed=len(plan.effect_idx),
+        effects_skipped=plan.effects_skipped,
+        notes=notes,
+        outputs_are_classes=classes,
+        fit_call=backend.fit_call(model),
     )
 
 
@@ -249,8 +301,9 @@ def _training_layers(nodes: list[LayerNode], seen: dict) -> tuple[str, ...]:
     return tuple(out)
 
 
-def compare_inference_paths(probe: Probe, nodes: list[LayerNode], subset: Dataset, keras, *,
-                            stats: dict) -> list[LeakCheck]:
+def compare_inference_paths(
+    probe: Probe, nodes: list[LayerNode], subset: Dataset, keras, *, stats: dict
+) -> list[LeakCheck]:
     """Compares the other inference paths with model(x, training=False).
 
     - forced inference: every layer explicitly in inference mode; differs
@@ -274,10 +327,18 @@ def compare_inference_paths(probe: Probe, nodes: list[LayerNode], subset: Datase
     else:
         checks.append(LeakCheck(InferencePath.FORCED, 0.0, (), m))
     noflag, seen_nf = probe.observe_pass(xs)
-    checks.append(LeakCheck(InferencePath.NO_FLAG, _rel(keras, noflag, ref), _training_layers(nodes, seen_nf), m))
+    checks.append(
+        LeakCheck(
+            InferencePath.NO_FLAG, _rel(keras, noflag, ref), _training_layers(nodes, seen_nf), m
+        )
+    )
     try:
         pred = probe.predict(xs)
         checks.append(LeakCheck(InferencePath.PREDICT, _rel(keras, pred, ref), (), m))
     except Exception as e:  # predict's tracing can fail where eager calls work
-        checks.append(LeakCheck(InferencePath.PREDICT, None, (), m, skipped=f"{type(e).__name__}: {str(e)[:120]}"))
+        checks.append(
+            LeakCheck(
+                InferencePath.PREDICT, None, (), m, skipped=f"{type(e).__name__}: {str(e)[:120]}"
+            )
+        )
     return checks

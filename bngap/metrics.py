@@ -42,7 +42,9 @@ def resolve_loss(keras, loss_id, outputs: np.ndarray, y: np.ndarray) -> tuple[An
     if isinstance(loss_id, CompiledLoss):
         loss_id = loss_id.loss
     if callable(loss_id):  # a Loss object or a function (the model's own, or the caller's)
-        name = getattr(loss_id, "name", None) or getattr(loss_id, "__name__", type(loss_id).__name__)
+        name = getattr(loss_id, "name", None) or getattr(
+            loss_id, "__name__", type(loss_id).__name__
+        )
         return loss_id, str(name), "compiled"
     named = isinstance(loss_id, str) or (isinstance(loss_id, dict) and "class_name" in loss_id)
     if named:
@@ -57,9 +59,21 @@ def resolve_loss(keras, loss_id, outputs: np.ndarray, y: np.ndarray) -> tuple[An
     L = keras.losses
     if outputs.ndim >= 2 and outputs.shape[-1] >= 2:
         rows_sum_one = probs and np.allclose(outputs.sum(-1), 1.0, atol=1e-3)
-        if y.dtype.kind in "iu" or (y.ndim == outputs.ndim - 1) or (y.ndim == outputs.ndim and y.shape[-1] == 1):
-            return L.SparseCategoricalCrossentropy(from_logits=not rows_sum_one), "sparse_categorical_crossentropy", "inferred"
-        return L.CategoricalCrossentropy(from_logits=not rows_sum_one), "categorical_crossentropy", "inferred"
+        if (
+            y.dtype.kind in "iu"
+            or (y.ndim == outputs.ndim - 1)
+            or (y.ndim == outputs.ndim and y.shape[-1] == 1)
+        ):
+            return (
+                L.SparseCategoricalCrossentropy(from_logits=not rows_sum_one),
+                "sparse_categorical_crossentropy",
+                "inferred",
+            )
+        return (
+            L.CategoricalCrossentropy(from_logits=not rows_sum_one),
+            "categorical_crossentropy",
+            "inferred",
+        )
     if set(np.unique(y).tolist()) <= {0, 1}:
         return L.BinaryCrossentropy(from_logits=not probs), "binary_crossentropy", "inferred"
     return L.MeanSquaredError(), "mean_squared_error", "inferred"
@@ -185,9 +199,22 @@ class OutputMetricSums:
             return None
         tr = {"loss": sum(self.weights[n] * parts[n].train["loss"] for n in self.names)}
         ev = {"loss": sum(self.weights[n] * parts[n].eval["loss"] for n in self.names)}
-        per = tuple(OutputMetrics(n, dict(parts[n].train), dict(parts[n].eval), parts[n].loss_name,
-                                  parts[n].source, self.weights[n]) for n in self.names)
+        per = tuple(
+            OutputMetrics(
+                n,
+                dict(parts[n].train),
+                dict(parts[n].eval),
+                parts[n].loss_name,
+                parts[n].source,
+                self.weights[n],
+            )
+            for n in self.names
+        )
         sources = {p.source for p in parts.values()}
-        return Metrics(train=tr, eval=ev, loss_name="weighted sum of per-output losses",
-                       source="compiled" if sources == {"compiled"} else "inferred",
-                       per_output=per)
+        return Metrics(
+            train=tr,
+            eval=ev,
+            loss_name="weighted sum of per-output losses",
+            source="compiled" if sources == {"compiled"} else "inferred",
+            per_output=per,
+        )

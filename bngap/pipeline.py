@@ -48,8 +48,10 @@ def _declared_batch_size(loaded, asked: int) -> int:
         return asked
     size = declared.pop()
     if size != asked:
-        loaded.notes.append(f"the model declares a fixed batch size of {size} (fit() used it); "
-                            f"measured with batch size {size}, not {asked}")
+        loaded.notes.append(
+            f"the model declares a fixed batch size of {size} (fit() used it); "
+            f"measured with batch size {size}, not {asked}"
+        )
     return size
 
 
@@ -66,7 +68,9 @@ def _summarise_model(model, nodes, path: str, specs) -> ModelSummary:
     except (AttributeError, ValueError):
         outputs = ()
     return ModelSummary(
-        path=path, name=model.name, class_name=type(model).__name__,
+        path=path,
+        name=model.name,
+        class_name=type(model).__name__,
         layers=len(nodes),
         batchnorm_layers=sum(n.kind is Kind.BATCHNORM for n in nodes),
         dropout_like_layers=sum(n.kind in (Kind.DROPOUT, Kind.NOISE) for n in nodes),
@@ -78,10 +82,20 @@ def _summarise_model(model, nodes, path: str, specs) -> ModelSummary:
     )
 
 
-def open_inputs(model: Any, x: Any, y: Any = None, *, unsafe: bool = False,
-                custom_objects: str | None = None, x_key: str | None = None,
-                y_key: str | None = None, limit: int | None = None, preprocess: str | None = None,
-                compile: bool = False, status: Callable[[str], None] | None = None):
+def open_inputs(
+    model: Any,
+    x: Any,
+    y: Any = None,
+    *,
+    unsafe: bool = False,
+    custom_objects: str | None = None,
+    x_key: str | None = None,
+    y_key: str | None = None,
+    limit: int | None = None,
+    preprocess: str | None = None,
+    compile: bool = False,
+    status: Callable[[str], None] | None = None,
+):
     """The model and the data, from paths or objects, validated against each
     other. Shared by `check` and `fix`.
 
@@ -94,28 +108,41 @@ def open_inputs(model: Any, x: Any, y: Any = None, *, unsafe: bool = False,
     say = status or (lambda s: None)
     if isinstance(model, (str, os.PathLike)):
         say(f"loading model {model}")
-        loaded = load_model(model, unsafe=unsafe, custom_objects_file=custom_objects, compile=compile)
+        loaded = load_model(
+            model, unsafe=unsafe, custom_objects_file=custom_objects, compile=compile
+        )
     else:
         keras = import_keras()
         if not isinstance(model, keras.Model):
-            raise BngapError(f"expected a Keras model or a model file path. Received: {type(model).__name__}")
-        loaded = LoadedModel(model=model, path="<in-memory>", inputs=input_specs(model),
-                             loss=getattr(model, "loss", None))
+            raise BngapError(
+                f"expected a Keras model or a model file path. Received: {type(model).__name__}"
+            )
+        loaded = LoadedModel(
+            model=model,
+            path="<in-memory>",
+            inputs=input_specs(model),
+            loss=getattr(model, "loss", None),
+        )
     outputs = list(getattr(loaded.model, "output_names", None) or [])
     per_output_y = None
     if len(outputs) > 1 and isinstance(y, (dict, list, tuple)):  # one label array per output
         per_output_y, y = y, None
     if is_data_path(x):  # a file, a folder, or several shards
         say(f"reading data {x if isinstance(x, (str, os.PathLike)) else ', '.join(map(str, x))}")
-        data = load_data(x, loaded.inputs, x_key=x_key, y_key=y_key, limit=limit, preprocess=preprocess)
+        data = load_data(
+            x, loaded.inputs, x_key=x_key, y_key=y_key, limit=limit, preprocess=preprocess
+        )
     elif x is None:
         raise DataError("no data given: pass the inputs (x)")
     else:
         data = from_arrays(x, y, loaded.inputs, limit=limit)
     if len(outputs) > 1:
         # per-output labels come from y, or from the keys of one .npz (not from shards)
-        source = per_output_y if per_output_y is not None else (
-            x if isinstance(x, (str, os.PathLike)) else None)
+        source = (
+            per_output_y
+            if per_output_y is not None
+            else (x if isinstance(x, (str, os.PathLike)) else None)
+        )
         _attach_output_labels(loaded, data, source, outputs, limit)
     return loaded, data
 
@@ -146,22 +173,36 @@ def _measurement_notes(m: Any) -> list[str]:
     """Remarks on what the passes left out: non-finite outputs, layers whose
     output effect was not measured. `m` is a `measurement.Measurements`."""
     notes = []
-    for label, count in (("training", m.output.nonfinite_train), ("inference", m.output.nonfinite_ref)):
+    for label, count in (
+        ("training", m.output.nonfinite_train),
+        ("inference", m.output.nonfinite_ref),
+    ):
         if count:
-            notes.append(f"the model's {label}-mode outputs contain {count} NaN/infinite values "
-                         "(left out of the gap); look for a layer dividing by zero, e.g. "
-                         "BatchNormalization with epsilon=0 on a constant channel")
+            notes.append(
+                f"the model's {label}-mode outputs contain {count} NaN/infinite values "
+                "(left out of the gap); look for a layer dividing by zero, e.g. "
+                "BatchNormalization with epsilon=0 on a constant channel"
+            )
     if m.effects_skipped:
-        notes.append(f"output effect measured for the {m.effects_computed} layer(s) with the largest "
-                     f"own contribution, not for {m.effects_skipped} more (each costs one more pass "
-                     "per batch; --effects N or --effects all)")
+        notes.append(
+            f"output effect measured for the {m.effects_computed} layer(s) with the largest "
+            f"own contribution, not for {m.effects_skipped} more (each costs one more pass "
+            "per batch; --effects N or --effects all)"
+        )
     return notes
 
 
 # Long mostly by its docstring: the body is the check's stages in order, each one call.
-def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = CheckOptions(),
-          progress: Callable[[int, int, str], None] | None = None,
-          status: Callable[[str], None] | None = None, loss: Any = None) -> Report:
+def check(
+    model: Any,
+    x: Any = None,
+    y: Any = None,
+    *,
+    options: CheckOptions = CheckOptions(),
+    progress: Callable[[int, int, str], None] | None = None,
+    status: Callable[[str], None] | None = None,
+    loss: Any = None,
+) -> Report:
     """Measures and explains the train-vs-inference gap of a Keras model.
 
     Args:
@@ -188,9 +229,18 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
     import_keras(options.backend)  # before anything imports Keras: the backend is fixed then
     if options.batch_size < 1:
         raise BngapError(f"--batch-size must be at least 1. Received: {options.batch_size}")
-    loaded, data = open_inputs(model, x, y, unsafe=options.unsafe, custom_objects=options.custom_objects,
-                               x_key=options.x_key, y_key=options.y_key, limit=options.limit,
-                               preprocess=options.preprocess, status=say)
+    loaded, data = open_inputs(
+        model,
+        x,
+        y,
+        unsafe=options.unsafe,
+        custom_objects=options.custom_objects,
+        x_key=options.x_key,
+        y_key=options.y_key,
+        limit=options.limit,
+        preprocess=options.preprocess,
+        status=say,
+    )
     keras = import_keras()
     net = loaded.model
     nodes = build_tree(net, keras)
@@ -198,9 +248,17 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
         raise BngapError(f"{loaded.path}: the model has no layers to check")
     batch_size = _declared_batch_size(loaded, options.batch_size)
     say(f"running {net.name}: {len(data)} samples, batch size {min(batch_size, len(data))}")
-    m = measure(net, nodes, data, keras, batch_size=batch_size, seed=options.seed,
-                effects=options.effects, loss_id=loss if loss is not None else loaded.loss,
-                progress=progress or (lambda *a: None))
+    m = measure(
+        net,
+        nodes,
+        data,
+        keras,
+        batch_size=batch_size,
+        seed=options.seed,
+        effects=options.effects,
+        loss_id=loss if loss is not None else loaded.loss,
+        progress=progress or (lambda *a: None),
+    )
     if options.save_outputs:
         from .crossbackend import save_outputs
 
@@ -214,23 +272,49 @@ def check(model: Any, x: Any = None, y: Any = None, *, options: CheckOptions = C
 
         preprocessing = probe_input_transforms(net, nodes, data, bn, keras, seed=options.seed)
     findings, notes = advice.diagnose(
-        gap=gap, groups=m.groups, layers=layers, batchnorm=bn, leaks=m.leaks,
-        batch_size=m.batch_size, last_batch_size=m.last_batch_size,
-        samples=m.samples, preprocessing=preprocessing, fit_call=m.fit_call,
+        gap=gap,
+        groups=m.groups,
+        layers=layers,
+        batchnorm=bn,
+        leaks=m.leaks,
+        batch_size=m.batch_size,
+        last_batch_size=m.last_batch_size,
+        samples=m.samples,
+        preprocessing=preprocessing,
+        fit_call=m.fit_call,
     )
     notes = list(loaded.notes) + list(m.notes) + list(notes) + _measurement_notes(m)
     summary = _summarise_model(net, nodes, loaded.path, loaded.inputs or [])
-    dsum = DataSummary(path=data.path, samples=len(data), has_labels=data.y is not None,
-                       input_shapes=tuple(data.shapes), batch_size=m.batch_size,
-                       batches=m.batches, last_batch_size=m.last_batch_size,
-                       notes=tuple(data.notes))
-    settings = {"batch_size": m.batch_size, "seed": options.seed,
-                "effects": "all" if options.effects is None else options.effects,
-                "limit": options.limit}
+    dsum = DataSummary(
+        path=data.path,
+        samples=len(data),
+        has_labels=data.y is not None,
+        input_shapes=tuple(data.shapes),
+        batch_size=m.batch_size,
+        batches=m.batches,
+        last_batch_size=m.last_batch_size,
+        notes=tuple(data.notes),
+    )
+    settings = {
+        "batch_size": m.batch_size,
+        "seed": options.seed,
+        "effects": "all" if options.effects is None else options.effects,
+        "limit": options.limit,
+    }
     return Report(
-        model=summary, data=dsum, output_gap=gap, metrics=m.metrics, groups=m.groups,
-        layers=layers, batchnorm=bn, findings=tuple(findings), leaks=tuple(m.leaks),
+        model=summary,
+        data=dsum,
+        output_gap=gap,
+        metrics=m.metrics,
+        groups=m.groups,
+        layers=layers,
+        batchnorm=bn,
+        findings=tuple(findings),
+        leaks=tuple(m.leaks),
         preprocessing=preprocessing,
-        thresholds=options.thresholds, settings=settings, notes=tuple(notes),
-        environment=environment(), seconds=time.perf_counter() - started,
+        thresholds=options.thresholds,
+        settings=settings,
+        notes=tuple(notes),
+        environment=environment(),
+        seconds=time.perf_counter() - started,
     )

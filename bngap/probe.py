@@ -46,13 +46,13 @@ class NodeStats:
     divergence: GapAccumulator = field(default_factory=GapAccumulator)
     own: GapAccumulator = field(default_factory=GapAccumulator)
     effect: GapAccumulator | None = None
-    fit_training: dict = field(default_factory=dict)   # call index -> value received, train pass
-    eval_training: set = field(default_factory=set)    # values received in inference passes
-    calls: int = 0                                      # calls per pass
+    fit_training: dict = field(default_factory=dict)  # call index -> value received, train pass
+    eval_training: set = field(default_factory=set)  # values received in inference passes
+    calls: int = 0  # calls per pass
     order: int = -1
-    matched: bool = True                                # every train call had an eval twin
-    paired: int = 0                                     # calls compared, train vs eval
-    moments: SplitMoments | None = None                 # BN layers: stats of their inputs
+    matched: bool = True  # every train call had an eval twin
+    paired: int = 0  # calls compared, train vs eval
+    moments: SplitMoments | None = None  # BN layers: stats of their inputs
 
 
 def _flatten(keras, out) -> list:
@@ -236,7 +236,11 @@ class Probe:
             return False
         parts = []
         for t, r in zip(a, b):
-            if not hasattr(t, "shape") or tuple(t.shape) != tuple(r.shape) or not backend.is_floating(t):
+            if (
+                not hasattr(t, "shape")
+                or tuple(t.shape) != tuple(r.shape)
+                or not backend.is_floating(t)
+            ):
                 continue
             t32, r32 = _as_float32(ops, t), _as_float32(ops, r)
             parts.append((t32, r32, backend.pair_sums(t32, r32)))
@@ -253,7 +257,9 @@ class Probe:
             for t32, r32, _ in parts:
                 both = ops.logical_and(ops.isfinite(t32), ops.isfinite(r32))
                 t0, r0 = ops.where(both, t32, 0.0), ops.where(both, r32, 0.0)
-                sums += np.array([float(ops.sum(ops.square(t0 - r0))), float(ops.sum(ops.square(r0)))])
+                sums += np.array(
+                    [float(ops.sum(ops.square(t0 - r0))), float(ops.sum(ops.square(r0)))]
+                )
         sq_d, sq_r = sums
         sq_o = 0.0
         if sq_r == 0.0 and sq_d > 0.0:  # reference all zeros: relative to the other side
@@ -295,8 +301,11 @@ class Probe:
                 if ref is None:  # ran in inference mode: same input, same output
                     flat = _flatten(self.keras, out)
                     ops = self.ops
-                    sq = sum(float(ops.sum(ops.square(ops.cast(t, "float32"))))
-                             for t in flat if backend.is_floating(t))
+                    sq = sum(
+                        float(ops.sum(ops.square(ops.cast(t, "float32"))))
+                        for t in flat
+                        if backend.is_floating(t)
+                    )
                     st.own.add_sums(0.0, sq, sq)
                 else:
                     self._accumulate(st.own, out, ref)
@@ -433,7 +442,9 @@ class Probe:
         """Adds the input moments of the `targets` BN layers on this batch to
         `into` (node index -> SplitMoments), running only as far as needed."""
         self._seq = 0
-        self._call_model(xs, "inference", self._h_capture(targets, stop_after, into), training=False)
+        self._call_model(
+            xs, "inference", self._h_capture(targets, stop_after, into), training=False
+        )
 
     def commit(self) -> None:
         """Makes the current variable values the ones restored on exit (used
@@ -446,7 +457,9 @@ class Probe:
         """model(x, training=False), recording inputs of BN layers and (for
         the training pass that follows) every layer's output."""
         self._eval_store.clear()
-        return self._call_model(xs, "inference", self._h_eval(capture_outputs, capture_bn), training=False)
+        return self._call_model(
+            xs, "inference", self._h_eval(capture_outputs, capture_bn), training=False
+        )
 
     def train_pass(self, xs, batch_index: int, own: bool = True):
         """The model called as the installed Keras' fit() calls it on this
@@ -485,13 +498,20 @@ class Probe:
 
         def handler(node, original, args, kwargs):
             k = self._next_call(node)
-            if training and node.mode_dependent and node.takes_training and node.kind is not Kind.BATCHNORM:
+            if (
+                training
+                and node.mode_dependent
+                and node.takes_training
+                and node.kind is not Kind.BATCHNORM
+            ):
                 kwargs["training"] = False
             out = self._run(node, original, args, kwargs)
             record(node, k, out)
             return out
 
-        return self._call_model(xs, "training" if training else "inference", handler, training=training)
+        return self._call_model(
+            xs, "training" if training else "inference", handler, training=training
+        )
 
     def first_bn_moments(self, xs, count: int) -> dict[int, SplitMoments]:
         """Input moments of the first `count` BN layers in inference mode;
@@ -530,11 +550,15 @@ class Probe:
             return None if v is None else np.asarray(backend.to_numpy(v), dtype=np.float64)
 
         return BatchNormParams(
-            path=node.path, gamma=arr(getattr(layer, "gamma", None)),
+            path=node.path,
+            gamma=arr(getattr(layer, "gamma", None)),
             beta=arr(getattr(layer, "beta", None)),
-            moving_mean=arr(layer.moving_mean), moving_variance=arr(layer.moving_variance),
-            epsilon=float(layer.epsilon), momentum=float(layer.momentum),
-            trainable=bool(layer.trainable), axis=int(layer.axis),
+            moving_mean=arr(layer.moving_mean),
+            moving_variance=arr(layer.moving_variance),
+            epsilon=float(layer.epsilon),
+            momentum=float(layer.momentum),
+            trainable=bool(layer.trainable),
+            axis=int(layer.axis),
             renorm=bool(getattr(layer, "renorm", False)),
             synchronized=bool(getattr(layer, "synchronized", False)),
             init_mean=_initializer_constant(layer.moving_mean_initializer),
@@ -551,9 +575,12 @@ _PREDICT_CACHE = "_bngap_predict_function"
 def _predict_key(model) -> tuple:
     """What Keras' make_predict_function builds from: a cached function is
     reused only while these are unchanged."""
-    return (getattr(model, "run_eagerly", None), getattr(model, "jit_compile", None),
-            getattr(model, "steps_per_execution", None),
-            id(getattr(model, "_distribute_strategy", None)))
+    return (
+        getattr(model, "run_eagerly", None),
+        getattr(model, "jit_compile", None),
+        getattr(model, "steps_per_execution", None),
+        id(getattr(model, "_distribute_strategy", None)),
+    )
 
 
 def _as_float32(ops, t):

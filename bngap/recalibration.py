@@ -38,8 +38,8 @@ from .layertree import LayerNode
 from .records import Metrics, OutputGap
 from .vocabulary import Kind
 
-ENOUGH_SAMPLES = 256       # below this, say the estimates are rough
-NOISE_WARN = 0.05          # relative noise of a layer's estimate worth a warning
+ENOUGH_SAMPLES = 256  # below this, say the estimates are rough
+NOISE_WARN = 0.05  # relative noise of a layer's estimate worth a warning
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,10 @@ class LayerFix:
     layer is frozen (trainable=False)."""
 
     path: str
-    level: int                  # dependency level: 0 = no BN upstream
+    level: int  # dependency level: 0 = no BN upstream
     samples: int
-    gap_before: float           # expected local gap of the old statistics on this data
-    noise: float | None         # relative sampling noise of the new statistics (split-half)
+    gap_before: float  # expected local gap of the old statistics on this data
+    noise: float | None  # relative sampling noise of the new statistics (split-half)
     frozen: bool
 
 
@@ -103,7 +103,9 @@ class FixResult:
         return d
 
 
-def select_layers(nodes: list[LayerNode], patterns: str | None, include_frozen: bool) -> tuple[list[LayerNode], list[tuple[str, str]]]:
+def select_layers(
+    nodes: list[LayerNode], patterns: str | None, include_frozen: bool
+) -> tuple[list[LayerNode], list[tuple[str, str]]]:
     """BN layers to re-estimate and (path, reason) for those left alone.
 
     `patterns` is a comma-separated list of layer paths or globs, matched
@@ -115,7 +117,9 @@ def select_layers(nodes: list[LayerNode], patterns: str | None, include_frozen: 
         if n.kind is not Kind.BATCHNORM:
             continue
         name = n.path.rsplit("/", 1)[-1]
-        if pats and not any(fnmatch.fnmatchcase(n.path, p) or fnmatch.fnmatchcase(name, p) for p in pats):
+        if pats and not any(
+            fnmatch.fnmatchcase(n.path, p) or fnmatch.fnmatchcase(name, p) for p in pats
+        ):
             skipped.append((n.path, "not matched by --layers"))
         elif not include_frozen and not n.layer.trainable:
             skipped.append((n.path, "frozen (trainable=False) and --skip-frozen given"))
@@ -136,9 +140,17 @@ def dependency_levels(calls: list[tuple[int, int, frozenset]]) -> dict[int, int]
     return level
 
 
-def recalibrate(model, nodes: list[LayerNode], chosen: list[LayerNode], data: Dataset, keras, *,
-                batch_size: int, progress: Callable[[int, int, str], None] | None = None,
-                seed: int = 0) -> tuple[list[LayerFix], int]:
+def recalibrate(
+    model,
+    nodes: list[LayerNode],
+    chosen: list[LayerNode],
+    data: Dataset,
+    keras,
+    *,
+    batch_size: int,
+    progress: Callable[[int, int, str], None] | None = None,
+    seed: int = 0,
+) -> tuple[list[LayerFix], int]:
     """Sets the chosen BN layers' moving statistics to the population
     statistics of their inputs on `data`, level by level.
 
@@ -168,8 +180,10 @@ def recalibrate(model, nodes: list[LayerNode], chosen: list[LayerNode], data: Da
             last_call[idx] = max(last_call.get(idx, -1), seq)
         never_called = [by_index[i].path for i in wanted if i not in levels]
         if never_called:  # before any statistics change
-            raise BngapError("layers never called on this data, cannot re-estimate: "
-                             f"{', '.join(never_called)}; leave them out with --layers")
+            raise BngapError(
+                "layers never called on this data, cannot re-estimate: "
+                f"{', '.join(never_called)}; leave them out with --layers"
+            )
         todo = sorted({levels[i] for i in wanted if i in levels})
         batches = math.ceil(len(data) / batch_size)
         total = len(todo) * batches
@@ -188,8 +202,16 @@ def recalibrate(model, nodes: list[LayerNode], chosen: list[LayerNode], data: Da
                 total_m = mom.total
                 before = local_gap(compare_channels(params, total_m))
                 _assign(node.layer, total_m.mean, total_m.variance)
-                out.append(LayerFix(node.path, lev, int(total_m.examples), before,
-                                    _relative_noise(mom, node.layer.epsilon), not node.layer.trainable))
+                out.append(
+                    LayerFix(
+                        node.path,
+                        lev,
+                        int(total_m.examples),
+                        before,
+                        _relative_noise(mom, node.layer.epsilon),
+                        not node.layer.trainable,
+                    )
+                )
             probe.commit()
     return out, passes
 
@@ -218,8 +240,12 @@ _STATISTICS = ("moving_mean", "moving_variance", "moving_stddev", "renorm_mean",
 
 def _snapshot_statistics(layers) -> Callable[[], None]:
     """A function that restores every statistic `_assign` may change."""
-    saved = [(v, np.array(v.numpy(), copy=True)) for layer in layers for name in _STATISTICS
-             if (v := getattr(layer, name, None)) is not None]
+    saved = [
+        (v, np.array(v.numpy(), copy=True))
+        for layer in layers
+        for name in _STATISTICS
+        if (v := getattr(layer, name, None)) is not None
+    ]
 
     def restore() -> None:
         for v, value in saved:
@@ -243,13 +269,27 @@ def _relative_noise(mom, eps: float) -> float | None:
 
 # Long mostly by its docstring: the body is the five steps in order (open, measure, re-estimate,
 # measure, write), each one call.
-def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None = None,
-        in_place: bool = False, force: bool = False, layers: str | None = None,
-        include_frozen: bool = True, batch_size: int = 32, limit: int | None = None,
-        unsafe: bool = False, custom_objects: str | None = None, x_key: str | None = None,
-        y_key: str | None = None, seed: int = 0, preprocess: str | None = None,
-        progress: Callable[[int, int, str], None] | None = None,
-        status: Callable[[str], None] | None = None) -> FixResult:
+def fix(
+    model: Any,
+    x: Any,
+    y: Any = None,
+    *,
+    output: str | os.PathLike | None = None,
+    in_place: bool = False,
+    force: bool = False,
+    layers: str | None = None,
+    include_frozen: bool = True,
+    batch_size: int = 32,
+    limit: int | None = None,
+    unsafe: bool = False,
+    custom_objects: str | None = None,
+    x_key: str | None = None,
+    y_key: str | None = None,
+    seed: int = 0,
+    preprocess: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    status: Callable[[str], None] | None = None,
+) -> FixResult:
     """Re-estimates BN statistics on `x`, verifies the gap, and saves a copy.
 
     Args:
@@ -286,8 +326,19 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     target = output_target(model, output, in_place=in_place, force=force)
 
     # Compiled, so that the copy keeps the loss, metrics and optimizer state.
-    loaded, data = open_inputs(model, x, y, unsafe=unsafe, custom_objects=custom_objects, x_key=x_key,
-                               y_key=y_key, limit=limit, preprocess=preprocess, compile=True, status=say)
+    loaded, data = open_inputs(
+        model,
+        x,
+        y,
+        unsafe=unsafe,
+        custom_objects=custom_objects,
+        x_key=x_key,
+        y_key=y_key,
+        limit=limit,
+        preprocess=preprocess,
+        compile=True,
+        status=say,
+    )
     keras = import_keras()
     net = loaded.model
     if from_file:
@@ -301,14 +352,34 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
     bs = max(1, min(batch_size, len(data)))
 
     say("measuring the gap before")
-    m0 = measure(net, nodes, data, keras, batch_size=bs, seed=seed, effects=0, loss_id=loaded.loss,
-                 leak_checks=False)
+    m0 = measure(
+        net,
+        nodes,
+        data,
+        keras,
+        batch_size=bs,
+        seed=seed,
+        effects=0,
+        loss_id=loaded.loss,
+        leak_checks=False,
+    )
     restore = _snapshot_statistics([n.layer for n in chosen])
     say(f"re-estimating {len(chosen)} BatchNormalization layers on {len(data)} samples")
-    fixes, passes = recalibrate(net, nodes, chosen, data, keras, batch_size=bs, progress=progress, seed=seed)
+    fixes, passes = recalibrate(
+        net, nodes, chosen, data, keras, batch_size=bs, progress=progress, seed=seed
+    )
     say("measuring the gap after")
-    m1 = measure(net, nodes, data, keras, batch_size=bs, seed=seed, effects=0, loss_id=loaded.loss,
-                 leak_checks=False)
+    m1 = measure(
+        net,
+        nodes,
+        data,
+        keras,
+        batch_size=bs,
+        seed=seed,
+        effects=0,
+        loss_id=loaded.loss,
+        leak_checks=False,
+    )
     before, after = output_gap(m0), output_gap(m1)
     helped, why_not = _helped(before, after, m0.metrics, m1.metrics)
     notes = list(loaded.notes) + _estimate_notes(len(data), fixes)
@@ -321,29 +392,47 @@ def fix(model: Any, x: Any, y: Any = None, *, output: str | os.PathLike | None =
         reload_diff = verify_reload(target, net, data, keras, unsafe=unsafe, custom=custom_objects)
     elif target is not None:
         notes.append(f"not written: {why_not}; pass --force to write it anyway")
-    return FixResult(before=before, after=after, metrics_before=m0.metrics, metrics_after=m1.metrics,
-                     layers=tuple(fixes), skipped=tuple(skipped), passes=passes, samples=len(data),
-                     batch_size=bs, helped=helped, written=written, reload_max_abs_diff=reload_diff,
-                     notes=tuple(notes), seconds=time.perf_counter() - started, _restore=restore)
+    return FixResult(
+        before=before,
+        after=after,
+        metrics_before=m0.metrics,
+        metrics_after=m1.metrics,
+        layers=tuple(fixes),
+        skipped=tuple(skipped),
+        passes=passes,
+        samples=len(data),
+        batch_size=bs,
+        helped=helped,
+        written=written,
+        reload_max_abs_diff=reload_diff,
+        notes=tuple(notes),
+        seconds=time.perf_counter() - started,
+        _restore=restore,
+    )
 
 
 def _estimate_notes(samples: int, fixes: list[LayerFix]) -> list[str]:
     """Remarks on how reliable the new statistics are: too few samples, noisy layers."""
     notes = []
     if samples < ENOUGH_SAMPLES:
-        notes.append(f"re-estimated from {samples} samples; use {ENOUGH_SAMPLES} or more "
-                     "representative samples for stable statistics")
+        notes.append(
+            f"re-estimated from {samples} samples; use {ENOUGH_SAMPLES} or more "
+            "representative samples for stable statistics"
+        )
     noisy = [(f.path, f.noise) for f in fixes if f.noise is not None and f.noise > NOISE_WARN]
     if noisy:
         whose = "layers'" if len(noisy) != 1 else "layer's"
-        notes.append(f"{len(noisy)} {whose} new statistics are "
-                     f"noisy (relative noise up to "
-                     f"{max(n for _, n in noisy):.3f}, e.g. {noisy[0][0]}); more data would help")
+        notes.append(
+            f"{len(noisy)} {whose} new statistics are "
+            f"noisy (relative noise up to "
+            f"{max(n for _, n in noisy):.3f}, e.g. {noisy[0][0]}); more data would help"
+        )
     return notes
 
 
-def _helped(before: OutputGap, after: OutputGap, m0: Metrics | None,
-            m1: Metrics | None) -> tuple[bool, str]:
+def _helped(
+    before: OutputGap, after: OutputGap, m0: Metrics | None, m1: Metrics | None
+) -> tuple[bool, str]:
     """Whether the fix helped, and why not. The gap must fall without the
     inference loss rising; or, where there was no gap to close (a frozen or
     renorm model whose stale statistics hurt both modes alike), the gap must
@@ -355,8 +444,10 @@ def _helped(before: OutputGap, after: OutputGap, m0: Metrics | None,
     loss1 = m1.eval.get("loss") if m1 else None
     if a < b - 1e-9:
         if loss0 is not None and loss1 is not None and loss1 > loss0 + 1e-9:
-            return False, (f"the gap fell ({b:.4f} -> {a:.4f}) but the inference loss rose "
-                           f"({loss0:.4f} -> {loss1:.4f})")
+            return False, (
+                f"the gap fell ({b:.4f} -> {a:.4f}) but the inference loss rose "
+                f"({loss0:.4f} -> {loss1:.4f})"
+            )
         return True, ""
     if a <= LEAK_TOLERANCE and loss0 is not None and loss1 is not None and loss1 < loss0 - 1e-9:
         return True, ""

@@ -35,11 +35,35 @@ from .records import (
 from .vocabulary import GROUPS, Cause, FitMode, Group, InferencePath, Kind, Severity, Vocabulary
 
 __all__ = [
-    "DISPLAY_DECIMALS", "GROUPS", "LEAK_TOLERANCE", "SCHEMA_VERSION", "BackendRun", "Baseline",
-    "BatchNormRecord", "Cause", "ChannelDeviation", "DataSummary", "Finding", "FitMode", "GapEntry",
-    "Group", "InferencePath", "Kind", "LayerRecord", "LeakCheck", "Metrics", "ModelSummary",
-    "OutputGap", "OutputMetrics", "PreprocessingProbe", "Report", "Severity", "Thresholds",
-    "Vocabulary", "exceeds", "format_number",
+    "DISPLAY_DECIMALS",
+    "GROUPS",
+    "LEAK_TOLERANCE",
+    "SCHEMA_VERSION",
+    "BackendRun",
+    "Baseline",
+    "BatchNormRecord",
+    "Cause",
+    "ChannelDeviation",
+    "DataSummary",
+    "Finding",
+    "FitMode",
+    "GapEntry",
+    "Group",
+    "InferencePath",
+    "Kind",
+    "LayerRecord",
+    "LeakCheck",
+    "Metrics",
+    "ModelSummary",
+    "OutputGap",
+    "OutputMetrics",
+    "PreprocessingProbe",
+    "Report",
+    "Severity",
+    "Thresholds",
+    "Vocabulary",
+    "exceeds",
+    "format_number",
 ]
 
 
@@ -57,8 +81,16 @@ class Thresholds:
 
     @property
     def any(self) -> bool:
-        return any(v is not None for v in (self.output_gap, self.loss_delta, self.accuracy_drop,
-                                           self.warn_above, self.max_regression))
+        return any(
+            v is not None
+            for v in (
+                self.output_gap,
+                self.loss_delta,
+                self.accuracy_drop,
+                self.warn_above,
+                self.max_regression,
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -66,8 +98,8 @@ class Baseline:
     """An earlier report of the same model family (`--baseline OLD.json`):
     its numbers, shown side by side with this run's."""
 
-    path: str                      # the baseline report file
-    model_path: str                # the model it was made from
+    path: str  # the baseline report file
+    model_path: str  # the model it was made from
     relative_l2: float | None
     max_abs: float | None
     top1_agreement: float | None
@@ -83,21 +115,31 @@ class Baseline:
         Raises:
             ValueError: `d` is not a bngap report of a known schema version.
         """
-        if not isinstance(d, dict) or d.get("schema_version") != SCHEMA_VERSION or not isinstance(
-                d.get("output_gap"), dict):
+        if (
+            not isinstance(d, dict)
+            or d.get("schema_version") != SCHEMA_VERSION
+            or not isinstance(d.get("output_gap"), dict)
+        ):
             raise ValueError("not a bngap check report (schema version 1)")
         g = d["output_gap"]
         m = d.get("metrics")
         findings = d.get("findings") or []
         return cls(
-            path=str(path), model_path=str((d.get("model") or {}).get("path", "")),
-            relative_l2=opt_float(g.get("relative_l2")), max_abs=opt_float(g.get("max_abs")),
+            path=str(path),
+            model_path=str((d.get("model") or {}).get("path", "")),
+            relative_l2=opt_float(g.get("relative_l2")),
+            max_abs=opt_float(g.get("max_abs")),
             top1_agreement=opt_float(g.get("top1_agreement")),
             metrics=None if not isinstance(m, dict) else build(Metrics, m),
             verdict=str(d.get("verdict", "")),
-            top_cause=findings[0].get("cause") if findings and isinstance(findings[0], dict) else None,
-            flagged_batchnorm=sum(1 for b in d.get("batchnorm") or []
-                                  if isinstance(b, dict) and b.get("severity") in ("warn", "fail")),
+            top_cause=findings[0].get("cause")
+            if findings and isinstance(findings[0], dict)
+            else None,
+            flagged_batchnorm=sum(
+                1
+                for b in d.get("batchnorm") or []
+                if isinstance(b, dict) and b.get("severity") in ("warn", "fail")
+            ),
         )
 
 
@@ -110,7 +152,7 @@ def format_number(v: float | None, digits: int = DISPLAY_DECIMALS) -> str:
     """A number as reports print it: fixed decimals, scientific when tiny or huge."""
     if v is None:
         return "n/a"
-    if v != 0 and (abs(v) < 10 ** -digits or abs(v) >= 1e6):
+    if v != 0 and (abs(v) < 10**-digits or abs(v) >= 1e6):
         return f"{v:.2e}"
     return f"{v:.{digits}f}"
 
@@ -147,7 +189,9 @@ class Report:
     environment: dict = field(default_factory=dict)
     seconds: float = 0.0
     baseline: Baseline | None = None
-    backends: tuple[BackendRun, ...] = ()  # with --backends: one run per backend, the first is this one
+    backends: tuple[
+        BackendRun, ...
+    ] = ()  # with --backends: one run per backend, the first is this one
 
     @property
     def loss_delta(self) -> float | None:
@@ -164,8 +208,11 @@ class Report:
             return None
         if "accuracy" in self.metrics.train:
             return self.metrics.train["accuracy"] - self.metrics.eval["accuracy"]
-        drops = [o.train["accuracy"] - o.eval["accuracy"] for o in self.metrics.per_output
-                 if "accuracy" in o.train and "accuracy" in o.eval]
+        drops = [
+            o.train["accuracy"] - o.eval["accuracy"]
+            for o in self.metrics.per_output
+            if "accuracy" in o.train and "accuracy" in o.eval
+        ]
         return max(drops) if drops else None
 
     @property
@@ -197,7 +244,11 @@ class Report:
     @property
     def warned(self) -> tuple[str, ...]:
         """Names of the warn thresholds this report exceeds (`--warn-above`)."""
-        return ("output_gap",) if exceeds(self.output_gap.relative_l2, self.thresholds.warn_above) else ()
+        return (
+            ("output_gap",)
+            if exceeds(self.output_gap.relative_l2, self.thresholds.warn_above)
+            else ()
+        )
 
     @property
     def verdict(self) -> str:
@@ -224,7 +275,9 @@ class Report:
     def first_flagged_batchnorm(self) -> BatchNormRecord | None:
         """The first flagged BN layer in call order: where the problem starts,
         as opposed to the layers after it that inherit shifted inputs."""
-        return next((b for b in self.batchnorm if b.severity in (Severity.WARN, Severity.FAIL)), None)
+        return next(
+            (b for b in self.batchnorm if b.severity in (Severity.WARN, Severity.FAIL)), None
+        )
 
     @property
     def top_finding(self) -> Finding | None:
@@ -244,35 +297,49 @@ class Report:
             "verdict": self.verdict,
             "exceeded": list(self.exceeded),
             "model": {
-                "path": m.path, "name": m.name, "class_name": m.class_name,
-                "layers": m.layers, "batchnorm_layers": m.batchnorm_layers,
-                "dropout_like_layers": m.dropout_like_layers, "parameters": m.parameters,
+                "path": m.path,
+                "name": m.name,
+                "class_name": m.class_name,
+                "layers": m.layers,
+                "batchnorm_layers": m.batchnorm_layers,
+                "dropout_like_layers": m.dropout_like_layers,
+                "parameters": m.parameters,
                 "input_shapes": [list(s) for s in m.input_shapes],
                 "output_shapes": [list(s) for s in m.output_shapes],
-                "input_names": list(m.input_names), "output_names": list(m.output_names),
+                "input_names": list(m.input_names),
+                "output_names": list(m.output_names),
             },
             "data": {
-                "path": d.path, "samples": d.samples, "has_labels": d.has_labels,
+                "path": d.path,
+                "samples": d.samples,
+                "has_labels": d.has_labels,
                 "input_shapes": [list(s) for s in d.input_shapes],
-                "batch_size": d.batch_size, "batches": d.batches,
-                "last_batch_size": d.last_batch_size, "notes": list(d.notes),
+                "batch_size": d.batch_size,
+                "batches": d.batches,
+                "last_batch_size": d.last_batch_size,
+                "notes": list(d.notes),
             },
             "output_gap": {
-                "relative_l2": num(g.relative_l2), "max_abs": num(g.max_abs),
+                "relative_l2": num(g.relative_l2),
+                "max_abs": num(g.max_abs),
                 "top1_agreement": num(g.top1_agreement),
                 "per_output": [plain(e) for e in g.per_output],
             },
-            "metrics": None if self.metrics is None else {
+            "metrics": None
+            if self.metrics is None
+            else {
                 "train": {k: num(v) for k, v in self.metrics.train.items()},
                 "eval": {k: num(v) for k, v in self.metrics.eval.items()},
-                "loss_name": self.metrics.loss_name, "source": self.metrics.source,
+                "loss_name": self.metrics.loss_name,
+                "source": self.metrics.source,
                 "per_output": [plain(o) for o in self.metrics.per_output],
             },
             "groups": {k: num(self.groups.get(k, 0.0)) for k in GROUPS},
             "layers": [plain(r) for r in self.layers],
             "batchnorm": [plain(r) for r in self.batchnorm],
-            "first_flagged_batchnorm": (self.first_flagged_batchnorm.path
-                                        if self.first_flagged_batchnorm else None),
+            "first_flagged_batchnorm": (
+                self.first_flagged_batchnorm.path if self.first_flagged_batchnorm else None
+            ),
             "findings": [plain(f) for f in self.findings],
             "leaks": [plain(x) for x in self.leaks],
             "preprocessing": None if self.preprocessing is None else plain(self.preprocessing),
@@ -282,8 +349,9 @@ class Report:
             "environment": dict(self.environment),
             "seconds": num(self.seconds),
             "warned": list(self.warned),
-            "baseline": None if self.baseline is None else {
-                **plain(self.baseline), "regression": num(self.regression)},
+            "baseline": None
+            if self.baseline is None
+            else {**plain(self.baseline), "regression": num(self.regression)},
             **({"backends": [plain(b) for b in self.backends]} if self.backends else {}),
         }
 
@@ -305,13 +373,31 @@ class Report:
             baseline = d.get("baseline")
             if baseline is not None:
                 baseline = build(Baseline, {k: v for k, v in baseline.items() if k != "regression"})
-            explicit = {"model", "data", "output_gap", "metrics", "groups", "layers", "batchnorm", "findings",
-                        "leaks", "preprocessing", "thresholds", "settings", "notes", "environment", "seconds",
-                        "baseline"}
+            explicit = {
+                "model",
+                "data",
+                "output_gap",
+                "metrics",
+                "groups",
+                "layers",
+                "batchnorm",
+                "findings",
+                "leaks",
+                "preprocessing",
+                "thresholds",
+                "settings",
+                "notes",
+                "environment",
+                "seconds",
+                "baseline",
+            }
             # Fields added later whose key is the field's name come back by their type.
             hints = typing.get_type_hints(cls)
-            later = {f.name: typed(hints[f.name], d[f.name]) for f in fields(cls)
-                     if f.name not in explicit and f.name in d}
+            later = {
+                f.name: typed(hints[f.name], d[f.name])
+                for f in fields(cls)
+                if f.name not in explicit and f.name in d
+            }
             return cls(
                 **later,
                 model=build(ModelSummary, m),
@@ -323,8 +409,11 @@ class Report:
                 batchnorm=tuple(build(BatchNormRecord, x) for x in d.get("batchnorm") or []),
                 findings=tuple(build(Finding, x) for x in d.get("findings") or []),
                 leaks=tuple(build(LeakCheck, x) for x in d.get("leaks") or []),
-                preprocessing=(None if d.get("preprocessing") is None
-                               else build(PreprocessingProbe, d["preprocessing"])),
+                preprocessing=(
+                    None
+                    if d.get("preprocessing") is None
+                    else build(PreprocessingProbe, d["preprocessing"])
+                ),
                 thresholds=build(Thresholds, d.get("thresholds") or {}),
                 settings=dict(d.get("settings") or {}),
                 notes=tuple(d.get("notes") or ()),
@@ -333,4 +422,6 @@ class Report:
                 baseline=baseline,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"not a readable bngap check report: {type(e).__name__}: {e}") from None
+            raise ValueError(
+                f"not a readable bngap check report: {type(e).__name__}: {e}"
+            ) from None

@@ -19,7 +19,9 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
     """
     p = Path(path)
     if not p.is_file():
-        raise BngapError(f"{what} {path} does not exist" if not p.exists() else f"{what} {path} is not a file")
+        raise BngapError(
+            f"{what} {path} does not exist" if not p.exists() else f"{what} {path} is not a file"
+        )
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
@@ -38,8 +40,10 @@ def read_report(path: str | os.PathLike) -> Report:
     d = read_json(path, "report")
     kind = d.get("command") or ("fix" if "before" in d and "after" in d else None)
     if kind in ("lint", "fix"):
-        raise BngapError(f"{path} is a bngap {kind} report; bngap render reads the JSON reports of "
-                         f"bngap check (bngap {kind} -o FILE writes its other formats)")
+        raise BngapError(
+            f"{path} is a bngap {kind} report; bngap render reads the JSON reports of "
+            f"bngap check (bngap {kind} -o FILE writes its other formats)"
+        )
     try:
         return Report.from_dict(d)
     except ValueError as e:

@@ -16,7 +16,12 @@ from .streaming import is_rows
 
 
 def _describe(shape) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+    return (
+        "("
+        + ", ".join("None" if d is None else str(d) for d in shape)
+        + ("," if len(shape) == 1 else "")
+        + ")"
+    )
 
 
 def target_dtype(arr: np.ndarray, spec: InputSpec | None, label: str, notes: list[str]):
@@ -61,7 +66,7 @@ def _chunks(arr: np.ndarray, rows: int | None = None):
     row = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize)
     size = rows or max(1, CHUNK_BYTES // row)
     for start in range(0, arr.shape[0], size):
-        yield np.asarray(arr[start:start + size])
+        yield np.asarray(arr[start : start + size])
 
 
 def check_finite(arr: np.ndarray, label: str, chunk: int | None = None) -> None:
@@ -83,8 +88,13 @@ def check_finite(arr: np.ndarray, label: str, chunk: int | None = None) -> None:
         )
 
 
-def validate(xs: list[np.ndarray], y: np.ndarray | None, specs: Sequence[InputSpec],
-             names: list[str], notes: list[str]) -> tuple[list[np.ndarray], np.ndarray | None]:
+def validate(
+    xs: list[np.ndarray],
+    y: np.ndarray | None,
+    specs: Sequence[InputSpec],
+    names: list[str],
+    notes: list[str],
+) -> tuple[list[np.ndarray], np.ndarray | None]:
     """Checks inputs against the model's input specs before any forward pass.
 
     Integer images are cast to float (with a note); everything else that does
@@ -123,8 +133,10 @@ def validate(xs: list[np.ndarray], y: np.ndarray | None, specs: Sequence[InputSp
         if n is None:
             n = arr.shape[0]
         elif arr.shape[0] != n:
-            raise DataError(f"the model's inputs have different sample counts: {n} and {arr.shape[0]} "
-                            f"('{names[0]}' vs '{names[i]}')")
+            raise DataError(
+                f"the model's inputs have different sample counts: {n} and {arr.shape[0]} "
+                f"('{names[0]}' vs '{names[i]}')"
+            )
         target = target_dtype(arr, spec, label, notes)
         if target is not None and not is_rows(arr):
             arr = arr.astype(target)  # a memory-mapped array is cast batch by batch instead

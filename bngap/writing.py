@@ -86,8 +86,15 @@ def _file_system_errors(target: Path):
 
 
 # Report files: the format follows the extension.
-REPORT_EXTENSIONS = {".json": "json", ".md": "markdown", ".markdown": "markdown", ".html": "html",
-                     ".htm": "html", ".xml": "junit", ".txt": "text"}
+REPORT_EXTENSIONS = {
+    ".json": "json",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
+    ".xml": "junit",
+    ".txt": "text",
+}
 
 
 def output_format(path: str | os.PathLike, default: str | None = None) -> str | None:
@@ -96,7 +103,9 @@ def output_format(path: str | os.PathLike, default: str | None = None) -> str | 
     return REPORT_EXTENSIONS.get(Path(path).suffix.lower(), default)
 
 
-def plan_outputs(paths, formats, *, default: str | None = None, inputs=()) -> list[tuple[Path, str]]:
+def plan_outputs(
+    paths, formats, *, default: str | None = None, inputs=()
+) -> list[tuple[Path, str]]:
     """(path, format) for each report file, checked before any work is done.
 
     Args:
@@ -112,8 +121,13 @@ def plan_outputs(paths, formats, *, default: str | None = None, inputs=()) -> li
     """
     plan: list[tuple[Path, str]] = []
     seen: set[Path] = set()
-    known = ", ".join(sorted(e for e, f in REPORT_EXTENSIONS.items()
-                             if f in formats and e not in (".htm", ".markdown")))
+    known = ", ".join(
+        sorted(
+            e
+            for e, f in REPORT_EXTENSIONS.items()
+            if f in formats and e not in (".htm", ".markdown")
+        )
+    )
     for given in paths:
         out = Path(given)
         fmt = output_format(out, default)
@@ -126,7 +140,9 @@ def plan_outputs(paths, formats, *, default: str | None = None, inputs=()) -> li
         seen.add(resolved)
         for source in inputs:
             if source is not None and Path(source).resolve() == resolved:
-                raise BngapError(f"--output {given} is one of the inputs; choose another file for the report")
+                raise BngapError(
+                    f"--output {given} is one of the inputs; choose another file for the report"
+                )
         folder = resolved.parent
         if not folder.is_dir():
             raise BngapError(f"cannot write {given}: folder {folder} does not exist")

@@ -42,23 +42,35 @@ def main(out: Path) -> None:
     rng = np.random.default_rng(0)
     L = keras.layers
     x, y = images(rng, 512)
-    model = keras.Sequential([
-        keras.Input((16, 16, 3)),
-        L.Conv2D(16, 3, name="conv1"), L.BatchNormalization(momentum=0.9, name="bn1"), L.ReLU(),
-        L.Conv2D(16, 3, name="conv2"), L.BatchNormalization(momentum=0.9, name="bn2"), L.ReLU(),
-        L.GlobalAveragePooling2D(), L.Dense(3, activation="softmax", name="head"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            L.Conv2D(16, 3, name="conv1"),
+            L.BatchNormalization(momentum=0.9, name="bn1"),
+            L.ReLU(),
+            L.Conv2D(16, 3, name="conv2"),
+            L.BatchNormalization(momentum=0.9, name="bn2"),
+            L.ReLU(),
+            L.GlobalAveragePooling2D(),
+            L.Dense(3, activation="softmax", name="head"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     # Trained on x / 255 until the BN statistics have converged (96 updates at momentum 0.9).
     model.fit(x / 255.0, y, epochs=6, batch_size=32, verbose=0)
     xt, yt = images(rng, 128)
-    print("evaluate() with x / 255 (as trained):", np.round(model.evaluate(xt / 255.0, yt, verbose=0), 3))
+    print(
+        "evaluate() with x / 255 (as trained):",
+        np.round(model.evaluate(xt / 255.0, yt, verbose=0), 3),
+    )
     print("evaluate() with raw 0..255 pixels:     ", np.round(model.evaluate(xt, yt, verbose=0), 3))
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / "model.keras")
     np.savez(out / "data.npz", x=xt, y=yt)  # raw pixels: the mistake bngap should find
-    print(f"\nsaved {out / 'model.keras'} and {out / 'data.npz'}; now run:\n"
-          f"  bngap check {out / 'model.keras'} {out / 'data.npz'}")
+    print(
+        f"\nsaved {out / 'model.keras'} and {out / 'data.npz'}; now run:\n"
+        f"  bngap check {out / 'model.keras'} {out / 'data.npz'}"
+    )
 
 
 if __name__ == "__main__":

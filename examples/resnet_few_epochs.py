@@ -51,10 +51,16 @@ def make_images(size: int, seed: int):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("out", nargs="?", default="examples/out/resnet", help="output folder (default: %(default)s)")
+    p.add_argument(
+        "out", nargs="?", default="examples/out/resnet", help="output folder (default: %(default)s)"
+    )
     p.add_argument("--size", type=int, default=64, help="image size (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs of one batch each (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: %(default)s)")
+    p.add_argument(
+        "--epochs", type=int, default=10, help="epochs of one batch each (default: %(default)s)"
+    )
+    p.add_argument(
+        "--lr", type=float, default=1e-4, help="Adam learning rate (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     args = p.parse_args()
     out = Path(args.out)
@@ -64,29 +70,45 @@ def main() -> None:
 
     keras.utils.set_random_seed(args.seed)
     x, y = make_images(args.size, args.seed)
-    model = keras.applications.ResNet50(weights=None, input_shape=(args.size, args.size, 3),
-                                        classes=CLASSES, classifier_activation="softmax")
-    model.compile(keras.optimizers.Adam(args.lr), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model = keras.applications.ResNet50(
+        weights=None,
+        input_shape=(args.size, args.size, 3),
+        classes=CLASSES,
+        classifier_activation="softmax",
+    )
+    model.compile(
+        keras.optimizers.Adam(args.lr), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     # One batch per epoch, as in the report: `epochs` updates of the BN statistics.
     history = model.fit(x, y, epochs=args.epochs, batch_size=IMAGES, verbose=2)
     train_acc, train_loss = history.history["accuracy"][-1], history.history["loss"][-1]
     eval_loss, eval_acc = model.evaluate(x, y, batch_size=IMAGES, verbose=0)
-    print(f"\nfit(), last epoch (training mode):        accuracy {train_acc:.2f}, loss {train_loss:.4f}")
-    print(f"evaluate() on the same images (inference): accuracy {eval_acc:.2f}, loss {eval_loss:.4f}")
+    print(
+        f"\nfit(), last epoch (training mode):        accuracy {train_acc:.2f}, loss {train_loss:.4f}"
+    )
+    print(
+        f"evaluate() on the same images (inference): accuracy {eval_acc:.2f}, loss {eval_loss:.4f}"
+    )
     if not (train_acc >= 0.99 and eval_acc <= 0.5):
-        print("warning: the gap did not show with these settings; try more epochs or another --seed")
+        print(
+            "warning: the gap did not show with these settings; try more epochs or another --seed"
+        )
 
     out.mkdir(parents=True, exist_ok=True)
     # A fresh (unbuilt) optimizer: the file keeps the compiled loss and metrics
     # but not Adam's two slots per weight (about 95 MB instead of 280 MB).
-    model.compile(keras.optimizers.Adam(args.lr), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(args.lr), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     model.save(out / "model.keras")
     np.savez(out / "data.npz", x=x, y=y)
     m, d = out / "model.keras", out / "data.npz"
-    print(f"\nsaved {m} and {d}; now run:\n"
-          f"  bngap check {m} {d}\n"
-          f"  bngap check {m} {d} --format markdown --output {out / 'report.md'}\n"
-          f"  bngap fix {m} {d} -o {out / 'fixed.keras'}     # re-estimates the BN statistics")
+    print(
+        f"\nsaved {m} and {d}; now run:\n"
+        f"  bngap check {m} {d}\n"
+        f"  bngap check {m} {d} --format markdown --output {out / 'report.md'}\n"
+        f"  bngap fix {m} {d} -o {out / 'fixed.keras'}     # re-estimates the BN statistics"
+    )
 
 
 if __name__ == "__main__":

@@ -50,14 +50,24 @@ def functional(keras, L):
 
 def sequential(keras, L):
     """Dense, BN, Dropout, logits."""
-    return keras.Sequential([keras.Input((6,)), L.Dense(8, name="d1"), L.BatchNormalization(name="bn"),
-                             L.Dropout(0.3, name="drop"), L.Dense(3, name="logits")], name="sequential")
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(8, name="d1"),
+            L.BatchNormalization(name="bn"),
+            L.Dropout(0.3, name="drop"),
+            L.Dense(3, name="logits"),
+        ],
+        name="sequential",
+    )
 
 
 def nested(keras, L):
     """A Sequential block with BN inside a functional model."""
-    block = keras.Sequential([keras.Input((6,)), L.Dense(8, name="d"), L.BatchNormalization(name="bn"),
-                              L.ReLU()], name="block")
+    block = keras.Sequential(
+        [keras.Input((6,)), L.Dense(8, name="d"), L.BatchNormalization(name="bn"), L.ReLU()],
+        name="block",
+    )
     inp = keras.Input((6,))
     h = block(inp)
     h = L.BatchNormalization(name="bn_out")(h)
@@ -67,9 +77,11 @@ def nested(keras, L):
 def frozen_base(keras, L):
     """A frozen base called with training=False, and a trainable one called
     the same way (Keras 3's fit() still trains the latter's BN)."""
+
     def base(name):
-        return keras.Sequential([keras.Input((6,)), L.Dense(8, name="d"), L.BatchNormalization(name="bn")],
-                                name=name)
+        return keras.Sequential(
+            [keras.Input((6,)), L.Dense(8, name="d"), L.BatchNormalization(name="bn")], name=name
+        )
 
     frozen, held = base("frozen"), base("held")
     frozen.trainable = False
@@ -100,9 +112,16 @@ def augmentation(keras, L):
 def mixed_precision(keras, L):
     """Dense, BN, Dropout under the mixed_float16 policy, float32 logits."""
     p = "mixed_float16"
-    return keras.Sequential([keras.Input((6,)), L.Dense(8, name="d1", dtype=p),
-                             L.BatchNormalization(name="bn", dtype=p), L.Dropout(0.3, name="drop", dtype=p),
-                             L.Dense(3, name="logits", dtype="float32")], name="mixed_precision")
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(8, name="d1", dtype=p),
+            L.BatchNormalization(name="bn", dtype=p),
+            L.Dropout(0.3, name="drop", dtype=p),
+            L.Dense(3, name="logits", dtype="float32"),
+        ],
+        name="mixed_precision",
+    )
 
 
 def _custom_classes(keras, L):
@@ -167,8 +186,19 @@ def subclassed_no_training(keras, L):
     return _custom_classes(keras, L)[3](name="subclassed_no_training")
 
 
-ZOO = [functional, sequential, nested, frozen_base, dropout, augmentation, custom_layer, subclassed,
-       subclassed_implicit, subclassed_no_training, mixed_precision]
+ZOO = [
+    functional,
+    sequential,
+    nested,
+    frozen_base,
+    dropout,
+    augmentation,
+    custom_layer,
+    subclassed,
+    subclassed_implicit,
+    subclassed_no_training,
+    mixed_precision,
+]
 MIXED = {"mixed_precision"}  # float16 inside: 1e-3 relative
 # models trained with fit() first, so their BN statistics are what fit() left
 TRAINED_FIRST = {"subclassed_no_training"}
@@ -226,7 +256,9 @@ def _fit_observed(model, x, y, keras) -> dict:
 
         def call(*args, **kwargs):
             if batch["index"] >= 0:
-                if batch["seeded"] != batch["index"]:  # bngap's masks for this batch, set inside fit()
+                if (
+                    batch["seeded"] != batch["index"]
+                ):  # bngap's masks for this batch, set inside fit()
                     backend.set_seeds(seeds, SEED, batch["index"])
                     batch["seeded"] = batch["index"]
                 received.setdefault(node.path, []).append(kwargs.get("training"))
@@ -236,24 +268,41 @@ def _fit_observed(model, x, y, keras) -> dict:
 
     for node in nodes:
         wrap(node)
-    bn_before = {n.path: backend.to_numpy(n.layer.moving_mean).copy() for n in nodes
-                 if isinstance(n.layer, keras.layers.BatchNormalization)}
+    bn_before = {
+        n.path: backend.to_numpy(n.layer.moving_mean).copy()
+        for n in nodes
+        if isinstance(n.layer, keras.layers.BatchNormalization)
+    }
     weights_before = [backend.to_numpy(v).copy() for v in model.trainable_weights]
     saved = [backend.to_numpy(v).copy() for v in model.variables]
     try:
-        hist = model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[Batches()])
-        bn_updated = {p: bool(np.any(backend.to_numpy(nd.layer.moving_mean) != bn_before[p]))
-                      for nd in nodes for p in [nd.path] if p in bn_before}
-        unchanged = all(np.array_equal(a, backend.to_numpy(v))
-                        for a, v in zip(weights_before, model.trainable_weights))
+        hist = model.fit(
+            x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[Batches()]
+        )
+        bn_updated = {
+            p: bool(np.any(backend.to_numpy(nd.layer.moving_mean) != bn_before[p]))
+            for nd in nodes
+            for p in [nd.path]
+            if p in bn_before
+        }
+        unchanged = all(
+            np.array_equal(a, backend.to_numpy(v))
+            for a, v in zip(weights_before, model.trainable_weights)
+        )
     finally:
         for node in nodes:
             node.layer.__dict__.pop("call", None)
         for v, s in zip(model.variables, saved):
             v.assign(s)
-    return {"loss": float(hist.history["loss"][0]), "accuracy": float(hist.history["accuracy"][0]),
-            "received": {p: [None if v is None else bool(v) for v in vals] for p, vals in received.items()},
-            "bn_updated": bn_updated, "weights_unchanged": bool(unchanged)}
+    return {
+        "loss": float(hist.history["loss"][0]),
+        "accuracy": float(hist.history["accuracy"][0]),
+        "received": {
+            p: [None if v is None else bool(v) for v in vals] for p, vals in received.items()
+        },
+        "bn_updated": bn_updated,
+        "weights_unchanged": bool(unchanged),
+    }
 
 
 def run_one(model_fn, keras) -> dict:
@@ -272,7 +321,9 @@ def run_one(model_fn, keras) -> dict:
     if name in TRAINED_FIRST:  # really trained: what fit() does to BN is what we check
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss)
         model.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0)
-    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss, metrics=["accuracy"], run_eagerly=True)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0), loss=loss, metrics=["accuracy"], run_eagerly=True
+    )
 
     before = [backend.to_numpy(v).copy() for v in model.variables]
     report = bngap.check(model, x, y, batch_size=BATCH, seed=SEED)
@@ -280,20 +331,33 @@ def run_one(model_fn, keras) -> dict:
     fit = _fit_observed(model, x, y, keras)
     inference = backend.to_numpy(model(x, training=False))
     save_to = os.environ.get("BNGAP_ZOO_SAVE")
-    if save_to and name == "functional":  # a .keras file written under this backend, for the CLI tests
+    if (
+        save_to and name == "functional"
+    ):  # a .keras file written under this backend, for the CLI tests
         model.save(os.path.join(save_to, "model.keras"))
         np.savez(os.path.join(save_to, "data.npz"), x=x, y=y)
     return {
-        "bngap": dict(report.metrics.train), "bngap_eval": dict(report.metrics.eval),
+        "bngap": dict(report.metrics.train),
+        "bngap_eval": dict(report.metrics.eval),
         "gap": report.output_gap.relative_l2,
         "fit": {"loss": fit["loss"], "accuracy": fit["accuracy"]},
-        "received": fit["received"], "bn_updated": fit["bn_updated"],
-        "fit_weights_unchanged": fit["weights_unchanged"], "check_left_model_unchanged": untouched,
-        "layers": {r.path: {"fit_training": r.fit_training, "fit_mode": r.fit_mode,
-                            "reason": r.fit_mode_reason, "kind": r.kind.value}
-                   for r in report.layers},
-        "findings": [{"cause": f.cause.value, "message": f.message, "remedy": f.remedy}
-                     for f in report.findings],
+        "received": fit["received"],
+        "bn_updated": fit["bn_updated"],
+        "fit_weights_unchanged": fit["weights_unchanged"],
+        "check_left_model_unchanged": untouched,
+        "layers": {
+            r.path: {
+                "fit_training": r.fit_training,
+                "fit_mode": r.fit_mode,
+                "reason": r.fit_mode_reason,
+                "kind": r.kind.value,
+            }
+            for r in report.layers
+        },
+        "findings": [
+            {"cause": f.cause.value, "message": f.message, "remedy": f.remedy}
+            for f in report.findings
+        ],
         "environment": report.environment,
         "inference": inference.astype(float).tolist(),
     }
@@ -311,7 +375,10 @@ def main() -> None:
         except Exception as e:  # reported per model, so one failure does not hide the rest
             import traceback
 
-            out[fn.__name__] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+            out[fn.__name__] = {
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(),
+            }
     sys.stdout.write("\nBNGAP-ZOO-JSON " + json.dumps(out) + "\n")
 
 

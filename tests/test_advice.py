@@ -23,30 +23,74 @@ from bngap.results import (
 
 def bn(path="bn1", order=0, severity=Severity.FAIL, **kw) -> BatchNormRecord:
     base = dict(
-        path=path, order=order, trainable=True, momentum=0.99, epsilon=1e-3, channels=8, axis=-1,
-        median_abs_z=5.0, p95_abs_z=8.0, max_abs_z=9.0, median_abs_log2_var_ratio=2.0,
-        p95_abs_log2_var_ratio=3.0, max_abs_log2_var_ratio=3.5, expected_local_gap=0.9,
-        noise_local_gap=0.01, never_updated=False, init_fraction=None, estimated_updates=None,
-        fit_uses_batch_stats=True, severity=severity, samples=64, degenerate_channels=0,
-        init_mean=0.0, init_variance=1.0)
+        path=path,
+        order=order,
+        trainable=True,
+        momentum=0.99,
+        epsilon=1e-3,
+        channels=8,
+        axis=-1,
+        median_abs_z=5.0,
+        p95_abs_z=8.0,
+        max_abs_z=9.0,
+        median_abs_log2_var_ratio=2.0,
+        p95_abs_log2_var_ratio=3.0,
+        max_abs_log2_var_ratio=3.5,
+        expected_local_gap=0.9,
+        noise_local_gap=0.01,
+        never_updated=False,
+        init_fraction=None,
+        estimated_updates=None,
+        fit_uses_batch_stats=True,
+        severity=severity,
+        samples=64,
+        degenerate_channels=0,
+        init_mean=0.0,
+        init_variance=1.0,
+    )
     base.update(kw)
     return BatchNormRecord(**base)
 
 
 def layer(path, kind, order=0, effect=None, own=None, fit_mode="training", **kw) -> LayerRecord:
-    return LayerRecord(path=path, class_name=kind.value, kind=kind, order=order, depth=0,
-                       divergence=0.5, own_contribution=own, output_effect=effect,
-                       mode_dependent=True, fit_mode=fit_mode, fit_training=fit_mode == "training",
-                       **kw)
+    return LayerRecord(
+        path=path,
+        class_name=kind.value,
+        kind=kind,
+        order=order,
+        depth=0,
+        divergence=0.5,
+        own_contribution=own,
+        output_effect=effect,
+        mode_dependent=True,
+        fit_mode=fit_mode,
+        fit_training=fit_mode == "training",
+        **kw,
+    )
 
 
-def run(batchnorm=(), layers=(), groups=None, gap=1.0, leaks=(), preprocessing=None, batch_size=32,
-        samples=64):
+def run(
+    batchnorm=(),
+    layers=(),
+    groups=None,
+    gap=1.0,
+    leaks=(),
+    preprocessing=None,
+    batch_size=32,
+    samples=64,
+):
     groups = {"batchnorm": 0.0, "dropout": 0.0, "augmentation": 0.0, "other": 0.0, **(groups or {})}
-    return diagnose(gap=OutputGap(gap, gap, None), groups=groups, layers=list(layers),
-                    batchnorm=list(batchnorm), leaks=list(leaks),
-                    batch_size=batch_size, last_batch_size=batch_size, samples=samples,
-                    preprocessing=preprocessing)
+    return diagnose(
+        gap=OutputGap(gap, gap, None),
+        groups=groups,
+        layers=list(layers),
+        batchnorm=list(batchnorm),
+        leaks=list(leaks),
+        batch_size=batch_size,
+        last_batch_size=batch_size,
+        samples=samples,
+        preprocessing=preprocessing,
+    )
 
 
 BN_LAYERS = [layer("bn1", Kind.BATCHNORM, 0, own=0.9), layer("bn2", Kind.BATCHNORM, 1, own=0.8)]
@@ -64,7 +108,10 @@ def test_not_converged_wording_and_share():
     recs = [bn("bn1", init_fraction=0.9, estimated_updates=10.4), bn("bn2", 1, init_fraction=0.88)]
     (f,), _ = run(recs, BN_LAYERS, {"batchnorm": 0.8}, gap=1.0)
     assert f.cause is Cause.STATS_NOT_CONVERGED
-    assert "still 90% their initial values" in f.message and "about 10 updates at momentum 0.99" in f.message
+    assert (
+        "still 90% their initial values" in f.message
+        and "about 10 updates at momentum 0.99" in f.message
+    )
     assert "fit() looks fine while evaluate()" in f.message
     assert f.explains == pytest.approx(0.8)
 
@@ -82,8 +129,9 @@ def test_frozen_and_renorm_layers_are_wrong_in_both_modes():
 
 def test_preprocessing_mismatch_explains_the_flagged_layers():
     probe = PreprocessingProbe(0.0, 255.0, 120.0, ("bn1",), 0.95, (("x / 255", 0.02),), "x / 255")
-    findings, _ = run([bn("bn1"), bn("bn2", 1)], BN_LAYERS, {"batchnorm": 0.9}, gap=1.0,
-                      preprocessing=probe)
+    findings, _ = run(
+        [bn("bn1"), bn("bn2", 1)], BN_LAYERS, {"batchnorm": 0.9}, gap=1.0, preprocessing=probe
+    )
     assert [f.cause for f in findings] == [Cause.PREPROCESSING_MISMATCH]
     assert "`x / 255`" in findings[0].message and findings[0].explains == pytest.approx(0.9)
 
@@ -107,8 +155,9 @@ def test_domain_shift_and_the_overridden_training_false():
 
 def test_small_batch():
     recs = [bn("bn1", severity=Severity.OK, expected_local_gap=0.01)]
-    findings, _ = run(recs, [layer("bn1", Kind.BATCHNORM, own=0.6)], {"batchnorm": 0.5}, gap=0.5,
-                      batch_size=4)
+    findings, _ = run(
+        recs, [layer("bn1", Kind.BATCHNORM, own=0.6)], {"batchnorm": 0.5}, gap=0.5, batch_size=4
+    )
     (f,) = findings
     assert f.cause is Cause.SMALL_BATCH and "batches of 4" in f.message and f.explains == 1.0
 
@@ -129,7 +178,9 @@ def test_no_small_batch_downstream_of_stale_statistics():
     its own contribution cannot be set against its expected gap: no
     small_batch beside stats_not_converged. Above it, the comparison holds."""
     recs = [bn("bn0", order=0, init_fraction=0.99, estimated_updates=9.0)]
-    recs += [bn(f"bn{i}", order=i, severity=Severity.OK, expected_local_gap=0.8) for i in range(1, 5)]
+    recs += [
+        bn(f"bn{i}", order=i, severity=Severity.OK, expected_local_gap=0.8) for i in range(1, 5)
+    ]
     lays = [layer(f"bn{i}", Kind.BATCHNORM, order=i, own=10.0) for i in range(5)]
     findings, _ = run(recs, lays, {"batchnorm": 1.6}, gap=1.6)
     assert [f.cause for f in findings] == [Cause.STATS_NOT_CONVERGED]
@@ -146,7 +197,9 @@ def test_augmentation_and_dropout_only():
     assert f.cause is Cause.AUGMENTATION and f.severity is Severity.INFO and f.explains == 1.0
     drop = [layer("drop", Kind.DROPOUT, effect=0.3)]
     (g,), notes = run(layers=drop, groups={"dropout": 0.3}, gap=0.3)
-    assert g.cause is Cause.DROPOUT_ONLY and "expected, not a bug" in g.message and g.explains == 1.0
+    assert (
+        g.cause is Cause.DROPOUT_ONLY and "expected, not a bug" in g.message and g.explains == 1.0
+    )
 
 
 def test_no_batchnorm_no_batchnorm_sentence():
@@ -186,7 +239,10 @@ def test_rank_orders_by_share_then_severity():
 def test_second_bn_cause_gets_its_own_layers_effect():
     f1 = Finding(Cause.STATS_NEVER_UPDATED, Severity.FAIL, "bn1", "", "", {"layers": ["bn1"]})
     f2 = Finding(Cause.DOMAIN_SHIFT, Severity.WARN, "bn2", "", "", {"layers": ["bn2"]})
-    layers = [layer("bn1", Kind.BATCHNORM, effect=0.5), layer("bn2", Kind.BATCHNORM, 1, effect=0.25)]
+    layers = [
+        layer("bn1", Kind.BATCHNORM, effect=0.5),
+        layer("bn2", Kind.BATCHNORM, 1, effect=0.25),
+    ]
     out = with_shares([f1, f2], {"batchnorm": 1.0}, layers, OutputGap(1.0, 1.0, None))
     assert [f.explains for f in out] == [1.0, 0.25]
     unmeasured = [replace(x, output_effect=None) for x in layers]

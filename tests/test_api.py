@@ -18,8 +18,10 @@ from bngap.images import parse_preprocess
 
 
 def test_import_and_help_do_not_import_tensorflow():
-    code = ("import sys, bngap, bngap.cli, bngap.results, bngap.advice, bngap.render.text;"
-            "print('tensorflow' in sys.modules)")
+    code = (
+        "import sys, bngap, bngap.cli, bngap.results, bngap.advice, bngap.render.text;"
+        "print('tensorflow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     out = subprocess.run([sys.executable, "-m", "bngap", "--help"], capture_output=True, text=True)
@@ -40,8 +42,16 @@ def test_check_api_on_model_and_on_paths(zoo):
 def _train(keras, callbacks, epochs=3):
     keras.utils.set_random_seed(0)
     L = keras.layers
-    m = keras.Sequential([keras.Input((6,)), L.Dense(8), L.BatchNormalization(), L.ReLU(),
-                          L.Dropout(0.2), L.Dense(2)])
+    m = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(8),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.Dropout(0.2),
+            L.Dense(2),
+        ]
+    )
     m.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(0)
     x = rng.normal(3, 2, (64, 6)).astype("float32")
@@ -65,7 +75,9 @@ def test_gap_monitor_records_warns_and_changes_nothing(keras):
 
 
 def test_gap_monitor_stops_and_recalibrates(keras):
-    monitor = bngap.GapMonitor(np.zeros((1, 6), "float32") + 3, stop_above=0.0, warn_above=None, verbose=False)
+    monitor = bngap.GapMonitor(
+        np.zeros((1, 6), "float32") + 3, stop_above=0.0, warn_above=None, verbose=False
+    )
     _, hist, _ = _train(keras, [monitor], epochs=5)
     assert len(hist.history["loss"]) == 1
     rng = np.random.default_rng(1)
@@ -100,8 +112,19 @@ def image_folder(tmp_path_factory):
 
 def test_image_folder_checks_end_to_end(zoo, image_folder):
     mpath, _ = zoo.files("under_trained")
-    res = CliRunner().invoke(main, ["check", str(mpath), str(image_folder), "--format", "json", "-q",
-                                    "--preprocess", "scale=1/255"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "check",
+            str(mpath),
+            str(image_folder),
+            "--format",
+            "json",
+            "-q",
+            "--preprocess",
+            "scale=1/255",
+        ],
+    )
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     assert d["data"]["samples"] == 8 and d["data"]["has_labels"]
@@ -122,10 +145,15 @@ def test_image_folder_reader(image_folder):
     assert raw.x[0].max() > 200  # 0..255 without --preprocess
 
 
-@pytest.mark.parametrize("spec,pixel,expected", [
-    ("tf", 255.0, 1.0), ("scale=1/255", 255.0, 1.0), ("scale=0.5", 4.0, 2.0),
-    ("torch", 255.0, (1 - 0.485) / 0.229),
-])
+@pytest.mark.parametrize(
+    "spec,pixel,expected",
+    [
+        ("tf", 255.0, 1.0),
+        ("scale=1/255", 255.0, 1.0),
+        ("scale=0.5", 4.0, 2.0),
+        ("torch", 255.0, (1 - 0.485) / 0.229),
+    ],
+)
 def test_preprocess_modes(spec, pixel, expected):
     out = parse_preprocess(spec)(np.full((1, 1, 1, 3), pixel, np.float32))
     assert out[0, 0, 0, 0] == pytest.approx(expected, rel=1e-5)
@@ -154,9 +182,13 @@ def test_compiled_loss_objects_are_used(keras):
     m.fit(x, y, epochs=1, verbose=0)
     r = bngap.check(m, x, y)
     assert r.metrics.loss_name == "huber_loss" and r.metrics.source == "compiled"
-    assert r.metrics.eval["loss"] == pytest.approx(m.evaluate(x, y, verbose=0, batch_size=32), rel=1e-5)
+    assert r.metrics.eval["loss"] == pytest.approx(
+        m.evaluate(x, y, verbose=0, batch_size=32), rel=1e-5
+    )
     r = bngap.check(m, x, y, loss=keras.losses.MeanAbsoluteError())
-    assert r.metrics.eval["loss"] == pytest.approx(float(np.mean(np.abs(m.predict(x, verbose=0) - y))), rel=1e-5)
+    assert r.metrics.eval["loss"] == pytest.approx(
+        float(np.mean(np.abs(m.predict(x, verbose=0) - y))), rel=1e-5
+    )
 
 
 def test_warn_above_from_python(zoo):
@@ -170,9 +202,13 @@ def test_lint_stays_callable_after_its_module_is_imported(keras, tmp_path):
     """`bngap.lint(model)` works on every call, also after `bngap lint` ran:
     a submodule named `lint` would replace the function on the package as
     soon as anything imported it (the first call did)."""
-    m = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(2)])
+    m = keras.Sequential(
+        [keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(2)]
+    )
     first = bngap.lint(m)
     m.save(tmp_path / "m.keras")
     assert CliRunner().invoke(main, ["lint", str(tmp_path / "m.keras"), "-q"]).exit_code == 1
     second = bngap.lint(m)
-    assert [f.rule for f in first.findings] == [f.rule for f in second.findings] == ["never_updated"]
+    assert (
+        [f.rule for f in first.findings] == [f.rule for f in second.findings] == ["never_updated"]
+    )

@@ -33,14 +33,25 @@ from bngap.stats import ChannelMoments, SplitMoments
 
 # ----------------------------------------------------------------- helpers
 
-def params(mm, mv, *, gamma=None, beta=None, eps=1e-3, momentum=0.99, init=(0.0, 1.0),
-           path="bn") -> BatchNormParams:
+
+def params(
+    mm, mv, *, gamma=None, beta=None, eps=1e-3, momentum=0.99, init=(0.0, 1.0), path="bn"
+) -> BatchNormParams:
     return BatchNormParams(
-        path=path, gamma=None if gamma is None else np.asarray(gamma, np.float64),
+        path=path,
+        gamma=None if gamma is None else np.asarray(gamma, np.float64),
         beta=None if beta is None else np.asarray(beta, np.float64),
-        moving_mean=np.asarray(mm, np.float64), moving_variance=np.asarray(mv, np.float64),
-        epsilon=eps, momentum=momentum, trainable=True, axis=-1, renorm=False, synchronized=False,
-        init_mean=init[0], init_variance=init[1])
+        moving_mean=np.asarray(mm, np.float64),
+        moving_variance=np.asarray(mv, np.float64),
+        epsilon=eps,
+        momentum=momentum,
+        trainable=True,
+        axis=-1,
+        renorm=False,
+        synchronized=False,
+        init_mean=init[0],
+        init_variance=init[1],
+    )
 
 
 def split_of(x: np.ndarray) -> SplitMoments:
@@ -66,8 +77,8 @@ def reference(mu, v, mm, mv, gamma, beta, eps):
     z = (mu - mm) / np.sqrt(mv + eps)
     rho = (v + eps) / (mv + eps)
     w = v / (v + eps)
-    num = gamma ** 2 * (z ** 2 + w * (np.sqrt(rho) - 1.0) ** 2)
-    den = gamma ** 2 * (w * rho + z ** 2) + 2.0 * gamma * beta * z + beta ** 2
+    num = gamma**2 * (z**2 + w * (np.sqrt(rho) - 1.0) ** 2)
+    den = gamma**2 * (w * rho + z**2) + 2.0 * gamma * beta * z + beta**2
     return z, np.log2(rho), num, den, math.sqrt(num.sum() / den.sum())
 
 
@@ -85,6 +96,7 @@ def finite_or_none(record) -> list[str]:
 
 
 # ------------------------------------------- formulas vs independent numpy
+
 
 @pytest.mark.parametrize("eps", [1e-3, 1e-5, 0.1])
 def test_compare_channels_matches_numpy(eps):
@@ -120,8 +132,7 @@ def test_missing_gamma_and_beta_mean_one_and_zero():
 
 
 @settings(max_examples=50, deadline=None)
-@given(c=st.integers(1, 8), seed=st.integers(0, 2**32 - 1),
-       eps=st.sampled_from([1e-5, 1e-3, 1e-1]))
+@given(c=st.integers(1, 8), seed=st.integers(0, 2**32 - 1), eps=st.sampled_from([1e-5, 1e-3, 1e-1]))
 def test_local_gap_formula_for_random_layers(c, seed, eps):
     rng = np.random.default_rng(seed)
     mu, v = rng.normal(0, 3, c), rng.uniform(0.0, 10, c)
@@ -162,7 +173,9 @@ def test_local_gap_matches_a_simulation(seed):
     y_data = gamma * (x - mu) / np.sqrt(v + eps) + beta
     y_moving = gamma * (x - mm) / np.sqrt(mv + eps) + beta
     simulated = np.linalg.norm(y_data - y_moving) / np.linalg.norm(y_moving)
-    gap = local_gap(compare_channels(params(mm, mv, gamma=gamma, beta=beta, eps=eps), population(mu, v)))
+    gap = local_gap(
+        compare_channels(params(mm, mv, gamma=gamma, beta=beta, eps=eps), population(mu, v))
+    )
     assert gap > 0.1  # a real gap, not a trivially small one
     assert gap == pytest.approx(simulated, rel=0.02)
 
@@ -171,7 +184,9 @@ def test_moving_equal_to_data_is_no_gap():
     rng = np.random.default_rng(5)
     x = rng.normal(3, 2, (64, 4, 4, 8))
     mom = split_of(x).total
-    cs = compare_channels(params(mom.mean, mom.variance, gamma=rng.normal(size=8), beta=rng.normal(size=8)), mom)
+    cs = compare_channels(
+        params(mom.mean, mom.variance, gamma=rng.normal(size=8), beta=rng.normal(size=8)), mom
+    )
     assert local_gap(cs) == 0.0
     np.testing.assert_array_equal(cs.z, 0.0)
     np.testing.assert_array_equal(cs.log2_ratio, 0.0)
@@ -181,12 +196,15 @@ def test_output_that_is_zero_in_inference_mode_has_an_unbounded_gap():
     # Constant input (v = 0) that BN maps exactly to 0 with the moving
     # statistics: any change is infinitely large relative to it.
     mom = population([1.0], [0.0])
-    cs = compare_channels(params([0.0], [1.0 - 1e-3], beta=[-1.0]), mom)  # z = 1, gamma z + beta = 0
+    cs = compare_channels(
+        params([0.0], [1.0 - 1e-3], beta=[-1.0]), mom
+    )  # z = 1, gamma z + beta = 0
     assert cs.gap_den[0] == pytest.approx(0.0, abs=1e-12)
     assert local_gap(cs) == math.inf or local_gap(cs) > 1e5
 
 
 # ------------------------------------------------------------ noise_of_gap
+
 
 def test_noise_formula_from_the_halves():
     rng = np.random.default_rng(6)
@@ -200,7 +218,7 @@ def test_noise_formula_from_the_halves():
     za, zb = (even.mean(0) - mm) / np.sqrt(mv + eps), (odd.mean(0) - mm) / np.sqrt(mv + eps)
     ra, rb = np.sqrt((even.var(0) + eps) / (mv + eps)), np.sqrt((odd.var(0) + eps) / (mv + eps))
     v = x.reshape(-1, c).var(0)
-    num = np.sum(gamma ** 2 * (((za - zb) / 2) ** 2 + v / (v + eps) * ((ra - rb) / 2) ** 2))
+    num = np.sum(gamma**2 * (((za - zb) / 2) ** 2 + v / (v + eps) * ((ra - rb) / 2) ** 2))
     *_, den, _ = reference(x.reshape(-1, c).mean(0), v, mm, mv, gamma, np.zeros(c), eps)
     assert noise_of_gap(p, sm.halves, cs) == pytest.approx(math.sqrt(num / den.sum()), rel=1e-9)
 
@@ -209,7 +227,9 @@ def test_identical_halves_have_no_noise():
     x = np.random.default_rng(7).normal(size=(20, 4))
     sm = split_of(np.repeat(x, 2, axis=0))  # example i appears at 2i (even) and 2i+1 (odd)
     p = params(np.zeros(4), np.ones(4))
-    assert noise_of_gap(p, sm.halves, compare_channels(p, sm.total)) == pytest.approx(0.0, abs=1e-12)
+    assert noise_of_gap(p, sm.halves, compare_channels(p, sm.total)) == pytest.approx(
+        0.0, abs=1e-12
+    )
 
 
 def test_noise_shrinks_like_one_over_root_n():
@@ -235,6 +255,7 @@ def test_no_noise_without_two_halves():
 
 # ------------------------------------------------------------ init_mixture
 
+
 def mixed_layer(a: float, c: int = 16, seed: int = 10, momentum: float = 0.99, eps: float = 1e-3):
     """A layer whose moving statistics are exactly a * (0, 1) + (1 - a) * data."""
     rng = np.random.default_rng(seed)
@@ -242,13 +263,17 @@ def mixed_layer(a: float, c: int = 16, seed: int = 10, momentum: float = 0.99, e
     x = rng.normal(mu, rng.uniform(np.sqrt(3), 3, c), (64, 2, 2, c))
     sm = split_of(x)
     tot = sm.total
-    p = params(a * 0.0 + (1 - a) * tot.mean, a * 1.0 + (1 - a) * tot.variance, momentum=momentum, eps=eps)
+    p = params(
+        a * 0.0 + (1 - a) * tot.mean, a * 1.0 + (1 - a) * tot.variance, momentum=momentum, eps=eps
+    )
     return p, sm
 
 
-@pytest.mark.parametrize("momentum,k", [(0.99, 1), (0.99, 5), (0.99, 50), (0.99, 150), (0.9, 3), (0.9, 30)])
+@pytest.mark.parametrize(
+    "momentum,k", [(0.99, 1), (0.99, 5), (0.99, 50), (0.99, 150), (0.9, 3), (0.9, 30)]
+)
 def test_mixture_recovers_the_initial_share(momentum, k):
-    a = momentum ** k
+    a = momentum**k
     p, sm = mixed_layer(a, momentum=momentum)
     frac, spread = init_mixture(p, sm.total, compare_channels(p, sm.total))
     assert abs(frac - a) < 1e-6 and spread < 1e-6
@@ -263,7 +288,7 @@ def test_mixture_recovers_the_initial_share(momentum, k):
 def test_one_odd_channel_does_not_move_the_estimate():
     # The per-channel estimates are combined by their median: one channel
     # with unrelated statistics neither shifts the share nor hides the fit.
-    a = 0.99 ** 20
+    a = 0.99**20
     p, sm = mixed_layer(a)
     p.moving_mean[5] = 40.0 * sm.total.mean[5]
     p.moving_variance[5] = 30.0 * sm.total.variance[5]
@@ -273,7 +298,7 @@ def test_one_odd_channel_does_not_move_the_estimate():
 
 
 def test_converged_statistics_have_no_update_count():
-    a = 0.9 ** 60  # 0.0018: below CONVERGED_FRACTION
+    a = 0.9**60  # 0.0018: below CONVERGED_FRACTION
     assert a < CONVERGED_FRACTION
     p, sm = mixed_layer(a, momentum=0.9)
     rec = audit_layer(p, sm, 0, True)
@@ -308,16 +333,19 @@ def test_unknown_initial_values_give_no_mixture():
     assert not is_never_updated(p)
 
 
-@pytest.mark.parametrize("fraction,momentum,expected", [
-    (None, 0.99, None),
-    (1.0, 0.99, 0.0),
-    (0.99 ** 5, 0.99, 5.0),
-    (0.5, 0.5, 1.0),
-    (0.25, 0.5, 2.0),
-    (CONVERGED_FRACTION, 0.99, None),   # converged: the count is no longer measurable
-    (0.5, 0.0, None),
-    (0.5, 1.0, None),
-])
+@pytest.mark.parametrize(
+    "fraction,momentum,expected",
+    [
+        (None, 0.99, None),
+        (1.0, 0.99, 0.0),
+        (0.99**5, 0.99, 5.0),
+        (0.5, 0.5, 1.0),
+        (0.25, 0.5, 2.0),
+        (CONVERGED_FRACTION, 0.99, None),  # converged: the count is no longer measurable
+        (0.5, 0.0, None),
+        (0.5, 1.0, None),
+    ],
+)
 def test_estimated_updates(fraction, momentum, expected):
     got = estimated_updates(fraction, momentum)
     assert got == (None if expected is None else pytest.approx(expected, abs=1e-9))
@@ -332,32 +360,37 @@ def test_is_never_updated_needs_exact_initial_values():
 
 # ---------------------------------------------------- severity and clean gap
 
+
 def test_clean_gap():
     assert clean_gap(0.5, None) == 0.5
     assert clean_gap(0.5, 0.3) == pytest.approx(0.4)
     assert clean_gap(0.3, 0.5) == 0.0
 
 
-@pytest.mark.parametrize("gap,noise,never,expected", [
-    (0.10, 0.01, False, Severity.OK),
-    (WARN_GAP, 0.0, False, Severity.WARN),
-    (0.30, 0.01, False, Severity.WARN),
-    (FAIL_GAP, 0.0, False, Severity.FAIL),
-    (0.70, 0.01, False, Severity.FAIL),
-    (0.70, 0.40, False, Severity.OK),      # below twice its own noise
-    (0.65, 0.30, False, Severity.WARN),    # debiased: sqrt(0.65^2 - 0.3^2) = 0.577 < FAIL_GAP
-    (0.30, 0.01, True, Severity.FAIL),     # never updated: the warn level fails
-    (0.20, 0.01, True, Severity.OK),
-    (0.70, None, False, Severity.WARN),    # one sample: no hard verdict
-    (0.30, None, True, Severity.WARN),
-    (0.10, None, False, Severity.OK),
-    (math.inf, 0.1, False, Severity.FAIL),
-])
+@pytest.mark.parametrize(
+    "gap,noise,never,expected",
+    [
+        (0.10, 0.01, False, Severity.OK),
+        (WARN_GAP, 0.0, False, Severity.WARN),
+        (0.30, 0.01, False, Severity.WARN),
+        (FAIL_GAP, 0.0, False, Severity.FAIL),
+        (0.70, 0.01, False, Severity.FAIL),
+        (0.70, 0.40, False, Severity.OK),  # below twice its own noise
+        (0.65, 0.30, False, Severity.WARN),  # debiased: sqrt(0.65^2 - 0.3^2) = 0.577 < FAIL_GAP
+        (0.30, 0.01, True, Severity.FAIL),  # never updated: the warn level fails
+        (0.20, 0.01, True, Severity.OK),
+        (0.70, None, False, Severity.WARN),  # one sample: no hard verdict
+        (0.30, None, True, Severity.WARN),
+        (0.10, None, False, Severity.OK),
+        (math.inf, 0.1, False, Severity.FAIL),
+    ],
+)
 def test_severity_of(gap, noise, never, expected):
     assert severity_of(gap, noise, never) is expected
 
 
 # ------------------------------------------------------------ audit_layer
+
 
 def test_audit_record_summaries_match_numpy():
     rng = np.random.default_rng(12)
@@ -386,8 +419,8 @@ def test_healthy_layer_is_ok():
     rng = np.random.default_rng(13)
     c = 16
     mu, sd = rng.normal(0, 3, c), rng.uniform(0.5, 3, c)
-    earlier = rng.normal(mu, sd, (300, c))   # what the moving statistics saw
-    x = rng.normal(mu, sd, (300, c))         # the data now, same distribution
+    earlier = rng.normal(mu, sd, (300, c))  # what the moving statistics saw
+    x = rng.normal(mu, sd, (300, c))  # the data now, same distribution
     rec = audit_layer(params(earlier.mean(0), earlier.var(0)), split_of(x), 0, True)
     assert rec.severity is Severity.OK
     assert rec.noise_local_gap is not None and rec.expected_local_gap < 3 * rec.noise_local_gap
@@ -427,9 +460,9 @@ def test_degenerate_channels_stay_finite(eps, expected_degenerate, constant):
     rng = np.random.default_rng(16)
     n, c = 32, 5
     x = rng.normal(1.0, 2.0, (n, 4, c))
-    x[..., 2] = constant                             # constant input
+    x[..., 2] = constant  # constant input
     counts = np.full((n, c), 4.0)
-    counts[:, 3] = 0.0                               # masked out everywhere
+    counts[:, 3] = 0.0  # masked out everywhere
     mean = x.mean(axis=1)
     m2 = ((x - mean[:, None, :]) ** 2).sum(axis=1)
     mean[:, 3], m2[:, 3] = 0.0, 0.0
@@ -470,6 +503,7 @@ def test_nonfinite_parameters_are_degenerate_not_nan():
 
 
 # ---------------------------------------------- merged from test_audit_math.py
+
 
 def test_denormal_data_stays_finite():
     """Input values around 1e-310 (float64 subnormals): their squares underflow."""

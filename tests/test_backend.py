@@ -25,7 +25,9 @@ MODELS = [fn.__name__ for fn in ZOO]
 
 def _env(**extra) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
     env.pop("KERAS_BACKEND", None)
     env.update(extra)
     return env
@@ -39,8 +41,13 @@ def zoo_runs(tmp_path_factory) -> dict:
     for b in BACKENDS:
         if installed(b):
             extra = {"BNGAP_ZOO_SAVE": str(saved)} if b == "jax" else {}
-            procs[b] = subprocess.Popen([sys.executable, str(HERE / "fit_zoo.py"), b], env=_env(**extra),
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            procs[b] = subprocess.Popen(
+                [sys.executable, str(HERE / "fit_zoo.py"), b],
+                env=_env(**extra),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
     runs: dict = {"saved_under_jax": saved}
     for b, p in procs.items():
         out, err = p.communicate(timeout=900)
@@ -74,7 +81,9 @@ def test_training_loss_and_accuracy_equal_fit(zoo_runs, backend, model):
     one epoch of the same batches (fit() with SGD(0.0), shuffle=False);
     1e-5 relative, 1e-3 under mixed precision."""
     r = _result(zoo_runs, backend, model)
-    assert r["bngap"]["loss"] == pytest.approx(r["fit"]["loss"], rel=1e-3 if model in MIXED else 1e-5)
+    assert r["bngap"]["loss"] == pytest.approx(
+        r["fit"]["loss"], rel=1e-3 if model in MIXED else 1e-5
+    )
     assert r["bngap"]["accuracy"] == pytest.approx(r["fit"]["accuracy"], rel=1e-6)  # fit(): float32
     assert r["check_left_model_unchanged"] and r["fit_weights_unchanged"]
 
@@ -104,11 +113,16 @@ def test_model_whose_call_lacks_training(zoo_runs, backend):
     assert r["gap"] < 1e-6
     assert r["bngap"]["loss"] == pytest.approx(r["bngap_eval"]["loss"], rel=1e-6)
     bn = r["layers"]["bn"]
-    assert bn["fit_mode"] == "inference" and "NoTraining.call() has no training argument" in bn["reason"]
+    assert (
+        bn["fit_mode"] == "inference"
+        and "NoTraining.call() has no training argument" in bn["reason"]
+    )
     top = r["findings"][0]
     assert top["cause"] == "stats_never_updated"
     assert "Both modes are wrong" in top["message"]
-    assert "NoTraining.call" in top["remedy"] and "def call(self, x, training=None)" in top["remedy"]
+    assert (
+        "NoTraining.call" in top["remedy"] and "def call(self, x, training=None)" in top["remedy"]
+    )
 
 
 def test_jax_fit_does_not_pass_training_through_the_call_context(zoo_runs):
@@ -148,22 +162,41 @@ def test_keras_file_saved_under_jax_checks_the_same_here(zoo_runs):
 
     jax_gap = _result(zoo_runs, "jax", "functional")["gap"]
     folder = zoo_runs["saved_under_jax"]
-    report = bngap.check(str(folder / "model.keras"), str(folder / "data.npz"), batch_size=16, seed=3)
+    report = bngap.check(
+        str(folder / "model.keras"), str(folder / "data.npz"), batch_size=16, seed=3
+    )
     assert report.environment["backend"] == "tensorflow"
     assert report.output_gap.relative_l2 == pytest.approx(jax_gap, rel=1e-4)
 
 
 def _cli(*args, **env):
-    return subprocess.run([sys.executable, "-m", "bngap", *args], capture_output=True, text=True,
-                          env=_env(**env), timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "bngap", *args],
+        capture_output=True,
+        text=True,
+        env=_env(**env),
+        timeout=600,
+    )
 
 
 def test_cli_backend_torch_on_a_file_saved_under_jax(zoo_runs):
     _need("torch")
     jax_gap = _result(zoo_runs, "jax", "functional")["gap"]
     folder = zoo_runs["saved_under_jax"]
-    out = _cli("check", str(folder / "model.keras"), str(folder / "data.npz"), "--backend", "torch",
-               "--batch-size", "16", "--seed", "3", "--format", "json", "-q")
+    out = _cli(
+        "check",
+        str(folder / "model.keras"),
+        str(folder / "data.npz"),
+        "--backend",
+        "torch",
+        "--batch-size",
+        "16",
+        "--seed",
+        "3",
+        "--format",
+        "json",
+        "-q",
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["environment"]["backend"] == "torch" and report["environment"]["torch"]
@@ -178,23 +211,48 @@ def test_cli_backend_jax_on_a_file_saved_under_tensorflow(tmp_path, zoo):
 
     mpath, dpath = zoo.files("under_trained")
     here = bngap.check(str(mpath), str(dpath), limit=40)
-    out = _cli("check", str(mpath), str(dpath), "--backend", "jax", "--limit", "40", "--format", "json", "-q")
+    out = _cli(
+        "check",
+        str(mpath),
+        str(dpath),
+        "--backend",
+        "jax",
+        "--limit",
+        "40",
+        "--format",
+        "json",
+        "-q",
+    )
     assert out.returncode in (0, 1), out.stderr
     report = json.loads(out.stdout)
     assert report["environment"]["backend"] == "jax" and report["environment"]["jax"]
-    assert report["output_gap"]["relative_l2"] == pytest.approx(here.output_gap.relative_l2, rel=1e-4)
+    assert report["output_gap"]["relative_l2"] == pytest.approx(
+        here.output_gap.relative_l2, rel=1e-4
+    )
     assert [f["cause"] for f in report["findings"]] == [f.cause.value for f in here.findings]
 
 
 def test_missing_backend_is_one_line_and_exit_2(tmp_path):
     """As on a machine without JAX: `jax` hidden from the import system."""
-    code = ("import sys; sys.modules['jax'] = None; from bngap.cli import main; "
-            "main(['check', 'm.keras', 'd.npz', '--backend', 'jax'])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(),
-                         cwd=tmp_path, timeout=120)
+    code = (
+        "import sys; sys.modules['jax'] = None; from bngap.cli import main; "
+        "main(['check', 'm.keras', 'd.npz', '--backend', 'jax'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and 'pip install "bngap[jax]"' in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("error: ")
+        and 'pip install "bngap[jax]"' in lines[0]
+    )
 
 
 def test_python_api_refuses_a_second_backend(keras, zoo):
@@ -213,8 +271,14 @@ def test_keras2_tf_op_layers_need_tensorflow(tmp_path):
     line and exit 2 (not a shape-inference error from deep inside Keras)."""
     _need("torch")
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 32, 32, 3), "float32"))
-    out = _cli("check", str(HERE / "data" / "k2_applications_like.h5"), str(tmp_path / "d.npz"),
-               "--backend", "torch", "-q")
+    out = _cli(
+        "check",
+        str(HERE / "data" / "k2_applications_like.h5"),
+        str(tmp_path / "d.npz"),
+        "--backend",
+        "torch",
+        "-q",
+    )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "TF-op layers" in lines[0] and "--backend tensorflow" in lines[0]
@@ -229,7 +293,9 @@ def test_reports_name_the_backend(zoo):
     report = bngap.check(model, x[:16], y[:16], effects=0)
     env = report.to_dict()["environment"]
     assert env["backend"] == "tensorflow" and env["backend_version"] == env["tensorflow"]
-    assert f"backend tensorflow {env['tensorflow']}" in render(report, "text", width=200, color=False)
+    assert f"backend tensorflow {env['tensorflow']}" in render(
+        report, "text", width=200, color=False
+    )
     assert "backend: tensorflow" in render(report, "markdown")
 
 

@@ -17,7 +17,9 @@ def _vars(model):
 
 
 def _identical(a, b):
-    return len(a) == len(b) and all(x.shape == y.shape and x.tobytes() == y.tobytes() for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        x.shape == y.shape and x.tobytes() == y.tobytes() for x, y in zip(a, b)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def test_under_trained_bn_gap_is_attributed_to_bn(reports):
 def test_under_trained_update_count_is_estimated(reports):
     """3 epochs of 2 batches: 6 updates at momentum 0.99."""
     bn1 = reports("under_trained").batchnorm_layer("bn1")
-    assert bn1.init_fraction == pytest.approx(0.99 ** 6, abs=0.01)
+    assert bn1.init_fraction == pytest.approx(0.99**6, abs=0.01)
     assert bn1.estimated_updates == pytest.approx(6, abs=1)
     assert not bn1.never_updated
 
@@ -75,8 +77,15 @@ def test_dropout_gap_is_named_beside_frozen_bn_with_bad_statistics(keras):
     both modes, but add nothing to the gap: the gap is still dropout's."""
     L = keras.layers
     bn = L.BatchNormalization(name="bn")
-    model = keras.Sequential([keras.Input((6,)), L.Dense(8, name="d"), bn,
-                              L.Dropout(0.5, name="drop"), L.Dense(2, name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(8, name="d"),
+            bn,
+            L.Dropout(0.5, name="drop"),
+            L.Dense(2, name="out"),
+        ]
+    )
     bn.trainable = False
     x = np.random.default_rng(0).normal(5, 3, (64, 6)).astype("float32")
     r = check(model, x, options=CheckOptions(effects=0))
@@ -84,6 +93,7 @@ def test_dropout_gap_is_named_beside_frozen_bn_with_bad_statistics(keras):
     causes = [f.cause for f in r.findings]
     assert Cause.DROPOUT_ONLY in causes
     assert any(c in (Cause.STATS_NEVER_UPDATED, Cause.STATS_NOT_CONVERGED) for c in causes), causes
+
 
 def test_frozen_bn_shows_no_gap(reports):
     r = reports("frozen")
@@ -162,7 +172,9 @@ def test_mode_leak_names_the_layer(reports):
 
 
 # ---------------------------------------------------------- side effects
-@pytest.mark.parametrize("name", ["under_trained", "dropout_only", "augmentation", "mode_leak", "nested"])
+@pytest.mark.parametrize(
+    "name", ["under_trained", "dropout_only", "augmentation", "mode_leak", "nested"]
+)
 def test_check_leaves_every_variable_bit_identical(zoo, name):
     model, x, y = zoo.get(name)
     before = _vars(model)
@@ -180,8 +192,15 @@ def test_variables_restored_when_a_forward_pass_raises(keras):
                 raise RuntimeError("boom in training mode")
             return x
 
-    m = keras.Sequential([keras.Input((4,)), L.Dense(4), L.BatchNormalization(name="bn"),
-                          FailsInTraining(name="fails"), L.Dense(2)])
+    m = keras.Sequential(
+        [
+            keras.Input((4,)),
+            L.Dense(4),
+            L.BatchNormalization(name="bn"),
+            FailsInTraining(name="fails"),
+            L.Dense(2),
+        ]
+    )
     x = np.random.default_rng(0).normal(3, 2, (16, 4)).astype("float32")
     before = _vars(m)
     from bngap.errors import ForwardPassError
@@ -217,7 +236,7 @@ def test_output_gap_and_layer_divergence_match_numpy(zoo, keras):
     sums = {n: [0.0, 0.0] for n in names}
     out_t, out_e = [], []
     for s in range(0, len(x), 16):
-        xb = x[s:s + 16]
+        xb = x[s : s + 16]
         ev = probe(xb, training=False)
         tr = probe(xb, training=True)
         for v, val in zip(model.variables, saved):
@@ -225,7 +244,7 @@ def test_output_gap_and_layer_divergence_match_numpy(zoo, keras):
         for n, t, e in zip(names, tr, ev):
             t, e = np.asarray(t, np.float64), np.asarray(e, np.float64)
             sums[n][0] += np.sum((t - e) ** 2)
-            sums[n][1] += np.sum(e ** 2)
+            sums[n][1] += np.sum(e**2)
         out_t.append(np.asarray(tr[-1]))
         out_e.append(np.asarray(ev[-1]))
     r = check(model, x, options=CheckOptions(batch_size=16))
@@ -244,7 +263,10 @@ def test_bn_audit_matches_numpy_and_batch_split(zoo, keras):
         layer = model.get_layer(name)
         inp = np.asarray(keras.Model(model.inputs, layer.input)(x, training=False), np.float64)
         mu, var = inp.mean(axis=(0, 1, 2)), inp.var(axis=(0, 1, 2))
-        mm, mv = layer.moving_mean.numpy().astype(np.float64), layer.moving_variance.numpy().astype(np.float64)
+        mm, mv = (
+            layer.moving_mean.numpy().astype(np.float64),
+            layer.moving_variance.numpy().astype(np.float64),
+        )
         eps = layer.epsilon
         z = (mu - mm) / np.sqrt(mv + eps)
         l2r = np.log2((var + eps) / (mv + eps))
@@ -252,14 +274,17 @@ def test_bn_audit_matches_numpy_and_batch_split(zoo, keras):
         b = layer.beta.numpy().astype(np.float64)
         w = var / (var + eps)
         rho = (var + eps) / (mv + eps)
-        num = g ** 2 * (z ** 2 + w * (np.sqrt(rho) - 1) ** 2)
-        den = g ** 2 * (w * rho + z ** 2) + 2 * g * b * z + b ** 2
+        num = g**2 * (z**2 + w * (np.sqrt(rho) - 1) ** 2)
+        den = g**2 * (w * rho + z**2) + 2 * g * b * z + b**2
         for bs in (64, 7, 5):  # uneven splits give the same population statistics
-            rec = check(model, x, options=CheckOptions(batch_size=bs, effects=0,
-                                                       probe_preprocessing=False)).batchnorm_layer(name)
+            rec = check(
+                model, x, options=CheckOptions(batch_size=bs, effects=0, probe_preprocessing=False)
+            ).batchnorm_layer(name)
             assert rec.median_abs_z == pytest.approx(np.median(np.abs(z)), rel=1e-4)
             assert rec.max_abs_z == pytest.approx(np.max(np.abs(z)), rel=1e-4)
-            assert rec.median_abs_log2_var_ratio == pytest.approx(np.median(np.abs(l2r)), rel=1e-4, abs=1e-6)
+            assert rec.median_abs_log2_var_ratio == pytest.approx(
+                np.median(np.abs(l2r)), rel=1e-4, abs=1e-6
+            )
             assert rec.expected_local_gap == pytest.approx(np.sqrt(num.sum() / den.sum()), rel=1e-4)
             assert rec.samples == len(x)
 
@@ -270,7 +295,9 @@ def test_own_contribution_equals_expected_gap_with_one_batch(zoo):
     local gap (two independent routes to one number)."""
     model, x, y = zoo.get("subclassed")
     r = check(model, x, options=CheckOptions(batch_size=len(x), effects=0))
-    assert r.layer("bn").own_contribution == pytest.approx(r.batchnorm_layer("bn").expected_local_gap, rel=2e-3)
+    assert r.layer("bn").own_contribution == pytest.approx(
+        r.batchnorm_layer("bn").expected_local_gap, rel=2e-3
+    )
 
 
 def test_model_file_untouched_by_cli_check(zoo):
@@ -324,7 +351,9 @@ def test_augmentation_comes_first_when_it_makes_the_whole_gap(reports):
     r = reports("augmentation")
     top = r.findings[0]
     assert top.cause is Cause.AUGMENTATION
-    assert top.explains == pytest.approx(min(1.0, r.groups["augmentation"] / r.output_gap.relative_l2))
+    assert top.explains == pytest.approx(
+        min(1.0, r.groups["augmentation"] / r.output_gap.relative_l2)
+    )
     assert top.explains > 0.99  # the only mode-dependent layer
     later = [f for f in r.findings[1:] if f.cause is Cause.MODE_LEAK]
     assert all(f.explains is None for f in later)
@@ -361,7 +390,9 @@ def test_overridden_training_false_is_named(zoo, keras):
     inp = keras.Input((8, 8, 3))
     model = keras.Model(inp, base(inp, training=False), name="transfer")
     r = check(model, x, y)
-    assert r.layer("domain_shift/bn1").fit_mode == "training"  # what fit() does (see the test above)
+    assert (
+        r.layer("domain_shift/bn1").fit_mode == "training"
+    )  # what fit() does (see the test above)
     f = next(f for f in r.findings if f.cause is Cause.DOMAIN_SHIFT)
     assert "domain_shift/bn1" in f.evidence["training_false_overridden"]
     assert "training=False did not hold" in f.message and "domain_shift/bn1" in f.message

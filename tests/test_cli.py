@@ -38,14 +38,17 @@ def test_stdout_carries_only_the_report(zoo):
     assert "bngap: loading model" in res.stderr
 
 
-@pytest.mark.parametrize("args,code", [
-    ([], 0),
-    (["--fail-above", "0.05"], 1),
-    (["--fail-above", "100"], 0),
-    (["--fail-above-loss-delta", "0.01"], 1),
-    (["--fail-above-accuracy-drop", "0.9"], 0),
-    (["--fail-above", "-1"], 2),
-])
+@pytest.mark.parametrize(
+    "args,code",
+    [
+        ([], 0),
+        (["--fail-above", "0.05"], 1),
+        (["--fail-above", "100"], 0),
+        (["--fail-above-loss-delta", "0.01"], 1),
+        (["--fail-above-accuracy-drop", "0.9"], 0),
+        (["--fail-above", "-1"], 2),
+    ],
+)
 def test_exit_codes(zoo, args, code):
     mpath, dpath = zoo.files("under_trained")
     res = run("check", mpath, dpath, "-q", *args)
@@ -60,23 +63,27 @@ def test_custom_objects_file_that_raises_is_bad_input(zoo, tmp_path):
     mpath, dpath = zoo.files("under_trained")
     res = run("check", mpath, dpath, "-q", "--custom-objects", plugin)
     assert res.exit_code == 2
-    assert res.stderr.strip() == ("error: error while running --custom-objects file "
-                                  f"{plugin}: SystemError: plugin exploded")
+    assert res.stderr.strip() == (
+        f"error: error while running --custom-objects file {plugin}: SystemError: plugin exploded"
+    )
 
 
 def test_internal_failure_exits_3_with_one_line(zoo, tmp_path):
     """A failure that is not the user's input (here a renderer broken from a
     trusted plugin file) is exit 3, one line, traceback only on request."""
     plugin = tmp_path / "breaks_bngap.py"
-    plugin.write_text("import bngap.render.text as t\n"
-                      "def boom(*a, **k):\n    raise ZeroDivisionError('renderer bug')\n"
-                      "t.render_text = boom\n")
+    plugin.write_text(
+        "import bngap.render.text as t\n"
+        "def boom(*a, **k):\n    raise ZeroDivisionError('renderer bug')\n"
+        "t.render_text = boom\n"
+    )
     mpath, dpath = zoo.files("dropout_only")
     try:
         res = run("check", mpath, dpath, "-q", "--custom-objects", plugin)
         assert res.exit_code == 3
-        assert res.stderr.strip() == ("internal error: ZeroDivisionError: renderer bug "
-                                      "(rerun with --traceback for details)")
+        assert res.stderr.strip() == (
+            "internal error: ZeroDivisionError: renderer bug (rerun with --traceback for details)"
+        )
         res = run("check", mpath, dpath, "-q", "--custom-objects", plugin, "--traceback")
         assert res.exit_code == 3 and "Traceback (most recent call last)" in res.stderr
     finally:
@@ -93,8 +100,16 @@ def test_markdown_report_has_environment_and_findings(zoo):
     assert res.exit_code == 0
     md = res.stdout
     assert md.startswith("## bngap report:")
-    for needle in ("### Environment", "tensorflow:", "keras:", "numpy:", "### Model and data",
-                   "### Findings", "`stats_not_converged`", "| output gap (relative L2) |"):
+    for needle in (
+        "### Environment",
+        "tensorflow:",
+        "keras:",
+        "numpy:",
+        "### Model and data",
+        "### Findings",
+        "`stats_not_converged`",
+        "| output gap (relative L2) |",
+    ):
         assert needle in md, needle
 
 

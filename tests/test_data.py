@@ -46,9 +46,11 @@ def test_reading_data_does_not_import_tensorflow(tmp_path):
     import subprocess
 
     p = _npz(tmp_path, x=_images(2))
-    code = ("import sys; from bngap.data import load_data; from bngap.specs import InputSpec; "
-            f"load_data({str(p)!r}, [InputSpec('image', (None, 4, 4, 3), 'float32')]); "
-            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    code = (
+        "import sys; from bngap.data import load_data; from bngap.specs import InputSpec; "
+        f"load_data({str(p)!r}, [InputSpec('image', (None, 4, 4, 3), 'float32')]); "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -70,7 +72,8 @@ def test_npz_without_y_has_no_labels(tmp_path):
 def test_missing_x_lists_the_keys_and_the_option(tmp_path):
     p = _npz(tmp_path, images=_images(), labels=np.arange(10))
     assert _err(load_data, p, IMG) == (
-        f"{p} has no key 'x' for the inputs. Found keys: images, labels; choose one with --x-key")
+        f"{p} has no key 'x' for the inputs. Found keys: images, labels; choose one with --x-key"
+    )
 
 
 def test_x_key_and_y_key(tmp_path):
@@ -80,9 +83,11 @@ def test_x_key_and_y_key(tmp_path):
     np.testing.assert_array_equal(ds.x[0], x)
     assert ds.y.tolist() == list(range(10))  # --y-key wins over the default 'y'
     assert _err(load_data, p, IMG, x_key="pics") == (
-        f"{p} has no key 'pics' for the inputs. Found keys: images, labels, y; choose one with --x-key")
+        f"{p} has no key 'pics' for the inputs. Found keys: images, labels, y; choose one with --x-key"
+    )
     assert _err(load_data, p, IMG, x_key="images", y_key="targets") == (
-        f"{p} has no key 'targets' for the labels. Found keys: images, labels, y")
+        f"{p} has no key 'targets' for the labels. Found keys: images, labels, y"
+    )
 
 
 def test_read_arrays_returns_raw_arrays_and_names(tmp_path):
@@ -124,10 +129,13 @@ def test_pickled_object_array_in_npz_is_refused_unread(tmp_path):
     np.savez(p, x=_object_array(marker))
     assert _err(load_data, p, IMG) == (
         f"{p} under key 'x' holds a pickled Python object array; bngap never unpickles data "
-        f"(unpickling can run arbitrary code). {SAVE_EXAMPLE}")
+        f"(unpickling can run arbitrary code). {SAVE_EXAMPLE}"
+    )
     q = tmp_path / "obj_labels.npz"
     np.savez(q, x=_images(2), y=_object_array(marker))
-    assert _err(load_data, q, IMG).startswith(f"{q} under key 'y' holds a pickled Python object array")
+    assert _err(load_data, q, IMG).startswith(
+        f"{q} under key 'y' holds a pickled Python object array"
+    )
     assert not marker.exists()
 
 
@@ -137,7 +145,8 @@ def test_pickled_npy_is_refused_unread(tmp_path):
     np.save(p, _object_array(marker), allow_pickle=True)
     assert _err(load_data, p, IMG) == (
         f"{p} holds a pickled Python object array; bngap never unpickles data "
-        f"(unpickling can run arbitrary code). {SAVE_EXAMPLE}")
+        f"(unpickling can run arbitrary code). {SAVE_EXAMPLE}"
+    )
     assert not marker.exists()
 
 
@@ -147,7 +156,11 @@ def test_plain_pickle_file_is_refused_unread(tmp_path, ext):
     p = tmp_path / f"data{ext}"
     p.write_bytes(pickle.dumps({"x": _Touch(marker)}))
     msg = _err(load_data, p, IMG)
-    assert msg.startswith(f"{p} holds a pickled" if ext == ".npy" else f"{p} is not an .npz archive of arrays but a pickle")
+    assert msg.startswith(
+        f"{p} holds a pickled"
+        if ext == ".npy"
+        else f"{p} is not an .npz archive of arrays but a pickle"
+    )
     assert not marker.exists()
 
 
@@ -160,15 +173,19 @@ def test_unused_pickled_member_is_never_touched(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("what,arr", [
-    ("object", np.array([[1.0, "a", None, 2, 3]] * 2, dtype=object)),
-    ("strings", np.array([["a"] * 5] * 2)),
-    ("complex", np.zeros((2, 5), "complex64")),
-])
+@pytest.mark.parametrize(
+    "what,arr",
+    [
+        ("object", np.array([[1.0, "a", None, 2, 3]] * 2, dtype=object)),
+        ("strings", np.array([["a"] * 5] * 2)),
+        ("complex", np.zeros((2, 5), "complex64")),
+    ],
+)
 def test_non_numeric_arrays_are_refused(what, arr):
     """In memory (the Python API), nothing is pickled: refused as not numeric."""
     assert _err(from_arrays, arr, specs=TOKENS).startswith(
-        f"the input array must be numeric. Received: dtype={arr.dtype}")
+        f"the input array must be numeric. Received: dtype={arr.dtype}"
+    )
 
 
 def test_non_numeric_labels(tmp_path):
@@ -181,32 +198,41 @@ def test_sample_counts_of_x_and_y(tmp_path):
     p = _npz(tmp_path, x=_images(6), y=np.zeros(5))
     assert _err(load_data, p, IMG) == "inputs have 6 samples but the labels have 5; they must match"
     q = _npz(tmp_path, "scalar_y.npz", x=_images(6), y=np.float32(1))
-    assert _err(load_data, q, IMG) == "inputs have 6 samples but the labels have none (a scalar); they must match"
+    assert (
+        _err(load_data, q, IMG)
+        == "inputs have 6 samples but the labels have none (a scalar); they must match"
+    )
 
 
 def test_wrong_rank_with_channel_hint(tmp_path):
     p = _npz(tmp_path, x=np.zeros((5, 4, 4), "float32"))
     assert _err(load_data, p, GRAY) == (
         "the input array has rank 3 but the model expects rank 4: expected shape (None, 4, 4, 1), "
-        "received (5, 4, 4) (add a channel axis: x[..., None])")
+        "received (5, 4, 4) (add a channel axis: x[..., None])"
+    )
     # x[..., None] is the fix the hint suggests
-    assert load_data(_npz(tmp_path, "fixed.npz", x=np.zeros((5, 4, 4, 1), "float32")), GRAY).shapes == [(5, 4, 4, 1)]
+    assert load_data(
+        _npz(tmp_path, "fixed.npz", x=np.zeros((5, 4, 4, 1), "float32")), GRAY
+    ).shapes == [(5, 4, 4, 1)]
 
 
 def test_wrong_rank_without_hint(tmp_path):
     p = _npz(tmp_path, x=np.zeros((5, 48), "float32"))
     assert _err(load_data, p, IMG) == (
         "the input array has rank 2 but the model expects rank 4: expected shape (None, 4, 4, 3), "
-        "received (5, 48)")
+        "received (5, 48)"
+    )
     assert _err(from_arrays, np.zeros(5, "float32"), specs=TOKENS) == (
-        "the input array has rank 1 but the model expects rank 2: expected shape (None, 5), received (5,)")
+        "the input array has rank 1 but the model expects rank 2: expected shape (None, 5), received (5,)"
+    )
 
 
 def test_wrong_shape_shows_both_shapes(tmp_path):
     p = _npz(tmp_path, x=np.zeros((5, 4, 4, 1), "float32"))
     assert _err(load_data, p, IMG) == (
         "the input array does not fit the model: expected shape (None, 4, 4, 3), received "
-        "(5, 4, 4, 1) (axis 3: 1 != 3)")
+        "(5, 4, 4, 1) (axis 3: 1 != 3)"
+    )
 
 
 def test_free_dimensions_accept_any_size():
@@ -216,7 +242,8 @@ def test_free_dimensions_accept_any_size():
 
 def test_scalar_input():
     assert _err(from_arrays, np.float32(1.0), specs=IMG) == (
-        "the input array must be an array of samples. Received: a scalar")
+        "the input array must be an array of samples. Received: a scalar"
+    )
 
 
 # ------------------------------------------------------------------ dtypes
@@ -224,7 +251,8 @@ def test_fractional_floats_for_an_int_model(tmp_path):
     p = _npz(tmp_path, x=np.full((2, 5), 1.5))
     assert _err(load_data, p, TOKENS) == (
         "the input array holds fractional values but the model expects integers (int32). "
-        "Received: dtype=float64")
+        "Received: dtype=float64"
+    )
 
 
 def test_whole_number_floats_are_cast_for_an_int_model(tmp_path):
@@ -250,7 +278,9 @@ def test_float64_is_cast_to_the_models_float_without_a_note():
 
 def test_bool_inputs_are_cast_with_a_note():
     ds = from_arrays(np.ones((2, 4, 4, 3), bool), specs=IMG)
-    assert ds.x[0].dtype == np.float32 and ds.notes == ["the input array: boolean values cast to float32"]
+    assert ds.x[0].dtype == np.float32 and ds.notes == [
+        "the input array: boolean values cast to float32"
+    ]
 
 
 # ------------------------------------------------------------------ values
@@ -261,7 +291,8 @@ def test_nan_and_inf_are_counted(tmp_path):
     x[7, 0, 0, 0] = -np.inf
     assert _err(load_data, _npz(tmp_path, x=x), IMG) == (
         "the input array contains 3 NaN and 2 infinite values (in 3 of 8 samples); bngap needs "
-        "finite inputs")
+        "finite inputs"
+    )
 
 
 def test_nan_counted_across_chunks():
@@ -270,26 +301,31 @@ def test_nan_counted_across_chunks():
 
     x = np.zeros((10, 3), "float32")
     x[[0, 4, 9], 1] = np.nan
-    with pytest.raises(DataError, match=r"contains 3 NaN and 0 infinite values \(in 3 of 10 samples\)"):
+    with pytest.raises(
+        DataError, match=r"contains 3 NaN and 0 infinite values \(in 3 of 10 samples\)"
+    ):
         _check_finite(x, "x", chunk=4)
 
 
 def test_nan_labels(tmp_path):
     p = _npz(tmp_path, x=_images(3), y=np.array([0.0, np.nan, 1.0]))
     assert _err(load_data, p, IMG) == (
-        "the labels contains 1 NaN and 0 infinite values (in 1 of 3 samples); bngap needs finite inputs")
+        "the labels contains 1 NaN and 0 infinite values (in 1 of 3 samples); bngap needs finite inputs"
+    )
 
 
 def test_nan_for_an_int_model_is_refused(tmp_path):
     x = np.zeros((2, 5))
     x[1, 2] = np.nan
     assert _err(load_data, _npz(tmp_path, x=x), TOKENS) == (  # said as NaN, not as a fraction
-        "the input array contains 1 NaN and 0 infinite values (in 1 of 2 samples); bngap needs finite inputs")
+        "the input array contains 1 NaN and 0 infinite values (in 1 of 2 samples); bngap needs finite inputs"
+    )
 
 
 def test_zero_samples(tmp_path):
     assert _err(load_data, _npz(tmp_path, x=np.zeros((0, 4, 4, 3), "float32")), IMG) == (
-        "the input array has 0 samples")
+        "the input array has 0 samples"
+    )
 
 
 # ------------------------------------------------------------------- limit
@@ -330,19 +366,22 @@ def test_multi_input_missing_names_are_listed(tmp_path):
     p = _npz(tmp_path, pixels=_images(3), extra=np.zeros(3))
     assert _err(load_data, p, TWO) == (
         f"the model has 2 inputs; {p} must hold one array per input, named after them: pixels, "
-        "meta. Missing: meta. Found keys: pixels, extra")
+        "meta. Missing: meta. Found keys: pixels, extra"
+    )
 
 
 def test_multi_input_sample_counts_must_agree(tmp_path):
     p = _npz(tmp_path, pixels=_images(3), meta=np.zeros((2, 2), "float32"))
     assert _err(load_data, p, TWO) == (
-        "the model's inputs have different sample counts: 3 and 2 ('pixels' vs 'meta')")
+        "the model's inputs have different sample counts: 3 and 2 ('pixels' vs 'meta')"
+    )
 
 
 def test_multi_input_shape_error_names_the_input(tmp_path):
     p = _npz(tmp_path, pixels=_images(3), meta=np.zeros((3, 3), "float32"))
     assert _err(load_data, p, TWO) == (
-        "input 'meta' does not fit the model: expected shape (None, 2), received (3, 3) (axis 1: 3 != 2)")
+        "input 'meta' does not fit the model: expected shape (None, 2), received (3, 3) (axis 1: 3 != 2)"
+    )
 
 
 def test_multi_input_from_arrays_dict_and_list():
@@ -350,7 +389,8 @@ def test_multi_input_from_arrays_dict_and_list():
     ds = from_arrays({"meta": meta, "pixels": pixels}, specs=TWO)
     assert ds.names == ["pixels", "meta"] and ds.shapes == [(2, 4, 4, 3), (2, 2)]
     assert _err(from_arrays, {"pixels": pixels, "other": meta}, specs=TWO) == (
-        "inputs missing for: meta. Received keys: pixels, other")
+        "inputs missing for: meta. Received keys: pixels, other"
+    )
     assert from_arrays([pixels, meta], specs=TWO).names == ["pixels", "meta"]
 
 
@@ -359,7 +399,8 @@ def test_npy_holds_one_input_only(tmp_path):
     np.save(p, _images(2))
     assert _err(load_data, p, TWO) == (
         "the model has 2 inputs (pixels, meta); an .npy file holds one array. Use an .npz with one "
-        "array per input name")
+        "array per input name"
+    )
 
 
 @pytest.mark.parametrize("how", ["x_key", "single array", "list of one", "list of three"])
@@ -394,7 +435,8 @@ def test_corrupted_npz(tmp_path):
     half = tmp_path / "half.npz"
     half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     assert _err(load_data, half, IMG).startswith(
-        f"cannot read {half} as .npz (not a zip archive, truncated or corrupted?): ")
+        f"cannot read {half} as .npz (not a zip archive, truncated or corrupted?): "
+    )
     # An intact archive whose member fails its checksum: found when the key is read.
     member = tmp_path / "member.npy"
     np.save(member, _images(4))
@@ -420,11 +462,15 @@ def test_unsupported_extension(tmp_path, name):
     p.write_bytes(b"1,2,3\n")
     assert _err(load_data, p, IMG) == (
         f"unsupported data format '{p.suffix or p.name}': bngap reads .npz (x and optional y), "
-        ".npy (inputs only) or a folder of images")
+        ".npy (inputs only) or a folder of images"
+    )
 
 
 def test_missing_and_empty_files(tmp_path):
-    assert _err(load_data, tmp_path / "nope.npz", IMG) == f"data file not found: {tmp_path / 'nope.npz'}"
+    assert (
+        _err(load_data, tmp_path / "nope.npz", IMG)
+        == f"data file not found: {tmp_path / 'nope.npz'}"
+    )
     e = tmp_path / "empty.npz"
     e.touch()
     assert _err(load_data, e, IMG) == f"data file {e} is empty (0 bytes)"
@@ -452,8 +498,10 @@ def test_npy_stays_memory_mapped_until_batches_are_taken(npy):
     batches = list(ds.batches(4))
     assert [xs[0].shape for xs, _ in batches] == [(4, 4, 4, 3), (4, 4, 4, 3), (2, 4, 4, 3)]
     for b, (xs, y) in enumerate(batches):
-        assert type(xs[0]) is np.ndarray and xs[0].flags["C_CONTIGUOUS"] and xs[0].dtype == np.float32
-        np.testing.assert_array_equal(xs[0], np.load(npy)[4 * b: 4 * b + 4])
+        assert (
+            type(xs[0]) is np.ndarray and xs[0].flags["C_CONTIGUOUS"] and xs[0].dtype == np.float32
+        )
+        np.testing.assert_array_equal(xs[0], np.load(npy)[4 * b : 4 * b + 4])
         assert y is None
     assert _file_backed(ds.x[0])  # taking batches does not load the whole array
 
@@ -492,7 +540,9 @@ def test_validate_leaves_good_arrays_alone():
 def test_validate_without_specs_checks_values_only():
     notes: list[str] = []
     xs, _ = validate([np.zeros((3, 7), "int64")], None, [], ["x"], notes)
-    assert xs[0].dtype == np.float32 and notes == ["the input array: integer values (int64) cast to float32"]
+    assert xs[0].dtype == np.float32 and notes == [
+        "the input array: integer values (int64) cast to float32"
+    ]
     with pytest.raises(DataError, match="0 samples"):
         validate([np.zeros((0, 7), "float32")], None, [], ["x"], [])
 
@@ -516,6 +566,7 @@ def test_unreadable_data_file(tmp_path):
 
 # ---------------------------------------------- merged from test_load_data.py
 
+
 def test_the_only_key_is_taken_with_a_note(tmp_path):
     x = _images(3)
     ds = load_data(_npz(tmp_path, images=x), IMG)
@@ -528,4 +579,5 @@ def test_a_plain_pickle_named_npz_is_refused_in_one_whole_line(tmp_path):
     p.write_bytes(pickle.dumps({"x": 1}))
     assert _err(load_data, p, IMG) == (
         f"{p} is not an .npz archive of arrays but a pickle; bngap never unpickles data "
-        "(unpickling can run arbitrary code)")
+        "(unpickling can run arbitrary code)"
+    )

@@ -64,12 +64,19 @@ def test_fix_changes_only_bn_moving_statistics(zoo, keras):
     fix(model, x)
     changed = {v.path for v in model.variables if v.numpy().tobytes() != before[v.path].tobytes()}
     assert sorted(p.split("/")[-2] + "/" + p.split("/")[-1] for p in changed) == [
-        "conv_bn/moving_mean", "conv_bn/moving_variance"]
+        "conv_bn/moving_mean",
+        "conv_bn/moving_variance",
+    ]
 
 
 def test_dependency_levels():
-    calls = [(1, 0, frozenset()), (2, 3, frozenset({1})), (3, 4, frozenset({1})),
-             (4, 9, frozenset({2, 3})), (5, 12, frozenset())]
+    calls = [
+        (1, 0, frozenset()),
+        (2, 3, frozenset({1})),
+        (3, 4, frozenset({1})),
+        (4, 9, frozenset({2, 3})),
+        (5, 12, frozenset()),
+    ]
     assert dependency_levels(calls) == {1: 0, 2: 1, 3: 1, 4: 2, 5: 0}
 
 
@@ -129,7 +136,9 @@ def test_cli_fix_in_place_and_json(zoo, tmp_path):
     mpath, dpath = zoo.files("under_trained")
     copy = tmp_path / "model.keras"
     shutil.copy(mpath, copy)
-    res = CliRunner().invoke(main, ["fix", str(copy), str(dpath), "--in-place", "--format", "json", "-q"])
+    res = CliRunner().invoke(
+        main, ["fix", str(copy), str(dpath), "--in-place", "--format", "json", "-q"]
+    )
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     assert d["written"] == str(copy) and d["after"]["relative_l2"] < d["before"]["relative_l2"]
@@ -166,12 +175,20 @@ def renorm_model(keras):
     L = keras.layers
     rng = z._seed(11)
     x, y = z.images(rng, n=128)
-    m = keras.Sequential([
-        keras.Input((8, 8, 3)), L.Conv2D(8, 3, name="conv1"),
-        L.BatchNormalization(renorm=True, momentum=0.9, renorm_momentum=0.9, name="bn1"), L.ReLU(),
-        L.Conv2D(8, 3, name="conv2"),
-        L.BatchNormalization(renorm=True, momentum=0.9, renorm_momentum=0.9, name="bn2"), L.ReLU(),
-        L.GlobalAveragePooling2D(), L.Dense(3, activation="softmax", name="head")], name="renorm")
+    m = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            L.Conv2D(8, 3, name="conv1"),
+            L.BatchNormalization(renorm=True, momentum=0.9, renorm_momentum=0.9, name="bn1"),
+            L.ReLU(),
+            L.Conv2D(8, 3, name="conv2"),
+            L.BatchNormalization(renorm=True, momentum=0.9, renorm_momentum=0.9, name="bn2"),
+            L.ReLU(),
+            L.GlobalAveragePooling2D(),
+            L.Dense(3, activation="softmax", name="head"),
+        ],
+        name="renorm",
+    )
     m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     m.fit(x, y, epochs=40, batch_size=32, verbose=0)
     # Statistics taken on other data (darker images): one
@@ -217,13 +234,17 @@ def test_renorm_check_says_both_modes_are_wrong(renorm_model):
         rho = (var + eps) / (variance + eps)
         w = var / (var + eps)
         beta = np.asarray(bn.beta.numpy(), np.float64)
-        e_y2 = gamma ** 2 * (z ** 2 + w * rho) + 2 * gamma * beta * z + beta ** 2  # E[y^2]
-        return np.sqrt(np.sum(gamma ** 2 * (z ** 2 + w * (np.sqrt(rho) - 1) ** 2)) / np.sum(e_y2))
+        e_y2 = gamma**2 * (z**2 + w * rho) + 2 * gamma * beta * z + beta**2  # E[y^2]
+        return np.sqrt(np.sum(gamma**2 * (z**2 + w * (np.sqrt(rho) - 1) ** 2)) / np.sum(e_y2))
 
     rs = np.asarray(bn.renorm_stddev.numpy(), np.float64)
-    want_train = expected_gap(np.asarray(bn.renorm_mean.numpy(), np.float64), np.maximum(rs ** 2 - eps, 0))
-    want_eval = expected_gap(np.asarray(bn.moving_mean.numpy(), np.float64),
-                             np.asarray(bn.moving_variance.numpy(), np.float64))
+    want_train = expected_gap(
+        np.asarray(bn.renorm_mean.numpy(), np.float64), np.maximum(rs**2 - eps, 0)
+    )
+    want_eval = expected_gap(
+        np.asarray(bn.moving_mean.numpy(), np.float64),
+        np.asarray(bn.moving_variance.numpy(), np.float64),
+    )
     assert b.expected_local_gap == pytest.approx(want_eval, rel=1e-3)
     assert b.training_stats_gap == pytest.approx(want_train, rel=1e-3)
     assert "for the renorm statistics training mode uses" in top.message
@@ -287,7 +308,9 @@ def test_copy_keeps_the_original_optimizer_state_and_size(keras, tmp_path, train
     m.save(src)
     before = _optimizer_vars(src)
     assert len(before) == (2 if not trained else len(m.optimizer.variables))
-    res = CliRunner().invoke(main, ["fix", str(src), str(z_data(tmp_path, x, y)), "-o", str(out), "--force", "-q"])
+    res = CliRunner().invoke(
+        main, ["fix", str(src), str(z_data(tmp_path, x, y)), "-o", str(out), "--force", "-q"]
+    )
     assert res.exit_code == 0, res.output
     after = _optimizer_vars(out)
     assert len(after) == len(before)
@@ -308,7 +331,10 @@ def z_data(tmp_path, x, y):
 def test_undo_restores_the_previous_statistics_bit_for_bit(zoo, keras, renorm_model, tmp_path):
     import bngap
 
-    for model, x in (_fresh(zoo, keras, "under_trained")[:2], _renorm_copy(keras, renorm_model, tmp_path)[:2]):
+    for model, x in (
+        _fresh(zoo, keras, "under_trained")[:2],
+        _renorm_copy(keras, renorm_model, tmp_path)[:2],
+    ):
         before = [np.array(v.numpy(), copy=True) for v in model.variables]
         result = bngap.fix(model, x)
         changed = [v for v, b in zip(model.variables, before) if v.numpy().tobytes() != b.tobytes()]
@@ -325,8 +351,10 @@ def test_fix_json_comes_from_the_renderer(zoo, tmp_path):
     from bngap.render.fixing import render_fix_result
 
     mpath, dpath = zoo.files("under_trained")
-    res = CliRunner().invoke(main, ["fix", str(mpath), str(dpath), "-o", str(tmp_path / "f.keras"),
-                                    "--format", "json", "-q"])
+    res = CliRunner().invoke(
+        main,
+        ["fix", str(mpath), str(dpath), "-o", str(tmp_path / "f.keras"), "--format", "json", "-q"],
+    )
     assert res.exit_code == 0, res.output
     d = _json.loads(res.stdout)
     assert d["schema_version"] == "1" and d["after"]["relative_l2"] < d["before"]["relative_l2"]

@@ -27,13 +27,37 @@ def large_report(layers: int = 175, bn: int = 53):
         if len(bns) < bn and i % every == 1:
             path = f"resnet50/conv{i // 30 + 2}_block{i % 7 + 1}_{i}_bn"
             sev = (Severity.FAIL, Severity.WARN, Severity.OK)[len(bns) % 3]
-            recs.append(LayerRecord(path, "BatchNormalization", Kind.BATCHNORM, i, 1, 0.9 + 0.001 * i,
-                                    0.5 + 0.002 * i, 1.1 if i == 1 else None, mode_dependent=True,
-                                    fit_training=True, fit_mode="training", calls=1))
+            recs.append(
+                LayerRecord(
+                    path,
+                    "BatchNormalization",
+                    Kind.BATCHNORM,
+                    i,
+                    1,
+                    0.9 + 0.001 * i,
+                    0.5 + 0.002 * i,
+                    1.1 if i == 1 else None,
+                    mode_dependent=True,
+                    fit_training=True,
+                    fit_mode="training",
+                    calls=1,
+                )
+            )
             bns.append(bn_record(path, i, sev, gap=0.3 + 0.01 * (i % 40), mz=0.5 + 0.1 * (i % 17)))
         else:
-            recs.append(LayerRecord(f"resnet50/layer_{i}", "Conv2D", Kind.OTHER, i, 1,
-                                    0.0 if i == 0 else 0.8 + 0.002 * i, None, None, calls=1))
+            recs.append(
+                LayerRecord(
+                    f"resnet50/layer_{i}",
+                    "Conv2D",
+                    Kind.OTHER,
+                    i,
+                    1,
+                    0.0 if i == 0 else 0.8 + 0.002 * i,
+                    None,
+                    None,
+                    calls=1,
+                )
+            )
     r = make_report(batchnorm=tuple(bns))
     return dataclasses.replace(r, layers=tuple(recs))
 
@@ -57,35 +81,45 @@ def marks(svg) -> list:
 
 def expected_depth_marks(r) -> int:
     ran = [x for x in r.layers if x.order >= 0]
-    return (sum(x.divergence is not None for x in ran) + sum(x.mode_dependent for x in ran)
-            + sum(x.own_contribution is not None for x in ran))
+    return (
+        sum(x.divergence is not None for x in ran)
+        + sum(x.mode_dependent for x in ran)
+        + sum(x.own_contribution is not None for x in ran)
+    )
 
 
 def expected_bn_marks(r) -> int:
     return 3 * len(r.batchnorm) + sum(b.noise_local_gap is not None for b in r.batchnorm)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: make_report(thresholds=Thresholds(output_gap=0.05, warn_above=0.01)),
-    lambda: large_report(),
-    lambda: large_report(430, 121),  # DenseNet121's size
-    lambda: make_report(metrics=None, findings=(), batchnorm=()),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: make_report(thresholds=Thresholds(output_gap=0.05, warn_above=0.01)),
+        lambda: large_report(),
+        lambda: large_report(430, 121),  # DenseNet121's size
+        lambda: make_report(metrics=None, findings=(), batchnorm=()),
+    ],
+)
 def test_html_is_valid_and_every_chart_has_its_marks(make):
     r = make()
     html = render(r, "html")
     doc = parse(html)
     svgs = charts(doc)
     names = [s.get("aria-label") for s in svgs]
-    expected = {"Divergence of each layer's output along the depth": expected_depth_marks(r),
-                "Output gap by cause group": len(r.groups),
-                "Output gap by model output": len(r.output_gap.per_output)}
+    expected = {
+        "Divergence of each layer's output along the depth": expected_depth_marks(r),
+        "Output gap by cause group": len(r.groups),
+        "Output gap by model output": len(r.output_gap.per_output),
+    }
     if r.batchnorm:
         expected["BatchNormalization statistics against the data"] = expected_bn_marks(r)
     assert sorted(names) == sorted(expected)
     for s in svgs:
         got = marks(s)
-        assert len(got) == int(s.get("data-marks")) == expected[s.get("aria-label")], s.get("aria-label")
+        assert len(got) == int(s.get("data-marks")) == expected[s.get("aria-label")], s.get(
+            "aria-label"
+        )
         for m in got:  # every mark says what it is on hover
             assert any(tag(c) == "title" and c.text for c in m), m.attrib
             for attr in ("width", "height", "x", "y", "cx", "cy"):
@@ -120,10 +154,20 @@ def test_html_is_self_contained():
 
 
 def test_html_content_matches_the_report():
-    r = dataclasses.replace(make_report(thresholds=Thresholds(output_gap=0.05, max_regression=0.1)),
-                            baseline=Baseline("old.json", "models/old.keras", 0.2, 2.0, 0.9,
-                                              Metrics({"loss": 0.3}, {"loss": 0.9}, "mse", "compiled"),
-                                              "pass", "domain_shift", 1))
+    r = dataclasses.replace(
+        make_report(thresholds=Thresholds(output_gap=0.05, max_regression=0.1)),
+        baseline=Baseline(
+            "old.json",
+            "models/old.keras",
+            0.2,
+            2.0,
+            0.9,
+            Metrics({"loss": 0.3}, {"loss": 0.9}, "mse", "compiled"),
+            "pass",
+            "domain_shift",
+            1,
+        ),
+    )
     html = render(r, "html")
     text = " ".join(re.sub(r"<[^>]+>", " ", html).split())
     assert "FAIL output gap 0.4123 (relative L2, train vs inference) &gt; 0.05" in text
@@ -141,24 +185,45 @@ def test_html_content_matches_the_report():
 def test_fix_page_has_before_and_after_per_layer():
     gap = OutputGap(1.1226, 0.99, 0.333)
     layers = tuple(LayerFix(f"bn{i}", 0, 48, 0.9 - 0.1 * i, 0.01 * i, i == 2) for i in range(1, 4))
-    res = FixResult(gap, OutputGap(0.0046, 0.013, 1.0), None, None, layers, (("bn9", "frozen"),), 2, 48, 32,
-                    True, "fixed.keras", 0.0, ("re-estimated from 48 samples",))
+    res = FixResult(
+        gap,
+        OutputGap(0.0046, 0.013, 1.0),
+        None,
+        None,
+        layers,
+        (("bn9", "frozen"),),
+        2,
+        48,
+        32,
+        True,
+        "fixed.keras",
+        0.0,
+        ("re-estimated from 48 samples",),
+    )
     html = render_fix_html(res)
     doc = parse(html)
     svgs = charts(doc)
     assert [len(marks(s)) for s in svgs] == [2, 6]
     text = " ".join(re.sub(r"<[^>]+>", " ", html).split())
     assert "output gap 1.1226 → 0.0046 · written to fixed.keras" in text
-    assert "2 bn2 (frozen) 0.700 0.020 0" in text and "3 bn3 0.600 0.030 0" in text and "bn9 frozen" in text
+    assert (
+        "2 bn2 (frozen) 0.700 0.020 0" in text
+        and "3 bn3 0.600 0.030 0" in text
+        and "bn9 frozen" in text
+    )
 
 
 def _saved_values_kept(saved, now) -> bool:
     if isinstance(saved, dict):
-        return isinstance(now, dict) and all(k in now and _saved_values_kept(v, now[k])
-                                             for k, v in saved.items())
+        return isinstance(now, dict) and all(
+            k in now and _saved_values_kept(v, now[k]) for k, v in saved.items()
+        )
     if isinstance(saved, list):
-        return (isinstance(now, list) and len(saved) == len(now)
-                and all(_saved_values_kept(a, b) for a, b in zip(saved, now)))
+        return (
+            isinstance(now, list)
+            and len(saved) == len(now)
+            and all(_saved_values_kept(a, b) for a, b in zip(saved, now))
+        )
     return saved == now
 
 
@@ -190,11 +255,14 @@ def test_depth_chart_legend_colours_are_told_apart():
     from bngap.render.svg import BAR, KIND_COLOR
 
     def rgb(c):
-        return tuple(int(c[i:i + 2], 16) for i in (1, 3, 5))
+        return tuple(int(c[i : i + 2], 16) for i in (1, 3, 5))
 
-    swatches = {"divergence": BAR, **{k: KIND_COLOR[k] for k in ("batchnorm", "dropout", "augmentation", "other")}}
+    swatches = {
+        "divergence": BAR,
+        **{k: KIND_COLOR[k] for k in ("batchnorm", "dropout", "augmentation", "other")},
+    }
     names = sorted(swatches)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             d = sum((p - q) ** 2 for p, q in zip(rgb(swatches[a]), rgb(swatches[b]))) ** 0.5
             assert d > 45, (a, b, d)  # blue against grey is 53

@@ -16,8 +16,15 @@ from test_html import large_report
 
 from bngap.render import render
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _chromium() -> str | None:
@@ -29,7 +36,9 @@ def _chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def browser():
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    playwright = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+    )
     exe = _chromium()
     if exe is None:
         pytest.skip("no Chromium browser installed (apt-get install chromium)")
@@ -44,8 +53,8 @@ def png_pixels(png: bytes) -> tuple[int, int, bytes]:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     pos, idat, width, height = 8, b"", 0, 0
     while pos < len(png):
-        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
-        data = png[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", png[pos : pos + 8])
+        data = png[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             width, height = struct.unpack(">II", data[:8])
         elif kind == b"IDAT":
@@ -73,7 +82,13 @@ def look(browser, html: str, tmp_path, name: str) -> dict:
     })""")
     shot = page.screenshot(full_page=True)
     page.close()
-    return {"errors": errors, "requests": requests, "charts": charts, "shot": shot, "uri": path.as_uri()}
+    return {
+        "errors": errors,
+        "requests": requests,
+        "charts": charts,
+        "shot": shot,
+        "uri": path.as_uri(),
+    }
 
 
 def check_page(seen: dict, n_charts: int) -> None:

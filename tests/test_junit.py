@@ -25,7 +25,7 @@ def schema():
 
 def cases(xml: str) -> dict[str, ET.Element]:
     suite = ET.fromstring(xml).find("testsuite")
-    return {f'{c.get("classname")}::{c.get("name")}': c for c in suite.findall("testcase")}
+    return {f"{c.get('classname')}::{c.get('name')}": c for c in suite.findall("testcase")}
 
 
 def test_valid_and_counted(schema):
@@ -42,8 +42,11 @@ def test_valid_and_counted(schema):
     # 3 gates, 2 findings at warn/fail (the info one is left out), 3 BN layers
     assert len(testcases) == 3 + 2 + 3
     names = sorted(c.get("name") for c in failed)
-    assert names == ["finding 1: stats_never_updated (stem/conv[1]_bn)",
-                     "output gap (relative L2) <= 0.05 (--fail-above)", "stem/conv[1]_bn"]
+    assert names == [
+        "finding 1: stats_never_updated (stem/conv[1]_bn)",
+        "output gap (relative L2) <= 0.05 (--fail-above)",
+        "stem/conv[1]_bn",
+    ]
 
 
 def test_gates_findings_and_layers(schema):
@@ -54,13 +57,18 @@ def test_gates_findings_and_layers(schema):
     assert c["bngap.gates::output gap (relative L2) <= 0.5 (--fail-above)"].find("failure") is None
     warn_gate = c["bngap.gates::output gap (relative L2) <= 0.1 (--warn-above)"]
     assert warn_gate.find("failure") is None
-    assert warn_gate.find("system-out").text == "warning: output gap (relative L2) is 0.4123, above 0.1"
+    assert (
+        warn_gate.find("system-out").text
+        == "warning: output gap (relative L2) is 0.4123, above 0.1"
+    )
     fail = c["bngap.findings::finding 1: stats_never_updated (stem/conv[1]_bn)"].find("failure")
     assert fail.get("type") == "stats_never_updated"
     assert fail.get("message").startswith("The moving statistics of stem/conv[1]_bn")
     assert "fix: Train with the layer" in fail.text
     warning = c["bngap.findings::finding 2: preprocessing_mismatch"]
-    assert warning.find("failure") is None and warning.find("system-out").text.startswith("warning: The input")
+    assert warning.find("failure") is None and warning.find("system-out").text.startswith(
+        "warning: The input"
+    )
     assert c["bngap.batchnorm::stem/conv[1]_bn"].find("failure") is not None
     assert c["bngap.batchnorm::block/bn2"].find("failure") is None
     assert "expected local gap 0.041" in c["bngap.batchnorm::head_bn"].find("system-out").text
@@ -71,13 +79,18 @@ def test_gates_findings_and_layers(schema):
 
 
 def test_regression_gate_and_no_gate(schema):
-    r = dataclasses.replace(make_report(thresholds=Thresholds(max_regression=0.1)),
-                            baseline=Baseline("old.json", "m.keras", 0.2, 1.0, None, None, "pass"))
+    r = dataclasses.replace(
+        make_report(thresholds=Thresholds(max_regression=0.1)),
+        baseline=Baseline("old.json", "m.keras", 0.2, 1.0, None, None, "pass"),
+    )
     xml = render(r, "junit")
     schema.validate(xml)
-    gate = cases(xml)["bngap.gates::growth of the output gap against the baseline <= 0.1 (--max-regression)"]
-    assert gate.find("failure").get("message") == ("growth of the output gap against the baseline is "
-                                                   "0.2123, above 0.1")
+    gate = cases(xml)[
+        "bngap.gates::growth of the output gap against the baseline <= 0.1 (--max-regression)"
+    ]
+    assert gate.find("failure").get("message") == (
+        "growth of the output gap against the baseline is 0.2123, above 0.1"
+    )
     plain = render(make_report(findings=(), batchnorm=()), "junit")
     schema.validate(plain)
     only = ET.fromstring(plain).find("testsuite").findall("testcase")
@@ -85,7 +98,9 @@ def test_regression_gate_and_no_gate(schema):
 
 
 def test_odd_names_stay_valid_xml(schema):
-    r = make_report(batchnorm=(bn_record('a<b>&"c\x01', 1, Severity.FAIL, gap=0.9, mz=3.0),), findings=())
+    r = make_report(
+        batchnorm=(bn_record('a<b>&"c\x01', 1, Severity.FAIL, gap=0.9, mz=3.0),), findings=()
+    )
     xml = render(r, "junit")
     schema.validate(xml)
     assert 'bngap.batchnorm::a<b>&"c?' in cases(xml)

@@ -37,9 +37,17 @@ def images(n=16, size=8, seed=0):
 
 def conv_bn(**bn):
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, name="conv"),
-                             L.BatchNormalization(name="bn", **bn), L.ReLU(), L.GlobalAveragePooling2D(),
-                             L.Dense(2, name="head")], name="net")
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            L.Conv2D(4, 3, name="conv"),
+            L.BatchNormalization(name="bn", **bn),
+            L.ReLU(),
+            L.GlobalAveragePooling2D(),
+            L.Dense(2, name="head"),
+        ],
+        name="net",
+    )
 
 
 def rules(model, severities=("warn", "fail", "info")) -> dict:
@@ -56,7 +64,9 @@ def test_healthy_model_has_no_findings():
     assert report.verdict == "pass" and int(report.exit_status) == 0
     (b,) = report.batchnorm
     var = healthy().get_layer("bn").moving_variance.numpy()
-    assert b.variance_min == pytest.approx(float(var.min())) and b.variance_max == pytest.approx(float(var.max()))
+    assert b.variance_min == pytest.approx(float(var.min())) and b.variance_max == pytest.approx(
+        float(var.max())
+    )
     assert (b.momentum, b.epsilon, b.channels) == (0.99, 0.001, 4)
 
 
@@ -100,8 +110,10 @@ def _with_momentum(m):
     return model
 
 
-@pytest.mark.parametrize("bad, severity", [(-0.5, "fail"), (np.nan, "fail"), (np.inf, "fail"),
-                                           (0.0, "warn"), (1e-41, "warn")])
+@pytest.mark.parametrize(
+    "bad, severity",
+    [(-0.5, "fail"), (np.nan, "fail"), (np.inf, "fail"), (0.0, "warn"), (1e-41, "warn")],
+)
 def test_bad_variance(bad, severity):
     m = healthy()
     var = m.get_layer("bn").moving_variance
@@ -165,16 +177,19 @@ def test_axis_wording_names_the_slip_that_was_made():
     assert "per row" not in f.message and "along axis 3" in f.message
 
 
-@pytest.mark.parametrize("between", [
-    lambda: L.Permute((3, 1, 2), name="to_channels_first"),   # channels moved to axis 1
-    lambda: L.Reshape((4, 36), name="reshape"),              # another layout altogether
-])
+@pytest.mark.parametrize(
+    "between",
+    [
+        lambda: L.Permute((3, 1, 2), name="to_channels_first"),  # channels moved to axis 1
+        lambda: L.Reshape((4, 36), name="reshape"),  # another layout altogether
+    ],
+)
 def test_axis_check_stops_at_layers_that_move_axes(between):
     """A layer that moves or regroups axes decides the layout itself: the
     check does not look through it to the convolution (no false alarm)."""
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 3))
-    h = L.Conv2D(4, 3, name="conv")(inp)                     # (6, 6, 4)
+    h = L.Conv2D(4, 3, name="conv")(inp)  # (6, 6, 4)
     h = between()(h)
     h = L.BatchNormalization(axis=1, name="bn")(h)
     m = keras.Model(inp, L.Flatten()(h))
@@ -194,16 +209,24 @@ def test_axis_check_looks_through_a_concatenation():
 def test_renorm_without_clipping():
     f = rules(calibrate(conv_bn(renorm=True), images()))["renorm_unclipped"]
     assert f.severity.value == "warn" and "renorm_mean" in f.message
-    clipped = calibrate(conv_bn(renorm=True, renorm_clipping={"rmax": 3.0, "rmin": 1 / 3, "dmax": 5.0}),
-                        images())
+    clipped = calibrate(
+        conv_bn(renorm=True, renorm_clipping={"rmax": 3.0, "rmin": 1 / 3, "dmax": 5.0}), images()
+    )
     assert "renorm_unclipped" not in rules(clipped)
 
 
 def _transfer(bn_trainable: bool):
     keras.utils.set_random_seed(0)
-    base = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, name="conv"),
-                             L.BatchNormalization(name="bn"), L.ReLU(), L.GlobalAveragePooling2D()],
-                            name="base")
+    base = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            L.Conv2D(4, 3, name="conv"),
+            L.BatchNormalization(name="bn"),
+            L.ReLU(),
+            L.GlobalAveragePooling2D(),
+        ],
+        name="base",
+    )
     calibrate(base, images())
     base.trainable = False
     base.get_layer("bn").trainable = bn_trainable
@@ -216,7 +239,9 @@ def _moves_in_fit(model) -> bool:
     bn = model.get_layer("base").get_layer("bn")
     before = bn.moving_mean.numpy().copy()
     model.compile("sgd", "mse")
-    model.fit(images(seed=1), np.zeros((16, 2)), epochs=1, batch_size=16, verbose=0)  # not the calibration images
+    model.fit(
+        images(seed=1), np.zeros((16, 2)), epochs=1, batch_size=16, verbose=0
+    )  # not the calibration images
     return not np.array_equal(before, bn.moving_mean.numpy())
 
 
@@ -266,8 +291,15 @@ def test_call_without_training():
 
 def test_mode_dependent_layers_are_info():
     keras.utils.set_random_seed(0)
-    m = keras.Sequential([keras.Input((8, 8, 3)), L.RandomFlip(name="flip"), L.Flatten(),
-                          L.Dropout(0.3, name="drop"), L.Dense(2)])
+    m = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            L.RandomFlip(name="flip"),
+            L.Flatten(),
+            L.Dropout(0.3, name="drop"),
+            L.Dense(2),
+        ]
+    )
     report = lint_model(m)
     (f,) = report.findings
     assert f.rule == "mode_dependent_layers" and f.severity.value == "info"
@@ -287,7 +319,9 @@ def test_no_false_alarm_on_calibrated_applications(name):
     report = lint_model(model)
     assert [f.rule for f in report.findings if f.severity.value != "info"] == []
     assert len(report.batchnorm) == {"ResNet50": 53, "MobileNetV2": 52, "EfficientNetB0": 49}[name]
-    uncalibrated = getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classes=10)
+    uncalibrated = getattr(keras.applications, name)(
+        weights=None, input_shape=(32, 32, 3), classes=10
+    )
     assert lint_model(uncalibrated).findings[0].rule == "never_updated"
     del model, uncalibrated
 
@@ -321,6 +355,10 @@ def test_command_line_formats_and_exit_codes(tmp_path):
     res = run("lint", path, "--format", "markdown", "-o", out, "-q")
     assert res.exit_code == 0 and out.read_text().startswith("## bngap lint: WARN")
     res = run("lint", tmp_path / "missing.keras", "-q")
-    assert res.exit_code == 2 and res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
+    assert (
+        res.exit_code == 2
+        and res.stderr.startswith("error: ")
+        and len(res.stderr.strip().splitlines()) == 1
+    )
     # the file is read, never changed
     assert lint(path).findings[0].rule == "momentum_torch_convention"

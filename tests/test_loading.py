@@ -24,10 +24,14 @@ from bngap.loading import LoadedModel, check_model_path, load_model
 DATA = Path(__file__).parent / "data"
 MARKER_ENV = "BNGAP_LAMBDA_MARKER"  # the Lambda layers below create this file when they run
 
-UNSUPPORTED = ("unsupported model format '{ext}': bngap reads .keras (Keras 3) and .h5/.hdf5 "
-               "(legacy Keras 2) files. Re-save the model with model.save('model.keras')")
-LAMBDA_REFUSED = ("{p} contains a Lambda layer with Python code, which could run arbitrary code; "
-                  "bngap refuses to load it by default. If you trust this file, pass --unsafe")
+UNSUPPORTED = (
+    "unsupported model format '{ext}': bngap reads .keras (Keras 3) and .h5/.hdf5 "
+    "(legacy Keras 2) files. Re-save the model with model.save('model.keras')"
+)
+LAMBDA_REFUSED = (
+    "{p} contains a Lambda layer with Python code, which could run arbitrary code; "
+    "bngap refuses to load it by default. If you trust this file, pass --unsafe"
+)
 
 
 def _call(model, x: np.ndarray) -> np.ndarray:
@@ -64,8 +68,15 @@ def k3_files(tmp_path_factory, keras):
     plus its weights-only file."""
     L = keras.layers
     folder = tmp_path_factory.mktemp("k3_models")
-    m = keras.Sequential([keras.Input((6,), name="features"), L.Dense(4, name="dense"),
-                          L.BatchNormalization(name="bn"), L.Dense(2, name="out")], name="k3")
+    m = keras.Sequential(
+        [
+            keras.Input((6,), name="features"),
+            L.Dense(4, name="dense"),
+            L.BatchNormalization(name="bn"),
+            L.Dense(2, name="out"),
+        ],
+        name="k3",
+    )
     m.save(folder / "model.keras")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -91,8 +102,12 @@ KERAS2 = [
     ("k2_sequential_bn.h5", (None, 8, 8, 3), (3, 3), None),
     ("k2_functional_bn.h5", (None, 6), (3, 2), None),
     ("k2_lstm.h5", (None, 68, 21), (3, 2), "dropped Keras 2 argument 'time_major' of LSTM 'lstm'"),
-    ("k2_no_input_layer.h5", (None, 5), (3, 1),
-     "declared the Sequential's input (None, 5) explicitly (Keras 2 kept it on layer 'dense')"),
+    (
+        "k2_no_input_layer.h5",
+        (None, 5),
+        (3, 1),
+        "declared the Sequential's input (None, 5) explicitly (Keras 2 kept it on layer 'dense')",
+    ),
 ]
 
 
@@ -106,7 +121,9 @@ def test_keras2_file_loads_and_runs(name, in_shape, out_shape, note):
         assert loaded.notes == []
     else:
         assert len(loaded.notes) == 1, loaded.notes
-        assert loaded.notes[0].startswith("repaired legacy config while loading (the file is unchanged): ")
+        assert loaded.notes[0].startswith(
+            "repaired legacy config while loading (the file is unchanged): "
+        )
         assert note in loaded.notes[0]
 
 
@@ -130,10 +147,13 @@ def test_keras2_batchnorm_statistics_are_the_files(keras):
     assert np.all(mean != 0.0) and np.all(var != 1.0)  # one epoch of fit() moved them
 
 
-@pytest.mark.parametrize("name,words", [
-    ("k2_lstm.h5", "Unrecognized keyword arguments passed to LSTM: {'time_major': False}"),
-    ("k2_no_input_layer.h5", "Shapes used to initialize variables must be fully-defined"),
-])
+@pytest.mark.parametrize(
+    "name,words",
+    [
+        ("k2_lstm.h5", "Unrecognized keyword arguments passed to LSTM: {'time_major': False}"),
+        ("k2_no_input_layer.h5", "Shapes used to initialize variables must be fully-defined"),
+    ],
+)
 def test_keras3_alone_still_needs_the_repairs(keras, name, words):
     """Pins the Keras behaviour the repairs exist for: when a Keras release
     reads these files by itself, this fails and the repair can go."""
@@ -149,7 +169,8 @@ def test_keras2_keras_format_is_explained():
     assert _load_error(p) == (
         f"{p} was written by Keras 2.21.0 (tf.keras 2.x) in the .keras format, which Keras 3 "
         "cannot read. Re-save it as .h5 with the Keras that wrote it "
-        "(tf_keras.models.load_model(path).save('model.h5')); bngap reads Keras 2 .h5 files")
+        "(tf_keras.models.load_model(path).save('model.h5')); bngap reads Keras 2 .h5 files"
+    )
 
 
 # ----------------------------------------- Keras 2 applications-style models
@@ -170,7 +191,9 @@ def test_keras2_applications_model_computes_what_keras2_computed(apps_loaded):
     np.testing.assert_allclose(out, expected["inference"], rtol=1e-5, atol=1e-6)
     base = apps_loaded.model.layers[0]
     assert base.name == "tiny_mobile"
-    np.testing.assert_allclose(_call(base, expected["x"]), expected["base_inference"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        _call(base, expected["x"]), expected["base_inference"], rtol=1e-4, atol=1e-5
+    )
     # The nested model hands the next layer one tensor, as in Keras 2
     assert not isinstance(base.output, (list, tuple))
 
@@ -200,12 +223,20 @@ def test_keras2_applications_batchnorm_statistics_are_the_files(apps_loaded):
     base = apps_loaded.model.layers[0]
     with h5py.File(APPS, "r") as f:
         group = f["model_weights/tiny_mobile"]
-        stored = {n.decode() if isinstance(n, bytes) else n: np.asarray(group[n])
-                  for n in group.attrs["weight_names"]}
-    for old, new in (("conv1/bn", "conv1_bn"), ("block1/dw_bn", "block1_dw_bn"), ("head/bn", "head_bn")):
+        stored = {
+            n.decode() if isinstance(n, bytes) else n: np.asarray(group[n])
+            for n in group.attrs["weight_names"]
+        }
+    for old, new in (
+        ("conv1/bn", "conv1_bn"),
+        ("block1/dw_bn", "block1_dw_bn"),
+        ("head/bn", "head_bn"),
+    ):
         bn = base.get_layer(new)
         np.testing.assert_array_equal(bn.moving_mean.numpy(), stored[f"{old}/moving_mean:0"])
-        np.testing.assert_array_equal(bn.moving_variance.numpy(), stored[f"{old}/moving_variance:0"])
+        np.testing.assert_array_equal(
+            bn.moving_variance.numpy(), stored[f"{old}/moving_variance:0"]
+        )
         assert np.all(bn.moving_variance.numpy() != 1.0)  # fit() moved them
 
 
@@ -219,25 +250,49 @@ def test_tensors_passed_by_keyword_reach_the_layer_as_tensors(keras):
             keras.models.load_model(p, compile=False)
     loaded = load_model(p)
     expected = np.load(DATA / "k2_keyword_tensors.expected.npz")
-    np.testing.assert_allclose(_call(loaded.model, expected["x"]), expected["inference"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        _call(loaded.model, expected["x"]), expected["inference"], rtol=1e-5, atol=1e-6
+    )
     assert "passed the tensors that 'mha', 'lstm' take by keyword as tensors" in loaded.notes[0]
 
 
-@pytest.mark.parametrize("name,inputs,rtol,note,keras_alone", [
-    ("k2_shared_sequential", ("left", "right"), 1e-5,
-     "renumbered the calls of nested model 'tower' as Keras 3 counts them",
-     "disconnected nodes"),
-    ("k2_nested_calls", ("feature", "steps"), 1e-5,
-     "renumbered the calls of nested model 'shared' as Keras 3 counts them",
-     "TFOpLambda"),  # shared(fi * 2.0): Keras 3 stops at the TF op first
-    ("k2_tf_op_arguments", ("va", "idx"), 1e-5,
-     "ran 7 Keras 2 TF-op layers (tf.__operators__.getitem, tf.compat.v1.gather, tf.compat.v1.pad", "TFOpLambda"),
-    # float16 arithmetic: Keras 2 and 3 round differently in the last bits
-    ("k2_mixed_float16", ("x",), 3e-3,
-     "read Keras 2's dtype policies of 4 layers by name (e.g. mixed_float16)",
-     "quantization_mode"),
-])
-def test_keras2_graph_quirks_compute_what_keras2_computed(keras, name, inputs, rtol, note, keras_alone):
+@pytest.mark.parametrize(
+    "name,inputs,rtol,note,keras_alone",
+    [
+        (
+            "k2_shared_sequential",
+            ("left", "right"),
+            1e-5,
+            "renumbered the calls of nested model 'tower' as Keras 3 counts them",
+            "disconnected nodes",
+        ),
+        (
+            "k2_nested_calls",
+            ("feature", "steps"),
+            1e-5,
+            "renumbered the calls of nested model 'shared' as Keras 3 counts them",
+            "TFOpLambda",
+        ),  # shared(fi * 2.0): Keras 3 stops at the TF op first
+        (
+            "k2_tf_op_arguments",
+            ("va", "idx"),
+            1e-5,
+            "ran 7 Keras 2 TF-op layers (tf.__operators__.getitem, tf.compat.v1.gather, tf.compat.v1.pad",
+            "TFOpLambda",
+        ),
+        # float16 arithmetic: Keras 2 and 3 round differently in the last bits
+        (
+            "k2_mixed_float16",
+            ("x",),
+            3e-3,
+            "read Keras 2's dtype policies of 4 layers by name (e.g. mixed_float16)",
+            "quantization_mode",
+        ),
+    ],
+)
+def test_keras2_graph_quirks_compute_what_keras2_computed(
+    keras, name, inputs, rtol, note, keras_alone
+):
     p = DATA / f"{name}.h5"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -263,7 +318,8 @@ def test_tf_op_outside_the_allowlist_needs_unsafe(keras):
     assert _load_error(p) == (
         f"{p}: layer 'tf.debugging.check_numerics': the model calls tf.debugging.check_numerics, "
         "which safe mode does not run (only tensor math is allowed); pass --unsafe if you trust "
-        "the file")
+        "the file"
+    )
     loaded = load_model(p, unsafe=True)
     x = np.arange(8, dtype="float32").reshape(2, 4)
     w, b = loaded.model.get_layer("out").get_weights()
@@ -291,9 +347,14 @@ def test_a_fixed_copy_of_a_keras2_model_with_tf_ops_reloads(tmp_path, apps_loade
 def test_a_config_word_like_truncated_is_not_called_a_corrupt_file():
     from bngap.loading import _translate_load_error
 
-    e = TypeError("Error when deserializing class 'Dense' using config={'kernel_initializer': "
-                  "{'class_name': 'TruncatedNormal'}}.\n\nException encountered: bad units: -1")
-    assert str(_translate_load_error(Path("m.h5"), e)) == "cannot load m.h5 (layer class Dense): bad units: -1"
+    e = TypeError(
+        "Error when deserializing class 'Dense' using config={'kernel_initializer': "
+        "{'class_name': 'TruncatedNormal'}}.\n\nException encountered: bad units: -1"
+    )
+    assert (
+        str(_translate_load_error(Path("m.h5"), e))
+        == "cannot load m.h5 (layer class Dense): bad units: -1"
+    )
 
 
 # ------------------------------------------------------------------- Lambda
@@ -305,8 +366,14 @@ def lambda_files(tmp_path_factory, keras):
     folder = tmp_path_factory.mktemp("lambda_models")
     inp = keras.Input((3,))
     # Self-contained: a deserialised lambda sees Keras' module globals, not ours.
-    touch = lambda t: ([open(p, "w").close()  # noqa: E731
-                        for p in [__import__("os").environ.get("BNGAP_LAMBDA_MARKER")] if p], t * 2)[1]
+    touch = lambda t: (
+        [
+            open(p, "w").close()  # noqa: E731
+            for p in [__import__("os").environ.get("BNGAP_LAMBDA_MARKER")]
+            if p
+        ],
+        t * 2,
+    )[1]
     m = keras.Model(inp, keras.layers.Lambda(touch, name="double")(inp))
     m.save(folder / "lambda.keras")
     with warnings.catch_warnings():
@@ -322,16 +389,21 @@ def marker(tmp_path, monkeypatch) -> Path:
     return path
 
 
-@pytest.mark.parametrize("where,name", [("k3", "lambda.keras"), ("k3", "lambda.h5"),
-                                        ("k2", "k2_lambda.h5")])
+@pytest.mark.parametrize(
+    "where,name", [("k3", "lambda.keras"), ("k3", "lambda.h5"), ("k2", "k2_lambda.h5")]
+)
 def test_lambda_refused_without_unsafe_and_its_code_never_runs(lambda_files, marker, where, name):
     path = (lambda_files if where == "k3" else DATA) / name
     assert check_model_path(path) == path  # the file itself is fine
     assert _load_error(path) == LAMBDA_REFUSED.format(p=path)
     assert not marker.exists()
     loaded = load_model(path, unsafe=True)
-    np.testing.assert_array_equal(_call(loaded.model, np.ones((2, 3), "float32")), np.full((2, 3), 2.0))
-    assert marker.exists()  # the same file's code does run once allowed: the check above means something
+    np.testing.assert_array_equal(
+        _call(loaded.model, np.ones((2, 3), "float32")), np.full((2, 3), 2.0)
+    )
+    assert (
+        marker.exists()
+    )  # the same file's code does run once allowed: the check above means something
 
 
 # ----------------------------------------------------------- custom objects
@@ -375,18 +447,24 @@ def custom_files(tmp_path_factory, keras):
     # ... or under any name, mapped explicitly by a `custom_objects` dict.
     (folder / "triple_mapped.py").write_text(
         LAYER_SOURCE.replace("class Triple", "class _TripleImpl")
-        + "\ndef helper():\n    return 1\n\ncustom_objects = {'Triple': _TripleImpl}\n")
+        + "\ndef helper():\n    return 1\n\ncustom_objects = {'Triple': _TripleImpl}\n"
+    )
     return folder
 
 
-CUSTOM_REFUSED = ("{p} uses the custom class or function 'Triple', which is not registered; "
-                  "pass --custom-objects FILE.py with its definition")
+CUSTOM_REFUSED = (
+    "{p} uses the custom class or function 'Triple', which is not registered; "
+    "pass --custom-objects FILE.py with its definition"
+)
 
 
-@pytest.mark.parametrize("name", [
-    "custom.keras",
-    "custom.h5",  # the legacy loader says "Unknown layer: 'Triple'"
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "custom.keras",
+        "custom.h5",  # the legacy loader says "Unknown layer: 'Triple'"
+    ],
+)
 def test_custom_layer_without_its_file_names_the_option(custom_files, name):
     path = custom_files / name
     msg = _load_error(path)
@@ -398,7 +476,9 @@ def test_custom_layer_without_its_file_names_the_option(custom_files, name):
 @pytest.mark.parametrize("plugin", ["triple_layers.py", "triple_mapped.py"])
 def test_custom_layer_loads_with_its_file(custom_files, name, plugin):
     loaded = load_model(custom_files / name, custom_objects_file=custom_files / plugin)
-    np.testing.assert_array_equal(_call(loaded.model, np.ones((1, 3), "float32")), np.full((1, 3), 3.0))
+    np.testing.assert_array_equal(
+        _call(loaded.model, np.ones((1, 3), "float32")), np.full((1, 3), 3.0)
+    )
 
 
 def test_custom_objects_dict_is_taken_as_is(custom_files):
@@ -412,15 +492,18 @@ def test_custom_objects_dict_is_taken_as_is(custom_files):
 def test_custom_objects_file_errors(tmp_path, k3_files):
     model = k3_files / "model.keras"
     assert _load_error(model, custom_objects_file=tmp_path / "nope.py") == (
-        f"--custom-objects file not found: {tmp_path / 'nope.py'}")
+        f"--custom-objects file not found: {tmp_path / 'nope.py'}"
+    )
     txt = tmp_path / "layers.txt"
     txt.write_text("x = 1\n")
     assert _load_error(model, custom_objects_file=txt) == (
-        f"--custom-objects must be a Python file (.py). Received: {txt}")
+        f"--custom-objects must be a Python file (.py). Received: {txt}"
+    )
     bad = tmp_path / "broken.py"
     bad.write_text("import keras\nraise RuntimeError('cannot build the layers here')\n")
     assert _load_error(model, custom_objects_file=bad) == (
-        f"error while running --custom-objects file {bad}: RuntimeError: cannot build the layers here")
+        f"error while running --custom-objects file {bad}: RuntimeError: cannot build the layers here"
+    )
 
 
 # ---------------------------------------------------------- not a model file
@@ -439,10 +522,12 @@ def savedmodel_dir(tmp_path_factory, keras):
 
 
 def test_savedmodel_directory(savedmodel_dir):
-    msg = (f"{savedmodel_dir} is a TensorFlow SavedModel directory; Keras 3 can only wrap it as an "
-           "opaque TFSMLayer, which hides the layers bngap must inspect. Re-save the model from the "
-           "code that built it with model.save('model.keras'), or load it with tf-keras "
-           "(TF_USE_LEGACY_KERAS=1) and save it as 'model.h5'")
+    msg = (
+        f"{savedmodel_dir} is a TensorFlow SavedModel directory; Keras 3 can only wrap it as an "
+        "opaque TFSMLayer, which hides the layers bngap must inspect. Re-save the model from the "
+        "code that built it with model.save('model.keras'), or load it with tf-keras "
+        "(TF_USE_LEGACY_KERAS=1) and save it as 'model.h5'"
+    )
     assert _check_error(savedmodel_dir) == msg
     assert _load_error(savedmodel_dir) == msg
     # Pointing at the .pb inside it is an unknown extension.
@@ -463,25 +548,65 @@ def _bad_json_keras(src: Path, p: Path) -> None:
 # (case, file name, how to make it from (path, k3 folder), expected message; {p} is the path)
 BAD_FILES = [
     ("missing", "nope.keras", None, "model file not found: {p}"),
-    ("directory", "folder.keras", lambda p, k3: p.mkdir(),
-     "{p} is a directory; expected a .keras or .h5 model file"),
-    ("random bytes", "random.keras", lambda p, k3: p.write_bytes(np.random.default_rng(0).bytes(4096)),
-     "{p} is not a valid .keras file: not a zip archive (truncated or corrupted?)"),
-    ("first half of a .keras", "half.keras",
-     lambda p, k3: p.write_bytes((k3 / "model.keras").read_bytes()[: (k3 / "model.keras").stat().st_size // 2]),
-     "{p} is not a valid .keras file: not a zip archive (truncated or corrupted?)"),
-    ("zip, not keras", "other.keras", lambda p, k3: _zip_without_config(p),
-     "{p} is a zip archive but not a Keras model (it has no config.json)"),
+    (
+        "directory",
+        "folder.keras",
+        lambda p, k3: p.mkdir(),
+        "{p} is a directory; expected a .keras or .h5 model file",
+    ),
+    (
+        "random bytes",
+        "random.keras",
+        lambda p, k3: p.write_bytes(np.random.default_rng(0).bytes(4096)),
+        "{p} is not a valid .keras file: not a zip archive (truncated or corrupted?)",
+    ),
+    (
+        "first half of a .keras",
+        "half.keras",
+        lambda p, k3: p.write_bytes(
+            (k3 / "model.keras").read_bytes()[: (k3 / "model.keras").stat().st_size // 2]
+        ),
+        "{p} is not a valid .keras file: not a zip archive (truncated or corrupted?)",
+    ),
+    (
+        "zip, not keras",
+        "other.keras",
+        lambda p, k3: _zip_without_config(p),
+        "{p} is a zip archive but not a Keras model (it has no config.json)",
+    ),
     ("empty .keras", "empty.keras", lambda p, k3: p.touch(), "model file {p} is empty (0 bytes)"),
     ("empty .h5", "empty.h5", lambda p, k3: p.touch(), "model file {p} is empty (0 bytes)"),
-    ("text as .h5", "text.h5", lambda p, k3: p.write_text("definitely not HDF5"),
-     "{p} is not a valid HDF5 file (wrong signature; truncated, corrupted, or not a Keras .h5 model)"),
-    ("weights only", "model.weights.h5", lambda p, k3: p.write_bytes((k3 / "model.weights.h5").read_bytes()),
-     "{p} holds weights only (no model architecture); save the whole model with model.save('model.keras')"),
-    (".pt", "model.pt", lambda p, k3: p.write_bytes(b"PK\x03\x04torch"), UNSUPPORTED.format(ext=".pt")),
-    (".onnx", "model.onnx", lambda p, k3: p.write_bytes(b"\x08\x07"), UNSUPPORTED.format(ext=".onnx")),
+    (
+        "text as .h5",
+        "text.h5",
+        lambda p, k3: p.write_text("definitely not HDF5"),
+        "{p} is not a valid HDF5 file (wrong signature; truncated, corrupted, or not a Keras .h5 model)",
+    ),
+    (
+        "weights only",
+        "model.weights.h5",
+        lambda p, k3: p.write_bytes((k3 / "model.weights.h5").read_bytes()),
+        "{p} holds weights only (no model architecture); save the whole model with model.save('model.keras')",
+    ),
+    (
+        ".pt",
+        "model.pt",
+        lambda p, k3: p.write_bytes(b"PK\x03\x04torch"),
+        UNSUPPORTED.format(ext=".pt"),
+    ),
+    (
+        ".onnx",
+        "model.onnx",
+        lambda p, k3: p.write_bytes(b"\x08\x07"),
+        UNSUPPORTED.format(ext=".onnx"),
+    ),
     (".pb", "model.pb", lambda p, k3: p.write_bytes(b"\x08\x01"), UNSUPPORTED.format(ext=".pb")),
-    ("no extension", "model", lambda p, k3: p.write_bytes(b"\x08\x01"), UNSUPPORTED.format(ext="model")),
+    (
+        "no extension",
+        "model",
+        lambda p, k3: p.write_bytes(b"\x08\x01"),
+        UNSUPPORTED.format(ext="model"),
+    ),
 ]
 
 
@@ -508,8 +633,10 @@ def test_truncated_h5_passes_the_file_checks_then_fails_in_one_line(tmp_path, k3
 def test_weights_file_without_the_weights_name(tmp_path, k3_files):
     p = tmp_path / "weights_renamed.h5"
     p.write_bytes((k3_files / "model.weights.h5").read_bytes())
-    assert _load_error(p) == (f"{p} holds no model config: a weights-only file, or not a Keras "
-                              "model at all; save the whole model with model.save('model.keras')")
+    assert _load_error(p) == (
+        f"{p} holds no model config: a weights-only file, or not a Keras "
+        "model at all; save the whole model with model.save('model.keras')"
+    )
 
 
 def test_keras_file_with_broken_config(tmp_path, k3_files):
@@ -521,13 +648,15 @@ def test_keras_file_with_broken_config(tmp_path, k3_files):
 
 def test_damaged_member_inside_a_keras_zip(tmp_path, k3_files):
     p = tmp_path / "damaged.keras"
-    with zipfile.ZipFile(k3_files / "model.keras") as zin, \
-            zipfile.ZipFile(p, "w", zipfile.ZIP_STORED) as zout:
+    with (
+        zipfile.ZipFile(k3_files / "model.keras") as zin,
+        zipfile.ZipFile(p, "w", zipfile.ZIP_STORED) as zout,
+    ):
         for n in zin.namelist():
             zout.writestr(n, zin.read(n))
     raw = bytearray(p.read_bytes())
     start = raw.find(b"\x89HDF")  # inside the stored model.weights.h5 member
-    raw[start + 100:start + 140] = bytes(b ^ 0xFF for b in raw[start + 100:start + 140])
+    raw[start + 100 : start + 140] = bytes(b ^ 0xFF for b in raw[start + 100 : start + 140])
     p.write_bytes(bytes(raw))
     assert _check_error(p) == f"{p} is corrupted: zip member 'model.weights.h5' fails its checksum"
 
@@ -587,13 +716,21 @@ def test_tf_op_layer_fed_anything_but_layer_outputs_is_refused_in_safe_mode(tmp_
     shutil.copyfile(DATA / "k2_functional_bn.h5", p)
     with h5py.File(p, "r+") as f:
         cfg = json.loads(f.attrs["model_config"])
-        cfg["config"]["layers"].append({"class_name": "TFOpLambda", "name": "odd", "config": {
-            "name": "odd", "dtype": "float32", "function": "math.multiply"},
-            "inbound_nodes": [{"args": [{"cell": {"class_name": "Sequential", "config": {}}}], "kwargs": {}}]})
+        cfg["config"]["layers"].append(
+            {
+                "class_name": "TFOpLambda",
+                "name": "odd",
+                "config": {"name": "odd", "dtype": "float32", "function": "math.multiply"},
+                "inbound_nodes": [
+                    {"args": [{"cell": {"class_name": "Sequential", "config": {}}}], "kwargs": {}}
+                ],
+            }
+        )
         f.attrs["model_config"] = json.dumps(cfg)
     assert _load_error(p) == (
         f"{p}: layer 'odd': a TF-op layer whose inputs are not references to other layers, which safe "
-        "mode does not run; pass --unsafe if you trust the file")
+        "mode does not run; pass --unsafe if you trust the file"
+    )
 
 
 def test_keras2_batchnorm_over_several_axes_is_explained(tmp_path):
@@ -610,8 +747,10 @@ def test_keras2_batchnorm_over_several_axes_is_explained(tmp_path):
             if layer["class_name"] == "BatchNormalization":
                 layer["config"]["axis"] = [1, 3]
         f.attrs["model_config"] = json.dumps(cfg)
-    assert _load_error(p) == (f"{p}: layer 'bn' is a BatchNormalization over several axes [1, 3], which "
-                               "Keras 2 allowed and Keras 3 does not; bngap cannot run it")
+    assert _load_error(p) == (
+        f"{p}: layer 'bn' is a BatchNormalization over several axes [1, 3], which "
+        "Keras 2 allowed and Keras 3 does not; bngap cannot run it"
+    )
 
 
 def test_keras3_h5_with_nested_models_called_twice_is_left_as_it_is(tmp_path, keras):
@@ -634,7 +773,7 @@ def test_keras3_h5_with_nested_models_called_twice_is_left_as_it_is(tmp_path, ke
 
 
 # --------------------------------------------- merged from test_load_model.py
-REGISTERED_LAYER = '''
+REGISTERED_LAYER = """
 import keras
 
 @keras.saving.register_keras_serializable(package="userpkg")
@@ -646,7 +785,7 @@ class Scale(keras.layers.Layer):
         return x * self.factor
     def get_config(self):
         return {**super().get_config(), "factor": self.factor}
-'''
+"""
 
 
 def test_registered_custom_layer_needs_its_file(tmp_path, keras):
@@ -656,14 +795,22 @@ def test_registered_custom_layer_needs_its_file(tmp_path, keras):
 
     # Saved from another process, so that the class is not registered here.
     (tmp_path / "userlayers.py").write_text(REGISTERED_LAYER)
-    script = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import keras, userlayers;"
-              "m = keras.Sequential([keras.Input((3,)), userlayers.Scale(3.0, name='scale')]);"
-              f"m.save({str(tmp_path / 'custom.keras')!r})")
-    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    script = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import keras, userlayers;"
+        "m = keras.Sequential([keras.Input((3,)), userlayers.Scale(3.0, name='scale')]);"
+        f"m.save({str(tmp_path / 'custom.keras')!r})"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     msg = _load_error(tmp_path / "custom.keras")
     assert "custom class or function" in msg and "--custom-objects" in msg, msg
-    model = load_model(tmp_path / "custom.keras", custom_objects_file=tmp_path / "userlayers.py").model
+    model = load_model(
+        tmp_path / "custom.keras", custom_objects_file=tmp_path / "userlayers.py"
+    ).model
     np.testing.assert_array_equal(_call(model, np.ones((1, 3), "float32")), np.full((1, 3), 3.0))
 
 

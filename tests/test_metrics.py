@@ -30,8 +30,12 @@ def two_heads(keras):
     cls = L.Dense(3, activation="softmax", name="cls")(h)
     reg = L.Dense(1, name="reg")(h)
     m = keras.Model(inp, [cls, reg], name="two_heads")
-    m.compile("adam", loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"},
-              loss_weights={"cls": 1.0, "reg": 0.25}, metrics={"cls": ["accuracy"]})
+    m.compile(
+        "adam",
+        loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"},
+        loss_weights={"cls": 1.0, "reg": 0.25},
+        metrics={"cls": ["accuracy"]},
+    )
     m.fit(x, {"cls": y_cls, "reg": y_reg}, epochs=2, batch_size=32, verbose=0)
     return m, x, y_cls, y_reg
 
@@ -49,13 +53,17 @@ def test_per_output_and_total_losses_equal_evaluate(two_heads):
     assert "accuracy" not in per["reg"].eval  # a regression head
     assert r.metrics.eval["loss"] == pytest.approx(want["loss"], rel=1e-5)
     assert (per["cls"].weight, per["reg"].weight) == (1.0, 0.25)
-    assert per["cls"].loss_name == "sparse_categorical_crossentropy" and per["cls"].source == "compiled"
+    assert (
+        per["cls"].loss_name == "sparse_categorical_crossentropy"
+        and per["cls"].source == "compiled"
+    )
 
 
 def test_total_loss_equals_evaluate_with_a_partial_batch(two_heads):
     m, x, y_cls, y_reg = two_heads
-    want = m.evaluate(x[:50], {"cls": y_cls[:50], "reg": y_reg[:50]}, batch_size=32, verbose=0,
-                      return_dict=True)
+    want = m.evaluate(
+        x[:50], {"cls": y_cls[:50], "reg": y_reg[:50]}, batch_size=32, verbose=0, return_dict=True
+    )
     r = check(m, x[:50], [y_cls[:50], y_reg[:50]])  # a list, in output order
     assert r.metrics.eval["loss"] == pytest.approx(want["loss"], rel=1e-5)
 
@@ -67,15 +75,17 @@ def test_training_mode_losses_equal_keras_on_the_same_batches(two_heads, keras):
     saved = [v.numpy().copy() for v in m.variables]
     cls_l, reg_l = [], []
     for s in range(0, 64, 32):
-        a, b = m(x[s:s + 32], training=True)
-        cls_l.append(float(sc(y_cls[s:s + 32], a)))
-        reg_l.append(float(mse(y_reg[s:s + 32], b)))
+        a, b = m(x[s : s + 32], training=True)
+        cls_l.append(float(sc(y_cls[s : s + 32], a)))
+        reg_l.append(float(mse(y_reg[s : s + 32], b)))
     for v, s in zip(m.variables, saved):
         v.assign(s)
     per = {o.name: o for o in r.metrics.per_output}
     assert per["cls"].train["loss"] == pytest.approx(np.mean(cls_l), rel=1e-5)
     assert per["reg"].train["loss"] == pytest.approx(np.mean(reg_l), rel=1e-5)
-    assert r.metrics.train["loss"] == pytest.approx(np.mean(cls_l) + 0.25 * np.mean(reg_l), rel=1e-5)
+    assert r.metrics.train["loss"] == pytest.approx(
+        np.mean(cls_l) + 0.25 * np.mean(reg_l), rel=1e-5
+    )
 
 
 def test_npz_keys_per_output_and_the_reports(two_heads, tmp_path):
@@ -96,7 +106,9 @@ def test_npz_keys_per_output_and_the_reports(two_heads, tmp_path):
     text, md = render(r, "text", width=120), render(r, "markdown")
     for out in (text, md):
         assert "cls" in out and "reg" in out
-    assert f"at the output (all outputs): {r.output_gap.relative_l2:.4f}" in text.replace("\n  ", " ")
+    assert f"at the output (all outputs): {r.output_gap.relative_l2:.4f}" in text.replace(
+        "\n  ", " "
+    )
     assert "cls accuracy" in text and "cls accuracy" in md
 
 
@@ -130,9 +142,15 @@ def test_no_accuracy_for_a_regression_output_of_several_columns(keras):
     y_cls = np.eye(3, dtype="float32")[np.arange(48) % 3]
     inp = keras.Input((6,))
     h = L.ReLU()(L.BatchNormalization(name="bn")(L.Dense(8)(inp)))
-    m = keras.Model(inp, [L.Dense(3, activation="softmax", name="cls")(h), L.Dense(2, name="box")(h)])
-    m.compile("adam", loss={"cls": "categorical_crossentropy", "box": "mae"},
-              loss_weights={"cls": 0.7, "box": 2.5}, metrics={"cls": ["accuracy"]})
+    m = keras.Model(
+        inp, [L.Dense(3, activation="softmax", name="cls")(h), L.Dense(2, name="box")(h)]
+    )
+    m.compile(
+        "adam",
+        loss={"cls": "categorical_crossentropy", "box": "mae"},
+        loss_weights={"cls": 0.7, "box": 2.5},
+        metrics={"cls": ["accuracy"]},
+    )
     m.fit(x, {"cls": y_cls, "box": y_box}, epochs=1, batch_size=16, verbose=0)
     want = m.evaluate(x, {"cls": y_cls, "box": y_box}, batch_size=48, verbose=0, return_dict=True)
     r = check(m, x, {"cls": y_cls, "box": y_box}, options=CheckOptions(batch_size=48))
@@ -146,7 +164,9 @@ def test_no_accuracy_for_a_regression_output_of_several_columns(keras):
     single.compile("adam", "mse")
     r1 = check(single, x, y_box, options=CheckOptions(batch_size=48))
     assert set(r1.metrics.eval) == {"loss"}
-    assert r1.metrics.eval["loss"] == pytest.approx(single.evaluate(x, y_box, batch_size=48, verbose=0), rel=1e-5)
+    assert r1.metrics.eval["loss"] == pytest.approx(
+        single.evaluate(x, y_box, batch_size=48, verbose=0), rel=1e-5
+    )
 
 
 def test_accuracy_drop_gate_applies_to_a_multi_output_model(two_heads, tmp_path):
@@ -160,10 +180,18 @@ def test_accuracy_drop_gate_applies_to_a_multi_output_model(two_heads, tmp_path)
     per = {o.name: o for o in r.metrics.per_output}
     drop = per["cls"].train["accuracy"] - per["cls"].eval["accuracy"]
     assert r.accuracy_drop == pytest.approx(drop)
-    below = check(m, x, {"cls": y_cls, "reg": y_reg},
-                  options=CheckOptions(thresholds=Thresholds(accuracy_drop=round(drop, 4) - 0.5)))
-    above = check(m, x, {"cls": y_cls, "reg": y_reg},
-                  options=CheckOptions(thresholds=Thresholds(accuracy_drop=round(drop, 4) + 0.5)))
+    below = check(
+        m,
+        x,
+        {"cls": y_cls, "reg": y_reg},
+        options=CheckOptions(thresholds=Thresholds(accuracy_drop=round(drop, 4) - 0.5)),
+    )
+    above = check(
+        m,
+        x,
+        {"cls": y_cls, "reg": y_reg},
+        options=CheckOptions(thresholds=Thresholds(accuracy_drop=round(drop, 4) + 0.5)),
+    )
     assert "accuracy_drop" in below.exceeded and below.verdict == "fail"
     assert above.exceeded == () and above.verdict == "pass"
 
@@ -174,8 +202,19 @@ def test_accuracy_gate_on_a_model_without_accuracy_says_it_was_not_applied(two_h
     reg.compile("adam", "mse")
     reg.save(tmp_path / "reg.keras")
     np.savez(tmp_path / "reg.npz", x=x, y=y_reg)
-    res = CliRunner().invoke(main, ["check", str(tmp_path / "reg.keras"), str(tmp_path / "reg.npz"), "-q",
-                                    "--fail-above-accuracy-drop", "0.1", "--format", "json"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "check",
+            str(tmp_path / "reg.keras"),
+            str(tmp_path / "reg.npz"),
+            "-q",
+            "--fail-above-accuracy-drop",
+            "0.1",
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "accuracy" not in json.loads(res.stdout)["metrics"]["eval"]
     assert "--fail-above-accuracy-drop" in res.stderr and "not applied" in res.stderr

@@ -20,8 +20,16 @@ def _build(keras, name):
     if name == "mixed_float16":
         keras.mixed_precision.set_global_policy("mixed_float16")
         try:
-            m = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3), L.BatchNormalization(name="bn"),
-                                  L.ReLU(), L.GlobalAveragePooling2D(), L.Dense(2, dtype="float32")])
+            m = keras.Sequential(
+                [
+                    keras.Input((8, 8, 3)),
+                    L.Conv2D(4, 3),
+                    L.BatchNormalization(name="bn"),
+                    L.ReLU(),
+                    L.GlobalAveragePooling2D(),
+                    L.Dense(2, dtype="float32"),
+                ]
+            )
         finally:
             keras.mixed_precision.set_global_policy("float32")
         return m, rng.normal(2, 3, (16, 8, 8, 3)).astype("float32"), ["bn"]
@@ -33,57 +41,119 @@ def _build(keras, name):
         x = np.where(rng.random((16, 10)) < 0.3, 0, rng.integers(1, 20, (16, 10))).astype("int32")
         return keras.Model(inp, L.Dense(2)(h)), x, ["bn"]
     if name == "channels_first":
-        m = keras.Sequential([keras.Input((3, 8, 8)), L.Conv2D(4, 3, data_format="channels_first"),
-                              L.BatchNormalization(axis=1, name="bn"),
-                              L.GlobalAveragePooling2D(data_format="channels_first"), L.Dense(2)])
+        m = keras.Sequential(
+            [
+                keras.Input((3, 8, 8)),
+                L.Conv2D(4, 3, data_format="channels_first"),
+                L.BatchNormalization(axis=1, name="bn"),
+                L.GlobalAveragePooling2D(data_format="channels_first"),
+                L.Dense(2),
+            ]
+        )
         return m, rng.normal(2, 3, (16, 3, 8, 8)).astype("float32"), ["bn"]
     if name == "shared_layer":
         inp = keras.Input((6,))
         d, bn = L.Dense(6), L.BatchNormalization(name="bn")
         h = bn(d(inp))
         h2 = bn(d(h))
-        return keras.Model(inp, L.Dense(2)(L.Concatenate()([h, h2]))), rng.normal(1, 2, (16, 6)).astype("float32"), ["bn"]
+        return (
+            keras.Model(inp, L.Dense(2)(L.Concatenate()([h, h2]))),
+            rng.normal(1, 2, (16, 6)).astype("float32"),
+            ["bn"],
+        )
     if name == "multi_io":
         a, b = keras.Input((6,), name="a"), keras.Input((4,), name="b")
         h = L.Concatenate()([L.BatchNormalization(name="bn")(L.Dense(5)(a)), L.Dropout(0.3)(b)])
         m = keras.Model([a, b], [L.Dense(2, name="o1")(h), L.Dense(1, name="o2")(h)])
-        return m, [rng.normal(1, 2, (16, 6)).astype("float32"), rng.normal(0, 1, (16, 4)).astype("float32")], ["bn"]
+        return (
+            m,
+            [
+                rng.normal(1, 2, (16, 6)).astype("float32"),
+                rng.normal(0, 1, (16, 4)).astype("float32"),
+            ],
+            ["bn"],
+        )
     if name == "dict_io":
         a, b = keras.Input((6,), name="a"), keras.Input((4,), name="b")
         h = L.Concatenate()([L.BatchNormalization(name="bn")(a), b])
         m = keras.Model({"a": a, "b": b}, {"y": L.Dense(2)(h)})
-        return m, {"a": rng.normal(1, 2, (16, 6)).astype("float32"), "b": rng.normal(0, 1, (16, 4)).astype("float32")}, ["bn"]
+        return (
+            m,
+            {
+                "a": rng.normal(1, 2, (16, 6)).astype("float32"),
+                "b": rng.normal(0, 1, (16, 4)).astype("float32"),
+            },
+            ["bn"],
+        )
     if name == "time_distributed":
-        m = keras.Sequential([keras.Input((5, 6)), L.TimeDistributed(L.BatchNormalization(name="bn"), name="td"),
-                              L.GlobalAveragePooling1D(), L.Dense(2)])
+        m = keras.Sequential(
+            [
+                keras.Input((5, 6)),
+                L.TimeDistributed(L.BatchNormalization(name="bn"), name="td"),
+                L.GlobalAveragePooling1D(),
+                L.Dense(2),
+            ]
+        )
         return m, rng.normal(1, 2, (16, 5, 6)).astype("float32"), ["td/bn"]
     if name == "bidirectional_gru":
-        m = keras.Sequential([keras.Input((5, 6)), L.Bidirectional(L.GRU(3, dropout=0.3), name="bi"),
-                              L.BatchNormalization(name="bn"), L.Dense(2)])
+        m = keras.Sequential(
+            [
+                keras.Input((5, 6)),
+                L.Bidirectional(L.GRU(3, dropout=0.3), name="bi"),
+                L.BatchNormalization(name="bn"),
+                L.Dense(2),
+            ]
+        )
         return m, rng.normal(1, 2, (16, 5, 6)).astype("float32"), ["bn"]
     if name == "attention_dropout":
         inp = keras.Input((5, 8))
         h = L.MultiHeadAttention(2, 4, dropout=0.3, name="mha")(inp, inp)
-        return keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(h))), rng.normal(0, 1, (16, 5, 8)).astype("float32"), []
+        return (
+            keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(h))),
+            rng.normal(0, 1, (16, 5, 8)).astype("float32"),
+            [],
+        )
     if name == "renorm":
-        m = keras.Sequential([keras.Input((6,)), L.Dense(6), L.BatchNormalization(renorm=True, name="bn"), L.Dense(2)])
+        m = keras.Sequential(
+            [
+                keras.Input((6,)),
+                L.Dense(6),
+                L.BatchNormalization(renorm=True, name="bn"),
+                L.Dense(2),
+            ]
+        )
         return m, rng.normal(1, 2, (16, 6)).astype("float32"), ["bn"]
     if name == "degenerate_variance":
-        m = keras.Sequential([keras.Input((6,)), L.Dense(6), L.BatchNormalization(name="bn"), L.Dense(2)])
+        m = keras.Sequential(
+            [keras.Input((6,)), L.Dense(6), L.BatchNormalization(name="bn"), L.Dense(2)]
+        )
         bn = m.get_layer("bn")
         mv = bn.moving_variance.numpy()
         mv[:3] = 1e-36
         bn.moving_variance.assign(mv)
         return m, rng.normal(1, 2, (16, 6)).astype("float32"), ["bn"]
     if name == "constant_channels_eps0":
-        m = keras.Sequential([keras.Input((6,)), L.BatchNormalization(epsilon=0.0, name="bn"), L.Dense(2)])
+        m = keras.Sequential(
+            [keras.Input((6,)), L.BatchNormalization(epsilon=0.0, name="bn"), L.Dense(2)]
+        )
         return m, np.ones((16, 6), "float32"), ["bn"]
     raise KeyError(name)
 
 
-CASES = ["mixed_float16", "masked_embedding", "channels_first", "shared_layer", "multi_io", "dict_io",
-         "time_distributed", "bidirectional_gru", "attention_dropout", "renorm", "degenerate_variance",
-         "constant_channels_eps0"]
+CASES = [
+    "mixed_float16",
+    "masked_embedding",
+    "channels_first",
+    "shared_layer",
+    "multi_io",
+    "dict_io",
+    "time_distributed",
+    "bidirectional_gru",
+    "attention_dropout",
+    "renorm",
+    "degenerate_variance",
+    "constant_channels_eps0",
+]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -106,7 +176,8 @@ def test_mode_dependent_layers_are_found_inside_wrappers(keras):
     model, x, _ = _build(keras, "attention_dropout")
     r = check(model, x, options=CheckOptions(batch_size=8))
     assert r.layer("mha/dropout") is not None or any(
-        x.path.startswith("mha/") and x.kind is Kind.DROPOUT for x in r.layers)
+        x.path.startswith("mha/") and x.kind is Kind.DROPOUT for x in r.layers
+    )
     assert r.findings[0].cause.value == "dropout_only"
     model, x, _ = _build(keras, "bidirectional_gru")
     r = check(model, x, options=CheckOptions(batch_size=8))
@@ -132,8 +203,16 @@ def test_preprocessing_layer_leaking_into_bn_is_a_warning(keras):
     value is inherited by the BN layer downstream: model(x) runs BN in
     training mode. The inference path itself (training=False) is clean."""
     L = keras.layers
-    m = keras.Sequential([keras.Input((8, 8, 3)), L.RandomFlip(name="flip"), L.Conv2D(4, 3),
-                          L.BatchNormalization(name="bn"), L.GlobalAveragePooling2D(), L.Dense(2)])
+    m = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            L.RandomFlip(name="flip"),
+            L.Conv2D(4, 3),
+            L.BatchNormalization(name="bn"),
+            L.GlobalAveragePooling2D(),
+            L.Dense(2),
+        ]
+    )
     x = np.random.default_rng(0).normal(2, 3, (16, 8, 8, 3)).astype("float32")
     r = check(m, x, options=CheckOptions(batch_size=8))
     noflag = next(c for c in r.leaks if c.path == "model(x)")
@@ -158,7 +237,9 @@ def test_dict_inputs_reach_their_own_layers(keras):
     assert r.batchnorm[0].data_mean_abs < 1.0  # it saw 'a', not 'b'
     ev = np.asarray(model({"a": xa, "b": xb}, training=False))
     tr = np.asarray(model({"a": xa, "b": xb}, training=True))
-    assert r.output_gap.relative_l2 == pytest.approx(np.linalg.norm(tr - ev) / np.linalg.norm(ev), rel=1e-4)
+    assert r.output_gap.relative_l2 == pytest.approx(
+        np.linalg.norm(tr - ev) / np.linalg.norm(ev), rel=1e-4
+    )
 
 
 def test_subclassed_models_own_training_branch_is_not_blamed_on_bn(keras):
@@ -228,18 +309,23 @@ def test_keras2_applications_style_file_checks_end_to_end(keras):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
 
 
-@pytest.mark.parametrize("name,bn_paths", [
-    ("k2_shared_sequential", ["tower/bn"]),
-    ("k2_mixed_float16", ["bn"]),
-    ("k2_keyword_tensors", ["bn"]),
-])
+@pytest.mark.parametrize(
+    "name,bn_paths",
+    [
+        ("k2_shared_sequential", ["tower/bn"]),
+        ("k2_mixed_float16", ["bn"]),
+        ("k2_keyword_tensors", ["bn"]),
+    ],
+)
 def test_keras2_files_check_end_to_end(keras, name, bn_paths):
     from pathlib import Path
 
     data = Path(__file__).parent / "data"
     expected = np.load(data / f"{name}.expected.npz")
     x = [expected[k] for k in expected.files if k != "inference"]
-    report = check(str(data / f"{name}.h5"), x if len(x) > 1 else x[0], options=CheckOptions(effects=0))
+    report = check(
+        str(data / f"{name}.h5"), x if len(x) > 1 else x[0], options=CheckOptions(effects=0)
+    )
     assert [b.path for b in report.batchnorm] == bn_paths
     assert math.isfinite(report.output_gap.relative_l2) and report.output_gap.relative_l2 > 0
     assert report.notes[0].startswith("repaired legacy config while loading")
@@ -247,10 +333,13 @@ def test_keras2_files_check_end_to_end(keras, name, bn_paths):
 
 def test_a_declared_fixed_batch_size_is_the_one_measured(keras):
     L = keras.layers
-    model = keras.Sequential([keras.Input((5,), batch_size=8), L.Dense(4), L.BatchNormalization(name="bn"),
-                              L.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((5,), batch_size=8), L.Dense(4), L.BatchNormalization(name="bn"), L.Dense(1)]
+    )
     x = np.random.default_rng(0).normal(1, 2, (40, 5)).astype("float32")
     report = check(model, x, options=CheckOptions(effects=0))
     assert report.data.batch_size == 8 and report.data.batches == 5
-    assert "the model declares a fixed batch size of 8 (fit() used it); measured with batch size 8, not 32" \
+    assert (
+        "the model declares a fixed batch size of 8 (fit() used it); measured with batch size 8, not 32"
         in report.notes
+    )

@@ -17,22 +17,42 @@ from bngap.results import Baseline, Report, Thresholds
 
 
 def baseline_of(gap: float | None) -> Baseline:
-    return Baseline("old.json", "models/tiny_resnet.keras", gap, 1.0, 0.9, None, "pass", "stats_not_converged", 1)
+    return Baseline(
+        "old.json",
+        "models/tiny_resnet.keras",
+        gap,
+        1.0,
+        0.9,
+        None,
+        "pass",
+        "stats_not_converged",
+        1,
+    )
 
 
-@pytest.mark.parametrize("thresholds,gap,old,verdict,exceeded,warned", [
-    (Thresholds(warn_above=0.05), 0.04, None, "pass", (), ()),
-    (Thresholds(warn_above=0.05), 0.05004, None, "pass", (), ()),            # prints 0.0500
-    (Thresholds(warn_above=0.05), 0.05006, None, "warn", (), ("output_gap",)),
-    (Thresholds(output_gap=0.2, warn_above=0.05), 0.1, None, "warn", (), ("output_gap",)),
-    (Thresholds(output_gap=0.2, warn_above=0.05), 0.3, None, "fail", ("output_gap",), ("output_gap",)),
-    (Thresholds(max_regression=0.05), 0.30, 0.25, "pass", (), ()),          # grew by exactly 0.05
-    (Thresholds(max_regression=0.05), 0.30006, 0.25, "fail", ("regression",), ()),
-    (Thresholds(max_regression=0.0), 0.10, 0.25, "pass", (), ()),           # improved
-    (Thresholds(max_regression=0.05), 0.9, None, "pass", (), ()),           # no baseline value
-    (Thresholds(max_regression=0.05), math.inf, 0.25, "fail", ("regression",), ()),
-    (Thresholds(), 0.9, 0.1, "pass", (), ()),                               # baseline shown, no gate
-])
+@pytest.mark.parametrize(
+    "thresholds,gap,old,verdict,exceeded,warned",
+    [
+        (Thresholds(warn_above=0.05), 0.04, None, "pass", (), ()),
+        (Thresholds(warn_above=0.05), 0.05004, None, "pass", (), ()),  # prints 0.0500
+        (Thresholds(warn_above=0.05), 0.05006, None, "warn", (), ("output_gap",)),
+        (Thresholds(output_gap=0.2, warn_above=0.05), 0.1, None, "warn", (), ("output_gap",)),
+        (
+            Thresholds(output_gap=0.2, warn_above=0.05),
+            0.3,
+            None,
+            "fail",
+            ("output_gap",),
+            ("output_gap",),
+        ),
+        (Thresholds(max_regression=0.05), 0.30, 0.25, "pass", (), ()),  # grew by exactly 0.05
+        (Thresholds(max_regression=0.05), 0.30006, 0.25, "fail", ("regression",), ()),
+        (Thresholds(max_regression=0.0), 0.10, 0.25, "pass", (), ()),  # improved
+        (Thresholds(max_regression=0.05), 0.9, None, "pass", (), ()),  # no baseline value
+        (Thresholds(max_regression=0.05), math.inf, 0.25, "fail", ("regression",), ()),
+        (Thresholds(), 0.9, 0.1, "pass", (), ()),  # baseline shown, no gate
+    ],
+)
 def test_warn_and_regression_policy(thresholds, gap, old, verdict, exceeded, warned):
     r = make_report(gap=gap, thresholds=thresholds, findings=())
     if old is not None or thresholds.max_regression is not None:
@@ -55,7 +75,12 @@ def test_baseline_from_a_saved_report():
     old = make_report(gap=0.25, thresholds=Thresholds(output_gap=0.05))
     b = Baseline.from_report(json.loads(render(old, "json")), "old.json")
     assert (b.path, b.model_path, b.relative_l2, b.max_abs, b.top1_agreement) == (
-        "old.json", "models/tiny_resnet.keras", 0.25, 3.25, 0.6875)
+        "old.json",
+        "models/tiny_resnet.keras",
+        0.25,
+        3.25,
+        0.6875,
+    )
     assert b.verdict == "fail" and b.top_cause == "stats_never_updated" and b.flagged_batchnorm == 2
     assert b.metrics.eval == {"loss": 1.875, "accuracy": 0.6875}
     with pytest.raises(ValueError, match="not a bngap check report"):
@@ -63,8 +88,9 @@ def test_baseline_from_a_saved_report():
 
 
 def reports() -> list[Report]:
-    base = make_report(thresholds=Thresholds(output_gap=0.05, loss_delta=0.1, warn_above=0.01,
-                                             max_regression=0.02))
+    base = make_report(
+        thresholds=Thresholds(output_gap=0.05, loss_delta=0.1, warn_above=0.01, max_regression=0.02)
+    )
     return [
         make_report(),
         dataclasses.replace(base, baseline=baseline_of(0.2)),
@@ -103,27 +129,51 @@ def test_newer_keys_are_ignored_and_bad_reports_refused():
         Report.from_dict({"schema_version": "1", "model": {}})
 
 
-@pytest.mark.parametrize("thresholds,start", [
-    (Thresholds(output_gap=0.5, warn_above=0.1), "WARN · output gap 0.4123 (relative L2, train vs inference) <= 0.5, > 0.1 (warn) · "),
-    (Thresholds(warn_above=0.1), "WARN · output gap 0.4123 (relative L2, train vs inference) > 0.1 (warn) · "),
-    (Thresholds(output_gap=0.1, warn_above=0.05), "FAIL · output gap 0.4123 (relative L2, train vs inference) > 0.1 · "),
-    (Thresholds(warn_above=0.5), "PASS · output gap 0.4123 (relative L2, train vs inference) · "),
-])
+@pytest.mark.parametrize(
+    "thresholds,start",
+    [
+        (
+            Thresholds(output_gap=0.5, warn_above=0.1),
+            "WARN · output gap 0.4123 (relative L2, train vs inference) <= 0.5, > 0.1 (warn) · ",
+        ),
+        (
+            Thresholds(warn_above=0.1),
+            "WARN · output gap 0.4123 (relative L2, train vs inference) > 0.1 (warn) · ",
+        ),
+        (
+            Thresholds(output_gap=0.1, warn_above=0.05),
+            "FAIL · output gap 0.4123 (relative L2, train vs inference) > 0.1 · ",
+        ),
+        (
+            Thresholds(warn_above=0.5),
+            "PASS · output gap 0.4123 (relative L2, train vs inference) · ",
+        ),
+    ],
+)
 def test_every_output_shows_the_warn_verdict(thresholds, start):
     r = make_report(thresholds=thresholds)
     assert render(r, "text", width=200).startswith(start)
     assert render(r, "markdown").startswith("## bngap report: " + start)
     assert json.loads(render(r, "json"))["verdict"] == start.split(" ")[0].lower()
-    assert f'<property name="verdict" value="{start.split(" ")[0].lower()}" />' in render(r, "junit")
-    assert f'<span class="verdict {start.split(" ")[0].lower()}">{start.split(" ")[0]}</span>' in render(r, "html")
+    assert f'<property name="verdict" value="{start.split(" ")[0].lower()}" />' in render(
+        r, "junit"
+    )
+    assert (
+        f'<span class="verdict {start.split(" ")[0].lower()}">{start.split(" ")[0]}</span>'
+        in render(r, "html")
+    )
 
 
 def test_text_and_markdown_show_the_baseline_side_by_side():
-    r = dataclasses.replace(make_report(thresholds=Thresholds(max_regression=0.5)), baseline=baseline_of(0.2))
+    r = dataclasses.replace(
+        make_report(thresholds=Thresholds(max_regression=0.5)), baseline=baseline_of(0.2)
+    )
     text = render(r, "text", width=100)
-    block = text[text.index("Against the baseline"):text.index("Gap by cause")]
-    assert ("baseline old.json (model models/tiny_resnet.keras): the output gap changed by +0.2123 "
-            "(at most +0.5 allowed)") in " ".join(block.split())
+    block = text[text.index("Against the baseline") : text.index("Gap by cause")]
+    assert (
+        "baseline old.json (model models/tiny_resnet.keras): the output gap changed by +0.2123 "
+        "(at most +0.5 allowed)"
+    ) in " ".join(block.split())
     assert re.search(r"^output gap \(relative L2\) +0\.2000 +0\.4123$", block, re.M)
     assert re.search(r"^most likely cause +stats_not_converged +stats_never_updated$", block, re.M)
     md = render(r, "markdown")

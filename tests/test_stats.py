@@ -27,6 +27,7 @@ FAST = settings(max_examples=50, deadline=None)
 
 # ----------------------------------------------------------------- helpers
 
+
 def per_example(x: np.ndarray, w: np.ndarray | None = None):
     """(count, mean, M2) per example and channel of (N, ..., C) data, numpy only.
 
@@ -48,7 +49,9 @@ def stream(count, mean, m2, sizes, start: ChannelMoments | None = None) -> Chann
     acc = ChannelMoments.empty(count.shape[1]) if start is None else start
     a = 0
     for size in sizes:
-        acc = acc.merge(ChannelMoments.from_examples(count[a:a + size], mean[a:a + size], m2[a:a + size]))
+        acc = acc.merge(
+            ChannelMoments.from_examples(count[a : a + size], mean[a : a + size], m2[a : a + size])
+        )
         a += size
     assert a == len(count), "the batch sizes must cover the data"
     return acc
@@ -66,11 +69,14 @@ def scale_tol(x: np.ndarray) -> float:
 
 
 VALUES = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
-DATA = arrays(np.float64, st.tuples(st.integers(1, 12), st.integers(1, 5), st.integers(1, 4)), elements=VALUES)
+DATA = arrays(
+    np.float64, st.tuples(st.integers(1, 12), st.integers(1, 5), st.integers(1, 4)), elements=VALUES
+)
 CUTS = st.lists(st.integers(0, 50), max_size=6)
 
 
 # ------------------------------------------- ChannelMoments vs one-shot numpy
+
 
 def test_4d_moments_with_uneven_batches_equal_numpy():
     rng = np.random.default_rng(0)
@@ -102,17 +108,19 @@ def test_2d_one_element_per_example_equals_numpy():
     acc = stream(np.ones_like(x), x, np.zeros_like(x), [1, 7, 3, 21, 18])
     np.testing.assert_allclose(acc.mean, x.mean(axis=0), rtol=1e-13)
     np.testing.assert_allclose(acc.variance, x.var(axis=0), rtol=1e-10)  # ddof=0, as BN uses
-    assert not np.allclose(acc.variance, x.var(axis=0, ddof=1), rtol=1e-4)  # and not the sample variance
+    assert not np.allclose(
+        acc.variance, x.var(axis=0, ddof=1), rtol=1e-4
+    )  # and not the sample variance
 
 
 def test_masked_counts_equal_numpy_on_the_kept_elements():
     rng = np.random.default_rng(3)
     x = rng.normal(1.0, 2.0, (24, 10, 3))
     mask = rng.random(x.shape) < 0.6
-    mask[5] = False                    # an example masked out entirely
-    mask[7, :, 1] = False              # an example masked out in one channel only
+    mask[5] = False  # an example masked out entirely
+    mask[7, :, 1] = False  # an example masked out in one channel only
     count, mean, m2 = per_example(x, mask)
-    assert len(np.unique(count)) > 3   # per-example counts really differ
+    assert len(np.unique(count)) > 3  # per-example counts really differ
     acc = stream(count, mean, m2, [1, 7, 3, 13])
     for c in range(3):
         kept = x[..., c][mask[..., c]]
@@ -173,13 +181,16 @@ def test_empty_moments_are_a_right_identity():
 
 # ------------------------------------------------------ hypothesis properties
 
+
 @FAST
 @given(data=DATA, cuts=CUTS)
 def test_streaming_moments_equal_one_shot_for_any_split(data, cuts):
     acc = stream(*per_example(data), cut(len(data), cuts))
     flat = data.reshape(-1, data.shape[-1])
     tol = scale_tol(data)
-    np.testing.assert_allclose(acc.mean, flat.mean(axis=0), rtol=1e-10, atol=1e-10 * (1 + np.abs(data).max()))
+    np.testing.assert_allclose(
+        acc.mean, flat.mean(axis=0), rtol=1e-10, atol=1e-10 * (1 + np.abs(data).max())
+    )
     np.testing.assert_allclose(acc.variance, flat.var(axis=0), rtol=1e-8, atol=tol)
     assert np.all(acc.variance >= 0.0)
     assert acc.examples == len(data)
@@ -195,7 +206,9 @@ def test_streaming_masked_moments_equal_one_shot(data, cuts, mask_seed):
         kept = data[..., c][mask[..., c]]
         assert acc.count[c] == kept.size
         if kept.size:
-            np.testing.assert_allclose(acc.mean[c], kept.mean(), rtol=1e-10, atol=1e-10 * (1 + np.abs(data).max()))
+            np.testing.assert_allclose(
+                acc.mean[c], kept.mean(), rtol=1e-10, atol=1e-10 * (1 + np.abs(data).max())
+            )
             np.testing.assert_allclose(acc.variance[c], kept.var(), rtol=1e-8, atol=tol)
         else:
             assert acc.mean[c] == 0.0 and acc.variance[c] == 0.0
@@ -222,15 +235,20 @@ def test_merge_is_associative_and_commutative(a, b, c):
 
 
 @FAST
-@given(data=arrays(np.float64, st.tuples(st.integers(1, 14), st.integers(1, 4), st.integers(1, 3)),
-                   elements=VALUES),
-       cuts=CUTS)
+@given(
+    data=arrays(
+        np.float64,
+        st.tuples(st.integers(1, 14), st.integers(1, 4), st.integers(1, 3)),
+        elements=VALUES,
+    ),
+    cuts=CUTS,
+)
 def test_split_moments_total_and_interleaved_halves(data, cuts):
     count, mean, m2 = per_example(data)
     sm = SplitMoments()
     a = 0
     for size in cut(len(data), cuts):
-        sm.add_examples(count[a:a + size], mean[a:a + size], m2[a:a + size])
+        sm.add_examples(count[a : a + size], mean[a : a + size], m2[a : a + size])
         a += size
     assert sm.seen == len(data)
     tol = scale_tol(data)
@@ -263,12 +281,13 @@ def test_split_moments_halves_follow_the_global_index_across_batches():
 
 # ------------------------------------------------------------- relative_l2
 
+
 def test_relative_l2_from_sums_of_squares():
     assert relative_l2(4.0, 16.0) == 0.5
     assert relative_l2(0.0, 16.0) == 0.0
-    assert relative_l2(4.0, 0.0, 1.0) == 2.0   # zero reference: the other side's norm
-    assert relative_l2(0.0, 0.0, 0.0) == 0.0   # two zero tensors are 0 apart
-    assert relative_l2(-1e-30, 1.0) == 0.0     # rounding below zero is no gap
+    assert relative_l2(4.0, 0.0, 1.0) == 2.0  # zero reference: the other side's norm
+    assert relative_l2(0.0, 0.0, 0.0) == 0.0  # two zero tensors are 0 apart
+    assert relative_l2(-1e-30, 1.0) == 0.0  # rounding below zero is no gap
 
 
 SQUARES = st.one_of(st.just(0.0), st.floats(1e-90, 1e84))  # sums of squares reachable from float32
@@ -290,11 +309,14 @@ def test_relative_l2_does_not_overflow_for_a_tiny_reference():
 
 # ---------------------------------------------------------- GapAccumulator
 
-def accumulate(t: np.ndarray, r: np.ndarray, sizes: list[int], classes: bool = False) -> GapAccumulator:
+
+def accumulate(
+    t: np.ndarray, r: np.ndarray, sizes: list[int], classes: bool = False
+) -> GapAccumulator:
     acc = GapAccumulator()
     a = 0
     for size in sizes:
-        acc.add_arrays(t[a:a + size], r[a:a + size], classes=classes)
+        acc.add_arrays(t[a : a + size], r[a : a + size], classes=classes)
         a += size
     return acc
 
@@ -302,8 +324,11 @@ def accumulate(t: np.ndarray, r: np.ndarray, sizes: list[int], classes: bool = F
 # Outputs as a float32 model can produce them: no float64 subnormals, whose
 # squares underflow (see test_relative_l2_does_not_overflow_for_a_tiny_reference).
 OUTPUTS = VALUES.map(lambda v: 0.0 if abs(v) < 1e-30 else v)
-PAIRS = st.integers(1, 12).flatmap(lambda n: st.tuples(
-    arrays(np.float64, (n, 3), elements=OUTPUTS), arrays(np.float64, (n, 3), elements=OUTPUTS)))
+PAIRS = st.integers(1, 12).flatmap(
+    lambda n: st.tuples(
+        arrays(np.float64, (n, 3), elements=OUTPUTS), arrays(np.float64, (n, 3), elements=OUTPUTS)
+    )
+)
 
 
 @FAST
@@ -337,11 +362,15 @@ def test_relative_l2_is_scale_invariant(pair, scale):
     assert scaled.max_abs == pytest.approx(plain.max_abs * scale, rel=1e-12)
 
 
-EXTREME = st.sampled_from([0.0, 1e-40, -1e-40, 1e-45, 3e-38, 1.0, -1.0, 1e30, -1e30, 3.4e38, -3.4e38])
+EXTREME = st.sampled_from(
+    [0.0, 1e-40, -1e-40, 1e-45, 3e-38, 1.0, -1.0, 1e30, -1e30, 3.4e38, -3.4e38]
+)
 
 
 @FAST
-@given(t=arrays(np.float32, (6, 2), elements=EXTREME), r=arrays(np.float32, (6, 2), elements=EXTREME))
+@given(
+    t=arrays(np.float32, (6, 2), elements=EXTREME), r=arrays(np.float32, (6, 2), elements=EXTREME)
+)
 def test_extreme_float32_values_give_finite_gaps(t, r):
     acc = accumulate(t, r, [2, 4], classes=True)
     assert math.isfinite(acc.relative_l2) and acc.relative_l2 >= 0
@@ -373,12 +402,12 @@ def test_nonfinite_values_are_counted_and_left_out():
     t = np.array([[1.0, np.nan], [3.0, 5.0]])
     r_nan = r.copy()
     r_nan[0, 1] = np.nan
-    both = accumulate(t, r_nan, [2])        # NaN on both sides, same place
+    both = accumulate(t, r_nan, [2])  # NaN on both sides, same place
     assert both.nonfinite_train == 1 and both.nonfinite_ref == 1 and both.nonfinite_pairs == 0
     # the finite pairs are summed; the gap itself is unbounded, so no gate passes a NaN model
     assert math.sqrt(both.sq_diff / both.sq_ref) == pytest.approx(1.0 / math.sqrt(1 + 9 + 16))
     assert both.relative_l2 == math.inf
-    one = accumulate(t, r, [1, 1])          # NaN in training mode only: unbounded gap
+    one = accumulate(t, r, [1, 1])  # NaN in training mode only: unbounded gap
     assert one.nonfinite_pairs == 1 and one.relative_l2 == math.inf
     assert math.isfinite(one.max_abs)
 
@@ -394,10 +423,13 @@ def test_add_sums_accumulates_precomputed_parts():
 
 # ------------------------------------------------------------------- top-1
 
+
 def test_top1_multiclass_and_binary():
     s = np.array([[0.1, 0.7, 0.2], [3.0, -1.0, 2.0]])
     np.testing.assert_array_equal(top1(s), [1, 0])
-    np.testing.assert_array_equal(top1(np.array([[0.2], [0.6], [0.5]])), [0, 1, 0])   # probabilities at 0.5
+    np.testing.assert_array_equal(
+        top1(np.array([[0.2], [0.6], [0.5]])), [0, 1, 0]
+    )  # probabilities at 0.5
     np.testing.assert_array_equal(top1(np.array([[-0.2], [0.6], [2.0]])), [0, 1, 1])  # logits at 0
     np.testing.assert_array_equal(top1(np.array([0.4, 0.45]), threshold=0.42), [0, 1])
     assert binary_threshold(np.array([0.0, 1.0])) == 0.5
@@ -405,8 +437,11 @@ def test_top1_multiclass_and_binary():
     assert binary_threshold(np.array([0.2, np.nan])) == 0.5  # NaN does not decide the reading
 
 
-SCORES = st.integers(1, 10).flatmap(lambda n: st.tuples(
-    arrays(np.float64, (n, 4), elements=OUTPUTS), arrays(np.float64, (n, 4), elements=OUTPUTS)))
+SCORES = st.integers(1, 10).flatmap(
+    lambda n: st.tuples(
+        arrays(np.float64, (n, 4), elements=OUTPUTS), arrays(np.float64, (n, 4), elements=OUTPUTS)
+    )
+)
 
 
 @FAST
@@ -422,8 +457,14 @@ def test_top1_agreement_is_symmetric_and_equals_numpy(pair, cuts):
 
 
 @FAST
-@given(pair=st.integers(1, 10).flatmap(lambda n: st.tuples(
-    arrays(np.float64, (n, 1), elements=st.floats(0, 1)), arrays(np.float64, (n, 1), elements=st.floats(0, 1)))))
+@given(
+    pair=st.integers(1, 10).flatmap(
+        lambda n: st.tuples(
+            arrays(np.float64, (n, 1), elements=st.floats(0, 1)),
+            arrays(np.float64, (n, 1), elements=st.floats(0, 1)),
+        )
+    )
+)
 def test_binary_probability_agreement_is_symmetric(pair):
     t, r = pair
     ab = accumulate(t, r, [len(t)], classes=True).top1_agreement
@@ -451,8 +492,14 @@ def test_binary_reading_comes_from_both_modes():
 
 
 @FAST
-@given(pair=st.integers(1, 10).flatmap(lambda n: st.tuples(
-    arrays(np.float64, (n, 1), elements=st.floats(-2, 2)), arrays(np.float64, (n, 1), elements=st.floats(-2, 2)))))
+@given(
+    pair=st.integers(1, 10).flatmap(
+        lambda n: st.tuples(
+            arrays(np.float64, (n, 1), elements=st.floats(-2, 2)),
+            arrays(np.float64, (n, 1), elements=st.floats(-2, 2)),
+        )
+    )
+)
 def test_binary_agreement_is_symmetric_for_any_scores(pair):
     t, r = pair
     ab = accumulate(t, r, [len(t)], classes=True)
@@ -474,8 +521,13 @@ def test_no_classes_no_agreement():
 
 # -------------------------------------------------------- degenerate inputs
 
+
 @FAST
-@given(value=EXTREME, shape=st.tuples(st.integers(1, 8), st.integers(1, 4), st.integers(1, 3)), cuts=CUTS)
+@given(
+    value=EXTREME,
+    shape=st.tuples(st.integers(1, 8), st.integers(1, 4), st.integers(1, 3)),
+    cuts=CUTS,
+)
 def test_constant_data_has_zero_variance_and_finite_moments(value, shape, cuts):
     x = np.full(shape, float(value))
     acc = stream(*per_example(x), cut(shape[0], cuts))
@@ -498,6 +550,7 @@ def test_huge_and_tiny_spreads_stay_finite():
 
 
 # ------------------------------------------------------------ robust_summary
+
 
 def test_robust_summary_equals_numpy_on_finite_values():
     v = np.array([3.0, np.nan, 1.0, np.inf, 2.0, -np.inf, 10.0])

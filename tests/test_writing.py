@@ -101,9 +101,14 @@ def test_permission_error_in_fill_is_a_bngap_error(tmp_path):
 
 def test_suffix_of_the_temporary(tmp_path):
     names = []
-    replace_atomic(tmp_path / "model.keras", lambda tmp: (names.append(tmp.name), tmp.write_bytes(b"k")))
-    replace_atomic(tmp_path / "model.h5", lambda tmp: (names.append(tmp.name), tmp.write_bytes(b"h")),
-                   suffix=".tmp.h5")
+    replace_atomic(
+        tmp_path / "model.keras", lambda tmp: (names.append(tmp.name), tmp.write_bytes(b"k"))
+    )
+    replace_atomic(
+        tmp_path / "model.h5",
+        lambda tmp: (names.append(tmp.name), tmp.write_bytes(b"h")),
+        suffix=".tmp.h5",
+    )
     # Keras picks the format from the suffix, so the temporary keeps it; and
     # it is a hidden file, so a half-written one is not mistaken for output.
     assert names[0].startswith(".") and names[0].endswith(".keras")
@@ -182,28 +187,45 @@ def test_written_files_get_ordinary_permissions(tmp_path):
 
 # ------------------------------------------------------------ report files
 
+
 def test_plan_outputs_reads_the_format_from_the_extension(tmp_path):
     from bngap.writing import plan_outputs
 
     names = ["r.json", "r.MD", "r.html", "r.htm", "r.xml", "r.txt", "r.markdown", "r.log"]
-    plan = plan_outputs([tmp_path / n for n in names], ("json", "markdown", "html", "junit", "text"),
-                        default="json")
-    assert [f for _, f in plan] == ["json", "markdown", "html", "html", "junit", "text", "markdown", "json"]
+    plan = plan_outputs(
+        [tmp_path / n for n in names], ("json", "markdown", "html", "junit", "text"), default="json"
+    )
+    assert [f for _, f in plan] == [
+        "json",
+        "markdown",
+        "html",
+        "html",
+        "junit",
+        "text",
+        "markdown",
+        "json",
+    ]
 
 
-@pytest.mark.parametrize("paths,message", [
-    (["r.log"], "--output {d}/r.log: cannot write this extension here; use one of .json, .txt"),
-    (["r.xml"], "--output {d}/r.xml: cannot write a junit report here; use one of .json, .txt"),
-    (["r.json", "./r.json"], "--output {d}/./r.json is given twice"),
-    (["model.keras.json"], "--output {d}/model.keras.json is one of the inputs"),
-    (["missing/r.json"], "cannot write {d}/missing/r.json: folder {d}/missing does not exist"),
-])
+@pytest.mark.parametrize(
+    "paths,message",
+    [
+        (["r.log"], "--output {d}/r.log: cannot write this extension here; use one of .json, .txt"),
+        (["r.xml"], "--output {d}/r.xml: cannot write a junit report here; use one of .json, .txt"),
+        (["r.json", "./r.json"], "--output {d}/./r.json is given twice"),
+        (["model.keras.json"], "--output {d}/model.keras.json is one of the inputs"),
+        (["missing/r.json"], "cannot write {d}/missing/r.json: folder {d}/missing does not exist"),
+    ],
+)
 def test_plan_outputs_refuses_before_any_work(tmp_path, paths, message):
     from bngap.writing import plan_outputs
 
     with pytest.raises(BngapError) as e:
-        plan_outputs([f"{tmp_path}/{p}" for p in paths], ("json", "text"),
-                     inputs=(tmp_path / "model.keras.json", None))
+        plan_outputs(
+            [f"{tmp_path}/{p}" for p in paths],
+            ("json", "text"),
+            inputs=(tmp_path / "model.keras.json", None),
+        )
     assert str(e.value).startswith(message.format(d=tmp_path))
     assert listing(tmp_path) == []
 
@@ -220,11 +242,15 @@ def test_write_outputs_renders_everything_before_writing(tmp_path):
     def broken(subject):
         raise ZeroDivisionError("renderer bug")
 
-    plan = plan_outputs([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.txt"], ("json", "text"))
+    plan = plan_outputs(
+        [tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.txt"], ("json", "text")
+    )
     (tmp_path / "a.json").write_text("old")
     with pytest.raises(ZeroDivisionError):
         write_outputs("report", plan, {"json": ok, "text": broken})
-    assert (tmp_path / "a.json").read_text() == "old" and listing(tmp_path) == ["a.json"]  # nothing written
+    assert (tmp_path / "a.json").read_text() == "old" and listing(tmp_path) == [
+        "a.json"
+    ]  # nothing written
     written = write_outputs("report", plan, {"json": ok, "text": lambda s: "text\n"})
     assert written == [tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.txt"]
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text() == "report\n"

@@ -27,12 +27,20 @@ def images(rng, n=64, size=8, mean=2.0, std=3.0):
 
 def conv_bn(name="conv_bn", momentum=0.99) -> keras.Model:
     """Conv-BN-ReLU x2, global pooling, dropout, softmax."""
-    return keras.Sequential([
-        keras.Input((8, 8, 3)),
-        L.Conv2D(8, 3, name="conv1"), L.BatchNormalization(momentum=momentum, name="bn1"), L.ReLU(),
-        L.Conv2D(8, 3, name="conv2"), L.BatchNormalization(momentum=momentum, name="bn2"), L.ReLU(),
-        L.GlobalAveragePooling2D(), L.Dense(3, activation="softmax", name="head"),
-    ], name=name)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            L.Conv2D(8, 3, name="conv1"),
+            L.BatchNormalization(momentum=momentum, name="bn1"),
+            L.ReLU(),
+            L.Conv2D(8, 3, name="conv2"),
+            L.BatchNormalization(momentum=momentum, name="bn2"),
+            L.ReLU(),
+            L.GlobalAveragePooling2D(),
+            L.Dense(3, activation="softmax", name="head"),
+        ],
+        name=name,
+    )
 
 
 def under_trained():
@@ -60,9 +68,15 @@ def dropout_only():
     rng = _seed(3)
     x = rng.normal(0, 1, (128, 10)).astype("float32")
     y = (x[:, 0] + x[:, 1] > 0).astype("int64")
-    m = keras.Sequential([keras.Input((10,)), L.Dense(32, activation="relu", name="d1"),
-                          L.Dropout(0.5, name="drop"), L.Dense(2, activation="softmax", name="out")],
-                         name="dropout_only")
+    m = keras.Sequential(
+        [
+            keras.Input((10,)),
+            L.Dense(32, activation="relu", name="d1"),
+            L.Dropout(0.5, name="drop"),
+            L.Dense(2, activation="softmax", name="out"),
+        ],
+        name="dropout_only",
+    )
     m.compile("adam", "sparse_categorical_crossentropy")
     m.fit(x, y, epochs=3, batch_size=32, verbose=0)
     return m, x, y
@@ -87,8 +101,15 @@ def nested():
     h = L.ReLU()(h)
     h = L.GlobalAveragePooling2D()(h)
     base = keras.Model(inp, h, name="base")
-    m = keras.Sequential([keras.Input((8, 8, 3)), base, L.Dropout(0.2, name="drop"),
-                          L.Dense(3, activation="softmax", name="head")], name="nested")
+    m = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            base,
+            L.Dropout(0.2, name="drop"),
+            L.Dense(3, activation="softmax", name="head"),
+        ],
+        name="nested",
+    )
     m.compile("adam", "sparse_categorical_crossentropy")
     m.fit(x, y, epochs=2, batch_size=32, verbose=0)
     return m, x, y
@@ -123,13 +144,25 @@ def healthy():
     fresh data from the same distribution: nothing should be flagged."""
     rng = _seed(6)
     w = rng.normal(0, 1, (12, 3))
+
     def draw(n):
         x = rng.normal(1.0, 2.0, (n, 12)).astype("float32")
         return x, np.argmax(x @ w, axis=1)
+
     x, y = draw(1024)
-    m = keras.Sequential([keras.Input((12,)), L.Dense(24, name="d1"), L.BatchNormalization(momentum=0.9, name="bn1"),
-                          L.ReLU(), L.Dense(16, name="d2"), L.BatchNormalization(momentum=0.9, name="bn2"),
-                          L.ReLU(), L.Dense(3, activation="softmax", name="out")], name="healthy")
+    m = keras.Sequential(
+        [
+            keras.Input((12,)),
+            L.Dense(24, name="d1"),
+            L.BatchNormalization(momentum=0.9, name="bn1"),
+            L.ReLU(),
+            L.Dense(16, name="d2"),
+            L.BatchNormalization(momentum=0.9, name="bn2"),
+            L.ReLU(),
+            L.Dense(3, activation="softmax", name="out"),
+        ],
+        name="healthy",
+    )
     m.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     m.fit(x, y, epochs=10, batch_size=32, verbose=0)
     # A last epoch at a tiny learning rate lets the moving statistics catch up
@@ -144,9 +177,16 @@ def augmentation():
     """Random flips and a conv head, no BN: augmentation is the only cause."""
     rng = _seed(7)
     x, y = images(rng, mean=0.0, std=1.0)
-    m = keras.Sequential([keras.Input((8, 8, 3)), L.RandomFlip("horizontal_and_vertical", name="flip"),
-                          L.Conv2D(4, 3, name="conv"), L.GlobalAveragePooling2D(),
-                          L.Dense(3, name="out")], name="augmented")
+    m = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            L.RandomFlip("horizontal_and_vertical", name="flip"),
+            L.Conv2D(4, 3, name="conv"),
+            L.GlobalAveragePooling2D(),
+            L.Dense(3, name="out"),
+        ],
+        name="augmented",
+    )
     return m, x, y
 
 
@@ -176,8 +216,10 @@ def domain_shift():
     with the same pixel mean and variance: the conv features, and so the BN
     inputs, have different statistics."""
     rng = _seed(9)
+
     def white(n):
         return rng.normal(0, 1, (n, 8, 8, 3)).astype("float32"), rng.integers(0, 3, n)
+
     x, y = white(512)
     m = conv_bn("domain_shift", momentum=0.9)
     m.compile("adam", "sparse_categorical_crossentropy")
@@ -207,6 +249,7 @@ class AlwaysTrainingBlock(L.Layer):
 def mode_leak():
     rng = _seed(10)
     x = rng.normal(1.0, 2.0, (64, 6)).astype("float32")
-    m = keras.Sequential([keras.Input((6,)), AlwaysTrainingBlock(name="block"), L.Dense(2, name="out")],
-                         name="leaky")
+    m = keras.Sequential(
+        [keras.Input((6,)), AlwaysTrainingBlock(name="block"), L.Dense(2, name="out")], name="leaky"
+    )
     return m, x, None

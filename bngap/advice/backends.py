@@ -10,9 +10,14 @@ from ..vocabulary import Cause, Severity
 from .common import fmt
 
 
-def backend_divergence(runs: Sequence[BackendRun], diverged: dict[str, list[str]], *,
-                       tolerance: tuple[float, float], dtype: str,
-                       keras_version: str | None) -> Finding | None:
+def backend_divergence(
+    runs: Sequence[BackendRun],
+    diverged: dict[str, list[str]],
+    *,
+    tolerance: tuple[float, float],
+    dtype: str,
+    keras_version: str | None,
+) -> Finding | None:
     """A `backend_divergence` finding when a backend's inference outputs, its
     outputs with BN in training mode, or its BN gap differ from the first
     backend's beyond float tolerance; None when they all agree.
@@ -30,54 +35,97 @@ def backend_divergence(runs: Sequence[BackendRun], diverged: dict[str, list[str]
         what = diverged[r.backend]
         bits = []
         if "inference" in what:
-            bits.append(f"inference outputs differ by max |diff| {fmt(r.max_abs_vs_first)} "
-                        f"(relative L2 {fmt(r.relative_l2_vs_first)})")
+            bits.append(
+                f"inference outputs differ by max |diff| {fmt(r.max_abs_vs_first)} "
+                f"(relative L2 {fmt(r.relative_l2_vs_first)})"
+            )
             fail |= (r.relative_l2_vs_first or 0.0) > 1e-3
         if "training" in what:
-            bits.append("with BatchNormalization in training mode, outputs differ by relative L2 "
-                        f"{fmt(r.training_relative_l2_vs_first)}")
+            bits.append(
+                "with BatchNormalization in training mode, outputs differ by relative L2 "
+                f"{fmt(r.training_relative_l2_vs_first)}"
+            )
             fail |= (r.training_relative_l2_vs_first or 0.0) > 1e-2
         if "gap" in what:
-            bits.append(f"the BatchNormalization gap is {fmt(r.batchnorm_gap)} against "
-                        f"{fmt(ref.batchnorm_gap)}")
+            bits.append(
+                f"the BatchNormalization gap is {fmt(r.batchnorm_gap)} against "
+                f"{fmt(ref.batchnorm_gap)}"
+            )
             fail |= abs((r.batchnorm_gap or 0.0) - (ref.batchnorm_gap or 0.0)) > 0.05
         where = ""
         if r.first_divergent_layer:
-            where = (f"; the first layer where they part: {r.first_divergent_layer} "
-                     f"({r.first_divergent_mode} mode, relative L2 {fmt(r.first_divergent_relative_l2)})")
+            where = (
+                f"; the first layer where they part: {r.first_divergent_layer} "
+                f"({r.first_divergent_mode} mode, relative L2 {fmt(r.first_divergent_relative_l2)})"
+            )
         parts.append(f"on {r.backend}, " + "; ".join(bits) + where)
-    worst = max(bad, key=lambda r: (r.relative_l2_vs_first or 0.0, r.training_relative_l2_vs_first or 0.0))
-    versions = ", ".join(([f"keras {keras_version}"] if keras_version else [])
-                         + [f"{r.backend} {r.version}" for r in runs if r.version])
+    worst = max(
+        bad, key=lambda r: (r.relative_l2_vs_first or 0.0, r.training_relative_l2_vs_first or 0.0)
+    )
+    versions = ", ".join(
+        ([f"keras {keras_version}"] if keras_version else [])
+        + [f"{r.backend} {r.version}" for r in runs if r.version]
+    )
     layer = worst.first_divergent_layer
-    message = (f"The Keras backends disagree beyond {dtype} rounding (tolerance {tolerance[0]:g} of "
-               f"the largest output in inference mode, {tolerance[1]:g} in training mode) against "
-               f"{ref.backend}: " + ". ".join(parts) + ". The same file and data give different "
-               "numbers depending on the backend, so part of what this report says may come from "
-               "the backend, not from the model.")
-    variance = next((r for r in bad if r.backend == "torch" and r.first_divergent_mode == "training"
-                     and r.first_divergent_class == "BatchNormalization"), None)
+    message = (
+        f"The Keras backends disagree beyond {dtype} rounding (tolerance {tolerance[0]:g} of "
+        f"the largest output in inference mode, {tolerance[1]:g} in training mode) against "
+        f"{ref.backend}: " + ". ".join(parts) + ". The same file and data give different "
+        "numbers depending on the backend, so part of what this report says may come from "
+        "the backend, not from the model."
+    )
+    variance = next(
+        (
+            r
+            for r in bad
+            if r.backend == "torch"
+            and r.first_divergent_mode == "training"
+            and r.first_divergent_class == "BatchNormalization"
+        ),
+        None,
+    )
     if variance is not None:
-        message += (f" Likely why: Keras' PyTorch backend computes a batch's variance as "
-                    f"E[x^2] - E[x]^2, which in {dtype} loses the spread when the mean is large "
-                    f"against it; the other backends subtract the mean first.")
+        message += (
+            f" Likely why: Keras' PyTorch backend computes a batch's variance as "
+            f"E[x^2] - E[x]^2, which in {dtype} loses the spread when the mean is large "
+            f"against it; the other backends subtract the mean first."
+        )
     names = ",".join(r.backend for r in [ref] + bad)
-    remedy = (f"Trust the numbers of the backend the model was trained on for now. Report it to "
-              f"Keras (github.com/keras-team/keras/issues) with: the output of `bngap check MODEL "
-              f"DATA --backends {names} --format markdown`; the versions ({versions}); "
-              + (f"a minimal reproduction with layer {layer} alone, called on the same input on "
-                 f"each backend ({worst.first_divergent_mode} mode); " if layer else
-                 "the model file or a minimal model that shows it; ")
-              + "and the inputs (a few samples are enough)."
-              + (f" Meanwhile, centre and scale the input of {variance.first_divergent_layer} (e.g. "
-                 "a Normalization layer adapted to the data before it): with a mean near zero "
-                 "the variance keeps its precision." if variance is not None else ""))
-    evidence = {r.backend: {"diverged": list(diverged.get(r.backend, [])),
-                            "max_abs_vs_first": r.max_abs_vs_first,
-                            "relative_l2_vs_first": r.relative_l2_vs_first,
-                            "training_relative_l2_vs_first": r.training_relative_l2_vs_first,
-                            "batchnorm_gap": r.batchnorm_gap,
-                            "first_divergent_layer": r.first_divergent_layer} for r in runs}
-    return Finding(Cause.BACKEND_DIVERGENCE, Severity.FAIL if fail else Severity.WARN, layer,
-                   message, remedy, evidence)
-
+    remedy = (
+        f"Trust the numbers of the backend the model was trained on for now. Report it to "
+        f"Keras (github.com/keras-team/keras/issues) with: the output of `bngap check MODEL "
+        f"DATA --backends {names} --format markdown`; the versions ({versions}); "
+        + (
+            f"a minimal reproduction with layer {layer} alone, called on the same input on "
+            f"each backend ({worst.first_divergent_mode} mode); "
+            if layer
+            else "the model file or a minimal model that shows it; "
+        )
+        + "and the inputs (a few samples are enough)."
+        + (
+            f" Meanwhile, centre and scale the input of {variance.first_divergent_layer} (e.g. "
+            "a Normalization layer adapted to the data before it): with a mean near zero "
+            "the variance keeps its precision."
+            if variance is not None
+            else ""
+        )
+    )
+    evidence = {
+        r.backend: {
+            "diverged": list(diverged.get(r.backend, [])),
+            "max_abs_vs_first": r.max_abs_vs_first,
+            "relative_l2_vs_first": r.relative_l2_vs_first,
+            "training_relative_l2_vs_first": r.training_relative_l2_vs_first,
+            "batchnorm_gap": r.batchnorm_gap,
+            "first_divergent_layer": r.first_divergent_layer,
+        }
+        for r in runs
+    }
+    return Finding(
+        Cause.BACKEND_DIVERGENCE,
+        Severity.FAIL if fail else Severity.WARN,
+        layer,
+        message,
+        remedy,
+        evidence,
+    )

@@ -13,8 +13,8 @@ from ..vocabulary import Cause, FitMode, Group, Kind, Severity
 from .common import FIX_HINT, NOTABLE_GAP, SMALL_BATCH, bn_count, fmt, name_list, verb
 
 NOT_CONVERGED_SHARE = 0.1  # initial values still this large a share of the statistics
-DRIFTED_SHARE = 0.5        # ... or, next to such layers, mostly initial values
-BATCH_NOISE_EXCESS = 0.3   # own contribution beyond what the statistics explain
+DRIFTED_SHARE = 0.5  # ... or, next to such layers, mostly initial values
+BATCH_NOISE_EXCESS = 0.3  # own contribution beyond what the statistics explain
 
 
 def _worst(sev: Sequence[Severity]) -> Severity:
@@ -35,88 +35,123 @@ def _updates_to_forget(momentum: float, left: float = 0.01) -> int:
 def _convergence_remedy(momentum: float) -> str:
     now = _updates_to_forget(momentum)
     if momentum > 0.9:
-        lower = (f"lower the BatchNormalization momentum (at {momentum:g} the statistics need "
-                 f"about {now} updates to leave their start behind; at 0.9, about "
-                 f"{_updates_to_forget(0.9)})")
+        lower = (
+            f"lower the BatchNormalization momentum (at {momentum:g} the statistics need "
+            f"about {now} updates to leave their start behind; at 0.9, about "
+            f"{_updates_to_forget(0.9)})"
+        )
     else:
         lower = f"keep training (at momentum {momentum:g} they need about {now} updates)"
-    return (f"Train for more steps, {lower}, or re-estimate the statistics on your data: "
-            f"{FIX_HINT}.")
+    return f"Train for more steps, {lower}, or re-estimate the statistics on your data: {FIX_HINT}."
 
 
 def _describe_bn(r: BatchNormRecord) -> str:
-    return (f"{r.path}: median |z| {fmt(r.median_abs_z, 2)}, median |log2 variance ratio| "
-            f"{fmt(r.median_abs_log2_var_ratio, 2)}, expected local gap {fmt(r.expected_local_gap, 2)}")
+    return (
+        f"{r.path}: median |z| {fmt(r.median_abs_z, 2)}, median |log2 variance ratio| "
+        f"{fmt(r.median_abs_log2_var_ratio, 2)}, expected local gap {fmt(r.expected_local_gap, 2)}"
+    )
 
 
-def _never_updated_in_fit(never: Sequence[BatchNormRecord], layers: Sequence[LayerRecord],
-                          fit_call) -> tuple[str, str] | None:
+def _never_updated_in_fit(
+    never: Sequence[BatchNormRecord], layers: Sequence[LayerRecord], fit_call
+) -> tuple[str, str] | None:
     """(message tail, remedy) when fit() itself runs these BN layers in
     inference mode because of how it calls the model (so it never updated
     them): both modes are wrong, and the model's call() signature is the fix."""
     if fit_call is None:
         return None
     by_path = {r.path: r for r in layers}
-    held = [r for r in never if (rec := by_path.get(r.path)) is not None and r.trainable
-            and rec.fit_mode is FitMode.INFERENCE and rec.fit_training is None]
+    held = [
+        r
+        for r in never
+        if (rec := by_path.get(r.path)) is not None
+        and r.trainable
+        and rec.fit_mode is FitMode.INFERENCE
+        and rec.fit_training is None
+    ]
     if not held or len(held) < len(never):
         return None
     cls = fit_call.model_class
     if not fit_call.passes_training:
-        why = (f"fit() calls {cls}(x) without `training`, because {cls}.call() has no `training` "
-               "argument, so these layers (and Dropout) run in inference mode in fit() too and "
-               "their statistics are never updated. Both modes are wrong alike: fit() and "
-               "evaluate() agree, and both normalise with the initial statistics instead of your "
-               "data's")
-        fix = (f"Give {cls}.call a training argument and pass it on: `def call(self, x, "
-               "training=None):` and `self.bn(h, training=training)` for every sub-layer or "
-               "sub-model that takes it; then train again, so that fit() runs in training mode "
-               f"and updates the statistics. To repair this model's statistics without "
-               f"retraining: {FIX_HINT}.")
+        why = (
+            f"fit() calls {cls}(x) without `training`, because {cls}.call() has no `training` "
+            "argument, so these layers (and Dropout) run in inference mode in fit() too and "
+            "their statistics are never updated. Both modes are wrong alike: fit() and "
+            "evaluate() agree, and both normalise with the initial statistics instead of your "
+            "data's"
+        )
+        fix = (
+            f"Give {cls}.call a training argument and pass it on: `def call(self, x, "
+            "training=None):` and `self.bn(h, training=training)` for every sub-layer or "
+            "sub-model that takes it; then train again, so that fit() runs in training mode "
+            f"and updates the statistics. To repair this model's statistics without "
+            f"retraining: {FIX_HINT}."
+        )
     elif fit_call.stateless:
-        why = (f"On JAX, fit() runs {cls} through stateless_call, which in this Keras version "
-               f"does not hand training=True to layers that {cls}.call() calls without it: these "
-               "layers run in inference mode in fit() and their statistics are never updated. "
-               "Both modes are wrong alike")
-        fix = (f"In {cls}.call, pass training on explicitly: `self.bn(h, training=training)`; "
-               f"or upgrade Keras; then train again. To repair the statistics now: {FIX_HINT}.")
+        why = (
+            f"On JAX, fit() runs {cls} through stateless_call, which in this Keras version "
+            f"does not hand training=True to layers that {cls}.call() calls without it: these "
+            "layers run in inference mode in fit() and their statistics are never updated. "
+            "Both modes are wrong alike"
+        )
+        fix = (
+            f"In {cls}.call, pass training on explicitly: `self.bn(h, training=training)`; "
+            f"or upgrade Keras; then train again. To repair the statistics now: {FIX_HINT}."
+        )
     else:
         return None
     return why, fix
 
 
-def _never_updated(batchnorm: Sequence[BatchNormRecord], flagged: list[BatchNormRecord],
-                   bn_gap: float, layers: Sequence[LayerRecord], fit_call=None) -> Finding | None:
+def _never_updated(
+    batchnorm: Sequence[BatchNormRecord],
+    flagged: list[BatchNormRecord],
+    bn_gap: float,
+    layers: Sequence[LayerRecord],
+    fit_call=None,
+) -> Finding | None:
     never = [r for r in batchnorm if r.never_updated]
     never_flagged = [r for r in never if r in flagged]
     if not never_flagged:
         return None
     first = never_flagged[0]
-    sev = Severity.FAIL if (_worst([r.severity for r in never_flagged]) is Severity.FAIL
-                            or bn_gap >= NOTABLE_GAP) else Severity.WARN
+    sev = (
+        Severity.FAIL
+        if (_worst([r.severity for r in never_flagged]) is Severity.FAIL or bn_gap >= NOTABLE_GAP)
+        else Severity.WARN
+    )
     evidence = {"layers": [r.path for r in never], "flagged": [r.path for r in never_flagged]}
-    where = (f"first: {first.path}, whose input has median |mean| {fmt(first.data_mean_abs, 2)} "
-             f"and median std {fmt(first.data_std, 2)}")
+    where = (
+        f"first: {first.path}, whose input has median |mean| {fmt(first.data_mean_abs, 2)} "
+        f"and median std {fmt(first.data_std, 2)}"
+    )
     in_fit = _never_updated_in_fit(never, layers, fit_call)
     if in_fit is not None:  # fit() itself ran them in inference mode
         why, remedy = in_fit
-        message = (f"{len(never)} of {len(batchnorm)} BatchNormalization layers still hold their "
-                   f"initial moving statistics ({_initial(first)}). {why} ({where}).")
+        message = (
+            f"{len(never)} of {len(batchnorm)} BatchNormalization layers still hold their "
+            f"initial moving statistics ({_initial(first)}). {why} ({where})."
+        )
         evidence.update(fit_call=fit_call.expression, model_class=fit_call.model_class)
     else:
-        message = (f"{len(never)} of {len(batchnorm)} BatchNormalization layers still hold their "
-                   f"initial moving statistics ({_initial(first)}): they were never updated. In "
-                   f"inference mode they normalise with those instead of your data's statistics "
-                   f"({where}).")
-        remedy = ("If you train with a custom loop, call the model with training=True in the "
-                  "training step so BatchNormalization updates its statistics; if the model was "
-                  "never trained, train it. To repair this model without retraining, re-estimate "
-                  f"them: {FIX_HINT}.")
+        message = (
+            f"{len(never)} of {len(batchnorm)} BatchNormalization layers still hold their "
+            f"initial moving statistics ({_initial(first)}): they were never updated. In "
+            f"inference mode they normalise with those instead of your data's statistics "
+            f"({where})."
+        )
+        remedy = (
+            "If you train with a custom loop, call the model with training=True in the "
+            "training step so BatchNormalization updates its statistics; if the model was "
+            "never trained, train it. To repair this model without retraining, re-estimate "
+            f"them: {FIX_HINT}."
+        )
     return Finding(Cause.STATS_NEVER_UPDATED, sev, first.path, message, remedy, evidence)
 
 
-def _preprocessing(preprocessing: PreprocessingProbe | None,
-                   flagged: list[BatchNormRecord]) -> Finding | None:
+def _preprocessing(
+    preprocessing: PreprocessingProbe | None, flagged: list[BatchNormRecord]
+) -> Finding | None:
     p = preprocessing
     if p is None or not p.best:
         return None
@@ -124,18 +159,29 @@ def _preprocessing(preprocessing: PreprocessingProbe | None,
     first = flagged[0] if flagged else None
     sev = first.severity if first is not None else Severity.WARN
     return Finding(
-        Cause.PREPROCESSING_MISMATCH, sev, p.layers[0] if p.layers else None,
+        Cause.PREPROCESSING_MISMATCH,
+        sev,
+        p.layers[0] if p.layers else None,
         f"The first BatchNormalization layers ({name_list(p.layers)}) see inputs unlike those "
         f"they were trained on (mean expected local gap {fmt(p.baseline_gap, 2)}); after the "
         f"transform `{p.best}` they match (gap {fmt(best_gap, 2)}). Your inputs range "
         f"{fmt(p.input_min, 3)}..{fmt(p.input_max, 3)}: the model was most likely trained "
         f"on inputs preprocessed as `{p.best}`.",
         f"Apply the preprocessing used in training before predicting (here: {p.best}"
-        + (f"; for an image folder: --preprocess {PREPROCESS_FLAG[p.best]}" if p.best in PREPROCESS_FLAG else "")
+        + (
+            f"; for an image folder: --preprocess {PREPROCESS_FLAG[p.best]}"
+            if p.best in PREPROCESS_FLAG
+            else ""
+        )
         + "); for keras.applications models use the family's preprocess_input. Everything "
         "downstream of the first layers will then see the statistics it expects.",
-        {"transform": p.best, "baseline_gap": p.baseline_gap, "gap_after": best_gap,
-         "candidates": dict(p.candidates), "layers": [r.path for r in flagged]},
+        {
+            "transform": p.best,
+            "baseline_gap": p.baseline_gap,
+            "gap_after": best_gap,
+            "candidates": dict(p.candidates),
+            "layers": [r.path for r in flagged],
+        },
     )
 
 
@@ -143,33 +189,48 @@ def _both_modes_alike(group: Sequence[BatchNormRecord]) -> str | None:
     """Why these layers cause no fit/evaluate gap, when they do not: frozen, or
     renorm without clipping (both modes use stored statistics)."""
     if all(not r.trainable for r in group):
-        return ("These layers are frozen (trainable=False), so fit() uses these statistics too: "
-                "expect poor results in both modes rather than a gap. ")
+        return (
+            "These layers are frozen (trainable=False), so fit() uses these statistics too: "
+            "expect poor results in both modes rather than a gap. "
+        )
     if all(r.renorm for r in group):
-        return ("These layers use batch renormalization: training mode normalises with the "
-                "renorm statistics (within the clipping bounds, if any) and inference mode with "
-                "the moving ones, not with each batch's own, so expect both modes to be wrong "
-                f"alike rather than fit() looking fine{_renorm_gaps(group[0])}. ")
+        return (
+            "These layers use batch renormalization: training mode normalises with the "
+            "renorm statistics (within the clipping bounds, if any) and inference mode with "
+            "the moving ones, not with each batch's own, so expect both modes to be wrong "
+            f"alike rather than fit() looking fine{_renorm_gaps(group[0])}. "
+        )
     return None
 
 
 def _renorm_gaps(r: BatchNormRecord) -> str:
     if r.training_stats_gap is None:
         return ""
-    return (f" ({r.path}: expected local gap {fmt(r.training_stats_gap, 2)} for the renorm "
-            f"statistics training mode uses, {fmt(r.expected_local_gap, 2)} for the moving ones)")
+    return (
+        f" ({r.path}: expected local gap {fmt(r.training_stats_gap, 2)} for the renorm "
+        f"statistics training mode uses, {fmt(r.expected_local_gap, 2)} for the moving ones)"
+    )
 
 
 def _not_converged(flagged: list[BatchNormRecord], explained: set[str]) -> Finding | None:
-    not_conv = [r for r in flagged if r.path not in explained and r.init_fraction is not None
-                and r.init_fraction >= NOT_CONVERGED_SHARE]
+    not_conv = [
+        r
+        for r in flagged
+        if r.path not in explained
+        and r.init_fraction is not None
+        and r.init_fraction >= NOT_CONVERGED_SHARE
+    ]
     if not not_conv:
         return None
     # Deeper layers saw the same few updates, but under weights that kept
     # changing, so their channels agree less; mostly-initial ones belong here.
     clean = {r.path for r in not_conv}
-    not_conv = [r for r in flagged if r.path not in explained and (
-        r.path in clean or (r.init_share_estimate or 0.0) >= DRIFTED_SHARE)]
+    not_conv = [
+        r
+        for r in flagged
+        if r.path not in explained
+        and (r.path in clean or (r.init_share_estimate or 0.0) >= DRIFTED_SHARE)
+    ]
     # The first clean layer's estimate is the best: deeper layers' inputs
     # drifted while their statistics were being accumulated.
     first = next(r for r in not_conv if r.path in clean)
@@ -183,16 +244,23 @@ def _not_converged(flagged: list[BatchNormRecord], explained: set[str]) -> Findi
     spread = f"; {lo:.0%} to {hi:.0%} across them" if len(not_conv) > 1 and hi - lo >= 0.05 else ""
     upd = first.estimated_updates
     n_upd = max(round(upd), 1) if upd is not None else None
-    upd_txt = f"about {n_upd} update{'s' if n_upd != 1 else ''}" if n_upd is not None else "few updates"
+    upd_txt = (
+        f"about {n_upd} update{'s' if n_upd != 1 else ''}" if n_upd is not None else "few updates"
+    )
     momenta = sorted({r.momentum for r in not_conv})
     alike = _both_modes_alike(not_conv)
     return Finding(
-        Cause.STATS_NOT_CONVERGED, _worst([r.severity for r in not_conv]), not_conv[0].path,
+        Cause.STATS_NOT_CONVERGED,
+        _worst([r.severity for r in not_conv]),
+        not_conv[0].path,
         f"{bn_count(len(not_conv))} {verb(len(not_conv), 'has', 'have')} moving statistics that are still "
         f"{share:.0%} their initial values ({_initial(first)}{spread}): {upd_txt} at momentum "
         f"{', '.join(f'{m:g}' for m in momenta)}, too few to reach your data's statistics. "
-        + (alike or "In training mode each batch is normalised by its own statistics, so fit() "
-           "looks fine while evaluate() and predict() on the same data do not. ")
+        + (
+            alike
+            or "In training mode each batch is normalised by its own statistics, so fit() "
+            "looks fine while evaluate() and predict() on the same data do not. "
+        )
         + f"First: {_describe_bn(first)}.",
         _convergence_remedy(max(momenta)),
         {"layers": [r.path for r in not_conv], "init_fraction": share, "estimated_updates": upd},
@@ -210,58 +278,85 @@ def _overridden(shifted: Sequence[BatchNormRecord], layers_by_path: dict) -> lis
     return out
 
 
-def _domain_shift(flagged: list[BatchNormRecord], explained: set[str],
-                  layers_by_path: dict) -> Finding | None:
+def _domain_shift(
+    flagged: list[BatchNormRecord], explained: set[str], layers_by_path: dict
+) -> Finding | None:
     shifted = [r for r in flagged if r.path not in explained]
     if not shifted:
         return None
     first = shifted[0]
     frozen = [r for r in shifted if not r.trainable]
     overridden = _overridden(shifted, layers_by_path)
-    msg = (f"{bn_count(len(shifted))} {verb(len(shifted), 'has', 'have')} moving statistics that do not "
-           f"describe this data, although they are not initial values: they were estimated on "
-           f"data with a different distribution (pretrained statistics, or a different "
-           f"dataset). First: {_describe_bn(first)}.")
+    msg = (
+        f"{bn_count(len(shifted))} {verb(len(shifted), 'has', 'have')} moving statistics that do not "
+        f"describe this data, although they are not initial values: they were estimated on "
+        f"data with a different distribution (pretrained statistics, or a different "
+        f"dataset). First: {_describe_bn(first)}."
+    )
     if frozen:
-        msg += (f" {len(frozen)} of them are frozen (trainable=False): in Keras 3 a frozen "
-                "BatchNormalization layer uses its moving statistics in fit() as well, so it "
-                "causes no train/eval gap, only poor results in both modes.")
+        msg += (
+            f" {len(frozen)} of them are frozen (trainable=False): in Keras 3 a frozen "
+            "BatchNormalization layer uses its moving statistics in fit() as well, so it "
+            "causes no train/eval gap, only poor results in both modes."
+        )
     renorm = [r for r in shifted if r.renorm and r.trainable]
     if renorm:
-        msg += (f" {len(renorm)} of them use batch renormalization: training mode normalises with "
-                "the renorm statistics (within the clipping bounds, if any) and inference mode with "
-                "the moving ones, not with each batch's own, so expect both modes to be wrong alike "
-                f"rather than a gap{_renorm_gaps(renorm[0])}.")
+        msg += (
+            f" {len(renorm)} of them use batch renormalization: training mode normalises with "
+            "the renorm statistics (within the clipping bounds, if any) and inference mode with "
+            "the moving ones, not with each batch's own, so expect both modes to be wrong alike "
+            f"rather than a gap{_renorm_gaps(renorm[0])}."
+        )
     if overridden:
-        msg += (f" {bn_count(len(overridden))} ({name_list(overridden)}) sit in a sub-model called "
-                "with training=False, yet run in training mode in fit(): in this Keras version the "
-                "outer training=True reaches them, so training=False did not hold, and fit() "
-                "normalises their batches by their own statistics while evaluate() uses the "
-                "pretrained ones.")
-    remedy = ("Re-estimate the statistics on data like yours "
-              f"({FIX_HINT}), or fine-tune with the BatchNormalization layers in training mode "
-              "long enough for their statistics to follow; check that the data comes from the "
-              "distribution the model was trained on. ")
+        msg += (
+            f" {bn_count(len(overridden))} ({name_list(overridden)}) sit in a sub-model called "
+            "with training=False, yet run in training mode in fit(): in this Keras version the "
+            "outer training=True reaches them, so training=False did not hold, and fit() "
+            "normalises their batches by their own statistics while evaluate() uses the "
+            "pretrained ones."
+        )
+    remedy = (
+        "Re-estimate the statistics on data like yours "
+        f"({FIX_HINT}), or fine-tune with the BatchNormalization layers in training mode "
+        "long enough for their statistics to follow; check that the data comes from the "
+        "distribution the model was trained on. "
+    )
     if overridden:
-        remedy += ("To keep the pretrained statistics, set trainable=False on the base (or on "
-                   "its BatchNormalization layers): that is what holds a BN layer in inference "
-                   "mode in fit(); training=False in the call does not.")
+        remedy += (
+            "To keep the pretrained statistics, set trainable=False on the base (or on "
+            "its BatchNormalization layers): that is what holds a BN layer in inference "
+            "mode in fit(); training=False in the call does not."
+        )
     else:
-        remedy += ("To keep pretrained statistics while fine-tuning, freeze the BN layers "
-                   "(layer.trainable = False), which holds them in inference mode in fit(); "
-                   "calling the base with training=False does not hold inside a functional "
-                   "model in every Keras version (the layer table shows what each BN layer "
-                   "does in fit()).")
+        remedy += (
+            "To keep pretrained statistics while fine-tuning, freeze the BN layers "
+            "(layer.trainable = False), which holds them in inference mode in fit(); "
+            "calling the base with training=False does not hold inside a functional "
+            "model in every Keras version (the layer table shows what each BN layer "
+            "does in fit())."
+        )
     return Finding(
-        Cause.DOMAIN_SHIFT, _worst([r.severity for r in shifted]), first.path, msg, remedy,
-        {"layers": [r.path for r in shifted], "frozen": [r.path for r in frozen],
-         "training_false_overridden": overridden},
+        Cause.DOMAIN_SHIFT,
+        _worst([r.severity for r in shifted]),
+        first.path,
+        msg,
+        remedy,
+        {
+            "layers": [r.path for r in shifted],
+            "frozen": [r.path for r in frozen],
+            "training_false_overridden": overridden,
+        },
     )
 
 
-def _small_batch(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRecord],
-                 flagged: list[BatchNormRecord], bn_gap: float, batch_size: int,
-                 samples: int) -> tuple[Finding | None, list[str]]:
+def _small_batch(
+    batchnorm: Sequence[BatchNormRecord],
+    layers: Sequence[LayerRecord],
+    flagged: list[BatchNormRecord],
+    bn_gap: float,
+    batch_size: int,
+    samples: int,
+) -> tuple[Finding | None, list[str]]:
     """A BN gap the statistics do not explain: the batch statistics are the problem."""
     bn_layers = {r.path: r for r in layers if r.kind is Kind.BATCHNORM}
     # Below a flagged layer, a layer's training-mode input is not its
@@ -286,16 +381,26 @@ def _small_batch(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRec
         r, own = noisy[0] if noisy else (uses_batch[0], None)
         sev = Severity.WARN if bn_gap >= NOTABLE_GAP else Severity.INFO
         more = "32 or more" if batch_size < 32 else f"larger than {batch_size}"
-        few = (f" Only {samples} samples were given, so they form one batch: give at least 32 to "
-               "measure at the batch size fit() uses." if samples <= batch_size else "")
+        few = (
+            f" Only {samples} samples were given, so they form one batch: give at least 32 to "
+            "measure at the batch size fit() uses."
+            if samples <= batch_size
+            else ""
+        )
         return Finding(
-            Cause.SMALL_BATCH, sev, r.path,
+            Cause.SMALL_BATCH,
+            sev,
+            r.path,
             f"In training mode BatchNormalization normalises each batch by its own statistics; "
             f"with batches of {batch_size} these are unreliable estimates"
-            + (f" ({len(noisy)} layers, e.g. {r.path}: own contribution {fmt(own, 2)} against "
-               f"{fmt(r.expected_local_gap, 2)} explained by the moving statistics)" if noisy else "")
+            + (
+                f" ({len(noisy)} layers, e.g. {r.path}: own contribution {fmt(own, 2)} against "
+                f"{fmt(r.expected_local_gap, 2)} explained by the moving statistics)"
+                if noisy
+                else ""
+            )
             + ", so training-mode outputs differ from inference even where the moving statistics "
-              "are right." + few,
+            "are right." + few,
             f"Use larger batches ({more}) "
             "and shuffle them (a batch of one class has "
             "unrepresentative statistics); for small-batch training consider renorm=True, or "
@@ -306,7 +411,8 @@ def _small_batch(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRec
         return None, [
             f"The BatchNormalization layers' moving statistics match the data; their gap "
             f"({fmt(bn_gap)}) is the batch-to-batch variation of batch statistics expected at "
-            f"batch size {batch_size}, not a fault."]
+            f"batch size {batch_size}, not a fault."
+        ]
     return None, []
 
 
@@ -320,17 +426,28 @@ def _bn_notes(batchnorm: Sequence[BatchNormRecord], layers: Sequence[LayerRecord
             "fit() and evaluate() (older Keras 2 versions behaved differently, as many reports "
             "from that time describe)."
         )
-    held = [r for r in layers if r.kind is Kind.BATCHNORM and r.fit_mode is FitMode.INFERENCE
-            and r.fit_training is False]
+    held = [
+        r
+        for r in layers
+        if r.kind is Kind.BATCHNORM and r.fit_mode is FitMode.INFERENCE and r.fit_training is False
+    ]
     if held:
-        notes.append(f"{bn_count(len(held))} {verb(len(held), 'receives', 'receive')} training=False from their "
-                     f"caller and stay in inference mode in fit() (e.g. {held[0].path}).")
+        notes.append(
+            f"{bn_count(len(held))} {verb(len(held), 'receives', 'receive')} training=False from their "
+            f"caller and stay in inference mode in fit() (e.g. {held[0].path})."
+        )
     return notes
 
 
-def batchnorm_findings(batchnorm: Sequence[BatchNormRecord], groups: dict, layers: Sequence[LayerRecord],
-                 batch_size: int, samples: int, preprocessing: PreprocessingProbe | None,
-                 fit_call=None) -> tuple[list[Finding], list[str]]:
+def batchnorm_findings(
+    batchnorm: Sequence[BatchNormRecord],
+    groups: dict,
+    layers: Sequence[LayerRecord],
+    batch_size: int,
+    samples: int,
+    preprocessing: PreprocessingProbe | None,
+    fit_call=None,
+) -> tuple[list[Finding], list[str]]:
     """The BatchNormalization causes, each from its own rule; a layer explained
     by an earlier cause is not counted again by a later one."""
     flagged = [r for r in batchnorm if r.severity in (Severity.WARN, Severity.FAIL)]

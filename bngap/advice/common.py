@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from ..results import format_number
 
-NOTABLE_GAP = 0.05        # an output or group gap worth explaining (relative L2)
+NOTABLE_GAP = 0.05  # an output or group gap worth explaining (relative L2)
 SMALL_BATCH = 8
 FIX_HINT = "bngap fix MODEL DATA -o fixed.keras"
 

@@ -10,12 +10,25 @@ from ..records import Finding, LayerRecord, OutputGap
 from ..vocabulary import Cause, Group, Severity
 
 # Among findings of equal severity, the more specific cause comes first.
-PRIORITY = [Cause.MODE_LEAK, Cause.BACKEND_DIVERGENCE, Cause.STATS_NEVER_UPDATED, Cause.PREPROCESSING_MISMATCH,
-             Cause.STATS_NOT_CONVERGED, Cause.DOMAIN_SHIFT, Cause.SMALL_BATCH,
-             Cause.AUGMENTATION, Cause.DROPOUT_ONLY]
+PRIORITY = [
+    Cause.MODE_LEAK,
+    Cause.BACKEND_DIVERGENCE,
+    Cause.STATS_NEVER_UPDATED,
+    Cause.PREPROCESSING_MISMATCH,
+    Cause.STATS_NOT_CONVERGED,
+    Cause.DOMAIN_SHIFT,
+    Cause.SMALL_BATCH,
+    Cause.AUGMENTATION,
+    Cause.DROPOUT_ONLY,
+]
 
-_BN_CAUSES = {Cause.STATS_NEVER_UPDATED, Cause.PREPROCESSING_MISMATCH, Cause.STATS_NOT_CONVERGED,
-              Cause.DOMAIN_SHIFT, Cause.SMALL_BATCH}
+_BN_CAUSES = {
+    Cause.STATS_NEVER_UPDATED,
+    Cause.PREPROCESSING_MISMATCH,
+    Cause.STATS_NOT_CONVERGED,
+    Cause.DOMAIN_SHIFT,
+    Cause.SMALL_BATCH,
+}
 
 
 def _share(part: float | None, total: float) -> float | None:
@@ -24,8 +37,9 @@ def _share(part: float | None, total: float) -> float | None:
     return float(min(1.0, max(0.0, part / total)))
 
 
-def with_shares(findings: Sequence[Finding], groups: dict, layers: Sequence[LayerRecord],
-                gap: OutputGap) -> list[Finding]:
+def with_shares(
+    findings: Sequence[Finding], groups: dict, layers: Sequence[LayerRecord], gap: OutputGap
+) -> list[Finding]:
     """Each finding with `explains`: the share of the fit/evaluate output gap
     measured with only its layers in training mode.
 
@@ -58,6 +72,7 @@ def rank(findings: Sequence[Finding]) -> list[Finding]:
     """Most of the gap explained first; severity breaks ties (shares equal to
     two decimals), then the more specific cause. Side notes on calling the
     model for inference (mode_leak below fail) come after the causes."""
+
     def key(f: Finding):
         side = f.cause is Cause.MODE_LEAK and f.severity is not Severity.FAIL
         return (side, -round(f.explains or 0.0, 2), -f.severity.rank, PRIORITY.index(f.cause))
@@ -65,8 +80,6 @@ def rank(findings: Sequence[Finding]) -> list[Finding]:
     return sorted(findings, key=key)
 
 
-
 def ordered(findings: Sequence[Finding]) -> tuple[Finding, ...]:
     """Findings most likely cause first, as `diagnose` orders them (`rank`)."""
     return tuple(rank(findings))
-

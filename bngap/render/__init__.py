@@ -21,8 +21,9 @@ class Format(Vocabulary):
 FORMATS = tuple(f.value for f in Format)
 
 
-def render(report: Report, fmt: str, *, all_layers: bool = False, width: int = 100,
-           color: bool = False) -> str:
+def render(
+    report: Report, fmt: str, *, all_layers: bool = False, width: int = 100, color: bool = False
+) -> str:
     """The report in the named format ('text', 'json', 'markdown', 'html' or 'junit').
 
     Raises:
@@ -55,6 +56,7 @@ def render(report: Report, fmt: str, *, all_layers: bool = False, width: int = 1
 
 def file_renderers(*, all_layers: bool = False) -> dict[str, Callable[[Report], str]]:
     """format -> renderer for report files (plain text 100 columns wide, no colour)."""
+
     def renderer(fmt: str) -> Callable[[Report], str]:
         return lambda r: render(r, fmt, all_layers=all_layers, width=100, color=False)
 

@@ -36,8 +36,10 @@ def headline(report: Report) -> str:
         if name in report.exceeded:
             parts.append(f"{name.replace('_', ' ')} above its threshold")
     if "regression" in report.exceeded:
-        parts.append(f"grew by {num(report.regression)} against the baseline "
-                     f"(at most {report.thresholds.max_regression:g})")
+        parts.append(
+            f"grew by {num(report.regression)} against the baseline "
+            f"(at most {report.thresholds.max_regression:g})"
+        )
     top = report.top_finding
     if top is not None:
         parts.append(f"likely cause: {top.cause.value} ({top.severity.value})")
@@ -63,8 +65,14 @@ def metric_rows(report: Report) -> list[tuple[str, str, str]]:
     rows = [(total if k == "loss" else k, fmt(k, m.train[k]), fmt(k, m.eval[k])) for k in m.train]
     for o in m.per_output:
         weight = f" (x{o.weight:g})" if o.weight != 1.0 else ""
-        rows += [(f"{o.name} {k}" + (weight if k == "loss" else ""), fmt(k, o.train[k]), fmt(k, o.eval[k]))
-                 for k in o.train]
+        rows += [
+            (
+                f"{o.name} {k}" + (weight if k == "loss" else ""),
+                fmt(k, o.train[k]),
+                fmt(k, o.eval[k]),
+            )
+            for k in o.train
+        ]
     return rows
 
 
@@ -82,12 +90,16 @@ def sparkline(values: list[float], width: int) -> str:
         return ""
     if len(values) > width:  # bucket: the max of each bucket keeps spikes visible
         step = len(values) / width
-        values = [max(values[int(i * step):max(int((i + 1) * step), int(i * step) + 1)])
-                  for i in range(width)]
+        values = [
+            max(values[int(i * step) : max(int((i + 1) * step), int(i * step) + 1)])
+            for i in range(width)
+        ]
     top = max(values)
     if top <= 0:
         return SPARK[0] * len(values)
-    return "".join(SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1) + 0.5))] for v in values)
+    return "".join(
+        SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1) + 0.5))] for v in values
+    )
 
 
 def top_layers(report: Report, limit: int = 8) -> list[LayerRecord]:
@@ -95,8 +107,7 @@ def top_layers(report: Report, limit: int = 8) -> list[LayerRecord]:
     recs = [r for r in report.layers if r.mode_dependent and r.order >= 0]
 
     def key(r: LayerRecord):
-        return (r.output_effect if r.output_effect is not None else -1.0,
-                r.own_contribution or 0.0)
+        return (r.output_effect if r.output_effect is not None else -1.0, r.own_contribution or 0.0)
 
     recs.sort(key=key, reverse=True)
     return recs[:limit]
@@ -125,8 +136,10 @@ def baseline_rows(report: Report) -> list[tuple[str, str, str]]:
     if b is None:
         return []
     g = r.output_gap
-    rows = [("output gap (relative L2)", num(b.relative_l2), num(g.relative_l2)),
-            ("max abs difference", num(b.max_abs), num(g.max_abs))]
+    rows = [
+        ("output gap (relative L2)", num(b.relative_l2), num(g.relative_l2)),
+        ("max abs difference", num(b.max_abs), num(g.max_abs)),
+    ]
     if b.top1_agreement is not None or g.top1_agreement is not None:
         rows.append(("top-1 agreement", pct(b.top1_agreement), pct(g.top1_agreement)))
     if b.metrics and r.metrics:
@@ -135,8 +148,13 @@ def baseline_rows(report: Report) -> list[tuple[str, str, str]]:
                 f = pct if k == "accuracy" else num
                 rows.append((f"{k}, inference mode", f(b.metrics.eval[k]), f(r.metrics.eval[k])))
     top = r.top_finding
-    rows.append(("flagged BatchNormalization layers", str(b.flagged_batchnorm),
-                 str(sum(x.severity is not Severity.OK for x in r.batchnorm))))
+    rows.append(
+        (
+            "flagged BatchNormalization layers",
+            str(b.flagged_batchnorm),
+            str(sum(x.severity is not Severity.OK for x in r.batchnorm)),
+        )
+    )
     rows.append(("most likely cause", b.top_cause or "none", top.cause.value if top else "none"))
     rows.append(("verdict", b.verdict, r.verdict))
     return rows
@@ -146,8 +164,11 @@ def baseline_summary(report: Report) -> str:
     """One sentence: the baseline, and how much the gap grew against it."""
     b, limit = report.baseline, report.thresholds.max_regression
     assert b is not None  # the renderers call this only for a report with a baseline
-    grew = (f"the output gap changed by {report.regression:+.4f}" if report.regression is not None
-            else "no comparable output gap")
+    grew = (
+        f"the output gap changed by {report.regression:+.4f}"
+        if report.regression is not None
+        else "no comparable output gap"
+    )
     if limit is not None:
         grew += f" (at most +{limit:g} allowed)"
     return f"baseline {b.path} (model {b.model_path}): {grew}"
@@ -157,11 +178,11 @@ def baseline_summary(report: Report) -> str:
 class Gate:
     """One gate given on the command line, and how the report fares against it."""
 
-    flag: str              # the option, e.g. --fail-above
-    what: str              # the value it bounds, in words
+    flag: str  # the option, e.g. --fail-above
+    what: str  # the value it bounds, in words
     limit: float
     value: float | None
-    state: str             # "fail", "warn" or "ok"
+    state: str  # "fail", "warn" or "ok"
 
     @property
     def name(self) -> str:
@@ -180,16 +201,49 @@ class Gate:
 def gates(report: Report) -> list[Gate]:
     """The report's gates in a fixed order: the fail gates, then --warn-above."""
     r, t = report, report.thresholds
-    fail = [("output_gap", "--fail-above", "output gap (relative L2)", t.output_gap, r.output_gap.relative_l2),
-            ("loss_delta", "--fail-above-loss-delta", "inference loss minus training loss", t.loss_delta,
-             r.loss_delta),
-            ("accuracy_drop", "--fail-above-accuracy-drop", "training accuracy minus inference accuracy",
-             t.accuracy_drop, r.accuracy_drop),
-            ("regression", "--max-regression", "growth of the output gap against the baseline",
-             t.max_regression, r.regression)]
-    out = [Gate(flag, what, limit, value, "fail" if key in r.exceeded else "ok")
-           for key, flag, what, limit, value in fail if limit is not None]
+    fail = [
+        (
+            "output_gap",
+            "--fail-above",
+            "output gap (relative L2)",
+            t.output_gap,
+            r.output_gap.relative_l2,
+        ),
+        (
+            "loss_delta",
+            "--fail-above-loss-delta",
+            "inference loss minus training loss",
+            t.loss_delta,
+            r.loss_delta,
+        ),
+        (
+            "accuracy_drop",
+            "--fail-above-accuracy-drop",
+            "training accuracy minus inference accuracy",
+            t.accuracy_drop,
+            r.accuracy_drop,
+        ),
+        (
+            "regression",
+            "--max-regression",
+            "growth of the output gap against the baseline",
+            t.max_regression,
+            r.regression,
+        ),
+    ]
+    out = [
+        Gate(flag, what, limit, value, "fail" if key in r.exceeded else "ok")
+        for key, flag, what, limit, value in fail
+        if limit is not None
+    ]
     if t.warn_above is not None:
-        out.append(Gate("--warn-above", "output gap (relative L2)", t.warn_above, r.output_gap.relative_l2,
-                        "warn" if r.warned else "ok"))
+        out.append(
+            Gate(
+                "--warn-above",
+                "output gap (relative L2)",
+                t.warn_above,
+                r.output_gap.relative_l2,
+                "warn" if r.warned else "ok",
+            )
+        )
     return out

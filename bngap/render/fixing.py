@@ -19,20 +19,38 @@ def render_fix_result(r, fmt: str) -> str:
 def render_fix(r) -> str:
     lines = []
     verdict = ("written to " + r.written) if r.written else "not written"
-    lines.append(f"bngap fix: output gap {num(r.before.relative_l2)} -> {num(r.after.relative_l2)} "
-                 f"(relative L2, train vs inference) · {verdict}")
-    lines.append(f"re-estimated {len(r.layers)} BatchNormalization layers on {r.samples} samples "
-                 f"in {r.passes} passes (batch size {r.batch_size})")
+    lines.append(
+        f"bngap fix: output gap {num(r.before.relative_l2)} -> {num(r.after.relative_l2)} "
+        f"(relative L2, train vs inference) · {verdict}"
+    )
+    lines.append(
+        f"re-estimated {len(r.layers)} BatchNormalization layers on {r.samples} samples "
+        f"in {r.passes} passes (batch size {r.batch_size})"
+    )
     lines.append("")
-    rows = [("output gap (relative L2)", num(r.before.relative_l2), num(r.after.relative_l2)),
-            ("max abs difference", num(r.before.max_abs), num(r.after.max_abs))]
+    rows = [
+        ("output gap (relative L2)", num(r.before.relative_l2), num(r.after.relative_l2)),
+        ("max abs difference", num(r.before.max_abs), num(r.after.max_abs)),
+    ]
     if r.before.top1_agreement is not None:
         rows.append(("top-1 agreement", pct(r.before.top1_agreement), pct(r.after.top1_agreement)))
     if r.metrics_before and r.metrics_after:
         for k in r.metrics_before.eval:
             fmt = pct if k == "accuracy" else num
-            rows.append((f"{k}, inference mode", fmt(r.metrics_before.eval[k]), fmt(r.metrics_after.eval[k])))
-            rows.append((f"{k}, training mode", fmt(r.metrics_before.train[k]), fmt(r.metrics_after.train[k])))
+            rows.append(
+                (
+                    f"{k}, inference mode",
+                    fmt(r.metrics_before.eval[k]),
+                    fmt(r.metrics_after.eval[k]),
+                )
+            )
+            rows.append(
+                (
+                    f"{k}, training mode",
+                    fmt(r.metrics_before.train[k]),
+                    fmt(r.metrics_after.train[k]),
+                )
+            )
     w = max(len(a) for a, _, _ in rows)
     lines.append(f"{'':<{w}}  {'before':>10}  {'after':>10}")
     for a, b, c in rows:
@@ -43,11 +61,17 @@ def render_fix(r) -> str:
         lines.append("largest corrections (expected local gap of the old statistics on this data):")
         for f in worst:
             extra = " (frozen)" if f.frozen else ""
-            lines.append(f"  {f.path}{extra}: {num(f.gap_before, 3)}, new statistics' noise {num(f.noise, 3)}")
+            lines.append(
+                f"  {f.path}{extra}: {num(f.gap_before, 3)}, new statistics' noise {num(f.noise, 3)}"
+            )
     if r.skipped:
-        lines.append(f"left alone: {len(r.skipped)} layers (e.g. {r.skipped[0][0]}: {r.skipped[0][1]})")
+        lines.append(
+            f"left alone: {len(r.skipped)} layers (e.g. {r.skipped[0][0]}: {r.skipped[0][1]})"
+        )
     if r.reload_max_abs_diff is not None:
-        lines.append(f"verified: the saved file reloads and matches the fixed model (max difference {r.reload_max_abs_diff:.2g})")
+        lines.append(
+            f"verified: the saved file reloads and matches the fixed model (max difference {r.reload_max_abs_diff:.2g})"
+        )
     for n in r.notes:
         lines.append(f"note: {n}")
     return "\n".join(lines) + "\n"

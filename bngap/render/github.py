@@ -32,11 +32,23 @@ def annotations(report: Report) -> list[str]:
     for g in gates(r):
         # beside a failure, a warning about the same gap adds nothing
         if g.state == "fail" or (g.state == "warn" and r.verdict == "warn"):
-            out.append(_command("error" if g.state == "fail" else "warning",
-                                f"bngap: {g.what} above {g.limit:g}", g.outcome + "." + cause, r.model.path))
+            out.append(
+                _command(
+                    "error" if g.state == "fail" else "warning",
+                    f"bngap: {g.what} above {g.limit:g}",
+                    g.outcome + "." + cause,
+                    r.model.path,
+                )
+            )
     for f in r.findings:
         if f.severity in (Severity.FAIL, Severity.WARN):
             where = f" ({f.layer})" if f.layer else ""
-            out.append(_command("error" if f.severity is Severity.FAIL else "warning",
-                                f"bngap: {f.cause.value}{where}", f"{f.message}\nfix: {f.remedy}", r.model.path))
+            out.append(
+                _command(
+                    "error" if f.severity is Severity.FAIL else "warning",
+                    f"bngap: {f.cause.value}{where}",
+                    f"{f.message}\nfix: {f.remedy}",
+                    r.model.path,
+                )
+            )
     return out

@@ -21,11 +21,22 @@ def _x(text: str) -> str:
     return _NOT_XML.sub("?", str(text))
 
 
-def _case(parent: ET.Element, classname: str, name: str, *, failure: str | None = None,
-          failure_type: str = "", out: str | None = None) -> ET.Element:
-    case = ET.SubElement(parent, "testcase", {"classname": classname, "name": _x(name), "time": "0"})
+def _case(
+    parent: ET.Element,
+    classname: str,
+    name: str,
+    *,
+    failure: str | None = None,
+    failure_type: str = "",
+    out: str | None = None,
+) -> ET.Element:
+    case = ET.SubElement(
+        parent, "testcase", {"classname": classname, "name": _x(name), "time": "0"}
+    )
     if failure is not None:
-        el = ET.SubElement(case, "failure", {"message": _x(failure.split("\n")[0]), "type": failure_type})
+        el = ET.SubElement(
+            case, "failure", {"message": _x(failure.split("\n")[0]), "type": failure_type}
+        )
         el.text = _x(failure)
     if out:
         ET.SubElement(case, "system-out").text = _x(out)
@@ -39,7 +50,12 @@ def _gates(suite: ET.Element, r: Report) -> None:
         if g.state == "fail":
             _case(suite, f"{SUITE}.gates", g.name, failure=g.outcome, failure_type="threshold")
         else:
-            _case(suite, f"{SUITE}.gates", g.name, out=("warning: " if g.state == "warn" else "") + g.outcome)
+            _case(
+                suite,
+                f"{SUITE}.gates",
+                g.name,
+                out=("warning: " if g.state == "warn" else "") + g.outcome,
+            )
     if not r.thresholds.any:
         _case(suite, f"{SUITE}.gates", "output gap measured (no gate set)", out=headline(r))
 
@@ -69,14 +85,19 @@ def render_junit(report: Report) -> str:
         el.set("skipped", "0")
         el.set("time", f"{r.seconds:.3f}" if math.isfinite(r.seconds) else "0")
     ET.indent(suites, space="  ")
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    )
 
 
 def _properties(r: Report) -> dict[str, str]:
     """The suite's properties: verdict, gap, metrics, groups, baseline, versions."""
     values = {
-        "verdict": r.verdict, "headline": headline(r),
-        "model": r.model.path, "data": r.data.path, "samples": str(r.data.samples),
+        "verdict": r.verdict,
+        "headline": headline(r),
+        "model": r.model.path,
+        "data": r.data.path,
+        "samples": str(r.data.samples),
         "batch_size": str(r.data.batch_size),
         "output_gap.relative_l2": num(r.output_gap.relative_l2),
         "output_gap.max_abs": num(r.output_gap.max_abs),
@@ -117,11 +138,19 @@ def _finding_cases(suite: ET.Element, r: Report) -> None:
 def _batchnorm_cases(suite: ET.Element, r: Report) -> None:
     """A test case per BatchNormalization layer; a failed audit is a failure."""
     for b in r.batchnorm:
-        detail = (f"median |z| {num(b.median_abs_z, 2)}, max |z| {num(b.max_abs_z, 2)}, median |log2 var "
-                  f"ratio| {num(b.median_abs_log2_var_ratio, 2)}, expected local gap "
-                  f"{num(b.expected_local_gap, 3)} (noise {num(b.noise_local_gap, 3)})")
+        detail = (
+            f"median |z| {num(b.median_abs_z, 2)}, max |z| {num(b.max_abs_z, 2)}, median |log2 var "
+            f"ratio| {num(b.median_abs_log2_var_ratio, 2)}, expected local gap "
+            f"{num(b.expected_local_gap, 3)} (noise {num(b.noise_local_gap, 3)})"
+        )
         if b.severity is Severity.FAIL:
-            _case(suite, f"{SUITE}.batchnorm", b.path, failure=detail, failure_type="batchnorm_statistics")
+            _case(
+                suite,
+                f"{SUITE}.batchnorm",
+                b.path,
+                failure=detail,
+                failure_type="batchnorm_statistics",
+            )
         elif b.severity is Severity.WARN:
             _case(suite, f"{SUITE}.batchnorm", b.path, out="warning: " + detail)
         else:

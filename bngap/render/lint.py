@@ -19,8 +19,10 @@ def lint_headline(report) -> str:
     c = report.counts()
     found = ", ".join(f"{n} {k}" for k, n in c.items() if n) or "no findings"
     n = len(report.batchnorm)
-    return (f"{report.verdict.upper()} · bngap lint {report.path}: {found} "
-            f"({n} BatchNormalization layer{'' if n == 1 else 's'})")
+    return (
+        f"{report.verdict.upper()} · bngap lint {report.path}: {found} "
+        f"({n} BatchNormalization layer{'' if n == 1 else 's'})"
+    )
 
 
 def _flagged(report) -> set[str]:
@@ -32,21 +34,45 @@ def _rows(report, everything: bool):
     rows = []
     for i, b in enumerate(report.batchnorm):
         if everything or b.path in flagged or i < MAX_TEXT_ROWS:
-            rows.append([b.path, "yes" if b.path in flagged else "", f"{b.momentum:g}",
-                         f"{b.epsilon:g}", str(b.axis), str(b.channels),
-                         _g(b.variance_min), _g(b.variance_max),
-                         ", ".join(w for w, on in (("frozen", not b.trainable), ("renorm", b.renorm)) if on)])
+            rows.append(
+                [
+                    b.path,
+                    "yes" if b.path in flagged else "",
+                    f"{b.momentum:g}",
+                    f"{b.epsilon:g}",
+                    str(b.axis),
+                    str(b.channels),
+                    _g(b.variance_min),
+                    _g(b.variance_max),
+                    ", ".join(
+                        w for w, on in (("frozen", not b.trainable), ("renorm", b.renorm)) if on
+                    ),
+                ]
+            )
     return rows
 
 
-_HEAD = ["layer", "flagged", "momentum", "epsilon", "axis", "channels", "var min", "var max", "notes"]
+_HEAD = [
+    "layer",
+    "flagged",
+    "momentum",
+    "epsilon",
+    "axis",
+    "channels",
+    "var min",
+    "var max",
+    "notes",
+]
 
 
 def render_lint_text(report, *, width: int = 100, all_layers: bool = False) -> str:
     wrap = textwrap.TextWrapper(width=width, initial_indent="   ", subsequent_indent="   ")
-    lines = [lint_headline(report),
-             f"bngap {__version__} · model {report.path} ({report.class_name}, {report.layers} layers, "
-             f"{len(report.batchnorm)} BatchNormalization) · no data needed", ""]
+    lines = [
+        lint_headline(report),
+        f"bngap {__version__} · model {report.path} ({report.class_name}, {report.layers} layers, "
+        f"{len(report.batchnorm)} BatchNormalization) · no data needed",
+        "",
+    ]
     if report.findings:
         lines.append("Findings (most severe first)")
         for i, f in enumerate(report.findings, 1):
@@ -55,8 +81,10 @@ def render_lint_text(report, *, width: int = 100, all_layers: bool = False) -> s
             lines += wrap.wrap(f.message)
             lines += wrap.wrap("fix: " + f.remedy)
     else:
-        lines.append("No findings: nothing in the file itself looks wrong. "
-                     "`bngap check MODEL DATA` measures the gap on your data.")
+        lines.append(
+            "No findings: nothing in the file itself looks wrong. "
+            "`bngap check MODEL DATA` measures the gap on your data."
+        )
     if report.batchnorm:
         rows = _rows(report, all_layers)
         lines += ["", "BatchNormalization layers (moving variance range over channels)"]
@@ -68,7 +96,9 @@ def render_lint_text(report, *, width: int = 100, all_layers: bool = False) -> s
         lines += [fmt.format(*r).rstrip() for r in rows]
         hidden = len(report.batchnorm) - len(rows)
         if hidden:
-            lines.append(f"... {hidden} more unflagged layers (--all-layers lists them; JSON has all)")
+            lines.append(
+                f"... {hidden} more unflagged layers (--all-layers lists them; JSON has all)"
+            )
     for n in report.notes:
         lines.append(f"note: {n}")
     return "\n".join(lines) + "\n"
@@ -78,15 +108,24 @@ def render_lint_markdown(report) -> str:
     lines = [f"## bngap lint: {lint_headline(report)}", ""]
     if report.findings:
         for i, f in enumerate(report.findings, 1):
-            lines += [f"{i}. **{severity_mark(f.severity)} `{f.rule}`** (`{f.layer or 'model'}`): {f.message}",
-                      f"   *Fix:* {f.remedy}"]
+            lines += [
+                f"{i}. **{severity_mark(f.severity)} `{f.rule}`** (`{f.layer or 'model'}`): {f.message}",
+                f"   *Fix:* {f.remedy}",
+            ]
     else:
         lines.append("No findings.")
     if report.batchnorm:
-        lines += ["", "### BatchNormalization layers", "",
-                  "| " + " | ".join(_HEAD) + " |", "|" + "|".join("---" for _ in _HEAD) + "|"]
-        lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |"
-                  for r in _rows(report, True)]
+        lines += [
+            "",
+            "### BatchNormalization layers",
+            "",
+            "| " + " | ".join(_HEAD) + " |",
+            "|" + "|".join("---" for _ in _HEAD) + "|",
+        ]
+        lines += [
+            "| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |"
+            for r in _rows(report, True)
+        ]
     lines += ["", f"<sub>bngap {__version__} · {report.class_name}, {report.layers} layers</sub>"]
     return "\n".join(lines) + "\n"
 

@@ -58,9 +58,12 @@ def _findings(r: Report) -> list[str]:
     if r.findings:
         for i, f in enumerate(r.findings, 1):
             where = (f" (`{f.layer}`)" if f.layer else "") + (
-                f", explains {f.explains:.0%} of the gap" if f.explains is not None else "")
-            lines += [f"{i}. **{severity_mark(f.severity)} `{f.cause.value}`**{where}: {f.message}",
-                      f"   *Fix:* {f.remedy}"]
+                f", explains {f.explains:.0%} of the gap" if f.explains is not None else ""
+            )
+            lines += [
+                f"{i}. **{severity_mark(f.severity)} `{f.cause.value}`**{where}: {f.message}",
+                f"   *Fix:* {f.remedy}",
+            ]
     else:
         lines.append("No cause flagged.")
     return lines
@@ -69,7 +72,10 @@ def _findings(r: Report) -> list[str]:
 def _modes(r: Report) -> list[str]:
     g = r.output_gap
     lines = ["", "### Training mode (as in fit()) vs inference mode (as in evaluate())", ""]
-    rows = [["output gap (relative L2)", num(g.relative_l2)], ["max abs difference", num(g.max_abs)]]
+    rows = [
+        ["output gap (relative L2)", num(g.relative_l2)],
+        ["max abs difference", num(g.max_abs)],
+    ]
     if g.top1_agreement is not None:
         rows.append(["top-1 agreement", pct(g.top1_agreement)])
     if len(g.per_output) > 1:
@@ -79,11 +85,18 @@ def _modes(r: Report) -> list[str]:
         lines.append("")
         lines += _table(["", "training", "inference"], [list(row) for row in metric_rows(r)])
         lines += ["", f"Loss: `{r.metrics.loss_name}` ({r.metrics.source})."]
-    lines += ["", "Gap by cause (only that group in training mode): "
-              + ", ".join(f"{k} {num(v)}" for k, v in r.groups.items()), ""]
+    lines += [
+        "",
+        "Gap by cause (only that group in training mode): "
+        + ", ".join(f"{k} {num(v)}" for k, v in r.groups.items()),
+        "",
+    ]
     opens = gap_opens_at(r)
     if opens is not None:
-        lines += [f"The gap opens at `{opens.path}` ({opens.class_name}, divergence {num(opens.divergence)}).", ""]
+        lines += [
+            f"The gap opens at `{opens.path}` ({opens.class_name}, divergence {num(opens.divergence)}).",
+            "",
+        ]
     return lines
 
 
@@ -107,17 +120,29 @@ def _backends(r: Report) -> list[str]:
 def _model_and_data(r: Report) -> list[str]:
     m, d = r.model, r.data
     lines = ["### Model and data", ""]
-    lines += _table(["", ""], [
-        ["model", f"`{m.path}` ({m.class_name} `{m.name}`)"],
-        ["layers", f"{m.layers} ({m.batchnorm_layers} BatchNormalization, {m.dropout_like_layers} dropout/noise)"],
-        ["parameters", f"{m.parameters:,}"],
-        ["inputs", ", ".join(str(tuple(s)) for s in m.input_shapes) or "n/a"],
-        ["outputs", ", ".join(str(tuple(s)) for s in m.output_shapes) or "n/a"],
-        ["data", f"`{d.path}`: {d.samples} samples, shapes "
-                 f"{', '.join(str(tuple(s)) for s in d.input_shapes)}, "
-                 f"labels: {'yes' if d.has_labels else 'no'}"],
-        ["batch size", f"{d.batch_size} ({_plural(d.batches, 'batch')}, the last of {d.last_batch_size})"],
-    ])
+    lines += _table(
+        ["", ""],
+        [
+            ["model", f"`{m.path}` ({m.class_name} `{m.name}`)"],
+            [
+                "layers",
+                f"{m.layers} ({m.batchnorm_layers} BatchNormalization, {m.dropout_like_layers} dropout/noise)",
+            ],
+            ["parameters", f"{m.parameters:,}"],
+            ["inputs", ", ".join(str(tuple(s)) for s in m.input_shapes) or "n/a"],
+            ["outputs", ", ".join(str(tuple(s)) for s in m.output_shapes) or "n/a"],
+            [
+                "data",
+                f"`{d.path}`: {d.samples} samples, shapes "
+                f"{', '.join(str(tuple(s)) for s in d.input_shapes)}, "
+                f"labels: {'yes' if d.has_labels else 'no'}",
+            ],
+            [
+                "batch size",
+                f"{d.batch_size} ({_plural(d.batches, 'batch')}, the last of {d.last_batch_size})",
+            ],
+        ],
+    )
     lines.append("")
     return lines
 
@@ -127,9 +152,20 @@ def _layers(r: Report, all_layers: bool) -> list[str]:
     if not tops:
         return []
     lines = ["### Layers", ""]
-    lines += _table(["layer", "kind", "in fit()", "own", "output effect", "divergence"],
-                    [[f"`{x.path}`", x.kind.value, x.fit_mode + (f" ({x.fit_mode_reason})" if x.fit_mode_reason else ""),
-                      num(x.own_contribution), num(x.output_effect), num(x.divergence)] for x in tops])
+    lines += _table(
+        ["layer", "kind", "in fit()", "own", "output effect", "divergence"],
+        [
+            [
+                f"`{x.path}`",
+                x.kind.value,
+                x.fit_mode + (f" ({x.fit_mode_reason})" if x.fit_mode_reason else ""),
+                num(x.own_contribution),
+                num(x.output_effect),
+                num(x.divergence),
+            ]
+            for x in tops
+        ],
+    )
     lines.append("")
     return lines
 
@@ -142,12 +178,35 @@ def _batchnorm(r: Report, all_layers: bool) -> list[str]:
     lines = [f"### BatchNormalization audit ({flagged} of {len(r.batchnorm)} flagged)", ""]
     shown = bn if all_layers else bn[:MAX_BN_ROWS]
     if shown:
-        lines += _table(["layer", "severity", "median abs z", "max abs z", "median abs log2 var ratio", "local gap", "noise", "init share"],
-                        [[f"`{b.path}`", severity_mark(b.severity), num(b.median_abs_z, 2), num(b.max_abs_z, 2),
-                          num(b.median_abs_log2_var_ratio, 2), num(b.expected_local_gap, 3), num(b.noise_local_gap, 3),
-                          init_share(b)] for b in shown])
+        lines += _table(
+            [
+                "layer",
+                "severity",
+                "median abs z",
+                "max abs z",
+                "median abs log2 var ratio",
+                "local gap",
+                "noise",
+                "init share",
+            ],
+            [
+                [
+                    f"`{b.path}`",
+                    severity_mark(b.severity),
+                    num(b.median_abs_z, 2),
+                    num(b.max_abs_z, 2),
+                    num(b.median_abs_log2_var_ratio, 2),
+                    num(b.expected_local_gap, 3),
+                    num(b.noise_local_gap, 3),
+                    init_share(b),
+                ]
+                for b in shown
+            ],
+        )
         if len(bn) > len(shown):
-            lines.append(f"\n... and {len(bn) - len(shown)} more flagged layers (`--all-layers` lists them).")
+            lines.append(
+                f"\n... and {len(bn) - len(shown)} more flagged layers (`--all-layers` lists them)."
+            )
         lines.append("")
     return lines
 

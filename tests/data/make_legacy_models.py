@@ -85,8 +85,10 @@ HERE = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
 # Compiled from a string so that the marshalled bytecode names no file path of
 # the machine that wrote it. Doubles its input; creates $BNGAP_LAMBDA_MARKER
 # if that is set, so a test can tell whether the code ran.
-MARKER_LAMBDA = ('lambda t: ([open(p, "w").close() for p in '
-                 '[__import__("os").environ.get("BNGAP_LAMBDA_MARKER")] if p], t * 2)[1]')
+MARKER_LAMBDA = (
+    'lambda t: ([open(p, "w").close() for p in '
+    '[__import__("os").environ.get("BNGAP_LAMBDA_MARKER")] if p], t * 2)[1]'
+)
 
 
 def main() -> None:
@@ -99,9 +101,16 @@ def main() -> None:
     rng = np.random.default_rng(0)
     L = k2.layers
 
-    m = k2.Sequential([L.Conv2D(4, 3, input_shape=(8, 8, 3), name="conv"), L.BatchNormalization(name="bn"),
-                       L.ReLU(), L.GlobalAveragePooling2D(), L.Dropout(0.2, name="drop"),
-                       L.Dense(3, activation="softmax", name="head")])
+    m = k2.Sequential(
+        [
+            L.Conv2D(4, 3, input_shape=(8, 8, 3), name="conv"),
+            L.BatchNormalization(name="bn"),
+            L.ReLU(),
+            L.GlobalAveragePooling2D(),
+            L.Dropout(0.2, name="drop"),
+            L.Dense(3, activation="softmax", name="head"),
+        ]
+    )
     m.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
     x = rng.normal(2, 3, (64, 8, 8, 3)).astype("float32")
     y = np.eye(3)[rng.integers(0, 3, 64)]
@@ -114,26 +123,42 @@ def main() -> None:
     out = L.Dense(2, name="out")(L.ReLU()(h))
     f = k2.Model(inp, out, name="functional_bn")
     f.compile("adam", "mse")
-    f.fit(rng.normal(1, 2, (64, 6)).astype("float32"), rng.normal(0, 1, (64, 2)), epochs=1, verbose=0)
+    f.fit(
+        rng.normal(1, 2, (64, 6)).astype("float32"), rng.normal(0, 1, (64, 2)), epochs=1, verbose=0
+    )
     f.save(HERE / "k2_functional_bn.h5")
 
-    k2.Sequential([L.LSTM(5, input_shape=(68, 21), name="lstm"), L.Dense(2, name="out")]).save(HERE / "k2_lstm.h5")
+    k2.Sequential([L.LSTM(5, input_shape=(68, 21), name="lstm"), L.Dense(2, name="out")]).save(
+        HERE / "k2_lstm.h5"
+    )
 
     i2 = k2.Input((3,))
     double = eval(compile(MARKER_LAMBDA, "<k2_lambda>", "eval"))
     k2.Model(i2, L.Lambda(double, name="double")(i2)).save(HERE / "k2_lambda.h5")
 
     # Keras 2.13+ could also write the .keras format, which Keras 3 cannot read.
-    k2.Sequential([L.Dense(4, input_shape=(5,), name="dense"), L.BatchNormalization(name="bn"),
-                   L.Dense(1, name="out")]).save(HERE / "k2_sequential.keras")
+    k2.Sequential(
+        [
+            L.Dense(4, input_shape=(5,), name="dense"),
+            L.BatchNormalization(name="bn"),
+            L.Dense(1, name="out"),
+        ]
+    ).save(HERE / "k2_sequential.keras")
 
     # Older Keras 2 wrote a Sequential's layers without an InputLayer entry.
     path = HERE / "k2_no_input_layer.h5"
-    k2.Sequential([L.Dense(4, input_shape=(5,), name="dense"), L.BatchNormalization(name="bn"),
-                   L.Dense(1, name="out")]).save(path)
+    k2.Sequential(
+        [
+            L.Dense(4, input_shape=(5,), name="dense"),
+            L.BatchNormalization(name="bn"),
+            L.Dense(1, name="out"),
+        ]
+    ).save(path)
     with h5py.File(path, "r+") as fh:
         cfg = json.loads(fh.attrs["model_config"])
-        cfg["config"]["layers"] = [lay for lay in cfg["config"]["layers"] if lay["class_name"] != "InputLayer"]
+        cfg["config"]["layers"] = [
+            lay for lay in cfg["config"]["layers"] if lay["class_name"] != "InputLayer"
+        ]
         fh.attrs["model_config"] = json.dumps(cfg)
 
     _applications_like(k2, L, rng)
@@ -148,29 +173,34 @@ def _applications_like(k2, L, rng) -> None:
     import tensorflow as tf
 
     inp = k2.Input((12, 12, 3), name="image")
-    x = inp / 127.5 - 1.0                                  # TFOpLambda x2
+    x = inp / 127.5 - 1.0  # TFOpLambda x2
     x = L.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="conv1/conv")(x)
     x = L.BatchNormalization(name="conv1/bn")(x)
-    x = tf.nn.relu6(x)                                     # TFOpLambda
+    x = tf.nn.relu6(x)  # TFOpLambda
     a = L.DepthwiseConv2D(3, padding="same", name="block1/dw")(x)
     a = L.BatchNormalization(name="block1/dw_bn")(a)
     b = L.SeparableConv2D(8, 3, padding="same", name="block1/sep")(x)
-    x = a + b                                              # tensor passed as y=
-    x = x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)             # MobileNetV3's hard-swish
+    x = a + b  # tensor passed as y=
+    x = x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)  # MobileNetV3's hard-swish
     x = tf.concat([x, a], axis=-1)
-    x = x[:, :, :, :12]                                    # SlicingOpLambda
+    x = x[:, :, :, :12]  # SlicingOpLambda
     x = L.BatchNormalization(name="head/bn")(x)
     base = k2.Model(inp, x, name="tiny_mobile")
-    model = k2.Sequential([base, L.GlobalAveragePooling2D(), L.Dropout(0.2), L.Dense(3, activation="softmax")])
+    model = k2.Sequential(
+        [base, L.GlobalAveragePooling2D(), L.Dropout(0.2), L.Dense(3, activation="softmax")]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     images = rng.uniform(0, 255, (48, 12, 12, 3)).astype("float32")
     model.fit(images, rng.integers(0, 3, 48), epochs=2, batch_size=16, verbose=0)
     model.save(HERE / "k2_applications_like.h5")
     # The truth bngap is tested against: what Keras 2 itself computes.
     probe = images[:4]
-    np.savez(HERE / "k2_applications_like.expected.npz", x=probe,
-             inference=model(probe, training=False).numpy(),
-             base_inference=base(probe, training=False).numpy())
+    np.savez(
+        HERE / "k2_applications_like.expected.npz",
+        x=probe,
+        inference=model(probe, training=False).numpy(),
+        base_inference=base(probe, training=False).numpy(),
+    )
 
     # Tensors passed by keyword: attention's value, an LSTM's initial state.
     seq = k2.Input((6, 4), name="sequence")
@@ -179,77 +209,114 @@ def _applications_like(k2, L, rng) -> None:
     summary = L.GlobalAveragePooling1D(name="pool")(seq)
     h0, c0 = L.Dense(5, name="h0")(summary), L.Dense(5, name="c0")(summary)
     h = L.LSTM(5, name="lstm")(att, initial_state=[h0, c0])
-    kw = k2.Model(seq, L.Dense(2, name="out")(L.BatchNormalization(name="bn")(h)), name="keyword_tensors")
+    kw = k2.Model(
+        seq, L.Dense(2, name="out")(L.BatchNormalization(name="bn")(h)), name="keyword_tensors"
+    )
     kw.compile("adam", "mse")
     sequences = rng.normal(0, 1, (32, 6, 4)).astype("float32")
     kw.fit(sequences, rng.normal(0, 1, (32, 2)), epochs=1, batch_size=16, verbose=0)
     kw.save(HERE / "k2_keyword_tensors.h5")
-    np.savez(HERE / "k2_keyword_tensors.expected.npz", x=sequences[:4],
-             inference=kw(sequences[:4], training=False).numpy())
+    np.savez(
+        HERE / "k2_keyword_tensors.expected.npz",
+        x=sequences[:4],
+        inference=kw(sequences[:4], training=False).numpy(),
+    )
 
     # A Sequential built with an input shape (Keras 2 gave it a node of its
     # own), shared by two inputs: its calls are nodes 1 and 2 in the file.
-    tower = k2.Sequential([L.Dense(4, input_shape=(3,), name="proj"), L.BatchNormalization(name="bn")],
-                          name="tower")
+    tower = k2.Sequential(
+        [L.Dense(4, input_shape=(3,), name="proj"), L.BatchNormalization(name="bn")], name="tower"
+    )
     left, right = k2.Input((3,), name="left"), k2.Input((3,), name="right")
-    siamese = k2.Model([left, right], L.Dense(1, name="out")(L.Concatenate()([tower(left), tower(right)])))
+    siamese = k2.Model(
+        [left, right], L.Dense(1, name="out")(L.Concatenate()([tower(left), tower(right)]))
+    )
     siamese.compile("adam", "mse")
     pair = [rng.normal(1, 2, (32, 3)).astype("float32") for _ in range(2)]
     siamese.fit(pair, rng.normal(0, 1, (32, 1)), epochs=1, batch_size=16, verbose=0)
     siamese.save(HERE / "k2_shared_sequential.h5")
-    np.savez(HERE / "k2_shared_sequential.expected.npz", left=pair[0][:4], right=pair[1][:4],
-             inference=siamese([pair[0][:4], pair[1][:4]], training=False).numpy())
+    np.savez(
+        HERE / "k2_shared_sequential.expected.npz",
+        left=pair[0][:4],
+        right=pair[1][:4],
+        inference=siamese([pair[0][:4], pair[1][:4]], training=False).numpy(),
+    )
 
     # A functional model shared by two inputs (its calls are nodes 1 and 2 in
     # the file) and a Bidirectional LSTM given an initial state.
     fi = k2.Input((3,), name="feature")
-    shared = k2.Model(fi, L.BatchNormalization(name="bn")(L.Dense(4, name="proj")(fi)), name="shared")
+    shared = k2.Model(
+        fi, L.BatchNormalization(name="bn")(L.Dense(4, name="proj")(fi)), name="shared"
+    )
     seq2 = k2.Input((5, 3), name="steps")
     state = L.Dense(4, name="state")(L.Flatten()(seq2))
     rnn = L.Bidirectional(L.LSTM(4, name="lstm"), name="bidi")(seq2, initial_state=[state] * 4)
-    calls = k2.Model([fi, seq2], L.Concatenate()([shared(fi), shared(fi * 2.0), rnn]), name="nested_calls")
+    calls = k2.Model(
+        [fi, seq2], L.Concatenate()([shared(fi), shared(fi * 2.0), rnn]), name="nested_calls"
+    )
     calls.compile("adam", "mse")
-    feats, steps = rng.normal(1, 2, (32, 3)).astype("float32"), rng.normal(0, 1, (32, 5, 3)).astype("float32")
+    feats, steps = (
+        rng.normal(1, 2, (32, 3)).astype("float32"),
+        rng.normal(0, 1, (32, 5, 3)).astype("float32"),
+    )
     calls.fit([feats, steps], rng.normal(0, 1, (32, 16)), epochs=1, batch_size=16, verbose=0)
     calls.save(HERE / "k2_nested_calls.h5")
-    np.savez(HERE / "k2_nested_calls.expected.npz", feature=feats[:4], steps=steps[:4],
-             inference=calls([feats[:4], steps[:4]], training=False).numpy())
+    np.savez(
+        HERE / "k2_nested_calls.expected.npz",
+        feature=feats[:4],
+        steps=steps[:4],
+        inference=calls([feats[:4], steps[:4]], training=False).numpy(),
+    )
 
     # Mixed precision: Keras 2 wrote each layer's dtype as a Policy object.
     k2.mixed_precision.set_global_policy("mixed_float16")
     try:
         mp_in = k2.Input((8, 8, 3), name="image")
         h = L.ReLU()(L.BatchNormalization(name="bn")(L.Conv2D(4, 3, name="conv")(mp_in)))
-        mixed = k2.Model(mp_in, L.Dense(3, activation="softmax", dtype="float32", name="out")(
-            L.GlobalAveragePooling2D()(h)), name="mixed")
+        mixed = k2.Model(
+            mp_in,
+            L.Dense(3, activation="softmax", dtype="float32", name="out")(
+                L.GlobalAveragePooling2D()(h)
+            ),
+            name="mixed",
+        )
     finally:
         k2.mixed_precision.set_global_policy("float32")
     mixed.compile("adam", "sparse_categorical_crossentropy")
     mp_x = rng.normal(2, 3, (32, 8, 8, 3)).astype("float32")
     mixed.fit(mp_x, rng.integers(0, 3, 32), epochs=1, batch_size=16, verbose=0)
     mixed.save(HERE / "k2_mixed_float16.h5")
-    np.savez(HERE / "k2_mixed_float16.expected.npz", x=mp_x[:4], inference=mixed(mp_x[:4], training=False).numpy())
+    np.savez(
+        HERE / "k2_mixed_float16.expected.npz",
+        x=mp_x[:4],
+        inference=mixed(mp_x[:4], training=False).numpy(),
+    )
 
     # TF ops with constants beside tensors: a constant first argument,
     # tensor keywords with constant ones, a keyword mixing both, compat.v1 names.
     va = k2.Input((4, 3), name="va")
     idx = k2.Input((2,), dtype="int32", name="idx")
-    left = 1.0 - va                                            # ["_CONSTANT_VALUE", -1, 1.0]
-    picked = tf.gather(left, idx, axis=1, batch_dims=1)         # indices tensor, axis constant
-    att = tf.matmul(picked, va, transpose_b=True)               # b tensor, transpose_b constant
-    flat = tf.reshape(att, [tf.shape(att)[0], 8])               # shape mixes a tensor and an int
-    padded = tf.pad(flat, [[0, 0], [1, 1]])                     # recorded as compat.v1.pad
+    left = 1.0 - va  # ["_CONSTANT_VALUE", -1, 1.0]
+    picked = tf.gather(left, idx, axis=1, batch_dims=1)  # indices tensor, axis constant
+    att = tf.matmul(picked, va, transpose_b=True)  # b tensor, transpose_b constant
+    flat = tf.reshape(att, [tf.shape(att)[0], 8])  # shape mixes a tensor and an int
+    padded = tf.pad(flat, [[0, 0], [1, 1]])  # recorded as compat.v1.pad
     ops = k2.Model([va, idx], L.Dense(2, name="out")(padded), name="tf_op_arguments")
     ops_x = rng.normal(0, 1, (4, 4, 3)).astype("float32")
     ops_i = rng.integers(0, 4, (4, 2)).astype("int32")
     ops.save(HERE / "k2_tf_op_arguments.h5")
-    np.savez(HERE / "k2_tf_op_arguments.expected.npz", va=ops_x, idx=ops_i,
-             inference=ops([ops_x, ops_i], training=False).numpy())
+    np.savez(
+        HERE / "k2_tf_op_arguments.expected.npz",
+        va=ops_x,
+        idx=ops_i,
+        inference=ops([ops_x, ops_i], training=False).numpy(),
+    )
 
     # A TF op outside the pure-math allowlist (harmless, but safe mode refuses it).
     i3 = k2.Input((4,), name="values")
     k2.Model(i3, L.Dense(2, name="out")(tf.debugging.check_numerics(i3, "bad"))).save(
-        HERE / "k2_tf_op_outside_allowlist.h5")
+        HERE / "k2_tf_op_outside_allowlist.h5"
+    )
 
 
 if __name__ == "__main__":
