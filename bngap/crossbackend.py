@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .backend import BACKENDS, installed, requested_backend, select_backend
 from .comparison import (
     GAP_TOLERANCE,
     TOLERANCE,
@@ -54,27 +54,19 @@ __all__ = [
     "tolerance",
 ]
 
-BACKENDS = ("tensorflow", "jax", "torch")
 _EXTRA = {"tensorflow": "bngap", "jax": "bngap[jax]", "torch": "bngap[torch]"}
 OUTPUT_BUDGET = 64 * 2**20  # bytes of inference outputs kept for the comparison
 SKETCH = 16384  # elements of each layer output kept (same positions on every backend)
 
 
 # ------------------------------------------------------------ choosing backends
-def installed(backend: str) -> bool:
-    """Whether the backend's library can be imported (without importing it)."""
-    return importlib.util.find_spec(backend) is not None
-
-
 def library_version(backend: str) -> str | None:
+    """The installed version of a backend's library, read without importing
+    it (the other backends run in processes of their own)."""
     try:
         return importlib.metadata.version(backend)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def default_backend() -> str:
-    return os.environ.get("KERAS_BACKEND") or "tensorflow"
 
 
 def parse_backends(value: str, first: str | None = None) -> tuple[list[str], list[str]]:
@@ -84,7 +76,7 @@ def parse_backends(value: str, first: str | None = None) -> tuple[list[str], lis
     `KERAS_BACKEND` one, else tensorflow). A named backend that is not
     installed is an error that names the extra to install.
     """
-    first = first or default_backend()
+    first = first or requested_backend()
     notes: list[str] = []
     if value.strip().lower() == "all":
         order = [first] + [b for b in BACKENDS if b != first]
@@ -113,21 +105,6 @@ def parse_backends(value: str, first: str | None = None) -> tuple[list[str], lis
     if not chosen:
         raise BngapError(f"--backends needs at least one backend. Received: {value!r}")
     return chosen, notes
-
-
-def select_backend(name: str) -> None:
-    """Makes `name` the backend of Keras in this process; refuses when Keras
-    is already imported with another one (the backend is fixed at import)."""
-    keras = sys.modules.get("keras")
-    if keras is not None:
-        active = keras.backend.backend()
-        if active != name:
-            raise BngapError(
-                f"Keras is already imported with the {active} backend in this process; "
-                f"start a new process to check on {name}. Received: backend={name}"
-            )
-        return
-    os.environ["KERAS_BACKEND"] = name
 
 
 # ------------------------------------------------------------ the side output
