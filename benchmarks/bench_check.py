@@ -57,7 +57,8 @@ def _stage_timers():
     """Wraps bngap's passes and stages with timers: (seconds, calls) by name."""
     import bngap.measurement as measurement
     import bngap.preprocessing as preprocessing
-    from bngap.probe import Probe, StateGuard
+    from bngap.backend import StateGuard
+    from bngap.probe import Probe
 
     spent: dict = defaultdict(float)
     calls: dict = defaultdict(int)
@@ -102,7 +103,7 @@ def child(args) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
 
-    from bngap.runtime import import_keras
+    from bngap.backend import import_keras
 
     keras = import_keras()
     keras.utils.set_random_seed(0)
@@ -170,7 +171,7 @@ def callback_overhead() -> dict:
 import os, time, json, numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import bngap
-from bngap.runtime import import_keras
+from bngap.backend import import_keras
 keras = import_keras()
 L = keras.layers
 rng = np.random.default_rng(0)

@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the numbers to this file")
     args = ap.parse_args()
 
-    from bngap.runtime import import_keras
+    from bngap.backend import import_keras
 
     keras = import_keras()
     import numpy as np

@@ -36,7 +36,7 @@ def make_files(folder: Path, sizes: list[int]) -> tuple[Path, dict[int, Path]]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
 
-    from bngap.runtime import import_keras
+    from bngap.backend import import_keras
 
     keras = import_keras()
     keras.utils.set_random_seed(0)
@@ -73,7 +73,7 @@ def make_files(folder: Path, sizes: list[int]) -> tuple[Path, dict[int, Path]]:
 def child(args) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import bngap
-    from bngap.runtime import import_keras
+    from bngap.backend import import_keras
 
     import_keras()
     base = _peak_rss_mb()

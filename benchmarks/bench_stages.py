@@ -32,7 +32,7 @@ def _peak_rss_mb() -> float:
 
 
 def _build(name: str, size: int):
-    from bngap.runtime import import_keras
+    from bngap.backend import import_keras
 
     keras = import_keras()
     keras.utils.set_random_seed(0)
@@ -46,7 +46,8 @@ def _timers():
     """Wraps bngap's passes and per-layer work with timers: {label: [seconds, calls]}."""
     import bngap.measurement as measurement
     import bngap.preprocessing as preprocessing
-    from bngap.probe import Probe, StateGuard
+    from bngap.backend import StateGuard
+    from bngap.probe import Probe
 
     spent: dict = defaultdict(lambda: [0.0, 0])
 

@@ -134,7 +134,8 @@ def save_outputs(path: str, model, nodes, data, keras, *, batch_size: int) -> No
     inference mode and with only BN layers in training mode. Side effects:
     none on the model (the probe restores every variable).
     """
-    from .probe import Probe, pack_inputs
+    from .backend import pack_inputs
+    from .probe import Probe
 
     pack = lambda xs: pack_inputs(keras, model, xs, data.names, data.keyed)  # noqa: E731
     arrays: dict[str, np.ndarray] = {}

@@ -12,10 +12,11 @@ import numpy as np
 
 from . import backend
 from .audit import BatchNormParams
+from .backend import pack_inputs
 from .data import Dataset
 from .layertree import LayerNode
 from .metrics import OutputMetricSums, _is_classes, _MetricSums, _output_names
-from .probe import NodeStats, Probe, pack_inputs
+from .probe import NodeStats, Probe
 from .results import GROUPS, InferencePath, Kind, LeakCheck, Metrics
 from .stats import GapAccumulator
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import backend
 from .audit import BatchNormParams
-from .backend import (  # noqa: F401  (StateGuard, pack_inputs: re-exported for one merge cycle)
+from .backend import (
     StateGuard,
     _context_training,
     _initializer_constant,
