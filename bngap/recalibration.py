@@ -351,35 +351,28 @@ def fix(
         raise BngapError("the model has no BatchNormalization layers to re-estimate")
     bs = max(1, min(batch_size, len(data)))
 
+    def measure_gap():  # the same measurement before and after, to compare like with like
+        return measure(
+            net,
+            nodes,
+            data,
+            keras,
+            batch_size=bs,
+            seed=seed,
+            effects=0,
+            loss_id=loaded.loss,
+            leak_checks=False,
+        )
+
     say("measuring the gap before")
-    m0 = measure(
-        net,
-        nodes,
-        data,
-        keras,
-        batch_size=bs,
-        seed=seed,
-        effects=0,
-        loss_id=loaded.loss,
-        leak_checks=False,
-    )
+    m0 = measure_gap()
     restore = _snapshot_statistics([n.layer for n in chosen])
     say(f"re-estimating {len(chosen)} BatchNormalization layers on {len(data)} samples")
     fixes, passes = recalibrate(
         net, nodes, chosen, data, keras, batch_size=bs, progress=progress, seed=seed
     )
     say("measuring the gap after")
-    m1 = measure(
-        net,
-        nodes,
-        data,
-        keras,
-        batch_size=bs,
-        seed=seed,
-        effects=0,
-        loss_id=loaded.loss,
-        leak_checks=False,
-    )
+    m1 = measure_gap()
     before, after = output_gap(m0), output_gap(m1)
     helped, why_not = _helped(before, after, m0.metrics, m1.metrics)
     notes = list(loaded.notes) + _estimate_notes(len(data), fixes)

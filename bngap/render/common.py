@@ -247,3 +247,23 @@ def gates(report: Report) -> list[Gate]:
             )
         )
     return out
+
+
+def fix_rows(r) -> list[tuple[str, str, str]]:
+    """(what, before, after) for a `bngap fix` result: the output gap, then
+    loss and accuracy in each mode when labels were given."""
+    rows = [
+        ("output gap (relative L2)", num(r.before.relative_l2), num(r.after.relative_l2)),
+        ("max abs difference", num(r.before.max_abs), num(r.after.max_abs)),
+    ]
+    if r.before.top1_agreement is not None:
+        rows.append(("top-1 agreement", pct(r.before.top1_agreement), pct(r.after.top1_agreement)))
+    if r.metrics_before and r.metrics_after:
+        for k in r.metrics_before.eval:
+            fmt = pct if k == "accuracy" else num
+            for mode, before, after in (
+                ("inference", r.metrics_before.eval, r.metrics_after.eval),
+                ("training", r.metrics_before.train, r.metrics_after.train),
+            ):
+                rows.append((f"{k}, {mode} mode", fmt(before[k]), fmt(after[k])))
+    return rows

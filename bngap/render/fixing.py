@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .common import num, pct
+from .common import fix_rows, num
 
 
 def render_fix_result(r, fmt: str) -> str:
@@ -28,29 +28,7 @@ def render_fix(r) -> str:
         f"in {r.passes} passes (batch size {r.batch_size})"
     )
     lines.append("")
-    rows = [
-        ("output gap (relative L2)", num(r.before.relative_l2), num(r.after.relative_l2)),
-        ("max abs difference", num(r.before.max_abs), num(r.after.max_abs)),
-    ]
-    if r.before.top1_agreement is not None:
-        rows.append(("top-1 agreement", pct(r.before.top1_agreement), pct(r.after.top1_agreement)))
-    if r.metrics_before and r.metrics_after:
-        for k in r.metrics_before.eval:
-            fmt = pct if k == "accuracy" else num
-            rows.append(
-                (
-                    f"{k}, inference mode",
-                    fmt(r.metrics_before.eval[k]),
-                    fmt(r.metrics_after.eval[k]),
-                )
-            )
-            rows.append(
-                (
-                    f"{k}, training mode",
-                    fmt(r.metrics_before.train[k]),
-                    fmt(r.metrics_after.train[k]),
-                )
-            )
+    rows = fix_rows(r)
     w = max(len(a) for a, _, _ in rows)
     lines.append(f"{'':<{w}}  {'before':>10}  {'after':>10}")
     for a, b, c in rows:

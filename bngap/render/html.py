@@ -12,6 +12,7 @@ from . import svg
 from .common import (
     baseline_rows,
     baseline_summary,
+    fix_rows,
     gap_opens_at,
     gates,
     headline,
@@ -386,29 +387,7 @@ def render_fix_html(result) -> str:
     after, for the output and for each re-estimated BN layer."""
     r = result
     status = f"written to {r.written}" if r.written else "not written"
-    rows = [
-        ["output gap (relative L2)", num(r.before.relative_l2), num(r.after.relative_l2)],
-        ["max abs difference", num(r.before.max_abs), num(r.after.max_abs)],
-    ]
-    if r.before.top1_agreement is not None:
-        rows.append(["top-1 agreement", pct(r.before.top1_agreement), pct(r.after.top1_agreement)])
-    if r.metrics_before and r.metrics_after:
-        for k in r.metrics_before.eval:
-            f = pct if k == "accuracy" else num
-            rows.append(
-                [
-                    f"{escape(k)}, inference mode",
-                    f(r.metrics_before.eval[k]),
-                    f(r.metrics_after.eval[k]),
-                ]
-            )
-            rows.append(
-                [
-                    f"{escape(k)}, training mode",
-                    f(r.metrics_before.train[k]),
-                    f(r.metrics_after.train[k]),
-                ]
-            )
+    rows = [[escape(k), before, after] for k, before, after in fix_rows(r)]
     body = [
         f'<h1><span class="verdict {"pass" if r.helped else "fail"}">FIX</span>output gap '
         f"{escape(num(r.before.relative_l2))} → {escape(num(r.after.relative_l2))} · {escape(status)}</h1>",
