@@ -58,6 +58,7 @@ def _stage_timers():
     import bngap.measurement as measurement
     import bngap.preprocessing as preprocessing
     from bngap.backend import StateGuard
+    from bngap.capture import CaptureProbe
     from bngap.probe import Probe
 
     spent: dict = defaultdict(float)
@@ -77,15 +78,16 @@ def _stage_timers():
         setattr(owner, attr, wrapper)
 
     for attr in (
+        "eval_train",
         "eval_pass",
         "train_pass",
         "masked_pass",
         "observe_pass",
         "forced_eval_pass",
         "predict",
-        "first_bn_moments",
     ):
         timed(Probe, attr, f"pass: {attr}")
+    timed(CaptureProbe, "first_bn_moments", "pass: first_bn_moments")
     timed(Probe, "__enter__", "probe set-up (wrappers, variable snapshot)")
     timed(Probe, "__exit__", "probe tear-down (restore variables)")
     timed(StateGuard, "restore", "  of which: variable restores")

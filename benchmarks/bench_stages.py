@@ -74,7 +74,7 @@ def _timers():
         ("predict", "  inference paths: predict(x)"),
     ):
         timed(Probe, attr, label)
-    timed(Probe, "_accumulate", "    per-layer comparisons (reduce + .numpy() each)")
+    timed(Probe, "_compare", "    per-layer comparisons (reduced on the device)")
     timed(Probe, "_bn_input_moments", "    per-BN input moments (.numpy() each)")
     timed(Probe, "_eval_same_input", "    per-layer own-contribution reruns")
     timed(Probe, "_restore_bn", "    per-BN statistics restores")

@@ -135,13 +135,13 @@ def save_outputs(path: str, model, nodes, data, keras, *, batch_size: int) -> No
     none on the model (the probe restores every variable).
     """
     from .backend import pack_inputs
-    from .probe import Probe
+    from .capture import CaptureProbe
 
     pack = lambda xs: pack_inputs(keras, model, xs, data.names, data.keyed)  # noqa: E731
     arrays: dict[str, np.ndarray] = {}
     keys: dict[str, list[str]] = {"inference": [], "training": []}
     classes: dict[str, str] = {}
-    with Probe(model, nodes, keras, pack=pack) as probe:
+    with CaptureProbe(model, nodes, keras, pack=pack) as probe:
         first = None
         outputs: list[list[np.ndarray]] = []
         used = samples = 0

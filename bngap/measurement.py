@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from . import backend
+from . import backend, compiled
 from .audit import BatchNormParams
 from .backend import pack_inputs
 from .data import Dataset
@@ -136,6 +136,7 @@ def measure(
     loss_id=None,
     progress: Progress = _noop,
     leak_checks: bool = True,
+    compile_passes: bool = True,
 ) -> Measurements:
     """Runs every pass a check needs, batch by batch.
 
@@ -145,6 +146,11 @@ def measure(
     layer whose output effect is measured (the `effects` layers with the
     largest own contribution on the first batch; None = all; "auto" = all
     when there are at most 8, else the strongest one).
+
+    `compile_passes`: on TensorFlow, each batch's inference and training
+    passes run as one compiled graph, as fit() runs its train_step, where
+    that pays off (several batches, or a model checked before: see
+    `compiled.py`); False runs them eagerly.
 
     Side effects: none on the model (see `Probe`); reports progress.
     """
@@ -165,10 +171,11 @@ def measure(
 
     pack = lambda xs: pack_inputs(keras, model, xs, dataset.names, dataset.keyed)  # noqa: E731
     with Probe(model, nodes, keras, seed=seed, pack=pack) as probe:
+        if compile_passes:
+            probe.compiled = compiled.for_check(model, nodes, batches)
         stats = probe.stats
         for b, (xs, y) in enumerate(dataset.batches(batch_size)):
-            ev_raw = probe.eval_pass(xs)
-            tr_raw = probe.train_pass(xs, b)
+            ev_raw, tr_raw = probe.eval_train(xs, b)
             ev, tr = _to_numpy_list(keras, ev_raw), _to_numpy_list(keras, tr_raw)
             if plan is None:
                 names = _output_names(model, len(ev))

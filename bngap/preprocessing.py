@@ -72,7 +72,7 @@ def probe_input_transforms(
     are not simply the initial ones; only for one floating-point input.
     Side effects: none on the model.
     """
-    from .probe import Probe
+    from .capture import CaptureProbe
 
     if not bn or len(data.x) != 1 or data.x[0].dtype.kind != "f":
         return None
@@ -84,7 +84,7 @@ def probe_input_transforms(
     if not transforms:
         return None
     count = min(FIRST_LAYERS, len(bn))
-    with Probe(model, nodes, keras, seed=seed) as probe:
+    with CaptureProbe(model, nodes, keras, seed=seed) as probe:
         params = {n.index: probe.bn_params(n) for n in nodes if n.kind is Kind.BATCHNORM}
         base = probe.first_bn_moments([x], count)
         names = [next(n.path for n in nodes if n.index == i) for i in base]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,6 +33,24 @@ from .errors import ForwardPassError, one_line
 from .layertree import LayerNode
 from .results import Kind
 from .stats import GapAccumulator, SplitMoments
+
+
+class NonFinite(Exception):
+    """A deferred pair of sums came out NaN/Inf: measure the batch again, exactly."""
+
+
+@dataclass(frozen=True)
+class Due:
+    """One device-side quantity of a pass, and where its value goes."""
+
+    DIVERGENCE: ClassVar[str] = "divergence"  # [sum (t - r)^2, sum r^2]: train vs inference pass
+    OWN: ClassVar[str] = "own"  # the same pair: the layer in both modes on one input
+    OWN_SQUARES: ClassVar[str] = "own_squares"  # sum t^2 of a layer that ran in inference mode
+    MOMENTS: ClassVar[str] = "moments"  # [mean, M2] per example and channel of a BN input
+
+    kind: str
+    node: int
+    per: float = 0.0  # MOMENTS: values per example and channel
 
 
 class _StopPass(Exception):
@@ -87,6 +105,9 @@ class Probe:
         self._bn_var_cache: dict | None = None
         self.guard: StateGuard | None = None
         self._seed_vars: list = []
+        self._sink: list[tuple[Due, Any]] | None = None  # deferred quantities of the pass
+        self._compiling = False  # inside bngap's own traced pass (see compiled.py)
+        self.compiled: Any = None  # compiled.CompiledPasses, when the backend compiles
 
     # ---------------------------------------------------------------- set-up
     def __enter__(self):
@@ -114,8 +135,10 @@ class Probe:
 
     def _make_wrapper(self, node: LayerNode, original):
         def wrapper(*args, **kwargs):
-            if self._handler is None or self._bypass or backend.tracing((args, kwargs)):
+            if self._handler is None or self._bypass:
                 return original(*args, **kwargs)
+            if not self._compiling and backend.tracing((args, kwargs)):
+                return original(*args, **kwargs)  # someone else's trace (predict, build)
             self._stack.append(node)
             try:
                 return self._handler(node, original, args, kwargs)
@@ -142,6 +165,18 @@ class Probe:
         called twice in one pass sees the same statistics both times."""
         for v, saved in self._bn_vars(node):
             v.assign(saved)
+
+    def _run_bn_traced(self, node, original, args, kwargs):
+        """`_run` inside a traced pass: the statistics are read before the call
+        and written back after it, in the graph (saved numpy values would be
+        baked in as constants and go stale when `fix` commits new ones)."""
+        if not kwargs.get("training"):
+            return original(*args, **kwargs)
+        pairs = [(v, self.ops.convert_to_tensor(v)) for v, _ in self._bn_vars(node)]
+        out = original(*args, **kwargs)
+        for v, before in pairs:
+            v.assign(before)
+        return out
 
     def _guard(self) -> StateGuard:
         """The state guard, set up on entering the probe."""
@@ -171,12 +206,17 @@ class Probe:
     def _pack(self, xs: list[np.ndarray]):
         return self.pack(xs)
 
-    def _call_model(self, xs, what: str, handler, fit: bool = False, **call_kwargs):
+    def _call_model(
+        self, xs, what: str, handler, fit: bool = False, defer: bool = False, **call_kwargs
+    ):
         """One pass with `handler` on every layer call: `fit=True` calls the
-        model as fit()'s train_step does (see `backend.call_as_fit`)."""
+        model as fit()'s train_step does (see `backend.call_as_fit`). With
+        `defer`, the per-layer quantities stay on the device until the pass
+        ends and are fetched together (see `settle`)."""
         self._handler = handler
         self._counts = {}
         self._failed_at = None
+        self._sink = [] if defer else None
         try:
             with backend.no_grad():
                 if fit:
@@ -199,7 +239,48 @@ class Probe:
             self._handler = None
             self._stack.clear()
             self._guard().restore()
+            sink, self._sink = self._sink, None
+        if sink:
+            self.settle([d for d, _ in sink], [backend.to_numpy(t) for _, t in sink])
         return out
+
+    # ------------------------------------------------ deferred quantities
+    def _emit(self, due: Due, tensor, exact: Callable[[], np.ndarray] | None = None) -> None:
+        """Hands a device-side quantity to the pass's sink, or (no sink)
+        fetches and settles it now, recomputing a non-finite pair exactly."""
+        if self._sink is not None:
+            self._sink.append((due, tensor))
+            return
+        value = backend.to_numpy(tensor)
+        if exact is not None and not np.all(np.isfinite(value)):
+            value = exact()
+        self.settle([due], [value])
+
+    def settle(self, dues: list[Due], values: list[np.ndarray]) -> None:
+        """Adds a pass's fetched quantities to the layers' accumulators. All
+        or nothing: a non-finite pair of sums raises `NonFinite` before any
+        is added (the batch is then measured again without deferral, where
+        NaN/Inf entries are left out one pair at a time)."""
+        for due, v in zip(dues, values):
+            if due.kind in (Due.DIVERGENCE, Due.OWN) and not np.all(np.isfinite(v)):
+                raise NonFinite(due.node)
+        for due, v in zip(dues, values):
+            st = self.stats[due.node]
+            if due.kind == Due.MOMENTS:
+                if st.moments is None:
+                    st.moments = SplitMoments()
+                mean, m2 = np.asarray(v[0]), np.asarray(v[1])
+                st.moments.add_examples(np.full(mean.shape, due.per), mean, m2)
+            elif due.kind == Due.OWN_SQUARES:
+                sq = float(v)
+                st.own.add_sums(0.0, sq, sq)
+            else:
+                sq_d, sq_r = (float(a) for a in np.asarray(v, dtype=np.float64))
+                acc = st.divergence if due.kind == Due.DIVERGENCE else st.own
+                # reference all zeros: relative to the other side, whose squares are sq_d then
+                acc.add_sums(sq_d, sq_r, sq_d if sq_r == 0.0 and sq_d > 0.0 else 0.0)
+                if due.kind == Due.DIVERGENCE:
+                    st.paired += 1
 
     def _bn_input_moments(self, node, args, kwargs):
         """Per-example channel moments of the input a BN layer is called with."""
@@ -208,6 +289,8 @@ class Probe:
 
     def _run(self, node, original, args, kwargs):
         """Calls the layer; a BN layer's statistics update is undone at once."""
+        if self._compiling and node.kind is Kind.BATCHNORM:
+            return self._run_bn_traced(node, original, args, kwargs)
         out = original(*args, **kwargs)
         if node.kind is Kind.BATCHNORM:
             self._restore_bn(node)
@@ -224,12 +307,9 @@ class Probe:
         finally:
             self._bypass -= 1
 
-    def _accumulate(self, acc: GapAccumulator, train_out, ref_out) -> bool:
-        """Adds ||t - r||^2 and ||r||^2 of a pair of layer outputs to `acc`.
-
-        Fast path first (two reductions); only when a sum comes out
-        non-finite is it recomputed without the NaN/Inf entries.
-        """
+    def _compare(self, due: Due, train_out, ref_out) -> bool:
+        """Emits [||t - r||^2, ||r||^2] of a pair of layer outputs (all their
+        floating tensors of equal shape); False when there is nothing to compare."""
         ops = self.ops
         a, b = _flatten(self.keras, train_out), _flatten(self.keras, ref_out)
         if len(a) != len(b):
@@ -251,20 +331,7 @@ class Probe:
             total = parts[0][2]
         else:
             total = ops.sum(ops.stack([p[2] for p in parts]), axis=0)
-        sums = backend.to_numpy(total).astype(np.float64)
-        if not np.all(np.isfinite(sums)):
-            sums = np.zeros(2)
-            for t32, r32, _ in parts:
-                both = ops.logical_and(ops.isfinite(t32), ops.isfinite(r32))
-                t0, r0 = ops.where(both, t32, 0.0), ops.where(both, r32, 0.0)
-                sums += np.array(
-                    [float(ops.sum(ops.square(t0 - r0))), float(ops.sum(ops.square(r0)))]
-                )
-        sq_d, sq_r = sums
-        sq_o = 0.0
-        if sq_r == 0.0 and sq_d > 0.0:  # reference all zeros: relative to the other side
-            sq_o = sum(float(ops.sum(ops.square(p[0]))) for p in parts)
-        acc.add_sums(sq_d, sq_r, sq_o)
+        self._emit(due, total, exact=lambda: _finite_pair_sums(ops, parts))
         return True
 
     # -------------------------------------------------------------- handlers
@@ -277,9 +344,15 @@ class Probe:
                 self._order_counter += 1
             st.eval_training.add(kwargs.get("training"))
             if capture_bn and node.kind is Kind.BATCHNORM:
-                if st.moments is None:
-                    st.moments = SplitMoments()
-                st.moments.add_examples(*self._bn_input_moments(node, args, kwargs))
+                x = args[0] if args else kwargs.get("inputs")
+                per, mean, m2 = _channel_moment_tensors(
+                    self.ops, x, node.layer.axis, kwargs.get("mask")
+                )
+                if per is not None:
+                    self._emit(Due(Due.MOMENTS, node.index, per), self.ops.stack([mean, m2]))
+                else:  # masked: counts vary per example, fetched now
+                    st.moments = st.moments or SplitMoments()
+                    st.moments.add_examples(*self._bn_input_moments(node, args, kwargs))
             out = self._run(node, original, args, kwargs)
             if capture_outputs:
                 self._eval_store[(node.index, k)] = out
@@ -299,20 +372,19 @@ class Probe:
             out = self._run(node, original, args, kwargs)
             if node.mode_dependent and own:
                 if ref is None:  # ran in inference mode: same input, same output
-                    flat = _flatten(self.keras, out)
                     ops = self.ops
-                    sq = sum(
-                        float(ops.sum(ops.square(ops.cast(t, "float32"))))
-                        for t in flat
+                    sq = [
+                        ops.sum(ops.square(_as_float32(ops, t)))
+                        for t in _flatten(self.keras, out)
                         if backend.is_floating(t)
-                    )
-                    st.own.add_sums(0.0, sq, sq)
+                    ]
+                    if sq:
+                        total = sq[0] if len(sq) == 1 else ops.sum(ops.stack(sq))
+                        self._emit(Due(Due.OWN_SQUARES, node.index), total)
                 else:
-                    self._accumulate(st.own, out, ref)
+                    self._compare(Due(Due.OWN, node.index), out, ref)
             stored = self._eval_store.pop((node.index, k), None)
-            if stored is not None and self._accumulate(st.divergence, out, stored):
-                st.paired += 1
-            else:
+            if stored is None or not self._compare(Due(Due.DIVERGENCE, node.index), out, stored):
                 st.matched = False
             return out
 
@@ -354,123 +426,50 @@ class Probe:
 
         return handler
 
-    def _h_first_bn(self, count: int, capture: dict):
-        def handler(node, original, args, kwargs):
-            self._next_call(node)
-            if node.kind is Kind.BATCHNORM:
-                moments = self._bn_input_moments(node, args, kwargs)
-                capture.setdefault(node.index, SplitMoments()).add_examples(*moments)
-                if len(capture) >= count:
-                    raise _StopPass()
-            return self._run(node, original, args, kwargs)
-
-        return handler
-
-    def _h_discover(self, calls: list, taint: dict):
-        """Records every BN call with the BN layers its input depends on.
-
-        Dependencies follow tensor identity: a layer's input is the very
-        tensor object an upstream layer returned (functional graphs pass them
-        on unchanged). A tensor we did not see being made (computed by plain
-        ops inside a custom layer) conservatively depends on every BN layer
-        called so far.
-        """
-        seen_bn: list[int] = []
-
-        def deps_of(args, kwargs):
-            out: set[int] = set()
-            for t in _flatten(self.keras, (args, kwargs)):
-                if not hasattr(t, "shape"):
-                    continue
-                known = taint.get(id(t))
-                if known is None:
-                    out.update(seen_bn)
-                else:
-                    out.update(known[1])
-            return out
-
-        def handler(node, original, args, kwargs):
-            self._next_call(node)
-            deps = deps_of(args, kwargs)
-            before = len(seen_bn)
-            if node.kind is Kind.BATCHNORM:
-                calls.append((node.index, self._seq, frozenset(deps)))
-            self._seq += 1
-            out = self._run(node, original, args, kwargs)
-            if node.kind is Kind.BATCHNORM:
-                seen_bn.append(node.index)
-                deps = deps | {node.index}
-            if node.children:  # a container: its output depends on what ran inside it
-                deps = deps | set(seen_bn[before:])
-            for t in _flatten(self.keras, out):
-                if hasattr(t, "shape"):
-                    taint[id(t)] = (t, frozenset(deps))  # keep t alive: ids must not be reused
-            return out
-
-        return handler
-
-    def _h_capture(self, targets: set[int], stop_after: int, capture: dict):
-        """Input moments of the `targets` BN layers; stops after call number
-        `stop_after` of the pass."""
-
-        def handler(node, original, args, kwargs):
-            self._next_call(node)
-            seq = self._seq
-            self._seq += 1
-            if node.index in targets:
-                moments = self._bn_input_moments(node, args, kwargs)
-                capture.setdefault(node.index, SplitMoments()).add_examples(*moments)
-            if seq >= stop_after:
-                raise _StopPass()
-            return self._run(node, original, args, kwargs)
-
-        return handler
-
-    def discover_bn_dependencies(self, xs) -> list[tuple[int, int, frozenset]]:
-        """(BN node index, call number, BN layers its input depends on) for
-        every BN call of one inference pass, in call order."""
-        calls: list = []
-        taint: dict = {}
-        self._seq = 0
-        try:
-            self._call_model(xs, "inference", self._h_discover(calls, taint), training=False)
-        finally:
-            taint.clear()
-        return calls
-
-    def capture_bn_inputs(self, xs, targets: set[int], stop_after: int, into: dict) -> None:
-        """Adds the input moments of the `targets` BN layers on this batch to
-        `into` (node index -> SplitMoments), running only as far as needed."""
-        self._seq = 0
-        self._call_model(
-            xs, "inference", self._h_capture(targets, stop_after, into), training=False
-        )
-
-    def commit(self) -> None:
-        """Makes the current variable values the ones restored on exit (used
-        by `fix`, which changes BN statistics on purpose)."""
-        self._guard().commit()
-        self._bn_var_cache = None
-
-    # ----------------------------------------------------------------- passes
-    def eval_pass(self, xs, capture_outputs=True, capture_bn=True):
+    def eval_pass(self, xs, capture_outputs=True, capture_bn=True, defer=True):
         """model(x, training=False), recording inputs of BN layers and (for
         the training pass that follows) every layer's output."""
         self._eval_store.clear()
         return self._call_model(
-            xs, "inference", self._h_eval(capture_outputs, capture_bn), training=False
+            xs,
+            "inference",
+            self._h_eval(capture_outputs, capture_bn),
+            defer=defer,
+            training=False,
         )
 
-    def train_pass(self, xs, batch_index: int, own: bool = True):
+    def train_pass(self, xs, batch_index: int, own: bool = True, defer=True):
         """The model called as the installed Keras' fit() calls it on this
         backend (`backend.call_as_fit`: training=True only when its call()
         takes it; stateless_call on JAX), comparing each layer's output with
         the stored inference output of the same batch."""
         self._set_seeds(batch_index)
         try:
-            return self._call_model(xs, "training", self._h_train(own), fit=True)
+            return self._call_model(xs, "training", self._h_train(own), fit=True, defer=defer)
         finally:
             self._eval_store.clear()
+
+    def eval_train(self, xs, batch_index: int):
+        """One batch's inference pass, then its training pass: compiled where
+        the backend allows it (`compiled.py`), else eagerly with each pass's
+        quantities fetched at its end. A batch whose sums come out non-finite
+        is measured again layer by layer, leaving the NaN/Inf entries out."""
+        if self.compiled is not None:
+            try:
+                got = self.compiled.run(self, xs, batch_index)
+            except NonFinite:
+                return self._eval_train_exact(xs, batch_index, capture_bn=True)
+            if got is not None:
+                return got
+        ev = self.eval_pass(xs)
+        try:
+            return ev, self.train_pass(xs, batch_index)
+        except NonFinite:
+            return self._eval_train_exact(xs, batch_index, capture_bn=False)
+
+    def _eval_train_exact(self, xs, batch_index: int, capture_bn: bool):
+        ev = self.eval_pass(xs, capture_bn=capture_bn, defer=False)
+        return ev, self.train_pass(xs, batch_index, defer=False)
 
     def masked_pass(self, xs, batch_index: int, active: Iterable[int]):
         """A pass with only the `active` layers in the mode they had in the
@@ -489,36 +488,6 @@ class Probe:
         seen: dict = {}
         out = self._call_model(xs, "inference", self._h_observe(seen), **call_kwargs)
         return out, seen
-
-    def record_pass(self, xs, record: Callable[[LayerNode, int, Any], None], *, training: bool):
-        """A pass that hands each layer call's output to `record(node, call,
-        output)`. With training=True only BatchNormalization layers get the
-        flag; random and custom mode-dependent layers stay in inference mode,
-        so the pass is deterministic (backends are compared on it)."""
-
-        def handler(node, original, args, kwargs):
-            k = self._next_call(node)
-            if (
-                training
-                and node.mode_dependent
-                and node.takes_training
-                and node.kind is not Kind.BATCHNORM
-            ):
-                kwargs["training"] = False
-            out = self._run(node, original, args, kwargs)
-            record(node, k, out)
-            return out
-
-        return self._call_model(
-            xs, "training" if training else "inference", handler, training=training
-        )
-
-    def first_bn_moments(self, xs, count: int) -> dict[int, SplitMoments]:
-        """Input moments of the first `count` BN layers in inference mode;
-        the pass stops as soon as it has them."""
-        capture: dict = {}
-        self._call_model(xs, "inference", self._h_first_bn(count, capture), training=False)
-        return capture
 
     def predict(self, xs):
         """model.predict() with the wrappers out of the way. The compiled
@@ -586,6 +555,39 @@ def _predict_key(model) -> tuple:
 def _as_float32(ops, t):
     """`t` in float32; a float32 tensor as it is (skips the cast op's dispatch)."""
     return t if "float32" in str(getattr(t, "dtype", "")) else ops.cast(t, "float32")
+
+
+def _finite_pair_sums(ops, parts) -> np.ndarray:
+    """[sum (t - r)^2, sum r^2] over the entries finite on both sides."""
+    sums = np.zeros(2)
+    for t32, r32, _ in parts:
+        both = ops.logical_and(ops.isfinite(t32), ops.isfinite(r32))
+        t0, r0 = ops.where(both, t32, 0.0), ops.where(both, r32, 0.0)
+        sums += np.array([float(ops.sum(ops.square(t0 - r0))), float(ops.sum(ops.square(r0)))])
+    return sums
+
+
+def _channel_moment_tensors(ops, x, axis: int, mask=None):
+    """(values per example and channel, mean, M2) of a BN input as device
+    tensors, each (examples, channels); with a mask, (None, None, None): the
+    counts vary, see `_channel_moments`."""
+    if mask is not None and axis % len(x.shape) == len(x.shape) - 1:
+        return None, None, None
+    x = ops.cast(x, "float32")
+    rank = len(x.shape)
+    axis = axis % rank
+    if axis != rank - 1:
+        perm = [i for i in range(rank) if i != axis] + [axis]
+        x = ops.transpose(x, perm)
+    c = x.shape[-1]
+    inner = [d for d in x.shape[1:-1]]
+    if any(d is None for d in inner):  # sizes known only at run time: counts fetched now
+        return None, None, None
+    per = int(np.prod(inner)) if inner else 1
+    x3 = ops.reshape(x, (-1, per, c))  # the batch size may be unknown in a traced pass
+    mean = ops.mean(x3, axis=1)
+    m2 = backend.sum_squared_difference(x3, mean[:, None, :], axis=1)
+    return float(per), mean, m2
 
 
 def _channel_moments(ops, x, axis: int, mask=None):

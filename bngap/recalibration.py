@@ -161,7 +161,7 @@ def recalibrate(
     Returns:
         (one LayerFix per layer, number of passes over the data).
     """
-    from .probe import Probe
+    from .capture import CaptureProbe
 
     progress = progress or (lambda *a: None)
     by_index = {n.index: n for n in nodes}
@@ -171,7 +171,7 @@ def recalibrate(
     from .backend import pack_inputs
 
     pack = lambda xs: pack_inputs(keras, model, xs, data.names, data.keyed)  # noqa: E731
-    with Probe(model, nodes, keras, seed=seed, pack=pack) as probe:
+    with CaptureProbe(model, nodes, keras, seed=seed, pack=pack) as probe:
         first = next(data.batches(min(2, len(data))))[0]
         calls = probe.discover_bn_dependencies(first)
         levels = dependency_levels(calls)

@@ -1,0 +1,216 @@
+"""One batch's inference and training passes compiled into one TensorFlow
+graph, as fit()'s own train_step is (`tf.function`), cached on the model.
+
+The probe's wrappers run while the graph is traced: every per-layer
+quantity becomes an output of the graph, fetched once per batch, and what
+the wrappers learn about the model's structure (which layers got which
+`training` value, in which order) is kept with the graph, so that a later
+check of the same model replays it without tracing again. Anything that
+cannot be traced (Python control flow on values, numpy inside a custom
+layer, `run_eagerly`) falls back to the eager passes, which report errors
+as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import backend
+
+_CACHE = "_bngap_compiled_passes"  # on the model, untracked by Keras
+
+
+@dataclass
+class _Entry:
+    """A traced function and what its trace learned."""
+
+    function: Any
+    probe: Any = None  # the probe whose wrappers the next trace calls
+    dues: list = field(default_factory=list)
+    structure: dict | None = None  # node index -> NodeStats fields set while tracing
+    order_counter: int = 0
+    failed: bool = False
+    checks: int = 0  # checks of this model so far, compiled or not
+
+
+def _key(model, nodes) -> tuple:
+    """What the traced graph depends on besides the inputs' shapes."""
+    return (
+        tuple((n.path, type(n.layer).__name__, bool(n.layer.trainable)) for n in nodes),
+        getattr(model, "_call_has_training_arg", True),
+        str(getattr(getattr(model, "dtype_policy", None), "name", "")),
+    )
+
+
+# Tracing the instrumented graph costs about as much as running the two passes
+# eagerly once more; the graph then runs them faster: it pays off on several
+# batches, or on a model checked before in this process (the graph is kept).
+COMPILE_FROM_BATCHES = 4
+
+
+def available(model) -> bool:
+    """The backend compiles the passes, and the model was not asked to run eagerly."""
+    return backend.active() == "tensorflow" and not getattr(model, "run_eagerly", False)
+
+
+def for_check(model, nodes, batches: int) -> CompiledPasses | None:
+    """The compiled passes when they pay off here, else None (eager passes);
+    counts the check, so that a model's second check compiles."""
+    if not available(model):
+        return None
+    passes = CompiledPasses(model, nodes)
+    passes.entry.checks += 1
+    if passes.entry.function is not None or passes.entry.checks > 1:
+        return passes
+    return passes if batches >= COMPILE_FROM_BATCHES else None
+
+
+class CompiledPasses:
+    """The compiled inference + training pass of one batch for one probe."""
+
+    def __init__(self, model, nodes):
+        cache = model.__dict__.get(_CACHE)
+        if cache is None:
+            cache = {}
+            object.__setattr__(model, _CACHE, cache)
+        key = _key(model, nodes)
+        entry = cache.get(key)
+        if entry is None:
+            entry = cache[key] = _Entry(function=None)
+        self.entry = entry
+        self.model = model
+
+    def _trace_body(self, packed):
+        """What the graph computes; runs only while TensorFlow traces it."""
+        import tensorflow as tf
+
+        entry = self.entry
+        probe = entry.probe
+        probe._compiling = True
+        probe._sink = []
+        try:
+            probe._eval_store.clear()
+            probe._handler, probe._counts = probe._h_eval(True, True), {}
+            ev = self.model(packed, training=False)
+            probe._handler, probe._counts = probe._h_train(True), {}
+            # the training pass after the inference pass, as eagerly: run side by
+            # side, both passes' activations are alive at once (1.5x the memory)
+            with tf.control_dependencies(_values(ev) + [t for _, t in probe._sink]):
+                packed = tf.nest.map_structure(tf.identity, packed)
+            tr = backend.call_as_fit(self.model, packed)
+            entry.dues = [d for d, _ in probe._sink]
+            return ev, tr, [t for _, t in probe._sink], _riders(ev), _riders(tr)
+        finally:
+            probe._compiling = False
+            probe._sink = None
+            probe._handler = None
+            probe._eval_store.clear()
+            probe._stack.clear()
+
+    def _function(self, packed):
+        import tensorflow as tf
+
+        if self.entry.function is None:
+            spec = tf.nest.map_structure(
+                lambda t: tf.TensorSpec((None, *t.shape[1:]), t.dtype), packed
+            )
+            self.entry.function = tf.function(self._trace_body, input_signature=[spec])
+        return self.entry.function
+
+    def run(self, probe, xs, batch_index: int):
+        """(inference output, training output) of the batch, its quantities
+        settled into the probe; None when the passes cannot be compiled (the
+        caller then runs them eagerly). Raises probe.NonFinite before
+        settling anything when a pair of sums is NaN/Inf."""
+        entry = self.entry
+        if entry.failed:
+            return None
+        import tensorflow as tf
+
+        packed = tf.nest.map_structure(tf.convert_to_tensor, probe._pack(xs))
+        entry.probe = probe
+        traces_before = _traces(entry.function)
+        probe._set_seeds(batch_index)
+        try:
+            ev, tr, tensors, ev_riders, tr_riders = self._function(packed)(packed)
+        except Exception:  # untraceable here: the eager passes run instead, and say what fails
+            entry.failed = True
+            _reset_structure(probe)
+            return None
+        finally:
+            probe._guard().restore()
+        if _traces(entry.function) > traces_before:  # this probe's wrappers ran: keep what they saw
+            entry.structure = _structure(probe)
+            entry.order_counter = probe._order_counter
+        elif entry.structure is not None:
+            _replay(probe, entry)
+        probe.settle(entry.dues, [backend.to_numpy(t) for t in tensors])
+        _attach(ev, ev_riders)
+        _attach(tr, tr_riders)
+        return ev, tr
+
+
+# Keras hangs these on output tensors (a softmax's logits, which its
+# cross-entropy uses, as evaluate() does; a sequence mask): a graph's outputs
+# lose them, so they travel as outputs of their own and are hung back on.
+_RIDERS = ("_keras_logits", "_keras_mask")
+
+
+def _riders(out) -> list:
+    import tensorflow as tf
+
+    return [[getattr(t, a, None) for a in _RIDERS] for t in tf.nest.flatten(out)]
+
+
+def _attach(out, riders) -> None:
+    import tensorflow as tf
+
+    for t, values in zip(tf.nest.flatten(out), riders):
+        for a, v in zip(_RIDERS, values):
+            if v is not None:
+                with contextlib.suppress(AttributeError):  # a tensor type without a __dict__
+                    setattr(t, a, v)
+
+
+def _values(out) -> list:
+    import tensorflow as tf
+
+    return [t for t in tf.nest.flatten(out) if t is not None]
+
+
+def _traces(function) -> int:
+    if function is None:
+        return 0
+    try:
+        return int(function.experimental_get_tracing_count())
+    except AttributeError:  # pragma: no cover - older TensorFlow
+        return 0
+
+
+_FIELDS = ("fit_training", "eval_training", "calls", "order", "matched")
+
+
+def _structure(probe) -> dict:
+    return {i: {f: copy.copy(getattr(st, f)) for f in _FIELDS} for i, st in probe.stats.items()}
+
+
+def _replay(probe, entry: _Entry) -> None:
+    assert entry.structure is not None
+    for i, fields in entry.structure.items():
+        st = probe.stats.get(i)
+        if st is not None and st.order < 0:
+            for f, v in fields.items():
+                setattr(st, f, copy.copy(v))
+    probe._order_counter = max(probe._order_counter, entry.order_counter)
+
+
+def _reset_structure(probe) -> None:
+    """Forgets what a failed trace recorded (the eager passes record it again)."""
+    from .probe import NodeStats
+
+    for i in probe.stats:
+        probe.stats[i] = NodeStats()
+    probe._order_counter = 0
