@@ -172,7 +172,7 @@ class Probe:
         baked in as constants and go stale when `fix` commits new ones)."""
         if not kwargs.get("training"):
             return original(*args, **kwargs)
-        pairs = [(v, self.ops.convert_to_tensor(v)) for v, _ in self._bn_vars(node)]
+        pairs = [(v, self.ops.copy(v)) for v, _ in self._bn_vars(node)]  # a read, not an alias
         out = original(*args, **kwargs)
         for v, before in pairs:
             v.assign(before)
@@ -297,15 +297,32 @@ class Probe:
         return out
 
     def _eval_same_input(self, node, original, args, kwargs):
-        """The layer's inference-mode output on the input it just got."""
+        """The layer's inference-mode output on the input it just got. A BN
+        layer inside it that is called with training=True regardless (a mode
+        leak) has its statistics update undone, as every other one is."""
         kw = dict(kwargs)
         kw["training"] = False
+        below = self._bn_below(node)
+        kept = [(v, self.ops.copy(v)) for n in below for v, _ in self._bn_vars(n)]
         self._bypass += 1
         try:
             with _context_training(False):
                 return original(*args, **kw)
         finally:
             self._bypass -= 1
+            for v, before in kept:
+                v.assign(before)
+
+    def _bn_below(self, node: LayerNode) -> list[LayerNode]:
+        """The BN layers inside a container layer (none for a leaf)."""
+        out: list[LayerNode] = []
+        todo = list(node.children)
+        while todo:
+            n = todo.pop()
+            if n.kind is Kind.BATCHNORM:
+                out.append(n)
+            todo.extend(n.children)
+        return out
 
     def _compare(self, due: Due, train_out, ref_out) -> bool:
         """Emits [||t - r||^2, ||r||^2] of a pair of layer outputs (all their

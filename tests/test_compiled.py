@@ -1,0 +1,197 @@
+"""The compiled passes (TensorFlow): a check whose inference and training
+passes ran as one graph reports what the eager passes report, leaves the
+model bit-identical, traces once per model, and falls back to the eager
+passes where a model cannot be traced or a sum comes out non-finite."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bngap import compiled
+from bngap.pipeline import CheckOptions, check
+
+OPTIONS = CheckOptions(batch_size=16, probe_preprocessing=False)
+
+
+@pytest.fixture
+def always_compile(monkeypatch):
+    monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
+
+
+@pytest.fixture
+def never_compile(monkeypatch):
+    monkeypatch.setattr(compiled, "available", lambda model: False)
+
+
+def _numbers(report) -> dict:
+    """Every number and word of a report but its timing."""
+    d = report.to_dict()
+    d.pop("seconds", None)
+    d.get("settings", {}).pop("seconds", None)
+    return d
+
+
+def _close(a, b, path="report"):
+    """Equal words, numbers within float32 rounding of graph vs eager kernels."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a):
+            assert math.isnan(b), path
+        else:
+            assert a == pytest.approx(b, rel=2e-5, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
+def _eager_then_compiled(model, x, y, monkeypatch):
+    monkeypatch.setattr(compiled, "available", lambda m: False)
+    eager = check(model, x, y, options=OPTIONS)
+    monkeypatch.undo()
+    monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
+    graph = check(model, x, y, options=OPTIONS)
+    return eager, graph
+
+
+@pytest.mark.parametrize(
+    "name", ["under_trained", "dropout_only", "nested", "subclassed", "mode_leak", "augmentation"]
+)
+def test_compiled_report_equals_the_eager_one(keras, zoo, monkeypatch, name):
+    model, x, y = zoo.get(name)
+    eager, graph = _eager_then_compiled(model, x, y, monkeypatch)
+    assert compiled.CompiledPasses(model, []).entry is not None
+    _close(_numbers(eager), _numbers(graph))
+
+
+def test_compiled_check_leaves_every_variable_bit_identical(keras, zoo, always_compile):
+    model, x, y = zoo.get("under_trained")
+    before = [np.array(v.numpy(), copy=True) for v in model.variables]
+    check(model, x, y, options=OPTIONS)
+    check(model, x, y, options=OPTIONS)
+    for v, b in zip(model.variables, before):
+        assert np.array_equal(v.numpy(), b), v.path
+
+
+def test_second_check_reuses_the_graph(keras, zoo, always_compile):
+    model, x, _ = zoo.get("preprocessing_mismatch")
+    first = check(model, x, options=OPTIONS)
+    passes = compiled.CompiledPasses(model, _nodes(model, keras))
+    traced = passes.entry.function.experimental_get_tracing_count()
+    second = check(model, x, options=OPTIONS)
+    assert passes.entry.function.experimental_get_tracing_count() == traced == 1
+    _close(_numbers(first), _numbers(second))
+
+
+def test_one_batch_runs_eagerly_on_first_sight_and_compiled_on_the_second(keras):
+    L = keras.layers
+    model = keras.Sequential([keras.Input((5,)), L.Dense(4), L.BatchNormalization(), L.Dense(2)])
+    x = np.random.default_rng(1).normal(1, 2, (16, 5)).astype("float32")
+    nodes = _nodes(model, keras)
+    check(model, x, options=OPTIONS)
+    assert compiled.CompiledPasses(model, nodes).entry.function is None
+    check(model, x, options=OPTIONS)
+    assert compiled.CompiledPasses(model, nodes).entry.function is not None
+
+
+def test_many_batches_compile_on_first_sight(keras):
+    L = keras.layers
+    model = keras.Sequential([keras.Input((5,)), L.Dense(4), L.BatchNormalization(), L.Dense(2)])
+    x = np.random.default_rng(2).normal(1, 2, (16 * compiled.COMPILE_FROM_BATCHES, 5))
+    check(model, x.astype("float32"), options=OPTIONS)
+    assert compiled.CompiledPasses(model, _nodes(model, keras)).entry.function is not None
+
+
+def test_untraceable_model_falls_back_to_the_eager_passes(keras, monkeypatch):
+    L = keras.layers
+
+    class NumpyInside(L.Layer):  # a value read in Python: fine eagerly, not in a graph
+        def call(self, x):
+            scale = float(np.asarray(x).std()) + 1.0
+            return x / scale
+
+    def build():
+        keras.utils.set_random_seed(3)
+        inp = keras.Input((6,))
+        out = L.Dense(2)(L.BatchNormalization()(NumpyInside()(L.Dense(6)(inp))))
+        return keras.Model(inp, out)
+
+    x = np.random.default_rng(3).normal(2, 3, (32, 6)).astype("float32")
+    model = build()
+    eager, graph = _eager_then_compiled(model, x, None, monkeypatch)
+    nodes = _nodes(model, keras)
+    assert compiled.CompiledPasses(model, nodes).entry.failed
+    _close(_numbers(eager), _numbers(graph))
+
+
+def test_non_finite_sums_are_measured_again_exactly(keras, monkeypatch):
+    """A layer whose output overflows in one mode: the compiled sums are
+    Inf, so the batch is measured again eagerly, leaving Inf entries out."""
+    L = keras.layers
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((4,))
+    h = L.BatchNormalization()(L.Dense(4)(inp))
+    h = L.Lambda(lambda t: keras.ops.exp(t * 200.0))(h)  # overflows to Inf for some entries
+    model = keras.Model(inp, L.Dense(2)(h))
+    x = np.random.default_rng(4).normal(0, 3, (32, 4)).astype("float32")
+    eager, graph = _eager_then_compiled(model, x, None, monkeypatch)
+    _close(_numbers(eager), _numbers(graph))
+
+
+def test_fix_after_compiled_checks_measures_the_new_statistics(keras, zoo, monkeypatch):
+    """`fix` commits new statistics between its two measurements: the graph
+    must read them, not statistics baked in when it was traced."""
+    import bngap
+
+    model, x, _ = zoo.get("under_trained")
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
+    before = check(clone, x, options=OPTIONS).output_gap.relative_l2  # traced, old statistics
+    result = bngap.fix(clone, x, batch_size=16)  # in place, measured through the same graph
+    assert result.before.relative_l2 == pytest.approx(before, rel=1e-5)
+    monkeypatch.setattr(compiled, "available", lambda m: False)
+    after = check(clone, x, options=OPTIONS).output_gap.relative_l2  # eager, new statistics
+    assert result.after.relative_l2 == pytest.approx(after, rel=1e-5)
+    assert after < 0.5 * before
+
+
+def _nodes(model, keras):
+    from bngap.layertree import build_tree
+
+    return build_tree(model, keras)
+
+
+@pytest.mark.parametrize("compile_passes", [False, True])
+def test_own_contribution_inside_a_mode_leak_matches_numpy(keras, monkeypatch, compile_passes):
+    """A block that calls its BN with training=True always: the BN's own
+    contribution compares its two modes on one input with the statistics the
+    model has (bngap's inference-mode call of the block must not move them)."""
+    import zoo
+
+    model, x, _ = zoo.mode_leak()
+    if compile_passes:
+        monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
+    else:
+        monkeypatch.setattr(compiled, "available", lambda m: False)
+    got = check(model, x, options=OPTIONS).layer("block/bn").own_contribution
+    block = model.get_layer("block")
+    eps = block.bn.epsilon
+    mean = block.bn.moving_mean.numpy().astype(np.float64)
+    var = block.bn.moving_variance.numpy().astype(np.float64)
+    sq_d = sq_r = 0.0
+    for i in range(0, len(x), 16):
+        h = np.asarray(block.dense(x[i : i + 16]), dtype=np.float64)
+        inference = (h - mean) / np.sqrt(var + eps)
+        training = (h - h.mean(0)) / np.sqrt(h.var(0) + eps)
+        sq_d += float(((training - inference) ** 2).sum())
+        sq_r += float((inference**2).sum())
+    assert got == pytest.approx(np.sqrt(sq_d / sq_r), rel=1e-5)
