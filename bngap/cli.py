@@ -652,7 +652,7 @@ def _fix_text(result) -> str:
 
 
 def _fix_html(result) -> str:
-    from .render.html import render_fix_html
+    from .render.fixing import render_fix_html
 
     return render_fix_html(result)
 
