@@ -1,2 +1,1 @@
-"""The `bngap` subcommands, one module each (`cli` puts them on its group);
-`options` declares what several share, `reporting` delivers a check's report."""
+"""The `bngap` subcommands, one module each; `cli` puts them on its click group."""

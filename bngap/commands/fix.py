@@ -1,5 +1,4 @@
-"""`bngap fix`: BatchNormalization statistics re-estimated on data, verified,
-and saved in a copy (with reports of the fix, if asked for)."""
+"""`bngap fix`: BN statistics re-estimated on data, verified, and saved in a copy."""
 
 from __future__ import annotations
 

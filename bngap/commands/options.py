@@ -1,5 +1,4 @@
-"""The options several commands share, declared once: loading and running
-(`RunFlags`), console flags, report forms and files, and the exit-code epilog."""
+"""The options several commands share, declared once (`RunFlags` for check and fix)."""
 
 from __future__ import annotations
 

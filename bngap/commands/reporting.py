@@ -1,6 +1,4 @@
-"""A check run from the command line and its report delivered: to stdout or
-each `--output` file, its headline on stderr, and under GitHub Actions the job
-summary and annotations. Shared by check, demo and render."""
+"""A check run and its report delivered: stdout or files, headline, GitHub Actions."""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
-"""The `bngap lint` rules: one function per rule id (`CHECKS`, the registry
-the linter iterates in rule order), each reading the model's configuration
-and its BN layers' weights once, as numpy arrays; no forward pass."""
+"""The `bngap lint` rules: the registry (`CHECKS`), one function per rule id.
+
+The linter iterates it in rule order; each rule reads the model's
+configuration and its BN layers' weights, read once as numpy arrays; no
+forward pass.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Lint rules on the BN layers' settings: momentum in PyTorch's convention or
-at 1, and batch renormalization without clipping."""
+"""Lint rules on BN settings: momentum in PyTorch's convention or at 1, unclipped renorm."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Lint rules on the BN layers' moving statistics as stored: never updated,
-unusable variances, and an epsilon too small to guard the division by them."""
+"""Lint rules on the stored moving statistics: never updated, bad variances, tiny epsilon."""
 
 from __future__ import annotations
 

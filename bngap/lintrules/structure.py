@@ -1,6 +1,8 @@
-"""Lint rules on the structure around the layers: a BN axis against the
-layout of the layer feeding it, trainable BN layers in a frozen base, a call()
-without `training`, and layers that are mode-dependent by design."""
+"""Lint rules on the structure around the layers.
+
+A BN axis against the layout of the layer feeding it, trainable BN layers in a
+frozen base, a call() without `training`, and layers mode-dependent by design.
+"""
 
 from __future__ import annotations
 

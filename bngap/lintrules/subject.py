@@ -1,6 +1,7 @@
-"""What the lint rules read: the model, its layer tree and each built BN
-layer's configuration and weights, read once as numpy arrays; and the
-per-layer summary (`BatchNormLint`) the lint report lists."""
+"""What the lint rules read, once: the model, its layer tree, each BN layer's numbers.
+
+Also the per-layer summary (`BatchNormLint`) the lint report lists.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
-"""The report's charts as inline SVG strings: divergence along the depth, the
-BatchNormalization audit, horizontal bars, and before/after pairs. Each chart
-is one `<svg class="chart">` whose drawn data points carry `class="mark"` and
-a `<title>` (the browser shows it on hover)."""
+"""The report's charts as inline SVG strings.
+
+Divergence along the depth, the BatchNormalization audit, horizontal bars,
+and before/after pairs. Each chart is one `<svg class="chart">` whose drawn
+data points carry `class="mark"` and a `<title>` (the browser shows it on
+hover).
+"""
 
 from __future__ import annotations
 

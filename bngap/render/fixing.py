@@ -1,5 +1,4 @@
-"""The result of `bngap fix` in its three forms: a text summary, JSON, and an
-HTML page; before and after, side by side."""
+"""The result of `bngap fix` in its three forms: text summary, JSON, HTML page."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The check report as one self-contained HTML page (inline CSS and SVG, no
-script, no font or image from anywhere) to open offline, read on a laptop,
-print; one function per section."""
+"""The check report as one self-contained HTML page, one function per section.
+
+Inline CSS and SVG, no script, no font or image from anywhere: to open
+offline, read on a laptop, print.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The HTML pages' frame and building blocks: inline CSS, the page, tables,
-figures, severity marks; shared by the check report and the fix page."""
+"""The HTML pages' frame and building blocks: inline CSS, page, table, figure, severity."""
 
 from __future__ import annotations
 

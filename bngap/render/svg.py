@@ -1,6 +1,8 @@
-"""SVG drawing, hand-written: the chart frame, axes, ticks, legends, colours
-and coordinates that the charts (`render.charts`) are drawn with. No plotting
-library, no script, nothing loaded from anywhere."""
+"""SVG drawing, by hand: chart frame, axes, columns, ticks, legends, colours, coordinates.
+
+The charts (`render.charts`) are drawn with these. No plotting library, no
+script, nothing loaded from anywhere.
+"""
 
 from __future__ import annotations
 
