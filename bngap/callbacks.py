@@ -8,7 +8,7 @@ from typing import Any
 import keras  # the user's Keras, on whichever backend their fit() runs
 import numpy as np
 
-from .backend import StateGuard, pack_inputs
+from .backend import StateGuard, fit_call, no_grad, pack_inputs
 from .stats import GapAccumulator
 
 
@@ -173,25 +173,20 @@ class GapMonitor(keras.callbacks.Callback):
 
 def _trainer_forward(model):
     """(x, training) -> outputs, calling the model as the installed Keras
-    version's trainer does on the active backend (`keras/src/backend/*/
-    trainer.py`): with `training` only when the model's `call()` accepts it;
-    on JAX through `stateless_call` with the variables' current values."""
-    takes_training = getattr(model, "_call_has_training_arg", True)
+    version's trainer does on the active backend, as `backend.fit_call`
+    describes it (and `backend.call_as_fit` follows): `training` only when the
+    model's `call()` accepts it; on JAX through `stateless_call`.
+
+    Compiled here, not through `call_as_fit`: the monitor runs both modes at
+    every epoch, and on JAX `call_as_fit` reads the variables' values inside
+    the call, which `jax.jit` would freeze at the first trace; here they are
+    arguments, read afresh at each call."""
+    how = fit_call(model)
 
     def kwargs(training):
-        return {"training": training} if takes_training else {}
+        return {"training": training} if how.passes_training else {}
 
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        def compiled(mode):
-            kw = kwargs(mode)
-            return tf.function(lambda x: model(x, **kw), reduce_retracing=True)
-
-        fns = {mode: compiled(mode) for mode in (False, True)}
-        return lambda x, training: fns[training](x)
-    if backend == "jax":
+    if how.stateless:  # JAX
         import jax
 
         def stateless(trainable, non_trainable, x, training):
@@ -204,12 +199,18 @@ def _trainer_forward(model):
             x,
             training=training,
         )
-    if backend == "torch":
-        import torch
+    if how.backend == "tensorflow":
+        import tensorflow as tf
 
-        def call(x, training):
-            with torch.no_grad():  # a measurement, not a step: no autograd graph
-                return model(x, **kwargs(training))
+        def compiled(mode):
+            kw = kwargs(mode)
+            return tf.function(lambda x: model(x, **kw), reduce_retracing=True)
 
-        return call
-    return lambda x, training: model(x, **kwargs(training))
+        fns = {mode: compiled(mode) for mode in (False, True)}
+        return lambda x, training: fns[training](x)
+
+    def call(x, training):
+        with no_grad():  # torch: a measurement, not a step, so no autograd graph
+            return model(x, **kwargs(training))
+
+    return call

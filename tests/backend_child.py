@@ -207,7 +207,65 @@ def side_outputs(model_path: str, data_path: str, out_path: str, perturb: str = 
     }
 
 
-TASKS = {"gap_monitor": gap_monitor, "side_outputs": side_outputs}
+def gap_monitor_devices(count: str) -> dict:
+    """`GapMonitor` in a JAX `fit()` under `keras.distribution.DataParallel`
+    over `count` host devices (`count=1`: no distribution at all): what it
+    logs, training with and without it, the variables' placement, and the
+    gap the same monitor measures on the final variables with no
+    distribution set."""
+    n = int(count)
+    if "jax" not in sys.modules:  # XLA reads it when JAX first starts its CPU client
+        flag = f"--xla_force_host_platform_device_count={n}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+    import jax
+    import keras
+
+    import bngap
+
+    if n > 1 and jax.device_count() < n:
+        return {"skip": f"JAX started in this process with {jax.device_count()} device(s)"}
+    x, _ = _data()  # watched: 39 samples, an odd last batch (7)
+    dist = None
+    if n > 1:
+        dist = keras.distribution.DataParallel(devices=keras.distribution.list_devices("cpu"))
+    keras.distribution.set_distribution(dist)
+    with_dropout = lambda k: _sequential(k, dropout=True)  # noqa: E731
+    plain, _ = _fit(keras, with_dropout, [])
+    monitor = bngap.GapMonitor(x[:39], batch_size=16, every_n_batches=2, verbose=False)
+    watched, hist = _fit(keras, with_dropout, [monitor])
+    placed = lambda m: [str(v.value.sharding) for v in m.variables]  # noqa: E731
+    out: dict = {
+        "devices": len(watched.variables[0].value.sharding.device_set),
+        "changed": [
+            v.path
+            for a, v in zip(plain.variables, watched.variables)
+            if np.asarray(a.numpy()).tobytes() != np.asarray(v.numpy()).tobytes()
+        ],
+        "moved": [
+            v.path for v, a, b in zip(watched.variables, placed(plain), placed(watched)) if a != b
+        ],
+        "variables": len(watched.variables),
+        "logged": hist.history.get("bngap_gap"),
+        "history": [v for _, v in monitor.history],
+        "batch_history": [v for _, _, v in monitor.batch_history],
+    }
+    # the same variables (seed states too) in a model built with no distribution
+    keras.distribution.set_distribution(None)
+    alone = with_dropout(keras)
+    for a, v in zip(alone.variables, watched.variables):
+        a.assign(np.asarray(v.numpy()))
+    again = bngap.GapMonitor(x[:39], batch_size=16, verbose=False)
+    again.set_model(alone)
+    out["undistributed"] = again.measure()
+    out["distributed"] = monitor.history[-1][1]
+    return out
+
+
+TASKS = {
+    "gap_monitor": gap_monitor,
+    "gap_monitor_devices": gap_monitor_devices,
+    "side_outputs": side_outputs,
+}
 
 if __name__ == "__main__":
     result = TASKS[sys.argv[1]](*sys.argv[2:])

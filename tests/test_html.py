@@ -13,7 +13,7 @@ from test_render import bn_record, make_report
 
 from bngap.recalibration import FixResult, LayerFix
 from bngap.render import render
-from bngap.render.html import render_fix_html
+from bngap.render.fixing import render_fix_html
 from bngap.results import Baseline, Kind, LayerRecord, Metrics, OutputGap, Severity, Thresholds
 
 html5lib = pytest.importorskip("html5lib")

@@ -311,6 +311,14 @@ def test_every_rule_id_is_in_the_list():
     assert len(RULES) == len(set(RULES)) == 10
 
 
+def test_every_rule_id_has_one_check_in_rule_order():
+    from bngap.lintrules import CHECKS
+
+    assert [r.value for r in CHECKS] == list(RULES)
+    assert len(set(CHECKS.values())) == len(RULES)
+    assert all(c.__name__ == r.value for r, c in CHECKS.items())
+
+
 @pytest.mark.parametrize("name", ["ResNet50", "MobileNetV2", "EfficientNetB0"])
 def test_no_false_alarm_on_calibrated_applications(name):
     keras.utils.set_random_seed(0)

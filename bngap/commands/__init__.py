@@ -1,0 +1,1 @@
+"""The `bngap` subcommands, one module each; `cli` puts them on its click group."""
