@@ -45,6 +45,7 @@ class Measurements:
     notes: list[str] = field(default_factory=list)
     outputs_are_classes: bool = False
     fit_call: Any = None  # backend.FitCall: how fit() calls this model
+    devices: int = 1  # devices the batches were spread over
 
 
 Progress = Callable[[int, int, str], None]
@@ -137,6 +138,7 @@ def measure(
     progress: Progress = _noop,
     leak_checks: bool = True,
     compile_passes: bool = True,
+    devices: list[str] | None = None,
 ) -> Measurements:
     """Runs every pass a check needs, batch by batch.
 
@@ -151,6 +153,11 @@ def measure(
     passes run as one compiled graph, as fit() runs its train_step, where
     that pays off (several batches, or a model checked before: see
     `compiled.py`); False runs them eagerly.
+
+    `devices` (names from `backend.device_names`): batch b runs on device
+    b mod len(devices); each batch is whole on one device, so its
+    training-mode statistics are what one device computes, and the sums
+    merge exactly.
 
     Side effects: none on the model (see `Probe`); reports progress.
     """
@@ -168,6 +175,7 @@ def measure(
     classes = False
     loss_ok = dataset.y is not None
     own_logic = has_own_logic(model, keras)
+    devs = devices or backend.device_names(1)
 
     pack = lambda xs: pack_inputs(keras, model, xs, dataset.names, dataset.keyed)  # noqa: E731
     with Probe(model, nodes, keras, seed=seed, pack=pack) as probe:
@@ -175,7 +183,9 @@ def measure(
             probe.compiled = compiled.for_check(model, nodes, batches)
         stats = probe.stats
         for b, (xs, y) in enumerate(dataset.batches(batch_size)):
-            ev_raw, tr_raw = probe.eval_train(xs, b)
+            device = devs[b % len(devs)]
+            with backend.placed(device):
+                ev_raw, tr_raw = probe.eval_train(xs, b)
             ev, tr = _to_numpy_list(keras, ev_raw), _to_numpy_list(keras, tr_raw)
             if plan is None:
                 names = _output_names(model, len(ev))
@@ -208,7 +218,9 @@ def measure(
                 acc.add_arrays(t, e, classes=_is_classes(e))
                 out_acc.add_arrays(t, e, classes=classes)
             for k, (active, acc) in enumerate(extra):
-                for t, e in zip(_to_numpy_list(keras, probe.masked_pass(xs, b, active)), ev):
+                with backend.placed(device):
+                    masked = probe.masked_pass(xs, b, active)
+                for t, e in zip(_to_numpy_list(keras, masked), ev):
                     acc.add_arrays(t, e)
                 progress(b * (2 + len(extra)) + 3 + k, total, f"batch {b + 1}/{batches}")
             if loss_ok and y is not None:
@@ -287,6 +299,7 @@ def measure(
         notes=notes,
         outputs_are_classes=classes,
         fit_call=backend.fit_call(model),
+        devices=min(len(devs), batches),
     )
 
 

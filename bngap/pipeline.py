@@ -37,6 +37,7 @@ class CheckOptions:
     probe_preprocessing: bool = True
     backend: str | None = None  # tensorflow, jax or torch (default: KERAS_BACKEND, else tensorflow)
     save_outputs: str | None = None  # .npz of outputs for the cross-backend comparison (--backends)
+    devices: int | None = None  # devices to spread batches over (default: all accelerators, else 1)
 
 
 def _declared_batch_size(loaded, asked: int) -> int:
@@ -220,7 +221,7 @@ def check(
         A `Report`. The model's variables are left bit-identical.
     """
     from . import advice, analysis
-    from .backend import environment, import_keras
+    from .backend import device_names, environment, import_keras
     from .layertree import build_tree
     from .measurement import measure
 
@@ -247,7 +248,9 @@ def check(
     if not nodes:
         raise BngapError(f"{loaded.path}: the model has no layers to check")
     batch_size = _declared_batch_size(loaded, options.batch_size)
-    say(f"running {net.name}: {len(data)} samples, batch size {min(batch_size, len(data))}")
+    devices = device_names(options.devices)
+    on = f", {len(devices)} devices" if len(devices) > 1 else ""
+    say(f"running {net.name}: {len(data)} samples, batch size {min(batch_size, len(data))}{on}")
     m = measure(
         net,
         nodes,
@@ -258,6 +261,7 @@ def check(
         effects=options.effects,
         loss_id=loss if loss is not None else loaded.loss,
         progress=progress or (lambda *a: None),
+        devices=devices,
     )
     if options.save_outputs:
         from .crossbackend import save_outputs
@@ -300,6 +304,7 @@ def check(
         "seed": options.seed,
         "effects": "all" if options.effects is None else options.effects,
         "limit": options.limit,
+        "devices": m.devices,
     }
     return Report(
         model=summary,

@@ -86,6 +86,7 @@ class FixResult:
     reload_max_abs_diff: float | None = None
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    devices: int = 1  # devices the batches were spread over
     _restore: Any = field(default=None, repr=False, compare=False)
 
     def undo(self) -> None:
@@ -150,6 +151,7 @@ def recalibrate(
     batch_size: int,
     progress: Callable[[int, int, str], None] | None = None,
     seed: int = 0,
+    devices: list[str] | None = None,
 ) -> tuple[list[LayerFix], int]:
     """Sets the chosen BN layers' moving statistics to the population
     statistics of their inputs on `data`, level by level.
@@ -161,11 +163,13 @@ def recalibrate(
     Returns:
         (one LayerFix per layer, number of passes over the data).
     """
+    from .backend import placed
     from .capture import CaptureProbe
 
     progress = progress or (lambda *a: None)
     by_index = {n.index: n for n in nodes}
     wanted = {n.index for n in chosen}
+    on: list[str | None] = list(devices or [None])  # batch b is captured on device b mod len(on)
     out: list[LayerFix] = []
     passes = 0
     from .backend import pack_inputs
@@ -192,7 +196,8 @@ def recalibrate(
             stop = max(last_call[i] for i in targets)
             moments: dict = {}
             for b, (xs, _y) in enumerate(data.batches(batch_size)):
-                probe.capture_bn_inputs(xs, targets, stop, moments)
+                with placed(on[b % len(on)]):
+                    probe.capture_bn_inputs(xs, targets, stop, moments)
                 progress(step * batches + b + 1, total, f"level {step + 1}/{len(todo)}")
             passes += 1
             for i in sorted(targets, key=lambda j: last_call[j]):
@@ -289,6 +294,7 @@ def fix(
     preprocess: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     status: Callable[[str], None] | None = None,
+    devices: int | None = None,
 ) -> FixResult:
     """Re-estimates BN statistics on `x`, verifies the gap, and saves a copy.
 
@@ -303,6 +309,7 @@ def fix(
             an existing output file.
         layers: comma-separated BN layer paths or globs to re-estimate.
         include_frozen: also re-estimate frozen (trainable=False) layers.
+        devices: devices to spread the batches over (see `backend.device_names`).
 
     Returns:
         A FixResult with the output gap (and loss/accuracy with labels)
@@ -313,7 +320,7 @@ def fix(
     rename) only when the fix helps or `force` is set.
     """
     from .analysis import output_gap
-    from .backend import import_keras
+    from .backend import device_names, import_keras
     from .layertree import build_tree
     from .measurement import measure
     from .pipeline import open_inputs
@@ -350,6 +357,7 @@ def fix(
     if not chosen:
         raise BngapError("the model has no BatchNormalization layers to re-estimate")
     bs = max(1, min(batch_size, len(data)))
+    devs = device_names(devices)
 
     def measure_gap():  # the same measurement before and after, to compare like with like
         return measure(
@@ -362,6 +370,7 @@ def fix(
             effects=0,
             loss_id=loaded.loss,
             leak_checks=False,
+            devices=devs,
         )
 
     say("measuring the gap before")
@@ -369,7 +378,7 @@ def fix(
     restore = _snapshot_statistics([n.layer for n in chosen])
     say(f"re-estimating {len(chosen)} BatchNormalization layers on {len(data)} samples")
     fixes, passes = recalibrate(
-        net, nodes, chosen, data, keras, batch_size=bs, progress=progress, seed=seed
+        net, nodes, chosen, data, keras, batch_size=bs, progress=progress, seed=seed, devices=devs
     )
     say("measuring the gap after")
     m1 = measure_gap()
@@ -400,6 +409,7 @@ def fix(
         reload_max_abs_diff=reload_diff,
         notes=tuple(notes),
         seconds=time.perf_counter() - started,
+        devices=min(len(devs), math.ceil(len(data) / bs)),
         _restore=restore,
     )
 

@@ -191,6 +191,7 @@ def _check_options(
         custom_objects=flags.custom_objects,
         preprocess=flags.preprocess,
         backend=flags.backend,
+        devices=flags.devices,
         save_outputs=save_outputs,
     )
 

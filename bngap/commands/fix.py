@@ -134,6 +134,7 @@ def _run_fix(
             preprocess=flags.preprocess,
             progress=progress,
             status=progress.status,
+            devices=flags.devices,
         )
     finally:
         progress.close()

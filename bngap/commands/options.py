@@ -32,6 +32,7 @@ class RunFlags:
     seed: int
     preprocess: str | None
     backend: str | None
+    devices: int | None
     show_traceback: bool
     quiet: bool
 
@@ -116,6 +117,13 @@ RUN_OPTIONS: list[Decorator] = [
         type=click.Choice(["tensorflow", "jax", "torch"]),
         default=None,
         help="Keras backend to run the model on (default: KERAS_BACKEND if set, else tensorflow).",
+    ),
+    click.option(
+        "--devices",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Spread the batches over N devices, each batch whole on one (TensorFlow; default: "
+        "every visible GPU/TPU, else one CPU).",
     ),
     traceback_option(),
     quiet_option("No status or progress lines on stderr."),
