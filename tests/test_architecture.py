@@ -29,6 +29,8 @@ PURE = {
     "advice",
     "advice.common",
     "advice.batchnorm",
+    "advice.convergence",
+    "advice.shift",
     "advice.ranking",
     "advice.backends",
     "saved",
