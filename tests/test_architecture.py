@@ -21,6 +21,7 @@ PURE = {
     "specs",
     "stats",
     "results",
+    "gates",
     "records",
     "vocabulary",
     "jsonform",
