@@ -40,6 +40,7 @@ PURE = {
     "arrayfiles",
     "comparison",
     "validation",
+    "modelfiles",
     "_version",
     "render",
     "render.common",
