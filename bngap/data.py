@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from .arrayfiles import read_arrays, read_npz_member
+from .batchstream import BatchStream, one_shot, split_element
 from .errors import DataError, one_line
 from .specs import InputSpec
-from .streaming import BatchStream, concat_rows, ensure_fits, is_rows, one_shot, split_element
+from .streaming import concat_rows, ensure_fits, is_rows
 from .validation import target_dtype, validate
 
 DEFAULT_BATCH_SIZE = 32  # what Model.fit() uses when no batch size is given

@@ -37,6 +37,8 @@ PURE = {
     "saved",
     "writing",
     "streaming",
+    "npzmembers",
+    "batchstream",
     "arrayfiles",
     "comparison",
     "validation",
