@@ -1,7 +1,7 @@
-"""Iterables of batches (a tf.data.Dataset, a list, a DataLoader) read as
-columns of rows, and the element forms fit() accepts.
+"""Iterables of batches (tf.data, lists, DataLoaders) read as columns of rows.
 
-Plain numpy: this module does not import TensorFlow.
+Also the element forms fit() accepts (`split_element`). Plain numpy: this
+module does not import TensorFlow.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""The CI gates: thresholds, the baseline report of `--baseline`, and values
-compared as reports print them (`format_number`, `exceeds`).
+"""The CI gates: thresholds, the `--baseline` report, values compared as reports print them.
 
 Plain Python: no Keras here. `results.Report` derives its verdict from them.
 """

@@ -1,6 +1,8 @@
-"""Opening a model file with Keras, safely: safe mode, custom objects, the
-compiled loss, the declared inputs, Keras' errors in one line. The checks
-before Keras are `modelfiles`'; a Keras 2 .h5 file goes through `keras2.load`."""
+"""Opening a model file with Keras, safely: safe mode, custom objects, errors in one line.
+
+Also the compiled loss and the declared inputs. The checks before Keras are
+`modelfiles`'; a Keras 2 .h5 file goes through `keras2.load`.
+"""
 
 from __future__ import annotations
 

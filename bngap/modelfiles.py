@@ -1,5 +1,4 @@
-"""Model files checked before Keras opens them: the format by extension, an
-intact .keras archive not written by Keras 2, an HDF5 signature.
+"""Model files checked before Keras opens them: extension, .keras archive, HDF5 signature.
 
 Plain Python (zipfile, json): fast one-line errors for the common mistakes.
 """

@@ -1,5 +1,4 @@
-"""Members of an .npz archive opened without reading their data: memory-mapped
-when stored, streamed row by row when compressed, read whole when small.
+""".npz members opened without reading them: memory-mapped, streamed by rows, or read whole.
 
 Plain numpy: this module does not import TensorFlow.
 """

@@ -1,10 +1,9 @@
-"""The report of a check: its frozen records put together, the verdict and
-exit status from the CI gates (`gates`), and the JSON round trip.
+"""The `Report`: records put together, the verdict and exit status, the JSON round trip.
 
 Plain Python: no Keras here. Renderers and the exit-code policy read these
-records; nothing else does I/O with them. The records, vocabularies and gates
-live in `records`, `vocabulary` and `gates`; every name is re-exported here,
-so that `from bngap.results import X` keeps working.
+records; nothing else does I/O with them. The records, vocabularies and CI
+gates live in `records`, `vocabulary` and `gates`; every name is re-exported
+here, so that `from bngap.results import X` keeps working.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""The side output of one backend's check (`--save-outputs F.npz`): what the
-reports do not hold, for `--backends` to compare (`comparison` reads it back).
+"""One backend's side output (`--save-outputs F.npz`): what `--backends` compares.
 
 The inference outputs on the first samples, and every layer's output on the
 first batch in inference mode and with only the BatchNormalization layers in
-training mode (both deterministic, so that any difference is the backend's).
+training mode (both deterministic, so that any difference is the backend's);
+`comparison` reads it back.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""Arrays read row range by row range (`RowArray`), shards joined end to end,
-and the memory they may take. The readers behind them: `npzmembers`
-(.npz members), `batchstream` (iterables of batches), `images`.
+"""Arrays read row range by row range (`RowArray`), shards joined, the memory a read may take.
 
-Peak memory depends on the rows asked for, not on the file. Plain numpy:
-this module does not import TensorFlow.
+The readers behind them: `npzmembers` (.npz members), `batchstream`
+(iterables of batches), `images`. Peak memory depends on the rows asked for,
+not on the file. Plain numpy: this module does not import TensorFlow.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""The BatchNormalization causes in order, each from its own rule (a layer
-explained by one is not counted again by the next); the small-batch cause
-and the notes on frozen or held BN layers."""
+"""The BatchNormalization causes in order, `small_batch`, and notes on frozen or held layers.
+
+Each cause is its own rule (`convergence`, `shift`, `_small_batch` here); a
+layer explained by one is not counted again by the next.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""What the advice rules share: the gap worth explaining, the batch size
-called small, the fix command, and the wording of numbers, name lists and BN
-layers (the lint rules use the wording too)."""
+"""The thresholds and wording the advice rules share (the lint rules use the wording too)."""
 
 from __future__ import annotations
 

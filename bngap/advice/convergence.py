@@ -1,6 +1,4 @@
-"""The moving statistics that never left their initial values
-(`stats_never_updated`) or have not left them far enough behind
-(`stats_not_converged`)."""
+"""`stats_never_updated` and `stats_not_converged`: moving statistics still at their start."""
 
 from __future__ import annotations
 

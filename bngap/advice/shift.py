@@ -1,6 +1,4 @@
-"""Moving statistics from data unlike this: inputs preprocessed otherwise than
-in training (`preprocessing_mismatch`), or another distribution altogether
-(`domain_shift`)."""
+"""`preprocessing_mismatch` and `domain_shift`: moving statistics from data unlike this."""
 
 from __future__ import annotations
 

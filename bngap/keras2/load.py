@@ -1,5 +1,7 @@
-"""A Keras 2 .h5 file loaded through a repaired copy of its config (the file
-itself is never written), after refusing what Keras 3 or safe mode cannot run."""
+"""A Keras 2 .h5 file loaded through a repaired copy of its config; the file is never written.
+
+What Keras 3 or safe mode cannot run is refused before Keras tries.
+"""
 
 from __future__ import annotations
 
