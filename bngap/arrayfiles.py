@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, one_line
+from .npzmembers import ObjectArray, npz_member
 from .specs import InputSpec
-from .streaming import ObjectArray, npz_member
 
 
 def _refuse_pickle(path: Path, key: str | None) -> DataError:

@@ -250,6 +250,35 @@ def _renorm_training_gap(p: BatchNormParams, total: ChannelMoments) -> float | N
     return local_gap(compare_channels(as_moving, total))
 
 
+def _consistent_fraction(
+    p: BatchNormParams, total: ChannelMoments, cs: ChannelStats, frac: float | None, spread: float
+) -> float | None:
+    """The initial share `frac` when the channels agree on it and the mixture
+    lands on the moving statistics; else None."""
+    # Only a consistent fit says how many updates the statistics saw.
+    # The agreement that matters is on the smaller of the two shares: a layer
+    # 97% initial must agree on the 3% it moved, or it is something else (for
+    # instance statistics from other data that sit near 0 and 1 next to these).
+    return (
+        frac
+        if frac is not None
+        and spread <= MIXTURE_FLOOR + MIXTURE_SPREAD * min(frac, 1.0 - frac)
+        and mixture_reproduces_moving(p, total, cs, frac)
+        else None
+    )
+
+
+def _worst_channels(cs: ChannelStats, worst: int) -> tuple[ChannelDeviation, ...]:
+    """The `worst` channels by their share of the gap (degenerate and
+    gap-free channels left out)."""
+    order_idx = np.argsort(-cs.gap_num)[:worst]
+    return tuple(
+        ChannelDeviation(int(i), float(cs.z[i]), float(cs.log2_ratio[i]))
+        for i in order_idx
+        if not cs.degenerate[i] and cs.gap_num[i] > 0
+    )
+
+
 def audit_layer(
     p: BatchNormParams,
     moments: SplitMoments,
@@ -261,31 +290,13 @@ def audit_layer(
     total = moments.total
     cs = compare_channels(p, total)
     ok = ~cs.degenerate
-    abs_z = np.abs(cs.z[ok])
-    abs_l = np.abs(cs.log2_ratio[ok])
-    mz = robust_summary(abs_z)
-    ml = robust_summary(abs_l)
+    mz = robust_summary(np.abs(cs.z[ok]))
+    ml = robust_summary(np.abs(cs.log2_ratio[ok]))
     gap = local_gap(cs)
     noise = noise_of_gap(p, moments.halves, cs)
     never = is_never_updated(p)
     frac, spread = init_mixture(p, total, cs)
-    # Only a consistent fit says how many updates the statistics saw.
-    # The agreement that matters is on the smaller of the two shares: a layer
-    # 97% initial must agree on the 3% it moved, or it is something else (for
-    # instance statistics from other data that sit near 0 and 1 next to these).
-    fraction = (
-        frac
-        if frac is not None
-        and spread <= MIXTURE_FLOOR + MIXTURE_SPREAD * min(frac, 1.0 - frac)
-        and mixture_reproduces_moving(p, total, cs, frac)
-        else None
-    )
-    order_idx = np.argsort(-cs.gap_num)[:worst]
-    worst_ch = tuple(
-        ChannelDeviation(int(i), float(cs.z[i]), float(cs.log2_ratio[i]))
-        for i in order_idx
-        if not cs.degenerate[i] and cs.gap_num[i] > 0
-    )
+    fraction = _consistent_fraction(p, total, cs, frac, spread)
     return BatchNormRecord(
         training_stats_gap=_renorm_training_gap(p, total),
         path=p.path,
@@ -310,7 +321,7 @@ def audit_layer(
         severity=severity_of(gap, noise, never),
         samples=int(total.examples),
         degenerate_channels=int(cs.degenerate.sum()),
-        worst_channels=worst_ch,
+        worst_channels=_worst_channels(cs, worst),
         renorm=p.renorm,
         synchronized=p.synchronized,
         data_mean_abs=float(np.median(np.abs(total.mean[ok]))) if ok.any() else 0.0,

@@ -1,7 +1,7 @@
 """One backend's run compared with the first backend's (`--backends`): float
 tolerances, a side output read back, what diverged and the first layer where.
 
-Plain numpy on the side outputs that `crossbackend.save_outputs` writes.
+Plain numpy on the side outputs that `sideoutput.save_outputs` writes.
 """
 
 from __future__ import annotations

@@ -2,16 +2,13 @@
 
 The backend is fixed when Keras is imported, so each backend after the first
 runs `python -m bngap check ... --format json --save-outputs F.npz` with
-`KERAS_BACKEND` set. The side output holds what the reports do not: the
-inference outputs on the same samples, and every layer's output on the first
-batch in inference mode and with only the BatchNormalization layers in
-training mode (both deterministic, so that any difference is the backend's).
+`KERAS_BACKEND` set. Each backend's side output (`sideoutput`) holds what
+the reports do not; `comparison` sets each run against the first's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import json
 import os
 import subprocess
@@ -21,8 +18,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from .backend import BACKENDS, installed, requested_backend, select_backend
 from .comparison import (
@@ -38,6 +33,7 @@ from .comparison import (
 from .errors import BngapError
 from .records import BackendRun
 from .results import Report
+from .sideoutput import library_version
 
 __all__ = [
     "BACKENDS",
@@ -50,25 +46,14 @@ __all__ = [
     "first_divergent",
     "parse_backends",
     "run_in_process",
-    "save_outputs",
+    "select_backend",
     "tolerance",
 ]
 
 _EXTRA = {"tensorflow": "bngap", "jax": "bngap[jax]", "torch": "bngap[torch]"}
-OUTPUT_BUDGET = 64 * 2**20  # bytes of inference outputs kept for the comparison
-SKETCH = 16384  # elements of each layer output kept (same positions on every backend)
 
 
 # ------------------------------------------------------------ choosing backends
-def library_version(backend: str) -> str | None:
-    """The installed version of a backend's library, read without importing
-    it (the other backends run in processes of their own)."""
-    try:
-        return importlib.metadata.version(backend)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def parse_backends(value: str, first: str | None = None) -> tuple[list[str], list[str]]:
     """The backends of `--backends all|LIST`, the first one first, and notes.
 
@@ -105,89 +90,6 @@ def parse_backends(value: str, first: str | None = None) -> tuple[list[str], lis
     if not chosen:
         raise BngapError(f"--backends needs at least one backend. Received: {value!r}")
     return chosen, notes
-
-
-# ------------------------------------------------------------ the side output
-def _sketch(keras, out) -> np.ndarray:
-    """A layer's output as float64, at most SKETCH elements at positions that
-    depend only on its size (the same on every backend)."""
-    parts = []
-    for t in keras.tree.flatten(out):
-        if t is None or not hasattr(t, "shape"):
-            continue
-        a = np.asarray(keras.ops.convert_to_numpy(t))
-        if a.dtype.kind == "f" or a.dtype.name == "bfloat16":
-            parts.append(a.astype(np.float64).ravel())
-    if not parts:
-        return np.zeros(0)
-    flat = np.concatenate(parts)
-    if flat.size > SKETCH:
-        flat = flat[np.random.default_rng(flat.size).integers(0, flat.size, SKETCH)]
-    return flat
-
-
-def save_outputs(path: str, model, nodes, data, keras, *, batch_size: int) -> None:
-    """Writes the side output of one backend's check to `path` (.npz).
-
-    Holds the inference outputs of the first samples (up to OUTPUT_BUDGET
-    bytes), and on the first batch every layer call's output sketch in
-    inference mode and with only BN layers in training mode. Side effects:
-    none on the model (the probe restores every variable).
-    """
-    from .backend import pack_inputs
-    from .capture import CaptureProbe
-
-    pack = lambda xs: pack_inputs(keras, model, xs, data.names, data.keyed)  # noqa: E731
-    arrays: dict[str, np.ndarray] = {}
-    keys: dict[str, list[str]] = {"inference": [], "training": []}
-    classes: dict[str, str] = {}
-    with CaptureProbe(model, nodes, keras, pack=pack) as probe:
-        first = None
-        outputs: list[list[np.ndarray]] = []
-        used = samples = 0
-        for xs, _ in data.batches(batch_size):
-            out = [
-                np.asarray(keras.ops.convert_to_numpy(t))
-                for t in keras.tree.flatten(model(pack(xs), training=False))
-                if t is not None
-            ]
-            if first is None:
-                first = xs
-                outputs = [[] for _ in out]
-            for acc, a in zip(outputs, out):
-                acc.append(a)
-            used += sum(a.nbytes for a in out)
-            samples += len(xs[0])
-            if used >= OUTPUT_BUDGET:
-                break
-        for i, acc in enumerate(outputs):
-            arrays[f"output/{i}"] = np.concatenate(acc)
-        for mode in ("inference", "training"):
-
-            def record(node, call, out, _mode=mode):
-                key = f"{node.path}#{call}"
-                keys[_mode].append(key)
-                classes[node.path] = node.class_name
-                arrays[f"{_mode}/{key}"] = _sketch(keras, out)
-
-            final = probe.record_pass(first, record, training=mode == "training")
-            if mode == "training":
-                for i, t in enumerate(t for t in keras.tree.flatten(final) if t is not None):
-                    arrays[f"training_output/{i}"] = np.asarray(keras.ops.convert_to_numpy(t))
-    backend = keras.backend.backend()
-    policy = getattr(model, "dtype_policy", None)
-    meta = {
-        "backend": backend,
-        "version": library_version(backend),
-        "keras": keras.__version__,
-        "compute_dtype": getattr(policy, "compute_dtype", None),
-        "samples": samples,
-        "first_batch": len(first[0]) if first else 0,
-        "layers": keys,
-        "classes": classes,
-    }
-    # the keys all hold a "/", so none can fall on savez's allow_pickle
-    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------ running
@@ -258,6 +160,110 @@ def run_in_process(
     return json.loads(report_path.read_text()), side, None, seconds
 
 
+def _require_files(model: Any, data: Any) -> None:
+    """The other processes read the model and the data again: files only."""
+    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data or [None])
+    if not isinstance(model, (str, os.PathLike)) or not all(
+        isinstance(p, (str, os.PathLike)) for p in paths
+    ):
+        raise BngapError(
+            "--backends needs the model and the data as files (each backend reads them "
+            "in a process of its own)"
+        )
+
+
+def _run_backends(
+    model: Any,
+    data: Any,
+    options,
+    backends: list[str],
+    folder: Path,
+    *,
+    progress=None,
+    status: Callable[[str], None] | None = None,
+) -> tuple[Report, SideOutput, list[BackendRun], dict[str, list[str]]]:
+    """The check on every backend, the first here and the others in processes
+    of their own, compared with the first: (its report, its side output, one
+    run per backend, what diverged of each)."""
+    from .pipeline import check
+
+    say = status or (lambda s: None)
+    first = backends[0]
+    side_path = folder / f"{first}.npz"
+    say(f"backend 1 of {len(backends)}: {first}")
+    started = time.perf_counter()
+    report = check(
+        model,
+        data,
+        options=dataclasses.replace(options, save_outputs=str(side_path)),
+        progress=progress,
+        status=status,
+    )
+    seconds = {first: time.perf_counter() - started}
+    ref = SideOutput(side_path)
+    ref_dict = report.to_dict()
+    reports, errors, sides = {first: ref_dict}, {}, {first: ref}
+    for i, b in enumerate(backends[1:], 2):
+        say(f"backend {i} of {len(backends)}: {b} (a process of its own)")
+        rep, side, err, secs = run_in_process(b, model, data, options, folder)
+        seconds[b] = secs
+        if err:
+            errors[b] = err
+        else:
+            assert rep is not None  # a run without an error wrote its report
+            reports[b], sides[b] = rep, SideOutput(side)
+    runs = []
+    for b in backends:
+        if b in errors:
+            runs.append(
+                BackendRun(
+                    backend=b, version=library_version(b), error=errors[b], seconds=seconds[b]
+                )
+            )
+        else:
+            runs.append(compare(ref, sides[b], ref_dict, reports[b], seconds[b]))
+    diverged = {r.backend: divergences(r, runs[0], ref, sides.get(r.backend)) for r in runs}
+    return report, ref, runs, diverged
+
+
+def _with_runs(
+    report: Report,
+    ref: SideOutput,
+    runs: list[BackendRun],
+    diverged: dict[str, list[str]],
+    notes: Sequence[str],
+) -> Report:
+    """The first backend's report with the runs, a `backend_divergence`
+    finding when they disagree, and notes on what was compared."""
+    from .advice.backends import backend_divergence
+    from .advice.ranking import ordered
+
+    finding = backend_divergence(
+        runs,
+        diverged,
+        tolerance=tolerance(ref.meta.get("compute_dtype")),
+        dtype=ref.meta.get("compute_dtype") or "float32",
+        keras_version=ref.meta.get("keras"),
+    )
+    findings = tuple(report.findings)
+    if finding is not None:
+        findings = ordered(findings + (finding,))
+    extra = list(notes) + [
+        f"{r.backend} could not run the check: {r.error}" for r in runs if r.error
+    ]
+    note = loss_note(runs, diverged, report.metrics.loss_name if report.metrics else "")
+    if note:
+        extra.append(note)
+    extra.append(
+        f"across backends: inference outputs compared on the first {runs[0].compared_samples} "
+        f"samples, each layer's output on the first batch ({ref.meta['first_batch']} samples), "
+        f"with {runs[0].backend} as the reference"
+    )
+    return dataclasses.replace(
+        report, backends=tuple(runs), findings=findings, notes=tuple(report.notes) + tuple(extra)
+    )
+
+
 def check_across(
     model: Any,
     data: Any,
@@ -282,81 +288,10 @@ def check_across(
         options: `CheckOptions`; thresholds apply to the first backend's report.
         backends: names, the first being the reference.
     """
-    from .advice.backends import backend_divergence
-    from .advice.ranking import ordered
-    from .pipeline import check
-
-    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data or [None])
-    if not isinstance(model, (str, os.PathLike)) or not all(
-        isinstance(p, (str, os.PathLike)) for p in paths
-    ):
-        raise BngapError(
-            "--backends needs the model and the data as files (each backend reads them "
-            "in a process of its own)"
-        )
-    say = status or (lambda s: None)
-    first = backends[0]
-    select_backend(first)
+    _require_files(model, data)
+    select_backend(backends[0])
     with tempfile.TemporaryDirectory(prefix="bngap-backends-") as tmp:
-        folder = Path(tmp)
-        side_paths = {first: folder / f"{first}.npz"}
-        say(f"backend 1 of {len(backends)}: {first}")
-        started = time.perf_counter()
-        report = check(
-            model,
-            data,
-            options=dataclasses.replace(options, save_outputs=str(side_paths[first])),
-            progress=progress,
-            status=status,
+        report, ref, runs, diverged = _run_backends(
+            model, data, options, backends, Path(tmp), progress=progress, status=status
         )
-        seconds = {first: time.perf_counter() - started}
-        ref = SideOutput(side_paths[first])
-        ref_dict = report.to_dict()
-        reports, errors, sides = {first: ref_dict}, {}, {first: ref}
-        for i, b in enumerate(backends[1:], 2):
-            say(f"backend {i} of {len(backends)}: {b} (a process of its own)")
-            rep, side, err, secs = run_in_process(b, model, data, options, folder)
-            seconds[b] = secs
-            if err:
-                errors[b] = err
-            else:
-                assert rep is not None  # a run without an error wrote its report
-                reports[b], sides[b] = rep, SideOutput(side)
-        runs = []
-        for b in backends:
-            if b in errors:
-                runs.append(
-                    BackendRun(
-                        backend=b, version=library_version(b), error=errors[b], seconds=seconds[b]
-                    )
-                )
-            else:
-                runs.append(compare(ref, sides[b], ref_dict, reports[b], seconds[b]))
-        diverged = {r.backend: divergences(r, runs[0], ref, sides.get(r.backend)) for r in runs}
-    finding = backend_divergence(
-        runs,
-        diverged,
-        tolerance=tolerance(ref.meta.get("compute_dtype")),
-        dtype=ref.meta.get("compute_dtype") or "float32",
-        keras_version=ref.meta.get("keras"),
-    )
-    findings = tuple(report.findings)
-    if finding is not None:
-        findings = ordered(findings + (finding,))
-    extra = list(notes) + [
-        f"{r.backend} could not run the check: {r.error}" for r in runs if r.error
-    ]
-    note = loss_note(runs, diverged, report.metrics.loss_name if report.metrics else "")
-    if note:
-        extra.append(note)
-    extra.append(
-        f"across backends: inference outputs compared on the first {runs[0].compared_samples} "
-        f"samples, each layer's output on the first batch ({ref.meta['first_batch']} samples), "
-        f"with {first} as the reference"
-    )
-    return dataclasses.replace(
-        report, backends=tuple(runs), findings=findings, notes=tuple(report.notes) + tuple(extra)
-    )
-
-
-__all__ = ["BACKENDS", "check_across", "parse_backends", "save_outputs", "select_backend"]
+    return _with_runs(report, ref, runs, diverged, notes)

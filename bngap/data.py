@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from .arrayfiles import read_arrays, read_npz_member
+from .batchstream import BatchStream, one_shot, split_element
 from .errors import DataError, one_line
 from .specs import InputSpec
-from .streaming import BatchStream, concat_rows, ensure_fits, is_rows, one_shot, split_element
+from .streaming import concat_rows, ensure_fits, is_rows
 from .validation import target_dtype, validate
 
 DEFAULT_BATCH_SIZE = 32  # what Model.fit() uses when no batch size is given
@@ -151,26 +152,7 @@ def load_data(
         return _load_shards(paths, shown, specs, x_key=x_key, y_key=y_key, limit=limit)
     p = paths[0]
     if saved_dataset(p):
-        from .backend import import_keras
-
-        import_keras()  # TensorFlow reads the directory (its spec is a proto, not a pickle)
-        import tensorflow as tf
-
-        ds, why = None, None
-        for compression in (None, "GZIP", "SNAPPY"):  # the directory does not say which
-            try:
-                ds = tf.data.Dataset.load(str(p), compression=compression)
-                next(iter(ds.take(1)), None)
-                break
-            except Exception as e:  # noqa: BLE001 - TensorFlow's own reading errors
-                ds, why = None, why or e
-        if ds is None:
-            raise DataError(
-                f"cannot read {p} as a saved tf.data dataset: {one_line(why, 160)}"
-            ) from None
-        data = from_stream(ds, specs, limit=limit, what=f"the dataset saved in {p}")
-        data.path = str(p)
-        return data
+        return _load_saved_dataset(p, specs, limit)
     if p.is_dir():
         from .images import read_image_folder
 
@@ -182,6 +164,33 @@ def load_data(
         if preprocess:
             notes.append("--preprocess applies to image folders only; ignored")
     return _finish(xs, y, specs, names, notes, str(p), limit)
+
+
+def _load_saved_dataset(p: Path, specs: Sequence[InputSpec], limit: int | None) -> Dataset:
+    """A directory written by `tf.data.Dataset.save`, read as a stream.
+
+    Side effects: imports TensorFlow.
+    """
+    from .backend import import_keras
+
+    import_keras()  # TensorFlow reads the directory (its spec is a proto, not a pickle)
+    import tensorflow as tf
+
+    ds, why = None, None
+    for compression in (None, "GZIP", "SNAPPY"):  # the directory does not say which
+        try:
+            ds = tf.data.Dataset.load(str(p), compression=compression)
+            next(iter(ds.take(1)), None)
+            break
+        except Exception as e:  # noqa: BLE001 - TensorFlow's own reading errors
+            ds, why = None, why or e
+    if ds is None:
+        raise DataError(
+            f"cannot read {p} as a saved tf.data dataset: {one_line(why, 160)}"
+        ) from None
+    data = from_stream(ds, specs, limit=limit, what=f"the dataset saved in {p}")
+    data.path = str(p)
+    return data
 
 
 def data_paths(given) -> list[Path]:

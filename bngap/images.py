@@ -4,9 +4,8 @@ the model's input size, and a named preprocessing is applied."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -101,6 +100,54 @@ def _image_geometry(
     return height, width, channels
 
 
+def _decoder(files: Sequence[Path], size: tuple[int, int, int], fn) -> Callable:
+    """`decode(a, b)`: images a..b as float32 (height, width, channels),
+    resized bilinearly, then preprocessed by `fn`.
+
+    Side effects: imports TensorFlow (it decodes images on every backend).
+    """
+    from .backend import import_keras
+
+    import_keras()
+    from .backend import import_tensorflow
+
+    tf = import_tensorflow()  # decodes images on every backend
+    height, width, channels = size
+
+    def decode(a: int, b: int) -> np.ndarray:
+        out = np.empty((b - a, height, width, channels), dtype=np.float32)
+        for i, f in enumerate(files[a:b]):
+            try:
+                img = tf.io.decode_image(
+                    tf.io.read_file(str(f)), channels=channels, expand_animations=False
+                )
+            except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+                why = one_line(getattr(e, "message", e), 160)
+                raise DataError(f"cannot decode image {f}: {why}") from None
+            img = tf.image.resize(tf.cast(img, tf.float32), (height, width), method="bilinear")
+            out[i] = img.numpy()
+        return out if fn is None else fn(out).astype(np.float32)
+
+    return decode
+
+
+def _decoded(decode: Callable, shape: tuple[int, int, int, int], folder: Path, notes: list[str]):
+    """All images decoded now when small; else a RowArray that decodes them
+    batch by batch (with a note)."""
+    n, height, width, channels = shape
+    if n * height * width * channels * 4 < DECODE_WHOLE_BELOW:
+        return decode(0, n)
+    # validation decodes every image once (a bad file is an error before any pass)
+    from .streaming import RowArray
+
+    notes.append(
+        f"{n} images decoded batch by batch "
+        f"({shape[1]}x{shape[2]}x{shape[3]}, "
+        f"{n * height * width * channels * 4 / 1e9:.1f} GB as float32)"
+    )
+    return RowArray(decode, shape, np.float32, f"the images in {folder}")
+
+
 def read_image_folder(
     folder: Path,
     specs: Sequence[InputSpec],
@@ -121,45 +168,13 @@ def read_image_folder(
         raise DataError(
             f"{folder} holds no images ({', '.join(IMAGE_EXTS)}), directly or in class sub-folders"
         )
-    notes = []
+    notes: list[str] = []
     if limit is not None and limit < len(files):
         idx = _balanced(labels, limit) if labels is not None else list(range(limit))
         files = [files[i] for i in idx]
         labels = [labels[i] for i in idx] if labels is not None else None
-    from .backend import import_keras
-
-    import_keras()
-    from .backend import import_tensorflow
-
-    tf = import_tensorflow()  # decodes images on every backend
-
-    def decode(a: int, b: int) -> np.ndarray:
-        out = np.empty((b - a, height, width, channels), dtype=np.float32)
-        for i, f in enumerate(files[a:b]):
-            try:
-                img = tf.io.decode_image(
-                    tf.io.read_file(str(f)), channels=channels, expand_animations=False
-                )
-            except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-                why = one_line(getattr(e, "message", e), 160)
-                raise DataError(f"cannot decode image {f}: {why}") from None
-            img = tf.image.resize(tf.cast(img, tf.float32), (height, width), method="bilinear")
-            out[i] = img.numpy()
-        return out if fn is None else fn(out).astype(np.float32)
-
-    shape = (len(files), height, width, channels)
-    out: Any
-    if len(files) * height * width * channels * 4 < DECODE_WHOLE_BELOW:
-        out = decode(0, len(files))
-    else:  # validation decodes every image once (a bad file is an error before any pass)
-        from .streaming import RowArray
-
-        out = RowArray(decode, shape, np.float32, f"the images in {folder}")
-        notes.append(
-            f"{len(files)} images decoded batch by batch "
-            f"({shape[1]}x{shape[2]}x{shape[3]}, "
-            f"{len(files) * height * width * channels * 4 / 1e9:.1f} GB as float32)"
-        )
+    decode = _decoder(files, (height, width, channels), fn)
+    out = _decoded(decode, (len(files), height, width, channels), folder, notes)
     if fn is not None:
         notes.append(f"images preprocessed with --preprocess {preprocess}")
     else:

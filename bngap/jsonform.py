@@ -1,8 +1,10 @@
 """The JSON form of records: dataclasses, enums and numpy scalars to
 JSON-ready values, and back by their field types.
 
-Plain Python. `plain` is what `to_dict()` writes; `build` is what
-`from_dict()` reads; NaN and infinities become null (`num`).
+Plain Python. `plain` is what `to_dict()` writes for most records, the
+`*_json` functions the report's summary sections (their keys spelled out, as
+the contract names them); `build` is what `from_dict()` reads; NaN and
+infinities become null (`num`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ import enum
 import math
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import fields, is_dataclass
+from typing import Any
+
+from .records import DataSummary, Metrics, ModelSummary, OutputGap
 
 SCHEMA_VERSION = "1"
 
@@ -26,8 +32,18 @@ def build(cls, d: dict):
     (written by a newer bngap) are ignored, missing ones take defaults."""
     if not isinstance(d, dict):
         raise TypeError(f"{cls.__name__}: expected an object, got {type(d).__name__}")
+    return cls(**fields_by_type(cls, d))
+
+
+def fields_by_type(cls, d: dict, skip: Collection[str] = ()) -> dict:
+    """The fields of record class `cls` that `d` holds (but those in `skip`),
+    each typed by its annotation: the keyword arguments `build` passes."""
     hints = typing.get_type_hints(cls)
-    return cls(**{f.name: typed(hints[f.name], d[f.name]) for f in fields(cls) if f.name in d})
+    return {
+        f.name: typed(hints[f.name], d[f.name])
+        for f in fields(cls)
+        if f.name not in skip and f.name in d
+    }
 
 
 def typed(tp, v):
@@ -84,3 +100,57 @@ def plain(obj):
     if hasattr(obj, "item"):  # numpy scalar
         return plain(obj.item())
     return str(obj)
+
+
+def model_json(m: ModelSummary) -> dict[str, Any]:
+    """The report's `model` section."""
+    return {
+        "path": m.path,
+        "name": m.name,
+        "class_name": m.class_name,
+        "layers": m.layers,
+        "batchnorm_layers": m.batchnorm_layers,
+        "dropout_like_layers": m.dropout_like_layers,
+        "parameters": m.parameters,
+        "input_shapes": [list(s) for s in m.input_shapes],
+        "output_shapes": [list(s) for s in m.output_shapes],
+        "input_names": list(m.input_names),
+        "output_names": list(m.output_names),
+    }
+
+
+def data_json(d: DataSummary) -> dict[str, Any]:
+    """The report's `data` section."""
+    return {
+        "path": d.path,
+        "samples": d.samples,
+        "has_labels": d.has_labels,
+        "input_shapes": [list(s) for s in d.input_shapes],
+        "batch_size": d.batch_size,
+        "batches": d.batches,
+        "last_batch_size": d.last_batch_size,
+        "notes": list(d.notes),
+    }
+
+
+def gap_json(g: OutputGap) -> dict[str, Any]:
+    """The report's `output_gap` section."""
+    return {
+        "relative_l2": num(g.relative_l2),
+        "max_abs": num(g.max_abs),
+        "top1_agreement": num(g.top1_agreement),
+        "per_output": [plain(e) for e in g.per_output],
+    }
+
+
+def metrics_json(m: Metrics | None) -> dict[str, Any] | None:
+    """The report's `metrics` section (null without labels)."""
+    if m is None:
+        return None
+    return {
+        "train": {k: num(v) for k, v in m.train.items()},
+        "eval": {k: num(v) for k, v in m.eval.items()},
+        "loss_name": m.loss_name,
+        "source": m.source,
+        "per_output": [plain(o) for o in m.per_output],
+    }

@@ -1,4 +1,8 @@
-"""Opening model files safely: format checks, Keras safe mode, custom objects, legacy .h5 files."""
+"""Opening a model file with Keras, safely: safe mode, custom objects, errors in one line.
+
+Also the compiled loss and the declared inputs. The checks before Keras are
+`modelfiles`'; a Keras 2 .h5 file goes through `keras2.load`.
+"""
 
 from __future__ import annotations
 
@@ -19,24 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError, one_line
-from .keras2.config import layer_entries, read_config, written_by_keras2
-from .keras2.ops import OP_CLASSES, UnsafeOpError, layer_classes, resolve
-from .keras2.repair import (
-    describe_dropped,
-    drop_refused_arguments,
-    first_batch_shape,
-    refused_arguments,
-    repair_config,
-    repair_sequential_input,
-)
+from .keras2.load import load_legacy
+from .keras2.ops import layer_classes
+from .modelfiles import KERAS_EXTS, LEGACY_EXTS, check_model_path
 from .specs import InputSpec
-
-KERAS_EXTS = (".keras",)
-LEGACY_EXTS = (".h5", ".hdf5")
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-# How many layer classes may have arguments dropped on Keras 3's word.
-MAX_REFUSED_CLASSES = 12
 
 
 @dataclass
@@ -48,91 +38,6 @@ class LoadedModel:
     inputs: list[InputSpec]
     loss: Any = None  # the compiled loss identifier, if the file has one
     notes: list[str] = field(default_factory=list)
-
-
-def check_model_path(path: str | os.PathLike) -> Path:
-    """Fails with a one-line error when PATH is not a readable model file.
-
-    Pure file checks, no TensorFlow: fast errors for the common mistakes.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise ModelLoadError(f"model file not found: {p}")
-    if p.is_dir():
-        if (p / "saved_model.pb").exists() or (p / "saved_model.pbtxt").exists():
-            raise ModelLoadError(
-                f"{p} is a TensorFlow SavedModel directory; Keras 3 can only wrap it as an "
-                "opaque TFSMLayer, which hides the layers bngap must inspect. Re-save the "
-                "model from the code that built it with model.save('model.keras'), or load "
-                "it with tf-keras (TF_USE_LEGACY_KERAS=1) and save it as 'model.h5'"
-            )
-        raise ModelLoadError(f"{p} is a directory; expected a .keras or .h5 model file")
-    if not os.access(p, os.R_OK):
-        raise ModelLoadError(f"cannot read model file {p}: permission denied")
-    ext = p.suffix.lower()
-    if p.name.endswith(".weights.h5"):
-        raise ModelLoadError(
-            f"{p} holds weights only (no model architecture); save the whole model with "
-            "model.save('model.keras')"
-        )
-    if ext not in KERAS_EXTS + LEGACY_EXTS:
-        raise ModelLoadError(
-            f"unsupported model format '{ext or p.name}': bngap reads .keras (Keras 3) and "
-            ".h5/.hdf5 (legacy Keras 2) files. Re-save the model with model.save('model.keras')"
-        )
-    size = p.stat().st_size
-    if size == 0:
-        raise ModelLoadError(f"model file {p} is empty (0 bytes)")
-    if ext in KERAS_EXTS:
-        _check_keras_archive(p)
-    else:
-        _check_hdf5_signature(p)
-    return p
-
-
-def _check_keras_archive(p: Path) -> None:
-    """A .keras file is an intact zip archive with a config, not written by Keras 2."""
-    if not zipfile.is_zipfile(p):
-        raise ModelLoadError(
-            f"{p} is not a valid .keras file: not a zip archive (truncated or corrupted?)"
-        )
-    try:
-        with zipfile.ZipFile(p) as zf:
-            names = set(zf.namelist())
-            bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise ModelLoadError(f"{p} is a damaged zip archive: {one_line(e)}") from None
-    if "config.json" not in names:
-        raise ModelLoadError(f"{p} is a zip archive but not a Keras model (it has no config.json)")
-    if bad is not None:
-        raise ModelLoadError(f"{p} is corrupted: zip member '{bad}' fails its checksum")
-    version = _keras_version_of_archive(p)
-    if version.startswith("2."):
-        raise ModelLoadError(
-            f"{p} was written by Keras {version} (tf.keras 2.x) in the .keras format, which "
-            "Keras 3 cannot read. Re-save it as .h5 with the Keras that wrote it "
-            "(tf_keras.models.load_model(path).save('model.h5')); bngap reads Keras 2 .h5 files"
-        )
-
-
-def _check_hdf5_signature(p: Path) -> None:
-    """An .h5 file starts with the HDF5 signature (the rest is for h5py to judge)."""
-    with open(p, "rb") as fh:
-        head = fh.read(8)
-    if head != HDF5_SIGNATURE:
-        raise ModelLoadError(
-            f"{p} is not a valid HDF5 file (wrong signature; truncated, corrupted, or "
-            "not a Keras .h5 model)"
-        )
-
-
-def _keras_version_of_archive(p: Path) -> str:
-    try:
-        with zipfile.ZipFile(p) as zf:
-            meta = json.loads(zf.read("metadata.json"))
-        return str(meta.get("keras_version", ""))
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
-        return ""
 
 
 def load_custom_objects(path: str | os.PathLike) -> dict[str, Any]:
@@ -244,92 +149,6 @@ def _lower_case_suffix(p: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _refuse_unsafe_op_nodes(cfg: Any, p: Path) -> None:
-    """Keras 2 wrote a TF-op layer's inputs as [layer, node, tensor]
-    references; anything else (a dict node can carry any object as the first
-    argument) is not from Keras 2, and not run in safe mode."""
-    for layer in layer_entries(cfg):
-        nodes = layer.get("inbound_nodes") if layer["class_name"] in OP_CLASSES else None
-        if nodes and not all(isinstance(n, list) for n in nodes):
-            raise ModelLoadError(
-                f"{p}: layer {layer['config'].get('name', '')!r}: a TF-op layer whose inputs are "
-                "not references to other layers, which safe mode does not run; pass --unsafe if "
-                "you trust the file"
-            )
-
-
-def _refuse_unrunnable(cfg: Any, p: Path, unsafe: bool) -> None:
-    """What Keras 3 (or safe mode) cannot run, said before Keras tries."""
-    for layer in layer_entries(cfg):
-        conf = layer["config"]
-        axis = conf.get("axis")
-        if layer["class_name"] == "BatchNormalization" and isinstance(axis, list) and len(axis) > 1:
-            raise ModelLoadError(
-                f"{p}: layer {conf.get('name', '')!r} is a BatchNormalization over several "
-                f"axes {axis}, which Keras 2 allowed and Keras 3 does not; bngap cannot run it"
-            )
-        if layer["class_name"] in OP_CLASSES and isinstance(conf.get("function"), str):
-            try:
-                resolve(conf["function"], unsafe=unsafe)
-            except UnsafeOpError as e:
-                raise ModelLoadError(f"{p}: layer {conf.get('name', '')!r}: {e}") from None
-
-
-def _load_legacy(p: Path, keras: Any, kwargs: dict, notes: list[str]) -> Any:
-    """Loads a legacy .h5 file through a repaired copy of its config (the file
-    itself is never written)."""
-    cfg = read_config(p)
-    unsafe = not kwargs.get("safe_mode", True)
-    if not unsafe:
-        _refuse_unsafe_op_nodes(cfg, p)
-    original = json.dumps(cfg)
-    changes = repair_config(cfg, keras2=written_by_keras2(p))
-    _refuse_unrunnable(cfg, p, unsafe)
-    source = p
-    tmpdir = None
-    try:
-        for _ in range(MAX_REFUSED_CLASSES + 1):
-            if json.dumps(cfg) != original:
-                import h5py
-
-                if tmpdir is None:
-                    tmpdir = tempfile.mkdtemp(prefix="bngap-")
-                    source = Path(tmpdir) / p.name
-                    shutil.copyfile(p, source)
-                with h5py.File(source, "r+") as f:
-                    f.attrs["model_config"] = json.dumps(cfg)
-            try:
-                model = keras.models.load_model(source, **kwargs)
-                break
-            except Exception as e:
-                refused = refused_arguments(str(e))
-                # Only Keras' own layers: their Keras 2 extras (DepthwiseConv2D's
-                # groups=1, SeparableConv2D's kernel_*) carry nothing Keras 3 uses.
-                if not refused or not hasattr(keras.layers, refused[0]):
-                    raise
-                dropped = drop_refused_arguments(cfg, *refused)
-                if not dropped:
-                    raise
-                changes.append(
-                    f"dropped Keras 2 argument{'s' if len(dropped) != 1 else ''} "
-                    f"{describe_dropped(dropped)} that Keras 3's {refused[0]} does not take"
-                )
-        else:
-            raise ModelLoadError(
-                f"cannot load {p}: Keras 3 refused the Keras 2 arguments of more than "
-                f"{MAX_REFUSED_CLASSES} layer classes"
-            )
-        if changes:
-            notes.append(
-                "repaired legacy config while loading (the file is unchanged): "
-                + "; ".join(changes)
-            )
-    finally:
-        if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-    return repair_sequential_input(model, first_batch_shape(cfg), keras, notes)
-
-
 def read_compiled_loss(p: Path, key: str = "loss") -> Any:
     """The loss the model was compiled with (or another compile setting:
     `key`), read from the file's training config without compiling
@@ -385,7 +204,7 @@ def _open(p: Path, keras: Any, kwargs: dict[str, Any], notes: list[str]) -> Any:
     with warnings.catch_warnings(), _lower_case_suffix(p) as source:
         warnings.simplefilter("ignore")
         if p.suffix.lower() in LEGACY_EXTS:
-            return _load_legacy(source, keras, kwargs, notes)
+            return load_legacy(source, keras, kwargs, notes)
         return keras.models.load_model(source, **kwargs)
 
 

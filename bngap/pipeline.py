@@ -83,6 +83,34 @@ def _summarise_model(model, nodes, path: str, specs) -> ModelSummary:
     )
 
 
+def _open_model(
+    model: Any,
+    *,
+    unsafe: bool,
+    custom_objects: str | None,
+    compile: bool,
+    say: Callable[[str], None],
+):
+    """A `LoadedModel` from a model file, or around a Keras model object."""
+    from .backend import import_keras
+    from .loading import LoadedModel, input_specs, load_model
+
+    if isinstance(model, (str, os.PathLike)):
+        say(f"loading model {model}")
+        return load_model(model, unsafe=unsafe, custom_objects_file=custom_objects, compile=compile)
+    keras = import_keras()
+    if not isinstance(model, keras.Model):
+        raise BngapError(
+            f"expected a Keras model or a model file path. Received: {type(model).__name__}"
+        )
+    return LoadedModel(
+        model=model,
+        path="<in-memory>",
+        inputs=input_specs(model),
+        loss=getattr(model, "loss", None),
+    )
+
+
 def open_inputs(
     model: Any,
     x: Any,
@@ -103,27 +131,10 @@ def open_inputs(
     Returns:
         (LoadedModel, Dataset).
     """
-    from .backend import import_keras
-    from .loading import LoadedModel, input_specs, load_model
-
     say = status or (lambda s: None)
-    if isinstance(model, (str, os.PathLike)):
-        say(f"loading model {model}")
-        loaded = load_model(
-            model, unsafe=unsafe, custom_objects_file=custom_objects, compile=compile
-        )
-    else:
-        keras = import_keras()
-        if not isinstance(model, keras.Model):
-            raise BngapError(
-                f"expected a Keras model or a model file path. Received: {type(model).__name__}"
-            )
-        loaded = LoadedModel(
-            model=model,
-            path="<in-memory>",
-            inputs=input_specs(model),
-            loss=getattr(model, "loss", None),
-        )
+    loaded = _open_model(
+        model, unsafe=unsafe, custom_objects=custom_objects, compile=compile, say=say
+    )
     outputs = list(getattr(loaded.model, "output_names", None) or [])
     per_output_y = None
     if len(outputs) > 1 and isinstance(y, (dict, list, tuple)):  # one label array per output
@@ -264,7 +275,7 @@ def check(
         devices=devices,
     )
     if options.save_outputs:
-        from .crossbackend import save_outputs
+        from .sideoutput import save_outputs
 
         save_outputs(options.save_outputs, net, nodes, data, keras, batch_size=m.batch_size)
     layers = analysis.layer_records(m)

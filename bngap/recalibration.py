@@ -169,7 +169,7 @@ def recalibrate(
     progress = progress or (lambda *a: None)
     by_index = {n.index: n for n in nodes}
     wanted = {n.index for n in chosen}
-    on: list[str | None] = list(devices or [None])  # batch b is captured on device b mod len(on)
+    on: list[str | None] = [*devices] if devices else [None]  # batch b on device b mod len(on)
     out: list[LayerFix] = []
     passes = 0
     from .backend import pack_inputs

@@ -1,21 +1,30 @@
-"""The report of a check: its frozen records put together, the CI gates
-(thresholds, baseline), the verdict and exit status, and the JSON round trip.
+"""The `Report`: records put together, the verdict and exit status, the JSON round trip.
 
 Plain Python: no Keras here. Renderers and the exit-code policy read these
-records; nothing else does I/O with them. The records and vocabularies live in
-`records` and `vocabulary`; every name is re-exported here, so that
-`from bngap.results import X` keeps working.
+records; nothing else does I/O with them. The records, vocabularies and CI
+gates live in `records`, `vocabulary` and `gates`; every name is re-exported
+here, so that `from bngap.results import X` keeps working.
 """
 
 from __future__ import annotations
 
 import math
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ExitStatus
-from .jsonform import SCHEMA_VERSION, build, num, opt_float, plain, typed
+from .gates import DISPLAY_DECIMALS, Baseline, Thresholds, exceeds, format_number
+from .jsonform import (
+    SCHEMA_VERSION,
+    build,
+    data_json,
+    fields_by_type,
+    gap_json,
+    metrics_json,
+    model_json,
+    num,
+    plain,
+)
 from .records import (
     LEAK_TOLERANCE,
     BackendRun,
@@ -65,102 +74,6 @@ __all__ = [
     "exceeds",
     "format_number",
 ]
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """CI gates: a value above a `fail` threshold fails the check; an output
-    gap above `warn_above` only warns; `max_regression` bounds how much the
-    gap may grow against a baseline report."""
-
-    output_gap: float | None = None
-    loss_delta: float | None = None
-    accuracy_drop: float | None = None
-    warn_above: float | None = None
-    max_regression: float | None = None
-
-    @property
-    def any(self) -> bool:
-        return any(
-            v is not None
-            for v in (
-                self.output_gap,
-                self.loss_delta,
-                self.accuracy_drop,
-                self.warn_above,
-                self.max_regression,
-            )
-        )
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """An earlier report of the same model family (`--baseline OLD.json`):
-    its numbers, shown side by side with this run's."""
-
-    path: str  # the baseline report file
-    model_path: str  # the model it was made from
-    relative_l2: float | None
-    max_abs: float | None
-    top1_agreement: float | None
-    metrics: Metrics | None
-    verdict: str
-    top_cause: str | None = None
-    flagged_batchnorm: int = 0
-
-    @classmethod
-    def from_report(cls, d: dict, path: str) -> Baseline:
-        """The baseline part of a saved JSON report (`Report.to_dict()`).
-
-        Raises:
-            ValueError: `d` is not a bngap report of a known schema version.
-        """
-        if (
-            not isinstance(d, dict)
-            or d.get("schema_version") != SCHEMA_VERSION
-            or not isinstance(d.get("output_gap"), dict)
-        ):
-            raise ValueError("not a bngap check report (schema version 1)")
-        g = d["output_gap"]
-        m = d.get("metrics")
-        findings = d.get("findings") or []
-        return cls(
-            path=str(path),
-            model_path=str((d.get("model") or {}).get("path", "")),
-            relative_l2=opt_float(g.get("relative_l2")),
-            max_abs=opt_float(g.get("max_abs")),
-            top1_agreement=opt_float(g.get("top1_agreement")),
-            metrics=None if not isinstance(m, dict) else build(Metrics, m),
-            verdict=str(d.get("verdict", "")),
-            top_cause=findings[0].get("cause")
-            if findings and isinstance(findings[0], dict)
-            else None,
-            flagged_batchnorm=sum(
-                1
-                for b in d.get("batchnorm") or []
-                if isinstance(b, dict) and b.get("severity") in ("warn", "fail")
-            ),
-        )
-
-
-# Values are compared as they are displayed, so a printed 0.0500 never fails
-# a 0.05 threshold.
-DISPLAY_DECIMALS = 4
-
-
-def format_number(v: float | None, digits: int = DISPLAY_DECIMALS) -> str:
-    """A number as reports print it: fixed decimals, scientific when tiny or huge."""
-    if v is None:
-        return "n/a"
-    if v != 0 and (abs(v) < 10**-digits or abs(v) >= 1e6):
-        return f"{v:.2e}"
-    return f"{v:.{digits}f}"
-
-
-def exceeds(value: float | None, threshold: float | None) -> bool:
-    if value is None or threshold is None:
-        return False
-    return round(value, DISPLAY_DECIMALS) > threshold
 
 
 @dataclass(frozen=True)
@@ -290,59 +203,29 @@ class Report:
         return next((r for r in self.batchnorm if r.path == path), None)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON report (schema version 1): the contract's keys plus extras."""
-        m, d, g = self.model, self.data, self.output_gap
+        """The JSON report (schema version 1): the contract's keys plus extras.
+
+        Records become JSON values field by field (`jsonform.plain`), the
+        summary sections key by key (`jsonform.*_json`); the derived keys
+        (`verdict`, `exceeded`, `warned`, `first_flagged_batchnorm`, the
+        baseline's `regression`) are computed here.
+        """
+        first_flagged = self.first_flagged_batchnorm
         return {
             "schema_version": SCHEMA_VERSION,
             "verdict": self.verdict,
             "exceeded": list(self.exceeded),
-            "model": {
-                "path": m.path,
-                "name": m.name,
-                "class_name": m.class_name,
-                "layers": m.layers,
-                "batchnorm_layers": m.batchnorm_layers,
-                "dropout_like_layers": m.dropout_like_layers,
-                "parameters": m.parameters,
-                "input_shapes": [list(s) for s in m.input_shapes],
-                "output_shapes": [list(s) for s in m.output_shapes],
-                "input_names": list(m.input_names),
-                "output_names": list(m.output_names),
-            },
-            "data": {
-                "path": d.path,
-                "samples": d.samples,
-                "has_labels": d.has_labels,
-                "input_shapes": [list(s) for s in d.input_shapes],
-                "batch_size": d.batch_size,
-                "batches": d.batches,
-                "last_batch_size": d.last_batch_size,
-                "notes": list(d.notes),
-            },
-            "output_gap": {
-                "relative_l2": num(g.relative_l2),
-                "max_abs": num(g.max_abs),
-                "top1_agreement": num(g.top1_agreement),
-                "per_output": [plain(e) for e in g.per_output],
-            },
-            "metrics": None
-            if self.metrics is None
-            else {
-                "train": {k: num(v) for k, v in self.metrics.train.items()},
-                "eval": {k: num(v) for k, v in self.metrics.eval.items()},
-                "loss_name": self.metrics.loss_name,
-                "source": self.metrics.source,
-                "per_output": [plain(o) for o in self.metrics.per_output],
-            },
+            "model": model_json(self.model),
+            "data": data_json(self.data),
+            "output_gap": gap_json(self.output_gap),
+            "metrics": metrics_json(self.metrics),
             "groups": {k: num(self.groups.get(k, 0.0)) for k in GROUPS},
-            "layers": [plain(r) for r in self.layers],
-            "batchnorm": [plain(r) for r in self.batchnorm],
-            "first_flagged_batchnorm": (
-                self.first_flagged_batchnorm.path if self.first_flagged_batchnorm else None
-            ),
-            "findings": [plain(f) for f in self.findings],
-            "leaks": [plain(x) for x in self.leaks],
-            "preprocessing": None if self.preprocessing is None else plain(self.preprocessing),
+            "layers": plain(self.layers),
+            "batchnorm": plain(self.batchnorm),
+            "first_flagged_batchnorm": first_flagged.path if first_flagged else None,
+            "findings": plain(self.findings),
+            "leaks": plain(self.leaks),
+            "preprocessing": plain(self.preprocessing),
             "thresholds": plain(self.thresholds),
             "settings": plain(self.settings),
             "notes": list(self.notes),
@@ -352,7 +235,7 @@ class Report:
             "baseline": None
             if self.baseline is None
             else {**plain(self.baseline), "regression": num(self.regression)},
-            **({"backends": [plain(b) for b in self.backends]} if self.backends else {}),
+            **({"backends": plain(self.backends)} if self.backends else {}),
         }
 
     @classmethod
@@ -369,59 +252,63 @@ class Report:
         if not isinstance(d, dict) or d.get("schema_version") != SCHEMA_VERSION:
             raise ValueError("not a bngap check report (schema version 1)")
         try:
-            m, dd, g = d["model"], d["data"], d["output_gap"]
-            baseline = d.get("baseline")
-            if baseline is not None:
-                baseline = build(Baseline, {k: v for k, v in baseline.items() if k != "regression"})
-            explicit = {
-                "model",
-                "data",
-                "output_gap",
-                "metrics",
-                "groups",
-                "layers",
-                "batchnorm",
-                "findings",
-                "leaks",
-                "preprocessing",
-                "thresholds",
-                "settings",
-                "notes",
-                "environment",
-                "seconds",
-                "baseline",
-            }
-            # Fields added later whose key is the field's name come back by their type.
-            hints = typing.get_type_hints(cls)
-            later = {
-                f.name: typed(hints[f.name], d[f.name])
-                for f in fields(cls)
-                if f.name not in explicit and f.name in d
-            }
-            return cls(
-                **later,
-                model=build(ModelSummary, m),
-                data=build(DataSummary, dd),
-                output_gap=build(OutputGap, g),
-                metrics=None if d.get("metrics") is None else build(Metrics, d["metrics"]),
-                groups=dict(d.get("groups") or {}),
-                layers=tuple(build(LayerRecord, x) for x in d.get("layers") or []),
-                batchnorm=tuple(build(BatchNormRecord, x) for x in d.get("batchnorm") or []),
-                findings=tuple(build(Finding, x) for x in d.get("findings") or []),
-                leaks=tuple(build(LeakCheck, x) for x in d.get("leaks") or []),
-                preprocessing=(
-                    None
-                    if d.get("preprocessing") is None
-                    else build(PreprocessingProbe, d["preprocessing"])
-                ),
-                thresholds=build(Thresholds, d.get("thresholds") or {}),
-                settings=dict(d.get("settings") or {}),
-                notes=tuple(d.get("notes") or ()),
-                environment=dict(d.get("environment") or {}),
-                seconds=math.nan if d.get("seconds") is None else d["seconds"],
-                baseline=baseline,
-            )
+            # Fields added later, whose key is the field's name, come back by their type.
+            later = fields_by_type(cls, d, skip=_READ_BY_HAND)
+            return cls(**later, **_fields_read_by_hand(d))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(
                 f"not a readable bngap check report: {type(e).__name__}: {e}"
             ) from None
+
+
+# The fields `Report.from_dict` reads by hand; every other one by its type.
+_READ_BY_HAND = (
+    "model",
+    "data",
+    "output_gap",
+    "metrics",
+    "groups",
+    "layers",
+    "batchnorm",
+    "findings",
+    "leaks",
+    "preprocessing",
+    "thresholds",
+    "settings",
+    "notes",
+    "environment",
+    "seconds",
+    "baseline",
+)
+
+
+def _fields_read_by_hand(d: dict[str, Any]) -> dict[str, Any]:
+    """The first fields of a report from its JSON form: missing lists and
+    objects read as empty, a null `seconds` as NaN, the baseline without its
+    derived `regression`."""
+    m, dd, g = d["model"], d["data"], d["output_gap"]
+    baseline = d.get("baseline")
+    if baseline is not None:
+        baseline = build(Baseline, {k: v for k, v in baseline.items() if k != "regression"})
+    return {
+        "model": build(ModelSummary, m),
+        "data": build(DataSummary, dd),
+        "output_gap": build(OutputGap, g),
+        "metrics": None if d.get("metrics") is None else build(Metrics, d["metrics"]),
+        "groups": dict(d.get("groups") or {}),
+        "layers": tuple(build(LayerRecord, x) for x in d.get("layers") or []),
+        "batchnorm": tuple(build(BatchNormRecord, x) for x in d.get("batchnorm") or []),
+        "findings": tuple(build(Finding, x) for x in d.get("findings") or []),
+        "leaks": tuple(build(LeakCheck, x) for x in d.get("leaks") or []),
+        "preprocessing": (
+            None
+            if d.get("preprocessing") is None
+            else build(PreprocessingProbe, d["preprocessing"])
+        ),
+        "thresholds": build(Thresholds, d.get("thresholds") or {}),
+        "settings": dict(d.get("settings") or {}),
+        "notes": tuple(d.get("notes") or ()),
+        "environment": dict(d.get("environment") or {}),
+        "seconds": math.nan if d.get("seconds") is None else d["seconds"],
+        "baseline": baseline,
+    }

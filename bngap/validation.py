@@ -88,6 +88,44 @@ def check_finite(arr: np.ndarray, label: str, chunk: int | None = None) -> None:
         )
 
 
+def _check_shape(arr: np.ndarray, spec: InputSpec | None, label: str) -> None:
+    """An array of samples whose rank and fixed axes are the input's."""
+    if arr.ndim == 0:
+        raise DataError(f"{label} must be an array of samples. Received: a scalar")
+    if arr.shape[0] == 0:
+        raise DataError(f"{label} has 0 samples")
+    if spec is None:
+        return
+    want = tuple(spec.shape)
+    if arr.ndim != len(want):
+        hint = ""
+        if arr.ndim + 1 == len(want) and want[-1] == 1:
+            hint = " (add a channel axis: x[..., None])"
+        raise DataError(
+            f"{label} has rank {arr.ndim} but the model expects rank {len(want)}: "
+            f"expected shape {_describe(want)}, received {_describe(arr.shape)}{hint}"
+        )
+    for axis, (got, exp) in enumerate(zip(arr.shape[1:], want[1:]), start=1):
+        if exp is not None and got != exp:
+            raise DataError(
+                f"{label} does not fit the model: expected shape {_describe(want)}, "
+                f"received {_describe(arr.shape)} (axis {axis}: {got} != {exp})"
+            )
+
+
+def _check_labels(y: np.ndarray, n: int | None) -> None:
+    """Numeric, finite labels, one per sample."""
+    if y.ndim == 0 or y.shape[0] != n:
+        raise DataError(
+            f"inputs have {n} samples but the labels have "
+            f"{'none (a scalar)' if y.ndim == 0 else y.shape[0]}; they must match"
+        )
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"labels must be numeric. Received: dtype={y.dtype}")
+    if y.dtype.kind == "f":
+        check_finite(y, "the labels")
+
+
 def validate(
     xs: list[np.ndarray],
     y: np.ndarray | None,
@@ -110,26 +148,7 @@ def validate(
     for i, arr in enumerate(xs):
         label = f"input '{names[i]}'" if len(xs) > 1 else "the input array"
         spec = specs[i] if i < len(specs) else None
-        if arr.ndim == 0:
-            raise DataError(f"{label} must be an array of samples. Received: a scalar")
-        if arr.shape[0] == 0:
-            raise DataError(f"{label} has 0 samples")
-        if spec is not None:
-            want = tuple(spec.shape)
-            if arr.ndim != len(want):
-                hint = ""
-                if arr.ndim + 1 == len(want) and want[-1] == 1:
-                    hint = " (add a channel axis: x[..., None])"
-                raise DataError(
-                    f"{label} has rank {arr.ndim} but the model expects rank {len(want)}: "
-                    f"expected shape {_describe(want)}, received {_describe(arr.shape)}{hint}"
-                )
-            for axis, (got, exp) in enumerate(zip(arr.shape[1:], want[1:]), start=1):
-                if exp is not None and got != exp:
-                    raise DataError(
-                        f"{label} does not fit the model: expected shape {_describe(want)}, "
-                        f"received {_describe(arr.shape)} (axis {axis}: {got} != {exp})"
-                    )
+        _check_shape(arr, spec, label)
         if n is None:
             n = arr.shape[0]
         elif arr.shape[0] != n:
@@ -143,13 +162,5 @@ def validate(
         check_finite(arr, label)
         out.append(arr)
     if y is not None:
-        if y.ndim == 0 or y.shape[0] != n:
-            raise DataError(
-                f"inputs have {n} samples but the labels have "
-                f"{'none (a scalar)' if y.ndim == 0 else y.shape[0]}; they must match"
-            )
-        if y.dtype.kind not in "biuf":
-            raise DataError(f"labels must be numeric. Received: dtype={y.dtype}")
-        if y.dtype.kind == "f":
-            check_finite(y, "the labels")
+        _check_labels(y, n)
     return out, y

@@ -180,15 +180,15 @@ def gap_monitor() -> dict:
 
 
 def side_outputs(model_path: str, data_path: str, out_path: str, perturb: str = "") -> dict:
-    """`crossbackend.save_outputs` of a saved model on this backend; with
+    """`sideoutput.save_outputs` of a saved model on this backend; with
     `perturb=LAYER`, that BN layer's moving variance is first made 1% larger
     (a stand-in for a backend computing one layer differently)."""
     import keras
 
-    from bngap.crossbackend import save_outputs
     from bngap.data import from_arrays
     from bngap.layertree import build_tree
     from bngap.loading import input_specs
+    from bngap.sideoutput import save_outputs
 
     model = keras.saving.load_model(model_path, compile=False)
     if perturb:

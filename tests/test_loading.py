@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from bngap.errors import ModelLoadError
-from bngap.loading import LoadedModel, check_model_path, load_model
+from bngap.loading import LoadedModel, load_model
+from bngap.modelfiles import check_model_path
 
 DATA = Path(__file__).parent / "data"
 MARKER_ENV = "BNGAP_LAMBDA_MARKER"  # the Lambda layers below create this file when they run

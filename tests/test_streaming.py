@@ -14,7 +14,8 @@ import pytest
 from bngap.data import from_arrays, load_data
 from bngap.errors import DataError
 from bngap.loading import InputSpec
-from bngap.streaming import READ_WHOLE_BELOW, RowArray, memory_available
+from bngap.npzmembers import READ_WHOLE_BELOW
+from bngap.streaming import RowArray, memory_available
 
 SPEC = [InputSpec("image", (None, 32, 32, 3), "float32")]
 N = 2000  # 2000 x 32x32x3 float32: 24.6 MB, above READ_WHOLE_BELOW
