@@ -117,7 +117,11 @@ class CompiledPasses:
             spec = tf.nest.map_structure(
                 lambda t: tf.TensorSpec((None, *t.shape[1:]), t.dtype), packed
             )
-            self.entry.function = tf.function(self._trace_body, input_signature=[spec])
+            # autograph off: it would rewrite the probe's handlers on every trace (slow), and a
+            # model needing it falls back to the eager passes
+            self.entry.function = tf.function(
+                self._trace_body, input_signature=[spec], autograph=False
+            )
         return self.entry.function
 
     def run(self, probe, xs, batch_index: int):

@@ -14,13 +14,13 @@ from . import backend, compiled
 from .audit import BatchNormParams
 from .backend import pack_inputs
 from .data import Dataset
+from .inferencepaths import LEAK_SAMPLES, compare_inference_paths
 from .layertree import LayerNode
 from .metrics import OutputMetricSums, _is_classes, _MetricSums, _output_names
 from .probe import NodeStats, Probe
-from .results import GROUPS, InferencePath, Kind, LeakCheck, Metrics
+from .results import GROUPS, Kind, LeakCheck, Metrics
 from .stats import GapAccumulator
 
-LEAK_SAMPLES = 4  # inference paths are compared on this many samples (leaks are structural)
 AUTO_EFFECTS_ALL = 8  # with --effects auto, models with up to this many get every layer's effect
 
 
@@ -164,202 +164,166 @@ def measure(
     n = len(dataset)
     batch_size = max(1, min(int(batch_size), n))
     batches = math.ceil(n / batch_size)
-    last = n - (batches - 1) * batch_size
-    out_acc = GapAccumulator()
-    layers_acc = GapAccumulator()
-    per_out: list[tuple[str, GapAccumulator]] = []
-    group_acc: dict[str, GapAccumulator] = {}
-    plan: PassPlan | None = None
-    metric: _MetricSums | OutputMetricSums = _MetricSums()
-    notes: list[str] = []
-    classes = False
-    loss_ok = dataset.y is not None
-    own_logic = has_own_logic(model, keras)
     devs = devices or backend.device_names(1)
-
+    sweep = _Sweep(model, nodes, keras, dataset, effects, loss_id)
     pack = lambda xs: pack_inputs(keras, model, xs, dataset.names, dataset.keyed)  # noqa: E731
     with Probe(model, nodes, keras, seed=seed, pack=pack) as probe:
         if compile_passes:
             probe.compiled = compiled.for_check(model, nodes, batches)
-        stats = probe.stats
+        sweep.stats = probe.stats
         for b, (xs, y) in enumerate(dataset.batches(batch_size)):
             device = devs[b % len(devs)]
             with backend.placed(device):
                 ev_raw, tr_raw = probe.eval_train(xs, b)
-            ev, tr = _to_numpy_list(keras, ev_raw), _to_numpy_list(keras, tr_raw)
-            if plan is None:
-                names = _output_names(model, len(ev))
-                per_out = [(nm, GapAccumulator()) for nm in names]
-                classes = len(ev) == 1 and _is_classes(ev[0])
-                plan = plan_passes(nodes, stats, effects, own_logic)
-                group_acc = {g: GapAccumulator() for g in plan.run_groups}
-                for i in plan.effect_idx:
-                    stats[i].effect = GapAccumulator()
-                if loss_ok and len(ev) != 1 and not isinstance(dataset.y, dict):
-                    loss_ok = False
-                    notes.append(
-                        "labels ignored: a model with several outputs needs one label array "
-                        "per output (npz keys y_<output name>)"
-                    )
-                elif loss_ok and isinstance(dataset.y, dict):
-                    metric = OutputMetricSums()
-            extra: list[tuple[list[int], GapAccumulator]] = (
-                [(plan.group_members[g], group_acc[g]) for g in plan.run_groups]
-                + [([i], stats[i].effect) for i in plan.effect_idx]
-                + (
-                    [([nd.index for nd in effective_nodes(nodes, stats)], layers_acc)]
-                    if plan.layers_pass
-                    else []
-                )
-            )
-            total = batches * (2 + len(extra))
-            progress(b * (2 + len(extra)) + 2, total, f"batch {b + 1}/{batches}")
-            for (_name, acc), t, e in zip(per_out, tr, ev):
-                acc.add_arrays(t, e, classes=_is_classes(e))
-                out_acc.add_arrays(t, e, classes=classes)
+            ev = sweep.outputs(ev_raw, tr_raw)
+            extra = sweep.extra_passes()
+            done, total = b * (2 + len(extra)), batches * (2 + len(extra))
+            progress(done + 2, total, f"batch {b + 1}/{batches}")
             for k, (active, acc) in enumerate(extra):
                 with backend.placed(device):
                     masked = probe.masked_pass(xs, b, active)
                 for t, e in zip(_to_numpy_list(keras, masked), ev):
                     acc.add_arrays(t, e)
-                progress(b * (2 + len(extra)) + 3 + k, total, f"batch {b + 1}/{batches}")
-            if loss_ok and y is not None:
-                try:
-                    if isinstance(metric, OutputMetricSums):
-                        metric.add(
-                            keras,
-                            loss_id,
-                            keras.tree.flatten(tr_raw),
-                            keras.tree.flatten(ev_raw),
-                            cast(dict, y),
-                            names,
-                        )  # per-output labels come as a dict
-                    else:
-                        metric.add(
-                            keras,
-                            loss_id,
-                            keras.tree.flatten(tr_raw)[0],
-                            keras.tree.flatten(ev_raw)[0],
-                            y,
-                        )
-                except Exception as e:  # labels that fit no loss: say so, keep the rest
-                    loss_ok = False
-                    notes.append(f"loss not computed: {type(e).__name__}: {str(e)[:160]}")
-
-        # the data were validated non-empty, so the first batch made the plan
-        assert plan is not None, "no batch was measured"
-        groups = {g: 0.0 for g in GROUPS}
-        if plan.reuse_total:
-            groups[plan.reuse_total] = out_acc.relative_l2
-        for g, acc in group_acc.items():
-            groups[g] = acc.relative_l2
-        eff = effective_nodes(nodes, stats)
-        for nd in eff:
-            st = stats[nd.index]
-            if st.effect is not None:
-                continue
-            if len(eff) == 1 and not own_logic:
-                st.effect = out_acc
-            elif group_acc.get(nd.kind.group) is not None and plan.group_members[nd.kind.group] == [
-                nd.index
-            ]:
-                st.effect = group_acc[nd.kind.group]
-        if plan.layers_pass:
-            explained, whole = layers_acc.relative_l2, out_acc.relative_l2
-            if abs(whole - explained) > 0.1 * whole + 0.01:
-                notes.append(
-                    f"With all its layers in training mode but the model's own call() in "
-                    f"inference mode, the output gap is {explained:.4f}, against {whole:.4f} for "
-                    f"{backend.fit_call(model).expression}: the rest comes from what {type(model).__name__}.call() "
-                    "itself does when training=True, outside any layer."
-                )
+                progress(done + 3 + k, total, f"batch {b + 1}/{batches}")
+            sweep.add_metrics(tr_raw, ev_raw, y)
+        plan = sweep.finish()
+        leaks = []
         if leak_checks:
-            leaks = compare_inference_paths(
-                probe, nodes, dataset.subset(min(LEAK_SAMPLES, n)), keras, stats=stats
-            )
-        else:
-            leaks = []
+            subset = dataset.subset(min(LEAK_SAMPLES, n))
+            leaks = compare_inference_paths(probe, nodes, subset, keras, stats=probe.stats)
         bn_params = {nd.index: probe.bn_params(nd) for nd in nodes if nd.kind is Kind.BATCHNORM}
 
     return Measurements(
         nodes=nodes,
-        stats=stats,
-        output=out_acc,
-        per_output=per_out,
-        groups=groups,
+        stats=probe.stats,
+        output=sweep.out_acc,
+        per_output=sweep.per_out,
+        groups=sweep.groups(),
         bn_params=bn_params,
         leaks=leaks,
-        metrics=metric.result() if loss_ok else None,
+        metrics=sweep.metric.result() if sweep.loss_ok else None,
         batch_size=batch_size,
         batches=batches,
-        last_batch_size=last,
+        last_batch_size=n - (batches - 1) * batch_size,
         samples=n,
         effects_computed=len(plan.effect_idx),
         effects_skipped=plan.effects_skipped,
-        notes=notes,
-        outputs_are_classes=classes,
+        notes=sweep.notes,
+        outputs_are_classes=sweep.classes,
         fit_call=backend.fit_call(model),
         devices=min(len(devs), batches),
     )
 
 
-def _rel(keras, a, b) -> float:
-    acc = GapAccumulator()
-    for t, e in zip(_to_numpy_list(keras, a), _to_numpy_list(keras, b)):
-        acc.add_arrays(t, e)
-    return acc.relative_l2
+class _Sweep:
+    """What the batch loop accumulates at the output, and the pass plan the
+    first batch decides."""
 
+    def __init__(self, model, nodes, keras, dataset: Dataset, effects, loss_id):
+        self.model, self.nodes, self.keras = model, nodes, keras
+        self.effects, self.loss_id, self.labels = effects, loss_id, dataset.y
+        self.stats: dict[int, NodeStats] = {}
+        self.out_acc = GapAccumulator()
+        self.layers_acc = GapAccumulator()
+        self.per_out: list[tuple[str, GapAccumulator]] = []
+        self.group_acc: dict[str, GapAccumulator] = {}
+        self.plan: PassPlan | None = None
+        self.metric: _MetricSums | OutputMetricSums = _MetricSums()
+        self.notes: list[str] = []
+        self.names: list[str] = []
+        self.classes = False
+        self.loss_ok = dataset.y is not None
+        self.own_logic = has_own_logic(model, keras)
 
-def _training_layers(nodes: list[LayerNode], seen: dict) -> tuple[str, ...]:
-    """Mode-dependent layers that received training=True and act on it."""
-    out = []
-    for nd in nodes:
-        vals = seen.get(nd.index, set())
-        if nd.mode_dependent and any(v is True for v in vals):
-            if nd.kind is Kind.BATCHNORM and not nd.layer.trainable:
-                continue
-            out.append(nd.path)
-    return tuple(out)
+    def outputs(self, ev_raw, tr_raw) -> list[np.ndarray]:
+        """Adds one batch's output gap; returns its inference outputs."""
+        ev, tr = _to_numpy_list(self.keras, ev_raw), _to_numpy_list(self.keras, tr_raw)
+        if self.plan is None:
+            self._first_batch(ev)
+        for (_name, acc), t, e in zip(self.per_out, tr, ev):
+            acc.add_arrays(t, e, classes=_is_classes(e))
+            self.out_acc.add_arrays(t, e, classes=self.classes)
+        return ev
 
-
-def compare_inference_paths(
-    probe: Probe, nodes: list[LayerNode], subset: Dataset, keras, *, stats: dict
-) -> list[LeakCheck]:
-    """Compares the other inference paths with model(x, training=False).
-
-    - forced inference: every layer explicitly in inference mode; differs
-      when a layer passes training=True on to another inside the model;
-    - model(x) with no flag: what users calling the model directly get;
-    - predict(x): what Keras' own inference loop gets.
-
-    `stats` holds what each layer received in the inference passes already
-    run. The reference is model(subset, training=False) on the very same
-    small batch, so kernels that depend on the batch size cannot pass for a
-    leak.
-    """
-    xs = subset.x
-    m = len(subset)
-    checks = []
-    leaked = _training_layers(nodes, {i: st.eval_training for i, st in stats.items()})
-    ref, _ = probe.observe_pass(xs, training=False)
-    if leaked:
-        forced = probe.forced_eval_pass(xs)
-        checks.append(LeakCheck(InferencePath.FORCED, _rel(keras, ref, forced), leaked, m))
-    else:
-        checks.append(LeakCheck(InferencePath.FORCED, 0.0, (), m))
-    noflag, seen_nf = probe.observe_pass(xs)
-    checks.append(
-        LeakCheck(
-            InferencePath.NO_FLAG, _rel(keras, noflag, ref), _training_layers(nodes, seen_nf), m
-        )
-    )
-    try:
-        pred = probe.predict(xs)
-        checks.append(LeakCheck(InferencePath.PREDICT, _rel(keras, pred, ref), (), m))
-    except Exception as e:  # predict's tracing can fail where eager calls work
-        checks.append(
-            LeakCheck(
-                InferencePath.PREDICT, None, (), m, skipped=f"{type(e).__name__}: {str(e)[:120]}"
+    def _first_batch(self, ev: list[np.ndarray]) -> None:
+        self.names = _output_names(self.model, len(ev))
+        self.per_out = [(nm, GapAccumulator()) for nm in self.names]
+        self.classes = len(ev) == 1 and _is_classes(ev[0])
+        plan = self.plan = plan_passes(self.nodes, self.stats, self.effects, self.own_logic)
+        self.group_acc = {g: GapAccumulator() for g in plan.run_groups}
+        for i in plan.effect_idx:
+            self.stats[i].effect = GapAccumulator()
+        if self.loss_ok and len(ev) != 1 and not isinstance(self.labels, dict):
+            self.loss_ok = False
+            self.notes.append(
+                "labels ignored: a model with several outputs needs one label array "
+                "per output (npz keys y_<output name>)"
             )
-        )
-    return checks
+        elif self.loss_ok and isinstance(self.labels, dict):
+            self.metric = OutputMetricSums()
+
+    def extra_passes(self) -> list[tuple[list[int], GapAccumulator]]:
+        """(layers in training mode, accumulator) of each masked pass a batch gets."""
+        plan, stats = self._plan(), self.stats
+        out = [(plan.group_members[g], self.group_acc[g]) for g in plan.run_groups]
+        out += [([i], cast(GapAccumulator, stats[i].effect)) for i in plan.effect_idx]
+        if plan.layers_pass:
+            out.append(([nd.index for nd in effective_nodes(self.nodes, stats)], self.layers_acc))
+        return out
+
+    def add_metrics(self, tr_raw, ev_raw, y) -> None:
+        if not self.loss_ok or y is None:
+            return
+        flat_tr, flat_ev = self.keras.tree.flatten(tr_raw), self.keras.tree.flatten(ev_raw)
+        try:
+            if isinstance(self.metric, OutputMetricSums):  # per-output labels come as a dict
+                self.metric.add(
+                    self.keras, self.loss_id, flat_tr, flat_ev, cast(dict, y), self.names
+                )
+            else:
+                self.metric.add(self.keras, self.loss_id, flat_tr[0], flat_ev[0], y)
+        except Exception as e:  # labels that fit no loss: say so, keep the rest
+            self.loss_ok = False
+            self.notes.append(f"loss not computed: {type(e).__name__}: {str(e)[:160]}")
+
+    def _plan(self) -> PassPlan:
+        # the data were validated non-empty, so the first batch made the plan
+        assert self.plan is not None, "no batch was measured"
+        return self.plan
+
+    def groups(self) -> dict[str, float]:
+        """Each cause group's share of the gap: a pass of its own, or the whole gap."""
+        plan = self._plan()
+        groups = {g: 0.0 for g in GROUPS}
+        if plan.reuse_total:
+            groups[plan.reuse_total] = self.out_acc.relative_l2
+        for g, acc in self.group_acc.items():
+            groups[g] = acc.relative_l2
+        return groups
+
+    def finish(self) -> PassPlan:
+        """Output effects that need no pass of their own, and the note on what
+        a subclassed model's own call() adds; returns the plan."""
+        plan = self._plan()
+        eff = effective_nodes(self.nodes, self.stats)
+        for nd in eff:
+            st = self.stats[nd.index]
+            if st.effect is not None:
+                continue
+            if len(eff) == 1 and not self.own_logic:
+                st.effect = self.out_acc
+            elif self.group_acc.get(nd.kind.group) is not None and plan.group_members[
+                nd.kind.group
+            ] == [nd.index]:
+                st.effect = self.group_acc[nd.kind.group]
+        if plan.layers_pass:
+            explained, whole = self.layers_acc.relative_l2, self.out_acc.relative_l2
+            if abs(whole - explained) > 0.1 * whole + 0.01:
+                self.notes.append(
+                    f"With all its layers in training mode but the model's own call() in "
+                    f"inference mode, the output gap is {explained:.4f}, against {whole:.4f} for "
+                    f"{backend.fit_call(self.model).expression}: the rest comes from what "
+                    f"{type(self.model).__name__}.call() itself does when training=True, "
+                    "outside any layer."
+                )
+        return plan

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -30,27 +30,19 @@ from .backend import (
     pack_inputs,
 )
 from .errors import ForwardPassError, one_line
+from .inferencepaths import PathPasses
 from .layertree import LayerNode
+from .reductions import (
+    Due,
+    NonFinite,
+    as_float32,
+    channel_moment_tensors,
+    channel_moments,
+    finite_pair_sums,
+    settle,
+)
 from .results import Kind
 from .stats import GapAccumulator, SplitMoments
-
-
-class NonFinite(Exception):
-    """A deferred pair of sums came out NaN/Inf: measure the batch again, exactly."""
-
-
-@dataclass(frozen=True)
-class Due:
-    """One device-side quantity of a pass, and where its value goes."""
-
-    DIVERGENCE: ClassVar[str] = "divergence"  # [sum (t - r)^2, sum r^2]: train vs inference pass
-    OWN: ClassVar[str] = "own"  # the same pair: the layer in both modes on one input
-    OWN_SQUARES: ClassVar[str] = "own_squares"  # sum t^2 of a layer that ran in inference mode
-    MOMENTS: ClassVar[str] = "moments"  # [mean, M2] per example and channel of a BN input
-
-    kind: str
-    node: int
-    per: float = 0.0  # MOMENTS: values per example and channel
 
 
 class _StopPass(Exception):
@@ -77,7 +69,7 @@ def _flatten(keras, out) -> list:
     return [t for t in keras.tree.flatten(out) if t is not None]
 
 
-class Probe:
+class Probe(PathPasses):
     """Installs call wrappers on every layer of a model and runs passes.
 
     Use as a context manager: wrappers are removed and all variables are
@@ -254,38 +246,17 @@ class Probe:
         value = backend.to_numpy(tensor)
         if exact is not None and not np.all(np.isfinite(value)):
             value = exact()
-        self.settle([due], [value])
+        settle(self.stats, [due], [value], strict=False)
 
     def settle(self, dues: list[Due], values: list[np.ndarray]) -> None:
-        """Adds a pass's fetched quantities to the layers' accumulators. All
-        or nothing: a non-finite pair of sums raises `NonFinite` before any
-        is added (the batch is then measured again without deferral, where
-        NaN/Inf entries are left out one pair at a time)."""
-        for due, v in zip(dues, values):
-            if due.kind in (Due.DIVERGENCE, Due.OWN) and not np.all(np.isfinite(v)):
-                raise NonFinite(due.node)
-        for due, v in zip(dues, values):
-            st = self.stats[due.node]
-            if due.kind == Due.MOMENTS:
-                if st.moments is None:
-                    st.moments = SplitMoments()
-                mean, m2 = np.asarray(v[0]), np.asarray(v[1])
-                st.moments.add_examples(np.full(mean.shape, due.per), mean, m2)
-            elif due.kind == Due.OWN_SQUARES:
-                sq = float(v)
-                st.own.add_sums(0.0, sq, sq)
-            else:
-                sq_d, sq_r = (float(a) for a in np.asarray(v, dtype=np.float64))
-                acc = st.divergence if due.kind == Due.DIVERGENCE else st.own
-                # reference all zeros: relative to the other side, whose squares are sq_d then
-                acc.add_sums(sq_d, sq_r, sq_d if sq_r == 0.0 and sq_d > 0.0 else 0.0)
-                if due.kind == Due.DIVERGENCE:
-                    st.paired += 1
+        """Adds a pass's fetched quantities to the layers' accumulators (see
+        `reductions.settle`)."""
+        settle(self.stats, dues, values)
 
     def _bn_input_moments(self, node, args, kwargs):
         """Per-example channel moments of the input a BN layer is called with."""
         x = args[0] if args else kwargs.get("inputs")
-        return _channel_moments(self.ops, x, node.layer.axis, kwargs.get("mask"))
+        return channel_moments(self.ops, x, node.layer.axis, kwargs.get("mask"))
 
     def _run(self, node, original, args, kwargs):
         """Calls the layer; a BN layer's statistics update is undone at once."""
@@ -339,7 +310,7 @@ class Probe:
                 or not backend.is_floating(t)
             ):
                 continue
-            t32, r32 = _as_float32(ops, t), _as_float32(ops, r)
+            t32, r32 = as_float32(ops, t), as_float32(ops, r)
             parts.append((t32, r32, backend.pair_sums(t32, r32)))
         if not parts:
             return False
@@ -348,7 +319,7 @@ class Probe:
             total = parts[0][2]
         else:
             total = ops.sum(ops.stack([p[2] for p in parts]), axis=0)
-        self._emit(due, total, exact=lambda: _finite_pair_sums(ops, parts))
+        self._emit(due, total, exact=lambda: finite_pair_sums(ops, parts))
         return True
 
     # -------------------------------------------------------------- handlers
@@ -362,7 +333,7 @@ class Probe:
             st.eval_training.add(kwargs.get("training"))
             if capture_bn and node.kind is Kind.BATCHNORM:
                 x = args[0] if args else kwargs.get("inputs")
-                per, mean, m2 = _channel_moment_tensors(
+                per, mean, m2 = channel_moment_tensors(
                     self.ops, x, node.layer.axis, kwargs.get("mask")
                 )
                 if per is not None:
@@ -391,7 +362,7 @@ class Probe:
                 if ref is None:  # ran in inference mode: same input, same output
                     ops = self.ops
                     sq = [
-                        ops.sum(ops.square(_as_float32(ops, t)))
+                        ops.sum(ops.square(as_float32(ops, t)))
                         for t in _flatten(self.keras, out)
                         if backend.is_floating(t)
                     ]
@@ -422,23 +393,6 @@ class Probe:
                         kwargs["training"] = natural
                 else:
                     kwargs["training"] = False
-            return self._run(node, original, args, kwargs)
-
-        return handler
-
-    def _h_forced_eval(self):
-        def handler(node, original, args, kwargs):
-            self._next_call(node)
-            if node.takes_training:
-                kwargs["training"] = False
-            return original(*args, **kwargs)
-
-        return handler
-
-    def _h_observe(self, seen: dict):
-        def handler(node, original, args, kwargs):
-            self._next_call(node)
-            seen.setdefault(node.index, set()).add(kwargs.get("training"))
             return self._run(node, original, args, kwargs)
 
         return handler
@@ -496,39 +450,6 @@ class Probe:
         self._set_seeds(batch_index)
         return self._call_model(xs, "training", self._h_masked(), training=False)
 
-    def forced_eval_pass(self, xs):
-        """Every layer that takes `training` is called with training=False."""
-        return self._call_model(xs, "inference", self._h_forced_eval(), training=False)
-
-    def observe_pass(self, xs, **call_kwargs) -> tuple[Any, dict]:
-        """A plain call (e.g. no `training` argument) recording what each layer received."""
-        seen: dict = {}
-        out = self._call_model(xs, "inference", self._h_observe(seen), **call_kwargs)
-        return out, seen
-
-    def predict(self, xs):
-        """model.predict() with the wrappers out of the way. The compiled
-        predict function Keras makes is not left in `model.predict_function`
-        (the user's model keeps what it had), but kept aside on the model, so
-        that the next check of the same model does not trace it again."""
-        model = self.model
-        previous = getattr(model, "predict_function", None)
-        key = _predict_key(model)
-        cached = model.__dict__.get(_PREDICT_CACHE)
-        if previous is None and cached is not None and cached[0] == key:
-            model.predict_function = cached[1]
-        self._handler = None
-        self._bypass += 1
-        try:
-            return model.predict(self._pack(xs), batch_size=max(1, len(xs[0])), verbose=0)
-        finally:
-            self._bypass -= 1
-            made = getattr(model, "predict_function", None)
-            if previous is None and made is not None:
-                object.__setattr__(model, _PREDICT_CACHE, (key, made))  # untracked by Keras
-            model.predict_function = previous
-            self._guard().restore()
-
     def bn_params(self, node: LayerNode) -> BatchNormParams:
         layer = node.layer
 
@@ -555,87 +476,6 @@ class Probe:
 
 
 _MISSING = object()
-_PREDICT_CACHE = "_bngap_predict_function"
-
-
-def _predict_key(model) -> tuple:
-    """What Keras' make_predict_function builds from: a cached function is
-    reused only while these are unchanged."""
-    return (
-        getattr(model, "run_eagerly", None),
-        getattr(model, "jit_compile", None),
-        getattr(model, "steps_per_execution", None),
-        id(getattr(model, "_distribute_strategy", None)),
-    )
-
-
-def _as_float32(ops, t):
-    """`t` in float32; a float32 tensor as it is (skips the cast op's dispatch)."""
-    return t if "float32" in str(getattr(t, "dtype", "")) else ops.cast(t, "float32")
-
-
-def _finite_pair_sums(ops, parts) -> np.ndarray:
-    """[sum (t - r)^2, sum r^2] over the entries finite on both sides."""
-    sums = np.zeros(2)
-    for t32, r32, _ in parts:
-        both = ops.logical_and(ops.isfinite(t32), ops.isfinite(r32))
-        t0, r0 = ops.where(both, t32, 0.0), ops.where(both, r32, 0.0)
-        sums += np.array([float(ops.sum(ops.square(t0 - r0))), float(ops.sum(ops.square(r0)))])
-    return sums
-
-
-def _channel_moment_tensors(ops, x, axis: int, mask=None):
-    """(values per example and channel, mean, M2) of a BN input as device
-    tensors, each (examples, channels); with a mask, (None, None, None): the
-    counts vary, see `_channel_moments`."""
-    if mask is not None and axis % len(x.shape) == len(x.shape) - 1:
-        return None, None, None
-    x = ops.cast(x, "float32")
-    rank = len(x.shape)
-    axis = axis % rank
-    if axis != rank - 1:
-        perm = [i for i in range(rank) if i != axis] + [axis]
-        x = ops.transpose(x, perm)
-    c = x.shape[-1]
-    inner = [d for d in x.shape[1:-1]]
-    if any(d is None for d in inner):  # sizes known only at run time: counts fetched now
-        return None, None, None
-    per = int(np.prod(inner)) if inner else 1
-    x3 = ops.reshape(x, (-1, per, c))  # the batch size may be unknown in a traced pass
-    mean = ops.mean(x3, axis=1)
-    m2 = backend.sum_squared_difference(x3, mean[:, None, :], axis=1)
-    return float(per), mean, m2
-
-
-def _channel_moments(ops, x, axis: int, mask=None):
-    """Per-example, per-channel (count, mean, M2) of a BN layer's input, as
-    numpy (examples, channels) arrays. Two-pass within each example, in the
-    same float32 ops on every backend (not the backend's own `moments`: the
-    PyTorch one computes E[x^2] - E[x]^2)."""
-    x = ops.cast(x, "float32")
-    rank = len(x.shape)
-    axis = axis % rank
-    if axis != rank - 1:
-        perm = [i for i in range(rank) if i != axis] + [axis]
-        x = ops.transpose(x, perm)
-        mask = None  # Keras applies masks along the last axis only
-    c = x.shape[-1]
-    b = x.shape[0]
-    x3 = ops.reshape(x, (b, -1, c))
-    if mask is None:
-        mean = ops.mean(x3, axis=1)
-        m2 = backend.sum_squared_difference(x3, mean[:, None, :], axis=1)
-        per = int(np.prod([d for d in x.shape[1:-1]])) if rank > 2 else 1
-        mean_np = backend.to_numpy(mean)
-        counts = np.full(mean_np.shape, float(per))
-        return counts, mean_np, backend.to_numpy(m2)
-    w = ops.reshape(ops.cast(mask, "float32"), (b, -1, 1))
-    n = ops.sum(w, axis=1)
-    mean = ops.sum(x3 * w, axis=1) / ops.maximum(n, 1.0)
-    m2 = ops.sum(w * ops.square(x3 - mean[:, None, :]), axis=1)
-    mean_np = backend.to_numpy(mean)
-    counts = np.broadcast_to(backend.to_numpy(n), mean_np.shape).astype(np.float64)
-    return counts, mean_np, backend.to_numpy(m2)
 
 
 __all__ = ["Probe", "StateGuard", "NodeStats"]

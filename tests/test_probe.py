@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bngap.inferencepaths import _PREDICT_CACHE
 from bngap.pipeline import CheckOptions, check
-from bngap.probe import _PREDICT_CACHE
 
 
 def _predict_check(report):
@@ -86,7 +86,7 @@ def test_pair_sums_are_the_plain_ops_bit_for_bit(keras):
 
 def test_bn_input_moments_are_the_plain_ops_bit_for_bit(keras):
     from bngap import backend
-    from bngap.probe import _channel_moments
+    from bngap.reductions import channel_moments as _channel_moments
 
     ops = keras.ops
     x = ops.convert_to_tensor(

@@ -1,0 +1,129 @@
+"""Per-layer quantities reduced on the device: what a pass hands back
+(`Due`), how fetched values are added to the layers' accumulators, and the
+reductions themselves (pair sums, BN input moments), the same ops on every
+backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from . import backend
+from .stats import SplitMoments
+
+
+class NonFinite(Exception):
+    """A deferred pair of sums came out NaN/Inf: measure the batch again, exactly."""
+
+
+@dataclass(frozen=True)
+class Due:
+    """One device-side quantity of a pass, and where its value goes."""
+
+    DIVERGENCE: ClassVar[str] = "divergence"  # [sum (t - r)^2, sum r^2]: train vs inference pass
+    OWN: ClassVar[str] = "own"  # the same pair: the layer in both modes on one input
+    OWN_SQUARES: ClassVar[str] = "own_squares"  # sum t^2 of a layer that ran in inference mode
+    MOMENTS: ClassVar[str] = "moments"  # [mean, M2] per example and channel of a BN input
+
+    kind: str
+    node: int
+    per: float = 0.0  # MOMENTS: values per example and channel
+
+
+def settle(stats: dict, dues: list[Due], values: list[np.ndarray], strict: bool = True) -> None:
+    """Adds a pass's fetched quantities to the layers' accumulators. All
+    or nothing when `strict`: a non-finite pair of sums raises `NonFinite`
+    before any is added (the batch is then measured again without deferral,
+    where NaN/Inf entries are left out one pair at a time; sums that overflow
+    even so are added as they are)."""
+    for due, v in zip(dues, values):
+        if strict and due.kind in (Due.DIVERGENCE, Due.OWN) and not np.all(np.isfinite(v)):
+            raise NonFinite(due.node)
+    for due, v in zip(dues, values):
+        st = stats[due.node]
+        if due.kind == Due.MOMENTS:
+            if st.moments is None:
+                st.moments = SplitMoments()
+            mean, m2 = np.asarray(v[0]), np.asarray(v[1])
+            st.moments.add_examples(np.full(mean.shape, due.per), mean, m2)
+        elif due.kind == Due.OWN_SQUARES:
+            sq = float(v)
+            st.own.add_sums(0.0, sq, sq)
+        else:
+            sq_d, sq_r = (float(a) for a in np.asarray(v, dtype=np.float64))
+            acc = st.divergence if due.kind == Due.DIVERGENCE else st.own
+            # reference all zeros: relative to the other side, whose squares are sq_d then
+            acc.add_sums(sq_d, sq_r, sq_d if sq_r == 0.0 and sq_d > 0.0 else 0.0)
+            if due.kind == Due.DIVERGENCE:
+                st.paired += 1
+
+
+def as_float32(ops, t):
+    """`t` in float32; a float32 tensor as it is (skips the cast op's dispatch)."""
+    return t if "float32" in str(getattr(t, "dtype", "")) else ops.cast(t, "float32")
+
+
+def finite_pair_sums(ops, parts) -> np.ndarray:
+    """[sum (t - r)^2, sum r^2] over the entries finite on both sides."""
+    sums = np.zeros(2)
+    for t32, r32, _ in parts:
+        both = ops.logical_and(ops.isfinite(t32), ops.isfinite(r32))
+        t0, r0 = ops.where(both, t32, 0.0), ops.where(both, r32, 0.0)
+        sums += np.array([float(ops.sum(ops.square(t0 - r0))), float(ops.sum(ops.square(r0)))])
+    return sums
+
+
+def channel_moment_tensors(ops, x, axis: int, mask=None):
+    """(values per example and channel, mean, M2) of a BN input as device
+    tensors, each (examples, channels); with a mask, (None, None, None): the
+    counts vary, see `_channel_moments`."""
+    if mask is not None and axis % len(x.shape) == len(x.shape) - 1:
+        return None, None, None
+    x = ops.cast(x, "float32")
+    rank = len(x.shape)
+    axis = axis % rank
+    if axis != rank - 1:
+        perm = [i for i in range(rank) if i != axis] + [axis]
+        x = ops.transpose(x, perm)
+    c = x.shape[-1]
+    inner = [d for d in x.shape[1:-1]]
+    if any(d is None for d in inner):  # sizes known only at run time: counts fetched now
+        return None, None, None
+    per = int(np.prod(inner)) if inner else 1
+    x3 = ops.reshape(x, (-1, per, c))  # the batch size may be unknown in a traced pass
+    mean = ops.mean(x3, axis=1)
+    m2 = backend.sum_squared_difference(x3, mean[:, None, :], axis=1)
+    return float(per), mean, m2
+
+
+def channel_moments(ops, x, axis: int, mask=None):
+    """Per-example, per-channel (count, mean, M2) of a BN layer's input, as
+    numpy (examples, channels) arrays. Two-pass within each example, in the
+    same float32 ops on every backend (not the backend's own `moments`: the
+    PyTorch one computes E[x^2] - E[x]^2)."""
+    x = ops.cast(x, "float32")
+    rank = len(x.shape)
+    axis = axis % rank
+    if axis != rank - 1:
+        perm = [i for i in range(rank) if i != axis] + [axis]
+        x = ops.transpose(x, perm)
+        mask = None  # Keras applies masks along the last axis only
+    c = x.shape[-1]
+    b = x.shape[0]
+    x3 = ops.reshape(x, (b, -1, c))
+    if mask is None:
+        mean = ops.mean(x3, axis=1)
+        m2 = backend.sum_squared_difference(x3, mean[:, None, :], axis=1)
+        per = int(np.prod([d for d in x.shape[1:-1]])) if rank > 2 else 1
+        mean_np = backend.to_numpy(mean)
+        counts = np.full(mean_np.shape, float(per))
+        return counts, mean_np, backend.to_numpy(m2)
+    w = ops.reshape(ops.cast(mask, "float32"), (b, -1, 1))
+    n = ops.sum(w, axis=1)
+    mean = ops.sum(x3 * w, axis=1) / ops.maximum(n, 1.0)
+    m2 = ops.sum(w * ops.square(x3 - mean[:, None, :]), axis=1)
+    mean_np = backend.to_numpy(mean)
+    counts = np.broadcast_to(backend.to_numpy(n), mean_np.shape).astype(np.float64)
+    return counts, mean_np, backend.to_numpy(m2)
