@@ -125,6 +125,7 @@ def plan_passes(
     )
 
 
+# Long mostly by its docstring: the body is the batch loop, the state it adds to lives in _Sweep.
 def measure(
     model,
     nodes: list[LayerNode],
