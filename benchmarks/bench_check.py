@@ -133,8 +133,14 @@ def child(args) -> dict:
             out[f"{run}_eval"], out[f"{run}_train"] = t1 - t0, out[run] - (t1 - t0)
             restore()
     else:
+        from bngap import compiled
         from bngap.pipeline import CheckOptions, check
 
+        effects, _, policy = args.effects.partition(":")
+        if policy == "always":
+            compiled.COMPILE_FROM_BATCHES = 1
+        elif policy == "never":
+            compiled.available = lambda model: False
         spent, calls = _stage_timers() if args.breakdown else ({}, {})
         for run in ("cold", "warm"):
             spent.clear()
@@ -143,7 +149,7 @@ def child(args) -> dict:
             report = check(
                 model,
                 x,
-                options=CheckOptions(batch_size=args.batch, effects=_effects(args.effects)),
+                options=CheckOptions(batch_size=args.batch, effects=_effects(effects)),
             )
             out[run] = time.perf_counter() - t0
             if args.breakdown:
@@ -214,7 +220,7 @@ def run_case(model: str, size: int, batch: int, repeats: int, effects_list: list
                     size=size,
                     batch=batch,
                     effects=eff,
-                    breakdown=(eff == "auto" and rep == 0),
+                    breakdown=(eff is not None and eff.startswith("auto") and rep == 0),
                 )
             )
     plain = runs[("plain", None)]
@@ -241,7 +247,7 @@ def run_case(model: str, size: int, batch: int, repeats: int, effects_list: list
         peak = _median([r["peak_rss_mb"] for r in rs])
         rows.append(
             {
-                "variant": f"check --effects {eff}",
+                "variant": f"check --effects {eff}".replace(":", ", compile "),
                 "cold": _median([r["cold"] for r in rs]),
                 "warm": _median([r["warm"] for r in rs]),
                 "cold_ratio": _median(cold_ratios),
@@ -275,10 +281,10 @@ def print_case(case: dict) -> None:
             f"{r['warm_ratio']:7.2f} {r['peak_rss_mb']:8.0f} {r['peak_ratio']:7.2f}"
         )
     for r in case["rows"]:
-        if r["variant"] == "check --effects auto":
+        if r["variant"].startswith("check --effects auto"):
             ok = lambda good: "ok" if good else "MISSED"  # noqa: E731
             print(
-                f"target, default check: warm {r['warm_ratio']:.2f}x (<= 2: {ok(r['warm_ratio'] <= 2)}), "
+                f"target, {r['variant']}: warm {r['warm_ratio']:.2f}x (<= 2: {ok(r['warm_ratio'] <= 2)}), "
                 f"cold {r['cold_ratio']:.2f}x (<= 1.5: {ok(r['cold_ratio'] <= 1.5)}), "
                 f"peak {r['peak_ratio']:.2f}x (<= 1.2: {ok(r['peak_ratio'] <= 1.2)}); "
                 f"{r['effects_computed']} output effect(s) measured"
@@ -320,7 +326,9 @@ def main() -> None:
     p.add_argument(
         "--effects",
         default=None,
-        help="check variants, comma-separated effects settings (default: auto,0)",
+        help="check variants, comma-separated effects settings, each optionally with :always or "
+        ":never to compile the passes always or never (default: auto,0; the default compiles "
+        "where it pays off, see bngap/compiled.py)",
     )
     p.add_argument(
         "--quick", action="store_true", help="both models at 64x64, one repeat: a smoke run"
