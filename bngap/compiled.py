@@ -33,7 +33,6 @@ class _Entry:
     structure: dict | None = None  # node index -> NodeStats fields set while tracing
     order_counter: int = 0
     failed: bool = False
-    checks: int = 0  # checks of this model so far, compiled or not
 
 
 def _key(model, nodes) -> tuple:
@@ -45,27 +44,19 @@ def _key(model, nodes) -> tuple:
     )
 
 
-# Tracing the instrumented graph costs about as much as running the two passes
-# eagerly once more; the graph then runs them faster: it pays off on several
-# batches, or on a model checked before in this process (the graph is kept).
-COMPILE_FROM_BATCHES = 4
-
-
 def available(model) -> bool:
     """The backend compiles the passes, and the model was not asked to run eagerly."""
     return backend.active() == "tensorflow" and not getattr(model, "run_eagerly", False)
 
 
-def for_check(model, nodes, batches: int) -> CompiledPasses | None:
-    """The compiled passes when they pay off here, else None (eager passes);
-    counts the check, so that a model's second check compiles."""
+def for_check(model, nodes) -> CompiledPasses | None:
+    """The compiled passes of this model (made once per model and kept), or
+    None where the passes run eagerly (other backends, `run_eagerly`, a
+    model that could not be traced before)."""
     if not available(model):
         return None
     passes = CompiledPasses(model, nodes)
-    passes.entry.checks += 1
-    if passes.entry.function is not None or passes.entry.checks > 1:
-        return passes
-    return passes if batches >= COMPILE_FROM_BATCHES else None
+    return None if passes.entry.failed else passes
 
 
 class CompiledPasses:

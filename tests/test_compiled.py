@@ -16,16 +16,6 @@ from bngap.pipeline import CheckOptions, check
 OPTIONS = CheckOptions(batch_size=16, probe_preprocessing=False)
 
 
-@pytest.fixture
-def always_compile(monkeypatch):
-    monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
-
-
-@pytest.fixture
-def never_compile(monkeypatch):
-    monkeypatch.setattr(compiled, "available", lambda model: False)
-
-
 def _numbers(report) -> dict:
     """Every number and word of a report but its timing."""
     d = report.to_dict()
@@ -57,7 +47,6 @@ def _eager_then_compiled(model, x, y, monkeypatch):
     monkeypatch.setattr(compiled, "available", lambda m: False)
     eager = check(model, x, y, options=OPTIONS)
     monkeypatch.undo()
-    monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
     graph = check(model, x, y, options=OPTIONS)
     return eager, graph
 
@@ -68,11 +57,11 @@ def _eager_then_compiled(model, x, y, monkeypatch):
 def test_compiled_report_equals_the_eager_one(keras, zoo, monkeypatch, name):
     model, x, y = zoo.get(name)
     eager, graph = _eager_then_compiled(model, x, y, monkeypatch)
-    assert compiled.CompiledPasses(model, []).entry is not None
+    assert compiled.CompiledPasses(model, _nodes(model, keras)).entry.function is not None
     _close(_numbers(eager), _numbers(graph))
 
 
-def test_compiled_check_leaves_every_variable_bit_identical(keras, zoo, always_compile):
+def test_compiled_check_leaves_every_variable_bit_identical(keras, zoo):
     model, x, y = zoo.get("under_trained")
     before = [np.array(v.numpy(), copy=True) for v in model.variables]
     check(model, x, y, options=OPTIONS)
@@ -81,7 +70,7 @@ def test_compiled_check_leaves_every_variable_bit_identical(keras, zoo, always_c
         assert np.array_equal(v.numpy(), b), v.path
 
 
-def test_second_check_reuses_the_graph(keras, zoo, always_compile):
+def test_second_check_reuses_the_graph(keras, zoo):
     model, x, _ = zoo.get("preprocessing_mismatch")
     first = check(model, x, options=OPTIONS)
     passes = compiled.CompiledPasses(model, _nodes(model, keras))
@@ -91,22 +80,16 @@ def test_second_check_reuses_the_graph(keras, zoo, always_compile):
     _close(_numbers(first), _numbers(second))
 
 
-def test_one_batch_runs_eagerly_on_first_sight_and_compiled_on_the_second(keras):
+def test_a_model_that_runs_eagerly_is_measured_eagerly(keras):
+    """run_eagerly=True: fit() runs its steps eagerly, and so does the check."""
     L = keras.layers
     model = keras.Sequential([keras.Input((5,)), L.Dense(4), L.BatchNormalization(), L.Dense(2)])
+    model.compile("sgd", "mse", run_eagerly=True)
     x = np.random.default_rng(1).normal(1, 2, (16, 5)).astype("float32")
-    nodes = _nodes(model, keras)
     check(model, x, options=OPTIONS)
-    assert compiled.CompiledPasses(model, nodes).entry.function is None
+    assert compiled.for_check(model, _nodes(model, keras)) is None
+    model.compile("sgd", "mse")
     check(model, x, options=OPTIONS)
-    assert compiled.CompiledPasses(model, nodes).entry.function is not None
-
-
-def test_many_batches_compile_on_first_sight(keras):
-    L = keras.layers
-    model = keras.Sequential([keras.Input((5,)), L.Dense(4), L.BatchNormalization(), L.Dense(2)])
-    x = np.random.default_rng(2).normal(1, 2, (16 * compiled.COMPILE_FROM_BATCHES, 5))
-    check(model, x.astype("float32"), options=OPTIONS)
     assert compiled.CompiledPasses(model, _nodes(model, keras)).entry.function is not None
 
 
@@ -157,7 +140,6 @@ def test_fix_after_compiled_checks_measures_the_new_statistics(keras, zoo, monke
     model, x, _ = zoo.get("under_trained")
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
-    monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
     before = check(clone, x, options=OPTIONS).output_gap.relative_l2  # traced, old statistics
     result = bngap.fix(clone, x, batch_size=16)  # in place, measured through the same graph
     assert result.before.relative_l2 == pytest.approx(before, rel=1e-5)
@@ -181,9 +163,7 @@ def test_own_contribution_inside_a_mode_leak_matches_numpy(keras, monkeypatch, c
     import zoo
 
     model, x, _ = zoo.mode_leak()
-    if compile_passes:
-        monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
-    else:
+    if not compile_passes:
         monkeypatch.setattr(compiled, "available", lambda m: False)
     got = check(model, x, options=OPTIONS).layer("block/bn").own_contribution
     block = model.get_layer("block")
