@@ -28,7 +28,7 @@ class _Entry:
     """A traced function and what its trace learned."""
 
     function: Any
-    probe: Any = None  # the probe whose wrappers the next trace calls
+    probe: Any = None  # the probe whose wrappers a trace calls, set only during a call
     dues: list = field(default_factory=list)
     structure: dict | None = None  # node index -> NodeStats fields set while tracing
     order_counter: int = 0
@@ -136,6 +136,9 @@ class CompiledPasses:
             _reset_structure(probe)
             return None
         finally:
+            entry.probe = (
+                None  # the cache on the model must not keep a probe (and its snapshot) alive
+            )
             probe._guard().restore()
         if _traces(entry.function) > traces_before:  # this probe's wrappers ran: keep what they saw
             entry.structure = _structure(probe)
