@@ -151,7 +151,7 @@ class GapMonitor(keras.callbacks.Callback):
             from .data import from_arrays
             from .layertree import build_tree
             from .loading import input_specs
-            from .recalibration import recalibrate, select_layers
+            from .reestimation import recalibrate, select_layers
 
             nodes = build_tree(self.model, keras)
             chosen, _ = select_layers(nodes, None, include_frozen=True)
