@@ -144,7 +144,18 @@ def fix(
         limit=limit,
         preprocess=preprocess,
     )
-    run = _open(model, x, y, opening, layers, include_frozen, batch_size, seed, devices, say)
+    run = _open(
+        model,
+        x,
+        y,
+        opening,
+        layers=layers,
+        include_frozen=include_frozen,
+        batch_size=batch_size,
+        seed=seed,
+        devices=devices,
+        say=say,
+    )
 
     say("measuring the gap before")
     m0 = run.measure()
@@ -187,6 +198,7 @@ def _open(
     x: Any,
     y: Any,
     opening: dict[str, Any],
+    *,
     layers: str | None,
     include_frozen: bool,
     batch_size: int,
