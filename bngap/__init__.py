@@ -31,8 +31,8 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from .callbacks import GapMonitor
     from .errors import BngapError
+    from .fixresult import FixResult
     from .pipeline import CheckOptions
-    from .recalibration import FixResult
     from .results import Report, Thresholds
 
 
@@ -164,7 +164,7 @@ def __getattr__(name: str):
 
         return GapMonitor
     if name == "FixResult":
-        from .recalibration import FixResult
+        from .fixresult import FixResult
 
         return FixResult
     if name == "BngapError":

@@ -8,7 +8,7 @@ from typing import Any
 import keras  # the user's Keras, on whichever backend their fit() runs
 import numpy as np
 
-from .backend import StateGuard, fit_call, no_grad, pack_inputs
+from .backend import StateGuard, call_as_trainer, fit_call, no_grad, pack_inputs
 from .stats import GapAccumulator
 
 
@@ -151,7 +151,7 @@ class GapMonitor(keras.callbacks.Callback):
             from .data import from_arrays
             from .layertree import build_tree
             from .loading import input_specs
-            from .recalibration import recalibrate, select_layers
+            from .reestimation import recalibrate, select_layers
 
             nodes = build_tree(self.model, keras)
             chosen, _ = select_layers(nodes, None, include_frozen=True)
@@ -173,24 +173,20 @@ class GapMonitor(keras.callbacks.Callback):
 
 def _trainer_forward(model):
     """(x, training) -> outputs, calling the model as the installed Keras
-    version's trainer does on the active backend, as `backend.fit_call`
-    describes it (and `backend.call_as_fit` follows): `training` only when the
-    model's `call()` accepts it; on JAX through `stateless_call`.
+    version's trainer does on the active backend (`backend.call_as_trainer`):
+    `training` only when the model's `call()` accepts it; on JAX through
+    `stateless_call`.
 
-    Compiled here, not through `call_as_fit`: the monitor runs both modes at
-    every epoch, and on JAX `call_as_fit` reads the variables' values inside
-    the call, which `jax.jit` would freeze at the first trace; here they are
-    arguments, read afresh at each call."""
+    Compiled where the backend compiles (one trace per mode and shape): the
+    monitor runs both modes at every epoch. On JAX the variables' values are
+    the jitted function's arguments, read afresh at each call; read inside
+    the call, `jax.jit` would freeze them at the first trace."""
     how = fit_call(model)
-
-    def kwargs(training):
-        return {"training": training} if how.passes_training else {}
-
     if how.stateless:  # JAX
         import jax
 
         def stateless(trainable, non_trainable, x, training):
-            return model.stateless_call(trainable, non_trainable, x, **kwargs(training))[0]
+            return call_as_trainer(model, x, training, values=(trainable, non_trainable))
 
         jitted = jax.jit(stateless, static_argnames="training")
         return lambda x, training: jitted(
@@ -203,14 +199,13 @@ def _trainer_forward(model):
         import tensorflow as tf
 
         def compiled(mode):
-            kw = kwargs(mode)
-            return tf.function(lambda x: model(x, **kw), reduce_retracing=True)
+            return tf.function(lambda x: call_as_trainer(model, x, mode), reduce_retracing=True)
 
         fns = {mode: compiled(mode) for mode in (False, True)}
         return lambda x, training: fns[training](x)
 
     def call(x, training):
         with no_grad():  # torch: a measurement, not a step, so no autograd graph
-            return model(x, **kwargs(training))
+            return call_as_trainer(model, x, training)
 
     return call

@@ -1,29 +1,15 @@
-"""`bngap fix`: re-estimate BatchNormalization moving statistics as the exact
-population statistics of each layer's input on the user's data.
-
-This is PreciseBN (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021)
-done exactly, in inference mode: layers are re-estimated in dependency order,
-so each layer's statistics are measured on inputs normalised by the
-already re-estimated layers upstream. Layers whose inputs do not depend on
-each other share a pass, and each pass stops at the last layer it needs.
-Means and (biased, ddof=0) variances are merged across batches with Chan's
-formula, so any batch split gives the same result.
-"""
+"""`bngap fix` from start to finish: the gap before and after re-estimation, the copy written."""
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from .audit import compare_channels, local_gap
 from .data import Dataset
 from .errors import BngapError
 from .fixedcopy import (
@@ -33,247 +19,71 @@ from .fixedcopy import (
     saved_optimizer_state,
     verify_reload,
 )
-from .jsonform import plain
+from .fixresult import FixResult, LayerFix
 from .layertree import LayerNode
 from .records import Metrics, OutputGap
-from .vocabulary import Kind
+from .reestimation import recalibrate, select_layers, snapshot_statistics
+
+if TYPE_CHECKING:
+    from .loading import LoadedModel
+    from .measurement import Measurements
 
 ENOUGH_SAMPLES = 256  # below this, say the estimates are rough
 NOISE_WARN = 0.05  # relative noise of a layer's estimate worth a warning
 
 
 @dataclass(frozen=True)
-class LayerFix:
-    """What re-estimation did to one BN layer: its dependency level (layers of
-    a level are estimated in one pass, after the levels upstream), the number
-    of values per channel the new statistics rest on, the expected local gap
-    of the old statistics on this data (relative RMS change of the layer's
-    output), the new statistics' relative sampling noise, and whether the
-    layer is frozen (trainable=False)."""
+class _FixRun:
+    """What one fix works on: the opened model and data, its layer tree, the
+    BN layers chosen (and those left alone), and how every pass runs."""
 
-    path: str
-    level: int  # dependency level: 0 = no BN upstream
-    samples: int
-    gap_before: float  # expected local gap of the old statistics on this data
-    noise: float | None  # relative sampling noise of the new statistics (split-half)
-    frozen: bool
+    loaded: LoadedModel
+    data: Dataset
+    keras: Any
+    nodes: list[LayerNode]
+    chosen: list[LayerNode]
+    skipped: list[tuple[str, str]]
+    batch_size: int  # no larger than the data
+    seed: int
+    devices: list[str]
 
+    def measure(self) -> Measurements:
+        """The gap, measured the same way before and after, to compare like with like."""
+        from .measurement import measure
 
-@dataclass(frozen=True)
-class FixResult:
-    """Before/after numbers of a fix, and what was written.
+        return measure(
+            self.loaded.model,
+            self.nodes,
+            self.data,
+            self.keras,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            effects=0,
+            loss_id=self.loaded.loss,
+            leak_checks=False,
+            devices=self.devices,
+        )
 
-    `before`/`after`: the output gap with the old and the new statistics;
-    `metrics_*` the same for loss and accuracy (None without labels);
-    `skipped`: (layer path, reason) of BN layers left alone; `passes`: passes
-    over the data; `samples`, `batch_size`: the data used; `helped`: the gap
-    fell without the inference loss rising (see `_helped`); `written`: the
-    file written, or None; `reload_max_abs_diff`: the largest absolute output
-    difference between that file reloaded and the fixed model in memory;
-    `seconds`: wall time."""
-
-    before: OutputGap
-    after: OutputGap
-    metrics_before: Metrics | None
-    metrics_after: Metrics | None
-    layers: tuple[LayerFix, ...]
-    skipped: tuple[tuple[str, str], ...]
-    passes: int
-    samples: int
-    batch_size: int
-    helped: bool
-    written: str | None = None
-    reload_max_abs_diff: float | None = None
-    notes: tuple[str, ...] = ()
-    seconds: float = 0.0
-    devices: int = 1  # devices the batches were spread over
-    _restore: Any = field(default=None, repr=False, compare=False)
-
-    def undo(self) -> None:
-        """Puts back the statistics the re-estimated layers had before the fix,
-        in the in-memory model (every variable the fix assigned, bit for bit).
-        A file the fix wrote is left as it is."""
-        if self._restore is None:
-            raise BngapError("nothing to undo: this result holds no previous statistics")
-        self._restore()
-
-    def to_dict(self) -> dict:
-        d = plain(self)
-        d.pop("_restore", None)
-        d["schema_version"] = "1"
-        return d
+    def reestimate(
+        self, progress: Callable[[int, int, str], None] | None
+    ) -> tuple[list[LayerFix], int]:
+        """The chosen layers' statistics re-estimated (see `reestimation.recalibrate`)."""
+        return recalibrate(
+            self.loaded.model,
+            self.nodes,
+            self.chosen,
+            self.data,
+            self.keras,
+            batch_size=self.batch_size,
+            progress=progress,
+            seed=self.seed,
+            devices=self.devices,
+        )
 
 
-def select_layers(
-    nodes: list[LayerNode], patterns: str | None, include_frozen: bool
-) -> tuple[list[LayerNode], list[tuple[str, str]]]:
-    """BN layers to re-estimate and (path, reason) for those left alone.
-
-    `patterns` is a comma-separated list of layer paths or globs, matched
-    against the full path and the layer's own name.
-    """
-    chosen, skipped = [], []
-    pats = [p.strip() for p in patterns.split(",") if p.strip()] if patterns else []
-    for n in nodes:
-        if n.kind is not Kind.BATCHNORM:
-            continue
-        name = n.path.rsplit("/", 1)[-1]
-        if pats and not any(
-            fnmatch.fnmatchcase(n.path, p) or fnmatch.fnmatchcase(name, p) for p in pats
-        ):
-            skipped.append((n.path, "not matched by --layers"))
-        elif not include_frozen and not n.layer.trainable:
-            skipped.append((n.path, "frozen (trainable=False) and --skip-frozen given"))
-        else:
-            chosen.append(n)
-    if pats and not chosen:
-        raise BngapError(f"--layers {patterns!r} matches no BatchNormalization layer")
-    return chosen, skipped
-
-
-def dependency_levels(calls: list[tuple[int, int, frozenset]]) -> dict[int, int]:
-    """Level of each BN layer: 0 without BN upstream, else 1 + the highest
-    level among the BN layers its input depends on."""
-    level: dict[int, int] = {}
-    for idx, _seq, deps in calls:
-        upstream = [level[d] for d in deps if d != idx and d in level]
-        level[idx] = max(level.get(idx, 0), 1 + max(upstream) if upstream else 0)
-    return level
-
-
-def recalibrate(
-    model,
-    nodes: list[LayerNode],
-    chosen: list[LayerNode],
-    data: Dataset,
-    keras,
-    *,
-    batch_size: int,
-    progress: Callable[[int, int, str], None] | None = None,
-    seed: int = 0,
-    devices: list[str] | None = None,
-) -> tuple[list[LayerFix], int]:
-    """Sets the chosen BN layers' moving statistics to the population
-    statistics of their inputs on `data`, level by level.
-
-    Side effects: changes `moving_mean` and `moving_variance` (and, for
-    renorm layers, `moving_stddev`, `renorm_mean`, `renorm_stddev`) of the
-    chosen layers; nothing else.
-
-    Returns:
-        (one LayerFix per layer, number of passes over the data).
-    """
-    from .backend import placed
-    from .capture import CaptureProbe
-
-    progress = progress or (lambda *a: None)
-    by_index = {n.index: n for n in nodes}
-    wanted = {n.index for n in chosen}
-    on: list[str | None] = [*devices] if devices else [None]  # batch b on device b mod len(on)
-    out: list[LayerFix] = []
-    passes = 0
-    from .backend import pack_inputs
-
-    pack = lambda xs: pack_inputs(keras, model, xs, data.names, data.keyed)  # noqa: E731
-    with CaptureProbe(model, nodes, keras, seed=seed, pack=pack) as probe:
-        first = next(data.batches(min(2, len(data))))[0]
-        calls = probe.discover_bn_dependencies(first)
-        levels = dependency_levels(calls)
-        last_call: dict[int, int] = {}
-        for idx, seq, _ in calls:
-            last_call[idx] = max(last_call.get(idx, -1), seq)
-        never_called = [by_index[i].path for i in wanted if i not in levels]
-        if never_called:  # before any statistics change
-            raise BngapError(
-                "layers never called on this data, cannot re-estimate: "
-                f"{', '.join(never_called)}; leave them out with --layers"
-            )
-        todo = sorted({levels[i] for i in wanted if i in levels})
-        batches = math.ceil(len(data) / batch_size)
-        total = len(todo) * batches
-        for step, lev in enumerate(todo):
-            targets = {i for i in wanted if levels.get(i) == lev}
-            stop = max(last_call[i] for i in targets)
-            moments: dict = {}
-            for b, (xs, _y) in enumerate(data.batches(batch_size)):
-                with placed(on[b % len(on)]):
-                    probe.capture_bn_inputs(xs, targets, stop, moments)
-                progress(step * batches + b + 1, total, f"level {step + 1}/{len(todo)}")
-            passes += 1
-            for i in sorted(targets, key=lambda j: last_call[j]):
-                node = by_index[i]
-                params = probe.bn_params(node)
-                mom = moments[i]
-                total_m = mom.total
-                before = local_gap(compare_channels(params, total_m))
-                _assign(node.layer, total_m.mean, total_m.variance)
-                out.append(
-                    LayerFix(
-                        node.path,
-                        lev,
-                        int(total_m.examples),
-                        before,
-                        _relative_noise(mom, node.layer.epsilon),
-                        not node.layer.trainable,
-                    )
-                )
-            probe.commit()
-    return out, passes
-
-
-def _assign(layer, mean: np.ndarray, var: np.ndarray) -> None:
-    """Every statistic the layer keeps, set consistently from (mean, var).
-
-    A renorm layer normalises with `renorm_mean`/`renorm_stddev` in training
-    mode and `moving_mean`/`moving_variance` in inference mode (Keras keeps
-    `moving_variance = moving_stddev**2 - epsilon`): all are set, so that
-    both modes use the same re-estimated statistics afterwards.
-    """
-    dtype = layer.moving_mean.dtype
-    layer.moving_mean.assign(mean.astype(dtype))
-    layer.moving_variance.assign(var.astype(dtype))
-    if getattr(layer, "renorm", False):
-        std = np.sqrt(var + layer.epsilon)
-        for name, value in (("moving_stddev", std), ("renorm_mean", mean), ("renorm_stddev", std)):
-            v = getattr(layer, name, None)
-            if v is not None:
-                v.assign(value.astype(dtype))
-
-
-_STATISTICS = ("moving_mean", "moving_variance", "moving_stddev", "renorm_mean", "renorm_stddev")
-
-
-def _snapshot_statistics(layers) -> Callable[[], None]:
-    """A function that restores every statistic `_assign` may change."""
-    saved = [
-        (v, np.array(v.numpy(), copy=True))
-        for layer in layers
-        for name in _STATISTICS
-        if (v := getattr(layer, name, None)) is not None
-    ]
-
-    def restore() -> None:
-        for v, value in saved:
-            v.assign(value)
-
-    return restore
-
-
-def _relative_noise(mom, eps: float) -> float | None:
-    """How far apart the two halves' statistics are, relative to the spread:
-    RMS over channels of the half-difference of standardized means and of
-    log standard deviations."""
-    if len(mom.halves) != 2 or min(h.examples for h in mom.halves) < 1:
-        return None
-    a, b = mom.halves
-    s = np.sqrt(mom.total.variance + eps)
-    dz = (a.mean - b.mean) / s / 2.0
-    dl = 0.5 * (np.log(a.variance + eps) - np.log(b.variance + eps)) / 2.0
-    return float(np.sqrt(np.mean(dz * dz + dl * dl)))
-
-
-# Long mostly by its docstring: the body is the five steps in order (open, measure, re-estimate,
-# measure, write), each one call.
+# Long by its signature and docstring (the public API's options, each documented); the body is
+# its steps in order (open, measure, re-estimate, measure again, judge, write), a call or two
+# each, and the result they fill.
 def fix(
     model: Any,
     x: Any,
@@ -320,79 +130,48 @@ def fix(
     rename) only when the fix helps or `force` is set.
     """
     from .analysis import output_gap
-    from .backend import device_names, import_keras
-    from .layertree import build_tree
-    from .measurement import measure
-    from .pipeline import open_inputs
 
     started = time.perf_counter()
     say = status or (lambda s: None)
     if batch_size < 1:
         raise BngapError(f"--batch-size must be at least 1. Received: {batch_size}")
-    from_file = isinstance(model, (str, os.PathLike))
     target = output_target(model, output, in_place=in_place, force=force)
-
-    # Compiled, so that the copy keeps the loss, metrics and optimizer state.
-    loaded, data = open_inputs(
-        model,
-        x,
-        y,
+    opening: dict[str, Any] = dict(
         unsafe=unsafe,
         custom_objects=custom_objects,
         x_key=x_key,
         y_key=y_key,
         limit=limit,
         preprocess=preprocess,
-        compile=True,
-        status=say,
     )
-    keras = import_keras()
-    net = loaded.model
-    if from_file:
-        kept = keep_saved_optimizer(net, saved_optimizer_state(Path(model)))
-        if kept:
-            loaded.notes.append(kept)
-    nodes = build_tree(net, keras)
-    chosen, skipped = select_layers(nodes, layers, include_frozen)
-    if not chosen:
-        raise BngapError("the model has no BatchNormalization layers to re-estimate")
-    bs = max(1, min(batch_size, len(data)))
-    devs = device_names(devices)
-
-    def measure_gap():  # the same measurement before and after, to compare like with like
-        return measure(
-            net,
-            nodes,
-            data,
-            keras,
-            batch_size=bs,
-            seed=seed,
-            effects=0,
-            loss_id=loaded.loss,
-            leak_checks=False,
-            devices=devs,
-        )
+    run = _open(
+        model,
+        x,
+        y,
+        opening,
+        layers=layers,
+        include_frozen=include_frozen,
+        batch_size=batch_size,
+        seed=seed,
+        devices=devices,
+        say=say,
+    )
 
     say("measuring the gap before")
-    m0 = measure_gap()
-    restore = _snapshot_statistics([n.layer for n in chosen])
-    say(f"re-estimating {len(chosen)} BatchNormalization layers on {len(data)} samples")
-    fixes, passes = recalibrate(
-        net, nodes, chosen, data, keras, batch_size=bs, progress=progress, seed=seed, devices=devs
-    )
+    m0 = run.measure()
+    restore = snapshot_statistics([n.layer for n in run.chosen])
+    say(f"re-estimating {len(run.chosen)} BatchNormalization layers on {len(run.data)} samples")
+    fixes, passes = run.reestimate(progress)
     say("measuring the gap after")
-    m1 = measure_gap()
+    m1 = run.measure()
+
     before, after = output_gap(m0), output_gap(m1)
     helped, why_not = _helped(before, after, m0.metrics, m1.metrics)
-    notes = list(loaded.notes) + _estimate_notes(len(data), fixes)
-    written = None
-    reload_diff = None
-    if target is not None and (helped or force):
-        say(f"writing {target}")
-        save_model(net, target)
-        written = str(target)
-        reload_diff = verify_reload(target, net, data, keras, unsafe=unsafe, custom=custom_objects)
-    elif target is not None:
+    notes = list(run.loaded.notes) + _estimate_notes(len(run.data), fixes)
+    written, reload_diff = _write(
+        run, target, helped or force, say, unsafe=unsafe, custom_objects=custom_objects
+    )
+    if target is not None and written is None:
         notes.append(f"not written: {why_not}; pass --force to write it anyway")
     return FixResult(
         before=before,
@@ -400,18 +179,87 @@ def fix(
         metrics_before=m0.metrics,
         metrics_after=m1.metrics,
         layers=tuple(fixes),
-        skipped=tuple(skipped),
+        skipped=tuple(run.skipped),
         passes=passes,
-        samples=len(data),
-        batch_size=bs,
+        samples=len(run.data),
+        batch_size=run.batch_size,
         helped=helped,
         written=written,
         reload_max_abs_diff=reload_diff,
         notes=tuple(notes),
         seconds=time.perf_counter() - started,
-        devices=min(len(devs), math.ceil(len(data) / bs)),
+        devices=min(len(run.devices), math.ceil(len(run.data) / run.batch_size)),
         _restore=restore,
     )
+
+
+def _open(
+    model: Any,
+    x: Any,
+    y: Any,
+    opening: dict[str, Any],
+    *,
+    layers: str | None,
+    include_frozen: bool,
+    batch_size: int,
+    seed: int,
+    devices: int | None,
+    say: Callable[[str], None],
+) -> _FixRun:
+    """The model and data opened, the layer tree built, the BN layers and
+    devices chosen: refused here, before anything changes, when no layer is
+    left to re-estimate.
+
+    The model is compiled, so that the copy keeps the loss, metrics and
+    optimizer state (a file's optimizer state is kept).
+    """
+    from .backend import device_names, import_keras
+    from .layertree import build_tree
+    from .pipeline import open_inputs
+
+    loaded, data = open_inputs(model, x, y, compile=True, status=say, **opening)
+    keras = import_keras()
+    if isinstance(model, (str, os.PathLike)):
+        kept = keep_saved_optimizer(loaded.model, saved_optimizer_state(Path(model)))
+        if kept:
+            loaded.notes.append(kept)
+    nodes = build_tree(loaded.model, keras)
+    chosen, skipped = select_layers(nodes, layers, include_frozen)
+    if not chosen:
+        raise BngapError("the model has no BatchNormalization layers to re-estimate")
+    return _FixRun(
+        loaded=loaded,
+        data=data,
+        keras=keras,
+        nodes=nodes,
+        chosen=chosen,
+        skipped=skipped,
+        batch_size=max(1, min(batch_size, len(data))),
+        seed=seed,
+        devices=device_names(devices),
+    )
+
+
+def _write(
+    run: _FixRun,
+    target: Path | None,
+    wanted: bool,
+    say: Callable[[str], None],
+    *,
+    unsafe: bool,
+    custom_objects: str | None,
+) -> tuple[str | None, float | None]:
+    """The fixed model saved to `target` when `wanted`, reloaded and compared:
+    (the file written, the largest output difference after reloading), or
+    (None, None) when nothing was written."""
+    if target is None or not wanted:
+        return None, None
+    say(f"writing {target}")
+    save_model(run.loaded.model, target)
+    diff = verify_reload(
+        target, run.loaded.model, run.data, run.keras, unsafe=unsafe, custom=custom_objects
+    )
+    return str(target), diff
 
 
 def _estimate_notes(samples: int, fixes: list[LayerFix]) -> list[str]:

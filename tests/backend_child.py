@@ -158,10 +158,7 @@ def gap_monitor() -> dict:
 
     # re-estimating the statistics at the end: the BN input's own mean and variance
     # (bngap's probe runs on every backend once the backend adapter is there)
-    if (
-        keras.backend.backend() == "tensorflow"
-        or (Path(bngap.__file__).parent / "backend.py").is_file()
-    ):
+    if keras.backend.backend() == "tensorflow" or importlib.util.find_spec("bngap.backend"):
         monitor = bngap.GapMonitor(x, batch_size=64, recalibrate_at_end=True, verbose=False)
         model, _ = _fit(keras, lambda k: _sequential(k, dropout=False), [monitor], epochs=2)
         inp = keras.ops.convert_to_numpy(model.layers[0](x)).astype(np.float64)

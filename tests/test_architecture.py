@@ -43,6 +43,7 @@ PURE = {
     "comparison",
     "validation",
     "modelfiles",
+    "fixresult",
     "_version",
     "render",
     "render.common",

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from bngap.cli import main
 from bngap.errors import BngapError
-from bngap.recalibration import dependency_levels, fix
+from bngap.recalibration import fix
+from bngap.reestimation import dependency_levels
 
 
 def _fresh(zoo, keras, name):

@@ -11,7 +11,7 @@ import re
 import pytest
 from test_render import bn_record, make_report
 
-from bngap.recalibration import FixResult, LayerFix
+from bngap.fixresult import FixResult, LayerFix
 from bngap.render import render
 from bngap.render.fixing import render_fix_html
 from bngap.results import Baseline, Kind, LayerRecord, Metrics, OutputGap, Severity, Thresholds

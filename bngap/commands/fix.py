@@ -13,7 +13,7 @@ from ..errors import BngapError, ExitStatus
 from .options import EPILOG, RunFlags, format_option, outputs_option, run_flags
 
 if TYPE_CHECKING:  # recalibration (and Keras) are imported only when a fix runs
-    from ..recalibration import FixResult
+    from ..fixresult import FixResult
     from .reporting import Plan
 
 FIX_FORMATS = ("json", "text", "html")  # what its reports can be, on stdout or in files

@@ -1,0 +1,135 @@
+"""The state a forward pass can change (`StateGuard`), and the seeds of random layers."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from .selection import import_keras
+from .tensors import to_numpy
+
+
+class StateGuard:
+    """Snapshot of the state a forward pass can change, restored on demand
+    and on exit: every model variable, variables that custom layers hold
+    without Keras tracking them (TensorFlow), and the global random
+    generators (Keras' and TensorFlow's) that layers without a seed generator
+    of their own draw from. Keras' training-mode call mutates BN moving
+    statistics and seed-generator states; this guard makes `check` leave them
+    bit-identical.
+
+    `variables` may be given instead of a model's (a callback snapshots only
+    the non-trainable ones).
+    """
+
+    def __init__(self, model, layers=(), variables=None):
+        from keras.src.backend.common import global_state
+        from keras.src.random import seed_generator
+
+        keras = import_keras()
+        self.backend = keras.backend.backend()
+        self.variables = list(model.variables if variables is None else variables)
+        tracked = {id(v) for v in self.variables}
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            for layer in layers:  # raw tf.Variables in custom layers
+                for value in list(vars(layer).values()):
+                    if isinstance(value, tf.Variable) and id(value) not in tracked:
+                        tracked.add(id(value))
+                        self.variables.append(value)
+        self._had_keras_generator = (
+            global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR) is not None
+        )
+        self.keras_generator = seed_generator.global_seed_generator()
+        if id(self.keras_generator.state) not in tracked:
+            self.variables.append(self.keras_generator.state)
+        self.tf_generator = None
+        self.torch_rng = None
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            self.tf_generator = tf.random.get_global_generator()
+            self.tf_generator_state = np.array(self.tf_generator.state.numpy(), copy=True)
+        elif self.backend == "torch":  # unseeded Dropout draws from torch's global generators
+            import torch
+
+            self.torch_rng = (
+                torch.get_rng_state(),
+                torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            )
+        self.saved = [np.array(to_numpy(v), copy=True) for v in self.variables]
+        self.mutable = [
+            i for i, v in enumerate(self.variables) if not getattr(v, "trainable", False)
+        ]
+
+    def restore(self, everything: bool = False) -> None:
+        idx = range(len(self.variables)) if everything else self.mutable
+        for i in idx:
+            self.variables[i].assign(self.saved[i])
+        if self.tf_generator is not None:
+            self.tf_generator.reset(self.tf_generator_state)
+        if self.torch_rng is not None:
+            import torch
+
+            torch.set_rng_state(self.torch_rng[0])
+            if self.torch_rng[1] is not None:
+                torch.cuda.set_rng_state_all(self.torch_rng[1])
+
+    def commit(self) -> None:
+        """Makes the current values the ones restored (`fix` changes BN statistics on purpose)."""
+        self.saved = [np.array(to_numpy(v), copy=True) for v in self.variables]
+
+    def close(self) -> None:
+        """Restores everything and leaves no global generator that was not there."""
+        self.restore(everything=True)
+        if not self._had_keras_generator:
+            from keras.src.backend.common import global_state
+            from keras.src.random import seed_generator
+
+            global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def seed_variables(model, guard: StateGuard | None = None) -> list:
+    """The seed-generator states that random layers draw from, in a fixed
+    order: the model's own, then Keras' global generator (when guarded)."""
+    out = [v for v in model.variables if "seed_generator_state" in getattr(v, "path", v.name)]
+    if guard is not None:
+        out.append(guard.keras_generator.state)
+    return out
+
+
+def seed_state(seed: int, index: int, batch_index: int) -> list[int]:
+    """The state given to seed variable `index` for batch `batch_index`:
+    derived from `--seed` only, so runs (and backends) repeat each other."""
+    base = zlib.crc32(f"{seed}:{index}".encode()) & 0x7FFFFFFF
+    return [base, batch_index * 100003]
+
+
+def set_seeds(variables: list, seed: int, batch_index: int) -> None:
+    """Same random masks in every training-like pass of one batch, new ones
+    for the next batch, all derived from `seed`: the seed-generator states,
+    and the backend's global generator that some ops draw from (TensorFlow's;
+    torch's, which Keras' unseeded Dropout uses). `StateGuard` restores them.
+    """
+    for i, v in enumerate(variables):
+        v.assign(np.array(seed_state(seed, i, batch_index), dtype=v.dtype))
+    name = import_keras().backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        tf.random.get_global_generator().reset_from_seed(
+            zlib.crc32(f"{seed}:tf:{batch_index}".encode())
+        )
+    elif name == "torch":
+        import torch
+
+        torch.manual_seed(zlib.crc32(f"{seed}:torch:{batch_index}".encode()))
