@@ -47,6 +47,7 @@ def _timers():
     import bngap.measurement as measurement
     import bngap.preprocessing as preprocessing
     from bngap.backend import StateGuard
+    from bngap.bnstate import BatchNormState
     from bngap.probe import Probe
 
     spent: dict = defaultdict(lambda: [0.0, 0])
@@ -77,7 +78,7 @@ def _timers():
     timed(Probe, "_compare", "    per-layer comparisons (reduced on the device)")
     timed(Probe, "_bn_input_moments", "    per-BN input moments (.numpy() each)")
     timed(Probe, "_eval_same_input", "    per-layer own-contribution reruns")
-    timed(Probe, "_restore_bn", "    per-BN statistics restores")
+    timed(BatchNormState, "restore", "    per-BN statistics restores")
     timed(StateGuard, "restore", "    variable restores after each pass")
     timed(Probe, "__enter__", "  probe set-up (wrappers, snapshot of every variable)")
     timed(Probe, "__exit__", "  probe tear-down")

@@ -112,7 +112,7 @@ class CaptureProbe(Probe):
         """Makes the current variable values the ones restored on exit (used
         by `fix`, which changes BN statistics on purpose)."""
         self._guard().commit()
-        self._bn_var_cache = None
+        self.bn.forget()
 
     # ----------------------------------------------------------------- passes
     def record_pass(self, xs, record: Callable[[LayerNode, int, Any], None], *, training: bool):

@@ -7,6 +7,9 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from .audit import BatchNormParams
 from .vocabulary import Kind
 
 # Image preprocessing layers that change nothing between modes.
@@ -166,3 +169,31 @@ def build_tree(model: Any, keras: Any) -> list[LayerNode]:
         if node.kind is Kind.CUSTOM_TRAINING_ARG and node.children:
             node.mode_dependent = True
     return nodes
+
+
+def bn_params(node: LayerNode) -> BatchNormParams:
+    """A BN layer's parameters and settings as numpy, read from the live layer."""
+    from .backend import initializer_constant, to_numpy
+
+    layer = node.layer
+
+    def arr(v: Any) -> Any:  # None stays None
+        return None if v is None else np.asarray(to_numpy(v), dtype=np.float64)
+
+    return BatchNormParams(
+        path=node.path,
+        gamma=arr(getattr(layer, "gamma", None)),
+        beta=arr(getattr(layer, "beta", None)),
+        moving_mean=arr(layer.moving_mean),
+        moving_variance=arr(layer.moving_variance),
+        epsilon=float(layer.epsilon),
+        momentum=float(layer.momentum),
+        trainable=bool(layer.trainable),
+        axis=int(layer.axis),
+        renorm=bool(getattr(layer, "renorm", False)),
+        synchronized=bool(getattr(layer, "synchronized", False)),
+        init_mean=initializer_constant(layer.moving_mean_initializer),
+        init_variance=initializer_constant(layer.moving_variance_initializer),
+        renorm_mean=arr(getattr(layer, "renorm_mean", None)),
+        renorm_stddev=arr(getattr(layer, "renorm_stddev", None)),
+    )

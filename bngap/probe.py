@@ -25,13 +25,13 @@ from .audit import BatchNormParams
 from .backend import (
     StateGuard,
     _context_training,
-    _initializer_constant,
     _keras_message,
     pack_inputs,
 )
+from .bnstate import BatchNormState, batchnorm_below
 from .errors import ForwardPassError, one_line
 from .inferencepaths import PathPasses
-from .layertree import LayerNode
+from .layertree import LayerNode, bn_params
 from .reductions import (
     Due,
     NonFinite,
@@ -94,7 +94,7 @@ class Probe(PathPasses):
         self._order_counter = 0
         self._active: set[int] = set()
         self._seq = 0
-        self._bn_var_cache: dict | None = None
+        self._bn: BatchNormState | None = None
         self.guard: StateGuard | None = None
         self._seed_vars: list = []
         self._sink: list[tuple[Due, Any]] | None = None  # deferred quantities of the pass
@@ -104,6 +104,7 @@ class Probe(PathPasses):
     # ---------------------------------------------------------------- set-up
     def __enter__(self):
         self.guard = StateGuard(self.model, [n.layer for n in self.nodes])
+        self._bn = BatchNormState(self.nodes, self.guard, self.ops)
         self._seed_vars = backend.seed_variables(self.model, self.guard)
         for node in self.nodes:
             layer = node.layer
@@ -152,43 +153,16 @@ class Probe(PathPasses):
         self._counts[node.index] = k + 1
         return k
 
-    def _restore_bn(self, node: LayerNode) -> None:
-        """Undo a BN layer's moving-statistics update right away, so a layer
-        called twice in one pass sees the same statistics both times."""
-        for v, saved in self._bn_vars(node):
-            v.assign(saved)
-
-    def _run_bn_traced(self, node, original, args, kwargs):
-        """`_run` inside a traced pass: the statistics are read before the call
-        and written back after it, in the graph (saved numpy values would be
-        baked in as constants and go stale when `fix` commits new ones)."""
-        if not kwargs.get("training"):
-            return original(*args, **kwargs)
-        pairs = [(v, self.ops.copy(v)) for v, _ in self._bn_vars(node)]  # a read, not an alias
-        out = original(*args, **kwargs)
-        for v, before in pairs:
-            v.assign(before)
-        return out
+    @property
+    def bn(self) -> BatchNormState:
+        """The BN statistics held still during passes, set up on entering."""
+        assert self._bn is not None, "the probe is used outside its `with` block"
+        return self._bn
 
     def _guard(self) -> StateGuard:
         """The state guard, set up on entering the probe."""
         assert self.guard is not None, "the probe is used outside its `with` block"
         return self.guard
-
-    def _bn_vars(self, node: LayerNode):
-        cache = self._bn_var_cache
-        if cache is None:
-            cache = self._bn_var_cache = {}
-            where = {id(v): i for i, v in enumerate(self._guard().variables)}
-            for n in self.nodes:
-                if n.kind is Kind.BATCHNORM:
-                    pairs = []
-                    for v in n.layer.non_trainable_variables:
-                        i = where.get(id(v))
-                        if i is not None:
-                            pairs.append((v, self._guard().saved[i]))
-                    cache[n.index] = pairs
-        return cache.get(node.index, ())
 
     def _set_seeds(self, batch_index: int) -> None:
         """Same random masks in every training-like pass of one batch, new ones
@@ -260,11 +234,15 @@ class Probe(PathPasses):
 
     def _run(self, node, original, args, kwargs):
         """Calls the layer; a BN layer's statistics update is undone at once."""
-        if self._compiling and node.kind is Kind.BATCHNORM:
-            return self._run_bn_traced(node, original, args, kwargs)
+        if node.kind is not Kind.BATCHNORM:
+            return original(*args, **kwargs)
+        if self._compiling:  # in the graph: read before, written back after
+            kept = self.bn.keep([node]) if kwargs.get("training") else []
+            out = original(*args, **kwargs)
+            self.bn.put_back(kept)
+            return out
         out = original(*args, **kwargs)
-        if node.kind is Kind.BATCHNORM:
-            self._restore_bn(node)
+        self.bn.restore(node)
         return out
 
     def _eval_same_input(self, node, original, args, kwargs):
@@ -273,27 +251,14 @@ class Probe(PathPasses):
         leak) has its statistics update undone, as every other one is."""
         kw = dict(kwargs)
         kw["training"] = False
-        below = self._bn_below(node)
-        kept = [(v, self.ops.copy(v)) for n in below for v, _ in self._bn_vars(n)]
+        kept = self.bn.keep(batchnorm_below(node))
         self._bypass += 1
         try:
             with _context_training(False):
                 return original(*args, **kw)
         finally:
             self._bypass -= 1
-            for v, before in kept:
-                v.assign(before)
-
-    def _bn_below(self, node: LayerNode) -> list[LayerNode]:
-        """The BN layers inside a container layer (none for a leaf)."""
-        out: list[LayerNode] = []
-        todo = list(node.children)
-        while todo:
-            n = todo.pop()
-            if n.kind is Kind.BATCHNORM:
-                out.append(n)
-            todo.extend(n.children)
-        return out
+            self.bn.put_back(kept)
 
     def _compare(self, due: Due, train_out, ref_out) -> bool:
         """Emits [||t - r||^2, ||r||^2] of a pair of layer outputs (all their
@@ -451,28 +416,8 @@ class Probe(PathPasses):
         return self._call_model(xs, "training", self._h_masked(), training=False)
 
     def bn_params(self, node: LayerNode) -> BatchNormParams:
-        layer = node.layer
-
-        def arr(v):
-            return None if v is None else np.asarray(backend.to_numpy(v), dtype=np.float64)
-
-        return BatchNormParams(
-            path=node.path,
-            gamma=arr(getattr(layer, "gamma", None)),
-            beta=arr(getattr(layer, "beta", None)),
-            moving_mean=arr(layer.moving_mean),
-            moving_variance=arr(layer.moving_variance),
-            epsilon=float(layer.epsilon),
-            momentum=float(layer.momentum),
-            trainable=bool(layer.trainable),
-            axis=int(layer.axis),
-            renorm=bool(getattr(layer, "renorm", False)),
-            synchronized=bool(getattr(layer, "synchronized", False)),
-            init_mean=_initializer_constant(layer.moving_mean_initializer),
-            init_variance=_initializer_constant(layer.moving_variance_initializer),
-            renorm_mean=arr(getattr(layer, "renorm_mean", None)),
-            renorm_stddev=arr(getattr(layer, "renorm_stddev", None)),
-        )
+        """The BN layer's parameters and settings (see `layertree.bn_params`)."""
+        return bn_params(node)
 
 
 _MISSING = object()

@@ -1,0 +1,67 @@
+"""BatchNormalization statistics held still during a pass: a training-mode
+call moves `moving_mean`/`moving_variance`, and bngap undoes that at once,
+so a layer called twice in one pass sees the same statistics both times."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .layertree import LayerNode
+from .vocabulary import Kind
+
+
+class BatchNormState:
+    """The BN layers' statistics and the values to put back (the guard's snapshot)."""
+
+    def __init__(self, nodes: list[LayerNode], guard: Any, ops: Any):
+        self.nodes, self.guard, self.ops = nodes, guard, ops
+        self._cache: dict[int, list] | None = None
+
+    def forget(self) -> None:
+        """The snapshot changed (`fix` committed new statistics): look it up again."""
+        self._cache = None
+
+    def variables(self, node: LayerNode) -> list:
+        """(variable, saved value) of a BN layer's moving statistics."""
+        if self._cache is None:
+            cache: dict[int, list] = {}
+            where = {id(v): i for i, v in enumerate(self.guard.variables)}
+            for n in self.nodes:
+                if n.kind is Kind.BATCHNORM:
+                    found = (where.get(id(v)) for v in n.layer.non_trainable_variables)
+                    cache[n.index] = [
+                        (self.guard.variables[i], self.guard.saved[i])
+                        for i in found
+                        if i is not None
+                    ]
+            self._cache = cache
+        return self._cache.get(node.index, [])
+
+    def restore(self, node: LayerNode) -> None:
+        """Puts the saved statistics back right after an eager call."""
+        for v, saved in self.variables(node):
+            v.assign(saved)
+
+    def keep(self, nodes: list[LayerNode]) -> list[tuple[Any, Any]]:
+        """The current values of these layers' statistics, read now (a copy:
+        `ops.convert_to_tensor` of a variable is the variable itself); works
+        inside a traced graph too, where saved numpy values would be baked
+        in as constants and go stale when `fix` commits new ones."""
+        return [(v, self.ops.copy(v)) for n in nodes for v, _ in self.variables(n)]
+
+    @staticmethod
+    def put_back(kept: list[tuple[Any, Any]]) -> None:
+        for v, before in kept:
+            v.assign(before)
+
+
+def batchnorm_below(node: LayerNode) -> list[LayerNode]:
+    """The BN layers inside a container layer (none for a leaf)."""
+    out: list[LayerNode] = []
+    todo = list(node.children)
+    while todo:
+        n = todo.pop()
+        if n.kind is Kind.BATCHNORM:
+            out.append(n)
+        todo.extend(n.children)
+    return out
