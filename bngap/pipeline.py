@@ -204,7 +204,45 @@ def _measurement_notes(m: Any) -> list[str]:
     return notes
 
 
-# Long mostly by its docstring: the body is the check's stages in order, each one call.
+def _measure(net, nodes, data, keras, loaded, options: CheckOptions, loss, progress, say):
+    """The passes over the data, on the devices asked for, with the batch size
+    the model declares (else the one asked for)."""
+    from .backend import device_names
+    from .measurement import measure
+
+    batch_size = _declared_batch_size(loaded, options.batch_size)
+    devices = device_names(options.devices)
+    on = f", {len(devices)} devices" if len(devices) > 1 else ""
+    say(f"running {net.name}: {len(data)} samples, batch size {min(batch_size, len(data))}{on}")
+    return measure(
+        net,
+        nodes,
+        data,
+        keras,
+        batch_size=batch_size,
+        seed=options.seed,
+        effects=options.effects,
+        loss_id=loss if loss is not None else loaded.loss,
+        progress=progress or (lambda *a: None),
+        devices=devices,
+    )
+
+
+def _summarise_data(data, m) -> DataSummary:
+    return DataSummary(
+        path=data.path,
+        samples=len(data),
+        has_labels=data.y is not None,
+        input_shapes=tuple(data.shapes),
+        batch_size=m.batch_size,
+        batches=m.batches,
+        last_batch_size=m.last_batch_size,
+        notes=tuple(data.notes),
+    )
+
+
+# Long by its docstring and keyword-argument calls: the body is the check's stages in order
+# (open, measure, records, preprocessing probe, diagnosis, report), each one call.
 def check(
     model: Any,
     x: Any = None,
@@ -232,9 +270,8 @@ def check(
         A `Report`. The model's variables are left bit-identical.
     """
     from . import advice, analysis
-    from .backend import device_names, environment, import_keras
+    from .backend import environment, import_keras
     from .layertree import build_tree
-    from .measurement import measure
 
     started = time.perf_counter()
     say = status or (lambda s: None)
@@ -258,22 +295,7 @@ def check(
     nodes = build_tree(net, keras)
     if not nodes:
         raise BngapError(f"{loaded.path}: the model has no layers to check")
-    batch_size = _declared_batch_size(loaded, options.batch_size)
-    devices = device_names(options.devices)
-    on = f", {len(devices)} devices" if len(devices) > 1 else ""
-    say(f"running {net.name}: {len(data)} samples, batch size {min(batch_size, len(data))}{on}")
-    m = measure(
-        net,
-        nodes,
-        data,
-        keras,
-        batch_size=batch_size,
-        seed=options.seed,
-        effects=options.effects,
-        loss_id=loss if loss is not None else loaded.loss,
-        progress=progress or (lambda *a: None),
-        devices=devices,
-    )
+    m = _measure(net, nodes, data, keras, loaded, options, loss, progress, say)
     if options.save_outputs:
         from .sideoutput import save_outputs
 
@@ -300,16 +322,7 @@ def check(
     )
     notes = list(loaded.notes) + list(m.notes) + list(notes) + _measurement_notes(m)
     summary = _summarise_model(net, nodes, loaded.path, loaded.inputs or [])
-    dsum = DataSummary(
-        path=data.path,
-        samples=len(data),
-        has_labels=data.y is not None,
-        input_shapes=tuple(data.shapes),
-        batch_size=m.batch_size,
-        batches=m.batches,
-        last_batch_size=m.last_batch_size,
-        notes=tuple(data.notes),
-    )
+    dsum = _summarise_data(data, m)
     settings = {
         "batch_size": m.batch_size,
         "seed": options.seed,
