@@ -178,3 +178,16 @@ def test_own_contribution_inside_a_mode_leak_matches_numpy(keras, monkeypatch, c
         sq_d += float(((training - inference) ** 2).sum())
         sq_r += float((inference**2).sum())
     assert got == pytest.approx(np.sqrt(sq_d / sq_r), rel=1e-5)
+
+
+def test_the_users_graph_optimizer_options_are_left_as_they_were(keras, zoo):
+    import tensorflow as tf
+
+    model, x, _ = zoo.get("under_trained")
+    tf.config.optimizer.set_experimental_options({"constant_folding": False})
+    try:
+        before = tf.config.optimizer.get_experimental_options()
+        check(model, x, options=OPTIONS)
+        assert tf.config.optimizer.get_experimental_options() == before
+    finally:
+        tf.config.optimizer.set_experimental_options({"constant_folding": True})
