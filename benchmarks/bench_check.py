@@ -137,7 +137,9 @@ def child(args) -> dict:
         from bngap.pipeline import CheckOptions, check
 
         effects, _, policy = args.effects.partition(":")
-        if policy == "never":
+        if policy == "always":
+            compiled.COMPILE_FROM_BATCHES = 1
+        elif policy == "never":
             compiled.available = lambda model: False
         spent, calls = _stage_timers() if args.breakdown else ({}, {})
         for run in ("cold", "warm"):
@@ -324,9 +326,9 @@ def main() -> None:
     p.add_argument(
         "--effects",
         default=None,
-        help="check variants, comma-separated effects settings, each optionally with :never "
-        "to run the passes eagerly (default: auto,0; on TensorFlow the default compiles them, "
-        "see bngap/compiled.py)",
+        help="check variants, comma-separated effects settings, each optionally with :always or "
+        ":never to compile the passes always or never (default: auto,0; on TensorFlow the "
+        "default compiles them from the fourth batch, see bngap/compiled.py)",
     )
     p.add_argument(
         "--quick", action="store_true", help="both models at 64x64, one repeat: a smoke run"

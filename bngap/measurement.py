@@ -151,7 +151,8 @@ def measure(
     when there are at most 8, else the strongest one).
 
     `compile_passes`: on TensorFlow, each batch's inference and training
-    passes run as one compiled graph, as fit() runs its train_step (see
+    passes run as one compiled graph, as fit() runs its train_step, where
+    that pays off (from the fourth batch, or a graph made before: see
     `compiled.py`); False runs them eagerly.
 
     `devices` (names from `backend.device_names`): batch b runs on device
@@ -169,7 +170,7 @@ def measure(
     pack = lambda xs: pack_inputs(keras, model, xs, dataset.names, dataset.keyed)  # noqa: E731
     with Probe(model, nodes, keras, seed=seed, pack=pack) as probe:
         if compile_passes:
-            probe.compiled = compiled.for_check(model, nodes)
+            probe.compiled = compiled.for_check(model, nodes, batches)
         sweep.stats = probe.stats
         for b, (xs, y) in enumerate(dataset.batches(batch_size)):
             device = devs[b % len(devs)]

@@ -16,6 +16,12 @@ from bngap.pipeline import CheckOptions, check
 OPTIONS = CheckOptions(batch_size=16, probe_preprocessing=False)
 
 
+@pytest.fixture(autouse=True)
+def compile_from_the_first_batch(monkeypatch):
+    """Zoo data are a few batches: compile them all the same."""
+    monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
+
+
 def _numbers(report) -> dict:
     """Every number and word of a report but its timing."""
     d = report.to_dict()
@@ -47,6 +53,7 @@ def _eager_then_compiled(model, x, y, monkeypatch):
     monkeypatch.setattr(compiled, "available", lambda m: False)
     eager = check(model, x, y, options=OPTIONS)
     monkeypatch.undo()
+    monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
     graph = check(model, x, y, options=OPTIONS)
     return eager, graph
 
@@ -87,10 +94,24 @@ def test_a_model_that_runs_eagerly_is_measured_eagerly(keras):
     model.compile("sgd", "mse", run_eagerly=True)
     x = np.random.default_rng(1).normal(1, 2, (16, 5)).astype("float32")
     check(model, x, options=OPTIONS)
-    assert compiled.for_check(model, _nodes(model, keras)) is None
+    assert compiled.for_check(model, _nodes(model, keras), 10) is None
     model.compile("sgd", "mse")
     check(model, x, options=OPTIONS)
     assert compiled.CompiledPasses(model, _nodes(model, keras)).entry.function is not None
+
+
+def test_few_batches_run_eagerly_many_compile_and_the_graph_is_reused(keras, monkeypatch):
+    monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 4)
+    L = keras.layers
+    model = keras.Sequential([keras.Input((5,)), L.Dense(4), L.BatchNormalization(), L.Dense(2)])
+    x = np.random.default_rng(2).normal(1, 2, (64, 5)).astype("float32")
+    entry = compiled.CompiledPasses(model, _nodes(model, keras)).entry
+    check(model, x[:48], options=OPTIONS)  # 3 batches
+    assert entry.function is None
+    check(model, x, options=OPTIONS)  # 4 batches
+    assert entry.function is not None
+    check(model, x[:16], options=OPTIONS)  # 1 batch, through the graph made before
+    assert entry.function.experimental_get_tracing_count() == 1
 
 
 def test_untraceable_model_falls_back_to_the_eager_passes(keras, monkeypatch):
