@@ -76,6 +76,10 @@ def child(args) -> dict:
     from bngap.backend import import_keras
 
     import_keras()
+    if args.passes == "eager":
+        from bngap import compiled
+
+        compiled.available = lambda model: False
     base = _peak_rss_mb()
     warm = Path(args.data).with_name("data_32.npz")
     out = Path(tempfile.mkdtemp()) / "fixed.keras"
@@ -93,6 +97,7 @@ def child(args) -> dict:
         samples, gap = result.samples, result.after.relative_l2
     return {
         "command": args.command,
+        "passes": args.passes,
         "samples": samples,
         "seconds": seconds,
         "gap": gap,
@@ -101,7 +106,7 @@ def child(args) -> dict:
     }
 
 
-def run_child(command: str, model: Path, data: Path) -> dict:
+def run_child(command: str, model: Path, data: Path, passes: str) -> dict:
     res = subprocess.run(
         [
             sys.executable,
@@ -112,6 +117,8 @@ def run_child(command: str, model: Path, data: Path) -> dict:
             str(model),
             "--data",
             str(data),
+            "--passes",
+            passes,
         ],
         capture_output=True,
         text=True,
@@ -127,24 +134,36 @@ def main() -> None:
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--sizes", default="32,320,3200", help="sample counts (default: %(default)s)")
+    p.add_argument(
+        "--passes",
+        default="auto",
+        help="auto (compiled from the fourth batch on TensorFlow), eager, or both as "
+        "'auto,eager' side by side (default: %(default)s)",
+    )
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args()
     if args.command:
         print(json.dumps(child(args)))
         return
+    modes = args.passes.split(",")
     sizes = sorted({32, *(int(s) for s in args.sizes.split(","))})
     started = time.perf_counter()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         mpath, data = make_files(Path(tmp), sizes)
-        rows = [run_child(cmd, mpath, data[n]) for cmd in ("check", "fix") for n in sizes]
+        rows = [
+            run_child(cmd, mpath, data[n], mode)
+            for mode in modes
+            for cmd in ("check", "fix")
+            for n in sizes
+        ]
     print(
         "small CNN (2 conv + 2 BatchNormalization + Dropout), 32x32x3, batch 32, "
         f"data in a compressed .npz; {os.cpu_count()} CPU cores; "
         "each row its own process, after a warm-up on 32 samples"
     )
     head = (
-        f"{'command':8} {'samples':>8} {'seconds':>8} {'ms/sample':>10} {'marginal':>9} "
+        f"{'command':8} {'passes':6} {'samples':>8} {'seconds':>8} {'ms/sample':>10} {'marginal':>9} "
         f"{'peak MB':>8} {'x peak':>7}"
     )
     print(head)
@@ -152,20 +171,21 @@ def main() -> None:
     first, prev = {}, {}
     for r in rows:
         per = 1000 * r["seconds"] / r["samples"]
-        ref = first.setdefault(r["command"], r)
-        before = prev.get(r["command"])
+        key = (r["command"], r["passes"])
+        ref = first.setdefault(key, r)
+        before = prev.get(key)
         r["ms_per_sample"], r["peak_ratio"] = per, r["peak_rss_mb"] / ref["peak_rss_mb"]
         r["marginal_ms_per_sample"] = (
             None
             if before is None
             else 1000 * (r["seconds"] - before["seconds"]) / (r["samples"] - before["samples"])
         )
-        prev[r["command"]] = r
+        prev[key] = r
         marginal = (
             "-" if r["marginal_ms_per_sample"] is None else f"{r['marginal_ms_per_sample']:.2f}"
         )
         print(
-            f"{r['command']:8} {r['samples']:8d} {r['seconds']:8.2f} {per:10.2f} {marginal:>9} "
+            f"{r['command']:8} {r['passes']:6} {r['samples']:8d} {r['seconds']:8.2f} {per:10.2f} {marginal:>9} "
             f"{r['peak_rss_mb']:8.0f} {r['peak_ratio']:7.2f}"
         )
     print(

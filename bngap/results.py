@@ -109,9 +109,12 @@ class Report:
     @property
     def loss_delta(self) -> float | None:
         """Inference-mode loss minus training-mode loss."""
-        if not self.metrics or "loss" not in self.metrics.train:
+        if not self.metrics:
             return None
-        return self.metrics.eval["loss"] - self.metrics.train["loss"]
+        train, ev = self.metrics.train.get("loss"), self.metrics.eval.get("loss")
+        if train is None or ev is None:  # not measured, or not finite (saved as null)
+            return None
+        return ev - train
 
     @property
     def accuracy_drop(self) -> float | None:

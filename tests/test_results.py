@@ -179,3 +179,23 @@ def test_text_and_markdown_show_the_baseline_side_by_side():
     md = render(r, "markdown")
     assert "| output gap (relative L2) | 0.2000 | 0.4123 |" in md
     assert "| verdict | pass | pass |" in md
+
+
+def test_a_saved_report_with_a_nan_loss_renders_in_every_format():
+    """NaN is saved as null: read back, the loss is None, and the loss delta
+    is not measured (it was a crash: None minus a float)."""
+    from bngap.results import Metrics
+
+    nan_loss = Metrics(
+        train={"loss": 0.25, "accuracy": 0.9},
+        eval={"loss": float("nan"), "accuracy": 0.5},
+        loss_name="sparse_categorical_crossentropy",
+        source="compiled",
+    )
+    r = make_report(metrics=nan_loss, thresholds=Thresholds(loss_delta=0.1))
+    back = Report.from_dict(json.loads(render(r, "json")))
+    assert back.metrics.eval["loss"] is None
+    assert back.loss_delta is None
+    for fmt in FORMATS:
+        assert render(back, fmt)
+    assert back.exit_status == r.exit_status
