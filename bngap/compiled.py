@@ -146,8 +146,9 @@ class CompiledPasses:
             with _without_grappler():
                 ev, tr, tensors, ev_riders, tr_riders = self._function(packed)(packed)
         except Exception:  # untraceable here: the eager passes run instead, and say what fails
+            # What a failed trace recorded (which layer got which training value) is
+            # what the eager passes record too; the sums of earlier batches stay.
             entry.failed = True
-            _reset_structure(probe)
             return None
         finally:
             entry.probe = (
@@ -235,12 +236,3 @@ def _replay(probe, entry: _Entry) -> None:
             for f, v in fields.items():
                 setattr(st, f, copy.copy(v))
     probe._order_counter = max(probe._order_counter, entry.order_counter)
-
-
-def _reset_structure(probe) -> None:
-    """Forgets what a failed trace recorded (the eager passes record it again)."""
-    from .probe import NodeStats
-
-    for i in probe.stats:
-        probe.stats[i] = NodeStats()
-    probe._order_counter = 0
