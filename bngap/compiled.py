@@ -59,39 +59,48 @@ COMPILE_FROM_BATCHES = 4
 
 def for_check(model, nodes, batches: int) -> CompiledPasses | None:
     """The compiled passes of this model when they pay off: the data has
-    COMPILE_FROM_BATCHES batches or more, or the graph was made before (it is
-    kept on the model). None where the passes run eagerly: other backends,
-    `run_eagerly`, a model that could not be traced, fewer batches."""
+    COMPILE_FROM_BATCHES batches or more, or a graph was made before (they
+    are kept on the model). None where the passes run eagerly: other
+    backends, `run_eagerly`, fewer batches."""
     if not available(model):
         return None
     passes = CompiledPasses(model, nodes)
-    if passes.entry.failed:
-        return None
-    if passes.entry.function is None and batches < COMPILE_FROM_BATCHES:
+    if batches < COMPILE_FROM_BATCHES and not any(e.function for e in passes.entries()):
         return None
     return passes
 
 
 class CompiledPasses:
-    """The compiled inference + training pass of one batch for one probe."""
+    """The compiled inference + training passes of one model: one graph per
+    input signature (shapes but the batch size, dtypes, structure)."""
 
     def __init__(self, model, nodes):
         cache = model.__dict__.get(_CACHE)
         if cache is None:
             cache = {}
             object.__setattr__(model, _CACHE, cache)
-        key = _key(model, nodes)
-        entry = cache.get(key)
-        if entry is None:
-            entry = cache[key] = _Entry(function=None)
-        self.entry = entry
+        self.cache: dict = cache
         self.model = model
+        self.base = _key(model, nodes)
 
-    def _trace_body(self, packed):
+    def entries(self) -> list[_Entry]:
+        """The graphs made for this model as it is now, one per input signature."""
+        return [e for k, e in self.cache.items() if k[0] == self.base]
+
+    def _entry(self, packed) -> _Entry:
+        import tensorflow as tf
+
+        flat = tf.nest.flatten(packed)
+        signature = (
+            str(tf.nest.map_structure(lambda t: 0, packed)),
+            tuple((tuple(t.shape[1:]), t.dtype.name) for t in flat),
+        )
+        return self.cache.setdefault((self.base, signature), _Entry(function=None))
+
+    def _trace_body(self, entry: _Entry, packed):
         """What the graph computes; runs only while TensorFlow traces it."""
         import tensorflow as tf
 
-        entry = self.entry
         probe = entry.probe
         probe._compiling = True
         probe._sink = []
@@ -114,37 +123,37 @@ class CompiledPasses:
             probe._eval_store.clear()
             probe._stack.clear()
 
-    def _function(self, packed):
+    def _function(self, entry: _Entry, packed):
         import tensorflow as tf
 
-        if self.entry.function is None:
+        if entry.function is None:
             spec = tf.nest.map_structure(
                 lambda t: tf.TensorSpec((None, *t.shape[1:]), t.dtype), packed
             )
             # autograph off: it would rewrite the probe's handlers on every trace (slow), and a
             # model needing it falls back to the eager passes
-            self.entry.function = tf.function(
-                self._trace_body, input_signature=[spec], autograph=False
+            entry.function = tf.function(
+                lambda p: self._trace_body(entry, p), input_signature=[spec], autograph=False
             )
-        return self.entry.function
+        return entry.function
 
     def run(self, probe, xs, batch_index: int):
         """(inference output, training output) of the batch, its quantities
         settled into the probe; None when the passes cannot be compiled (the
         caller then runs them eagerly). Raises probe.NonFinite before
         settling anything when a pair of sums is NaN/Inf."""
-        entry = self.entry
-        if entry.failed:
-            return None
         import tensorflow as tf
 
         packed = tf.nest.map_structure(tf.convert_to_tensor, probe._pack(xs))
+        entry = self._entry(packed)
+        if entry.failed:
+            return None
         entry.probe = probe
         traces_before = _traces(entry.function)
         probe._set_seeds(batch_index)
         try:
             with _without_grappler():
-                ev, tr, tensors, ev_riders, tr_riders = self._function(packed)(packed)
+                ev, tr, tensors, ev_riders, tr_riders = self._function(entry, packed)(packed)
         except Exception:  # untraceable here: the eager passes run instead, and say what fails
             # What a failed trace recorded (which layer got which training value) is
             # what the eager passes record too; the sums of earlier batches stay.

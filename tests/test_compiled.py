@@ -64,7 +64,7 @@ def _eager_then_compiled(model, x, y, monkeypatch):
 def test_compiled_report_equals_the_eager_one(keras, zoo, monkeypatch, name):
     model, x, y = zoo.get(name)
     eager, graph = _eager_then_compiled(model, x, y, monkeypatch)
-    assert compiled.CompiledPasses(model, _nodes(model, keras)).entry.function is not None
+    assert _graphs(model, keras)
     _close(_numbers(eager), _numbers(graph))
 
 
@@ -81,9 +81,11 @@ def test_second_check_reuses_the_graph(keras, zoo):
     model, x, _ = zoo.get("preprocessing_mismatch")
     first = check(model, x, options=OPTIONS)
     passes = compiled.CompiledPasses(model, _nodes(model, keras))
-    traced = passes.entry.function.experimental_get_tracing_count()
+    (entry,) = passes.entries()
+    traced = entry.function.experimental_get_tracing_count()
     second = check(model, x, options=OPTIONS)
-    assert passes.entry.function.experimental_get_tracing_count() == traced == 1
+    assert entry.function.experimental_get_tracing_count() == traced == 1
+    assert passes.entries() == [entry]
     _close(_numbers(first), _numbers(second))
 
 
@@ -97,7 +99,7 @@ def test_a_model_that_runs_eagerly_is_measured_eagerly(keras):
     assert compiled.for_check(model, _nodes(model, keras), 10) is None
     model.compile("sgd", "mse")
     check(model, x, options=OPTIONS)
-    assert compiled.CompiledPasses(model, _nodes(model, keras)).entry.function is not None
+    assert _graphs(model, keras)
 
 
 def test_few_batches_run_eagerly_many_compile_and_the_graph_is_reused(keras, monkeypatch):
@@ -105,13 +107,34 @@ def test_few_batches_run_eagerly_many_compile_and_the_graph_is_reused(keras, mon
     L = keras.layers
     model = keras.Sequential([keras.Input((5,)), L.Dense(4), L.BatchNormalization(), L.Dense(2)])
     x = np.random.default_rng(2).normal(1, 2, (64, 5)).astype("float32")
-    entry = compiled.CompiledPasses(model, _nodes(model, keras)).entry
     check(model, x[:48], options=OPTIONS)  # 3 batches
-    assert entry.function is None
+    assert not _graphs(model, keras)
     check(model, x, options=OPTIONS)  # 4 batches
-    assert entry.function is not None
+    (graph,) = _graphs(model, keras)
     check(model, x[:16], options=OPTIONS)  # 1 batch, through the graph made before
-    assert entry.function.experimental_get_tracing_count() == 1
+    assert _graphs(model, keras) == [graph]
+    assert graph.experimental_get_tracing_count() == 1
+
+
+def test_another_input_shape_gets_a_graph_of_its_own(keras):
+    """A model with free spatial sizes, checked at two sizes: two graphs,
+    each giving what the eager passes give."""
+    L = keras.layers
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((None, None, 3))
+    h = L.BatchNormalization()(L.Conv2D(4, 3)(inp))
+    model = keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling2D()(h)))
+    rng = np.random.default_rng(6)
+    for size in (8, 12):
+        x = rng.normal(2, 3, (32, size, size, 3)).astype("float32")
+        graph = check(model, x, options=OPTIONS)
+        compiled.available, available = (lambda m: False), compiled.available
+        try:
+            eager = check(model, x, options=OPTIONS)
+        finally:
+            compiled.available = available
+        _close(_numbers(eager), _numbers(graph))
+    assert len(_graphs(model, keras)) == 2
 
 
 def test_untraceable_model_falls_back_to_the_eager_passes(keras, monkeypatch):
@@ -135,7 +158,7 @@ def test_untraceable_model_falls_back_to_the_eager_passes(keras, monkeypatch):
     model = build()
     eager, graph = _eager_then_compiled(model, x, None, monkeypatch)
     nodes = _nodes(model, keras)
-    assert compiled.CompiledPasses(model, nodes).entry.failed
+    assert [e.failed for e in compiled.CompiledPasses(model, nodes).entries()] == [True]
     _close(_numbers(eager), _numbers(graph))
 
 
@@ -168,6 +191,14 @@ def test_fix_after_compiled_checks_measures_the_new_statistics(keras, zoo, monke
     after = check(clone, x, options=OPTIONS).output_gap.relative_l2  # eager, new statistics
     assert result.after.relative_l2 == pytest.approx(after, rel=1e-5)
     assert after < 0.5 * before
+
+
+def _graphs(model, keras) -> list:
+    return [
+        e.function
+        for e in compiled.CompiledPasses(model, _nodes(model, keras)).entries()
+        if e.function
+    ]
 
 
 def _nodes(model, keras):
