@@ -36,12 +36,33 @@ class _Entry:
 
 
 def _key(model, nodes) -> tuple:
-    """What the traced graph depends on besides the inputs' shapes."""
+    """What the traced graph depends on besides the inputs: every layer's
+    class and its settings, as Python reads them while tracing (a Dropout's
+    rate, a BN layer's epsilon and momentum, `trainable`, the dtype policy)."""
     return (
-        tuple((n.path, type(n.layer).__name__, bool(n.layer.trainable)) for n in nodes),
+        tuple((n.path, type(n.layer).__name__, _settings(n.layer)) for n in nodes),
         getattr(model, "_call_has_training_arg", True),
         str(getattr(getattr(model, "dtype_policy", None), "name", "")),
     )
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _settings(layer) -> tuple:
+    """A layer's public plain-valued attributes (and tuples of them), its
+    `trainable` flag and dtype policy: changing one makes a new graph."""
+    out = [
+        (k, v)
+        for k, v in vars(layer).items()
+        if not k.startswith("_")
+        and (
+            isinstance(v, _PLAIN)
+            or (isinstance(v, tuple) and all(isinstance(e, _PLAIN) for e in v))
+        )
+    ]
+    policy = getattr(getattr(layer, "dtype_policy", None), "name", "")
+    return (bool(layer.trainable), str(policy), tuple(sorted(out, key=lambda kv: kv[0])))
 
 
 def available(model) -> bool:
@@ -97,14 +118,21 @@ class CompiledPasses:
         )
         return self.cache.setdefault((self.base, signature), _Entry(function=None))
 
-    def _trace_body(self, entry: _Entry, packed):
-        """What the graph computes; runs only while TensorFlow traces it."""
+    def _trace_body(self, entry: _Entry, packed, seeds, generator_state):
+        """What the graph computes; runs only while TensorFlow traces it.
+
+        As eagerly: the inference pass sees the state the guard restored, the
+        training pass the batch's seeds (`seeds`, and `generator_state` for
+        TensorFlow's global generator) and, for every other variable a pass
+        may write, the values the inference pass started from."""
         import tensorflow as tf
 
         probe = entry.probe
+        guard = probe._guard()
         probe._compiling = True
         probe._sink = []
         try:
+            kept = [(v, probe.ops.copy(v)) for v in (guard.variables[i] for i in guard.mutable)]
             probe._eval_store.clear()
             probe._handler, probe._counts = probe._h_eval(True, True), {}
             ev = self.model(packed, training=False)
@@ -112,6 +140,11 @@ class CompiledPasses:
             # the training pass after the inference pass, as eagerly: run side by
             # side, both passes' activations are alive at once (1.5x the memory)
             with tf.control_dependencies(_values(ev) + [t for _, t in probe._sink]):
+                for v, before in kept:
+                    v.assign(before)
+                for v, value in zip(probe._seed_vars, seeds):
+                    v.assign(value)
+                tf.random.get_global_generator().reset(generator_state)
                 packed = tf.nest.map_structure(tf.identity, packed)
             tr = backend.call_as_fit(self.model, packed)
             entry.dues = [d for d, _ in probe._sink]
@@ -130,10 +163,15 @@ class CompiledPasses:
             spec = tf.nest.map_structure(
                 lambda t: tf.TensorSpec((None, *t.shape[1:]), t.dtype), packed
             )
+            seed_values, generator_state = _seed_inputs(entry.probe, 0)
+            seeds = [tf.TensorSpec(v.shape, v.dtype) for v in seed_values]
+            state = tf.TensorSpec(generator_state.shape, generator_state.dtype)
             # autograph off: it would rewrite the probe's handlers on every trace (slow), and a
             # model needing it falls back to the eager passes
             entry.function = tf.function(
-                lambda p: self._trace_body(entry, p), input_signature=[spec], autograph=False
+                lambda p, s, g: self._trace_body(entry, p, s, g),
+                input_signature=[spec, seeds, state],
+                autograph=False,
             )
         return entry.function
 
@@ -150,10 +188,11 @@ class CompiledPasses:
             return None
         entry.probe = probe
         traces_before = _traces(entry.function)
-        probe._set_seeds(batch_index)
+        seeds, state = _seed_inputs(probe, batch_index)
         try:
             with _without_grappler():
-                ev, tr, tensors, ev_riders, tr_riders = self._function(entry, packed)(packed)
+                function = self._function(entry, packed)
+                ev, tr, tensors, ev_riders, tr_riders = function(packed, seeds, state)
         except Exception:  # untraceable here: the eager passes run instead, and say what fails
             # What a failed trace recorded (which layer got which training value) is
             # what the eager passes record too; the sums of earlier batches stay.
@@ -169,6 +208,7 @@ class CompiledPasses:
             entry.order_counter = probe._order_counter
         elif entry.structure is not None:
             _replay(probe, entry)
+        probe.after_training_pass()
         probe.settle(entry.dues, [backend.to_numpy(t) for t in tensors])
         _attach(ev, ev_riders)
         _attach(tr, tr_riders)
@@ -213,6 +253,18 @@ def _without_grappler():
         yield
     finally:
         tf.config.optimizer.set_experimental_options(before)
+
+
+def _seed_inputs(probe, batch_index: int):
+    """The batch's seed-variable values and TensorFlow's global-generator state."""
+    import tensorflow as tf
+
+    seeds = [tf.constant(v) for v in backend.seed_values(probe._seed_vars, probe.seed, batch_index)]
+    generator = tf.random.get_global_generator()
+    state = tf.random.create_rng_state(
+        backend.tf_generator_seed(probe.seed, batch_index), alg=generator.algorithm
+    )
+    return seeds, tf.cast(state, generator.state.dtype)
 
 
 def _values(out) -> list:

@@ -97,6 +97,7 @@ class Probe(PathPasses):
         self._bn: BatchNormState | None = None
         self.guard: StateGuard | None = None
         self._seed_vars: list = []
+        self._adopted = False  # trainable variables a training pass writes, found once
         self._sink: list[tuple[Due, Any]] | None = None  # deferred quantities of the pass
         self._compiling = False  # inside bngap's own traced pass (see compiled.py)
         self.compiled: Any = None  # compiled.CompiledPasses, when the backend compiles
@@ -384,6 +385,14 @@ class Probe(PathPasses):
             return self._call_model(xs, "training", self._h_train(own), fit=True, defer=defer)
         finally:
             self._eval_store.clear()
+            self.after_training_pass()
+
+    def after_training_pass(self) -> None:
+        """After the first training pass: trainable variables it wrote are
+        restored from now on after every pass (see `StateGuard.adopt_changed`)."""
+        if not self._adopted:
+            self._adopted = True
+            self._guard().adopt_changed()
 
     def eval_train(self, xs, batch_index: int):
         """One batch's inference pass, then its training pass: compiled where

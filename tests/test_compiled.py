@@ -243,3 +243,68 @@ def test_the_users_graph_optimizer_options_are_left_as_they_were(keras, zoo):
         assert tf.config.optimizer.get_experimental_options() == before
     finally:
         tf.config.optimizer.set_experimental_options({"constant_folding": True})
+
+
+def test_random_in_every_mode_gets_the_same_masks_compiled_and_eager(keras, monkeypatch):
+    """MC dropout (a Dropout called with training=True inside a custom
+    layer): the inference pass must see the state the eager pass sees, and
+    the training and effect passes the batch's seeds (found by review: the
+    graph's inference pass used up the batch's masks)."""
+    L = keras.layers
+
+    class MC(L.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.drop = L.Dropout(0.5)
+
+        def call(self, x):
+            return self.drop(x, training=True)
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,))
+    h = MC(name="mc")(L.BatchNormalization()(L.Dense(8)(inp)))
+    model = keras.Model(inp, L.Dense(2)(h))
+    x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+    options = CheckOptions(batch_size=16, probe_preprocessing=False, effects=None)
+    monkeypatch.setattr(compiled, "available", lambda m: False)
+    eager = check(model, x, options=options)
+    monkeypatch.undo()
+    monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
+    graph = check(model, x, options=options)
+    assert graph.layer("mc/dropout").output_effect > 0.1
+    _close(_numbers(eager), _numbers(graph))
+
+
+def test_a_changed_layer_setting_makes_a_new_graph(keras, monkeypatch):
+    """A Dropout's rate is read while tracing: after it changes, the graph
+    made before must not be used (found by review: it was)."""
+    L = keras.layers
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [keras.Input((6,)), L.Dense(6), L.Dropout(0.5, name="drop"), L.Dense(2)]
+    )
+    x = np.random.default_rng(0).normal(1, 2, (32, 6)).astype("float32")
+    check(model, x, options=OPTIONS)
+    model.get_layer("drop").rate = 0.1
+    eager, graph = _eager_then_compiled(model, x, None, monkeypatch)
+    _close(_numbers(eager), _numbers(graph))
+
+
+@pytest.mark.parametrize("compile_passes", [False, True])
+def test_a_trainable_variable_written_in_training_mode_is_put_back_each_pass(
+    keras, monkeypatch, compile_passes
+):
+    """SpectralNormalization writes its kernel in a training-mode call: a
+    batch measured twice must give what it gives once (found by review: the
+    second batch ran with the kernel the first one wrote)."""
+    L = keras.layers
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [keras.Input((6,)), L.SpectralNormalization(L.Dense(6)), L.BatchNormalization(), L.Dense(2)]
+    )
+    if not compile_passes:
+        monkeypatch.setattr(compiled, "available", lambda m: False)
+    x = np.random.default_rng(3).normal(1, 2, (16, 6)).astype("float32")
+    once = check(model, x, options=OPTIONS).output_gap.relative_l2
+    twice = check(model, np.concatenate([x, x]), options=OPTIONS).output_gap.relative_l2
+    assert twice == pytest.approx(once, rel=1e-6)

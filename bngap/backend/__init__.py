@@ -29,7 +29,14 @@ from .selection import (
     requested_backend,
     select_backend,
 )
-from .state import StateGuard, seed_state, seed_variables, set_seeds
+from .state import (
+    StateGuard,
+    seed_state,
+    seed_values,
+    seed_variables,
+    set_seeds,
+    tf_generator_seed,
+)
 from .tensors import (
     is_floating,
     no_grad,
@@ -72,9 +79,11 @@ __all__ = [
     "placed",
     "requested_backend",
     "seed_state",
+    "seed_values",
     "seed_variables",
     "select_backend",
     "set_seeds",
+    "tf_generator_seed",
     "sum_squared_difference",
     "to_numpy",
     "tracing",

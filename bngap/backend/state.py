@@ -77,6 +77,16 @@ class StateGuard:
             if self.torch_rng[1] is not None:
                 torch.cuda.set_rng_state_all(self.torch_rng[1])
 
+    def adopt_changed(self) -> None:
+        """Trainable variables a training-mode pass wrote (SpectralNormalization
+        sets its kernel) are put back now and after every later pass, as the
+        non-trainable ones are. Called once, after the first training pass."""
+        fixed = set(self.mutable)
+        for i, v in enumerate(self.variables):
+            if i not in fixed and not np.array_equal(to_numpy(v), self.saved[i], equal_nan=True):
+                v.assign(self.saved[i])
+                self.mutable.append(i)
+
     def commit(self) -> None:
         """Makes the current values the ones restored (`fix` changes BN statistics on purpose)."""
         self.saved = [np.array(to_numpy(v), copy=True) for v in self.variables]
@@ -114,21 +124,31 @@ def seed_state(seed: int, index: int, batch_index: int) -> list[int]:
     return [base, batch_index * 100003]
 
 
+def seed_values(variables: list, seed: int, batch_index: int) -> list[np.ndarray]:
+    """What `set_seeds` gives each seed variable, for a graph that sets them itself."""
+    return [
+        np.array(seed_state(seed, i, batch_index), dtype=v.dtype) for i, v in enumerate(variables)
+    ]
+
+
+def tf_generator_seed(seed: int, batch_index: int) -> int:
+    """The seed `set_seeds` gives TensorFlow's global generator."""
+    return zlib.crc32(f"{seed}:tf:{batch_index}".encode())
+
+
 def set_seeds(variables: list, seed: int, batch_index: int) -> None:
     """Same random masks in every training-like pass of one batch, new ones
     for the next batch, all derived from `seed`: the seed-generator states,
     and the backend's global generator that some ops draw from (TensorFlow's;
     torch's, which Keras' unseeded Dropout uses). `StateGuard` restores them.
     """
-    for i, v in enumerate(variables):
-        v.assign(np.array(seed_state(seed, i, batch_index), dtype=v.dtype))
+    for v, value in zip(variables, seed_values(variables, seed, batch_index)):
+        v.assign(value)
     name = import_keras().backend.backend()
     if name == "tensorflow":
         import tensorflow as tf
 
-        tf.random.get_global_generator().reset_from_seed(
-            zlib.crc32(f"{seed}:tf:{batch_index}".encode())
-        )
+        tf.random.get_global_generator().reset_from_seed(tf_generator_seed(seed, batch_index))
     elif name == "torch":
         import torch
 
