@@ -120,23 +120,14 @@ def verify_reload(path: Path, model, data: Dataset, keras, *, unsafe: bool, cust
     from .loading import load_model
 
     again = load_model(path, unsafe=unsafe, custom_objects_file=custom).model
-    from .backend import pack_inputs
+    from .backend import numpy_outputs, pack_inputs
 
     xs = data.take(0, min(16, len(data)))
-    from .backend import to_numpy
 
-    a = [
-        to_numpy(t)
-        for t in keras.tree.flatten(
-            model(pack_inputs(keras, model, xs, data.names, data.keyed), training=False)
-        )
-    ]
-    b = [
-        to_numpy(t)
-        for t in keras.tree.flatten(
-            again(pack_inputs(keras, again, xs, data.names, data.keyed), training=False)
-        )
-    ]
+    def outputs(m) -> list[np.ndarray]:
+        return numpy_outputs(m(pack_inputs(keras, m, xs, data.names, data.keyed), training=False))
+
+    a, b = outputs(model), outputs(again)
     diff = max(float(np.max(np.abs(p - q))) if p.size else 0.0 for p, q in zip(a, b))
     scale = max(float(np.max(np.abs(p))) if p.size else 0.0 for p in a)
     if diff > 1e-5 * max(1.0, scale):

@@ -95,13 +95,9 @@ def _predict_key(model) -> tuple:
     )
 
 
-def _numpy(keras, out) -> list:
-    return [backend.to_numpy(t) for t in keras.tree.flatten(out) if t is not None]
-
-
 def _rel(keras, a, b) -> float:
     acc = GapAccumulator()
-    for t, e in zip(_numpy(keras, a), _numpy(keras, b)):
+    for t, e in zip(backend.numpy_outputs(a), backend.numpy_outputs(b)):
         acc.add_arrays(t, e)
     return acc.relative_l2
 

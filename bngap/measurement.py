@@ -71,10 +71,6 @@ def effective_nodes(nodes: list[LayerNode], stats: dict[int, NodeStats]) -> list
     return out
 
 
-def _to_numpy_list(keras, out) -> list[np.ndarray]:
-    return [backend.to_numpy(t) for t in keras.tree.flatten(out) if t is not None]
-
-
 # --------------------------------------------------------------- the loop
 @dataclass
 class PassPlan:
@@ -183,7 +179,7 @@ def measure(
             for k, (active, acc) in enumerate(extra):
                 with backend.placed(device):
                     masked = probe.masked_pass(xs, b, active)
-                for t, e in zip(_to_numpy_list(keras, masked), ev):
+                for t, e in zip(backend.numpy_outputs(masked), ev):
                     acc.add_arrays(t, e)
                 progress(done + 3 + k, total, f"batch {b + 1}/{batches}")
             sweep.add_metrics(tr_raw, ev_raw, y)
@@ -238,7 +234,7 @@ class _Sweep:
 
     def outputs(self, ev_raw, tr_raw) -> list[np.ndarray]:
         """Adds one batch's output gap; returns its inference outputs."""
-        ev, tr = _to_numpy_list(self.keras, ev_raw), _to_numpy_list(self.keras, tr_raw)
+        ev, tr = backend.numpy_outputs(ev_raw), backend.numpy_outputs(tr_raw)
         if self.plan is None:
             self._first_batch(ev)
         for (_name, acc), t, e in zip(self.per_out, tr, ev):

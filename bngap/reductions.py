@@ -75,24 +75,28 @@ def finite_pair_sums(ops, parts) -> np.ndarray:
     return sums
 
 
-def channel_moment_tensors(ops, x, axis: int, mask=None):
-    """(values per example and channel, mean, M2) of a BN input as device
-    tensors, each (examples, channels); with a mask, (None, None, None): the
-    counts vary, see `_channel_moments`."""
-    if mask is not None and axis % len(x.shape) == len(x.shape) - 1:
-        return None, None, None
+def _channels_last(ops, x, axis: int):
+    """`x` in float32 with its channel axis last; whether it was last already
+    (Keras applies a mask along the last axis only)."""
     x = ops.cast(x, "float32")
     rank = len(x.shape)
-    axis = axis % rank
-    if axis != rank - 1:
-        perm = [i for i in range(rank) if i != axis] + [axis]
-        x = ops.transpose(x, perm)
-    c = x.shape[-1]
-    inner = [d for d in x.shape[1:-1]]
-    if any(d is None for d in inner):  # sizes known only at run time: counts fetched now
+    if axis % rank == rank - 1:
+        return x, True
+    perm = [i for i in range(rank) if i != axis % rank] + [axis % rank]
+    return ops.transpose(x, perm), False
+
+
+def channel_moment_tensors(ops, x, axis: int, mask=None):
+    """(values per example and channel, mean, M2) of a BN input as device
+    tensors, each (examples, channels). (None, None, None) where the counts
+    are not one number known now (a mask; sizes known only at run time):
+    see `channel_moments`."""
+    x, last = _channels_last(ops, x, axis)
+    inner = list(x.shape[1:-1])
+    if (mask is not None and last) or any(d is None for d in inner):
         return None, None, None
     per = int(np.prod(inner)) if inner else 1
-    x3 = ops.reshape(x, (-1, per, c))  # the batch size may be unknown in a traced pass
+    x3 = ops.reshape(x, (-1, per, x.shape[-1]))  # the batch size may be unknown in a traced pass
     mean = ops.mean(x3, axis=1)
     m2 = backend.sum_squared_difference(x3, mean[:, None, :], axis=1)
     return float(per), mean, m2
@@ -103,24 +107,17 @@ def channel_moments(ops, x, axis: int, mask=None):
     numpy (examples, channels) arrays. Two-pass within each example, in the
     same float32 ops on every backend (not the backend's own `moments`: the
     PyTorch one computes E[x^2] - E[x]^2)."""
-    x = ops.cast(x, "float32")
-    rank = len(x.shape)
-    axis = axis % rank
-    if axis != rank - 1:
-        perm = [i for i in range(rank) if i != axis] + [axis]
-        x = ops.transpose(x, perm)
-        mask = None  # Keras applies masks along the last axis only
-    c = x.shape[-1]
-    b = x.shape[0]
-    x3 = ops.reshape(x, (b, -1, c))
-    if mask is None:
-        mean = ops.mean(x3, axis=1)
-        m2 = backend.sum_squared_difference(x3, mean[:, None, :], axis=1)
-        per = int(np.prod([d for d in x.shape[1:-1]])) if rank > 2 else 1
+    per, mean, m2 = channel_moment_tensors(ops, x, axis, mask)
+    if per is not None:
         mean_np = backend.to_numpy(mean)
-        counts = np.full(mean_np.shape, float(per))
-        return counts, mean_np, backend.to_numpy(m2)
-    w = ops.reshape(ops.cast(mask, "float32"), (b, -1, 1))
+        return np.full(mean_np.shape, per), mean_np, backend.to_numpy(m2)
+    x, last = _channels_last(ops, x, axis)
+    b, c = x.shape[0], x.shape[-1]
+    x3 = ops.reshape(x, (b, -1, c))
+    if mask is None or not last:
+        w = ops.ones_like(x3[:, :, :1])
+    else:
+        w = ops.reshape(ops.cast(mask, "float32"), (b, -1, 1))
     n = ops.sum(w, axis=1)
     mean = ops.sum(x3 * w, axis=1) / ops.maximum(n, 1.0)
     m2 = ops.sum(w * ops.square(x3 - mean[:, None, :]), axis=1)

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .backend import numpy_outputs
+
 OUTPUT_BUDGET = 64 * 2**20  # bytes of inference outputs kept for the comparison
 SKETCH = 16384  # elements of each layer output kept (same positions on every backend)
 
@@ -54,11 +56,7 @@ def _inference_outputs(
     outputs: list[list[np.ndarray]] = []
     used = samples = 0
     for xs, _ in data.batches(batch_size):
-        out = [
-            np.asarray(keras.ops.convert_to_numpy(t))
-            for t in keras.tree.flatten(model(pack(xs), training=False))
-            if t is not None
-        ]
+        out = numpy_outputs(model(pack(xs), training=False))
         if first is None:
             first = xs
             outputs = [[] for _ in out]
@@ -89,8 +87,8 @@ def _layer_sketches(
 
         final = probe.record_pass(first, record, training=mode == "training")
         if mode == "training":
-            for i, t in enumerate(t for t in keras.tree.flatten(final) if t is not None):
-                arrays[f"training_output/{i}"] = np.asarray(keras.ops.convert_to_numpy(t))
+            for i, a in enumerate(numpy_outputs(final)):
+                arrays[f"training_output/{i}"] = a
     return keys, classes
 
 

@@ -40,6 +40,7 @@ from .state import (
 from .tensors import (
     is_floating,
     no_grad,
+    numpy_outputs,
     pack_inputs,
     pair_sums,
     sum_squared_difference,
@@ -85,6 +86,7 @@ __all__ = [
     "set_seeds",
     "tf_generator_seed",
     "sum_squared_difference",
+    "numpy_outputs",
     "to_numpy",
     "tracing",
 ]

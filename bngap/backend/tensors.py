@@ -16,6 +16,12 @@ def to_numpy(t) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(value))
 
 
+def numpy_outputs(out) -> list[np.ndarray]:
+    """A model's outputs (any nesting) as numpy arrays, in order, Nones left out."""
+    keras = import_keras()
+    return [to_numpy(t) for t in keras.tree.flatten(out) if t is not None]
+
+
 def sum_squared_difference(a, b, axis=None):
     """sum((a - b)**2) over `axis` (all axes by default), on the device. On
     TensorFlow through `squared_difference`: one full-size temporary less
