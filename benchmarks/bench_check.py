@@ -54,28 +54,16 @@ def _effects(value: str):
 
 
 def _stage_timers():
-    """Wraps bngap's passes and stages with timers: (seconds, calls) by name."""
+    """Wraps bngap's passes and stages with timers: {label: [seconds, calls]}."""
+    from stagetimers import timers
+
     import bngap.measurement as measurement
     import bngap.preprocessing as preprocessing
     from bngap.backend import StateGuard
     from bngap.capture import CaptureProbe
     from bngap.probe import Probe
 
-    spent: dict = defaultdict(float)
-    calls: dict = defaultdict(int)
-
-    def timed(owner, attr, label):
-        fn = getattr(owner, attr)
-
-        def wrapper(*a, **k):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                spent[label] += time.perf_counter() - t
-                calls[label] += 1
-
-        setattr(owner, attr, wrapper)
+    spent, timed = timers()
 
     for attr in (
         "eval_train",
@@ -94,7 +82,7 @@ def _stage_timers():
     timed(measurement, "measure", "measure() total")
     timed(measurement, "compare_inference_paths", "  inference-path comparisons")
     timed(preprocessing, "probe_input_transforms", "preprocessing probe total")
-    return spent, calls
+    return spent
 
 
 MODELS = {"resnet50": "ResNet50", "densenet121": "DenseNet121"}
@@ -141,10 +129,9 @@ def child(args) -> dict:
             compiled.COMPILE_FROM_BATCHES = 1
         elif policy == "never":
             compiled.available = lambda model: False
-        spent, calls = _stage_timers() if args.breakdown else ({}, {})
+        spent: dict = _stage_timers() if args.breakdown else {}
         for run in ("cold", "warm"):
             spent.clear()
-            calls.clear()
             t0 = time.perf_counter()
             report = check(
                 model,
@@ -153,7 +140,7 @@ def child(args) -> dict:
             )
             out[run] = time.perf_counter() - t0
             if args.breakdown:
-                out[f"stages_{run}"] = {k: [spent[k], calls[k]] for k in spent}
+                out[f"stages_{run}"] = {k: list(v) for k, v in spent.items()}
         out["effects_computed"] = sum(1 for r in report.layers if r.output_effect is not None)
         out["gap"] = report.output_gap.relative_l2
     out["peak_rss_mb"] = _peak_rss_mb()

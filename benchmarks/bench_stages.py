@@ -24,7 +24,6 @@ import resource
 import subprocess
 import sys
 import time
-from collections import defaultdict
 
 
 def _peak_rss_mb() -> float:
@@ -44,29 +43,19 @@ def _build(name: str, size: int):
 
 def _timers():
     """Wraps bngap's passes and per-layer work with timers: {label: [seconds, calls]}."""
+    from stagetimers import timers
+
     import bngap.measurement as measurement
     import bngap.preprocessing as preprocessing
     from bngap.backend import StateGuard
     from bngap.bnstate import BatchNormState
     from bngap.probe import Probe
 
-    spent: dict = defaultdict(lambda: [0.0, 0])
-
-    def timed(owner, attr, label):
-        fn = getattr(owner, attr)
-
-        def wrapper(*a, **k):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                spent[label][0] += time.perf_counter() - t
-                spent[label][1] += 1
-
-        setattr(owner, attr, wrapper)
+    spent, timed = timers()
 
     timed(measurement, "measure", "measure() (all passes)")
     for attr, label in (
+        ("eval_train", "  a batch's two passes (compiled, or the two below)"),
         ("eval_pass", "  inference pass (keeps outputs, BN moments)"),
         ("train_pass", "  training pass (divergence, own contribution)"),
         ("masked_pass", "  group / output-effect passes"),

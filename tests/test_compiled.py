@@ -207,31 +207,6 @@ def _nodes(model, keras):
     return build_tree(model, keras)
 
 
-@pytest.mark.parametrize("compile_passes", [False, True])
-def test_own_contribution_inside_a_mode_leak_matches_numpy(keras, monkeypatch, compile_passes):
-    """A block that calls its BN with training=True always: the BN's own
-    contribution compares its two modes on one input with the statistics the
-    model has (bngap's inference-mode call of the block must not move them)."""
-    import zoo
-
-    model, x, _ = zoo.mode_leak()
-    if not compile_passes:
-        monkeypatch.setattr(compiled, "available", lambda m: False)
-    got = check(model, x, options=OPTIONS).layer("block/bn").own_contribution
-    block = model.get_layer("block")
-    eps = block.bn.epsilon
-    mean = block.bn.moving_mean.numpy().astype(np.float64)
-    var = block.bn.moving_variance.numpy().astype(np.float64)
-    sq_d = sq_r = 0.0
-    for i in range(0, len(x), 16):
-        h = np.asarray(block.dense(x[i : i + 16]), dtype=np.float64)
-        inference = (h - mean) / np.sqrt(var + eps)
-        training = (h - h.mean(0)) / np.sqrt(h.var(0) + eps)
-        sq_d += float(((training - inference) ** 2).sum())
-        sq_r += float((inference**2).sum())
-    assert got == pytest.approx(np.sqrt(sq_d / sq_r), rel=1e-5)
-
-
 def test_the_users_graph_optimizer_options_are_left_as_they_were(keras, zoo):
     import tensorflow as tf
 
@@ -288,23 +263,3 @@ def test_a_changed_layer_setting_makes_a_new_graph(keras, monkeypatch):
     model.get_layer("drop").rate = 0.1
     eager, graph = _eager_then_compiled(model, x, None, monkeypatch)
     _close(_numbers(eager), _numbers(graph))
-
-
-@pytest.mark.parametrize("compile_passes", [False, True])
-def test_a_trainable_variable_written_in_training_mode_is_put_back_each_pass(
-    keras, monkeypatch, compile_passes
-):
-    """SpectralNormalization writes its kernel in a training-mode call: a
-    batch measured twice must give what it gives once (found by review: the
-    second batch ran with the kernel the first one wrote)."""
-    L = keras.layers
-    keras.utils.set_random_seed(3)
-    model = keras.Sequential(
-        [keras.Input((6,)), L.SpectralNormalization(L.Dense(6)), L.BatchNormalization(), L.Dense(2)]
-    )
-    if not compile_passes:
-        monkeypatch.setattr(compiled, "available", lambda m: False)
-    x = np.random.default_rng(3).normal(1, 2, (16, 6)).astype("float32")
-    once = check(model, x, options=OPTIONS).output_gap.relative_l2
-    twice = check(model, np.concatenate([x, x]), options=OPTIONS).output_gap.relative_l2
-    assert twice == pytest.approx(once, rel=1e-6)

@@ -1,13 +1,28 @@
 """The probe's passes: predict()'s traced function is made once per model
 and kept aside, the model's own `predict_function` is left as it was, and
-the leak comparison it answers is the same on every check."""
+the leak comparison it answers is the same on every check; the per-layer
+reductions are the plain ops; and the state a pass writes (a BN layer inside
+a mode-leaking block, a trainable kernel a training call sets) is put back,
+on the eager and on the compiled passes."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from bngap import compiled
 from bngap.inferencepaths import _PREDICT_CACHE
 from bngap.pipeline import CheckOptions, check
+
+OPTIONS = CheckOptions(batch_size=16, probe_preprocessing=False)
+
+
+def _passes(monkeypatch, compile_passes: bool) -> None:
+    """The compiled passes from the first batch, or the eager passes only."""
+    if compile_passes:
+        monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
+    else:
+        monkeypatch.setattr(compiled, "available", lambda m: False)
 
 
 def _predict_check(report):
@@ -102,3 +117,46 @@ def test_bn_input_moments_are_the_plain_ops_bit_for_bit(keras):
     np.testing.assert_allclose(
         m2, ((x64 - x64.mean(axis=1, keepdims=True)) ** 2).sum(axis=1), rtol=1e-4
     )
+
+
+@pytest.mark.parametrize("compile_passes", [False, True])
+def test_own_contribution_inside_a_mode_leak_matches_numpy(keras, monkeypatch, compile_passes):
+    """A block that calls its BN with training=True always: the BN's own
+    contribution compares its two modes on one input with the statistics the
+    model has (bngap's inference-mode call of the block must not move them)."""
+    import zoo
+
+    model, x, _ = zoo.mode_leak()
+    _passes(monkeypatch, compile_passes)
+    got = check(model, x, options=OPTIONS).layer("block/bn").own_contribution
+    block = model.get_layer("block")
+    eps = block.bn.epsilon
+    mean = block.bn.moving_mean.numpy().astype(np.float64)
+    var = block.bn.moving_variance.numpy().astype(np.float64)
+    sq_d = sq_r = 0.0
+    for i in range(0, len(x), 16):
+        h = np.asarray(block.dense(x[i : i + 16]), dtype=np.float64)
+        inference = (h - mean) / np.sqrt(var + eps)
+        training = (h - h.mean(0)) / np.sqrt(h.var(0) + eps)
+        sq_d += float(((training - inference) ** 2).sum())
+        sq_r += float((inference**2).sum())
+    assert got == pytest.approx(np.sqrt(sq_d / sq_r), rel=1e-5)
+
+
+@pytest.mark.parametrize("compile_passes", [False, True])
+def test_a_trainable_variable_written_in_training_mode_is_put_back_each_pass(
+    keras, monkeypatch, compile_passes
+):
+    """SpectralNormalization writes its kernel in a training-mode call: a
+    batch measured twice must give what it gives once (found by review: the
+    second batch ran with the kernel the first one wrote)."""
+    L = keras.layers
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [keras.Input((6,)), L.SpectralNormalization(L.Dense(6)), L.BatchNormalization(), L.Dense(2)]
+    )
+    _passes(monkeypatch, compile_passes)
+    x = np.random.default_rng(3).normal(1, 2, (16, 6)).astype("float32")
+    once = check(model, x, options=OPTIONS).output_gap.relative_l2
+    twice = check(model, np.concatenate([x, x]), options=OPTIONS).output_gap.relative_l2
+    assert twice == pytest.approx(once, rel=1e-6)
