@@ -57,7 +57,7 @@ def _children(layer: Any) -> list[Any]:
     return list(child_layers(layer))
 
 
-def _is_keras_builtin(layer: Any) -> bool:
+def is_keras_builtin(layer: Any) -> bool:
     return type(layer).__module__.startswith(("keras.", "keras_hub.", "keras_cv.", "keras_nlp."))
 
 
@@ -91,7 +91,7 @@ def classify(layer: Any, keras: Any) -> tuple[Kind, bool]:
 
     image_base = image_preprocessing_base()
     if (image_base and isinstance(layer, image_base)) or (
-        _is_keras_builtin(layer) and name.startswith("Random")
+        is_keras_builtin(layer) and name.startswith("Random")
     ):
         if name in _DETERMINISTIC_IMAGE_LAYERS:
             return Kind.OTHER, False
@@ -99,7 +99,7 @@ def classify(layer: Any, keras: Any) -> tuple[Kind, bool]:
             return Kind.AUGMENTATION, True
         return Kind.OTHER, False
     if (
-        not _is_keras_builtin(layer)
+        not is_keras_builtin(layer)
         and _takes_training(layer)
         and not isinstance(layer, keras.Model)
     ):

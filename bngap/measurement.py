@@ -182,6 +182,7 @@ def measure(
                 for t, e in zip(backend.numpy_outputs(masked), ev):
                     acc.add_arrays(t, e)
                 progress(done + 3 + k, total, f"batch {b + 1}/{batches}")
+            probe.end_batch()
             sweep.add_metrics(tr_raw, ev_raw, y)
         plan = sweep.finish()
         leaks = []

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from . import backend, layertree
 from .audit import BatchNormParams
 from .backend import (
     StateGuard,
@@ -43,10 +43,19 @@ from .reductions import (
 )
 from .results import Kind
 from .stats import GapAccumulator, SplitMoments
+from .upstream import INPUT, Cut, Upstream
 
 
 class _StopPass(Exception):
     """Raised by a wrapper to end a pass early once it has what it needs."""
+
+
+class _NotUpstream(ForwardPassError):
+    """A masked pass met a call the inference pass did not make, or a
+    computed layer given a stand-in: the pass runs again whole."""
+
+    def __init__(self) -> None:
+        super().__init__("a masked pass left the inference pass's data flow")
 
 
 @dataclass
@@ -100,6 +109,14 @@ class Probe(PathPasses):
         self._adopted = False  # trainable variables a training pass writes, found once
         self._sink: list[tuple[Due, Any]] | None = None  # deferred quantities of the pass
         self._compiling = False  # inside bngap's own traced pass (see compiled.py)
+        self._held_inputs: tuple[Any, Any] | None = None  # (xs, tensors) of the batch
+        self.upstream = Upstream(
+            keras, pure=all(layertree.is_keras_builtin(n.layer) for n in nodes)
+        )
+        self._cut: Cut | None = None  # the masked pass's cut, while it runs
+        self._cuts_asked: set = set()  # cuts the masked passes of this batch looked up
+        self.reused = 0  # layer calls masked passes took from the inference pass
+        self.rerun = 0  # masked passes that left the inference pass's data flow and ran again
         self.compiled: Any = None  # compiled.CompiledPasses, when the backend compiles
 
     # ---------------------------------------------------------------- set-up
@@ -122,7 +139,7 @@ class Probe(PathPasses):
             else:
                 object.__setattr__(layer, "call", previous)
         self._installed.clear()
-        self._eval_store.clear()
+        self.end_batch()
         if self.guard is not None:
             self.guard.close()
         return False
@@ -173,13 +190,46 @@ class Probe(PathPasses):
     def _pack(self, xs: list[np.ndarray]):
         return self.pack(xs)
 
+    def _inference_inputs(self, xs):
+        """`xs` packed as backend tensors, once per batch for its
+        inference-mode passes: a masked pass then gets the very tensors the
+        inference pass got, and can tell by identity what it may reuse."""
+        held = self._held_inputs
+        if held is not None and held[0] is xs:
+            return held[1]
+        ops = self.ops
+        packed = self.keras.tree.map_structure(
+            lambda t: ops.convert_to_tensor(t) if isinstance(t, np.ndarray) else t, self._pack(xs)
+        )
+        self._held_inputs = (xs, packed)  # holding xs keeps its id from being reused
+        return packed
+
+    def end_batch(self) -> None:
+        """Lets go of what the batch's passes shared (the inference outputs,
+        the packed inputs); the next batch keeps the cuts this one asked for."""
+        self._eval_store.clear()
+        self._held_inputs = None
+        self.upstream.reset()
+        if self._cuts_asked:
+            self.upstream.wanted = set(self._cuts_asked)
+        self._cuts_asked = set()
+
     def _call_model(
-        self, xs, what: str, handler, fit: bool = False, defer: bool = False, **call_kwargs
+        self,
+        xs,
+        what: str,
+        handler,
+        fit: bool = False,
+        defer: bool = False,
+        inputs=None,
+        **call_kwargs,
     ):
         """One pass with `handler` on every layer call: `fit=True` calls the
         model as fit()'s train_step does (see `backend.call_as_fit`). With
         `defer`, the per-layer quantities stay on the device until the pass
-        ends and are fetched together (see `settle`)."""
+        ends and are fetched together (see `settle`). `inputs`: `xs` packed
+        already."""
+        packed = self._pack(xs) if inputs is None else inputs
         self._handler = handler
         self._counts = {}
         self._failed_at = None
@@ -187,9 +237,9 @@ class Probe(PathPasses):
         try:
             with backend.no_grad():
                 if fit:
-                    out = backend.call_as_fit(self.model, self._pack(xs))
+                    out = backend.call_as_fit(self.model, packed)
                 else:
-                    out = self.model(self._pack(xs), **call_kwargs)
+                    out = self.model(packed, **call_kwargs)
         except _StopPass:
             return None
         except ForwardPassError:
@@ -261,13 +311,14 @@ class Probe(PathPasses):
             self._bypass -= 1
             self.bn.put_back(kept)
 
-    def _compare(self, due: Due, train_out, ref_out) -> bool:
+    def _compare(self, due: Due, train_out, ref_out):
         """Emits [||t - r||^2, ||r||^2] of a pair of layer outputs (all their
-        floating tensors of equal shape); False when there is nothing to compare."""
+        floating tensors of equal shape) and returns it; None when there is
+        nothing to compare."""
         ops = self.ops
         a, b = _flatten(self.keras, train_out), _flatten(self.keras, ref_out)
         if len(a) != len(b):
-            return False
+            return None
         parts = []
         for t, r in zip(a, b):
             if (
@@ -279,14 +330,14 @@ class Probe(PathPasses):
             t32, r32 = as_float32(ops, t), as_float32(ops, r)
             parts.append((t32, r32, backend.pair_sums(t32, r32)))
         if not parts:
-            return False
+            return None
         # one output (nearly every layer): its two sums as they are, without a stack and sum more
         if len(parts) == 1:
             total = parts[0][2]
         else:
             total = ops.sum(ops.stack([p[2] for p in parts]), axis=0)
         self._emit(due, total, exact=lambda: finite_pair_sums(ops, parts))
-        return True
+        return total
 
     # -------------------------------------------------------------- handlers
     def _h_eval(self, capture_outputs: bool, capture_bn: bool):
@@ -307,9 +358,12 @@ class Probe(PathPasses):
                 else:  # masked: counts vary per example, fetched now
                     st.moments = st.moments or SplitMoments()
                     st.moments.add_examples(*self._bn_input_moments(node, args, kwargs))
+            if capture_outputs:
+                self.upstream.entered((node.index, k), args, kwargs)
             out = self._run(node, original, args, kwargs)
             if capture_outputs:
                 self._eval_store[(node.index, k)] = out
+                self.upstream.left((node.index, k), out)
             st.calls = max(st.calls, k + 1)
             return out
 
@@ -320,38 +374,76 @@ class Probe(PathPasses):
             st = self.stats[node.index]
             k = self._next_call(node)
             st.fit_training[k] = kwargs.get("training")
-            ref = None
+            up = self.upstream
+            up.reached((node.index, k))
+            ref = frontier = None
             if own and node.mode_dependent and kwargs.get("training"):
+                frontier = up.frontier_now()
                 ref = self._eval_same_input(node, original, args, kwargs)
             out = self._run(node, original, args, kwargs)
             if node.mode_dependent and own:
                 if ref is None:  # ran in inference mode: same input, same output
-                    ops = self.ops
-                    sq = [
-                        ops.sum(ops.square(as_float32(ops, t)))
-                        for t in _flatten(self.keras, out)
-                        if backend.is_floating(t)
-                    ]
-                    if sq:
-                        total = sq[0] if len(sq) == 1 else ops.sum(ops.stack(sq))
-                        self._emit(Due(Due.OWN_SQUARES, node.index), total)
+                    self._own_squares(node, out)
                 else:
-                    self._compare(Due(Due.OWN, node.index), out, ref)
+                    total = self._compare(Due(Due.OWN, node.index), out, ref)
+                    self._offer_cut(node, k, total, frontier)
             stored = self._eval_store.pop((node.index, k), None)
-            if stored is None or not self._compare(Due(Due.DIVERGENCE, node.index), out, stored):
+            if (
+                stored is None
+                or self._compare(Due(Due.DIVERGENCE, node.index), out, stored) is None
+            ):
                 st.matched = False
+            up.passed((node.index, k), stored)
             return out
 
         return handler
 
+    def _own_squares(self, node: LayerNode, out) -> None:
+        ops = self.ops
+        sq = [
+            backend.sum_squares(as_float32(ops, t))
+            for t in _flatten(self.keras, out)
+            if backend.is_floating(t)
+        ]
+        if sq:
+            total = sq[0] if len(sq) == 1 else ops.sum(ops.stack(sq))
+            self._emit(Due(Due.OWN_SQUARES, node.index), total)
+
+    def _offer_cut(self, node: LayerNode, k: int, total, frontier) -> None:
+        """Keeps the frontier where a masked pass may cut: at the cuts the
+        last batch's masked passes asked for, or (first batch, before the
+        plan) at each group's first layer in training mode and the layers
+        with the largest own contribution so far (read now: a scalar)."""
+        up, key = self.upstream, (node.index, k)
+        if frontier is None or total is None or k != 0:
+            return
+        if not up.choosing():
+            if up.wanted is not None and key in up.wanted:
+                up.keep(key, frontier)
+            return
+        if node.kind is Kind.BATCHNORM and not node.layer.trainable:
+            return
+        sq_d, sq_r = (float(v) for v in backend.to_numpy(total))
+        score = sq_d / sq_r if sq_r > 0 else (1.0 if sq_d > 0 else 0.0)
+        up.offer(key, node.kind.group, score if np.isfinite(score) else 0.0, frontier)
+
     def _h_masked(self):
         """Training pass in which only the layers in `self._active` keep the
         mode they had in the natural training pass; all other mode-dependent
-        layers are held in inference mode."""
+        layers are held in inference mode. Calls that end before the cut
+        (`upstream.py`) hand back what the inference pass computed."""
 
         def handler(node, original, args, kwargs):
             st = self.stats[node.index]
             k = self._next_call(node)
+            cut = self._cut
+            if cut is not None:
+                call = self.upstream.calls.get((node.index, k))
+                if call is not None and call.end < cut.start:
+                    cut.skipped += 1
+                    return self.upstream.stand_in(cut, (node.index, k))
+                if call is None or self.upstream.touches_stand_in(cut, args, kwargs):
+                    raise _NotUpstream
             if node.mode_dependent and node.takes_training:
                 if node.index in self._active:
                     natural = st.fit_training.get(k, kwargs.get("training"))
@@ -367,13 +459,20 @@ class Probe(PathPasses):
         """model(x, training=False), recording inputs of BN layers and (for
         the training pass that follows) every layer's output."""
         self._eval_store.clear()
-        return self._call_model(
+        inputs = self._inference_inputs(xs)
+        if capture_outputs:
+            self.upstream.begin(inputs)
+        out = self._call_model(
             xs,
             "inference",
             self._h_eval(capture_outputs, capture_bn),
             defer=defer,
+            inputs=inputs,
             training=False,
         )
+        if capture_outputs:
+            self.upstream.finished(out)
+        return out
 
     def train_pass(self, xs, batch_index: int, own: bool = True, defer=True):
         """The model called as the installed Keras' fit() calls it on this
@@ -384,7 +483,6 @@ class Probe(PathPasses):
         try:
             return self._call_model(xs, "training", self._h_train(own), fit=True, defer=defer)
         finally:
-            self._eval_store.clear()
             self.after_training_pass()
 
     def after_training_pass(self) -> None:
@@ -419,10 +517,30 @@ class Probe(PathPasses):
     def masked_pass(self, xs, batch_index: int, active: Iterable[int]):
         """A pass with only the `active` layers in the mode they had in the
         training pass. The model itself is called in inference mode, so logic
-        of its own that branches on `training` stays off too."""
+        of its own that branches on `training` stays off too. Upstream of the
+        first active layer, what the inference pass computed is taken where
+        it was kept (`upstream.py`); should that go wrong, the pass runs
+        again whole."""
         self._active = set(active)
+        key, cut = self.upstream.cut_for([(i, 0) for i in sorted(self._active)])
+        if key != INPUT:
+            self._cuts_asked.add(key)
+        inputs = self._inference_inputs(xs)
+        if cut is not None:
+            self._set_seeds(batch_index)
+            self._cut = cut
+            try:
+                out = self._call_model(
+                    xs, "training", self._h_masked(), inputs=inputs, training=False
+                )
+                self.reused += cut.skipped
+                return out
+            except ForwardPassError:
+                self.rerun += 1  # a stand-in reached a computed layer, or Keras refused one
+            finally:
+                self._cut = None
         self._set_seeds(batch_index)
-        return self._call_model(xs, "training", self._h_masked(), training=False)
+        return self._call_model(xs, "training", self._h_masked(), inputs=inputs, training=False)
 
     def bn_params(self, node: LayerNode) -> BatchNormParams:
         """The BN layer's parameters and settings (see `layertree.bn_params`)."""

@@ -160,3 +160,192 @@ def test_a_trainable_variable_written_in_training_mode_is_put_back_each_pass(
     once = check(model, x, options=OPTIONS).output_gap.relative_l2
     twice = check(model, np.concatenate([x, x]), options=OPTIONS).output_gap.relative_l2
     assert twice == pytest.approx(once, rel=1e-6)
+
+
+def _counting(monkeypatch, cls, name: str) -> list:
+    """Calls of cls.name, each with what it changed of probe.reused; a
+    masked pass that ran again whole counts -1."""
+    seen: list = []
+    original = getattr(cls, name)
+
+    def spy(self, *args, **kwargs):
+        before, rerun = self.reused, self.rerun
+        out = original(self, *args, **kwargs)
+        seen.append(-1 if self.rerun > rerun else self.reused - before)
+        return out
+
+    monkeypatch.setattr(cls, name, spy)
+    return seen
+
+
+def _comparable(report) -> dict:
+    d = report.to_dict()
+    d.pop("seconds", None)
+    return d
+
+
+def _residual(keras):
+    """Conv-BN blocks with skip connections and a dropout head: a cut's
+    frontier holds a block's input and its shortcut."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, padding="same", name="stem")(inp)
+    for i in range(3):
+        y = L.Conv2D(6, 3, padding="same", name=f"c{i}")(x)
+        y = L.BatchNormalization(name=f"bn{i}")(y)
+        x = L.Add(name=f"add{i}")([L.ReLU(name=f"relu{i}")(y), x])
+    x = L.Dropout(0.3, name="drop")(L.GlobalAveragePooling2D()(x))
+    return keras.Model(inp, L.Dense(3, activation="softmax", name="out")(x))
+
+
+def _without_reuse(monkeypatch):
+    from bngap.upstream import INPUT, Upstream
+
+    monkeypatch.setattr(Upstream, "cut_for", lambda self, first: (INPUT, None))
+
+
+@pytest.mark.parametrize(
+    "name", ["residual", "under_trained", "nested", "mode_leak", "dropout_only", "augmentation"]
+)
+def test_masked_passes_reuse_the_inference_pass_with_the_same_numbers(
+    keras, zoo, monkeypatch, name
+):
+    """Upstream of the first layer in training mode, a masked pass takes the
+    inference pass's outputs instead of computing them again, on the first
+    batch and the later ones; every number of the report is the one the
+    masked passes give computing everything."""
+    from bngap.probe import Probe
+
+    if name == "residual":
+        model = _residual(keras)
+        x = np.random.default_rng(5).normal(1, 2, (48, 8, 8, 3)).astype("float32")
+        y = None
+    else:
+        model, x, y = zoo.get(name)
+    options = CheckOptions(batch_size=16, probe_preprocessing=False, effects=None)
+    _passes(monkeypatch, compile_passes=False)
+    masked = _counting(monkeypatch, Probe, "masked_pass")
+    reused = check(model, x, y, options=options)
+    _without_reuse(monkeypatch)
+    computed = check(model, x, y, options=options)
+    assert _comparable(reused) == _comparable(computed)
+    took = masked[: len(masked) // 2]
+    assert all(t >= 0 for t in took)  # none ran again whole
+    if name in ("residual", "under_trained", "nested"):  # a layer before the first BN
+        assert took and max(took) > 0
+        per_batch = len(took) // 3
+        assert max(took[per_batch:]) > 0  # later batches: the cuts asked for before
+    if name == "mode_leak":  # a layer ran in training mode in the inference pass
+        assert max(took) == 0
+
+
+def test_a_stand_in_reaching_a_computed_layer_runs_the_pass_whole(keras, monkeypatch):
+    """With the frontier lost, the first computed layer gets a stand-in: the
+    attempt ends and the masked pass runs again whole, same numbers."""
+    from bngap.probe import Probe
+    from bngap.upstream import Upstream
+
+    model = _residual(keras)
+    x = np.random.default_rng(6).normal(1, 2, (16, 8, 8, 3)).astype("float32")
+    options = CheckOptions(batch_size=16, probe_preprocessing=False, effects=None)
+    _passes(monkeypatch, compile_passes=False)
+    expected = check(model, x, options=options)
+    real = Upstream.frontier_now
+    monkeypatch.setattr(Upstream, "frontier_now", lambda self: {} if real(self) else None)
+    stands: list = []
+    made = Upstream.stand_in
+
+    def spy(self, cut, key):
+        out = made(self, cut, key)
+        stands.append(len(cut.stand_ins))
+        return out
+
+    monkeypatch.setattr(Upstream, "stand_in", spy)
+    passes = _counting(monkeypatch, Probe, "masked_pass")
+    got = check(model, x, options=options)
+    assert stands and max(stands) > 0
+    assert -1 in passes
+    assert _comparable(got) == _comparable(expected)
+
+
+def test_the_frontier_is_what_crosses_the_cut(keras, monkeypatch):
+    """Held for a BN's cut: its conv's output (the BN's input) and the block's
+    input (the shortcut around it); for the dropout's, the pooled features:
+    nothing else of the inference pass. Kept on the first batch: the
+    dropout's (the second group's first layer) and the BN layers with the
+    largest own contributions."""
+    from bngap.probe import Probe
+
+    model = _residual(keras)
+    x = np.random.default_rng(7).normal(1, 2, (16, 8, 8, 3)).astype("float32")
+    _passes(monkeypatch, compile_passes=False)
+    frontiers: dict = {}
+    original = Probe.masked_pass
+
+    def spy(self, xs, b, active):
+        names = {n.index: n.path for n in self.nodes}
+        for key, fr in self.upstream._frontiers.items():
+            frontiers[names[key[0]]] = sorted(tuple(t.shape) for t in fr.values())
+        return original(self, xs, b, active)
+
+    monkeypatch.setattr(Probe, "masked_pass", spy)
+    check(model, x, options=CheckOptions(batch_size=16, probe_preprocessing=False, effects=None))
+    assert frontiers.pop("drop") == [(16, 6)]
+    assert frontiers and all(f == [(16, 8, 8, 6), (16, 8, 8, 6)] for f in frontiers.values())
+
+
+def _observe_calls(monkeypatch) -> list:
+    from bngap.probe import Probe
+
+    calls: list = []
+    original = Probe.observe_pass
+
+    def spy(self, xs, **kwargs):
+        calls.append(kwargs.get("training", "no flag"))
+        return original(self, xs, **kwargs)
+
+    monkeypatch.setattr(Probe, "observe_pass", spy)
+    return calls
+
+
+def test_the_no_flag_call_is_the_reference_only_where_it_is_the_same_call(keras, monkeypatch):
+    """model(x) gives every Keras layer of a functional model what
+    model(x, training=False) gives it: one pass answers both. A custom layer
+    whose None means training, and a subclassed model whose own call()
+    reads `training`, get the reference computed, and their no-flag gap."""
+    from bngap import inferencepaths
+
+    L = keras.layers
+
+    class TrainingUnlessTold(L.Layer):  # None means training here, as in some user code
+        def call(self, x, training=None):
+            return x + 1.0 if training is None or training else x
+
+    class OwnLogic(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = L.Dense(3, name="dense")
+            self.bn = L.BatchNormalization(name="bn")
+
+        def call(self, x, training=None):
+            y = self.bn(self.dense(x), training=training)
+            return y + 1.0 if training is None else y
+
+    x = np.random.default_rng(3).normal(1, 2, (16, 5)).astype("float32")
+    plain = keras.Sequential([keras.Input((5,)), L.Dense(3), L.BatchNormalization(), L.Dense(2)])
+    custom = keras.Sequential(
+        [keras.Input((5,)), L.Dense(3), TrainingUnlessTold(), L.BatchNormalization(), L.Dense(2)]
+    )
+    own = OwnLogic()
+    own(x[:2])
+    options = CheckOptions(batch_size=16, probe_preprocessing=False)
+    for model, shared in ((plain, True), (custom, False), (own, False)):
+        calls = _observe_calls(monkeypatch)
+        got = check(model, x, options=options)
+        assert calls == (["no flag"] if shared else ["no flag", False])
+        noflag = next(c for c in got.leaks if c.path == "model(x)")
+        assert (noflag.relative_l2 > 0.01) is not shared
+        monkeypatch.setattr(inferencepaths, "_same_modes", lambda *a: False)
+        again = check(model, x, options=options)
+        assert _comparable(got) == _comparable(again)
+        monkeypatch.undo()

@@ -44,6 +44,7 @@ from .tensors import (
     pack_inputs,
     pair_sums,
     sum_squared_difference,
+    sum_squares,
     to_numpy,
     tracing,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "set_seeds",
     "tf_generator_seed",
     "sum_squared_difference",
+    "sum_squares",
     "numpy_outputs",
     "to_numpy",
     "tracing",
