@@ -285,10 +285,10 @@ class Probe(PathPasses):
 
     def _run(self, node, original, args, kwargs):
         """Calls the layer; a BN layer's statistics update is undone at once."""
-        if node.kind is not Kind.BATCHNORM:
-            return original(*args, **kwargs)
+        if node.kind is not Kind.BATCHNORM or not kwargs.get("training"):
+            return original(*args, **kwargs)  # BN moves its statistics only when training
         if self._compiling:  # in the graph: read before, written back after
-            kept = self.bn.keep([node]) if kwargs.get("training") else []
+            kept = self.bn.keep([node])
             out = original(*args, **kwargs)
             self.bn.put_back(kept)
             return out

@@ -97,6 +97,7 @@ class Upstream:
         self._group_first: dict[str, Key] = {}
         self._group_cuts: set[Key] = set()  # kept for a group's pass
         self._budget = 0
+        self._size_of: dict[int, int] = {}  # bytes of each inference output, by id
 
     def _tensors(self, structure) -> list:
         return [t for t in self.keras.tree.flatten(structure) if hasattr(t, "shape")]
@@ -150,7 +151,7 @@ class Upstream:
         for t in self._tensors(outputs):
             last[self._producer.get(id(t), INPUT)] = _NEVER
         self._last_use = last
-        sizes = {}
+        sizes = self._size_of
         for call in self.calls.values():
             for leaf in self.keras.tree.flatten(call.template):
                 if isinstance(leaf, _Leaf):
@@ -179,7 +180,7 @@ class Upstream:
         if last <= self.calls[key].start:
             return
         leaves = {id(t): t for t in self._tensors(stored)}
-        while self._held(leaves) > self._budget and self._best:
+        while self._best and self._held(leaves) > self._budget:
             self._let_go(self._best.pop())
         if self._held(leaves) > self._budget:
             self._dropped[key] = last
@@ -197,7 +198,8 @@ class Upstream:
         for frontier in self._frontiers.values():
             seen.update(frontier)
         seen.update(extra or {})
-        return sum(_nbytes(t) for t in seen.values())
+        size = self._size_of
+        return sum(size[i] if i in size else _nbytes(t) for i, t in seen.items())
 
     def frontier_now(self) -> dict[int, Any] | None:
         """The inference outputs held at this point of the training pass (call
