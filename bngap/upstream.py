@@ -136,19 +136,29 @@ class Upstream:
             ),
             out,
         )
+        inner = call.end > call.start + 1  # layers were called inside it
         for t in self._tensors(out):
-            self._producer.setdefault(id(t), key)  # a container's output is its last layer's
+            if id(t) in self._producer:
+                continue  # a container's output is its last layer's
+            if inner:  # made by the container's own code (Bidirectional's merge, an op):
+                self.usable = False  # what it read of its inner layers is not followed
+                return
+            self._producer[id(t)] = key
 
     def finished(self, outputs) -> None:
         """After the inference pass: when each output is last used."""
         if not self.usable:
             return
         last: dict[Key, int] = {}
+        for t in self._tensors(outputs):
+            p = self._producer.get(id(t))
+            if p is None:  # made outside a layer (an op on the outputs): not followed
+                self.usable = False
+                return
+            last[p] = _NEVER
         for call in self.calls.values():
             for p in call.inputs:
                 last[p] = max(last.get(p, -1), call.start)
-        for t in self._tensors(outputs):
-            last[self._producer.get(id(t), INPUT)] = _NEVER
         self._last_use = last
         sizes = {}
         for call in self.calls.values():

@@ -1,0 +1,80 @@
+"""The masked passes' reuse of the inference pass (bngap/upstream.py) on
+model shapes tests/test_probe.py does not cover: every number of a report is
+the one the masked passes give computing everything. Where the data flow
+leaves the layers (an op on a model's or a nested model's outputs, a merge
+inside a wrapper), nothing is reused; a model input handed on by a layer
+and the input of a nested model are reused, never replaced by a stand-in."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bngap import compiled
+from bngap.pipeline import CheckOptions, check
+
+
+def _same_report(monkeypatch, model, x, y=None, compile_passes=False, **options):
+    """Checks with the reuse and without it: the same report. Returns
+    (layer calls reused, masked passes run again whole) of the first."""
+    from bngap.probe import Probe
+    from bngap.upstream import INPUT, Upstream
+
+    if compile_passes:
+        monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
+    else:
+        monkeypatch.setattr(compiled, "available", lambda m: False)
+    counts = [0, 0]
+    leave = Probe.__exit__
+
+    def spy(self, *exc):
+        counts[0] += self.reused
+        counts[1] += self.rerun
+        return leave(self, *exc)
+
+    monkeypatch.setattr(Probe, "__exit__", spy)
+    opts = CheckOptions(
+        **{"batch_size": 16, "probe_preprocessing": False, "effects": None, **options}
+    )
+    reused = check(model, x, y, options=opts).to_dict()
+    monkeypatch.setattr(Upstream, "cut_for", lambda self, first: (INPUT, None))
+    computed = check(model, x, y, options=opts).to_dict()
+    reused.pop("seconds", None)
+    computed.pop("seconds", None)
+    assert reused == computed
+    return tuple(counts)
+
+
+def _x(*shape, n=32):
+    return np.random.default_rng(len(shape)).normal(1, 2, (n, *shape)).astype("float32")
+
+
+def _two_bn(keras, h, name=""):
+    L = keras.layers
+    h = L.BatchNormalization(name=f"bn1{name}")(L.Dense(6, name=f"d1{name}")(h))
+    return L.BatchNormalization(name=f"bn2{name}")(L.Dense(6, name=f"d2{name}")(h))
+
+
+@pytest.mark.parametrize("where", ["model", "nested model", "Bidirectional"])
+def test_an_output_made_outside_a_layer_is_not_followed(keras, monkeypatch, where):
+    """A tensor made before the cut and read by an op that makes an output
+    (the model's `a + b`, a nested model's, Bidirectional's sum merge): no
+    layer call sees it, so it would be a one-sample stand-in broadcast into
+    the output. Such an inference pass is not reused."""
+    L = keras.layers
+    if where == "Bidirectional":
+        inp = keras.Input((5, 6))
+        lstm = L.LSTM(4, dropout=0.4, return_sequences=True)
+        h = L.Bidirectional(lstm, merge_mode="sum", name="bidi")(inp)
+        h = L.Flatten()(L.BatchNormalization(name="bn")(h))
+        model, x = keras.Model(inp, L.Dense(2, name="out")(h)), _x(5, 6)
+    else:
+        inp = keras.Input((6,))
+        out = L.Dense(6, name="early")(inp) + _two_bn(keras, inp)
+        if where == "nested model":
+            base = keras.Model(inp, out, name="base")
+            inp = keras.Input((6,))
+            h = L.Dropout(0.3, name="drop")(_two_bn(keras, base(inp), "top"))
+            out = L.Dense(2, name="out")(h)
+        model, x = keras.Model(inp, out), _x(6)
+    assert _same_report(monkeypatch, model, x) == (0, 0)
