@@ -87,6 +87,7 @@ class Upstream:
     def reset(self) -> None:
         self.calls: dict[Key, _Call] = {}
         self.usable = False
+        self._inputs: dict[int, Any] = {}  # the model's inputs: id -> tensor
         self._producer: dict[int, Key] = {}
         self._tick = 0
         self._last_use: dict[Key, int] = {}
@@ -107,6 +108,7 @@ class Upstream:
         self.usable = self.pure
         for t in self._tensors(inputs):
             self._producer[id(t)] = INPUT
+            self._inputs[id(t)] = t
 
     def entered(self, key: Key, args, kwargs) -> None:
         if not self.usable:
@@ -271,8 +273,8 @@ class Upstream:
         def leaf(v):
             if not isinstance(v, _Leaf):
                 return v
-            real = cut.frontier.get(v.id)
-            if real is not None:
+            real = cut.frontier.get(v.id, self._inputs.get(v.id))
+            if real is not None:  # held, or a model input handed on (Identity, Dropout)
                 return real
             t = ops.zeros((1, *v.shape[1:]), dtype=v.dtype)
             cut.stand_ins[id(t)] = t

@@ -78,3 +78,17 @@ def test_an_output_made_outside_a_layer_is_not_followed(keras, monkeypatch, wher
             out = L.Dense(2, name="out")(h)
         model, x = keras.Model(inp, out), _x(6)
     assert _same_report(monkeypatch, model, x) == (0, 0)
+
+
+def test_a_model_input_handed_on_by_a_layer_is_the_input(keras, monkeypatch):
+    """Identity (and Dropout, Activation('linear') in inference mode) return
+    the tensor they get: skipped, they hand on the model's input itself, as a
+    model output and as a skip connection, not a stand-in."""
+    L = keras.layers
+    inp = keras.Input((6,))
+    same = L.Identity(name="same")(inp)
+    linear = L.Activation("linear", name="linear")(inp)
+    h = L.Concatenate(name="cat")([linear, _two_bn(keras, same)])
+    model = keras.Model(inp, [same, L.Dense(2, name="out")(h)])
+    reused, rerun = _same_report(monkeypatch, model, _x(6))
+    assert reused > 0 and rerun == 0
