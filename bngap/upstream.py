@@ -9,8 +9,8 @@ Keras' Functional holds every activation of a pass until the pass ends, so
 holding the inference pass's outputs through the training pass would double
 the peak memory. What is held is only the frontier of a cut: the inference
 outputs made before the cut and used at or after it (the first layer's
-input, a skip connection), followed by the data flow recorded in the
-inference pass. The other calls before the cut hand back one-sample
+input, a skip connection, the input of a nested model the cut is in),
+followed by the data flow recorded in the inference pass. The other calls before the cut hand back one-sample
 stand-ins that only other skipped calls receive; a computed layer given one
 ends the attempt, and the pass runs again whole.
 
@@ -159,8 +159,8 @@ class Upstream:
                 return
             last[p] = _NEVER
         for call in self.calls.values():
-            for p in call.inputs:
-                last[p] = max(last.get(p, -1), call.start)
+            for p in call.inputs:  # held until the call ends: a nested model spanning a cut
+                last[p] = max(last.get(p, -1), call.end)
         self._last_use = last
         sizes = {}
         for call in self.calls.values():

@@ -92,3 +92,19 @@ def test_a_model_input_handed_on_by_a_layer_is_the_input(keras, monkeypatch):
     model = keras.Model(inp, [same, L.Dense(2, name="out")(h)])
     reused, rerun = _same_report(monkeypatch, model, _x(6))
     assert reused > 0 and rerun == 0
+
+
+def test_a_nested_base_after_a_preprocessing_layer_gets_its_input(keras, monkeypatch):
+    """Transfer learning: Rescaling, then a base model whose BN layers are
+    cut at. The base spans the cut and is computed: its input, made before
+    the cut, is held with the frontier, so the pass does not run again."""
+    L = keras.layers
+    bi = keras.Input((6, 6, 3))
+    z = L.BatchNormalization(name="bbn1")(L.Conv2D(4, 3, padding="same", name="bc1")(bi))
+    z = L.BatchNormalization(name="bbn2")(L.Conv2D(4, 3, name="bc2")(L.ReLU()(z)))
+    base = keras.Model(bi, z, name="base")
+    inp = keras.Input((6, 6, 3))
+    z = L.GlobalAveragePooling2D()(base(L.Rescaling(0.5, name="scale")(inp)))
+    model = keras.Model(inp, L.Dense(3, name="head")(L.Dropout(0.4, name="drop")(z)))
+    reused, rerun = _same_report(monkeypatch, model, _x(6, 6, 3))
+    assert reused > 0 and rerun == 0
