@@ -108,3 +108,37 @@ def test_a_nested_base_after_a_preprocessing_layer_gets_its_input(keras, monkeyp
     model = keras.Model(inp, L.Dense(3, name="head")(L.Dropout(0.4, name="drop")(z)))
     reused, rerun = _same_report(monkeypatch, model, _x(6, 6, 3))
     assert reused > 0 and rerun == 0
+
+
+def test_outputs_of_inference_only_calls_are_not_held_through_masked_passes(keras, monkeypatch):
+    """A subclassed model with a branch run only in inference mode: the
+    training pass never takes those outputs; they are let go with the rest
+    of the store before the masked passes, not held until the batch ends."""
+    from bngap.probe import Probe
+
+    L = keras.layers
+
+    class InferenceOnly(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d1, self.bn, self.drop = L.Dense(8), L.BatchNormalization(), L.Dropout(0.3)
+            self.extra, self.out = [L.Dense(8) for _ in range(3)], L.Dense(2)
+
+        def call(self, x, training=None):
+            h = self.drop(self.bn(self.d1(x)), training=training)
+            for e in [] if training else self.extra:
+                h = e(h)
+            return self.out(h)
+
+    model = InferenceOnly()
+    model(_x(6, n=2))
+    held: list = []
+    masked = Probe.masked_pass
+
+    def spy(self, xs, b, active):
+        held.append(len(self._eval_store))
+        return masked(self, xs, b, active)
+
+    monkeypatch.setattr(Probe, "masked_pass", spy)
+    reused, _ = _same_report(monkeypatch, model, _x(6))
+    assert reused > 0 and held and max(held) == 0
