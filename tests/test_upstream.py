@@ -110,6 +110,29 @@ def test_a_nested_base_after_a_preprocessing_layer_gets_its_input(keras, monkeyp
     assert reused > 0 and rerun == 0
 
 
+def test_a_lambda_taking_training_keeps_its_own_none(keras, monkeypatch):
+    """A Lambda whose function reads training=None as training: model(x)
+    differs from model(x, training=False), so the no-flag call is not the
+    reference and its gap is reported (not a predict() difference)."""
+    from bngap import inferencepaths
+
+    L = keras.layers
+
+    def unless_told(x, training=None):
+        return x + 1.0 if training is None or training else x
+
+    model = keras.Sequential(
+        [keras.Input((5,)), L.Dense(3), L.Lambda(unless_told), L.BatchNormalization()]
+    )
+    x = _x(5, n=16)
+    options = CheckOptions(batch_size=16, probe_preprocessing=False)
+    got = {c.path: c.relative_l2 for c in check(model, x, options=options).leaks}
+    assert got["model(x)"] > 0.01 and got["predict(x)"] < 1e-6
+    monkeypatch.setattr(inferencepaths, "_same_modes", lambda *a: False)
+    again = {c.path: c.relative_l2 for c in check(model, x, options=options).leaks}
+    assert got == again
+
+
 def test_outputs_of_inference_only_calls_are_not_held_through_masked_passes(keras, monkeypatch):
     """A subclassed model with a branch run only in inference mode: the
     training pass never takes those outputs; they are let go with the rest
