@@ -110,6 +110,75 @@ def test_a_nested_base_after_a_preprocessing_layer_gets_its_input(keras, monkeyp
     assert reused > 0 and rerun == 0
 
 
+def _shared(keras):
+    """One Dense and one BN layer each called twice, around a dropout."""
+    L = keras.layers
+    inp = keras.Input((6,))
+    dense, bn = L.Dense(6, name="shared"), L.BatchNormalization(name="bn_shared")
+    h = bn(dense(L.Dropout(0.3, name="drop")(bn(dense(inp)))))
+    return keras.Model(inp, L.Dense(2, name="out")(h)), _x(6), None
+
+
+def _dict_early_head(keras):
+    """Dict inputs and outputs; a head made before the first BN layer."""
+    L = keras.layers
+    a, b = keras.Input((5,), name="a"), keras.Input((4,), name="b")
+    ha = L.Dense(4, name="da")(a)
+    hb = L.BatchNormalization(name="bnb")(L.Dense(4, name="db")(b))
+    c = L.Dropout(0.5, name="drop")(L.BatchNormalization(name="bnc")(L.Concatenate()([ha, hb])))
+    outputs = {"early": L.Dense(2, name="early")(ha), "late": L.Dense(3, name="late")(c)}
+    x = {"a": _x(5), "b": _x(4) + 2.0}
+    return keras.Model({"a": a, "b": b}, outputs), x, None
+
+
+def _groups(keras):
+    """Every cause group: flip, BN, noise, spatial dropout, dropout."""
+    L = keras.layers
+    inp = keras.Input((6, 6, 3))
+    z = L.BatchNormalization(name="bn1")(L.Conv2D(4, 3, name="c1")(L.RandomFlip(name="flip")(inp)))
+    z = L.BatchNormalization(name="bn2")(L.Conv2D(4, 3, name="c2")(L.GaussianNoise(0.3)(z)))
+    z = L.Dropout(0.3, name="drop")(L.Flatten()(L.SpatialDropout2D(0.3, name="sdrop")(z)))
+    model = keras.Model(inp, L.Dense(3, activation="softmax", name="out")(z))
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model, _x(6, 6, 3, n=23), np.arange(23) % 3
+
+
+@pytest.mark.parametrize(
+    "shape, options",
+    [
+        ("shared", {"batch_size": 7}),  # a last batch smaller than the others
+        ("dict_early_head", {}),
+        ("groups", {"batch_size": 10}),
+        ("groups", {"batch_size": 1, "limit": 3}),
+        ("groups", {"compile_passes": True}),
+    ],
+)
+def test_shapes_reused_with_the_same_numbers(keras, monkeypatch, shape, options):
+    model, x, y = {"shared": _shared, "dict_early_head": _dict_early_head, "groups": _groups}[
+        shape
+    ](keras)
+    compile_passes = options.pop("compile_passes", False)
+    reused, rerun = _same_report(monkeypatch, model, x, y, compile_passes, **options)
+    assert rerun == 0
+    assert (reused > 0) is not compile_passes  # compiled passes keep no inference outputs
+
+
+def test_mixed_float16_with_a_float16_input(keras, monkeypatch):
+    """The layers compute in float16 from the input on. (A float32 input or
+    a float32 head is cast in Layer.__call__, before the call the probe sees:
+    a tensor made outside a layer, so that model is not reused.)"""
+    L = keras.layers
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inp = keras.Input((6,), dtype="float16")
+        h = L.Dropout(0.3, name="drop")(_two_bn(keras, inp))
+        model = keras.Model(inp, L.Dense(2, name="out")(h))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    reused, rerun = _same_report(monkeypatch, model, _x(6).astype("float16"))
+    assert reused > 0 and rerun == 0
+
+
 def test_a_lambda_taking_training_keeps_its_own_none(keras, monkeypatch):
     """A Lambda whose function reads training=None as training: model(x)
     differs from model(x, training=False), so the no-flag call is not the
