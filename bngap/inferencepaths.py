@@ -114,15 +114,21 @@ def _training_layers(nodes: list[LayerNode], seen: dict) -> tuple[str, ...]:
     return tuple(out)
 
 
+# Keras layers that hand `training` on to user code, where None is the code's own
+# (TorchModuleWrapper's None even means training: `if training is False: eval()`)
+_PASS_TRAINING_ON = ("Lambda", "TorchModuleWrapper", "JaxLayer", "FlaxLayer")
+
+
 def _same_modes(nodes: list[LayerNode], seen: dict, evaluated: dict) -> bool:
     """Whether every layer got the `training` values in a call with no flag
     that it gets in model(x, training=False). A Keras layer's None is False
     (its call reads `if training`; Sequential and Pipeline pass None on to
     layers whose values are compared themselves); a custom layer's None is
-    its own."""
+    its own, and so is that of a Keras layer running user code (Lambda)."""
     for nd in nodes:
         got, want = seen.get(nd.index, set()), evaluated.get(nd.index, set())
-        if type(nd.layer).__module__.startswith("keras."):
+        cls = type(nd.layer)
+        if cls.__module__.startswith("keras.") and cls.__name__ not in _PASS_TRAINING_ON:
             got, want = {bool(v) for v in got}, {bool(v) for v in want}
         if got != want:
             return False

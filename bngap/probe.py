@@ -483,6 +483,9 @@ class Probe(PathPasses):
         try:
             return self._call_model(xs, "training", self._h_train(own), fit=True, defer=defer)
         finally:
+            # inference outputs it did not take (calls of the inference pass only): not held
+            # through the masked passes, which take only the frontiers `upstream` kept
+            self._eval_store.clear()
             self.after_training_pass()
 
     def after_training_pass(self) -> None:

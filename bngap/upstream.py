@@ -9,8 +9,8 @@ Keras' Functional holds every activation of a pass until the pass ends, so
 holding the inference pass's outputs through the training pass would double
 the peak memory. What is held is only the frontier of a cut: the inference
 outputs made before the cut and used at or after it (the first layer's
-input, a skip connection), followed by the data flow recorded in the
-inference pass. The other calls before the cut hand back one-sample
+input, a skip connection, the input of a nested model the cut is in),
+followed by the data flow recorded in the inference pass. The other calls before the cut hand back one-sample
 stand-ins that only other skipped calls receive; a computed layer given one
 ends the attempt, and the pass runs again whole.
 
@@ -87,6 +87,7 @@ class Upstream:
     def reset(self) -> None:
         self.calls: dict[Key, _Call] = {}
         self.usable = False
+        self._inputs: dict[int, Any] = {}  # the model's inputs: id -> tensor
         self._producer: dict[int, Key] = {}
         self._tick = 0
         self._last_use: dict[Key, int] = {}
@@ -108,6 +109,7 @@ class Upstream:
         self.usable = self.pure
         for t in self._tensors(inputs):
             self._producer[id(t)] = INPUT
+            self._inputs[id(t)] = t
 
     def entered(self, key: Key, args, kwargs) -> None:
         if not self.usable:
@@ -137,19 +139,29 @@ class Upstream:
             ),
             out,
         )
+        inner = call.end > call.start + 1  # layers were called inside it
         for t in self._tensors(out):
-            self._producer.setdefault(id(t), key)  # a container's output is its last layer's
+            if id(t) in self._producer:
+                continue  # a container's output is its last layer's
+            if inner:  # made by the container's own code (Bidirectional's merge, an op):
+                self.usable = False  # what it read of its inner layers is not followed
+                return
+            self._producer[id(t)] = key
 
     def finished(self, outputs) -> None:
         """After the inference pass: when each output is last used."""
         if not self.usable:
             return
         last: dict[Key, int] = {}
-        for call in self.calls.values():
-            for p in call.inputs:
-                last[p] = max(last.get(p, -1), call.start)
         for t in self._tensors(outputs):
-            last[self._producer.get(id(t), INPUT)] = _NEVER
+            p = self._producer.get(id(t))
+            if p is None:  # made outside a layer (an op on the outputs): not followed
+                self.usable = False
+                return
+            last[p] = _NEVER
+        for call in self.calls.values():
+            for p in call.inputs:  # held until the call ends: a nested model spanning a cut
+                last[p] = max(last.get(p, -1), call.end)
         self._last_use = last
         sizes = self._size_of
         for call in self.calls.values():
@@ -263,8 +275,8 @@ class Upstream:
         def leaf(v):
             if not isinstance(v, _Leaf):
                 return v
-            real = cut.frontier.get(v.id)
-            if real is not None:
+            real = cut.frontier.get(v.id, self._inputs.get(v.id))
+            if real is not None:  # held, or a model input handed on (Identity, Dropout)
                 return real
             t = ops.zeros((1, *v.shape[1:]), dtype=v.dtype)
             cut.stand_ins[id(t)] = t
