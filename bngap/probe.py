@@ -75,7 +75,8 @@ class NodeStats:
 
 
 def _flatten(keras, out) -> list:
-    return [t for t in keras.tree.flatten(out) if t is not None]
+    """A layer's outputs, in order, sparse ones made dense to be compared."""
+    return [backend.dense(t) for t in keras.tree.flatten(out) if t is not None]
 
 
 class Probe(PathPasses):

@@ -258,7 +258,55 @@ def gap_monitor_devices(count: str) -> dict:
     return out
 
 
+def upstream_reuse() -> dict:
+    """A residual CNN with BN and a dropout head, checked on 2 batches with
+    every output effect, with the masked passes reusing the inference pass
+    and without: the reports (seconds aside) and how many calls were reused."""
+    import keras
+
+    from bngap import upstream
+    from bngap.pipeline import CheckOptions, check
+    from bngap.probe import Probe
+
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, padding="same")(inp)
+    for _ in range(3):
+        y = L.BatchNormalization()(L.Conv2D(6, 3, padding="same")(x))
+        x = L.Add()([L.ReLU()(y), x])
+    x = L.Dropout(0.3)(L.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, L.Dense(3, activation="softmax")(x))
+    data = np.random.default_rng(5).normal(1, 2, (32, 8, 8, 3)).astype("float32")
+    options = CheckOptions(batch_size=16, probe_preprocessing=False, effects=None)
+    counts = {"reused": 0, "rerun": 0}
+    original = Probe.masked_pass
+
+    def counting(self, *args, **kwargs):
+        before, rerun = self.reused, self.rerun
+        out = original(self, *args, **kwargs)
+        counts["reused"] += self.reused - before
+        counts["rerun"] += self.rerun - rerun
+        return out
+
+    cut_for = upstream.Upstream.cut_for
+    reports = []
+    try:  # put back: on the test process's own backend this runs in the test process
+        Probe.masked_pass = counting  # type: ignore[method-assign]
+        for reuse in (True, False):
+            if not reuse:
+                upstream.Upstream.cut_for = lambda self, first: (upstream.INPUT, None)  # type: ignore[method-assign]
+            d = check(model, data, options=options).to_dict()
+            d.pop("seconds", None)
+            reports.append(d)
+    finally:
+        Probe.masked_pass = original  # type: ignore[method-assign]
+        upstream.Upstream.cut_for = cut_for  # type: ignore[method-assign]
+    return {"backend": keras.backend.backend(), "same": reports[0] == reports[1], **counts}
+
+
 TASKS = {
+    "upstream_reuse": upstream_reuse,
     "gap_monitor": gap_monitor,
     "gap_monitor_devices": gap_monitor_devices,
     "side_outputs": side_outputs,

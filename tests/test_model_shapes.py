@@ -343,3 +343,25 @@ def test_a_declared_fixed_batch_size_is_the_one_measured(keras):
         "the model declares a fixed batch size of 8 (fit() used it); measured with batch size 8, not 32"
         in report.notes
     )
+
+
+def test_a_sparse_layer_output_is_compared_dense(keras):
+    """CategoryEncoding(sparse=True) hands a sparse tensor to the next layer:
+    its comparison densifies it (it was a 'model failed' error); the gap is
+    the plain one, one batch of 16."""
+    L = keras.layers
+    inp = keras.Input((4,), dtype="int32")
+    h = L.CategoryEncoding(num_tokens=10, output_mode="multi_hot", sparse=True, name="enc")(inp)
+    out = L.Dense(2)(L.BatchNormalization(name="bn")(L.Dense(8)(h)))
+    model = keras.Model(inp, out)
+    x = np.random.default_rng(4).integers(0, 10, (16, 4)).astype("int32")
+    r = check(model, x, options=CheckOptions(batch_size=16, probe_preprocessing=False))
+    ev = np.asarray(model(x, training=False), np.float64)
+    saved = [v.numpy() for v in model.non_trainable_variables]
+    tr = np.asarray(model(x, training=True), np.float64)
+    for v, s in zip(model.non_trainable_variables, saved):
+        v.assign(s)
+    assert r.output_gap.relative_l2 == pytest.approx(
+        np.linalg.norm(tr - ev) / np.linalg.norm(ev), rel=1e-4
+    )
+    assert r.layer("enc").divergence == 0.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from backend_child import BACKENDS, spawn
 
 from bngap import compiled
 from bngap.pipeline import CheckOptions, check
@@ -234,3 +235,17 @@ def test_outputs_of_inference_only_calls_are_not_held_through_masked_passes(kera
     monkeypatch.setattr(Probe, "masked_pass", spy)
     reused, _ = _same_report(monkeypatch, model, _x(6))
     assert reused > 0 and held and max(held) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reuse_gives_the_same_report_on_every_backend(backend):
+    """JAX and PyTorch run the same probe (JAX's training pass through
+    stateless_call): the reuse skips calls there too and every number of the
+    report is the one computing everything gives."""
+    got = spawn({backend: (backend, "upstream_reuse")}, timeout=300)
+    if backend not in got:
+        pytest.skip(f"{backend} is not installed")
+    r = got[backend]
+    assert "error" not in r, r.get("error")
+    assert r["backend"] == backend
+    assert r["same"] and r["reused"] > 0 and r["rerun"] == 0

@@ -45,6 +45,7 @@ from .tensors import (
     pair_sums,
     sum_squared_difference,
     sum_squares,
+    dense,
     to_numpy,
     tracing,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "sum_squared_difference",
     "sum_squares",
     "numpy_outputs",
+    "dense",
     "to_numpy",
     "tracing",
 ]

@@ -9,10 +9,18 @@ import numpy as np
 from .selection import import_keras
 
 
+def dense(t):
+    """A sparse tensor (a layer's `sparse=True` output) as a dense one; any
+    other value as it is."""
+    if type(t).__name__ in ("SparseTensor", "BCOO"):  # TensorFlow's, JAX's
+        return import_keras().ops.convert_to_tensor(t, sparse=False)
+    return t
+
+
 def to_numpy(t) -> np.ndarray:
     """A backend tensor or variable as numpy (detached from autograd on torch)."""
     keras = import_keras()
-    value = getattr(t, "value", t) if hasattr(t, "assign") else t
+    value = getattr(t, "value", t) if hasattr(t, "assign") else dense(t)
     return np.asarray(keras.ops.convert_to_numpy(value))
 
 
