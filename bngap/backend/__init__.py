@@ -38,6 +38,7 @@ from .state import (
     tf_generator_seed,
 )
 from .tensors import (
+    dense,
     is_floating,
     no_grad,
     numpy_outputs,
@@ -45,7 +46,6 @@ from .tensors import (
     pair_sums,
     sum_squared_difference,
     sum_squares,
-    dense,
     to_numpy,
     tracing,
 )
