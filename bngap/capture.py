@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .layertree import LayerNode
-from .probe import Probe, _flatten, _StopPass
+from .probe import Probe, _StopPass
+from .reductions import flat_outputs
 from .results import Kind
 from .stats import SplitMoments
 
@@ -41,7 +42,7 @@ class CaptureProbe(Probe):
 
         def deps_of(args, kwargs):
             out: set[int] = set()
-            for t in _flatten(self.keras, (args, kwargs)):
+            for t in flat_outputs(self.keras, (args, kwargs)):
                 if not hasattr(t, "shape"):
                     continue
                 known = taint.get(id(t))
@@ -64,7 +65,7 @@ class CaptureProbe(Probe):
                 deps = deps | {node.index}
             if node.children:  # a container: its output depends on what ran inside it
                 deps = deps | set(seen_bn[before:])
-            for t in _flatten(self.keras, out):
+            for t in flat_outputs(self.keras, out):
                 if hasattr(t, "shape"):
                     taint[id(t)] = (t, frozenset(deps))  # keep t alive: ids must not be reused
             return out

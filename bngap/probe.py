@@ -14,8 +14,7 @@ snapshotted first and restored after each pass and in `finally`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,54 +31,27 @@ from .bnstate import BatchNormState, batchnorm_below
 from .errors import ForwardPassError, one_line
 from .inferencepaths import PathPasses
 from .layertree import LayerNode, bn_params
+from .maskedpasses import MaskedPasses
 from .reductions import (
     Due,
     NonFinite,
-    as_float32,
     channel_moment_tensors,
     channel_moments,
     finite_pair_sums,
+    pair_total,
     settle,
+    squares_total,
 )
 from .results import Kind
-from .stats import GapAccumulator, SplitMoments
-from .upstream import INPUT, Cut, Upstream
+from .stats import NodeStats, SplitMoments
+from .upstream import Cut, Upstream
 
 
 class _StopPass(Exception):
     """Raised by a wrapper to end a pass early once it has what it needs."""
 
 
-class _NotUpstream(ForwardPassError):
-    """A masked pass met a call the inference pass did not make, or a
-    computed layer given a stand-in: the pass runs again whole."""
-
-    def __init__(self) -> None:
-        super().__init__("a masked pass left the inference pass's data flow")
-
-
-@dataclass
-class NodeStats:
-    """Accumulators for one layer over all batches."""
-
-    divergence: GapAccumulator = field(default_factory=GapAccumulator)
-    own: GapAccumulator = field(default_factory=GapAccumulator)
-    effect: GapAccumulator | None = None
-    fit_training: dict = field(default_factory=dict)  # call index -> value received, train pass
-    eval_training: set = field(default_factory=set)  # values received in inference passes
-    calls: int = 0  # calls per pass
-    order: int = -1
-    matched: bool = True  # every train call had an eval twin
-    paired: int = 0  # calls compared, train vs eval
-    moments: SplitMoments | None = None  # BN layers: stats of their inputs
-
-
-def _flatten(keras, out) -> list:
-    """A layer's outputs, in order, sparse ones made dense to be compared."""
-    return [backend.dense(t) for t in keras.tree.flatten(out) if t is not None]
-
-
-class Probe(PathPasses):
+class Probe(PathPasses, MaskedPasses):
     """Installs call wrappers on every layer of a model and runs passes.
 
     Use as a context manager: wrappers are removed and all variables are
@@ -313,31 +285,14 @@ class Probe(PathPasses):
             self.bn.put_back(kept)
 
     def _compare(self, due: Due, train_out, ref_out):
-        """Emits [||t - r||^2, ||r||^2] of a pair of layer outputs (all their
-        floating tensors of equal shape) and returns it; None when there is
-        nothing to compare."""
-        ops = self.ops
-        a, b = _flatten(self.keras, train_out), _flatten(self.keras, ref_out)
-        if len(a) != len(b):
+        """Emits [||t - r||^2, ||r||^2] of a pair of layer outputs (see
+        `reductions.pair_total`) and returns it; None when there is nothing
+        to compare."""
+        got = pair_total(self.keras, train_out, ref_out)
+        if got is None:
             return None
-        parts = []
-        for t, r in zip(a, b):
-            if (
-                not hasattr(t, "shape")
-                or tuple(t.shape) != tuple(r.shape)
-                or not backend.is_floating(t)
-            ):
-                continue
-            t32, r32 = as_float32(ops, t), as_float32(ops, r)
-            parts.append((t32, r32, backend.pair_sums(t32, r32)))
-        if not parts:
-            return None
-        # one output (nearly every layer): its two sums as they are, without a stack and sum more
-        if len(parts) == 1:
-            total = parts[0][2]
-        else:
-            total = ops.sum(ops.stack([p[2] for p in parts]), axis=0)
-        self._emit(due, total, exact=lambda: finite_pair_sums(ops, parts))
+        total, parts = got
+        self._emit(due, total, exact=lambda: finite_pair_sums(self.ops, parts))
         return total
 
     # -------------------------------------------------------------- handlers
@@ -400,61 +355,9 @@ class Probe(PathPasses):
         return handler
 
     def _own_squares(self, node: LayerNode, out) -> None:
-        ops = self.ops
-        sq = [
-            backend.sum_squares(as_float32(ops, t))
-            for t in _flatten(self.keras, out)
-            if backend.is_floating(t)
-        ]
-        if sq:
-            total = sq[0] if len(sq) == 1 else ops.sum(ops.stack(sq))
+        total = squares_total(self.keras, out)
+        if total is not None:
             self._emit(Due(Due.OWN_SQUARES, node.index), total)
-
-    def _offer_cut(self, node: LayerNode, k: int, total, frontier) -> None:
-        """Keeps the frontier where a masked pass may cut: at the cuts the
-        last batch's masked passes asked for, or (first batch, before the
-        plan) at each group's first layer in training mode and the layers
-        with the largest own contribution so far (read now: a scalar)."""
-        up, key = self.upstream, (node.index, k)
-        if frontier is None or total is None or k != 0:
-            return
-        if not up.choosing():
-            if up.wanted is not None and key in up.wanted:
-                up.keep(key, frontier)
-            return
-        if node.kind is Kind.BATCHNORM and not node.layer.trainable:
-            return
-        sq_d, sq_r = (float(v) for v in backend.to_numpy(total))
-        score = sq_d / sq_r if sq_r > 0 else (1.0 if sq_d > 0 else 0.0)
-        up.offer(key, node.kind.group, score if np.isfinite(score) else 0.0, frontier)
-
-    def _h_masked(self):
-        """Training pass in which only the layers in `self._active` keep the
-        mode they had in the natural training pass; all other mode-dependent
-        layers are held in inference mode. Calls that end before the cut
-        (`upstream.py`) hand back what the inference pass computed."""
-
-        def handler(node, original, args, kwargs):
-            st = self.stats[node.index]
-            k = self._next_call(node)
-            cut = self._cut
-            if cut is not None:
-                call = self.upstream.calls.get((node.index, k))
-                if call is not None and call.end < cut.start:
-                    cut.skipped += 1
-                    return self.upstream.stand_in(cut, (node.index, k))
-                if call is None or self.upstream.touches_stand_in(cut, args, kwargs):
-                    raise _NotUpstream
-            if node.mode_dependent and node.takes_training:
-                if node.index in self._active:
-                    natural = st.fit_training.get(k, kwargs.get("training"))
-                    if natural is not None:
-                        kwargs["training"] = natural
-                else:
-                    kwargs["training"] = False
-            return self._run(node, original, args, kwargs)
-
-        return handler
 
     def eval_pass(self, xs, capture_outputs=True, capture_bn=True, defer=True):
         """model(x, training=False), recording inputs of BN layers and (for
@@ -517,34 +420,6 @@ class Probe(PathPasses):
     def _eval_train_exact(self, xs, batch_index: int, capture_bn: bool):
         ev = self.eval_pass(xs, capture_bn=capture_bn, defer=False)
         return ev, self.train_pass(xs, batch_index, defer=False)
-
-    def masked_pass(self, xs, batch_index: int, active: Iterable[int]):
-        """A pass with only the `active` layers in the mode they had in the
-        training pass. The model itself is called in inference mode, so logic
-        of its own that branches on `training` stays off too. Upstream of the
-        first active layer, what the inference pass computed is taken where
-        it was kept (`upstream.py`); should that go wrong, the pass runs
-        again whole."""
-        self._active = set(active)
-        key, cut = self.upstream.cut_for([(i, 0) for i in sorted(self._active)])
-        if key != INPUT:
-            self._cuts_asked.add(key)
-        inputs = self._inference_inputs(xs)
-        if cut is not None:
-            self._set_seeds(batch_index)
-            self._cut = cut
-            try:
-                out = self._call_model(
-                    xs, "training", self._h_masked(), inputs=inputs, training=False
-                )
-                self.reused += cut.skipped
-                return out
-            except ForwardPassError:
-                self.rerun += 1  # a stand-in reached a computed layer, or Keras refused one
-            finally:
-                self._cut = None
-        self._set_seeds(batch_index)
-        return self._call_model(xs, "training", self._h_masked(), inputs=inputs, training=False)
 
     def bn_params(self, node: LayerNode) -> BatchNormParams:
         """The BN layer's parameters and settings (see `layertree.bn_params`)."""

@@ -65,6 +65,51 @@ def as_float32(ops, t):
     return t if "float32" in str(getattr(t, "dtype", "")) else ops.cast(t, "float32")
 
 
+def flat_outputs(keras, out) -> list:
+    """A layer's outputs, in order, sparse ones made dense to be compared."""
+    return [backend.dense(t) for t in keras.tree.flatten(out) if t is not None]
+
+
+def pair_total(keras, train_out, ref_out):
+    """(total, parts) of a pair of layer outputs: total is [||t - r||^2,
+    ||r||^2] over all their floating tensors of equal shape, on the device;
+    parts the (t, r, sums) it adds up (for `finite_pair_sums`). None when
+    there is nothing to compare."""
+    ops = keras.ops
+    a, b = flat_outputs(keras, train_out), flat_outputs(keras, ref_out)
+    if len(a) != len(b):
+        return None
+    parts = []
+    for t, r in zip(a, b):
+        if (
+            not hasattr(t, "shape")
+            or tuple(t.shape) != tuple(r.shape)
+            or not backend.is_floating(t)
+        ):
+            continue
+        t32, r32 = as_float32(ops, t), as_float32(ops, r)
+        parts.append((t32, r32, backend.pair_sums(t32, r32)))
+    if not parts:
+        return None
+    # one output (nearly every layer): its two sums as they are, without a stack and sum more
+    if len(parts) == 1:
+        return parts[0][2], parts
+    return ops.sum(ops.stack([p[2] for p in parts]), axis=0), parts
+
+
+def squares_total(keras, out):
+    """sum t^2 over a layer's floating outputs, on the device; None if it has none."""
+    ops = keras.ops
+    sq = [
+        backend.sum_squares(as_float32(ops, t))
+        for t in flat_outputs(keras, out)
+        if backend.is_floating(t)
+    ]
+    if not sq:
+        return None
+    return sq[0] if len(sq) == 1 else ops.sum(ops.stack(sq))
+
+
 def finite_pair_sums(ops, parts) -> np.ndarray:
     """[sum (t - r)^2, sum r^2] over the entries finite on both sides."""
     sums = np.zeros(2)

@@ -235,3 +235,19 @@ def robust_summary(values: np.ndarray) -> tuple[float, float, float]:
     if v.size == 0:
         return 0.0, 0.0, 0.0
     return float(np.median(v)), float(np.percentile(v, 95)), float(np.max(v))
+
+
+@dataclass
+class NodeStats:
+    """Accumulators for one layer over all batches."""
+
+    divergence: GapAccumulator = field(default_factory=GapAccumulator)
+    own: GapAccumulator = field(default_factory=GapAccumulator)
+    effect: GapAccumulator | None = None
+    fit_training: dict = field(default_factory=dict)  # call index -> value received, train pass
+    eval_training: set = field(default_factory=set)  # values received in inference passes
+    calls: int = 0  # calls per pass
+    order: int = -1
+    matched: bool = True  # every train call had an eval twin
+    paired: int = 0  # calls compared, train vs eval
+    moments: SplitMoments | None = None  # BN layers: stats of their inputs
