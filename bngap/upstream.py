@@ -10,9 +10,10 @@ holding the inference pass's outputs through the training pass would double
 the peak memory. What is held is only the frontier of a cut: the inference
 outputs made before the cut and used at or after it (the first layer's
 input, a skip connection, the input of a nested model the cut is in),
-followed by the data flow recorded in the inference pass. The other calls before the cut hand back one-sample
-stand-ins that only other skipped calls receive; a computed layer given one
-ends the attempt, and the pass runs again whole.
+followed by the data flow recorded in the inference pass. The other calls
+before the cut hand back one-sample stand-ins that only other skipped calls
+receive; a computed layer given one ends the attempt, and the pass runs
+again whole.
 
 Only models made of Keras' own layers take part (their inference mode is
 deterministic), whose inference pass gave no layer training=True, no mask,
