@@ -315,7 +315,7 @@ def main() -> None:
         default=None,
         help="check variants, comma-separated effects settings, each optionally with :always or "
         ":never to compile the passes always or never (default: auto,0; on TensorFlow the "
-        "default compiles them from the fourth batch, see bngap/compiled.py)",
+        "default compiles them from 8 batches, see bngap/compiled.py)",
     )
     p.add_argument(
         "--quick", action="store_true", help="both models at 64x64, one repeat: a smoke run"

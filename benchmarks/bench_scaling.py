@@ -137,7 +137,7 @@ def main() -> None:
     p.add_argument(
         "--passes",
         default="auto",
-        help="auto (compiled from the fourth batch on TensorFlow), eager, or both as "
+        help="auto (compiled from 8 batches on TensorFlow), eager, or both as "
         "'auto,eager' side by side (default: %(default)s)",
     )
     p.add_argument("--json", help="write the results to this file")

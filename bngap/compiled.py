@@ -74,8 +74,14 @@ def available(model) -> bool:
 # layer call (ResNet50: 2.4 s; DenseNet121: 4.8 s, on 2 cores); the graph then
 # runs a batch's two passes in 40 to 60% less time than eagerly (ResNet50 at
 # 224x224: 2.5 against 4.0 s; DenseNet121 at 128x128: 0.86 against 2.1 s).
-# That pays off from about the fourth batch; a graph made once is reused.
-COMPILE_FROM_BATCHES = 4
+# The eager masked passes reuse the inference pass (upstream.py) and the
+# compiled ones do not, so a compiled batch saves less: measured on the first
+# check in a fresh process, compiling every batch lost at 4 batches (ResNet50
+# 23.2/20.8 against 20.1/21.1 s eager; DenseNet121 14.1 against 11.7 s) and
+# at 6 (DenseNet121 17.4 against 15.9 s), and won from 8 on DenseNet121 (19.2
+# against 20.4 s; 10 batches: 22.5 against 24.4 s), while on ResNet50 it was
+# even (8 batches: 36.2 against 34.6 s). A graph made once is reused.
+COMPILE_FROM_BATCHES = 8
 
 
 def for_check(model, nodes, batches: int) -> CompiledPasses | None:

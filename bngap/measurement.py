@@ -148,7 +148,7 @@ def measure(
 
     `compile_passes`: on TensorFlow, each batch's inference and training
     passes run as one compiled graph, as fit() runs its train_step, where
-    that pays off (from the fourth batch, or a graph made before: see
+    that pays off (8 batches or more, or a graph made before: see
     `compiled.py`); False runs them eagerly.
 
     `devices` (names from `backend.device_names`): batch b runs on device

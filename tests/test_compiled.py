@@ -181,10 +181,12 @@ def test_fix_after_compiled_checks_measures_the_new_statistics(keras, zoo, monke
     must read them, not statistics baked in when it was traced."""
     import bngap
 
+    monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
     model, x, _ = zoo.get("under_trained")
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     before = check(clone, x, options=OPTIONS).output_gap.relative_l2  # traced, old statistics
+    assert _graphs(clone, keras)
     result = bngap.fix(clone, x, batch_size=16)  # in place, measured through the same graph
     assert result.before.relative_l2 == pytest.approx(before, rel=1e-5)
     monkeypatch.setattr(compiled, "available", lambda m: False)
