@@ -122,8 +122,18 @@ def child(args) -> dict:
         out["predict_warm"] = clock(lambda: model.predict(x[:4], verbose=0))
     else:
         from bngap.pipeline import CheckOptions, check
+        from bngap.probe import Probe
 
         spent = _timers()
+        reuse = {"reused": 0, "rerun": 0}
+        exit_probe = Probe.__exit__
+
+        def counted_exit(self, *exc):  # what the masked passes took from the inference pass
+            reuse["reused"] += self.reused
+            reuse["rerun"] += self.rerun
+            return exit_probe(self, *exc)
+
+        Probe.__exit__ = counted_exit  # type: ignore[method-assign]
         for run in ("cold", "warm"):
             spent.clear()
             t = time.perf_counter()
@@ -131,6 +141,7 @@ def child(args) -> dict:
             out[f"check_{run}"] = time.perf_counter() - t
             out[f"stages_{run}"] = {k: list(v) for k, v in spent.items()}
         out["effects_computed"] = sum(1 for r in report.layers if r.output_effect is not None)
+        out["reuse"] = dict(reuse)  # over the cold and the warm check
         t = time.perf_counter()
         check(model, x, options=CheckOptions(batch_size=args.batch, effects=0))
         out["check_effects0_warm"] = time.perf_counter() - t
@@ -197,6 +208,10 @@ def main() -> None:
         f"= {chk['check_cold'] / floor_cold:.2f}x the cold floor; warm {chk['check_warm']:.2f} s "
         f"= {chk['check_warm'] / floor_warm:.2f}x the warm floor; --effects 0 warm "
         f"{chk['check_effects0_warm']:.2f} s = {chk['check_effects0_warm'] / floor_warm:.2f}x"
+    )
+    print(
+        f"masked passes (cold + warm check): {chk['reuse']['reused']} layer calls taken from "
+        f"the inference pass, {chk['reuse']['rerun']} pass(es) run again whole"
     )
     print(
         f"peak RSS: plain {plain['peak_rss_mb']:.0f} MB, check {chk['peak_rss_mb']:.0f} MB "
