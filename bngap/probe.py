@@ -165,8 +165,9 @@ class Probe(PathPasses, MaskedPasses):
 
     def _inference_inputs(self, xs):
         """`xs` packed as backend tensors, once per batch for its
-        inference-mode passes: a masked pass then gets the very tensors the
-        inference pass got, and can tell by identity what it may reuse."""
+        inference-mode passes: the inference pass's data flow starts from
+        these very tensors (`upstream` follows it by identity), and a masked
+        pass that hands a model input on gets them too."""
         held = self._held_inputs
         if held is not None and held[0] is xs:
             return held[1]
@@ -183,7 +184,7 @@ class Probe(PathPasses, MaskedPasses):
         self._eval_store.clear()
         self._held_inputs = None
         self.upstream.reset()
-        if self._cuts_asked:
+        if self._adopted:  # a training pass ran, the plan is made: these cuts (maybe none)
             self.upstream.wanted = set(self._cuts_asked)
         self._cuts_asked = set()
 
@@ -334,7 +335,7 @@ class Probe(PathPasses, MaskedPasses):
             up.reached((node.index, k))
             ref = frontier = None
             if own and node.mode_dependent and kwargs.get("training"):
-                frontier = up.frontier_now()
+                frontier = up.frontier_now() if up.wants((node.index, k)) else None
                 ref = self._eval_same_input(node, original, args, kwargs)
             out = self._run(node, original, args, kwargs)
             if node.mode_dependent and own:

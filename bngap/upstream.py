@@ -187,8 +187,8 @@ class Upstream:
         """The training pass finished this call: its inference output, popped
         from the store, is held while a later call uses it (making room by
         letting go of the weakest cuts kept so far)."""
-        if not self.usable or stored is None or key not in self.calls:
-            return
+        if not self.usable or stored is None or key not in self.calls or self.wanted == set():
+            return  # nothing to hold for: no masked pass asked for a cut
         last = self._last_use.get(key, -1)
         if last <= self.calls[key].start:
             return
@@ -227,6 +227,10 @@ class Upstream:
     def choosing(self) -> bool:
         """Cuts are chosen as the pass goes (first batch), not asked for."""
         return self.usable and self.wanted is None
+
+    def wants(self, key: Key) -> bool:
+        """A cut at this call may be kept: chosen as the pass goes, or asked for."""
+        return self.usable and key[1] == 0 and (self.wanted is None or key in self.wanted)
 
     def keep(self, key: Key, frontier: dict[int, Any] | None) -> bool:
         """Keeps the frontier of a cut at `key`, within the memory budget."""

@@ -1,6 +1,8 @@
-"""The masked passes' reuse of the inference pass (bngap/upstream.py) on
-model shapes tests/test_probe.py does not cover: every number of a report is
-the one the masked passes give computing everything. Where the data flow
+"""The masked passes' reuse of the inference pass (bngap/upstream.py,
+bngap/maskedpasses.py): every number of a report is the one the masked
+passes give computing everything, on the zoo, on other model shapes and on
+every backend; the frontier held is what crosses the cut; a stand-in that
+reaches a computed layer makes the pass run again whole. Where the data flow
 leaves the layers (an op on a model's or a nested model's outputs, a merge
 inside a wrapper), nothing is reused; a model input handed on by a layer
 and the input of a nested model are reused, never replaced by a stand-in."""
@@ -54,6 +56,120 @@ def _two_bn(keras, h, name=""):
     L = keras.layers
     h = L.BatchNormalization(name=f"bn1{name}")(L.Dense(6, name=f"d1{name}")(h))
     return L.BatchNormalization(name=f"bn2{name}")(L.Dense(6, name=f"d2{name}")(h))
+
+
+def _per_pass(monkeypatch) -> list:
+    """Each masked pass's layer calls taken from the inference pass; -1 for
+    a pass that ran again whole."""
+    from bngap.probe import Probe
+
+    seen: list = []
+    original = Probe.masked_pass
+
+    def spy(self, *args, **kwargs):
+        before, rerun = self.reused, self.rerun
+        out = original(self, *args, **kwargs)
+        seen.append(-1 if self.rerun > rerun else self.reused - before)
+        return out
+
+    monkeypatch.setattr(Probe, "masked_pass", spy)
+    return seen
+
+
+def _report(model, x, y=None) -> dict:
+    opts = CheckOptions(batch_size=16, probe_preprocessing=False, effects=None)
+    d = check(model, x, y, options=opts).to_dict()
+    d.pop("seconds", None)
+    return d
+
+
+def _residual(keras):
+    """Conv-BN blocks with skip connections and a dropout head: a cut's
+    frontier holds a block's input and its shortcut."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, padding="same", name="stem")(inp)
+    for i in range(3):
+        y = L.Conv2D(6, 3, padding="same", name=f"c{i}")(x)
+        y = L.BatchNormalization(name=f"bn{i}")(y)
+        x = L.Add(name=f"add{i}")([L.ReLU(name=f"relu{i}")(y), x])
+    x = L.Dropout(0.3, name="drop")(L.GlobalAveragePooling2D()(x))
+    return keras.Model(inp, L.Dense(3, activation="softmax", name="out")(x))
+
+
+@pytest.mark.parametrize(
+    "name", ["residual", "under_trained", "nested", "mode_leak", "dropout_only", "augmentation"]
+)
+def test_masked_passes_reuse_the_inference_pass_with_the_same_numbers(
+    keras, zoo, monkeypatch, name
+):
+    """Upstream of the first layer in training mode, a masked pass takes the
+    inference pass's outputs instead of computing them again, on the first
+    batch and the later ones (3 batches), with the same report."""
+    if name == "residual":
+        model, x, y = _residual(keras), _x(8, 8, 3, n=48), None
+    else:
+        model, x, y = zoo.get(name)
+    masked = _per_pass(monkeypatch)
+    _same_report(monkeypatch, model, x, y)
+    took = masked[: len(masked) // 2]
+    assert all(t >= 0 for t in took)  # none ran again whole
+    if name in ("residual", "under_trained", "nested"):  # a layer before the first BN
+        assert took and max(took) > 0
+        per_batch = len(took) // 3
+        assert max(took[per_batch:]) > 0  # later batches: the cuts asked for before
+    if name == "mode_leak":  # a layer ran in training mode in the inference pass
+        assert max(took) == 0
+
+
+def test_a_stand_in_reaching_a_computed_layer_runs_the_pass_whole(keras, monkeypatch):
+    """With the frontier lost, the first computed layer gets a stand-in: the
+    attempt ends and the masked pass runs again whole, same numbers."""
+    from bngap.upstream import Upstream
+
+    model, x = _residual(keras), _x(8, 8, 3, n=16)
+    monkeypatch.setattr(compiled, "available", lambda m: False)
+    expected = _report(model, x)
+    real = Upstream.frontier_now
+    monkeypatch.setattr(Upstream, "frontier_now", lambda self: {} if real(self) else None)
+    stands: list = []
+    made = Upstream.stand_in
+
+    def spy(self, cut, key):
+        out = made(self, cut, key)
+        stands.append(len(cut.stand_ins))
+        return out
+
+    monkeypatch.setattr(Upstream, "stand_in", spy)
+    passes = _per_pass(monkeypatch)
+    assert _report(model, x) == expected
+    assert stands and max(stands) > 0
+    assert -1 in passes
+
+
+def test_the_frontier_is_what_crosses_the_cut(keras, monkeypatch):
+    """Held for a BN's cut: its conv's output (the BN's input) and the block's
+    input (the shortcut around it); for the dropout's, the pooled features:
+    nothing else of the inference pass. Kept on the first batch: the
+    dropout's (the second group's first layer) and the BN layers with the
+    largest own contributions."""
+    from bngap.probe import Probe
+
+    model, x = _residual(keras), _x(8, 8, 3, n=16)
+    monkeypatch.setattr(compiled, "available", lambda m: False)
+    frontiers: dict = {}
+    original = Probe.masked_pass
+
+    def spy(self, xs, b, active):
+        names = {n.index: n.path for n in self.nodes}
+        for key, fr in self.upstream._frontiers.items():
+            frontiers[names[key[0]]] = sorted(tuple(t.shape) for t in fr.values())
+        return original(self, xs, b, active)
+
+    monkeypatch.setattr(Probe, "masked_pass", spy)
+    _report(model, x)
+    assert frontiers.pop("drop") == [(16, 6)]
+    assert frontiers and all(f == [(16, 8, 8, 6), (16, 8, 8, 6)] for f in frontiers.values())
 
 
 @pytest.mark.parametrize("where", ["model", "nested model", "Bidirectional"])
@@ -249,3 +365,28 @@ def test_reuse_gives_the_same_report_on_every_backend(backend):
     assert "error" not in r, r.get("error")
     assert r["backend"] == backend
     assert r["same"] and r["reused"] > 0 and r["rerun"] == 0
+
+
+def test_without_masked_passes_later_batches_hold_nothing(keras, zoo, monkeypatch):
+    """No masked pass asked for a cut on the first batch (BN only, effects
+    0): later batches neither read own contributions nor hold frontiers."""
+    from bngap.upstream import Upstream
+
+    model, x, y = zoo.get("under_trained")  # two BN layers, 4 batches of 16
+    monkeypatch.setattr(compiled, "available", lambda m: False)
+    calls = {"frontier_now": 0, "held": 0}
+    frontier_now, passed = Upstream.frontier_now, Upstream.passed
+
+    def counted_frontier(self):
+        calls["frontier_now"] += 1
+        return frontier_now(self)
+
+    def counted_passed(self, key, stored):
+        passed(self, key, stored)
+        calls["held"] = max(calls["held"], len(self._live)) if self.wanted == set() else 0
+
+    monkeypatch.setattr(Upstream, "frontier_now", counted_frontier)
+    monkeypatch.setattr(Upstream, "passed", counted_passed)
+    opts = CheckOptions(batch_size=16, probe_preprocessing=False, effects=0)
+    check(model, x, y, options=opts)
+    assert calls == {"frontier_now": 2, "held": 0}  # bn1 and bn2, first batch only
