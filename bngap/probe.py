@@ -14,6 +14,7 @@ snapshotted first and restored after each pass and in `finally`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,7 @@ from .maskedpasses import MaskedPasses
 from .reductions import (
     Due,
     NonFinite,
+    bn_own_total,
     channel_moment_tensors,
     channel_moments,
     finite_pair_sums,
@@ -72,7 +74,8 @@ class Probe(PathPasses, MaskedPasses):
         self._stack: list[LayerNode] = []
         self._failed_at: LayerNode | None = None
         self._eval_store: dict = {}
-        self._installed: list[tuple[Any, Any]] = []
+        self._installed: list[tuple[Any, str, Any]] = []  # (layer, attribute, what it had)
+        self._moments_got: tuple[Any, Any] | None = None  # a BN call's batch (mean, variance)
         self._order_counter = 0
         self._active: set[int] = set()
         self._seq = 0
@@ -91,26 +94,44 @@ class Probe(PathPasses, MaskedPasses):
         self.reused = 0  # layer calls masked passes took from the inference pass
         self.rerun = 0  # masked passes that left the inference pass's data flow and ran again
         self.compiled: Any = None  # compiled.CompiledPasses, when the backend compiles
+        self._thread = threading.get_ident()  # the passes' own
 
     # ---------------------------------------------------------------- set-up
     def __enter__(self):
         self.guard = StateGuard(self.model, [n.layer for n in self.nodes])
         self._bn = BatchNormState(self.nodes, self.guard, self.ops)
         self._seed_vars = backend.seed_variables(self.model, self.guard)
+        self._thread = threading.get_ident()
         for node in self.nodes:
-            layer = node.layer
-            previous = layer.__dict__.get("call", _MISSING)
-            original = layer.call
-            object.__setattr__(layer, "call", self._make_wrapper(node, original))
-            self._installed.append((layer, previous))
+            self._install(node.layer, "call", self._make_wrapper(node, node.layer.call))
+            if closed_form_ok(node, self.keras):
+                self._install(node.layer, "_moments", self._moments_catcher(node.layer._moments))
         return self
 
+    def _install(self, layer, attr: str, value) -> None:
+        """Sets an instance attribute over the class's method (Keras looks
+        both up on the instance), remembering what to put back."""
+        self._installed.append((layer, attr, layer.__dict__.get(attr, _MISSING)))
+        object.__setattr__(layer, attr, value)
+
+    def _moments_catcher(self, original):
+        """A BN layer's `_moments`, keeping the batch moments it computes
+        for `reductions.bn_own_total`."""
+
+        def moments(inputs, mask):
+            got = original(inputs, mask)
+            if mask is None and threading.get_ident() == self._thread:
+                self._moments_got = got
+            return got
+
+        return moments
+
     def __exit__(self, *exc):
-        for layer, previous in reversed(self._installed):
+        for layer, attr, previous in reversed(self._installed):
             if previous is _MISSING:
-                layer.__dict__.pop("call", None)
+                layer.__dict__.pop(attr, None)
             else:
-                object.__setattr__(layer, "call", previous)
+                object.__setattr__(layer, attr, previous)
         self._installed.clear()
         self.end_batch()
         if self.guard is not None:
@@ -334,12 +355,20 @@ class Probe(PathPasses, MaskedPasses):
             up = self.upstream
             up.reached((node.index, k))
             ref = frontier = None
-            if own and node.mode_dependent and kwargs.get("training"):
+            training = own and node.mode_dependent and kwargs.get("training")
+            closed = training and self._closed_form_now(node, args, kwargs)
+            if training:
                 frontier = up.frontier_now() if up.wants((node.index, k)) else None
-                ref = self._eval_same_input(node, original, args, kwargs)
+                if not closed:
+                    ref = self._eval_same_input(node, original, args, kwargs)
+            self._moments_got = None
             out = self._run(node, original, args, kwargs)
             if node.mode_dependent and own:
-                if ref is None:  # ran in inference mode: same input, same output
+                if closed:
+                    total = self._own_closed_form(node, args, kwargs, out)
+                    self._emit(Due(Due.OWN, node.index), total)
+                    self._offer_cut(node, k, total, frontier)
+                elif ref is None:  # ran in inference mode: same input, same output
                     self._own_squares(node, out)
                 else:
                     total = self._compare(Due(Due.OWN, node.index), out, ref)
@@ -354,6 +383,29 @@ class Probe(PathPasses, MaskedPasses):
             return out
 
         return handler
+
+    def _closed_form_now(self, node: LayerNode, args, kwargs) -> bool:
+        """Whether this training-mode call's own contribution comes from
+        `reductions.bn_own_total`: a plain float32 BN layer (`closed_form_ok`),
+        no mask, and a pass whose sums are deferred (a non-finite batch is
+        measured again by running the layer in both modes, entry by entry)."""
+        if self._sink is None or kwargs.get("mask") is not None:
+            return False
+        if not closed_form_ok(node, self.keras):
+            return False
+        x = args[0] if args else kwargs.get("inputs")
+        return "float32" in str(getattr(x, "dtype", ""))
+
+    def _own_closed_form(self, node: LayerNode, args, kwargs, out):
+        """[||t - r||^2, ||r||^2] of a BN call in training mode, from the batch
+        moments it computed; a layer that computed none (not trainable: it
+        normalized with its moving statistics) gave r itself."""
+        got, self._moments_got = self._moments_got, None
+        if got is None:
+            sq = squares_total(self.keras, out)
+            return self.ops.stack([sq * 0.0, sq])
+        x = args[0] if args else kwargs.get("inputs")
+        return bn_own_total(self.ops, node.layer, x, *got)
 
     def _own_squares(self, node: LayerNode, out) -> None:
         total = squares_total(self.keras, out)
@@ -428,6 +480,22 @@ class Probe(PathPasses, MaskedPasses):
 
 
 _MISSING = object()
+
+
+def closed_form_ok(node: LayerNode, keras) -> bool:
+    """A layer whose own contribution `reductions.bn_own_total` gives
+    exactly: Keras' own BatchNormalization (not a subclass, whose call may
+    differ) computing in float32, without renorm (its output is not the
+    plain affine map of the batch moments) or synchronized moments."""
+    layer = node.layer
+    return (
+        node.kind is Kind.BATCHNORM
+        and type(layer) is keras.layers.BatchNormalization
+        and not getattr(layer, "renorm", False)
+        and not getattr(layer, "synchronized", False)
+        and getattr(layer, "compute_dtype", None) == "float32"
+        and callable(getattr(layer, "_moments", None))
+    )
 
 
 __all__ = ["Probe", "StateGuard", "NodeStats"]

@@ -305,7 +305,83 @@ def upstream_reuse() -> dict:
     return {"backend": keras.backend.backend(), "same": reports[0] == reports[1], **counts}
 
 
+def degenerate_bn_model(keras):
+    """BN layers of every shape the closed form handles, fed degenerate
+    channels: conv channel 0 constant, 1 a huge mean with a tiny spread,
+    2 all zeros; BN without scale and center, BN along axis 1, BN of a
+    Dense output, and a frozen BN (trainable=False: inference mode even in
+    fit()). Moving statistics are set away from the data's."""
+    L = keras.layers
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((6, 6, 3))
+    conv = L.Conv2D(6, 3, padding="same", name="conv")
+    h = L.ReLU()(L.BatchNormalization(name="bn1")(conv(inp)))
+    h = L.BatchNormalization(scale=False, center=False, name="bn2")(L.Conv2D(5, 1)(h))
+    h = L.BatchNormalization(axis=1, name="bn3")(L.Reshape((36, 5))(h))
+    h = L.BatchNormalization(name="bn4")(L.Dense(8)(L.Flatten()(h)))
+    frozen = L.BatchNormalization(name="frozen")
+    frozen.trainable = False
+    model = keras.Model(inp, L.Dense(3)(frozen(h)))
+    k, b = (np.array(w) for w in conv.get_weights())
+    k[..., 0], b[0] = 0.0, 5.0
+    k[..., 1], b[1] = k[..., 1] * 1e-4, 1000.0
+    k[..., 2], b[2] = 0.0, 0.0
+    conv.set_weights([k, b])
+    rng = np.random.default_rng(4)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 2, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.2, 3, n).astype("float32"))
+            if layer.scale:
+                layer.gamma.assign(rng.uniform(0.5, 2, n).astype("float32"))
+                layer.beta.assign(rng.normal(0, 1, n).astype("float32"))
+    x = np.random.default_rng(6).normal(0.5, 1.5, (40, 6, 6, 3)).astype("float32")
+    return model, x
+
+
+def bn_closed_form():
+    """Every BN layer's own contribution in closed form and by running the
+    layer in both modes, and how often the closed form was used."""
+    from bngap import probe as probe_module
+    from bngap.backend import import_keras
+    from bngap.pipeline import CheckOptions, check
+
+    keras = import_keras()
+    model, x = degenerate_bn_model(keras)
+    options = CheckOptions(batch_size=16, probe_preprocessing=False, effects=None)
+    ok, total = probe_module.closed_form_ok, probe_module.bn_own_total
+    used = [0]
+
+    def counted(*args):
+        used[0] += 1
+        return total(*args)
+
+    got = {}
+    try:  # put back: on the test process's own backend this runs in the test process
+        probe_module.bn_own_total = counted
+        for closed in (True, False):
+            if not closed:
+                probe_module.closed_form_ok = lambda node, keras: False
+            d = check(model, x, options=options).to_dict()
+            got[str(closed)] = {
+                r["path"]: r["own_contribution"]
+                for r in d["layers"]
+                if "bn" in r["path"] or r["path"] == "frozen"
+            }
+            d.pop("seconds", None)
+    finally:
+        probe_module.closed_form_ok, probe_module.bn_own_total = ok, total
+    return {
+        "backend": keras.backend.backend(),
+        "closed": got["True"],
+        "both_modes": got["False"],
+        "used": used[0],
+    }
+
+
 TASKS = {
+    "bn_closed_form": bn_closed_form,
     "upstream_reuse": upstream_reuse,
     "gap_monitor": gap_monitor,
     "gap_monitor_devices": gap_monitor_devices,

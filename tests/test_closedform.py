@@ -1,0 +1,117 @@
+"""A plain BN layer's own contribution in closed form (`reductions.bn_own_total`,
+from the batch moments the layer computed) against running the layer in both
+modes and comparing the outputs, and against numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from backend_child import BACKENDS, degenerate_bn_model, spawn
+
+from bngap import compiled
+from bngap import probe as probe_module
+from bngap.layertree import LayerNode
+from bngap.pipeline import CheckOptions, check
+from bngap.vocabulary import Kind
+
+OPTIONS = CheckOptions(batch_size=16, probe_preprocessing=False, effects=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_closed_form_equals_both_modes_on_degenerate_channels(backend):
+    """Constant, all-zero and huge-mean channels, BN without scale and
+    center, along axis 1, of a Dense output, and frozen: the same own
+    contribution either way on every backend (PyTorch sums the spread
+    itself: its variance is E[x^2] - E[x]^2)."""
+    got = spawn({backend: (backend, "bn_closed_form")}, timeout=300)
+    if backend not in got:
+        pytest.skip(f"{backend} is not installed")
+    r = got[backend]
+    assert "error" not in r, r.get("error")
+    assert r["backend"] == backend
+    assert r["used"] == 4 * 3  # every trainable BN layer, every batch (40 samples by 16)
+    assert r["closed"]["frozen"] == r["both_modes"]["frozen"] == 0.0
+    for path, want in r["both_modes"].items():
+        assert r["closed"][path] == pytest.approx(want, rel=1e-5), path
+
+
+def _own(model, x, monkeypatch=None, closed=True) -> dict:
+    if not closed:
+        monkeypatch.setattr(probe_module, "closed_form_ok", lambda node, keras: False)
+    r = check(model, x, options=OPTIONS)
+    return {lay.path: lay.own_contribution for lay in r.layers if lay.kind == Kind.BATCHNORM}
+
+
+def test_closed_form_in_the_compiled_passes(keras, monkeypatch):
+    """The same formula inside the traced graph (batch size unknown there)."""
+    model, x = degenerate_bn_model(keras)
+    eager = _own(model, x)
+    monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
+    traced = _own(model, x)
+    assert traced.keys() == eager.keys()
+    for path, want in eager.items():
+        assert traced[path] == pytest.approx(want, rel=1e-5), path
+
+
+def test_closed_form_matches_numpy(keras):
+    """Independently: each BN layer's input in the training pass from a
+    sub-model called in training mode (the moving statistics it moves are
+    upstream ones, already read), both modes in float64 numpy, summed over
+    the batches of 16."""
+    model, x = degenerate_bn_model(keras)
+    got = _own(model, x)
+    for path in ("bn1", "bn3", "bn4"):
+        bn = model.get_layer(path)
+        feed = keras.Model(model.input, bn.input)
+        gamma, beta = (np.asarray(v.numpy(), np.float64) for v in (bn.gamma, bn.beta))
+        m, v = (np.asarray(t.numpy(), np.float64) for t in (bn.moving_mean, bn.moving_variance))
+        sq_d = sq_r = 0.0
+        for i in range(0, len(x), 16):
+            h = np.asarray(feed(x[i : i + 16], training=True), np.float64)
+            h = np.moveaxis(h, bn.axis, -1)
+            h = h.reshape(-1, h.shape[-1])
+            t = gamma * (h - h.mean(0)) / np.sqrt(h.var(0) + bn.epsilon) + beta
+            r = gamma * (h - m) / np.sqrt(v + bn.epsilon) + beta
+            sq_d += float(((t - r) ** 2).sum())
+            sq_r += float((r**2).sum())
+        assert got[path] == pytest.approx(np.sqrt(sq_d / sq_r), rel=1e-4), path
+
+
+def _node(layer) -> LayerNode:
+    return LayerNode(layer.name, layer, 0, Kind.BATCHNORM, True, takes_training=True)
+
+
+def test_closed_form_only_for_plain_float32_batchnorm(keras):
+    """A subclass (its call may differ), renorm (its output is not the plain
+    affine map of the batch moments), synchronized moments and a float16
+    compute dtype run the layer in both modes instead."""
+    L = keras.layers
+
+    class MyBN(L.BatchNormalization):
+        pass
+
+    assert probe_module.closed_form_ok(_node(L.BatchNormalization()), keras)
+    for layer in (
+        MyBN(),
+        L.BatchNormalization(renorm=True),
+        L.BatchNormalization(synchronized=True),
+        L.BatchNormalization(dtype="mixed_float16"),
+    ):
+        assert not probe_module.closed_form_ok(_node(layer), keras), layer
+
+
+def test_masked_batchnorm_runs_both_modes(keras, monkeypatch):
+    """A mask weights the batch moments, so the layer is run in both modes
+    (and the result is the same as with the closed form turned off)."""
+    L = keras.layers
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((7,))
+    h = L.BatchNormalization(name="bn")(L.Embedding(20, 4, mask_zero=True)(inp))
+    model = keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(h)))
+    x = np.random.default_rng(2).integers(0, 20, (32, 7)).astype("int32")
+    used = []
+    total = probe_module.bn_own_total
+    monkeypatch.setattr(probe_module, "bn_own_total", lambda *a: used.append(1) or total(*a))
+    with_closed = _own(model, x)
+    assert not used and with_closed["bn"] > 0
+    assert _own(model, x, monkeypatch, closed=False) == with_closed
