@@ -129,6 +129,10 @@ def child(args) -> dict:
             compiled.COMPILE_FROM_BATCHES = 1
         elif policy == "never":
             compiled.available = lambda model: False
+        elif policy == "serial":  # predict() after the passes, not on a thread beside them
+            from bngap import inferencepaths
+
+            inferencepaths._ahead_safe = lambda *a: False
         spent: dict = _stage_timers() if args.breakdown else {}
         for run in ("cold", "warm"):
             spent.clear()
@@ -234,7 +238,9 @@ def run_case(model: str, size: int, batch: int, repeats: int, effects_list: list
         peak = _median([r["peak_rss_mb"] for r in rs])
         rows.append(
             {
-                "variant": f"check --effects {eff}".replace(":", ", compile "),
+                "variant": f"check --effects {eff}".replace(":serial", ", predict last").replace(
+                    ":", ", compile "
+                ),
                 "cold": _median([r["cold"] for r in rs]),
                 "warm": _median([r["warm"] for r in rs]),
                 "cold_ratio": _median(cold_ratios),
@@ -315,7 +321,8 @@ def main() -> None:
         default=None,
         help="check variants, comma-separated effects settings, each optionally with :always or "
         ":never to compile the passes always or never (default: auto,0; on TensorFlow the "
-        "default compiles them from 8 batches, see bngap/compiled.py)",
+        "default compiles them from 8 batches, see bngap/compiled.py), or :serial to run "
+        "predict() after the passes instead of beside the first one",
     )
     p.add_argument(
         "--quick", action="store_true", help="both models at 64x64, one repeat: a smoke run"

@@ -4,6 +4,7 @@ no `training` flag, and Keras' own predict()."""
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 from . import backend
@@ -22,8 +23,12 @@ _PREDICT_CACHE = "_bngap_predict_function"
 class PathPasses:
     """The probe's passes for the inference paths (mixed into `Probe`)."""
 
+    _ahead: tuple[Any, threading.Thread | None, dict] | None = None  # predict() on its thread
+
     if TYPE_CHECKING:  # what `Probe` provides
         model: Any
+        nodes: list[LayerNode]
+        keras: Any
         _bypass: int
         _handler: Any
 
@@ -60,28 +65,104 @@ class PathPasses:
         out = self._call_model(xs, "inference", self._h_observe(seen), **call_kwargs)
         return out, seen
 
+    def predict_ahead(self, xs) -> None:
+        """Starts predict(xs) on a thread of its own, where that is safe
+        (`_ahead_safe`), so that its first trace and compilation (a second
+        or more on a big model) overlap the first batch's inference pass,
+        which writes no variable. `await_predict` joins it before any pass
+        that may; `predict(xs)` then hands back what it got. Not when the
+        function is made already: the two threads taking turns at the
+        interpreter cost the inference pass more than a made predict() costs."""
+        if self._ahead is not None or not _ahead_safe(self.model, self.nodes, self.keras):
+            return
+        if _predict_made(self.model):
+            return
+        box: dict = {}
+
+        def run():
+            try:
+                box["out"] = self._predict_kept_aside(xs)
+            except Exception:  # run again, alone, on the main thread: its error is the one told
+                box.clear()
+
+        thread = threading.Thread(target=run, name="bngap-predict", daemon=True)
+        self._ahead = (xs, thread, box)
+        thread.start()
+
+    def await_predict(self) -> None:
+        """Waits for a predict() started ahead; the model's state is put back after it."""
+        ahead = self._ahead
+        if ahead is None or ahead[1] is None:
+            return
+        ahead[1].join()
+        self._ahead = (ahead[0], None, ahead[2])
+        self._guard().restore()
+
     def predict(self, xs):
-        """model.predict() with the wrappers out of the way. The compiled
-        predict function Keras makes is not left in `model.predict_function`
-        (the user's model keeps what it had), but kept aside on the model, so
-        that the next check of the same model does not trace it again."""
+        """model.predict() with the wrappers out of the way (or what the
+        one started ahead on these very samples got)."""
+        ahead = self._ahead
+        if ahead is not None and ahead[0] is xs:
+            self.await_predict()
+            self._ahead = None
+            if "out" in ahead[2]:
+                return ahead[2]["out"]
+        self._handler = None
+        self._bypass += 1
+        try:
+            return self._predict_kept_aside(xs)
+        finally:
+            self._bypass -= 1
+            self._guard().restore()
+
+    def _predict_kept_aside(self, xs):
+        """model.predict(). The compiled predict function Keras makes is not
+        left in `model.predict_function` (the user's model keeps what it
+        had), but kept aside on the model, so that the next check of the
+        same model does not trace it again."""
         model = self.model
         previous = getattr(model, "predict_function", None)
         key = _predict_key(model)
         cached = model.__dict__.get(_PREDICT_CACHE)
-        if previous is None and cached is not None and cached[0] == key:
+        if previous is None and _predict_made(model):
             model.predict_function = cached[1]
-        self._handler = None
-        self._bypass += 1
         try:
             return model.predict(self._pack(xs), batch_size=max(1, len(xs[0])), verbose=0)
         finally:
-            self._bypass -= 1
             made = getattr(model, "predict_function", None)
             if previous is None and made is not None:
                 object.__setattr__(model, _PREDICT_CACHE, (key, made))  # untracked by Keras
             model.predict_function = previous
-            self._guard().restore()
+
+
+def _ahead_safe(model, nodes: list[LayerNode], keras) -> bool:
+    """Whether predict() may run beside an inference pass: on TensorFlow
+    (JAX's predict() empties every variable while it runs, to hand their
+    values to the compiled step; PyTorch's compiles nothing), for a Functional or Sequential
+    model of Keras' own layers, none of which runs user code. Such a model
+    draws no random numbers and writes no variable in inference mode, so
+    the two cannot disturb each other; a layer called with training=True
+    regardless (a leak) computes its output from the batch in both, and the
+    statistics it writes are put back after the join as after every pass."""
+    from keras.src.models.functional import Functional
+
+    if keras.backend.backend() != "tensorflow":
+        return False
+    if not isinstance(model, (Functional, keras.Sequential)):
+        return False
+    return all(
+        type(nd.layer).__module__.startswith("keras.")
+        and type(nd.layer).__name__ not in _PASS_TRAINING_ON
+        for nd in nodes
+    )
+
+
+def _predict_made(model) -> bool:
+    """Whether predict() would find its traced function made already."""
+    if getattr(model, "predict_function", None) is not None:
+        return True
+    cached = model.__dict__.get(_PREDICT_CACHE)
+    return cached is not None and cached[0] == _predict_key(model)
 
 
 def _predict_key(model) -> tuple:

@@ -167,6 +167,9 @@ def measure(
     with Probe(model, nodes, keras, seed=seed, pack=pack) as probe:
         if compile_passes:
             probe.compiled = compiled.for_check(model, nodes, batches)
+        subset = dataset.subset(min(LEAK_SAMPLES, n)) if leak_checks else None
+        if subset is not None and probe.compiled is None:
+            probe.predict_ahead(subset.x)  # beside the first inference pass
         sweep.stats = probe.stats
         for b, (xs, y) in enumerate(dataset.batches(batch_size)):
             device = devs[b % len(devs)]
@@ -186,8 +189,7 @@ def measure(
             sweep.add_metrics(tr_raw, ev_raw, y)
         plan = sweep.finish()
         leaks = []
-        if leak_checks:
-            subset = dataset.subset(min(LEAK_SAMPLES, n))
+        if subset is not None:
             leaks = compare_inference_paths(probe, nodes, subset, keras, stats=probe.stats)
         bn_params = {nd.index: probe.bn_params(nd) for nd in nodes if nd.kind is Kind.BATCHNORM}
 

@@ -94,7 +94,7 @@ class Probe(PathPasses, MaskedPasses):
         self.reused = 0  # layer calls masked passes took from the inference pass
         self.rerun = 0  # masked passes that left the inference pass's data flow and ran again
         self.compiled: Any = None  # compiled.CompiledPasses, when the backend compiles
-        self._thread = threading.get_ident()  # the passes' own
+        self._thread = threading.get_ident()  # the passes' own; predict() may run on another
 
     # ---------------------------------------------------------------- set-up
     def __enter__(self):
@@ -127,6 +127,7 @@ class Probe(PathPasses, MaskedPasses):
         return moments
 
     def __exit__(self, *exc):
+        self.await_predict()
         for layer, attr, previous in reversed(self._installed):
             if previous is _MISSING:
                 layer.__dict__.pop(attr, None)
@@ -140,7 +141,7 @@ class Probe(PathPasses, MaskedPasses):
 
     def _make_wrapper(self, node: LayerNode, original):
         def wrapper(*args, **kwargs):
-            if self._handler is None or self._bypass:
+            if self._handler is None or self._bypass or threading.get_ident() != self._thread:
                 return original(*args, **kwargs)
             if not self._compiling and backend.tracing((args, kwargs)):
                 return original(*args, **kwargs)  # someone else's trace (predict, build)
@@ -436,6 +437,7 @@ class Probe(PathPasses, MaskedPasses):
         backend (`backend.call_as_fit`: training=True only when its call()
         takes it; stateless_call on JAX), comparing each layer's output with
         the stored inference output of the same batch."""
+        self.await_predict()  # the first pass that writes variables
         self._set_seeds(batch_index)
         try:
             return self._call_model(xs, "training", self._h_train(own), fit=True, defer=defer)

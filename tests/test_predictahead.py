@@ -1,0 +1,95 @@
+"""predict() started on a thread of its own beside the first inference pass
+(`PathPasses.predict_ahead`): the same report as predict() run last, the
+model left bit-identical, and run last where it is not safe or failed."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from bngap import inferencepaths
+from bngap.pipeline import CheckOptions, check
+
+OPTIONS = CheckOptions(batch_size=16, probe_preprocessing=False)
+
+
+def _leaky_model(keras):
+    """A Functional model of Keras layers whose second BN is called with
+    training=True at construction: predict() itself runs it in training mode
+    and writes its moving statistics, beside bngap's inference pass."""
+    L = keras.layers
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((6, 6, 3), name="x")  # named: two builds give the same report
+    h = L.ReLU(name="relu")(L.BatchNormalization(name="bn")(L.Conv2D(4, 3, name="c1")(inp)))
+    h = L.BatchNormalization(name="leaky")(L.Conv2D(4, 1, name="c2")(h), training=True)
+    out = L.Dense(3, name="head")(L.GlobalAveragePooling2D(name="pool")(h))
+    model = keras.Model(inp, out, name="leaky_model")
+    x = np.random.default_rng(7).normal(1, 2, (40, 6, 6, 3)).astype("float32")
+    return model, x
+
+
+def _threads(monkeypatch) -> list[int]:
+    """The threads predict() ran on."""
+    seen: list[int] = []
+    original = inferencepaths.PathPasses._predict_kept_aside
+
+    def recorded(self, xs):
+        seen.append(threading.get_ident())
+        return original(self, xs)
+
+    monkeypatch.setattr(inferencepaths.PathPasses, "_predict_kept_aside", recorded)
+    return seen
+
+
+def _report(model, x):
+    d = check(model, x, options=OPTIONS).to_dict()
+    d.pop("seconds", None)
+    return d
+
+
+def test_predict_ahead_gives_the_same_report_and_leaves_the_weights(keras, monkeypatch):
+    model, x = _leaky_model(keras)
+    before = [np.array(v) for v in model.variables]
+    seen = _threads(monkeypatch)
+    ahead = _report(model, x)
+    assert seen and seen[0] != threading.get_ident()  # it ran beside the passes
+    assert all(np.array_equal(np.array(v), b) for v, b in zip(model.variables, before))
+    seen.clear()
+    again = _report(model, x)  # predict() made already: run last, not beside
+    assert seen == [threading.get_ident()] and again == ahead
+    monkeypatch.setattr(inferencepaths, "_ahead_safe", lambda *a: False)
+    fresh, _ = _leaky_model(keras)  # the same weights, nothing traced
+    seen.clear()
+    assert _report(fresh, x) == ahead and seen == [threading.get_ident()]
+    assert all(np.array_equal(np.array(v), b) for v, b in zip(model.variables, before))
+
+
+def test_not_ahead_with_a_layer_of_the_user(keras, zoo, monkeypatch):
+    """A custom layer may draw random numbers or write state in inference
+    mode: predict() then runs after the passes, on the main thread."""
+    model, x, _ = zoo.get("mode_leak")
+    seen = _threads(monkeypatch)
+    check(model, x, options=OPTIONS)
+    assert seen == [threading.get_ident()]
+
+
+def test_a_failed_predict_ahead_runs_again_last(keras, monkeypatch):
+    """An error on the thread is not reported from there: predict() runs
+    again on the main thread, whose result (here: it works) is the one told."""
+    model, x = _leaky_model(keras)
+    original = inferencepaths.PathPasses._predict_kept_aside
+    calls: list[int] = []
+
+    def flaky(self, xs):
+        calls.append(threading.get_ident())
+        if len(calls) == 1:
+            raise RuntimeError("failed on the thread")
+        return original(self, xs)
+
+    monkeypatch.setattr(inferencepaths.PathPasses, "_predict_kept_aside", flaky)
+    r = check(model, x, options=OPTIONS)
+    assert len(calls) == 2 and calls[1] == threading.get_ident() != calls[0]
+    predict = next(c for c in r.leaks if c.path == "predict(x)")
+    assert not predict.skipped and predict.relative_l2 == pytest.approx(0.0, abs=1e-5)
