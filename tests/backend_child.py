@@ -23,6 +23,20 @@ BACKENDS = ("tensorflow", "jax", "torch")
 ROOT = Path(__file__).parent.parent
 
 
+def run_task(backend: str, task: str, timeout: int = 300) -> dict:
+    """One task's JSON on one backend, checked to have run there; the test
+    is skipped where that backend is not installed."""
+    import pytest
+
+    got = spawn({backend: (backend, task)}, timeout=timeout)
+    if backend not in got:
+        pytest.skip(f"{backend} is not installed")
+    r = got[backend]
+    assert "error" not in r, r.get("error")
+    assert r["backend"] == backend
+    return r
+
+
 def spawn(jobs: dict, timeout: int = 400) -> dict:
     """Starts every job {label: (backend, task, *args)} at once, each in a
     process of its own, and returns {label: its JSON, or {'error': stderr}}.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from backend_child import BACKENDS, degenerate_bn_model, spawn
+from backend_child import BACKENDS, degenerate_bn_model, run_task
 
 from bngap import compiled
 from bngap import probe as probe_module
@@ -23,12 +23,7 @@ def test_closed_form_equals_both_modes_on_degenerate_channels(backend):
     center, along axis 1, of a Dense output, and frozen: the same own
     contribution either way on every backend (PyTorch sums the spread
     itself: its variance is E[x^2] - E[x]^2)."""
-    got = spawn({backend: (backend, "bn_closed_form")}, timeout=300)
-    if backend not in got:
-        pytest.skip(f"{backend} is not installed")
-    r = got[backend]
-    assert "error" not in r, r.get("error")
-    assert r["backend"] == backend
+    r = run_task(backend, "bn_closed_form")
     assert r["used"] == 4 * 3  # every trainable BN layer, every batch (40 samples by 16)
     assert r["closed"]["frozen"] == r["both_modes"]["frozen"] == 0.0
     for path, want in r["both_modes"].items():

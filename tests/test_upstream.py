@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from backend_child import BACKENDS, spawn
+from backend_child import BACKENDS, run_task
 
 from bngap import compiled
 from bngap.pipeline import CheckOptions, check
@@ -358,12 +358,7 @@ def test_reuse_gives_the_same_report_on_every_backend(backend):
     """JAX and PyTorch run the same probe (JAX's training pass through
     stateless_call): the reuse skips calls there too and every number of the
     report is the one computing everything gives."""
-    got = spawn({backend: (backend, "upstream_reuse")}, timeout=300)
-    if backend not in got:
-        pytest.skip(f"{backend} is not installed")
-    r = got[backend]
-    assert "error" not in r, r.get("error")
-    assert r["backend"] == backend
+    r = run_task(backend, "upstream_reuse")
     assert r["same"] and r["reused"] > 0 and r["rerun"] == 0
 
 
