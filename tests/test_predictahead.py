@@ -166,3 +166,76 @@ def test_not_ahead_where_user_code_runs_in_predict(keras, monkeypatch, build, sh
     assert seen == [threading.get_ident()]
     monkeypatch.setattr(inferencepaths, "_ahead_safe", lambda *a: False)
     assert _report(build(keras), x) == got
+
+
+def _augmenting_model(keras):
+    """Random augmentation, noise and dropout (seed generators), compiled
+    with steps_per_execution=2 and jit_compile=True."""
+    L = keras.layers
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((6, 6, 3), name="x")
+    h = L.GaussianNoise(0.5, name="noise")(L.RandomFlip(name="flip")(inp))
+    h = L.BatchNormalization(name="bn")(L.Conv2D(4, 3, name="conv")(h))
+    h = L.Dropout(0.5, name="drop")(L.GlobalAveragePooling2D(name="pool")(h))
+    model = keras.Model(inp, L.Dense(3, name="out")(h), name="aug")
+    model.compile("sgd", "mse", steps_per_execution=2, jit_compile=True)
+    return model
+
+
+def _two_input_model(keras):
+    """Dict inputs, two outputs, and a transfer-learning base called with
+    training=False."""
+    L = keras.layers
+    keras.utils.set_random_seed(2)
+    b_in = keras.Input((8,), name="b_in")
+    base = keras.Model(
+        b_in, L.BatchNormalization(name="inner")(L.Dense(5, name="bd")(b_in)), name="base"
+    )
+    a, b = keras.Input((8,), name="a"), keras.Input((4,), name="b")
+    h = L.Concatenate(name="cat")([base(a, training=False), L.Dropout(0.3, name="drop")(b)])
+    h = L.BatchNormalization(name="bn")(h)
+    outs = [L.Dense(2, name="o1")(h), L.Dense(1, name="o2")(h)]
+    return keras.Model({"a": a, "b": b}, outs, name="two_input")
+
+
+def _inputs(name: str):
+    rng = np.random.default_rng(3)
+    if name == "aug":
+        return rng.normal(1, 2, (40, 6, 6, 3)).astype("float32")
+    return {"a": rng.normal(1, 2, (40, 8)).astype("float32"), "b": rng.normal(0, 1, (40, 4))}
+
+
+@pytest.mark.parametrize("build", [_augmenting_model, _two_input_model], ids=["aug", "two_input"])
+def test_predict_ended_first_gives_the_report_of_predict_last(keras, monkeypatch, build):
+    """The interleaving least like predict() run last (it ends before the
+    first inference pass begins) on models with seed generators, XLA and
+    steps_per_execution, dict inputs, two outputs and a nested base: the
+    same report, the weights untouched."""
+    x = _inputs("aug" if build is _augmenting_model else "two")
+    _predict_first(monkeypatch)
+    seen = _threads(monkeypatch)
+    model = build(keras)
+    before = [np.array(v) for v in model.variables]
+    got = _report(model, x)
+    assert seen and seen[0] != threading.get_ident()
+    assert all(np.array_equal(np.array(v), b) for v, b in zip(model.variables, before))
+    monkeypatch.setattr(inferencepaths, "_ahead_safe", lambda *a: False)
+    assert _report(build(keras), x) == got
+
+
+def test_a_model_failing_beside_predict_reports_its_own_error(keras, monkeypatch):
+    """The first inference pass fails (an index out of an Embedding's range)
+    while predict() runs on its thread (and fails too): the inference pass's
+    ForwardPassError is the one raised, the thread joined."""
+    from bngap.errors import ForwardPassError
+
+    L = keras.layers
+    inp = keras.Input((5,), name="x", dtype="int32")
+    h = L.BatchNormalization(name="bn")(L.Embedding(10, 4, name="emb")(inp))
+    model = keras.Model(inp, L.Dense(2, name="out")(L.Flatten(name="flat")(h)), name="oob")
+    x = np.random.default_rng(0).integers(0, 50, (40, 5)).astype("int32")
+    seen = _threads(monkeypatch)
+    with pytest.raises(ForwardPassError, match="'emb'.*inference pass"):
+        check(model, x, options=OPTIONS)
+    assert len(seen) == 1 and seen[0] != threading.get_ident()
+    assert not [t for t in threading.enumerate() if t.name == "bngap-predict"]
