@@ -239,3 +239,29 @@ def test_a_model_failing_beside_predict_reports_its_own_error(keras, monkeypatch
         check(model, x, options=OPTIONS)
     assert len(seen) == 1 and seen[0] != threading.get_ident()
     assert not [t for t in threading.enumerate() if t.name == "bngap-predict"]
+
+
+def test_predict_failing_under_xla_is_skipped_as_when_run_last(keras, monkeypatch):
+    """predict() of a model compiled with jit_compile=True fails (XLA has no
+    kernel for area resizing) where its eager calls work: it failed on the
+    thread and again on the main thread, and the leak check says "skipped"
+    with the very message of predict() run last."""
+    L = keras.layers
+
+    def build():
+        keras.utils.set_random_seed(2)
+        inp = keras.Input((8, 8, 3), name="x")
+        h = L.Flatten(name="flat")(L.Resizing(3, 3, interpolation="area", name="resize")(inp))
+        h = L.BatchNormalization(name="bn")(L.Dense(4, name="dense")(h))
+        model = keras.Model(inp, L.Dense(2, name="out")(h), name="area")
+        model.compile("sgd", "mse", jit_compile=True)
+        return model
+
+    x = np.random.default_rng(0).normal(0, 1, (40, 8, 8, 3)).astype("float32")
+    seen = _threads(monkeypatch)
+    got = _report(build(), x)
+    assert len(seen) == 2 and seen[0] != seen[1] == threading.get_ident()
+    predict = next(c for c in got["leaks"] if c["path"] == "predict(x)")
+    assert predict["skipped"].startswith("InvalidArgumentError") and predict["relative_l2"] is None
+    monkeypatch.setattr(inferencepaths, "_ahead_safe", lambda *a: False)
+    assert _report(build(), x) == got
