@@ -139,7 +139,8 @@ def _ahead_safe(model, nodes: list[LayerNode], keras) -> bool:
     """Whether predict() may run beside an inference pass: on TensorFlow
     (JAX's predict() empties every variable while it runs, to hand their
     values to the compiled step; PyTorch's compiles nothing), for a Functional or Sequential
-    model of Keras' own layers, none of which runs user code. Such a model
+    model of Keras' own class and layers (cells included), none of which runs
+    user code (a predict_step() of the user's may call training=True). Such a model
     draws no random numbers and writes no variable in inference mode, so
     the two cannot disturb each other; a layer called with training=True
     regardless (a leak) computes its output from the batch in both, and the
@@ -151,10 +152,23 @@ def _ahead_safe(model, nodes: list[LayerNode], keras) -> bool:
     if not isinstance(model, (Functional, keras.Sequential)):
         return False
     return all(
-        type(nd.layer).__module__.startswith("keras.")
-        and type(nd.layer).__name__ not in _PASS_TRAINING_ON
-        for nd in nodes
+        type(layer).__module__.startswith("keras.")
+        and type(layer).__name__ not in _PASS_TRAINING_ON
+        for layer in _model_and_layers(model, nodes)
     )
+
+
+def _model_and_layers(model, nodes: list[LayerNode]) -> list:
+    """The model itself (a Functional model of the user's class runs its own
+    call() and predict_step()) and every layer in it, also those the tree
+    does not enter (an RNN layer's cells)."""
+    layers = [model] + [nd.layer for nd in nodes]
+    todo = [nd.layer for nd in nodes if nd.opaque]
+    while todo:
+        for child in backend.child_layers(todo.pop()):
+            layers.append(child)
+            todo.append(child)
+    return layers
 
 
 def _predict_made(model) -> bool:

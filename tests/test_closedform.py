@@ -110,3 +110,63 @@ def test_masked_batchnorm_runs_both_modes(keras, monkeypatch):
     with_closed = _own(model, x)
     assert not used and with_closed["bn"] > 0
     assert _own(model, x, monkeypatch, closed=False) == with_closed
+
+
+def _close(a, b, rel=1e-5):
+    """Two report dicts equal, floats to `rel`."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], rel) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=rel, abs=1e-12, nan_ok=True)
+    return a == b
+
+
+def _shared_nested_model(keras):
+    """A transfer-learning base (a nested Functional model with its BN), one
+    BN layer called twice, BN on 5-D and on channels-first 4-D data (axis 1),
+    negative and zero gamma, a moving variance of 0, and a float32 BN in a
+    mixed_float16 model (its input cast up)."""
+    L = keras.layers
+    keras.utils.set_random_seed(4)
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        b_in = keras.Input((4, 4, 4, 2), name="b_in")
+        h = L.BatchNormalization(name="bn5d")(L.Conv3D(3, 2, name="c3")(b_in))
+        base = keras.Model(b_in, L.Reshape((3, 9, 3), name="cf")(h), name="base")
+        inp = keras.Input((4, 4, 4, 2), name="x")
+        h = L.BatchNormalization(axis=1, name="bn_axis1", dtype="float32")(base(inp))
+        shared = L.BatchNormalization(name="shared", dtype="float32")
+        h = shared(L.Dense(6, name="d1")(L.Flatten(name="flat")(h)))
+        h = shared(L.Dense(6, name="d2")(h))
+        model = keras.Model(inp, L.Dense(2, name="out", dtype="float32")(h), name="shapes")
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    shared.gamma.assign(np.array([1.5, -1.0, 0.0, 2.0, -0.5, 1.0], "float32"))
+    shared.moving_variance.assign(np.array([0.0, 1.0, 2.0, 0.0, 0.5, 1.0], "float32"))
+    x = np.random.default_rng(5).normal(1.0, 2.0, (33, 4, 4, 4, 2)).astype("float32")
+    return model, x
+
+
+@pytest.mark.parametrize("batch_size", [16, 2, 1])
+def test_closed_form_gives_the_same_report_on_more_shapes(keras, monkeypatch, batch_size):
+    """The whole report, with every layer's output effect measured (the
+    masked passes choose their cuts from the own totals), the same with the
+    closed form and without, on `_shared_nested_model`: batches of 16 (the
+    last of 1 sample), of 2 and of 1 (every batch variance 0, on the
+    compiled passes from 8 batches)."""
+    model, x = _shared_nested_model(keras)
+    x = x if batch_size > 1 else x[:9]
+    options = CheckOptions(batch_size=batch_size, probe_preprocessing=False, effects=None)
+    used = []
+    total = probe_module.bn_own_total
+    monkeypatch.setattr(probe_module, "bn_own_total", lambda *a: used.append(1) or total(*a))
+    closed = check(model, x, options=options).to_dict()
+    assert used  # the layers of float32 took the closed form (bn5d, of float16, did not)
+    monkeypatch.setattr(probe_module, "closed_form_ok", lambda node, keras: False)
+    model, _ = _shared_nested_model(keras)  # not the graph traced with the closed form
+    both = check(model, x, options=options).to_dict()
+    closed.pop("seconds"), both.pop("seconds")
+    assert _close(closed, both)
