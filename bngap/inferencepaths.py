@@ -154,8 +154,18 @@ def _ahead_safe(model, nodes: list[LayerNode], keras) -> bool:
     return all(
         type(layer).__module__.startswith("keras.")
         and type(layer).__name__ not in _PASS_TRAINING_ON
+        and _library_code(getattr(layer, "activation", None))
         for layer in _model_and_layers(model, nodes)
     )
+
+
+def _library_code(fn) -> bool:
+    """A layer's activation that is Keras' or TensorFlow's own, or none; a
+    function of the user's (it may draw random numbers) is user code."""
+    if fn is None or not callable(fn):
+        return True
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    return module.startswith(("keras.", "tensorflow.", "keras_hub.", "keras_cv.", "keras_nlp."))
 
 
 def _model_and_layers(model, nodes: list[LayerNode]) -> list:

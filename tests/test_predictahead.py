@@ -149,14 +149,33 @@ def _user_cell_model(keras):
     return keras.Model(inp, L.Dense(2, name="o")(L.BatchNormalization(name="bn")(h)), name="m")
 
 
+def _user_activation_model(keras):
+    """A Keras layer running an activation of the user's that draws random
+    numbers in inference mode (from Keras' global generator, one per thread)."""
+    L = keras.layers
+
+    def noisy(x):
+        return x + keras.random.normal(keras.ops.shape(x), stddev=0.1)
+
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((6,), name="x")
+    h = L.BatchNormalization(name="bn")(L.Dense(5, activation=noisy, name="d")(inp))
+    return keras.Model(inp, L.Dense(2, name="o")(h), name="act")
+
+
 @pytest.mark.parametrize(
     "build, shape",
-    [(_mc_dropout_model, (40, 6)), (_user_cell_model, (40, 5, 3))],
-    ids=["predict_step_of_the_user", "rnn_cell_of_the_user"],
+    [
+        (_mc_dropout_model, (40, 6)),
+        (_user_cell_model, (40, 5, 3)),
+        (_user_activation_model, (40, 6)),
+    ],
+    ids=["predict_step_of_the_user", "rnn_cell_of_the_user", "activation_of_the_user"],
 )
 def test_not_ahead_where_user_code_runs_in_predict(keras, monkeypatch, build, shape):
     """Code of the user's that the layer tree does not list (the model's own
-    class, an RNN layer's cell) may write variables in predict(): run beside
+    class, an RNN layer's cell, an activation function) may write variables
+    or draw random numbers in predict(): run beside
     the inference pass, it changed the statistics that pass read (output gap
     0.8363 against 0.8383, and the BN layer's data_std). predict() runs last."""
     x = np.random.default_rng(0).normal(1, 2, shape).astype("float32")
