@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend, layertree
+from . import backend, closedform, layertree
 from .audit import BatchNormParams
 from .backend import (
     StateGuard,
@@ -36,7 +36,6 @@ from .maskedpasses import MaskedPasses
 from .reductions import (
     Due,
     NonFinite,
-    bn_own_total,
     channel_moment_tensors,
     channel_moments,
     finite_pair_sums,
@@ -104,7 +103,7 @@ class Probe(PathPasses, MaskedPasses):
         self._thread = threading.get_ident()
         for node in self.nodes:
             self._install(node.layer, "call", self._make_wrapper(node, node.layer.call))
-            if closed_form_ok(node, self.keras):
+            if closedform.closed_form_ok(node, self.keras):
                 self._install(node.layer, "_moments", self._moments_catcher(node.layer._moments))
         return self
 
@@ -116,7 +115,7 @@ class Probe(PathPasses, MaskedPasses):
 
     def _moments_catcher(self, original):
         """A BN layer's `_moments`, keeping the batch moments it computes
-        for `reductions.bn_own_total`."""
+        for `closedform.own_total`."""
 
         def moments(inputs, mask):
             got = original(inputs, mask)
@@ -357,7 +356,12 @@ class Probe(PathPasses, MaskedPasses):
             up.reached((node.index, k))
             ref = frontier = None
             training = own and node.mode_dependent and kwargs.get("training")
-            closed = training and self._closed_form_now(node, args, kwargs)
+            # deferred sums only: a non-finite batch is measured again in both modes, entry by entry
+            closed = (
+                training
+                and self._sink is not None
+                and closedform.call_ok(node, self.keras, args, kwargs)
+            )
             if training:
                 frontier = up.frontier_now() if up.wants((node.index, k)) else None
                 if not closed:
@@ -366,7 +370,8 @@ class Probe(PathPasses, MaskedPasses):
             out = self._run(node, original, args, kwargs)
             if node.mode_dependent and own:
                 if closed:
-                    total = self._own_closed_form(node, args, kwargs, out)
+                    got, self._moments_got = self._moments_got, None
+                    total = closedform.own_total(self.keras, node, args, kwargs, out, got)
                     self._emit(Due(Due.OWN, node.index), total)
                     self._offer_cut(node, k, total, frontier)
                 elif ref is None:  # ran in inference mode: same input, same output
@@ -384,29 +389,6 @@ class Probe(PathPasses, MaskedPasses):
             return out
 
         return handler
-
-    def _closed_form_now(self, node: LayerNode, args, kwargs) -> bool:
-        """Whether this training-mode call's own contribution comes from
-        `reductions.bn_own_total`: a plain float32 BN layer (`closed_form_ok`),
-        no mask, and a pass whose sums are deferred (a non-finite batch is
-        measured again by running the layer in both modes, entry by entry)."""
-        if self._sink is None or kwargs.get("mask") is not None:
-            return False
-        if not closed_form_ok(node, self.keras):
-            return False
-        x = args[0] if args else kwargs.get("inputs")
-        return "float32" in str(getattr(x, "dtype", ""))
-
-    def _own_closed_form(self, node: LayerNode, args, kwargs, out):
-        """[||t - r||^2, ||r||^2] of a BN call in training mode, from the batch
-        moments it computed; a layer that computed none (not trainable: it
-        normalized with its moving statistics) gave r itself."""
-        got, self._moments_got = self._moments_got, None
-        if got is None:
-            sq = squares_total(self.keras, out)
-            return self.ops.stack([sq * 0.0, sq])
-        x = args[0] if args else kwargs.get("inputs")
-        return bn_own_total(self.ops, node.layer, x, *got)
 
     def _own_squares(self, node: LayerNode, out) -> None:
         total = squares_total(self.keras, out)
@@ -482,22 +464,6 @@ class Probe(PathPasses, MaskedPasses):
 
 
 _MISSING = object()
-
-
-def closed_form_ok(node: LayerNode, keras) -> bool:
-    """A layer whose own contribution `reductions.bn_own_total` gives
-    exactly: Keras' own BatchNormalization (not a subclass, whose call may
-    differ) computing in float32, without renorm (its output is not the
-    plain affine map of the batch moments) or synchronized moments."""
-    layer = node.layer
-    return (
-        node.kind is Kind.BATCHNORM
-        and type(layer) is keras.layers.BatchNormalization
-        and not getattr(layer, "renorm", False)
-        and not getattr(layer, "synchronized", False)
-        and getattr(layer, "compute_dtype", None) == "float32"
-        and callable(getattr(layer, "_moments", None))
-    )
 
 
 __all__ = ["Probe", "StateGuard", "NodeStats"]

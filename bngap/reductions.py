@@ -97,40 +97,6 @@ def pair_total(keras, train_out, ref_out):
     return ops.sum(ops.stack([p[2] for p in parts]), axis=0), parts
 
 
-def bn_own_total(ops, layer, x, mean, variance):
-    """[||t - r||^2, ||r||^2] of a BatchNormalization layer's training-mode
-    output t on input x against its inference-mode output r on the same x,
-    without computing r. Per channel both are affine in x:
-    t = a_t (x - mean) + beta and r = a_i (x - m) + beta, with a_t =
-    gamma / sqrt(variance + eps) from the batch moments the layer computed
-    (`mean`, `variance`) and a_i = gamma / sqrt(v + eps) from its moving
-    ones (m, v). With S = sum (x - mean)^2 and N values per channel:
-    ||t - r||^2 = sum (a_t - a_i)^2 S + N a_i^2 (mean - m)^2 and
-    ||r||^2 = sum a_i^2 S + N (a_i (mean - m) + beta)^2: every term is a
-    square, so nothing cancels. S is N times the layer's own variance
-    where the backend computes it around the mean (TensorFlow's
-    `tf.nn.moments`, JAX's `jnp.var`: no pass over x at all); PyTorch's is
-    E[x^2] - E[x]^2, so there S is summed around the mean here."""
-    x, _ = _channels_last(ops, x, layer.axis)
-    x2 = ops.reshape(x, (-1, x.shape[-1]))
-    n = ops.cast(ops.shape(x2)[0], "float32")  # a tensor where the batch size is unknown (traced)
-    if backend.active() in ("tensorflow", "jax"):
-        s = n * variance
-    else:
-        s = backend.sum_squared_difference(x2, mean[None, :], axis=0)
-    eps = float(layer.epsilon)
-    a_t = ops.rsqrt(variance + eps)
-    a_i = ops.rsqrt(ops.cast(layer.moving_variance, "float32") + eps)
-    if layer.scale:
-        gamma = ops.cast(layer.gamma, "float32")
-        a_t, a_i = a_t * gamma, a_i * gamma
-    shift = a_i * (mean - ops.cast(layer.moving_mean, "float32"))  # t's mean less r's
-    r_mean = shift + ops.cast(layer.beta, "float32") if layer.center else shift
-    da = a_t - a_i
-    diff = ops.sum(da * da * s) + n * ops.sum(shift * shift)
-    return ops.stack([diff, ops.sum(a_i * a_i * s) + n * ops.sum(r_mean * r_mean)])
-
-
 def squares_total(keras, out):
     """sum t^2 over a layer's floating outputs, on the device; None if it has none."""
     ops = keras.ops

@@ -357,14 +357,14 @@ def degenerate_bn_model(keras):
 def bn_closed_form():
     """Every BN layer's own contribution in closed form and by running the
     layer in both modes, and how often the closed form was used."""
-    from bngap import probe as probe_module
+    from bngap import closedform
     from bngap.backend import import_keras
     from bngap.pipeline import CheckOptions, check
 
     keras = import_keras()
     model, x = degenerate_bn_model(keras)
     options = CheckOptions(batch_size=16, probe_preprocessing=False, effects=None)
-    ok, total = probe_module.closed_form_ok, probe_module.bn_own_total
+    ok, total = closedform.closed_form_ok, closedform.bn_own_total
     used = [0]
 
     def counted(*args):
@@ -373,10 +373,10 @@ def bn_closed_form():
 
     got = {}
     try:  # put back: on the test process's own backend this runs in the test process
-        probe_module.bn_own_total = counted
+        closedform.bn_own_total = counted
         for closed in (True, False):
             if not closed:
-                probe_module.closed_form_ok = lambda node, keras: False
+                closedform.closed_form_ok = lambda node, keras: False
             d = check(model, x, options=options).to_dict()
             got[str(closed)] = {
                 r["path"]: r["own_contribution"]
@@ -385,7 +385,7 @@ def bn_closed_form():
             }
             d.pop("seconds", None)
     finally:
-        probe_module.closed_form_ok, probe_module.bn_own_total = ok, total
+        closedform.closed_form_ok, closedform.bn_own_total = ok, total
     return {
         "backend": keras.backend.backend(),
         "closed": got["True"],

@@ -1,4 +1,4 @@
-"""A plain BN layer's own contribution in closed form (`reductions.bn_own_total`,
+"""A plain BN layer's own contribution in closed form (`closedform.bn_own_total`,
 from the batch moments the layer computed) against running the layer in both
 modes and comparing the outputs, and against numpy."""
 
@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from backend_child import BACKENDS, degenerate_bn_model, run_task
 
-from bngap import compiled
-from bngap import probe as probe_module
+from bngap import closedform, compiled
 from bngap.layertree import LayerNode
 from bngap.pipeline import CheckOptions, check
 from bngap.vocabulary import Kind
@@ -32,7 +31,7 @@ def test_closed_form_equals_both_modes_on_degenerate_channels(backend):
 
 def _own(model, x, monkeypatch=None, closed=True) -> dict:
     if not closed:
-        monkeypatch.setattr(probe_module, "closed_form_ok", lambda node, keras: False)
+        monkeypatch.setattr(closedform, "closed_form_ok", lambda node, keras: False)
     r = check(model, x, options=OPTIONS)
     return {lay.path: lay.own_contribution for lay in r.layers if lay.kind == Kind.BATCHNORM}
 
@@ -85,14 +84,14 @@ def test_closed_form_only_for_plain_float32_batchnorm(keras):
     class MyBN(L.BatchNormalization):
         pass
 
-    assert probe_module.closed_form_ok(_node(L.BatchNormalization()), keras)
+    assert closedform.closed_form_ok(_node(L.BatchNormalization()), keras)
     for layer in (
         MyBN(),
         L.BatchNormalization(renorm=True),
         L.BatchNormalization(synchronized=True),
         L.BatchNormalization(dtype="mixed_float16"),
     ):
-        assert not probe_module.closed_form_ok(_node(layer), keras), layer
+        assert not closedform.closed_form_ok(_node(layer), keras), layer
 
 
 def test_masked_batchnorm_runs_both_modes(keras, monkeypatch):
@@ -105,8 +104,8 @@ def test_masked_batchnorm_runs_both_modes(keras, monkeypatch):
     model = keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(h)))
     x = np.random.default_rng(2).integers(0, 20, (32, 7)).astype("int32")
     used = []
-    total = probe_module.bn_own_total
-    monkeypatch.setattr(probe_module, "bn_own_total", lambda *a: used.append(1) or total(*a))
+    total = closedform.bn_own_total
+    monkeypatch.setattr(closedform, "bn_own_total", lambda *a: used.append(1) or total(*a))
     with_closed = _own(model, x)
     assert not used and with_closed["bn"] > 0
     assert _own(model, x, monkeypatch, closed=False) == with_closed
@@ -161,11 +160,11 @@ def test_closed_form_gives_the_same_report_on_more_shapes(keras, monkeypatch, ba
     x = x if batch_size > 1 else x[:9]
     options = CheckOptions(batch_size=batch_size, probe_preprocessing=False, effects=None)
     used = []
-    total = probe_module.bn_own_total
-    monkeypatch.setattr(probe_module, "bn_own_total", lambda *a: used.append(1) or total(*a))
+    total = closedform.bn_own_total
+    monkeypatch.setattr(closedform, "bn_own_total", lambda *a: used.append(1) or total(*a))
     closed = check(model, x, options=options).to_dict()
     assert used  # the layers of float32 took the closed form (bn5d, of float16, did not)
-    monkeypatch.setattr(probe_module, "closed_form_ok", lambda node, keras: False)
+    monkeypatch.setattr(closedform, "closed_form_ok", lambda node, keras: False)
     model, _ = _shared_nested_model(keras)  # not the graph traced with the closed form
     both = check(model, x, options=options).to_dict()
     closed.pop("seconds"), both.pop("seconds")
