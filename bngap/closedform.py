@@ -30,10 +30,10 @@ def closed_form_ok(node: LayerNode, keras) -> bool:
     )
 
 
-def call_ok(node: LayerNode, keras, args, kwargs) -> bool:
-    """Whether this call of the layer gets the closed form: an eligible
-    layer (`closed_form_ok`), no mask (it weights the moments), a float32 input."""
-    if kwargs.get("mask") is not None or not closed_form_ok(node, keras):
+def call_ok(args, kwargs) -> bool:
+    """Whether a call of an eligible layer (`closed_form_ok`) gets the
+    closed form: no mask (it weights the moments), a float32 input."""
+    if kwargs.get("mask") is not None:
         return False
     x = args[0] if args else kwargs.get("inputs")
     return "float32" in str(getattr(x, "dtype", ""))

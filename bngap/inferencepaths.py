@@ -161,11 +161,12 @@ def _ahead_safe(model, nodes: list[LayerNode], keras) -> bool:
 
 def _library_code(fn) -> bool:
     """A layer's activation that is Keras' or TensorFlow's own, or none; a
-    function of the user's (it may draw random numbers) is user code."""
+    function of the user's (it may draw random numbers) is user code, and
+    so is any other library's, as the layers' own classes must be Keras'."""
     if fn is None or not callable(fn):
         return True
     module = getattr(fn, "__module__", None) or type(fn).__module__
-    return module.startswith(("keras.", "tensorflow.", "keras_hub.", "keras_cv.", "keras_nlp."))
+    return module.startswith(("keras.", "tensorflow."))
 
 
 def _model_and_layers(model, nodes: list[LayerNode]) -> list:

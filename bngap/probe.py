@@ -75,6 +75,7 @@ class Probe(PathPasses, MaskedPasses):
         self._eval_store: dict = {}
         self._installed: list[tuple[Any, str, Any]] = []  # (layer, attribute, what it had)
         self._moments_got: tuple[Any, Any] | None = None  # a BN call's batch (mean, variance)
+        self._closed: set[int] = set()  # BN layers whose moments are caught (closedform)
         self._order_counter = 0
         self._active: set[int] = set()
         self._seq = 0
@@ -105,6 +106,7 @@ class Probe(PathPasses, MaskedPasses):
             self._install(node.layer, "call", self._make_wrapper(node, node.layer.call))
             if closedform.closed_form_ok(node, self.keras):
                 self._install(node.layer, "_moments", self._moments_catcher(node.layer._moments))
+                self._closed.add(node.index)
         return self
 
     def _install(self, layer, attr: str, value) -> None:
@@ -360,7 +362,8 @@ class Probe(PathPasses, MaskedPasses):
             closed = (
                 training
                 and self._sink is not None
-                and closedform.call_ok(node, self.keras, args, kwargs)
+                and node.index in self._closed
+                and closedform.call_ok(args, kwargs)
             )
             if training:
                 frontier = up.frontier_now() if up.wants((node.index, k)) else None
@@ -369,15 +372,15 @@ class Probe(PathPasses, MaskedPasses):
             self._moments_got = None
             out = self._run(node, original, args, kwargs)
             if node.mode_dependent and own:
-                if closed:
-                    got, self._moments_got = self._moments_got, None
-                    total = closedform.own_total(self.keras, node, args, kwargs, out, got)
-                    self._emit(Due(Due.OWN, node.index), total)
-                    self._offer_cut(node, k, total, frontier)
-                elif ref is None:  # ran in inference mode: same input, same output
+                if not training:  # ran in inference mode: same input, same output
                     self._own_squares(node, out)
                 else:
-                    total = self._compare(Due(Due.OWN, node.index), out, ref)
+                    if closed:
+                        got, self._moments_got = self._moments_got, None
+                        total = closedform.own_total(self.keras, node, args, kwargs, out, got)
+                        self._emit(Due(Due.OWN, node.index), total)
+                    else:
+                        total = self._compare(Due(Due.OWN, node.index), out, ref)
                     self._offer_cut(node, k, total, frontier)
             stored = self._eval_store.pop((node.index, k), None)
             if (
