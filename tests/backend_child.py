@@ -20,6 +20,19 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 BACKENDS = ("tensorflow", "jax", "torch")
+# the start of a script run with `python -c` on two logical CPU devices (TensorFlow:
+# they must be configured before it initialises, so in a fresh process)
+TWO_CPUS = r"""
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import bngap
+from bngap.backend import import_keras
+keras = import_keras()
+L = keras.layers
+"""
 ROOT = Path(__file__).parent.parent
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from backend_child import spawn
+from backend_child import TWO_CPUS, spawn
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +56,9 @@ def test_gap_monitor_measures_the_same_with_and_without_distribution(runs):
     assert two["batch_history"] == pytest.approx(one["batch_history"], rel=1e-4)
 
 
-MIRRORED = r"""
-import json
-import numpy as np
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import bngap
-from bngap.backend import import_keras
-keras = import_keras()
-L = keras.layers
+MIRRORED = (
+    TWO_CPUS
+    + r"""
 rng = np.random.default_rng(0)
 x = rng.normal(3, 2, (64, 6)).astype("float32")
 y = (x[:, 0] > 3).astype("int64")
@@ -97,6 +90,7 @@ print(json.dumps({
     "without_strategy": again.measure(),
 }))
 """
+)
 
 
 def test_gap_monitor_under_mirrored_strategy_on_two_logical_devices():

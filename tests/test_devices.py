@@ -12,17 +12,13 @@ import json
 import subprocess
 import sys
 
-SPREAD = r"""
-import json, sys
-import numpy as np
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import bngap
-from bngap.backend import import_keras
+from backend_child import TWO_CPUS
+
+SPREAD = (
+    TWO_CPUS
+    + r"""
+import sys
 from bngap.errors import BngapError
-keras = import_keras()
-L = keras.layers
 rng = np.random.default_rng(5)
 x = rng.normal(2, 3, (96, 8, 8, 3)).astype("float32")
 y = rng.integers(0, 3, 96)
@@ -64,6 +60,7 @@ except BngapError as e:
     out["too_many"] = str(e)
 print(json.dumps(out))
 """
+)
 
 
 def test_two_logical_devices_give_the_single_device_report():

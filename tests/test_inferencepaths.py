@@ -1,6 +1,8 @@
-"""predict() started on a thread of its own beside the first inference pass
-(`PathPasses.predict_ahead`): the same report as predict() run last, the
-model left bit-identical, and run last where it is not safe or failed."""
+"""The inference paths: predict() started on a thread of its own beside
+the first inference pass (`PathPasses.predict_ahead`) gives the same report
+as predict() run last, leaves the model bit-identical, and is run last
+where it is not safe or failed. (The other inference-path tests are in
+test_probe.py, with the passes.)"""
 
 from __future__ import annotations
 
