@@ -129,10 +129,10 @@ def child(args) -> dict:
             compiled.COMPILE_FROM_BATCHES = 1
         elif policy == "never":
             compiled.available = lambda model: False
-        elif policy == "serial":  # predict() after the passes, not on a thread beside them
+        elif policy == "paths":  # the inference paths by their passes: model(x), predict()
             from bngap import inferencepaths
 
-            inferencepaths._ahead_safe = lambda *a: False
+            inferencepaths.plain_keras_model = lambda *a: False
         spent: dict = _stage_timers() if args.breakdown else {}
         for run in ("cold", "warm"):
             spent.clear()
@@ -238,9 +238,9 @@ def run_case(model: str, size: int, batch: int, repeats: int, effects_list: list
         peak = _median([r["peak_rss_mb"] for r in rs])
         rows.append(
             {
-                "variant": f"check --effects {eff}".replace(":serial", ", predict last").replace(
-                    ":", ", compile "
-                ),
+                "variant": f"check --effects {eff}".replace(
+                    ":paths", ", inference paths by passes"
+                ).replace(":", ", compile "),
                 "cold": _median([r["cold"] for r in rs]),
                 "warm": _median([r["warm"] for r in rs]),
                 "cold_ratio": _median(cold_ratios),
@@ -321,8 +321,9 @@ def main() -> None:
         default=None,
         help="check variants, comma-separated effects settings, each optionally with :always or "
         ":never to compile the passes always or never (default: auto,0; on TensorFlow the "
-        "default compiles them from 8 batches, see bngap/compiled.py), or :serial to run "
-        "predict() after the passes instead of beside the first one",
+        "default compiles them from 8 batches, see bngap/compiled.py), or :paths to measure "
+        "the inference paths by their passes (model(x) on 4 samples and predict()) as for a "
+        "model with code of the user's",
     )
     p.add_argument(
         "--quick", action="store_true", help="both models at 64x64, one repeat: a smoke run"

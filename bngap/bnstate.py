@@ -37,6 +37,16 @@ class BatchNormState:
             self._cache = cache
         return self._cache.get(node.index, [])
 
+    def indices(self) -> frozenset[int]:
+        """Where the BN layers' statistics are in the guard's variables."""
+        where = {id(v): i for i, v in enumerate(self.guard.variables)}
+        return frozenset(
+            where[id(v)]
+            for n in self.nodes
+            if n.kind is Kind.BATCHNORM
+            for v, _ in self.variables(n)
+        )
+
     def restore(self, node: LayerNode) -> None:
         """Puts the saved statistics back right after an eager call."""
         for v, saved in self.variables(node):

@@ -1,8 +1,10 @@
-"""A BatchNormalization layer's own contribution in closed form: which
-layers and calls it holds for, and the two sums themselves, from the batch
-moments the layer computed in its training-mode call (the probe catches
-them from the layer's `_moments`) instead of a second, inference-mode call
-and a comparison of two full-size outputs."""
+"""Sums in closed form instead of comparisons of two full-size outputs. A
+BatchNormalization layer's own contribution: which layers and calls it
+holds for, and the two sums themselves, from the batch moments the layer
+computed in its training-mode call (the probe catches them from the
+layer's `_moments`) instead of a second, inference-mode call. And the
+divergence of a layer that only moves its inputs' values (`REARRANGING`):
+the sums of its inputs' divergences."""
 
 from __future__ import annotations
 
@@ -12,6 +14,30 @@ from . import backend
 from .layertree import LayerNode
 from .reductions import _channels_last, squares_total
 from .vocabulary import Kind
+
+# Keras layers whose output holds their inputs' values, moved, and zeros: a
+# pair's [||t - r||^2, ||r||^2] is the sum of their inputs' pairs
+REARRANGING = (
+    "Concatenate",
+    "Flatten",
+    "Reshape",
+    "Permute",
+    "Identity",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "ZeroPadding3D",
+)
+
+
+def rearranging(node: LayerNode, keras) -> bool:
+    """Keras' own layer (not a subclass) of a kind in `REARRANGING`."""
+    cls = type(node.layer)
+    return cls.__name__ in REARRANGING and cls is getattr(keras.layers, cls.__name__, None)
+
+
+def layer_inputs(keras, args, kwargs) -> list:
+    """A layer call's input tensors, in order."""
+    return keras.tree.flatten(args[0] if args else kwargs.get("inputs"))
 
 
 def closed_form_ok(node: LayerNode, keras) -> bool:

@@ -139,7 +139,7 @@ class CompiledPasses:
         probe._sink = []
         try:
             kept = [(v, probe.ops.copy(v)) for v in (guard.variables[i] for i in guard.mutable)]
-            probe._eval_store.clear()
+            probe._clear_store()
             probe._handler, probe._counts = probe._h_eval(True, True), {}
             ev = self.model(packed, training=False)
             probe._handler, probe._counts = probe._h_train(True), {}
@@ -159,7 +159,7 @@ class CompiledPasses:
             probe._compiling = False
             probe._sink = None
             probe._handler = None
-            probe._eval_store.clear()
+            probe._clear_store()
             probe._stack.clear()
 
     def _function(self, entry: _Entry, packed):

@@ -1,10 +1,10 @@
-"""The other inference paths, compared with model(x, training=False) on a
-few samples: every layer forced into inference mode, the model called with
-no `training` flag, and Keras' own predict()."""
+"""The other inference paths, compared with model(x, training=False): every
+layer forced into inference mode, the model called with no `training` flag,
+and Keras' own predict(). For a model of Keras' own classes they mostly
+need no pass of their own (see `compare_inference_paths`)."""
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
 from . import backend
@@ -18,12 +18,17 @@ if TYPE_CHECKING:
 
 LEAK_SAMPLES = 4  # inference paths are compared on this many samples (leaks are structural)
 _PREDICT_CACHE = "_bngap_predict_function"
+PREDICT_BY_CONSTRUCTION = (
+    "not run: Keras' own predict_step calls model(x, training=False), the inference pass "
+    "measured, and no class in this model is the user's"
+)
 
 
 class PathPasses:
     """The probe's passes for the inference paths (mixed into `Probe`)."""
 
-    _ahead: tuple[Any, threading.Thread | None, dict] | None = None  # predict() on its thread
+    noflag_seen: dict | None = None  # what a call with no flag gave each layer (`modes_pass`)
+    _watch_noflag = False
 
     if TYPE_CHECKING:  # what `Probe` provides
         model: Any
@@ -31,12 +36,14 @@ class PathPasses:
         keras: Any
         _bypass: int
         _handler: Any
+        _eval_store: dict
 
         def _call_model(self, xs: Any, what: str, handler: Any, **kwargs: Any) -> Any: ...
         def _next_call(self, node: LayerNode) -> int: ...
         def _run(self, node: LayerNode, original: Any, args: Any, kwargs: Any) -> Any: ...
         def _pack(self, xs: Any) -> Any: ...
         def _guard(self) -> Any: ...
+        def _inference_inputs(self, xs: Any) -> Any: ...
 
     def _h_forced_eval(self):
         def handler(node, original, args, kwargs):
@@ -55,6 +62,23 @@ class PathPasses:
 
         return handler
 
+    def _h_modes(self, seen: dict):
+        """Records what each layer gets, as `_h_observe`; a layer with no
+        layers below it hands back the output it gave in this batch's
+        inference pass instead of computing (a container runs, so that the
+        layers inside it are called)."""
+
+        def handler(node, original, args, kwargs):
+            k = self._next_call(node)
+            seen.setdefault(node.index, set()).add(kwargs.get("training"))
+            if not node.children:
+                stored = self._eval_store.get((node.index, k))
+                if stored is not None:
+                    return stored
+            return self._run(node, original, args, kwargs)
+
+        return handler
+
     def forced_eval_pass(self, xs):
         """Every layer that takes `training` is called with training=False."""
         return self._call_model(xs, "inference", self._h_forced_eval(), training=False)
@@ -65,48 +89,29 @@ class PathPasses:
         out = self._call_model(xs, "inference", self._h_observe(seen), **call_kwargs)
         return out, seen
 
-    def predict_ahead(self, xs) -> None:
-        """Starts predict(xs) on a thread of its own, where that is safe
-        (`_ahead_safe`), so that its first trace and compilation (a second
-        or more on a big model) overlap the first batch's inference pass,
-        which writes no variable. `await_predict` joins it before any pass
-        that may; `predict(xs)` then hands back what it got. Not when the
-        function is made already: the two threads taking turns at the
-        interpreter cost the inference pass more than a made predict() costs."""
-        if self._ahead is not None or not _ahead_safe(self.model, self.nodes, self.keras):
-            return
-        if _predict_made(self.model):
-            return
-        box: dict = {}
+    def watch_no_flag(self) -> None:
+        """Has the first eager inference pass followed by `modes_pass`, for
+        a model of Keras' own classes (`plain_keras_model`): what a call with
+        no flag gives each layer is then known at almost no cost."""
+        self._watch_noflag = plain_keras_model(self.model, self.nodes, self.keras)
 
-        def run():
-            try:
-                box["out"] = self._predict_kept_aside(xs)
-            except Exception:  # run again, alone, on the main thread: its error is the one told
-                box.clear()
+    def after_inference_pass(self, xs) -> None:
+        """Called after an eager inference pass, its outputs still held."""
+        if self._watch_noflag:
+            self._watch_noflag = False
+            self.noflag_seen = self.modes_pass(xs)
 
-        thread = threading.Thread(target=run, name="bngap-predict", daemon=True)
-        self._ahead = (xs, thread, box)
-        thread.start()
-
-    def await_predict(self) -> None:
-        """Waits for a predict() started ahead; the model's state is put back after it."""
-        ahead = self._ahead
-        if ahead is None or ahead[1] is None:
-            return
-        ahead[1].join()
-        self._ahead = (ahead[0], None, ahead[2])
-        self._guard().restore()
+    def modes_pass(self, xs) -> dict:
+        """model(x) with no flag on the batch whose inference pass just ran,
+        recording the `training` value each layer gets. Layers compute
+        nothing (see `_h_modes`): only the values are wanted; whether the
+        outputs differ follows from them (`compare_inference_paths`)."""
+        seen: dict = {}
+        self._call_model(xs, "inference", self._h_modes(seen), inputs=self._inference_inputs(xs))
+        return seen
 
     def predict(self, xs):
-        """model.predict() with the wrappers out of the way (or what the
-        one started ahead on these very samples got)."""
-        ahead = self._ahead
-        if ahead is not None and ahead[0] is xs:
-            self.await_predict()
-            self._ahead = None
-            if "out" in ahead[2]:
-                return ahead[2]["out"]
+        """model.predict() with the wrappers out of the way."""
         self._handler = None
         self._bypass += 1
         try:
@@ -135,20 +140,13 @@ class PathPasses:
             model.predict_function = previous
 
 
-def _ahead_safe(model, nodes: list[LayerNode], keras) -> bool:
-    """Whether predict() may run beside an inference pass: on TensorFlow
-    (JAX's predict() empties every variable while it runs, to hand their
-    values to the compiled step; PyTorch's compiles nothing), for a Functional or Sequential
-    model of Keras' own class and layers (cells included), none of which runs
-    user code (a predict_step() of the user's may call training=True). Such a model
-    draws no random numbers and writes no variable in inference mode, so
-    the two cannot disturb each other; a layer called with training=True
-    regardless (a leak) computes its output from the batch in both, and the
-    statistics it writes are put back after the join as after every pass."""
+def plain_keras_model(model, nodes: list[LayerNode], keras) -> bool:
+    """A Functional or Sequential model of Keras' own class whose layers
+    (cells included) and their activations are all Keras' own: no code of
+    the user's runs in it, so its predict_step() is Keras' own and every
+    layer reads a `training` of None as False."""
     from keras.src.models.functional import Functional
 
-    if keras.backend.backend() != "tensorflow":
-        return False
     if not isinstance(model, (Functional, keras.Sequential)):
         return False
     return all(
@@ -256,12 +254,24 @@ def compare_inference_paths(
     small batch, so kernels that depend on the batch size cannot pass for a
     leak; it is the no-flag call itself where that call gave every layer the
     values model(x, training=False) gives it.
+
+    No pass is needed where the answers follow from what the layers got:
+    without a layer in training mode, forced inference is the inference
+    pass; a no-flag call that gave every layer those same values
+    (`probe.noflag_seen`, from `modes_pass`) is the same call; and on a
+    model of Keras' own classes predict() is model(x, training=False) itself.
     """
-    xs = subset.x
-    m = len(subset)
-    checks = []
+    xs, m = subset.x, len(subset)
     evaluated = {i: st.eval_training for i, st in stats.items()}
     leaked = _training_layers(nodes, evaluated)
+    plain = plain_keras_model(probe.model, nodes, keras)
+    seen = probe.noflag_seen
+    if plain and seen is not None and not leaked and _same_modes(nodes, seen, evaluated):
+        return [
+            LeakCheck(InferencePath.FORCED, 0.0, (), m),
+            LeakCheck(InferencePath.NO_FLAG, 0.0, _training_layers(nodes, seen), m),
+            _predict_check(probe, xs, None, keras, plain),
+        ]
     noflag, seen_nf = probe.observe_pass(xs)
     if _same_modes(nodes, seen_nf, evaluated) and not backend.has_own_logic(probe.model, keras):
         ref = noflag  # the same calls on the same samples: model(x, training=False) itself
@@ -269,21 +279,28 @@ def compare_inference_paths(
         ref, _ = probe.observe_pass(xs, training=False)
     if leaked:
         forced = probe.forced_eval_pass(xs)
-        checks.append(LeakCheck(InferencePath.FORCED, _rel(keras, ref, forced), leaked, m))
+        checks = [LeakCheck(InferencePath.FORCED, _rel(keras, ref, forced), leaked, m)]
     else:
-        checks.append(LeakCheck(InferencePath.FORCED, 0.0, (), m))
+        checks = [LeakCheck(InferencePath.FORCED, 0.0, (), m)]
     checks.append(
         LeakCheck(
             InferencePath.NO_FLAG, _rel(keras, noflag, ref), _training_layers(nodes, seen_nf), m
         )
     )
+    checks.append(_predict_check(probe, xs, ref, keras, plain))
+    return checks
+
+
+def _predict_check(probe: Probe, xs, ref, keras, plain: bool) -> LeakCheck:
+    """predict(x) against the reference outputs `ref` on the samples `xs`;
+    not run on a model of Keras' own classes, where it is the same call."""
+    if plain:
+        return LeakCheck(InferencePath.PREDICT, None, (), 0, skipped=PREDICT_BY_CONSTRUCTION)
+    m = len(xs[0]) if xs else 0
     try:
         pred = probe.predict(xs)
-        checks.append(LeakCheck(InferencePath.PREDICT, _rel(keras, pred, ref), (), m))
     except Exception as e:  # predict's tracing can fail where eager calls work
-        checks.append(
-            LeakCheck(
-                InferencePath.PREDICT, None, (), m, skipped=f"{type(e).__name__}: {str(e)[:120]}"
-            )
+        return LeakCheck(
+            InferencePath.PREDICT, None, (), m, skipped=f"{type(e).__name__}: {str(e)[:120]}"
         )
-    return checks
+    return LeakCheck(InferencePath.PREDICT, _rel(keras, pred, ref), (), m)

@@ -168,8 +168,8 @@ def measure(
         if compile_passes:
             probe.compiled = compiled.for_check(model, nodes, batches)
         subset = dataset.subset(min(LEAK_SAMPLES, n)) if leak_checks else None
-        if subset is not None and probe.compiled is None:
-            probe.predict_ahead(subset.x)  # beside the first inference pass
+        if subset is not None:
+            probe.watch_no_flag()
         sweep.stats = probe.stats
         for b, (xs, y) in enumerate(dataset.batches(batch_size)):
             device = devs[b % len(devs)]

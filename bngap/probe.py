@@ -14,7 +14,7 @@ snapshotted first and restored after each pass and in `finally`.
 
 from __future__ import annotations
 
-import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +30,7 @@ from .backend import (
 )
 from .bnstate import BatchNormState, batchnorm_below
 from .errors import ForwardPassError, one_line
-from .inferencepaths import PathPasses
+from .inferencepaths import PathPasses, plain_keras_model
 from .layertree import LayerNode, bn_params
 from .maskedpasses import MaskedPasses
 from .reductions import (
@@ -76,6 +76,10 @@ class Probe(PathPasses, MaskedPasses):
         self._installed: list[tuple[Any, str, Any]] = []  # (layer, attribute, what it had)
         self._moments_got: tuple[Any, Any] | None = None  # a BN call's batch (mean, variance)
         self._closed: set[int] = set()  # BN layers whose moments are caught (closedform)
+        self._rearranging: set[int] = set()  # layers whose divergence sums their inputs'
+        self._producers: dict[int, tuple] = {}  # id of an inference output: its call
+        self._parts_of: dict[tuple, tuple] = {}  # a rearranging call: its inputs' calls
+        self._totals: dict[int, tuple] = {}  # id of a training output: (ref, call, its pair)
         self._order_counter = 0
         self._active: set[int] = set()
         self._seq = 0
@@ -94,16 +98,20 @@ class Probe(PathPasses, MaskedPasses):
         self.reused = 0  # layer calls masked passes took from the inference pass
         self.rerun = 0  # masked passes that left the inference pass's data flow and ran again
         self.compiled: Any = None  # compiled.CompiledPasses, when the backend compiles
-        self._thread = threading.get_ident()  # the passes' own; predict() may run on another
+        self._held: frozenset[int] = frozenset()  # guard variables `_run` itself puts back
 
     # ---------------------------------------------------------------- set-up
     def __enter__(self):
         self.guard = StateGuard(self.model, [n.layer for n in self.nodes])
         self._bn = BatchNormState(self.nodes, self.guard, self.ops)
         self._seed_vars = backend.seed_variables(self.model, self.guard)
-        self._thread = threading.get_ident()
+        if plain_keras_model(self.model, self.nodes, self.keras):
+            # every BN call of a pass goes through `_run`, which puts the statistics back at once
+            self._held = self._bn.indices()
         for node in self.nodes:
             self._install(node.layer, "call", self._make_wrapper(node, node.layer.call))
+            if closedform.rearranging(node, self.keras):
+                self._rearranging.add(node.index)
             if closedform.closed_form_ok(node, self.keras):
                 self._install(node.layer, "_moments", self._moments_catcher(node.layer._moments))
                 self._closed.add(node.index)
@@ -121,14 +129,13 @@ class Probe(PathPasses, MaskedPasses):
 
         def moments(inputs, mask):
             got = original(inputs, mask)
-            if mask is None and threading.get_ident() == self._thread:
+            if mask is None:
                 self._moments_got = got
             return got
 
         return moments
 
     def __exit__(self, *exc):
-        self.await_predict()
         for layer, attr, previous in reversed(self._installed):
             if previous is _MISSING:
                 layer.__dict__.pop(attr, None)
@@ -142,7 +149,7 @@ class Probe(PathPasses, MaskedPasses):
 
     def _make_wrapper(self, node: LayerNode, original):
         def wrapper(*args, **kwargs):
-            if self._handler is None or self._bypass or threading.get_ident() != self._thread:
+            if self._handler is None or self._bypass:
                 return original(*args, **kwargs)
             if not self._compiling and backend.tracing((args, kwargs)):
                 return original(*args, **kwargs)  # someone else's trace (predict, build)
@@ -201,10 +208,18 @@ class Probe(PathPasses, MaskedPasses):
         self._held_inputs = (xs, packed)  # holding xs keeps its id from being reused
         return packed
 
+    def _clear_store(self) -> None:
+        """Lets go of the inference outputs held for the training pass, and
+        of what was noted about the calls that made them."""
+        self._eval_store.clear()
+        self._producers.clear()
+        self._parts_of.clear()
+        self._totals.clear()
+
     def end_batch(self) -> None:
         """Lets go of what the batch's passes shared (the inference outputs,
         the packed inputs); the next batch keeps the cuts this one asked for."""
-        self._eval_store.clear()
+        self._clear_store()
         self._held_inputs = None
         self.upstream.reset()
         if self._adopted:  # a training pass ran, the plan is made: these cuts (maybe none)
@@ -252,7 +267,7 @@ class Probe(PathPasses, MaskedPasses):
         finally:
             self._handler = None
             self._stack.clear()
-            self._guard().restore()
+            self._guard().restore(skip=self._held)
             sink, self._sink = self._sink, None
         if sink:
             self.settle([d for d, _ in sink], [backend.to_numpy(t) for _, t in sink])
@@ -344,6 +359,7 @@ class Probe(PathPasses, MaskedPasses):
             if capture_outputs:
                 self._eval_store[(node.index, k)] = out
                 self.upstream.left((node.index, k), out)
+                self._produced(node, (node.index, k), args, kwargs, out)
             st.calls = max(st.calls, k + 1)
             return out
 
@@ -383,15 +399,53 @@ class Probe(PathPasses, MaskedPasses):
                         total = self._compare(Due(Due.OWN, node.index), out, ref)
                     self._offer_cut(node, k, total, frontier)
             stored = self._eval_store.pop((node.index, k), None)
-            if (
-                stored is None
-                or self._compare(Due(Due.DIVERGENCE, node.index), out, stored) is None
-            ):
+            if stored is None or self._divergence(node, (node.index, k), args, kwargs, out, stored):
                 st.matched = False
             up.passed((node.index, k), stored)
             return out
 
         return handler
+
+    def _produced(self, node: LayerNode, key: tuple, args, kwargs, out) -> None:
+        """Notes, in the inference pass, which call made each output, and
+        which calls' outputs a rearranging layer took (`_divergence`)."""
+        if node.index in self._rearranging:
+            inputs = closedform.layer_inputs(self.keras, args, kwargs)
+            parts = [self._producers.get(id(t)) for t in inputs]
+            if parts and None not in parts:
+                self._parts_of[key] = tuple(parts)
+        if hasattr(out, "shape"):
+            self._producers[id(out)] = key  # held in the store: the id stays its own
+
+    def _divergence(self, node: LayerNode, key: tuple, args, kwargs, out, stored) -> bool:
+        """Emits [||t - r||^2, ||r||^2] of a call's training output against
+        its stored inference output; True when there was nothing to compare.
+        A rearranging layer whose inputs are, in both passes, the outputs of
+        the same calls gets the sum of their pairs (deferred sums only: a
+        non-finite batch is compared again entry by entry)."""
+        parts = self._parts_of.get(key) if self._sink is not None else None
+        total = None if parts is None else self._summed_pairs(parts, args, kwargs)
+        if total is not None:
+            self._emit(Due(Due.DIVERGENCE, node.index), total)
+        else:
+            total = self._compare(Due(Due.DIVERGENCE, node.index), out, stored)
+        if total is not None and hasattr(out, "shape"):
+            self._totals[id(out)] = (weakref.ref(out), key, total)
+        return total is None
+
+    def _summed_pairs(self, parts: tuple, args, kwargs):
+        """The sum of the pairs of a call's inputs, if each is the very
+        training output of the call in `parts` that made its inference twin."""
+        inputs = closedform.layer_inputs(self.keras, args, kwargs)
+        if len(inputs) != len(parts):
+            return None
+        pairs = []
+        for t, part in zip(inputs, parts):
+            got = self._totals.get(id(t))
+            if got is None or got[0]() is not t or got[1] != part:
+                return None
+            pairs.append(got[2])
+        return pairs[0] if len(pairs) == 1 else self.ops.sum(self.ops.stack(pairs), axis=0)
 
     def _own_squares(self, node: LayerNode, out) -> None:
         total = squares_total(self.keras, out)
@@ -401,7 +455,7 @@ class Probe(PathPasses, MaskedPasses):
     def eval_pass(self, xs, capture_outputs=True, capture_bn=True, defer=True):
         """model(x, training=False), recording inputs of BN layers and (for
         the training pass that follows) every layer's output."""
-        self._eval_store.clear()
+        self._clear_store()
         inputs = self._inference_inputs(xs)
         if capture_outputs:
             self.upstream.begin(inputs)
@@ -422,14 +476,13 @@ class Probe(PathPasses, MaskedPasses):
         backend (`backend.call_as_fit`: training=True only when its call()
         takes it; stateless_call on JAX), comparing each layer's output with
         the stored inference output of the same batch."""
-        self.await_predict()  # the first pass that writes variables
         self._set_seeds(batch_index)
         try:
             return self._call_model(xs, "training", self._h_train(own), fit=True, defer=defer)
         finally:
             # inference outputs it did not take (calls of the inference pass only): not held
             # through the masked passes, which take only the frontiers `upstream` kept
-            self._eval_store.clear()
+            self._clear_store()
             self.after_training_pass()
 
     def after_training_pass(self) -> None:
@@ -452,6 +505,7 @@ class Probe(PathPasses, MaskedPasses):
             if got is not None:
                 return got
         ev = self.eval_pass(xs)
+        self.after_inference_pass(xs)
         try:
             return ev, self.train_pass(xs, batch_index)
         except NonFinite:

@@ -332,6 +332,108 @@ def upstream_reuse() -> dict:
     return {"backend": keras.backend.backend(), "same": reports[0] == reports[1], **counts}
 
 
+def inference_paths() -> dict:
+    """The inference paths of a model of Keras' own classes (no pass: the
+    modes read off the first batch) and of one whose base is called with
+    training=True at construction (the passes run): the leak checks, the
+    passes run, and whether each report equals the one the passes give."""
+    import keras
+
+    from bngap.inferencepaths import PathPasses
+    from bngap.pipeline import CheckOptions, check
+
+    L = keras.layers
+    x = np.random.default_rng(1).normal(1, 2, (24, 6)).astype("float32")
+
+    def build(training):
+        keras.utils.set_random_seed(3)
+        b_in = keras.Input((6,), name="b_in")
+        h = L.BatchNormalization(name="inner")(L.Dense(5, name="bd")(b_in))
+        base = keras.Model(b_in, h, name="base")
+        inp = keras.Input((6,), name="x")
+        h = L.Dropout(0.3, name="drop")(base(inp, training=training))
+        return keras.Model(inp, L.Dense(2, name="o")(h), name="outer")
+
+    def report(training):
+        d = check(build(training), x, options=CheckOptions(batch_size=12)).to_dict()
+        d.pop("seconds", None)
+        return d
+
+    ran: list[str] = []
+    originals = {n: getattr(PathPasses, n) for n in ("modes_pass", "observe_pass", "predict")}
+
+    def spy(name):
+        def run(self, *a, **kw):
+            ran.append(name)
+            return originals[name](self, *a, **kw)
+
+        return run
+
+    out: dict = {"backend": keras.backend.backend()}
+    watch = PathPasses.watch_no_flag
+    try:  # put back: on the test process's own backend this runs in the test process
+        for name in originals:
+            setattr(PathPasses, name, spy(name))
+        for label, training in (("plain", False), ("given_training", True)):
+            ran.clear()
+            got = report(training)
+            out[label] = {"leaks": got["leaks"], "ran": list(ran)}
+            PathPasses.watch_no_flag = lambda self: None  # type: ignore[method-assign]
+            out[label]["same_with_passes"] = report(training) == got
+            PathPasses.watch_no_flag = watch  # type: ignore[method-assign]
+    finally:
+        for name, fn in originals.items():
+            setattr(PathPasses, name, fn)
+        PathPasses.watch_no_flag = watch  # type: ignore[method-assign]
+    return out
+
+
+def rearranging_model(keras):
+    """Running concatenations of BN-fed convolutions (as in DenseNet), one
+    tensor concatenated with itself, one with the model's input, padding,
+    permuting, flattening and reshaping, and the data (40 samples)."""
+    L = keras.layers
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((6, 6, 3), name="x")
+    h = L.Conv2D(4, 3, padding="same", name="c0")(inp)
+    for i in range(2):
+        y = L.ReLU(name=f"r{i}")(L.BatchNormalization(name=f"bn{i}")(h))
+        h = L.Concatenate(name=f"cat{i}")([h, L.Conv2D(3, 3, padding="same", name=f"c{i + 1}")(y)])
+    both = L.Concatenate(axis=1, name="twice")([h, h])
+    raw = L.Concatenate(name="with_input")([inp, h])
+    f = L.Flatten(name="flat")(
+        L.Permute((3, 1, 2), name="perm")(L.ZeroPadding2D(1, name="pad")(both))
+    )
+    r = L.Flatten(name="flat3")(L.Reshape((-1, 2), name="reshape")(L.Flatten(name="flat2")(raw)))
+    out = L.Dropout(0.3, name="drop")(L.Concatenate(name="head_cat")([f, r]))
+    model = keras.Model(inp, L.Dense(2, name="out")(out), name="dense_like")
+    x = np.random.default_rng(1).normal(1, 2, (40, 6, 6, 3)).astype("float32")
+    return model, x
+
+
+def rearranging() -> dict:
+    """Each layer's divergence with the pairs of rearranging layers summed
+    and with them compared (`test_rearranging.py`)."""
+    import keras
+
+    from bngap import closedform
+    from bngap.pipeline import CheckOptions, check
+
+    options = CheckOptions(batch_size=16, probe_preprocessing=False, effects=0)
+    out: dict = {"backend": keras.backend.backend()}
+    original = closedform.rearranging
+    try:  # put back: on the test process's own backend this runs in the test process
+        for label in ("summed", "compared"):
+            model, x = rearranging_model(keras)
+            out[label] = {
+                lay.path: lay.divergence for lay in check(model, x, options=options).layers
+            }
+            closedform.rearranging = lambda node, keras: False  # type: ignore[assignment]
+    finally:
+        closedform.rearranging = original
+    return out
+
+
 def degenerate_bn_model(keras):
     """BN layers of every shape the closed form handles, fed degenerate
     channels: conv channel 0 constant, 1 a huge mean with a tiny spread,
@@ -410,6 +512,8 @@ def bn_closed_form():
 TASKS = {
     "bn_closed_form": bn_closed_form,
     "upstream_reuse": upstream_reuse,
+    "inference_paths": inference_paths,
+    "rearranging": rearranging,
     "gap_monitor": gap_monitor,
     "gap_monitor_devices": gap_monitor_devices,
     "side_outputs": side_outputs,

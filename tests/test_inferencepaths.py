@@ -1,17 +1,19 @@
-"""The inference paths: predict() started on a thread of its own beside
-the first inference pass (`PathPasses.predict_ahead`) gives the same report
-as predict() run last, leaves the model bit-identical, and is run last
-where it is not safe or failed. (The other inference-path tests are in
-test_probe.py, with the passes.)"""
+"""The inference paths: where the answers follow from what the layers got
+(a model of Keras' own classes, no layer in training mode), no pass of
+their own runs and predict() is not called; where they do not (a layer
+given training=True at construction, code of the user's), the passes run
+and predict() is compared. Either way the report is the one the passes
+give. (More inference-path tests are in test_probe.py, with the passes.)"""
 
 from __future__ import annotations
 
-import threading
+import functools
 
 import numpy as np
 import pytest
 
 from bngap import inferencepaths
+from bngap.inferencepaths import PREDICT_BY_CONSTRUCTION, PathPasses
 from bngap.pipeline import CheckOptions, check
 
 OPTIONS = CheckOptions(batch_size=16, probe_preprocessing=False)
@@ -30,84 +32,6 @@ def _leaky_model(keras):
     model = keras.Model(inp, out, name="leaky_model")
     x = np.random.default_rng(7).normal(1, 2, (40, 6, 6, 3)).astype("float32")
     return model, x
-
-
-def _threads(monkeypatch) -> list[int]:
-    """The threads predict() ran on."""
-    seen: list[int] = []
-    original = inferencepaths.PathPasses._predict_kept_aside
-
-    def recorded(self, xs):
-        seen.append(threading.get_ident())
-        return original(self, xs)
-
-    monkeypatch.setattr(inferencepaths.PathPasses, "_predict_kept_aside", recorded)
-    return seen
-
-
-def _report(model, x):
-    d = check(model, x, options=OPTIONS).to_dict()
-    d.pop("seconds", None)
-    return d
-
-
-def test_predict_ahead_gives_the_same_report_and_leaves_the_weights(keras, monkeypatch):
-    model, x = _leaky_model(keras)
-    before = [np.array(v) for v in model.variables]
-    seen = _threads(monkeypatch)
-    ahead = _report(model, x)
-    assert seen and seen[0] != threading.get_ident()  # it ran beside the passes
-    assert all(np.array_equal(np.array(v), b) for v, b in zip(model.variables, before))
-    seen.clear()
-    again = _report(model, x)  # predict() made already: run last, not beside
-    assert seen == [threading.get_ident()] and again == ahead
-    monkeypatch.setattr(inferencepaths, "_ahead_safe", lambda *a: False)
-    fresh, _ = _leaky_model(keras)  # the same weights, nothing traced
-    seen.clear()
-    assert _report(fresh, x) == ahead and seen == [threading.get_ident()]
-    assert all(np.array_equal(np.array(v), b) for v, b in zip(model.variables, before))
-
-
-def test_not_ahead_with_a_layer_of_the_user(keras, zoo, monkeypatch):
-    """A custom layer may draw random numbers or write state in inference
-    mode: predict() then runs after the passes, on the main thread."""
-    model, x, _ = zoo.get("mode_leak")
-    seen = _threads(monkeypatch)
-    check(model, x, options=OPTIONS)
-    assert seen == [threading.get_ident()]
-
-
-def test_a_failed_predict_ahead_runs_again_last(keras, monkeypatch):
-    """An error on the thread is not reported from there: predict() runs
-    again on the main thread, whose result (here: it works) is the one told."""
-    model, x = _leaky_model(keras)
-    original = inferencepaths.PathPasses._predict_kept_aside
-    calls: list[int] = []
-
-    def flaky(self, xs):
-        calls.append(threading.get_ident())
-        if len(calls) == 1:
-            raise RuntimeError("failed on the thread")
-        return original(self, xs)
-
-    monkeypatch.setattr(inferencepaths.PathPasses, "_predict_kept_aside", flaky)
-    r = check(model, x, options=OPTIONS)
-    assert len(calls) == 2 and calls[1] == threading.get_ident() != calls[0]
-    predict = next(c for c in r.leaks if c.path == "predict(x)")
-    assert not predict.skipped and predict.relative_l2 == pytest.approx(0.0, abs=1e-5)
-
-
-def _predict_first(monkeypatch) -> None:
-    """The interleaving that shows a race deterministically: predict() on its
-    thread ends before the first inference pass begins."""
-    original = inferencepaths.PathPasses.predict_ahead
-
-    def first(self, xs):
-        original(self, xs)
-        if self._ahead is not None and self._ahead[1] is not None:
-            self._ahead[1].join()
-
-    monkeypatch.setattr(inferencepaths.PathPasses, "predict_ahead", first)
 
 
 def _mc_dropout_model(keras):
@@ -165,30 +89,6 @@ def _user_activation_model(keras):
     return keras.Model(inp, L.Dense(2, name="o")(h), name="act")
 
 
-@pytest.mark.parametrize(
-    "build, shape",
-    [
-        (_mc_dropout_model, (40, 6)),
-        (_user_cell_model, (40, 5, 3)),
-        (_user_activation_model, (40, 6)),
-    ],
-    ids=["predict_step_of_the_user", "rnn_cell_of_the_user", "activation_of_the_user"],
-)
-def test_not_ahead_where_user_code_runs_in_predict(keras, monkeypatch, build, shape):
-    """Code of the user's that the layer tree does not list (the model's own
-    class, an RNN layer's cell, an activation function) may write variables
-    or draw random numbers in predict(): run beside
-    the inference pass, it changed the statistics that pass read (output gap
-    0.8363 against 0.8383, and the BN layer's data_std). predict() runs last."""
-    x = np.random.default_rng(0).normal(1, 2, shape).astype("float32")
-    _predict_first(monkeypatch)
-    seen = _threads(monkeypatch)
-    got = _report(build(keras), x)
-    assert seen == [threading.get_ident()]
-    monkeypatch.setattr(inferencepaths, "_ahead_safe", lambda *a: False)
-    assert _report(build(keras), x) == got
-
-
 def _augmenting_model(keras):
     """Random augmentation, noise and dropout (seed generators), compiled
     with steps_per_execution=2 and jit_compile=True."""
@@ -199,6 +99,21 @@ def _augmenting_model(keras):
     h = L.BatchNormalization(name="bn")(L.Conv2D(4, 3, name="conv")(h))
     h = L.Dropout(0.5, name="drop")(L.GlobalAveragePooling2D(name="pool")(h))
     model = keras.Model(inp, L.Dense(3, name="out")(h), name="aug")
+    model.compile("sgd", "mse", steps_per_execution=2, jit_compile=True)
+    return model
+
+
+def _noise_model(keras):
+    """Noise and dropout (seed generators), compiled with
+    steps_per_execution=2 and jit_compile=True."""
+    L = keras.layers
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((6, 6, 3), name="x")
+    h = L.BatchNormalization(name="bn")(
+        L.Conv2D(4, 3, name="conv")(L.GaussianNoise(0.5, name="noise")(inp))
+    )
+    h = L.Dropout(0.5, name="drop")(L.GlobalAveragePooling2D(name="pool")(h))
+    model = keras.Model(inp, L.Dense(3, name="out")(h), name="noise")
     model.compile("sgd", "mse", steps_per_execution=2, jit_compile=True)
     return model
 
@@ -226,63 +141,210 @@ def _inputs(name: str):
     return {"a": rng.normal(1, 2, (40, 8)).astype("float32"), "b": rng.normal(0, 1, (40, 4))}
 
 
-@pytest.mark.parametrize("build", [_augmenting_model, _two_input_model], ids=["aug", "two_input"])
-def test_predict_ended_first_gives_the_report_of_predict_last(keras, monkeypatch, build):
-    """The interleaving least like predict() run last (it ends before the
-    first inference pass begins) on models with seed generators, XLA and
-    steps_per_execution, dict inputs, two outputs and a nested base: the
-    same report, the weights untouched."""
-    x = _inputs("aug" if build is _augmenting_model else "two")
-    _predict_first(monkeypatch)
-    seen = _threads(monkeypatch)
+def _report(model, x) -> dict:
+    d = check(model, x, options=OPTIONS).to_dict()
+    d.pop("seconds", None)
+    return d
+
+
+def _passes(monkeypatch) -> list[str]:
+    """The inference-path passes run, by name."""
+    ran: list[str] = []
+    for name in ("observe_pass", "forced_eval_pass", "modes_pass", "_predict_kept_aside"):
+        original = getattr(PathPasses, name)
+
+        def spy(self, *a, __original=original, __name=name, **kw):
+            ran.append(__name)
+            return __original(self, *a, **kw)
+
+        monkeypatch.setattr(PathPasses, name, spy)
+    return ran
+
+
+def _with_passes(monkeypatch) -> None:
+    """The answers all measured: no no-flag modes read off the first batch."""
+    monkeypatch.setattr(PathPasses, "watch_no_flag", lambda self: None)
+
+
+def _leaks(report: dict) -> dict:
+    return {c["path"]: c for c in report["leaks"]}
+
+
+def _user_layer_model(keras):
+    """A Sequential model with one layer of the user's class."""
+    L = keras.layers
+
+    class Shift(L.Layer):
+        def call(self, x):
+            return x + 0.5
+
+    keras.utils.set_random_seed(2)
+    return keras.Sequential(
+        [keras.Input((6,)), L.Dense(5), Shift(), L.BatchNormalization(), L.Dense(2)]
+    )
+
+
+def _nested_training_model(keras):
+    """A transfer-learning base called with training=True at construction:
+    model(x) runs its BN layer in training mode, model(x, training=False) not."""
+    L = keras.layers
+    keras.utils.set_random_seed(2)
+    b_in = keras.Input((6,), name="b_in")
+    base = keras.Model(
+        b_in, L.BatchNormalization(name="inner")(L.Dense(5, name="bd")(b_in)), name="base"
+    )
+    inp = keras.Input((6,), name="x")
+    return keras.Model(inp, L.Dense(2, name="o")(base(inp, training=True)), name="outer")
+
+
+def _x(shape):
+    return np.random.default_rng(0).normal(1, 2, shape).astype("float32")
+
+
+@pytest.mark.parametrize("build", [_noise_model, _two_input_model], ids=["noise", "two_input"])
+def test_a_plain_model_runs_no_inference_path_pass(keras, monkeypatch, build):
+    """Seed generators, XLA and steps_per_execution; dict inputs, two
+    outputs and a base called with training=False: every answer follows
+    from the modes, read off the first batch without computing. The report
+    is the one the passes give, and the weights are untouched."""
+    x = _inputs("aug" if build is _noise_model else "two")
+    ran = _passes(monkeypatch)
     model = build(keras)
     before = [np.array(v) for v in model.variables]
     got = _report(model, x)
-    assert seen and seen[0] != threading.get_ident()
+    assert ran == ["modes_pass"]
     assert all(np.array_equal(np.array(v), b) for v, b in zip(model.variables, before))
-    monkeypatch.setattr(inferencepaths, "_ahead_safe", lambda *a: False)
+    leaks = _leaks(got)
+    assert leaks["model(x)"]["relative_l2"] == 0.0 and not leaks["model(x)"]["layers_in_training"]
+    assert leaks["predict(x)"]["skipped"] == PREDICT_BY_CONSTRUCTION
+    _with_passes(monkeypatch)
+    ran.clear()
     assert _report(build(keras), x) == got
+    assert ran == ["observe_pass"]  # predict() is model(x, training=False) itself either way
 
 
-def test_a_model_failing_beside_predict_reports_its_own_error(keras, monkeypatch):
-    """The first inference pass fails (an index out of an Embedding's range)
-    while predict() runs on its thread (and fails too): the inference pass's
-    ForwardPassError is the one raised, the thread joined."""
-    from bngap.errors import ForwardPassError
+def test_the_modes_pass_computes_no_layer(keras, monkeypatch):
+    """A layer with no layers below it hands back its inference output in
+    the modes pass: Conv2D.call runs in the passes, never in that one."""
+    conv = keras.layers.Conv2D
+    original, counts, inside = conv.call, {"in": 0, "out": 0}, []
 
+    @functools.wraps(original)
+    def counted(self, *a, **kw):
+        counts["in" if inside else "out"] += 1
+        return original(self, *a, **kw)
+
+    modes = PathPasses.modes_pass
+
+    def marked(self, xs):
+        inside.append(True)
+        try:
+            return modes(self, xs)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(conv, "call", counted)
+    monkeypatch.setattr(PathPasses, "modes_pass", marked)
+    check(_noise_model(keras), _inputs("aug"), options=OPTIONS)
+    assert counts["out"] > 0 and counts["in"] == 0
+
+
+@pytest.mark.parametrize(
+    "build, layer",
+    [
+        (_leaky_model, "leaky"),
+        (_nested_training_model, "base/inner"),
+        (_augmenting_model, "flip"),
+    ],
+    ids=["bn_given_training", "base_given_training", "flip_defaults_to_training"],
+)
+def test_a_layer_given_training_at_construction_gets_the_passes(keras, monkeypatch, build, layer):
+    """model(x) runs a layer in training mode that model(x, training=False)
+    does not (Keras' random image layers default to training=True): the
+    modes say so, the no-flag call and its reference run, and the leak is
+    reported as the passes alone report it."""
+    shape = (40, 6) if build is _nested_training_model else (40, 6, 6, 3)
+    model = build(keras)
+    model = model[0] if isinstance(model, tuple) else model
+    ran = _passes(monkeypatch)
+    got = _report(model, _x(shape))
+    assert ran == ["modes_pass", "observe_pass", "observe_pass"]
+    noflag = _leaks(got)["model(x)"]
+    assert noflag["layers_in_training"] == [layer] and noflag["relative_l2"] > 0.05
+    _with_passes(monkeypatch)
+    again = build(keras)
+    assert _report(again[0] if isinstance(again, tuple) else again, _x(shape)) == got
+
+
+@pytest.mark.parametrize(
+    "build, shape",
+    [
+        (_mc_dropout_model, (40, 6)),
+        (_user_cell_model, (40, 5, 3)),
+        (_user_activation_model, (40, 6)),
+        (_user_layer_model, (40, 6)),
+    ],
+    ids=["predict_step", "rnn_cell", "activation", "layer"],
+)
+def test_code_of_the_user_gets_predict_run(keras, monkeypatch, build, shape):
+    """The model's own class, an RNN layer's cell, an activation function or
+    a layer of the user's: predict() may compute something else, so it is
+    run and compared (Monte Carlo dropout's predict_step is caught)."""
+    ran = _passes(monkeypatch)
+    got = _leaks(_report(build(keras), _x(shape)))
+    assert "_predict_kept_aside" in ran and "modes_pass" not in ran
+    predict = got["predict(x)"]
+    assert not predict["skipped"] and predict["relative_l2"] is not None
+    assert (predict["relative_l2"] > 0.01) is (build is _mc_dropout_model)
+
+
+def test_predict_failing_under_xla_is_skipped_with_its_error(keras):
+    """predict() of a model with a layer of the user's, compiled with
+    jit_compile=True, fails (XLA has no kernel for area resizing) where its
+    eager calls work: the check says "skipped" with predict()'s error."""
     L = keras.layers
-    inp = keras.Input((5,), name="x", dtype="int32")
-    h = L.BatchNormalization(name="bn")(L.Embedding(10, 4, name="emb")(inp))
-    model = keras.Model(inp, L.Dense(2, name="out")(L.Flatten(name="flat")(h)), name="oob")
-    x = np.random.default_rng(0).integers(0, 50, (40, 5)).astype("int32")
-    seen = _threads(monkeypatch)
-    with pytest.raises(ForwardPassError, match="'emb'.*inference pass"):
-        check(model, x, options=OPTIONS)
-    assert len(seen) == 1 and seen[0] != threading.get_ident()
-    assert not [t for t in threading.enumerate() if t.name == "bngap-predict"]
 
+    class Half(L.Layer):
+        def call(self, x):
+            return x * 0.5
 
-def test_predict_failing_under_xla_is_skipped_as_when_run_last(keras, monkeypatch):
-    """predict() of a model compiled with jit_compile=True fails (XLA has no
-    kernel for area resizing) where its eager calls work: it failed on the
-    thread and again on the main thread, and the leak check says "skipped"
-    with the very message of predict() run last."""
-    L = keras.layers
-
-    def build():
-        keras.utils.set_random_seed(2)
-        inp = keras.Input((8, 8, 3), name="x")
-        h = L.Flatten(name="flat")(L.Resizing(3, 3, interpolation="area", name="resize")(inp))
-        h = L.BatchNormalization(name="bn")(L.Dense(4, name="dense")(h))
-        model = keras.Model(inp, L.Dense(2, name="out")(h), name="area")
-        model.compile("sgd", "mse", jit_compile=True)
-        return model
-
-    x = np.random.default_rng(0).normal(0, 1, (40, 8, 8, 3)).astype("float32")
-    seen = _threads(monkeypatch)
-    got = _report(build(), x)
-    assert len(seen) == 2 and seen[0] != seen[1] == threading.get_ident()
-    predict = next(c for c in got["leaks"] if c["path"] == "predict(x)")
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((8, 8, 3), name="x")
+    h = L.Flatten(name="flat")(L.Resizing(3, 3, interpolation="area", name="resize")(inp))
+    h = L.BatchNormalization(name="bn")(Half(name="half")(L.Dense(4, name="dense")(h)))
+    model = keras.Model(inp, L.Dense(2, name="out")(h), name="area")
+    model.compile("sgd", "mse", jit_compile=True)
+    predict = _leaks(_report(model, _x((40, 8, 8, 3))))["predict(x)"]
     assert predict["skipped"].startswith("InvalidArgumentError") and predict["relative_l2"] is None
-    monkeypatch.setattr(inferencepaths, "_ahead_safe", lambda *a: False)
-    assert _report(build(), x) == got
+
+
+def test_plain_keras_model_is_keras_own_classes_only(keras):
+    """What counts as a model of Keras' own classes."""
+    from bngap.layertree import build_tree
+
+    def plain(model):
+        return inferencepaths.plain_keras_model(model, build_tree(model, keras), keras)
+
+    assert plain(_two_input_model(keras)) and plain(_augmenting_model(keras))
+    assert plain(_noise_model(keras))
+    for build in (_mc_dropout_model, _user_cell_model, _user_activation_model, _user_layer_model):
+        assert not plain(build(keras)), build.__name__
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_inference_paths_on_the_other_backends(backend):
+    """On JAX and PyTorch too: no pass for a model of Keras' own classes,
+    the passes and the leak for a base called with training=True at
+    construction; each report the one the passes give."""
+    from backend_child import run_task
+
+    r = run_task(backend, "inference_paths")
+    plain, given = r["plain"], r["given_training"]
+    assert plain["ran"] == ["modes_pass"] and plain["same_with_passes"]
+    leaks = {c["path"]: c for c in plain["leaks"]}
+    assert leaks["model(x)"]["relative_l2"] == 0.0
+    assert leaks["predict(x)"]["skipped"] == PREDICT_BY_CONSTRUCTION
+    assert given["ran"] == ["modes_pass", "observe_pass", "observe_pass"]
+    assert given["same_with_passes"]
+    noflag = next(c for c in given["leaks"] if c["path"] == "model(x)")
+    assert noflag["layers_in_training"] == ["base/inner"] and noflag["relative_l2"] > 0.05

@@ -64,10 +64,13 @@ class StateGuard:
             i for i, v in enumerate(self.variables) if not getattr(v, "trainable", False)
         ]
 
-    def restore(self, everything: bool = False) -> None:
+    def restore(self, everything: bool = False, skip: frozenset[int] = frozenset()) -> None:
+        """Puts back what a pass may have written (`everything`: every
+        variable); `skip`: indices of variables the caller put back itself."""
         idx = range(len(self.variables)) if everything else self.mutable
         for i in idx:
-            self.variables[i].assign(self.saved[i])
+            if i not in skip:
+                self.variables[i].assign(self.saved[i])
         if self.tf_generator is not None:
             self.tf_generator.reset(self.tf_generator_state)
         if self.torch_rng is not None:
