@@ -268,12 +268,28 @@ class Probe(PathPasses, MaskedPasses):
         value = backend.to_numpy(tensor)
         if exact is not None and not np.all(np.isfinite(value)):
             value = exact()
-        settle(self.stats, [due], [value], strict=False)
+        settle(self.stats, *self._closed_pairs([due], [value]), strict=False)
 
     def settle(self, dues: list[Due], values: list[np.ndarray]) -> None:
         """Adds a pass's fetched quantities to the layers' accumulators (see
         `reductions.settle`)."""
-        settle(self.stats, dues, values)
+        settle(self.stats, *self._closed_pairs(dues, values))
+
+    def _closed_pairs(self, dues: list[Due], values: list[np.ndarray]):
+        """(dues, values) with each BN layer's batch moments (`Due.BN_OWN`)
+        turned into its own pair of sums (`closedform.own_pair`), from the
+        parameters the passes use."""
+        if not any(d.kind == Due.BN_OWN for d in dues):
+            return dues, values
+        by_index = {n.index: n for n in self.nodes}
+        out_dues, out_values = [], []
+        for d, v in zip(dues, values):
+            if d.kind == Due.BN_OWN:
+                v = closedform.own_pair(d.per, v, self.bn.moving(by_index[d.node]))
+                d = Due(Due.OWN, d.node)
+            out_dues.append(d)
+            out_values.append(v)
+        return out_dues, out_values
 
     def _bn_input_moments(self, node, args, kwargs):
         """Per-example channel moments of the input a BN layer is called with."""
@@ -308,16 +324,32 @@ class Probe(PathPasses, MaskedPasses):
             self._bypass -= 1
             self.bn.put_back(kept)
 
-    def _compare(self, due: Due, train_out, ref_out):
+    def _compare(self, due: Due, train_out, ref_out) -> Callable[[], np.ndarray] | None:
         """Emits [||t - r||^2, ||r||^2] of a pair of layer outputs (see
-        `reductions.pair_total`) and returns it; None when there is nothing
-        to compare."""
+        `reductions.pair_total`); returns what reads it now (as numpy), or
+        None when there is nothing to compare."""
         got = pair_total(self.keras, train_out, ref_out)
         if got is None:
             return None
         total, parts = got
         self._emit(due, total, exact=lambda: finite_pair_sums(self.ops, parts))
-        return total
+        return lambda: backend.to_numpy(total)
+
+    def _own_closed(self, node, args, kwargs, out, moments) -> Callable[[], np.ndarray]:
+        """Emits a BN layer's own contribution in closed form (`closedform`):
+        its batch `moments`, the sums made of them when the pass settles; a
+        layer that computed none (not trainable: it normalized with its
+        moving statistics) gave r itself. Returns what reads the pair now."""
+        if moments is None:
+            sq = squares_total(self.keras, out)
+            total = self.ops.stack([sq * 0.0, sq])
+            self._emit(Due(Due.OWN, node.index), total)
+            return lambda: backend.to_numpy(total)
+        x = args[0] if args else kwargs.get("inputs")
+        per, rows = closedform.moment_rows(self.ops, node.layer, x, *moments)
+        self._emit(Due(Due.BN_OWN, node.index, per), rows)
+        moving = self.bn.moving(node)
+        return lambda: closedform.own_pair(per, backend.to_numpy(rows), moving)
 
     # -------------------------------------------------------------- handlers
     def _h_eval(self, capture_outputs: bool, capture_bn: bool):
@@ -377,11 +409,10 @@ class Probe(PathPasses, MaskedPasses):
                 else:
                     if closed:
                         got, self._moments_got = self._moments_got, None
-                        total = closedform.own_total(self.keras, node, args, kwargs, out, got)
-                        self._emit(Due(Due.OWN, node.index), total)
+                        pair = self._own_closed(node, args, kwargs, out, got)
                     else:
-                        total = self._compare(Due(Due.OWN, node.index), out, ref)
-                    self._offer_cut(node, k, total, frontier)
+                        pair = self._compare(Due(Due.OWN, node.index), out, ref)
+                    self._offer_cut(node, k, pair, frontier)
             stored = self._eval_store.pop((node.index, k), None)
             if (
                 stored is None

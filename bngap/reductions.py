@@ -26,10 +26,11 @@ class Due:
     OWN: ClassVar[str] = "own"  # the same pair: the layer in both modes on one input
     OWN_SQUARES: ClassVar[str] = "own_squares"  # sum t^2 of a layer that ran in inference mode
     MOMENTS: ClassVar[str] = "moments"  # [mean, M2] per example and channel of a BN input
+    BN_OWN: ClassVar[str] = "bn_own"  # OWN of a BN layer in closed form: its batch moments
 
     kind: str
     node: int
-    per: float = 0.0  # MOMENTS: values per example and channel
+    per: float = 0.0  # MOMENTS: values per example and channel; BN_OWN: per channel (0: unknown)
 
 
 def settle(stats: dict, dues: list[Due], values: list[np.ndarray], strict: bool = True) -> None:

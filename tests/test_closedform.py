@@ -1,4 +1,4 @@
-"""A plain BN layer's own contribution in closed form (`closedform.bn_own_total`,
+"""A plain BN layer's own contribution in closed form (`closedform.moment_rows`,
 from the batch moments the layer computed) against running the layer in both
 modes and comparing the outputs, and against numpy."""
 
@@ -104,8 +104,8 @@ def test_masked_batchnorm_runs_both_modes(keras, monkeypatch):
     model = keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(h)))
     x = np.random.default_rng(2).integers(0, 20, (32, 7)).astype("int32")
     used = []
-    total = closedform.bn_own_total
-    monkeypatch.setattr(closedform, "bn_own_total", lambda *a: used.append(1) or total(*a))
+    total = closedform.moment_rows
+    monkeypatch.setattr(closedform, "moment_rows", lambda *a: used.append(1) or total(*a))
     with_closed = _own(model, x)
     assert not used and with_closed["bn"] > 0
     assert _own(model, x, monkeypatch, closed=False) == with_closed
@@ -160,8 +160,8 @@ def test_closed_form_gives_the_same_report_on_more_shapes(keras, monkeypatch, ba
     x = x if batch_size > 1 else x[:9]
     options = CheckOptions(batch_size=batch_size, probe_preprocessing=False, effects=None)
     used = []
-    total = closedform.bn_own_total
-    monkeypatch.setattr(closedform, "bn_own_total", lambda *a: used.append(1) or total(*a))
+    total = closedform.moment_rows
+    monkeypatch.setattr(closedform, "moment_rows", lambda *a: used.append(1) or total(*a))
     closed = check(model, x, options=options).to_dict()
     assert used  # the layers of float32 took the closed form (bn5d, of float16, did not)
     monkeypatch.setattr(closedform, "closed_form_ok", lambda node, keras: False)
