@@ -45,7 +45,8 @@ def call_ok(args, kwargs) -> bool:
 
 def moment_rows(ops, layer, x, mean, variance) -> tuple[float, Any]:
     """(per, rows): what `own_pair` computes the layer's own contribution
-    from on the host, in float64. `rows` on the device: the batch moments
+    from on the host, in float64. `rows`, a tuple of (channels,) tensors on
+    the device (`reductions.fetch` joins them): the batch moments
     the layer computed (mean, variance); on PyTorch also S = sum (x -
     mean)^2 per channel (its variance is E[x^2] - E[x]^2, so S is summed
     around the mean here); where the number of values per channel is not
@@ -60,11 +61,11 @@ def moment_rows(ops, layer, x, mean, variance) -> tuple[float, Any]:
     rank = len(x.shape)
     dims = [i for i in range(rank) if i != layer.axis % rank]  # the axes reduced over
     if all(x.shape[i] is not None for i in dims):
-        return float(np.prod([x.shape[i] for i in dims])), ops.stack(rows)
+        return float(np.prod([x.shape[i] for i in dims])), tuple(rows)
     shape, count = ops.shape(x), ops.ones_like(mean)
     for i in dims:
         count = count * ops.cast(shape[i], "float32")
-    return 0.0, ops.stack([*rows, count])
+    return 0.0, (*rows, count)
 
 
 @dataclass(frozen=True)

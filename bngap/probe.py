@@ -38,8 +38,10 @@ from .reductions import (
     NonFinite,
     channel_moment_tensors,
     channel_moments,
+    fetch,
     finite_pair_sums,
     pair_total,
+    read_now,
     settle,
     squares_total,
 )
@@ -255,7 +257,7 @@ class Probe(PathPasses, MaskedPasses):
             self._guard().restore()
             sink, self._sink = self._sink, None
         if sink:
-            self.settle([d for d, _ in sink], [backend.to_numpy(t) for _, t in sink])
+            self.settle([d for d, _ in sink], fetch([t for _, t in sink]))
         return out
 
     # ------------------------------------------------ deferred quantities
@@ -265,7 +267,7 @@ class Probe(PathPasses, MaskedPasses):
         if self._sink is not None:
             self._sink.append((due, tensor))
             return
-        value = backend.to_numpy(tensor)
+        value = read_now(tensor)
         if exact is not None and not np.all(np.isfinite(value)):
             value = exact()
         settle(self.stats, *self._closed_pairs([due], [value]), strict=False)
@@ -333,7 +335,7 @@ class Probe(PathPasses, MaskedPasses):
             return None
         total, parts = got
         self._emit(due, total, exact=lambda: finite_pair_sums(self.ops, parts))
-        return lambda: backend.to_numpy(total)
+        return lambda: read_now(total)
 
     def _own_closed(self, node, args, kwargs, out, moments) -> Callable[[], np.ndarray]:
         """Emits a BN layer's own contribution in closed form (`closedform`):
@@ -342,14 +344,14 @@ class Probe(PathPasses, MaskedPasses):
         moving statistics) gave r itself. Returns what reads the pair now."""
         if moments is None:
             sq = squares_total(self.keras, out)
-            total = self.ops.stack([sq * 0.0, sq])
+            total = (sq * 0.0, sq)
             self._emit(Due(Due.OWN, node.index), total)
-            return lambda: backend.to_numpy(total)
+            return lambda: read_now(total)
         x = args[0] if args else kwargs.get("inputs")
         per, rows = closedform.moment_rows(self.ops, node.layer, x, *moments)
         self._emit(Due(Due.BN_OWN, node.index, per), rows)
         moving = self.bn.moving(node)
-        return lambda: closedform.own_pair(per, backend.to_numpy(rows), moving)
+        return lambda: closedform.own_pair(per, read_now(rows), moving)
 
     # -------------------------------------------------------------- handlers
     def _h_eval(self, capture_outputs: bool, capture_bn: bool):
@@ -366,7 +368,7 @@ class Probe(PathPasses, MaskedPasses):
                     self.ops, x, node.layer.axis, kwargs.get("mask")
                 )
                 if per is not None:
-                    self._emit(Due(Due.MOMENTS, node.index, per), self.ops.stack([mean, m2]))
+                    self._emit(Due(Due.MOMENTS, node.index, per), (mean, m2))
                 else:  # masked: counts vary per example, fetched now
                     st.moments = st.moments or SplitMoments()
                     st.moments.add_examples(*self._bn_input_moments(node, args, kwargs))
