@@ -99,6 +99,26 @@ def test_pair_sums_are_the_plain_ops_bit_for_bit(keras):
     np.testing.assert_allclose(got, [np.sum((t64 - r64) ** 2), np.sum(r64**2)], rtol=1e-5)
 
 
+def test_fetch_all_gives_each_tensor_as_it_is(keras):
+    """A pass's quantities fetched in a few transfers (scalars stacked,
+    tensors joined along their last axis by dtype and leading shape) come
+    back one array each, bit for bit, in order."""
+    from bngap import backend
+    from bngap.reductions import fetch
+
+    rng = np.random.default_rng(3)
+    shapes = [(), (5,), (), (3, 1, 4), (3, 4), (7,), (3, 1, 2), (2, 6), ()]
+    arrays = [rng.normal(0, 1, s).astype("float32") for s in shapes]
+    arrays.append(np.arange(4, dtype="int32"))  # a dtype of its own
+    tensors = [keras.ops.convert_to_tensor(a) for a in arrays]
+    got = backend.fetch_all(tensors)
+    assert [g.shape for g in got] == [a.shape for a in arrays]
+    for g, a in zip(got, arrays):
+        assert g.dtype == a.dtype and np.array_equal(g, a)
+    pair = fetch([(tensors[0], tensors[2]), tensors[1]])
+    assert np.array_equal(np.asarray(pair[0]), arrays[0:3:2]) and np.array_equal(pair[1], arrays[1])
+
+
 def test_bn_input_moments_are_the_plain_ops_bit_for_bit(keras):
     from bngap import backend
     from bngap.reductions import channel_moments as _channel_moments
