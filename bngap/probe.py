@@ -270,12 +270,14 @@ class Probe(PathPasses, MaskedPasses):
         value = read_now(tensor)
         if exact is not None and not np.all(np.isfinite(value)):
             value = exact()
-        settle(self.stats, *self._closed_pairs([due], [value]), strict=False)
+        dues, values = self._closed_pairs([due], [value])
+        settle(self.stats, dues, values, strict=False)
 
     def settle(self, dues: list[Due], values: list[np.ndarray]) -> None:
         """Adds a pass's fetched quantities to the layers' accumulators (see
         `reductions.settle`)."""
-        settle(self.stats, *self._closed_pairs(dues, values))
+        dues, values = self._closed_pairs(dues, values)
+        settle(self.stats, dues, values)
 
     def _closed_pairs(self, dues: list[Due], values: list[np.ndarray]):
         """(dues, values) with each BN layer's batch moments (`Due.BN_OWN`)
@@ -336,6 +338,15 @@ class Probe(PathPasses, MaskedPasses):
         total, parts = got
         self._emit(due, total, exact=lambda: finite_pair_sums(self.ops, parts))
         return lambda: read_now(total)
+
+    def _own_training(self, node, closed: bool, args, kwargs, out, ref):
+        """Emits the own contribution of a layer that ran in training mode:
+        in closed form (`closed`: a BN layer), else its output against its
+        inference-mode output `ref`; returns what reads the pair now."""
+        if closed:
+            got, self._moments_got = self._moments_got, None
+            return self._own_closed(node, args, kwargs, out, got)
+        return self._compare(Due(Due.OWN, node.index), out, ref)
 
     def _own_closed(self, node, args, kwargs, out, moments) -> Callable[[], np.ndarray]:
         """Emits a BN layer's own contribution in closed form (`closedform`):
@@ -409,11 +420,7 @@ class Probe(PathPasses, MaskedPasses):
                 if not training:  # ran in inference mode: same input, same output
                     self._own_squares(node, out)
                 else:
-                    if closed:
-                        got, self._moments_got = self._moments_got, None
-                        pair = self._own_closed(node, args, kwargs, out, got)
-                    else:
-                        pair = self._compare(Due(Due.OWN, node.index), out, ref)
+                    pair = self._own_training(node, closed, args, kwargs, out, ref)
                     self._offer_cut(node, k, pair, frontier)
             stored = self._eval_store.pop((node.index, k), None)
             if (
