@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from . import backend
+from .closedform import Moving
 from .layertree import LayerNode
 from .vocabulary import Kind
 
@@ -16,10 +20,36 @@ class BatchNormState:
     def __init__(self, nodes: list[LayerNode], guard: Any, ops: Any):
         self.nodes, self.guard, self.ops = nodes, guard, ops
         self._cache: dict[int, list] | None = None
+        self._moving: dict[int, Moving] = {}
+        self._saved: dict[int, Any] = {}  # id(variable) -> the guard's saved value
 
     def forget(self) -> None:
         """The snapshot changed (`fix` committed new statistics): look it up again."""
         self._cache = None
+        self._moving = {}
+
+    def moving(self, node: LayerNode) -> Moving:
+        """A BN layer's parameters as every pass uses them (the snapshot the
+        guard restores), in float64, read once until `forget`."""
+        got = self._moving.get(node.index)
+        if got is None:
+            if not self._moving:
+                self._saved = {id(v): s for v, s in zip(self.guard.variables, self.guard.saved)}
+            layer = node.layer
+            got = Moving(
+                epsilon=float(np.float32(layer.epsilon)),  # added to a float32 variance
+                gamma=self._value(layer.gamma) if layer.scale else None,
+                beta=self._value(layer.beta) if layer.center else None,
+                mean=self._value(layer.moving_mean),
+                variance=self._value(layer.moving_variance),
+            )
+            self._moving[node.index] = got
+        return got
+
+    def _value(self, v) -> np.ndarray:
+        """A variable's saved value (read now if the guard holds none), in float64."""
+        saved = self._saved.get(id(v))
+        return np.asarray(backend.to_numpy(v) if saved is None else saved, np.float64)
 
     def variables(self, node: LayerNode) -> list:
         """(variable, saved value) of a BN layer's moving statistics."""

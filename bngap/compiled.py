@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import backend
+from .reductions import fetch
 
 _CACHE = "_bngap_compiled_passes"  # on the model, untracked by Keras
 
@@ -145,7 +146,9 @@ class CompiledPasses:
             probe._handler, probe._counts = probe._h_train(True), {}
             # the training pass after the inference pass, as eagerly: run side by
             # side, both passes' activations are alive at once (1.5x the memory)
-            with tf.control_dependencies(_values(ev) + [t for _, t in probe._sink]):
+            with tf.control_dependencies(
+                _values(ev) + tf.nest.flatten([t for _, t in probe._sink])
+            ):
                 for v, before in kept:
                     v.assign(before)
                 for v, value in zip(probe._seed_vars, seeds):
@@ -215,7 +218,7 @@ class CompiledPasses:
         elif entry.structure is not None:
             _replay(probe, entry)
         probe.after_training_pass()
-        probe.settle(entry.dues, [backend.to_numpy(t) for t in tensors])
+        probe.settle(entry.dues, fetch(tensors))
         _attach(ev, ev_riders)
         _attach(tr, tr_riders)
         return ev, tr

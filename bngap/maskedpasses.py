@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import backend
 from .errors import ForwardPassError
 from .layertree import LayerNode
 from .results import Kind
@@ -44,13 +43,14 @@ class MaskedPasses:
         def _set_seeds(self, batch_index: int) -> None: ...
         def _inference_inputs(self, xs: Any) -> Any: ...
 
-    def _offer_cut(self, node: LayerNode, k: int, total, frontier) -> None:
+    def _offer_cut(self, node: LayerNode, k: int, pair, frontier) -> None:
         """Keeps the frontier where a masked pass may cut: at the cuts the
         last batch's masked passes asked for, or (first batch, before the
         plan) at each group's first layer in training mode and the layers
-        with the largest own contribution so far (read now: a scalar)."""
+        with the largest own contribution so far (`pair()` reads its two
+        sums now)."""
         up, key = self.upstream, (node.index, k)
-        if frontier is None or total is None or k != 0:
+        if frontier is None or pair is None or k != 0:
             return
         if not up.choosing():
             if up.wanted is not None and key in up.wanted:
@@ -58,7 +58,7 @@ class MaskedPasses:
             return
         if node.kind is Kind.BATCHNORM and not node.layer.trainable:
             return
-        sq_d, sq_r = (float(v) for v in backend.to_numpy(total))
+        sq_d, sq_r = (float(v) for v in pair())
         score = sq_d / sq_r if sq_r > 0 else (1.0 if sq_d > 0 else 0.0)
         up.offer(key, node.kind.group, score if np.isfinite(score) else 0.0, frontier)
 

@@ -38,8 +38,10 @@ from .reductions import (
     NonFinite,
     channel_moment_tensors,
     channel_moments,
+    fetch,
     finite_pair_sums,
     pair_total,
+    read_now,
     settle,
     squares_total,
 )
@@ -270,7 +272,7 @@ class Probe(PathPasses, MaskedPasses):
             self._guard().restore(skip=self._held)
             sink, self._sink = self._sink, None
         if sink:
-            self.settle([d for d, _ in sink], [backend.to_numpy(t) for _, t in sink])
+            self.settle([d for d, _ in sink], fetch([t for _, t in sink]))
         return out
 
     # ------------------------------------------------ deferred quantities
@@ -280,15 +282,33 @@ class Probe(PathPasses, MaskedPasses):
         if self._sink is not None:
             self._sink.append((due, tensor))
             return
-        value = backend.to_numpy(tensor)
+        value = read_now(tensor)
         if exact is not None and not np.all(np.isfinite(value)):
             value = exact()
-        settle(self.stats, [due], [value], strict=False)
+        dues, values = self._closed_pairs([due], [value])
+        settle(self.stats, dues, values, strict=False)
 
     def settle(self, dues: list[Due], values: list[np.ndarray]) -> None:
         """Adds a pass's fetched quantities to the layers' accumulators (see
         `reductions.settle`)."""
+        dues, values = self._closed_pairs(dues, values)
         settle(self.stats, dues, values)
+
+    def _closed_pairs(self, dues: list[Due], values: list[np.ndarray]):
+        """(dues, values) with each BN layer's batch moments (`Due.BN_OWN`)
+        turned into its own pair of sums (`closedform.own_pair`), from the
+        parameters the passes use."""
+        if not any(d.kind == Due.BN_OWN for d in dues):
+            return dues, values
+        by_index = {n.index: n for n in self.nodes}
+        out_dues, out_values = [], []
+        for d, v in zip(dues, values):
+            if d.kind == Due.BN_OWN:
+                v = closedform.own_pair(d.per, v, self.bn.moving(by_index[d.node]))
+                d = Due(Due.OWN, d.node)
+            out_dues.append(d)
+            out_values.append(v)
+        return out_dues, out_values
 
     def _bn_input_moments(self, node, args, kwargs):
         """Per-example channel moments of the input a BN layer is called with."""
@@ -323,16 +343,41 @@ class Probe(PathPasses, MaskedPasses):
             self._bypass -= 1
             self.bn.put_back(kept)
 
-    def _compare(self, due: Due, train_out, ref_out):
+    def _compare(self, due: Due, train_out, ref_out) -> Callable[[], np.ndarray] | None:
         """Emits [||t - r||^2, ||r||^2] of a pair of layer outputs (see
-        `reductions.pair_total`) and returns it; None when there is nothing
-        to compare."""
+        `reductions.pair_total`); returns what reads it now (as numpy), or
+        None when there is nothing to compare."""
         got = pair_total(self.keras, train_out, ref_out)
         if got is None:
             return None
         total, parts = got
         self._emit(due, total, exact=lambda: finite_pair_sums(self.ops, parts))
-        return total
+        return lambda: read_now(total)
+
+    def _own_training(self, node, closed: bool, args, kwargs, out, ref):
+        """Emits the own contribution of a layer that ran in training mode:
+        in closed form (`closed`: a BN layer), else its output against its
+        inference-mode output `ref`; returns what reads the pair now."""
+        if closed:
+            got, self._moments_got = self._moments_got, None
+            return self._own_closed(node, args, kwargs, out, got)
+        return self._compare(Due(Due.OWN, node.index), out, ref)
+
+    def _own_closed(self, node, args, kwargs, out, moments) -> Callable[[], np.ndarray]:
+        """Emits a BN layer's own contribution in closed form (`closedform`):
+        its batch `moments`, the sums made of them when the pass settles; a
+        layer that computed none (not trainable: it normalized with its
+        moving statistics) gave r itself. Returns what reads the pair now."""
+        if moments is None:
+            sq = squares_total(self.keras, out)
+            total = (sq * 0.0, sq)
+            self._emit(Due(Due.OWN, node.index), total)
+            return lambda: read_now(total)
+        x = args[0] if args else kwargs.get("inputs")
+        per, rows = closedform.moment_rows(self.ops, node.layer, x, *moments)
+        self._emit(Due(Due.BN_OWN, node.index, per), rows)
+        moving = self.bn.moving(node)
+        return lambda: closedform.own_pair(per, read_now(rows), moving)
 
     # -------------------------------------------------------------- handlers
     def _h_eval(self, capture_outputs: bool, capture_bn: bool):
@@ -349,7 +394,7 @@ class Probe(PathPasses, MaskedPasses):
                     self.ops, x, node.layer.axis, kwargs.get("mask")
                 )
                 if per is not None:
-                    self._emit(Due(Due.MOMENTS, node.index, per), self.ops.stack([mean, m2]))
+                    self._emit(Due(Due.MOMENTS, node.index, per), (mean, m2))
                 else:  # masked: counts vary per example, fetched now
                     st.moments = st.moments or SplitMoments()
                     st.moments.add_examples(*self._bn_input_moments(node, args, kwargs))
@@ -391,13 +436,8 @@ class Probe(PathPasses, MaskedPasses):
                 if not training:  # ran in inference mode: same input, same output
                     self._own_squares(node, out)
                 else:
-                    if closed:
-                        got, self._moments_got = self._moments_got, None
-                        total = closedform.own_total(self.keras, node, args, kwargs, out, got)
-                        self._emit(Due(Due.OWN, node.index), total)
-                    else:
-                        total = self._compare(Due(Due.OWN, node.index), out, ref)
-                    self._offer_cut(node, k, total, frontier)
+                    pair = self._own_training(node, closed, args, kwargs, out, ref)
+                    self._offer_cut(node, k, pair, frontier)
             stored = self._eval_store.pop((node.index, k), None)
             if stored is None or self._divergence(node, (node.index, k), args, kwargs, out, stored):
                 st.matched = False
@@ -423,15 +463,20 @@ class Probe(PathPasses, MaskedPasses):
         A rearranging layer whose inputs are, in both passes, the outputs of
         the same calls gets the sum of their pairs (deferred sums only: a
         non-finite batch is compared again entry by entry)."""
+        due = Due(Due.DIVERGENCE, node.index)
         parts = self._parts_of.get(key) if self._sink is not None else None
         total = None if parts is None else self._summed_pairs(parts, args, kwargs)
         if total is not None:
-            self._emit(Due(Due.DIVERGENCE, node.index), total)
+            self._emit(due, total)
         else:
-            total = self._compare(Due(Due.DIVERGENCE, node.index), out, stored)
-        if total is not None and hasattr(out, "shape"):
+            got = pair_total(self.keras, out, stored)
+            if got is None:
+                return True
+            total, pieces = got
+            self._emit(due, total, exact=lambda: finite_pair_sums(self.ops, pieces))
+        if hasattr(out, "shape"):
             self._totals[id(out)] = (weakref.ref(out), key, total)
-        return total is None
+        return False
 
     def _summed_pairs(self, parts: tuple, args, kwargs):
         """The sum of the pairs of a call's inputs, if each is the very
@@ -445,7 +490,10 @@ class Probe(PathPasses, MaskedPasses):
             if got is None or got[0]() is not t or got[1] != part:
                 return None
             pairs.append(got[2])
-        return pairs[0] if len(pairs) == 1 else self.ops.sum(self.ops.stack(pairs), axis=0)
+        d, r = pairs[0]
+        for more_d, more_r in pairs[1:]:
+            d, r = d + more_d, r + more_r
+        return d, r
 
     def _own_squares(self, node: LayerNode, out) -> None:
         total = squares_total(self.keras, out)

@@ -26,10 +26,11 @@ class Due:
     OWN: ClassVar[str] = "own"  # the same pair: the layer in both modes on one input
     OWN_SQUARES: ClassVar[str] = "own_squares"  # sum t^2 of a layer that ran in inference mode
     MOMENTS: ClassVar[str] = "moments"  # [mean, M2] per example and channel of a BN input
+    BN_OWN: ClassVar[str] = "bn_own"  # OWN of a BN layer in closed form: its batch moments
 
     kind: str
     node: int
-    per: float = 0.0  # MOMENTS: values per example and channel
+    per: float = 0.0  # MOMENTS: values per example and channel; BN_OWN: per channel (0: unknown)
 
 
 def settle(stats: dict, dues: list[Due], values: list[np.ndarray], strict: bool = True) -> None:
@@ -46,7 +47,8 @@ def settle(stats: dict, dues: list[Due], values: list[np.ndarray], strict: bool 
         if due.kind == Due.MOMENTS:
             if st.moments is None:
                 st.moments = SplitMoments()
-            mean, m2 = np.asarray(v[0]), np.asarray(v[1])
+            m2 = np.asarray(v[1])
+            mean = np.asarray(v[0]).reshape(m2.shape)  # (examples, 1, channels) on the device
             st.moments.add_examples(np.full(mean.shape, due.per), mean, m2)
         elif due.kind == Due.OWN_SQUARES:
             sq = float(v)
@@ -60,6 +62,22 @@ def settle(stats: dict, dues: list[Due], values: list[np.ndarray], strict: bool 
                 st.paired += 1
 
 
+def fetch(values: list) -> list:
+    """A pass's deferred quantities as numpy, each a tensor or a tuple of
+    tensors (a list of arrays), in a few transfers (`backend.fetch_all`)."""
+    leaves = [t for v in values for t in (v if isinstance(v, tuple) else (v,))]
+    got = iter(backend.fetch_all(leaves))
+    return [[next(got) for _ in v] if isinstance(v, tuple) else next(got) for v in values]
+
+
+def read_now(value):
+    """One deferred quantity (a tensor, or a tuple of them) as numpy now,
+    without an op to join its parts."""
+    if isinstance(value, tuple):
+        return [backend.to_numpy(t) for t in value]
+    return backend.to_numpy(value)
+
+
 def as_float32(ops, t):
     """`t` in float32; a float32 tensor as it is (skips the cast op's dispatch)."""
     return t if "float32" in str(getattr(t, "dtype", "")) else ops.cast(t, "float32")
@@ -71,10 +89,10 @@ def flat_outputs(keras, out) -> list:
 
 
 def pair_total(keras, train_out, ref_out):
-    """(total, parts) of a pair of layer outputs: total is [||t - r||^2,
-    ||r||^2] over all their floating tensors of equal shape, on the device;
-    parts the (t, r, sums) it adds up (for `finite_pair_sums`). None when
-    there is nothing to compare."""
+    """(total, parts) of a pair of layer outputs: total is (||t - r||^2,
+    ||r||^2) over all their floating tensors of equal shape, two scalars on
+    the device; parts the (t, r, sums) it adds up (for `finite_pair_sums`).
+    None when there is nothing to compare."""
     ops = keras.ops
     a, b = flat_outputs(keras, train_out), flat_outputs(keras, ref_out)
     if len(a) != len(b):
@@ -91,10 +109,10 @@ def pair_total(keras, train_out, ref_out):
         parts.append((t32, r32, backend.pair_sums(t32, r32)))
     if not parts:
         return None
-    # one output (nearly every layer): its two sums as they are, without a stack and sum more
+    # one output (nearly every layer): its two sums as they are, without adding more
     if len(parts) == 1:
         return parts[0][2], parts
-    return ops.sum(ops.stack([p[2] for p in parts]), axis=0), parts
+    return tuple(ops.sum(ops.stack([p[2][i] for p in parts])) for i in (0, 1)), parts
 
 
 def squares_total(keras, out):
@@ -123,7 +141,7 @@ def finite_pair_sums(ops, parts) -> np.ndarray:
 def _channels_last(ops, x, axis: int):
     """`x` in float32 with its channel axis last; whether it was last already
     (Keras applies a mask along the last axis only)."""
-    x = ops.cast(x, "float32")
+    x = as_float32(ops, x)
     rank = len(x.shape)
     if axis % rank == rank - 1:
         return x, True
@@ -133,7 +151,8 @@ def _channels_last(ops, x, axis: int):
 
 def channel_moment_tensors(ops, x, axis: int, mask=None):
     """(values per example and channel, mean, M2) of a BN input as device
-    tensors, each (examples, channels). (None, None, None) where the counts
+    tensors, M2 (examples, channels), the mean (examples, 1, channels), as
+    it is subtracted (no op to drop the axis). (None, None, None) where the counts
     are not one number known now (a mask; sizes known only at run time):
     see `channel_moments`."""
     x, last = _channels_last(ops, x, axis)
@@ -142,9 +161,8 @@ def channel_moment_tensors(ops, x, axis: int, mask=None):
         return None, None, None
     per = int(np.prod(inner)) if inner else 1
     x3 = ops.reshape(x, (-1, per, x.shape[-1]))  # the batch size may be unknown in a traced pass
-    mean = ops.mean(x3, axis=1)
-    m2 = backend.sum_squared_difference(x3, mean[:, None, :], axis=1)
-    return float(per), mean, m2
+    mean = ops.mean(x3, axis=1, keepdims=True)
+    return float(per), mean, backend.sum_squared_difference(x3, mean, axis=1)
 
 
 def channel_moments(ops, x, axis: int, mask=None):
@@ -154,8 +172,8 @@ def channel_moments(ops, x, axis: int, mask=None):
     PyTorch one computes E[x^2] - E[x]^2)."""
     per, mean, m2 = channel_moment_tensors(ops, x, axis, mask)
     if per is not None:
-        mean_np = backend.to_numpy(mean)
-        return np.full(mean_np.shape, per), mean_np, backend.to_numpy(m2)
+        m2_np = backend.to_numpy(m2)
+        return np.full(m2_np.shape, per), backend.to_numpy(mean).reshape(m2_np.shape), m2_np
     x, last = _channels_last(ops, x, axis)
     b, c = x.shape[0], x.shape[-1]
     x3 = ops.reshape(x, (b, -1, c))

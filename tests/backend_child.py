@@ -479,7 +479,7 @@ def bn_closed_form():
     keras = import_keras()
     model, x = degenerate_bn_model(keras)
     options = CheckOptions(batch_size=16, probe_preprocessing=False, effects=None)
-    ok, total = closedform.closed_form_ok, closedform.bn_own_total
+    ok, total = closedform.closed_form_ok, closedform.moment_rows
     used = [0]
 
     def counted(*args):
@@ -488,7 +488,7 @@ def bn_closed_form():
 
     got = {}
     try:  # put back: on the test process's own backend this runs in the test process
-        closedform.bn_own_total = counted
+        closedform.moment_rows = counted
         for closed in (True, False):
             if not closed:
                 closedform.closed_form_ok = lambda node, keras: False
@@ -500,7 +500,7 @@ def bn_closed_form():
             }
             d.pop("seconds", None)
     finally:
-        closedform.closed_form_ok, closedform.bn_own_total = ok, total
+        closedform.closed_form_ok, closedform.moment_rows = ok, total
     return {
         "backend": keras.backend.backend(),
         "closed": got["True"],

@@ -1,4 +1,4 @@
-"""A plain BN layer's own contribution in closed form (`closedform.bn_own_total`,
+"""A plain BN layer's own contribution in closed form (`closedform.moment_rows`,
 from the batch moments the layer computed) against running the layer in both
 modes and comparing the outputs, and against numpy."""
 
@@ -104,8 +104,8 @@ def test_masked_batchnorm_runs_both_modes(keras, monkeypatch):
     model = keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(h)))
     x = np.random.default_rng(2).integers(0, 20, (32, 7)).astype("int32")
     used = []
-    total = closedform.bn_own_total
-    monkeypatch.setattr(closedform, "bn_own_total", lambda *a: used.append(1) or total(*a))
+    total = closedform.moment_rows
+    monkeypatch.setattr(closedform, "moment_rows", lambda *a: used.append(1) or total(*a))
     with_closed = _own(model, x)
     assert not used and with_closed["bn"] > 0
     assert _own(model, x, monkeypatch, closed=False) == with_closed
@@ -160,12 +160,92 @@ def test_closed_form_gives_the_same_report_on_more_shapes(keras, monkeypatch, ba
     x = x if batch_size > 1 else x[:9]
     options = CheckOptions(batch_size=batch_size, probe_preprocessing=False, effects=None)
     used = []
-    total = closedform.bn_own_total
-    monkeypatch.setattr(closedform, "bn_own_total", lambda *a: used.append(1) or total(*a))
+    total = closedform.moment_rows
+    monkeypatch.setattr(closedform, "moment_rows", lambda *a: used.append(1) or total(*a))
     closed = check(model, x, options=options).to_dict()
     assert used  # the layers of float32 took the closed form (bn5d, of float16, did not)
     monkeypatch.setattr(closedform, "closed_form_ok", lambda node, keras: False)
     model, _ = _shared_nested_model(keras)  # not the graph traced with the closed form
+    both = check(model, x, options=options).to_dict()
+    closed.pop("seconds"), both.pop("seconds")
+    assert _close(closed, both)
+
+
+def _committed_own(keras, compile_passes: bool) -> dict:
+    """Each BN layer's own sums over two batches of one probe (the compiled
+    passes reuse the graph, and the pass's recorded `Due`s, for the second),
+    new moving statistics committed between them as `fix` does."""
+    from bngap.capture import CaptureProbe
+    from bngap.layertree import build_tree
+
+    model, x = degenerate_bn_model(keras)
+    nodes = build_tree(model, keras)
+    rng = np.random.default_rng(9)
+    with CaptureProbe(model, nodes, keras) as probe:
+        if compile_passes:
+            probe.compiled = compiled.CompiledPasses(model, nodes)
+        probe.eval_train([x[:16]], 0)
+        probe.end_batch()
+        for n in nodes:
+            if n.kind is Kind.BATCHNORM:
+                c = n.layer.moving_mean.shape[0]
+                n.layer.moving_mean.assign(rng.normal(0, 3, c).astype("float32"))
+                n.layer.moving_variance.assign(rng.uniform(0.1, 5, c).astype("float32"))
+        probe.commit()
+        probe.eval_train([x[16:32]], 1)
+        probe.end_batch()
+        stats = probe.stats
+        if compile_passes:
+            assert all(e.function and not e.failed for e in probe.compiled.entries())
+    return {
+        n.path: (stats[n.index].own.sq_diff, stats[n.index].own.sq_ref)
+        for n in nodes
+        if n.kind is Kind.BATCHNORM
+    }
+
+
+@pytest.mark.parametrize("compile_passes", [False, True])
+def test_closed_form_reads_the_statistics_fix_commits(keras, monkeypatch, compile_passes):
+    """The closed form's sums are made when the pass settles, from the
+    parameters the passes use: statistics `fix` commits between two
+    batches of one probe count from the next pass on, eagerly and in the
+    compiled passes (whose recorded `Due`s hold nothing of the batch), as
+    they do when the layers run in both modes."""
+    used = []
+    rows = closedform.moment_rows
+    monkeypatch.setattr(closedform, "moment_rows", lambda *a: used.append(1) or rows(*a))
+    closed = _committed_own(keras, compile_passes)
+    assert used
+    monkeypatch.setattr(closedform, "closed_form_ok", lambda node, keras: False)
+    both = _committed_own(keras, compile_passes)
+    assert closed.keys() == both.keys()
+    for path, want in both.items():  # both modes: float32 sums of squares near 1e6 (JAX's, 2e-5)
+        assert closed[path] == pytest.approx(want, rel=1e-4), path
+
+
+def test_non_finite_closed_form_measures_the_batch_again(keras, monkeypatch):
+    """A BN input so large that its variance overflows float32: the pair
+    made from the moments when the pass settles is not finite, so the
+    batch is measured again exactly (both modes, NaN/Inf entries left out),
+    with the same report as without the closed form."""
+    from bngap.probe import Probe
+
+    L = keras.layers
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((4,))
+    h = L.BatchNormalization(name="bn")(L.Lambda(lambda t: t * 1e20)(L.Dense(4)(inp)))
+    model = keras.Model(inp, L.Dense(2)(h))
+    x = np.random.default_rng(6).normal(0, 3, (32, 4)).astype("float32")
+    again, pairs = [], []
+    exact, own_pair = Probe._eval_train_exact, closedform.own_pair
+    monkeypatch.setattr(
+        Probe, "_eval_train_exact", lambda *a, **k: again.append(1) or exact(*a, **k)
+    )
+    monkeypatch.setattr(closedform, "own_pair", lambda *a: pairs.append(own_pair(*a)) or pairs[-1])
+    options = CheckOptions(batch_size=16, probe_preprocessing=False, effects=None)
+    closed = check(model, x, options=options).to_dict()
+    assert again and not np.all(np.isfinite(pairs))
+    monkeypatch.setattr(closedform, "closed_form_ok", lambda node, keras: False)
     both = check(model, x, options=options).to_dict()
     closed.pop("seconds"), both.pop("seconds")
     assert _close(closed, both)

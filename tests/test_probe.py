@@ -106,11 +106,31 @@ def test_pair_sums_are_the_plain_ops_bit_for_bit(keras):
     rng = np.random.default_rng(7)
     t = ops.convert_to_tensor(rng.normal(1.0, 3.0, (4, 9, 9, 5)).astype("float32"))
     r = ops.convert_to_tensor(rng.normal(0.0, 2.0, (4, 9, 9, 5)).astype("float32"))
-    got = backend.to_numpy(backend.pair_sums(t, r))
+    got = np.array([backend.to_numpy(s) for s in backend.pair_sums(t, r)])
     plain = backend.to_numpy(ops.stack([ops.sum(ops.square(t - r)), ops.sum(ops.square(r))]))
     assert np.array_equal(got, plain)
     t64, r64 = backend.to_numpy(t).astype(np.float64), backend.to_numpy(r).astype(np.float64)
     np.testing.assert_allclose(got, [np.sum((t64 - r64) ** 2), np.sum(r64**2)], rtol=1e-5)
+
+
+def test_fetch_all_gives_each_tensor_as_it_is(keras):
+    """A pass's quantities fetched in a few transfers (scalars stacked,
+    tensors joined along their last axis by dtype and leading shape) come
+    back one array each, bit for bit, in order."""
+    from bngap import backend
+    from bngap.reductions import fetch
+
+    rng = np.random.default_rng(3)
+    shapes = [(), (5,), (), (3, 1, 4), (3, 4), (7,), (3, 1, 2), (2, 6), ()]
+    arrays = [rng.normal(0, 1, s).astype("float32") for s in shapes]
+    arrays.append(np.arange(4, dtype="int32"))  # a dtype of its own
+    tensors = [keras.ops.convert_to_tensor(a) for a in arrays]
+    got = backend.fetch_all(tensors)
+    assert [g.shape for g in got] == [a.shape for a in arrays]
+    for g, a in zip(got, arrays):
+        assert g.dtype == a.dtype and np.array_equal(g, a)
+    pair = fetch([(tensors[0], tensors[2]), tensors[1]])
+    assert np.array_equal(np.asarray(pair[0]), arrays[0:3:2]) and np.array_equal(pair[1], arrays[1])
 
 
 def test_bn_input_moments_are_the_plain_ops_bit_for_bit(keras):

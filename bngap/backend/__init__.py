@@ -39,6 +39,7 @@ from .state import (
 )
 from .tensors import (
     dense,
+    fetch_all,
     is_floating,
     no_grad,
     numpy_outputs,
@@ -79,6 +80,7 @@ __all__ = [
     "no_grad",
     "pack_inputs",
     "pair_sums",
+    "fetch_all",
     "placed",
     "requested_backend",
     "seed_state",

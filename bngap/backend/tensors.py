@@ -55,11 +55,36 @@ def sum_squares(x):
     return keras.ops.sum(keras.ops.square(x))
 
 
-def pair_sums(t, r):
-    """[sum((t - r)**2), sum(r**2)] of two float32 tensors, as one tensor on
-    their device (see `sum_squared_difference`, `sum_squares`)."""
+def pair_sums(t, r) -> tuple:
+    """(sum((t - r)**2), sum(r**2)) of two float32 tensors, two scalars on
+    their device (see `sum_squared_difference`, `sum_squares`), not stacked:
+    `fetch_all` stacks a pass's scalars at once."""
+    return sum_squared_difference(t, r), sum_squares(r)
+
+
+def fetch_all(tensors: list) -> list[np.ndarray]:
+    """Many small device tensors as numpy in a few transfers: those of one
+    dtype whose shapes differ only in the last axis joined along it
+    (scalars stacked), one op and one fetch a group, split again on the host."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        shape = tuple(t.shape)
+        groups.setdefault((str(t.dtype), shape[:-1] if shape else None), []).append(i)
+    out: list = [None] * len(tensors)
     ops = import_keras().ops
-    return ops.stack([sum_squared_difference(t, r), sum_squares(r)])
+    for (_, lead), idx in groups.items():
+        if len(idx) == 1:
+            out[idx[0]] = to_numpy(tensors[idx[0]])
+        elif lead is None:
+            out_idx = to_numpy(ops.stack([tensors[i] for i in idx]))
+            for i, v in zip(idx, out_idx):
+                out[i] = v
+        else:
+            joined = to_numpy(ops.concatenate([tensors[i] for i in idx], axis=-1))
+            ends = np.cumsum([tensors[i].shape[-1] for i in idx])[:-1]
+            for i, v in zip(idx, np.split(joined, ends, axis=-1)):
+                out[i] = v
+    return out
 
 
 def is_floating(t) -> bool:
