@@ -70,6 +70,7 @@ def _stage_timers():
         "eval_pass",
         "train_pass",
         "masked_pass",
+        "modes_pass",
         "observe_pass",
         "forced_eval_pass",
         "predict",
