@@ -89,6 +89,20 @@ def _user_activation_model(keras):
     return keras.Model(inp, L.Dense(2, name="o")(h), name="act")
 
 
+def _user_gate_model(keras):
+    """An LSTM layer of Keras whose cell runs a gate (recurrent) activation
+    of the user's: code of the user's in every step, as an activation."""
+    L = keras.layers
+
+    def hard_gate(x):
+        return keras.ops.clip(0.2 * x + 0.5, 0.0, 1.0)
+
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((5, 3), name="x")
+    h = L.LSTM(4, recurrent_activation=hard_gate, name="lstm")(inp)
+    return keras.Model(inp, L.Dense(2, name="o")(L.BatchNormalization(name="bn")(h)), name="gate")
+
+
 def _augmenting_model(keras):
     """Random augmentation, noise and dropout (seed generators), compiled
     with steps_per_execution=2 and jit_compile=True."""
@@ -282,14 +296,16 @@ def test_a_layer_given_training_at_construction_gets_the_passes(keras, monkeypat
         (_mc_dropout_model, (40, 6)),
         (_user_cell_model, (40, 5, 3)),
         (_user_activation_model, (40, 6)),
+        (_user_gate_model, (40, 5, 3)),
         (_user_layer_model, (40, 6)),
     ],
-    ids=["predict_step", "rnn_cell", "activation", "layer"],
+    ids=["predict_step", "rnn_cell", "activation", "gate_activation", "layer"],
 )
 def test_code_of_the_user_gets_predict_run(keras, monkeypatch, build, shape):
-    """The model's own class, an RNN layer's cell, an activation function or
-    a layer of the user's: predict() may compute something else, so it is
-    run and compared (Monte Carlo dropout's predict_step is caught)."""
+    """The model's own class, an RNN layer's cell, an activation function
+    (also a cell's gate activation) or a layer of the user's: predict() may
+    compute something else, so it is run and compared (Monte Carlo
+    dropout's predict_step is caught)."""
     ran = _passes(monkeypatch)
     got = _leaks(_report(build(keras), _x(shape)))
     assert "_predict_kept_aside" in ran and "modes_pass" not in ran
@@ -327,8 +343,22 @@ def test_plain_keras_model_is_keras_own_classes_only(keras):
 
     assert plain(_two_input_model(keras)) and plain(_augmenting_model(keras))
     assert plain(_noise_model(keras))
-    for build in (_mc_dropout_model, _user_cell_model, _user_activation_model, _user_layer_model):
+    users = (_mc_dropout_model, _user_cell_model, _user_activation_model, _user_gate_model)
+    for build in (*users, _user_layer_model):
         assert not plain(build(keras)), build.__name__
+
+    def text_model(standardize):
+        L = keras.layers
+        inp = keras.Input((1,), dtype="string")
+        ids = L.TextVectorization(
+            standardize=standardize, vocabulary=["a", "b"], output_sequence_length=3
+        )(inp)
+        return keras.Model(inp, L.Dense(2)(L.Embedding(5, 2)(ids)))
+
+    def own_standardize(text):
+        return text
+
+    assert plain(text_model("lower")) and not plain(text_model(own_standardize))
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
