@@ -314,6 +314,71 @@ def test_code_of_the_user_gets_predict_run(keras, monkeypatch, build, shape):
     assert (predict["relative_l2"] > 0.01) is (build is _mc_dropout_model)
 
 
+def _resizing_model(keras):
+    """Resizing is not mode-dependent, but its signature's training=True,
+    taken when no flag is given, stays in Keras' call context: the BN after
+    it runs in training mode in model(x) (Keras 3.15.1)."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 3), name="x")
+    h = L.BatchNormalization(name="bn")(L.Conv2D(3, 3, name="c")(L.Resizing(6, 6, name="rs")(inp)))
+    return keras.Model(inp, L.Dense(2, name="o")(L.GlobalAveragePooling2D(name="p")(h)), name="m")
+
+
+def _shared_bn_model(keras):
+    """One BN layer called twice, given training=True in one call only."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 3), name="x")
+    bn = L.BatchNormalization(name="bn")
+    a = bn(L.Conv2D(3, 3, name="c1")(inp), training=True)
+    b = bn(L.Conv2D(3, 3, name="c2")(inp))
+    h = L.GlobalAveragePooling2D(name="p")(L.Concatenate(name="cat")([a, b]))
+    return keras.Model(inp, L.Dense(2, name="o")(h), name="m")
+
+
+def _rand_augment_model(keras):
+    """RandAugment calls its own layers only in training mode (the default
+    when no flag is given): in the modes pass they compute, having no
+    inference output to hand back."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 3), name="x")
+    h = L.RandAugment(value_range=(0, 1), name="ra")(inp)
+    h = L.BatchNormalization(name="bn")(L.Conv2D(3, 3, name="c")(h))
+    return keras.Model(inp, L.Dense(2, name="o")(L.GlobalAveragePooling2D(name="p")(h)), name="m")
+
+
+def _time_distributed_model(keras):
+    """TimeDistributed(BatchNormalization()): the wrapper calls its layer's
+    call() once per step, in the modes pass too."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 3), name="x")
+    h = L.TimeDistributed(L.BatchNormalization(name="bn"), name="td")(inp)
+    return keras.Model(inp, L.Dense(2, name="o")(L.Flatten(name="f")(h)), name="m")
+
+
+@pytest.mark.parametrize(
+    "build, in_training",
+    [
+        (_resizing_model, ["bn"]),
+        (_shared_bn_model, ["bn"]),
+        (_rand_augment_model, ["ra", "bn"]),
+        (_time_distributed_model, []),
+    ],
+    ids=["call_context", "shared_bn", "layers_only_in_training", "time_distributed"],
+)
+def test_the_modes_pass_gives_the_report_of_the_passes(keras, monkeypatch, build, in_training):
+    """What model(x) gives each layer, read off the modes pass (leaves hand
+    back their inference outputs, Keras' own __call__ still resolves and
+    passes on `training`), is what the no-flag pass records: the same
+    report either way."""
+    x = _x((40, 8, 8, 3))
+    keras.utils.set_random_seed(2)
+    got = _report(build(keras), x)
+    assert _leaks(got)["model(x)"]["layers_in_training"] == in_training
+    _with_passes(monkeypatch)
+    keras.utils.set_random_seed(2)
+    assert _report(build(keras), x) == got
+
+
 def test_predict_failing_under_xla_is_skipped_with_its_error(keras):
     """predict() of a model with a layer of the user's, compiled with
     jit_compile=True, fails (XLA has no kernel for area resizing) where its
