@@ -142,9 +142,10 @@ class PathPasses:
 
 def plain_keras_model(model, nodes: list[LayerNode], keras) -> bool:
     """A Functional or Sequential model of Keras' own class whose layers
-    (cells included) and their activations are all Keras' own: no code of
-    the user's runs in it, so its predict_step() is Keras' own and every
-    layer reads a `training` of None as False."""
+    (cells included) and the functions they run (activations, a cell's gate
+    activation) are all Keras' own: no code of the user's runs in it, so its
+    predict_step() is Keras' own and every layer reads a `training` of None
+    as False."""
     from keras.src.models.functional import Functional
 
     if not isinstance(model, (Functional, keras.Sequential)):
@@ -152,9 +153,15 @@ def plain_keras_model(model, nodes: list[LayerNode], keras) -> bool:
     return all(
         type(layer).__module__.startswith("keras.")
         and type(layer).__name__ not in _PASS_TRAINING_ON
-        and _library_code(getattr(layer, "activation", None))
+        and all(_library_code(getattr(layer, name, None)) for name in _FUNCTIONS_RUN)
         for layer in _model_and_layers(model, nodes)
     )
+
+
+# Where Keras layers keep a function they call that the user may have passed:
+# activations, the recurrent cells' gate activation (LSTM, GRU, ConvLSTM), and
+# TextVectorization's standardize and split
+_FUNCTIONS_RUN = ("activation", "recurrent_activation", "_standardize", "_split")
 
 
 def _library_code(fn) -> bool:

@@ -89,6 +89,20 @@ def _user_activation_model(keras):
     return keras.Model(inp, L.Dense(2, name="o")(h), name="act")
 
 
+def _user_gate_model(keras):
+    """An LSTM layer of Keras whose cell runs a gate (recurrent) activation
+    of the user's: code of the user's in every step, as an activation."""
+    L = keras.layers
+
+    def hard_gate(x):
+        return keras.ops.clip(0.2 * x + 0.5, 0.0, 1.0)
+
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((5, 3), name="x")
+    h = L.LSTM(4, recurrent_activation=hard_gate, name="lstm")(inp)
+    return keras.Model(inp, L.Dense(2, name="o")(L.BatchNormalization(name="bn")(h)), name="gate")
+
+
 def _augmenting_model(keras):
     """Random augmentation, noise and dropout (seed generators), compiled
     with steps_per_execution=2 and jit_compile=True."""
@@ -282,20 +296,87 @@ def test_a_layer_given_training_at_construction_gets_the_passes(keras, monkeypat
         (_mc_dropout_model, (40, 6)),
         (_user_cell_model, (40, 5, 3)),
         (_user_activation_model, (40, 6)),
+        (_user_gate_model, (40, 5, 3)),
         (_user_layer_model, (40, 6)),
     ],
-    ids=["predict_step", "rnn_cell", "activation", "layer"],
+    ids=["predict_step", "rnn_cell", "activation", "gate_activation", "layer"],
 )
 def test_code_of_the_user_gets_predict_run(keras, monkeypatch, build, shape):
-    """The model's own class, an RNN layer's cell, an activation function or
-    a layer of the user's: predict() may compute something else, so it is
-    run and compared (Monte Carlo dropout's predict_step is caught)."""
+    """The model's own class, an RNN layer's cell, an activation function
+    (also a cell's gate activation) or a layer of the user's: predict() may
+    compute something else, so it is run and compared (Monte Carlo
+    dropout's predict_step is caught)."""
     ran = _passes(monkeypatch)
     got = _leaks(_report(build(keras), _x(shape)))
     assert "_predict_kept_aside" in ran and "modes_pass" not in ran
     predict = got["predict(x)"]
     assert not predict["skipped"] and predict["relative_l2"] is not None
     assert (predict["relative_l2"] > 0.01) is (build is _mc_dropout_model)
+
+
+def _resizing_model(keras):
+    """Resizing is not mode-dependent, but its signature's training=True,
+    taken when no flag is given, stays in Keras' call context: the BN after
+    it runs in training mode in model(x) (Keras 3.15.1)."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 3), name="x")
+    h = L.BatchNormalization(name="bn")(L.Conv2D(3, 3, name="c")(L.Resizing(6, 6, name="rs")(inp)))
+    return keras.Model(inp, L.Dense(2, name="o")(L.GlobalAveragePooling2D(name="p")(h)), name="m")
+
+
+def _shared_bn_model(keras):
+    """One BN layer called twice, given training=True in one call only."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 3), name="x")
+    bn = L.BatchNormalization(name="bn")
+    a = bn(L.Conv2D(3, 3, name="c1")(inp), training=True)
+    b = bn(L.Conv2D(3, 3, name="c2")(inp))
+    h = L.GlobalAveragePooling2D(name="p")(L.Concatenate(name="cat")([a, b]))
+    return keras.Model(inp, L.Dense(2, name="o")(h), name="m")
+
+
+def _rand_augment_model(keras):
+    """RandAugment calls its own layers only in training mode (the default
+    when no flag is given): in the modes pass they compute, having no
+    inference output to hand back."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 3), name="x")
+    h = L.RandAugment(value_range=(0, 1), name="ra")(inp)
+    h = L.BatchNormalization(name="bn")(L.Conv2D(3, 3, name="c")(h))
+    return keras.Model(inp, L.Dense(2, name="o")(L.GlobalAveragePooling2D(name="p")(h)), name="m")
+
+
+def _time_distributed_model(keras):
+    """TimeDistributed(BatchNormalization()): the wrapper calls its layer's
+    call() once per step, in the modes pass too."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 3), name="x")
+    h = L.TimeDistributed(L.BatchNormalization(name="bn"), name="td")(inp)
+    return keras.Model(inp, L.Dense(2, name="o")(L.Flatten(name="f")(h)), name="m")
+
+
+@pytest.mark.parametrize(
+    "build, in_training",
+    [
+        (_resizing_model, ["bn"]),
+        (_shared_bn_model, ["bn"]),
+        (_rand_augment_model, ["ra", "bn"]),
+        (_time_distributed_model, []),
+    ],
+    ids=["call_context", "shared_bn", "layers_only_in_training", "time_distributed"],
+)
+def test_the_modes_pass_gives_the_report_of_the_passes(keras, monkeypatch, build, in_training):
+    """What model(x) gives each layer, read off the modes pass (leaves hand
+    back their inference outputs, Keras' own __call__ still resolves and
+    passes on `training`), is what the no-flag pass records: the same
+    report either way."""
+    x = _x((40, 8, 8, 3))
+    keras.utils.set_random_seed(2)
+    got = _report(build(keras), x)
+    assert _leaks(got)["model(x)"]["layers_in_training"] == in_training
+    _with_passes(monkeypatch)
+    keras.utils.set_random_seed(2)
+    assert _report(build(keras), x) == got
 
 
 def test_predict_failing_under_xla_is_skipped_with_its_error(keras):
@@ -327,8 +408,22 @@ def test_plain_keras_model_is_keras_own_classes_only(keras):
 
     assert plain(_two_input_model(keras)) and plain(_augmenting_model(keras))
     assert plain(_noise_model(keras))
-    for build in (_mc_dropout_model, _user_cell_model, _user_activation_model, _user_layer_model):
+    users = (_mc_dropout_model, _user_cell_model, _user_activation_model, _user_gate_model)
+    for build in (*users, _user_layer_model):
         assert not plain(build(keras)), build.__name__
+
+    def text_model(standardize):
+        L = keras.layers
+        inp = keras.Input((1,), dtype="string")
+        ids = L.TextVectorization(
+            standardize=standardize, vocabulary=["a", "b"], output_sequence_length=3
+        )(inp)
+        return keras.Model(inp, L.Dense(2)(L.Embedding(5, 2)(ids)))
+
+    def own_standardize(text):
+        return text
+
+    assert plain(text_model("lower")) and not plain(text_model(own_standardize))
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])

@@ -94,3 +94,94 @@ def test_summed_pairs_on_the_other_backends(backend):
     for path, value in r["compared"].items():
         assert r["summed"][path] == pytest.approx(value, rel=1e-5, abs=1e-7), path
     assert r["summed"]["cat1"] > 0.01
+
+
+def _half_precision(keras):
+    """mixed_float16: float16 concatenations and padding, one float32
+    Concatenate whose float16 input Keras casts (a new tensor: compared)."""
+    L = keras.layers
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inp = keras.Input((6, 6, 3), name="x")
+        h = L.Conv2D(4, 3, padding="same", name="c0")(inp)
+        y = L.ReLU(name="r")(L.BatchNormalization(name="bn")(h))
+        h = L.Concatenate(name="cat")([h, L.Conv2D(3, 3, padding="same", name="c1")(y)])
+        h32 = L.Activation("linear", dtype="float32", name="to32")(h)
+        both = L.Concatenate(name="cat32", dtype="float32")([h32, h])
+        f = L.Flatten(name="flat")(L.ZeroPadding2D(1, name="pad")(both))
+        return keras.Model(inp, L.Dense(2, name="o", dtype="float32")(f), name="half")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _shared_calls(keras):
+    """A Conv2D, a BN, a Concatenate and a Flatten each called twice."""
+    L = keras.layers
+    inp = keras.Input((4, 4, 2), name="x")
+    conv, bn, cat, flat = (
+        L.Conv2D(2, 1, name="conv"),
+        L.BatchNormalization(name="bn"),
+        L.Concatenate(name="cat"),
+        L.Flatten(name="flat"),
+    )
+    a, b = bn(conv(inp)), bn(conv(L.ReLU(name="r")(inp)))
+    y = L.Concatenate(name="top")([flat(cat([a, b])), flat(cat([b, a])), L.Flatten(name="fa")(a)])
+    return keras.Model(inp, L.Dense(2, name="o")(y), name="shared")
+
+
+def _nested_outputs(keras):
+    """Sub-models whose output is their last layer's own output tensor (one
+    a Concatenate of a Dropout and a BN), an Identity, a Reshape and a
+    Permute of what they give."""
+    L = keras.layers
+    b_in = keras.Input((6,), name="b_in")
+    base = keras.Model(
+        b_in, L.BatchNormalization(name="ibn")(L.Dense(5, name="id")(b_in)), name="base"
+    )
+    c_in = keras.Input((6,), name="c_in")
+    mixed = L.Concatenate(name="icat")(
+        [L.Dropout(0.5, name="idrop")(c_in), L.BatchNormalization(name="ibn2")(c_in)]
+    )
+    inner = keras.Model(c_in, mixed, name="inner")
+    inp = keras.Input((6,), name="x")
+    a = base(inp)
+    y = L.Concatenate(name="cat")(
+        [a, inner(L.Dense(6, name="pre")(inp)), L.Identity(name="same")(a)]
+    )
+    y = L.Flatten(name="flat")(L.Permute((2, 1), name="perm")(L.Reshape((-1, 1), name="rs")(y)))
+    return keras.Model(inp, L.Dense(2, name="o")(y), name="nested")
+
+
+@pytest.mark.parametrize(
+    "build, shape",
+    [(_half_precision, (40, 6, 6, 3)), (_shared_calls, (40, 4, 4, 2)), (_nested_outputs, (40, 6))],
+    ids=["float16", "shared_calls", "nested_outputs"],
+)
+def test_summed_pairs_equal_the_comparison_on_more_shapes(keras, monkeypatch, build, shape):
+    """Float16 layers (pairs summed in float32), layers called twice (each
+    call's own pair), sub-models handing on their last layer's tensor: the
+    sums are used and equal the comparison."""
+    x = np.random.default_rng(0).normal(1, 2, shape).astype("float32")
+
+    def divergences(summed: bool) -> tuple[dict, int]:
+        used: list = []
+        original = Probe._summed_pairs
+
+        def counted(self, *a, **kw):
+            got = original(self, *a, **kw)
+            used.append(got is not None)
+            return got
+
+        with monkeypatch.context() as m:
+            m.setattr(Probe, "_summed_pairs", counted)
+            if not summed:
+                m.setattr(closedform, "rearranging", lambda node, keras: False)
+            keras.utils.set_random_seed(3)
+            r = run_check(build(keras), x, options=OPTIONS)
+        return {lay.path: lay.divergence for lay in r.layers}, sum(used)
+
+    got, used = divergences(True)
+    want, none = divergences(False)
+    assert used and not none and got.keys() == want.keys()
+    for path, value in want.items():
+        assert got[path] == pytest.approx(value, rel=1e-5, abs=1e-7), path

@@ -13,7 +13,8 @@ from .tensors import to_numpy
 class StateGuard:
     """Snapshot of the state a forward pass can change, restored on demand
     and on exit: every model variable, variables that custom layers hold
-    without Keras tracking them (TensorFlow), and the global random
+    without Keras tracking them (TensorFlow), the states of stateful RNN
+    layers (untracked too), and the global random
     generators (Keras' and TensorFlow's) that layers without a seed generator
     of their own draw from. Keras' training-mode call mutates BN moving
     statistics and seed-generator states; this guard makes `check` leave them
@@ -39,6 +40,10 @@ class StateGuard:
                     if isinstance(value, tf.Variable) and id(value) not in tracked:
                         tracked.add(id(value))
                         self.variables.append(value)
+        for v in _rnn_states(model, layers):  # untracked by Keras, written by every call
+            if id(v) not in tracked:
+                tracked.add(id(v))
+                self.variables.append(v)
         self._had_keras_generator = (
             global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR) is not None
         )
@@ -109,6 +114,22 @@ class StateGuard:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def _rnn_states(model, layers) -> list:
+    """The state variables of stateful RNN layers (`stateful=True`): Keras
+    keeps them out of `model.variables`, and each call of the layer writes
+    them, in either mode."""
+    try:
+        below = list(model._flatten_layers(include_self=False, recursive=True))
+    except Exception:  # a model whose tracking cannot be read: the layers given
+        below = []
+    out = []
+    for layer in [*layers, *below]:
+        states = getattr(layer, "states", None) if getattr(layer, "stateful", False) else None
+        if states is not None:
+            out += [v for v in import_keras().tree.flatten(states) if hasattr(v, "assign")]
+    return out
 
 
 def seed_variables(model, guard: StateGuard | None = None) -> list:
