@@ -153,7 +153,7 @@ def plain_keras_model(model, nodes: list[LayerNode], keras) -> bool:
     return all(
         type(layer).__module__.startswith("keras.")
         and type(layer).__name__ not in _PASS_TRAINING_ON
-        and all(_library_code(getattr(layer, name, None)) for name in _FUNCTIONS_RUN)
+        and all(_library_code(fn) for fn in _functions_held(layer))
         for layer in _model_and_layers(model, nodes)
     )
 
@@ -164,14 +164,29 @@ def plain_keras_model(model, nodes: list[LayerNode], keras) -> bool:
 _FUNCTIONS_RUN = ("activation", "recurrent_activation", "_standardize", "_split")
 
 
+def _functions_held(layer) -> list:
+    """The functions a layer may call: those Keras layers are known to keep
+    (`_FUNCTIONS_RUN`), and any other callable in its attributes that is not
+    a layer or a class (an unknown one counts as the user's: the cost of a
+    wrong guess is only a predict() run)."""
+    from keras.src.layers.layer import Layer
+
+    held = [getattr(layer, name, None) for name in _FUNCTIONS_RUN]
+    for value in vars(layer).values():
+        if callable(value) and not isinstance(value, (Layer, type)):
+            held.append(value)
+    return held
+
+
 def _library_code(fn) -> bool:
-    """A layer's activation that is Keras' or TensorFlow's own, or none; a
-    function of the user's (it may draw random numbers) is user code, and
-    so is any other library's, as the layers' own classes must be Keras'."""
+    """A function that is Keras' or TensorFlow's own, or none; a function
+    of the user's (it may draw random numbers) is user code, and so is any
+    other library's, as the layers' own classes must be Keras'."""
     if fn is None or not callable(fn):
         return True
+    fn = getattr(fn, "func", fn)  # a functools.partial: what it calls
     module = getattr(fn, "__module__", None) or type(fn).__module__
-    return module.startswith(("keras.", "tensorflow."))
+    return (module or "").startswith(("keras.", "tensorflow.", "bngap."))  # bngap: its wrappers
 
 
 def _model_and_layers(model, nodes: list[LayerNode]) -> list:

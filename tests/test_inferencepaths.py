@@ -425,6 +425,18 @@ def test_plain_keras_model_is_keras_own_classes_only(keras):
 
     assert plain(text_model("lower")) and not plain(text_model(own_standardize))
 
+    def dense_model(**kwargs):
+        inp = keras.Input((4,))
+        return keras.Model(inp, keras.layers.Dense(2, **kwargs)(inp))
+
+    # any other function of the user's a Keras layer holds counts too (a wrong
+    # guess only costs a predict() run), also behind functools.partial
+    import functools
+
+    assert plain(dense_model(kernel_constraint=keras.constraints.NonNeg()))
+    assert not plain(dense_model(kernel_constraint=own_standardize))
+    assert not plain(dense_model(activation=functools.partial(own_standardize)))
+
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_inference_paths_on_the_other_backends(backend):
