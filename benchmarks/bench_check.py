@@ -130,10 +130,10 @@ def child(args) -> dict:
             compiled.COMPILE_FROM_BATCHES = 1
         elif policy == "never":
             compiled.available = lambda model: False
-        elif policy == "paths":  # the inference paths by their passes: model(x), predict()
-            from bngap import inferencepaths
+        elif policy == "paths":  # as for a model with code of the user's: model(x), predict()
+            from bngap import probe
 
-            inferencepaths.plain_keras_model = lambda *a: False
+            probe.plain_keras_model = lambda *a: False
         spent: dict = _stage_timers() if args.breakdown else {}
         for run in ("cold", "warm"):
             spent.clear()
@@ -322,9 +322,9 @@ def main() -> None:
         default=None,
         help="check variants, comma-separated effects settings, each optionally with :always or "
         ":never to compile the passes always or never (default: auto,0; on TensorFlow the "
-        "default compiles them from 8 batches, see bngap/compiled.py), or :paths to measure "
-        "the inference paths by their passes (model(x) on 4 samples and predict()) as for a "
-        "model with code of the user's",
+        "default compiles them from 8 batches, see bngap/compiled.py), or :paths to check the "
+        "model as one with code of the user's (the inference paths by their passes: model(x) "
+        "on 4 samples and predict(); BN statistics put back after every pass)",
     )
     p.add_argument(
         "--quick", action="store_true", help="both models at 64x64, one repeat: a smoke run"

@@ -66,7 +66,7 @@ def _timers():
         timed(Probe, attr, label)
     timed(Probe, "modes_pass", "  inference paths: modes of a no-flag call (computes nothing)")
     timed(Probe, "_divergence", "    per-layer divergences (compared, or summed from inputs)")
-    timed(Probe, "_compare", "    own contributions compared (not BN: closed form)")
+    timed(Probe, "_compare", "      two outputs compared (divergences; own, not BN)")
     timed(Probe, "_bn_input_moments", "    per-BN input moments (.numpy() each)")
     timed(Probe, "_eval_same_input", "    per-layer own-contribution reruns")
     timed(BatchNormState, "restore", "    per-BN statistics restores")

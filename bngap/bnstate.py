@@ -21,7 +21,13 @@ class BatchNormState:
         self.nodes, self.guard, self.ops = nodes, guard, ops
         self._cache: dict[int, list] | None = None
         self._moving: dict[int, Moving] = {}
-        self._saved: dict[int, Any] = {}  # id(variable) -> the guard's saved value
+        self._index: dict[int, int] | None = None  # id(variable) -> its place in the guard
+
+    def _where(self) -> dict[int, int]:
+        """Where each of the guard's variables is in its list (which never changes)."""
+        if self._index is None:
+            self._index = {id(v): i for i, v in enumerate(self.guard.variables)}
+        return self._index
 
     def forget(self) -> None:
         """The snapshot changed (`fix` committed new statistics): look it up again."""
@@ -33,8 +39,6 @@ class BatchNormState:
         guard restores), in float64, read once until `forget`."""
         got = self._moving.get(node.index)
         if got is None:
-            if not self._moving:
-                self._saved = {id(v): s for v, s in zip(self.guard.variables, self.guard.saved)}
             layer = node.layer
             got = Moving(
                 epsilon=float(np.float32(layer.epsilon)),  # added to a float32 variance
@@ -48,14 +52,14 @@ class BatchNormState:
 
     def _value(self, v) -> np.ndarray:
         """A variable's saved value (read now if the guard holds none), in float64."""
-        saved = self._saved.get(id(v))
-        return np.asarray(backend.to_numpy(v) if saved is None else saved, np.float64)
+        i = self._where().get(id(v))
+        return np.asarray(backend.to_numpy(v) if i is None else self.guard.saved[i], np.float64)
 
     def variables(self, node: LayerNode) -> list:
         """(variable, saved value) of a BN layer's moving statistics."""
         if self._cache is None:
             cache: dict[int, list] = {}
-            where = {id(v): i for i, v in enumerate(self.guard.variables)}
+            where = self._where()
             for n in self.nodes:
                 if n.kind is Kind.BATCHNORM:
                     found = (where.get(id(v)) for v in n.layer.non_trainable_variables)
@@ -69,7 +73,7 @@ class BatchNormState:
 
     def indices(self) -> frozenset[int]:
         """Where the BN layers' statistics are in the guard's variables."""
-        where = {id(v): i for i, v in enumerate(self.guard.variables)}
+        where = self._where()
         return frozenset(
             where[id(v)]
             for n in self.nodes

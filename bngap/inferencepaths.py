@@ -45,6 +45,8 @@ class PathPasses:
         def _guard(self) -> Any: ...
         def _inference_inputs(self, xs: Any) -> Any: ...
 
+        plain: bool  # a model of Keras' own code, seen on entering (`plain_keras_model`)
+
     def _h_forced_eval(self):
         def handler(node, original, args, kwargs):
             self._next_call(node)
@@ -93,7 +95,7 @@ class PathPasses:
         """Has the first eager inference pass followed by `modes_pass`, for
         a model of Keras' own classes (`plain_keras_model`): what a call with
         no flag gives each layer is then known at almost no cost."""
-        self._watch_noflag = plain_keras_model(self.model, self.nodes, self.keras)
+        self._watch_noflag = self.plain
 
     def after_inference_pass(self, xs) -> None:
         """Called after an eager inference pass, its outputs still held."""
@@ -186,7 +188,7 @@ def _library_code(fn) -> bool:
         return True
     fn = getattr(fn, "func", fn)  # a functools.partial: what it calls
     module = getattr(fn, "__module__", None) or type(fn).__module__
-    return (module or "").startswith(("keras.", "tensorflow.", "bngap."))  # bngap: its wrappers
+    return (module or "").startswith(("keras.", "tensorflow."))
 
 
 def _model_and_layers(model, nodes: list[LayerNode]) -> list:
@@ -286,7 +288,7 @@ def compare_inference_paths(
     xs, m = subset.x, len(subset)
     evaluated = {i: st.eval_training for i, st in stats.items()}
     leaked = _training_layers(nodes, evaluated)
-    plain = plain_keras_model(probe.model, nodes, keras)
+    plain = probe.plain
     seen = probe.noflag_seen
     if plain and seen is not None and not leaked and _same_modes(nodes, seen, evaluated):
         return [

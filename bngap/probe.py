@@ -101,13 +101,16 @@ class Probe(PathPasses, MaskedPasses):
         self.rerun = 0  # masked passes that left the inference pass's data flow and ran again
         self.compiled: Any = None  # compiled.CompiledPasses, when the backend compiles
         self._held: frozenset[int] = frozenset()  # guard variables `_run` itself puts back
+        self.plain = False  # a model of Keras' own code (`plain_keras_model`), seen on entering
+        self._node_at = {n.index: n for n in nodes}
 
     # ---------------------------------------------------------------- set-up
     def __enter__(self):
         self.guard = StateGuard(self.model, [n.layer for n in self.nodes])
         self._bn = BatchNormState(self.nodes, self.guard, self.ops)
         self._seed_vars = backend.seed_variables(self.model, self.guard)
-        if plain_keras_model(self.model, self.nodes, self.keras):
+        self.plain = plain_keras_model(self.model, self.nodes, self.keras)  # before the wrappers
+        if self.plain:
             # every BN call of a pass goes through `_run`, which puts the statistics back at once
             self._held = self._bn.indices()
         for node in self.nodes:
@@ -127,7 +130,7 @@ class Probe(PathPasses, MaskedPasses):
 
     def _moments_catcher(self, original):
         """A BN layer's `_moments`, keeping the batch moments it computes
-        for `closedform.own_total`."""
+        for its own contribution in closed form (`_own_closed`)."""
 
         def moments(inputs, mask):
             got = original(inputs, mask)
@@ -300,11 +303,10 @@ class Probe(PathPasses, MaskedPasses):
         parameters the passes use."""
         if not any(d.kind == Due.BN_OWN for d in dues):
             return dues, values
-        by_index = {n.index: n for n in self.nodes}
         out_dues, out_values = [], []
         for d, v in zip(dues, values):
             if d.kind == Due.BN_OWN:
-                v = closedform.own_pair(d.per, v, self.bn.moving(by_index[d.node]))
+                v = closedform.own_pair(d.per, v, self.bn.moving(self._node_at[d.node]))
                 d = Due(Due.OWN, d.node)
             out_dues.append(d)
             out_values.append(v)
@@ -343,16 +345,16 @@ class Probe(PathPasses, MaskedPasses):
             self._bypass -= 1
             self.bn.put_back(kept)
 
-    def _compare(self, due: Due, train_out, ref_out) -> Callable[[], np.ndarray] | None:
-        """Emits [||t - r||^2, ||r||^2] of a pair of layer outputs (see
-        `reductions.pair_total`); returns what reads it now (as numpy), or
+    def _compare(self, due: Due, train_out, ref_out):
+        """Emits (||t - r||^2, ||r||^2) of a pair of layer outputs (see
+        `reductions.pair_total`) and returns it, two scalars on the device;
         None when there is nothing to compare."""
         got = pair_total(self.keras, train_out, ref_out)
         if got is None:
             return None
         total, parts = got
         self._emit(due, total, exact=lambda: finite_pair_sums(self.ops, parts))
-        return lambda: read_now(total)
+        return total
 
     def _own_training(self, node, closed: bool, args, kwargs, out, ref):
         """Emits the own contribution of a layer that ran in training mode:
@@ -361,7 +363,8 @@ class Probe(PathPasses, MaskedPasses):
         if closed:
             got, self._moments_got = self._moments_got, None
             return self._own_closed(node, args, kwargs, out, got)
-        return self._compare(Due(Due.OWN, node.index), out, ref)
+        total = self._compare(Due(Due.OWN, node.index), out, ref)
+        return None if total is None else lambda: read_now(total)
 
     def _own_closed(self, node, args, kwargs, out, moments) -> Callable[[], np.ndarray]:
         """Emits a BN layer's own contribution in closed form (`closedform`):
@@ -469,11 +472,9 @@ class Probe(PathPasses, MaskedPasses):
         if total is not None:
             self._emit(due, total)
         else:
-            got = pair_total(self.keras, out, stored)
-            if got is None:
+            total = self._compare(due, out, stored)
+            if total is None:
                 return True
-            total, pieces = got
-            self._emit(due, total, exact=lambda: finite_pair_sums(self.ops, pieces))
         if hasattr(out, "shape"):
             self._totals[id(out)] = (weakref.ref(out), key, total)
         return False
