@@ -67,6 +67,7 @@ def _stage_timers():
 
     for attr in (
         "eval_train",
+        "lockstep_pass",
         "eval_pass",
         "train_pass",
         "masked_pass",
@@ -134,6 +135,10 @@ def child(args) -> dict:
             from bngap import probe
 
             probe.plain_keras_model = lambda *a: False
+        elif policy == "classic":  # no lockstep pass: the inference pass, then the training pass
+            from bngap import lockstep
+
+            lockstep.twin_uses = lambda *a: None
         spent: dict = _stage_timers() if args.breakdown else {}
         for run in ("cold", "warm"):
             spent.clear()
@@ -239,9 +244,9 @@ def run_case(model: str, size: int, batch: int, repeats: int, effects_list: list
         peak = _median([r["peak_rss_mb"] for r in rs])
         rows.append(
             {
-                "variant": f"check --effects {eff}".replace(
-                    ":paths", ", inference paths by passes"
-                ).replace(":", ", compile "),
+                "variant": f"check --effects {eff}".replace(":paths", ", inference paths by passes")
+                .replace(":classic", ", passes one after the other")
+                .replace(":", ", compile "),
                 "cold": _median([r["cold"] for r in rs]),
                 "warm": _median([r["warm"] for r in rs]),
                 "cold_ratio": _median(cold_ratios),
@@ -324,7 +329,7 @@ def main() -> None:
         ":never to compile the passes always or never (default: auto,0; on TensorFlow the "
         "default compiles them from 8 batches, see bngap/compiled.py), or :paths to check the "
         "model as one with code of the user's (the inference paths by their passes: model(x) "
-        "on 4 samples and predict(); BN statistics put back after every pass)",
+        "on 4 samples and predict(); BN statistics put back after every pass), or :classic for the inference pass and the training pass one after the other (no lockstep pass)",
     )
     p.add_argument(
         "--quick", action="store_true", help="both models at 64x64, one repeat: a smoke run"

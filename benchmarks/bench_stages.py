@@ -55,7 +55,8 @@ def _timers():
 
     timed(measurement, "measure", "measure() (all passes)")
     for attr, label in (
-        ("eval_train", "  a batch's two passes (compiled, or the two below)"),
+        ("eval_train", "  a batch's two passes (compiled, in lockstep, or the two below)"),
+        ("lockstep_pass", "  both passes in one call (Keras' own classes)"),
         ("eval_pass", "  inference pass (keeps outputs, BN moments)"),
         ("train_pass", "  training pass (divergence, own contribution)"),
         ("masked_pass", "  group / output-effect passes"),

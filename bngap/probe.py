@@ -5,7 +5,8 @@ its `call` (Keras has no hooks; `Layer.__call__` looks `call` up on the
 instance), so each pass sees every layer at every depth, also inside nested
 and subclassed models. Per-layer quantities are reduced to sums as the
 batches stream through; a batch's inference activations are held only until
-the training pass of the same batch has consumed them.
+the training pass of the same batch has consumed them, or (a model of Keras'
+own classes, `lockstep.py`) computed beside it and held only while used.
 
 Side effects are undone: a training-mode pass updates BatchNormalization
 moving statistics and random-generator states, so every variable is
@@ -32,6 +33,7 @@ from .bnstate import BatchNormState, batchnorm_below
 from .errors import ForwardPassError, one_line
 from .inferencepaths import PathPasses, plain_keras_model
 from .layertree import LayerNode, bn_params
+from .lockstep import Abandon, LockstepPass
 from .maskedpasses import MaskedPasses
 from .reductions import (
     Due,
@@ -54,7 +56,7 @@ class _StopPass(Exception):
     """Raised by a wrapper to end a pass early once it has what it needs."""
 
 
-class Probe(PathPasses, MaskedPasses):
+class Probe(LockstepPass, PathPasses, MaskedPasses):
     """Installs call wrappers on every layer of a model and runs passes.
 
     Use as a context manager: wrappers are removed and all variables are
@@ -102,6 +104,8 @@ class Probe(PathPasses, MaskedPasses):
         self.compiled: Any = None  # compiled.CompiledPasses, when the backend compiles
         self._held: frozenset[int] = frozenset()  # guard variables `_run` itself puts back
         self.plain = False  # a model of Keras' own code (`plain_keras_model`), seen on entering
+        self._lockstep_on = False  # inside a lockstep pass (`lockstep.py`)
+        self._uses: dict | None = None  # uses of each layer output, where lockstep passes run
         self._node_at = {n.index: n for n in nodes}
 
     # ---------------------------------------------------------------- set-up
@@ -113,6 +117,7 @@ class Probe(PathPasses, MaskedPasses):
         if self.plain:
             # every BN call of a pass goes through `_run`, which puts the statistics back at once
             self._held = self._bn.indices()
+        self._lockstep_setup()
         for node in self.nodes:
             self._install(node.layer, "call", self._make_wrapper(node, node.layer.call))
             if closedform.rearranging(node, self.keras):
@@ -161,7 +166,7 @@ class Probe(PathPasses, MaskedPasses):
             self._stack.append(node)
             try:
                 return self._handler(node, original, args, kwargs)
-            except (_StopPass, ForwardPassError):
+            except (_StopPass, Abandon, ForwardPassError):
                 raise
             except Exception:
                 if self._failed_at is None:
@@ -257,7 +262,7 @@ class Probe(PathPasses, MaskedPasses):
                     out = backend.call_as_fit(self.model, packed)
                 else:
                     out = self.model(packed, **call_kwargs)
-        except _StopPass:
+        except (_StopPass, Abandon):
             return None
         except ForwardPassError:
             raise
@@ -385,69 +390,94 @@ class Probe(PathPasses, MaskedPasses):
     # -------------------------------------------------------------- handlers
     def _h_eval(self, capture_outputs: bool, capture_bn: bool):
         def handler(node, original, args, kwargs):
-            st = self.stats[node.index]
             k = self._next_call(node)
-            if st.order < 0:
-                st.order = self._order_counter
-                self._order_counter += 1
-            st.eval_training.add(kwargs.get("training"))
-            if capture_bn and node.kind is Kind.BATCHNORM:
-                x = args[0] if args else kwargs.get("inputs")
-                per, mean, m2 = channel_moment_tensors(
-                    self.ops, x, node.layer.axis, kwargs.get("mask")
-                )
-                if per is not None:
-                    self._emit(Due(Due.MOMENTS, node.index, per), (mean, m2))
-                else:  # masked: counts vary per example, fetched now
-                    st.moments = st.moments or SplitMoments()
-                    st.moments.add_examples(*self._bn_input_moments(node, args, kwargs))
-            if capture_outputs:
-                self.upstream.entered((node.index, k), args, kwargs)
+            self._eval_enter(node, k, args, kwargs, capture_outputs, capture_bn)
             out = self._run(node, original, args, kwargs)
             if capture_outputs:
                 self._eval_store[(node.index, k)] = out
-                self.upstream.left((node.index, k), out)
-                self._produced(node, (node.index, k), args, kwargs, out)
-            st.calls = max(st.calls, k + 1)
+            self._eval_leave(node, k, args, kwargs, out, capture_outputs)
             return out
 
         return handler
+
+    def _eval_enter(self, node, k: int, args, kwargs, capture_outputs: bool, capture_bn: bool):
+        """What an inference-mode call records before it runs: its order, the
+        `training` value it got, a BN layer's input moments, its inputs' calls."""
+        st = self.stats[node.index]
+        if st.order < 0:
+            st.order = self._order_counter
+            self._order_counter += 1
+        st.eval_training.add(kwargs.get("training"))
+        if capture_bn and node.kind is Kind.BATCHNORM:
+            x = args[0] if args else kwargs.get("inputs")
+            per, mean, m2 = channel_moment_tensors(self.ops, x, node.layer.axis, kwargs.get("mask"))
+            if per is not None:
+                self._emit(Due(Due.MOMENTS, node.index, per), (mean, m2))
+            else:  # masked: counts vary per example, fetched now
+                st.moments = st.moments or SplitMoments()
+                st.moments.add_examples(*self._bn_input_moments(node, args, kwargs))
+        if capture_outputs:
+            self.upstream.entered((node.index, k), args, kwargs)
+
+    def _eval_leave(self, node, k: int, args, kwargs, out, capture_outputs: bool) -> None:
+        """What an inference-mode call records once it has run: its output,
+        for the masked passes and the summed pairs."""
+        if capture_outputs:
+            self.upstream.left((node.index, k), out)
+            self._produced(node, (node.index, k), args, kwargs, out)
+        st = self.stats[node.index]
+        st.calls = max(st.calls, k + 1)
 
     def _h_train(self, own: bool = True):
         def handler(node, original, args, kwargs):
-            st = self.stats[node.index]
             k = self._next_call(node)
-            st.fit_training[k] = kwargs.get("training")
-            up = self.upstream
-            up.reached((node.index, k))
-            ref = frontier = None
-            training = own and node.mode_dependent and kwargs.get("training")
-            # deferred sums only: a non-finite batch is measured again in both modes, entry by entry
-            closed = (
-                training
-                and self._sink is not None
-                and node.index in self._closed
-                and closedform.call_ok(args, kwargs)
+            self.upstream.reached((node.index, k))
+            return self._train_call(
+                node,
+                k,
+                original,
+                args,
+                kwargs,
+                own,
+                lambda: self._eval_store.pop((node.index, k), None),
             )
-            if training:
-                frontier = up.frontier_now() if up.wants((node.index, k)) else None
-                if not closed:
-                    ref = self._eval_same_input(node, original, args, kwargs)
-            self._moments_got = None
-            out = self._run(node, original, args, kwargs)
-            if node.mode_dependent and own:
-                if not training:  # ran in inference mode: same input, same output
-                    self._own_squares(node, out)
-                else:
-                    pair = self._own_training(node, closed, args, kwargs, out, ref)
-                    self._offer_cut(node, k, pair, frontier)
-            stored = self._eval_store.pop((node.index, k), None)
-            if stored is None or self._divergence(node, (node.index, k), args, kwargs, out, stored):
-                st.matched = False
-            up.passed((node.index, k), stored)
-            return out
 
         return handler
+
+    def _train_call(self, node, k: int, original, args, kwargs, own: bool, stored_of):
+        """A training-mode call: runs it, emits its own contribution (a
+        mode-dependent layer) and its divergence from its inference output,
+        `stored_of()` once it has run."""
+        st = self.stats[node.index]
+        st.fit_training[k] = kwargs.get("training")
+        up = self.upstream
+        ref = frontier = None
+        training = own and node.mode_dependent and kwargs.get("training")
+        # deferred sums only: a non-finite batch is measured again in both modes, entry by entry
+        closed = (
+            training
+            and self._sink is not None
+            and node.index in self._closed
+            and closedform.call_ok(args, kwargs)
+        )
+        if training:
+            frontier = self._frontier_now() if up.wants((node.index, k)) else None
+            if not closed:
+                ref = self._eval_same_input(node, original, args, kwargs)
+        self._moments_got = None
+        out = self._run(node, original, args, kwargs)
+        if node.mode_dependent and own:
+            if not training:  # ran in inference mode: same input, same output
+                self._own_squares(node, out)
+            else:
+                pair = self._own_training(node, closed, args, kwargs, out, ref)
+                self._offer_cut(node, k, pair, frontier)
+        stored = stored_of()
+        if stored is None or self._divergence(node, (node.index, k), args, kwargs, out, stored):
+            st.matched = False
+        if not self._lockstep_on:
+            up.passed((node.index, k), stored)
+        return out
 
     def _produced(self, node: LayerNode, key: tuple, args, kwargs, out) -> None:
         """Notes, in the inference pass, which call made each output, and
@@ -553,6 +583,12 @@ class Probe(PathPasses, MaskedPasses):
                 return self._eval_train_exact(xs, batch_index, capture_bn=True)
             if got is not None:
                 return got
+        try:
+            got = self.lockstep_pass(xs, batch_index)
+        except NonFinite:
+            return self._eval_train_exact(xs, batch_index, capture_bn=True)
+        if got is not None:
+            return got
         ev = self.eval_pass(xs)
         self.after_inference_pass(xs)
         try:

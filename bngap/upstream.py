@@ -22,7 +22,7 @@ and no tensor made outside a layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -100,6 +100,8 @@ class Upstream:
         self._group_cuts: set[Key] = set()  # kept for a group's pass
         self._budget = 0
         self._size_of: dict[int, int] = {}  # bytes of each inference output, by id
+        self._named_in: dict[int, list[Key]] = {}  # id of a tensor: calls whose template has it
+        self._gone = 0  # ids given to tensors let go (`forget`): negative, each its own
 
     def _tensors(self, structure) -> list:
         return [t for t in self.keras.tree.flatten(structure) if hasattr(t, "shape")]
@@ -142,6 +144,7 @@ class Upstream:
         )
         inner = call.end > call.start + 1  # layers were called inside it
         for t in self._tensors(out):
+            self._named_in.setdefault(id(t), []).append(key)
             if id(t) in self._producer:
                 continue  # a container's output is its last layer's
             if inner:  # made by the container's own code (Bidirectional's merge, an op):
@@ -171,6 +174,24 @@ class Upstream:
                     sizes[leaf.id] = int(np.prod(leaf.shape)) * _itemsize(leaf.dtype)
         self._budget = max(BUDGET_FLOOR, int(BUDGET_SHARE * sum(sizes.values())))
         self._producer.clear()
+
+    def forget(self, t) -> None:
+        """A tensor let go during the pass (`lockstep.py`): its id may be
+        reused, so the templates naming it name no tensor from now on."""
+        self._producer.pop(id(t), None)
+        if any(id(t) in frontier for frontier in self._frontiers.values()):
+            return  # held by a kept frontier: the id stays its own
+        keys = self._named_in.pop(id(t), ())
+        if not keys:
+            return
+        self._gone -= 1
+        gone, old = self._gone, id(t)
+        for key in keys:
+            call = self.calls[key]
+            call.template = self.keras.tree.map_structure(
+                lambda v: replace(v, id=gone) if isinstance(v, _Leaf) and v.id == old else v,
+                call.template,
+            )
 
     # -------------------------------------------------- the training pass
     def reached(self, key: Key) -> None:

@@ -509,7 +509,83 @@ def bn_closed_form():
     }
 
 
+def lockstep_model(keras):
+    """Two inputs, a nested Sequential and a nested Functional, skip
+    connections, concatenations, Identity, dropout, noise and two outputs,
+    with the data (40 samples) and labels for the first output."""
+    L = keras.layers
+    keras.utils.set_random_seed(3)
+    a, b = keras.Input((8, 8, 3), name="a"), keras.Input((5,), name="b")
+    h = L.ReLU(name="r0")(
+        L.BatchNormalization(name="bn0")(L.Conv2D(6, 3, padding="same", name="c0")(a))
+    )
+    seq = keras.Sequential(
+        [
+            keras.Input((8, 8, 6)),
+            L.Conv2D(6, 3, padding="same", name="sc"),
+            L.BatchNormalization(name="sbn"),
+            L.Dropout(0.3, name="sdrop"),
+        ],
+        name="seq",
+    )
+    inner_in = keras.Input((8, 8, 6))
+    inner_h = L.BatchNormalization(name="ibn")(L.Conv2D(6, 1, name="ic")(inner_in))
+    inner = keras.Model(inner_in, L.Add(name="iadd")([inner_in, inner_h]), name="inner")
+    s = L.Add(name="add")([h, seq(h)])
+    t = L.Identity(name="ident")(inner(s))
+    c = L.Concatenate(name="cat")([t, h, t])
+    g = L.GaussianNoise(0.2, name="noise")(L.GlobalAveragePooling2D(name="gap")(c))
+    v = L.BatchNormalization(name="bnb")(L.Dense(4, name="db")(b))
+    j = L.Dropout(0.2, name="drop")(L.Concatenate(name="join")([g, v]))
+    out1 = L.Dense(3, activation="softmax", name="cls")(j)
+    out2 = L.Dense(2, name="reg")(L.BatchNormalization(name="bn2")(j))
+    model = keras.Model({"a": a, "b": b}, [out1, out2], name="lockstep_model")
+    rng = np.random.default_rng(4)
+    x = {
+        "a": rng.normal(1, 2, (40, 8, 8, 3)).astype("float32"),
+        "b": rng.normal(0, 3, (40, 5)).astype("float32"),
+    }
+    return model, x
+
+
+def lockstep() -> dict:
+    """The report of the lockstep pass and of the passes one after the
+    other (`test_lockstep.py`), and how many lockstep passes ran and were
+    abandoned."""
+    import keras
+
+    from bngap import lockstep as lock
+    from bngap.pipeline import CheckOptions, check
+
+    options = CheckOptions(batch_size=16, probe_preprocessing=False, effects=None)
+    ran = {"passes": 0, "abandoned": 0}
+    original_pass, original_uses = lock.LockstepPass.lockstep_pass, lock.twin_uses
+
+    def counted(self, *a, **kw):
+        got = original_pass(self, *a, **kw)
+        if self._uses is not None:  # one the graphs allow
+            ran["passes"] += 1
+            ran["abandoned"] += got is None
+        return got
+
+    out: dict = {"backend": keras.backend.backend()}
+    try:  # put back: on the test process's own backend this runs in the test process
+        lock.LockstepPass.lockstep_pass = counted  # type: ignore[method-assign]
+        for label in ("lockstep", "classic"):
+            model, x = lockstep_model(keras)
+            report = check(model, x, options=options).to_dict()
+            report.pop("seconds", None)
+            out[label] = report
+            lock.twin_uses = lambda *a: None  # type: ignore[assignment]
+    finally:
+        lock.LockstepPass.lockstep_pass = original_pass  # type: ignore[method-assign]
+        lock.twin_uses = original_uses
+    out.update(ran)
+    return out
+
+
 TASKS = {
+    "lockstep": lockstep,
     "bn_closed_form": bn_closed_form,
     "upstream_reuse": upstream_reuse,
     "inference_paths": inference_paths,

@@ -17,6 +17,17 @@ from bngap import compiled
 from bngap.pipeline import CheckOptions, check
 
 
+@pytest.fixture(params=["lockstep", "classic"])
+def structure(request, monkeypatch) -> str:
+    """A batch's passes in lockstep, as on a model of Keras' own classes, or
+    one after the other, as on a model with code of the user's."""
+    if request.param == "classic":
+        from bngap import lockstep
+
+        monkeypatch.setattr(lockstep, "twin_uses", lambda *a: None)
+    return request.param
+
+
 def _same_report(monkeypatch, model, x, y=None, compile_passes=False, **options):
     """Checks with the reuse and without it: the same report. Returns
     (layer calls reused, masked passes run again whole) of the first."""
@@ -101,7 +112,7 @@ def _residual(keras):
     "name", ["residual", "under_trained", "nested", "mode_leak", "dropout_only", "augmentation"]
 )
 def test_masked_passes_reuse_the_inference_pass_with_the_same_numbers(
-    keras, zoo, monkeypatch, name
+    keras, zoo, monkeypatch, name, structure
 ):
     """Upstream of the first layer in training mode, a masked pass takes the
     inference pass's outputs instead of computing them again, on the first
@@ -122,16 +133,17 @@ def test_masked_passes_reuse_the_inference_pass_with_the_same_numbers(
         assert max(took) == 0
 
 
-def test_a_stand_in_reaching_a_computed_layer_runs_the_pass_whole(keras, monkeypatch):
+def test_a_stand_in_reaching_a_computed_layer_runs_the_pass_whole(keras, monkeypatch, structure):
     """With the frontier lost, the first computed layer gets a stand-in: the
     attempt ends and the masked pass runs again whole, same numbers."""
+    from bngap.lockstep import LockstepPass
     from bngap.upstream import Upstream
 
     model, x = _residual(keras), _x(8, 8, 3, n=16)
     monkeypatch.setattr(compiled, "available", lambda m: False)
     expected = _report(model, x)
-    real = Upstream.frontier_now
-    monkeypatch.setattr(Upstream, "frontier_now", lambda self: {} if real(self) else None)
+    real = LockstepPass._frontier_now
+    monkeypatch.setattr(LockstepPass, "_frontier_now", lambda self: {} if real(self) else None)
     stands: list = []
     made = Upstream.stand_in
 
@@ -147,7 +159,7 @@ def test_a_stand_in_reaching_a_computed_layer_runs_the_pass_whole(keras, monkeyp
     assert -1 in passes
 
 
-def test_the_frontier_is_what_crosses_the_cut(keras, monkeypatch):
+def test_the_frontier_is_what_crosses_the_cut(keras, monkeypatch, structure):
     """Held for a BN's cut: its conv's output (the BN's input) and the block's
     input (the shortcut around it); for the dropout's, the pooled features:
     nothing else of the inference pass. Kept on the first batch: the
@@ -270,7 +282,7 @@ def _groups(keras):
         ("groups", {"compile_passes": True}),
     ],
 )
-def test_shapes_reused_with_the_same_numbers(keras, monkeypatch, shape, options):
+def test_shapes_reused_with_the_same_numbers(keras, monkeypatch, shape, options, structure):
     model, x, y = {"shared": _shared, "dict_early_head": _dict_early_head, "groups": _groups}[
         shape
     ](keras)
@@ -365,12 +377,13 @@ def test_reuse_gives_the_same_report_on_every_backend(backend):
 def test_without_masked_passes_later_batches_hold_nothing(keras, zoo, monkeypatch):
     """No masked pass asked for a cut on the first batch (BN only, effects
     0): later batches neither read own contributions nor hold frontiers."""
+    from bngap.lockstep import LockstepPass
     from bngap.upstream import Upstream
 
     model, x, y = zoo.get("under_trained")  # two BN layers, 4 batches of 16
     monkeypatch.setattr(compiled, "available", lambda m: False)
     calls = {"frontier_now": 0, "held": 0}
-    frontier_now, passed = Upstream.frontier_now, Upstream.passed
+    frontier_now, passed = LockstepPass._frontier_now, Upstream.passed
 
     def counted_frontier(self):
         calls["frontier_now"] += 1
@@ -380,7 +393,7 @@ def test_without_masked_passes_later_batches_hold_nothing(keras, zoo, monkeypatc
         passed(self, key, stored)
         calls["held"] = max(calls["held"], len(self._live)) if self.wanted == set() else 0
 
-    monkeypatch.setattr(Upstream, "frontier_now", counted_frontier)
+    monkeypatch.setattr(LockstepPass, "_frontier_now", counted_frontier)
     monkeypatch.setattr(Upstream, "passed", counted_passed)
     opts = CheckOptions(batch_size=16, probe_preprocessing=False, effects=0)
     check(model, x, y, options=opts)

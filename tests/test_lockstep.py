@@ -1,0 +1,187 @@
+"""The lockstep pass (`bngap/lockstep.py`): one call of the model computing
+each layer's inference output beside its training call. Its report is the
+one the two passes give one after the other, the weights stay bit for bit,
+inference outputs are let go after their last use as Keras' graph counts it
+(`twinflow.py`), and anything it cannot follow runs the classic way."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from backend_child import BACKENDS, lockstep, lockstep_model, run_task
+
+from bngap import lockstep as lock
+from bngap.layertree import build_tree
+from bngap.pipeline import CheckOptions, check
+from bngap.probe import Probe
+from bngap.twinflow import NEVER, twin_uses
+
+OPTIONS = CheckOptions(batch_size=16, probe_preprocessing=False)
+
+
+def _diffs(a, b, path: str = "") -> list:
+    """Where two reports differ (numbers at relative 1e-5)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d for k in sorted(set(a) | set(b)) for d in _diffs(a.get(k), b.get(k), f"{path}.{k}")
+        ]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [(path, len(a), len(b))]
+        return [d for i, (u, v) in enumerate(zip(a, b)) for d in _diffs(u, v, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float):
+        return [] if np.isclose(a, b, rtol=1e-5, atol=1e-9) else [(path, a, b)]
+    return [] if a == b else [(path, a, b)]
+
+
+def _counting(monkeypatch) -> dict:
+    ran = {"passes": 0, "abandoned": 0}
+    original = lock.LockstepPass.lockstep_pass
+
+    def counted(self, *a, **kw):
+        got = original(self, *a, **kw)
+        if self._uses is not None:  # one the graphs allow
+            ran["passes"] += 1
+            ran["abandoned"] += got is None
+        return got
+
+    monkeypatch.setattr(lock.LockstepPass, "lockstep_pass", counted)
+    return ran
+
+
+def test_lockstep_report_equals_the_passes_one_after_the_other(keras):
+    got = lockstep()
+    assert got["passes"] == 3 and got["abandoned"] == 0  # 40 samples, batches of 16
+    assert got["lockstep"]["layers"] and _diffs(got["lockstep"], got["classic"]) == []
+    effects = [r["output_effect"] for r in got["lockstep"]["layers"] if r.get("output_effect")]
+    assert effects  # the masked passes ran, on what the lockstep pass kept for them
+
+
+def test_lockstep_with_labels_leaves_the_weights_bit_identical(keras, monkeypatch):
+    ran = _counting(monkeypatch)
+    model, x = lockstep_model(keras)
+    before = [np.array(v.numpy()) for v in model.variables]
+    y = np.random.default_rng(0).integers(0, 3, 40)
+    report = check(model, x, [y, np.zeros((40, 2), "float32")], options=OPTIONS)
+    assert ran == {"passes": 3, "abandoned": 0}
+    assert report.metrics is not None
+    after = [np.array(v.numpy()) for v in model.variables]
+    assert all(np.array_equal(u, v) for u, v in zip(before, after))
+
+
+def _chain(keras, depth: int = 12):
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16,))
+    h = inp
+    for i in range(depth):
+        h = L.BatchNormalization(name=f"bn{i}")(L.Dense(16, name=f"d{i}")(h))
+    return keras.Model(inp, L.Dense(2, name="out")(h))
+
+
+def test_twins_are_let_go_after_their_last_use(keras, monkeypatch):
+    """A chain of 25 layers: at most the input, the twin in use and the one
+    made are held at once, not one per layer."""
+    model = _chain(keras)
+    held: list[int] = []
+    original = lock.LockstepPass._used
+
+    def watched(self, args, kwargs):
+        held.append(len(self._twins))
+        return original(self, args, kwargs)
+
+    monkeypatch.setattr(lock.LockstepPass, "_used", watched)
+    x = np.random.default_rng(1).normal(0, 1, (32, 16)).astype("float32")
+    check(model, x, options=OPTIONS)
+    assert len(held) == 2 * 25  # two batches, every call seen
+    assert max(held) <= 3
+
+
+def _runtime_uses(keras, model, nodes, x) -> dict:
+    """How often the classic inference pass handed each call's output to a
+    layer call, from the data flow `upstream` recorded by identity."""
+    with Probe(model, nodes, keras) as probe:
+        probe.eval_pass([x])
+        counts: dict = {}
+        for call in probe.upstream.calls.values():
+            for producer in call.inputs:
+                counts[producer] = counts.get(producer, 0) + 1
+    return counts
+
+
+def _nested(keras):
+    """One input: a nested Sequential, a nested Functional, a skip and a
+    tensor concatenated with itself (no layer handing its input back as it
+    came, which the data flow by identity gives to the layer before it)."""
+    L = keras.layers
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((6, 6, 3))
+    h = L.BatchNormalization()(L.Conv2D(4, 3, padding="same")(inp))
+    seq = keras.Sequential([keras.Input((6, 6, 4)), L.Conv2D(4, 1), L.ReLU()])
+    inner_in = keras.Input((6, 6, 4))
+    inner = keras.Model(inner_in, L.Add()([inner_in, L.Conv2D(4, 1)(inner_in)]))
+    t = L.ReLU()(inner(L.Add()([h, seq(h)])))
+    out = L.Dense(2)(L.Flatten()(L.Concatenate()([t, h, t])))
+    return keras.Model(inp, out)
+
+
+def test_twin_uses_match_the_data_flow_of_a_pass(keras):
+    model = _nested(keras)
+    nodes = build_tree(model, keras)
+    uses = twin_uses(model, nodes, keras)
+    assert uses is not None
+    x = np.random.default_rng(2).normal(0, 1, (4, 6, 6, 3)).astype("float32")
+    counted = _runtime_uses(keras, model, nodes, x)
+    assert sum(1 for n in uses.values() if n == NEVER) == 1  # the output
+    assert max(uses.values(), key=lambda n: n if n != NEVER else -1) >= 3  # h: add, seq, concat
+    for key, n in uses.items():
+        if n != NEVER:
+            assert counted.get(key, 0) == n, nodes[key[0]].path
+
+
+def test_twin_uses_none_where_the_graph_is_not_followed(keras):
+    L = keras.layers
+    inp = keras.Input((4,))
+    shared = L.Dense(4)
+    two_calls = keras.Model(inp, shared(shared(inp)))
+    with_op = keras.Model(inp, L.Dense(2)(keras.ops.add(L.Dense(4)(inp), 1.0)))
+    a, b = keras.Input((4,)), keras.Input((4,))
+    pair = keras.Model([a, b], L.Add()([a, b]))
+    nested_pair = keras.Model([a, b], L.Dense(1)(pair([a, b])))
+    for model in (two_calls, with_op, nested_pair):
+        assert twin_uses(model, build_tree(model, keras), keras) is None, model.name
+    plain = keras.Model(inp, L.Dense(2)(L.Dense(4)(inp)))
+    assert twin_uses(plain, build_tree(plain, keras), keras) is not None
+
+
+def test_a_tensor_without_twin_runs_the_batch_the_classic_way(keras, monkeypatch):
+    """A layer computing in float16 is handed a cast of its input, which no
+    layer made: the lockstep pass is abandoned there, after the layers
+    before it have run, having added nothing; the batch runs the classic way."""
+    L = keras.layers
+
+    def build():
+        keras.utils.set_random_seed(2)
+        inp = keras.Input((6,), name="x")
+        h = L.BatchNormalization(name="bn")(L.Dense(8, name="d0")(inp))
+        h = L.Dense(4, dtype="mixed_float16", name="half")(L.Dropout(0.3, name="drop")(h))
+        out = L.Dense(2, name="out")(L.BatchNormalization(name="bn2")(h))
+        return keras.Model(inp, out, name="half_model")
+
+    x = np.random.default_rng(3).normal(1, 2, (24, 6)).astype("float32")
+    ran = _counting(monkeypatch)
+    got = check(build(), x, options=OPTIONS).to_dict()
+    assert ran == {"passes": 2, "abandoned": 2}
+    monkeypatch.setattr(lock, "twin_uses", lambda *a: None)
+    want = check(build(), x, options=OPTIONS).to_dict()
+    got.pop("seconds", None)
+    want.pop("seconds", None)
+    assert got["layers"] and _diffs(got, want) == []
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "tensorflow"])
+def test_lockstep_on_the_other_backends(backend):
+    got = run_task(backend, "lockstep")
+    assert got["backend"] == backend
+    assert got["passes"] == 3 and got["abandoned"] == 0
+    assert _diffs(got["lockstep"], got["classic"]) == []
