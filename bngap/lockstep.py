@@ -270,14 +270,18 @@ class LockstepPass:
         if not self._watch_noflag:
             return
         self._watch_noflag = False
-        ops = self.keras.ops
+        ops, made = self.keras.ops, {}
+
+        def stand_in(s):  # one per shape: only each layer's `training` value is read
+            if not isinstance(s, _Slot):
+                return s
+            key = (s.shape, str(s.dtype))
+            if key not in made:
+                made[key] = ops.zeros(s.shape, dtype=s.dtype)
+            return made[key]
+
         self._eval_store.update(
-            {
-                key: self.keras.tree.map_structure(
-                    lambda s: ops.zeros(s.shape, dtype=s.dtype) if isinstance(s, _Slot) else s, tpl
-                )
-                for key, tpl in templates.items()
-            }
+            {key: self.keras.tree.map_structure(stand_in, tpl) for key, tpl in templates.items()}
         )
         try:
             self.noflag_seen = self.modes_pass(xs)

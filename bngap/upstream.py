@@ -59,6 +59,7 @@ class Cut:
     start: int
     frontier: dict[int, Any]  # id in the inference pass -> that tensor
     stand_ins: dict[int, Any] = field(default_factory=dict)
+    by_shape: dict[tuple, Any] = field(default_factory=dict)  # the stand-in of each shape
     skipped: int = 0  # calls not computed
 
 
@@ -304,8 +305,11 @@ class Upstream:
             real = cut.frontier.get(v.id, self._inputs.get(v.id))
             if real is not None:  # held, or a model input handed on (Identity, Dropout)
                 return real
-            t = ops.zeros((1, *v.shape[1:]), dtype=v.dtype)
-            cut.stand_ins[id(t)] = t
+            shape = (1, *v.shape[1:])
+            t = cut.by_shape.get((shape, v.dtype))
+            if t is None:  # one a shape: only the calls skipped take them
+                t = cut.by_shape[(shape, v.dtype)] = ops.zeros(shape, dtype=v.dtype)
+                cut.stand_ins[id(t)] = t
             return t
 
         return self.keras.tree.map_structure(leaf, self.calls[key].template)
