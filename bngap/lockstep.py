@@ -88,6 +88,15 @@ class LockstepPass:
         stateful = any(getattr(n.layer, "stateful", False) for n in self.nodes)
         plain = self.plain and not stateful
         self._uses = twin_uses(self.model, self.nodes, self.keras) if plain else None
+        # a layer's seed-generator states: a recurrent layer with dropout draws its masks in
+        # inference mode too, which in the classic structure the inference pass does not leave
+        # for the training pass (`_set_seeds` comes between them)
+        self._seeded = {
+            n.index: seeds
+            for n in self.nodes
+            if not n.children
+            and (seeds := [v for v in n.layer.variables if "seed_generator_state" in v.path])
+        }
 
     def lockstep_pass(self, xs, batch_index: int):
         """(inference outputs, training outputs) of the batch, from one call
@@ -205,8 +214,12 @@ class LockstepPass:
 
             out = self._train_call(node, k, run, args, kwargs, True, stored)
         else:
+            seeds = self._seeded.get(node.index)
+            kept = [(v, self.keras.ops.copy(v)) for v in seeds] if seeds else ()
             with _context_training(False):
                 r = self._run(node, original, targs, tkw)
+            for v, before in kept:  # what it drew is drawn again by the training call
+                v.assign(before)
             self._eval_leave(node, k, targs, tkw, r, True)
             if self._watch_noflag:
                 self._templates[(node.index, k)] = self.keras.tree.map_structure(

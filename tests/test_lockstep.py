@@ -185,3 +185,41 @@ def test_lockstep_on_the_other_backends(backend):
     assert got["backend"] == backend
     assert got["passes"] == 3 and got["abandoned"] == 0
     assert _diffs(got["lockstep"], got["classic"]) == []
+
+
+def _both(keras, monkeypatch, build, x, **options) -> tuple[list, dict]:
+    """Where the report of the lockstep pass differs from the classic one's
+    (each from a fresh model, names alike), and how many lockstep passes ran."""
+    opts = CheckOptions(batch_size=16, probe_preprocessing=False, **options)
+    ran = _counting(monkeypatch)
+    reports = []
+    for classic in (False, True):
+        if classic:
+            monkeypatch.setattr(lock, "twin_uses", lambda *a: None)
+        keras.backend.clear_session()
+        report = check(build(), x, options=opts).to_dict()
+        report.pop("seconds", None)
+        reports.append(report)
+        if not classic:
+            counted = dict(ran)
+    assert reports[0]["layers"]
+    return _diffs(*reports), counted
+
+
+def test_a_recurrent_layer_drawing_masks_in_inference_mode(keras, monkeypatch):
+    """A GRU with dropout draws its masks from its seed generator in either
+    mode: its inference call in the lockstep pass must not move the state
+    the training call (and its own contribution's inference call) draw from."""
+    L = keras.layers
+
+    def build():
+        keras.utils.set_random_seed(1)
+        inp = keras.Input((5, 6))
+        h = L.GRU(4, dropout=0.2, recurrent_dropout=0.2)(L.BatchNormalization()(inp))
+        return keras.Model(inp, L.Dense(2)(h))
+
+    x = np.random.default_rng(0).normal(0, 1, (40, 5, 6)).astype("float32")
+    diffs, ran = _both(keras, monkeypatch, build, x)
+    assert ran == {"passes": 3, "abandoned": 0}
+    assert diffs == []
+
