@@ -586,6 +586,7 @@ class Probe(LockstepPass, PathPasses, MaskedPasses):
         try:
             got = self.lockstep_pass(xs, batch_index)
         except NonFinite:
+            self._modes_after(xs)  # the first batch's, as the classic structure runs it
             return self._eval_train_exact(xs, batch_index, capture_bn=True)
         if got is not None:
             return got

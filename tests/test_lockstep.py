@@ -223,3 +223,21 @@ def test_a_recurrent_layer_drawing_masks_in_inference_mode(keras, monkeypatch):
     assert ran == {"passes": 3, "abandoned": 0}
     assert diffs == []
 
+
+def test_a_non_finite_batch_still_gets_its_modes_pass(keras, monkeypatch):
+    """Every batch overflows: each is measured again entry by entry, and the
+    first one's no-flag modes pass (the inference paths) runs as it does in
+    the classic structure."""
+    L = keras.layers
+
+    def build():
+        keras.utils.set_random_seed(1)
+        inp = keras.Input((6,))
+        h = L.Dropout(0.3)(L.BatchNormalization()(L.Dense(8)(inp)))
+        big = L.Dense(8, kernel_initializer=keras.initializers.Constant(30.0))(h)
+        h = L.BatchNormalization()(L.Activation("exponential")(big))
+        return keras.Model(inp, L.Dense(2)(h))
+
+    x = np.random.default_rng(0).normal(1, 2, (40, 6)).astype("float32")
+    diffs, _ = _both(keras, monkeypatch, build, x)
+    assert diffs == []
