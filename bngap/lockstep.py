@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .backend import _context_training
+from .backend import _context_training, keep_random, put_back_random
 from .errors import ForwardPassError
 from .twinflow import NEVER, twin_uses
 from .upstream import BUDGET_FLOOR, BUDGET_SHARE, INPUT
@@ -89,8 +89,9 @@ class LockstepPass:
         plain = self.plain and not stateful
         self._uses = twin_uses(self.model, self.nodes, self.keras) if plain else None
         # a layer's seed-generator states: a recurrent layer with dropout draws its masks in
-        # inference mode too, which in the classic structure the inference pass does not leave
-        # for the training pass (`_set_seeds` comes between them)
+        # inference mode too (on torch, unseeded, from the global generator), which in the
+        # classic structure the inference pass does not leave for the training pass
+        # (`_set_seeds` comes between them)
         self._seeded = {
             n.index: seeds
             for n in self.nodes
@@ -215,11 +216,10 @@ class LockstepPass:
             out = self._train_call(node, k, run, args, kwargs, True, stored)
         else:
             seeds = self._seeded.get(node.index)
-            kept = [(v, self.keras.ops.copy(v)) for v in seeds] if seeds else ()
+            kept = keep_random(seeds) if seeds else []
             with _context_training(False):
                 r = self._run(node, original, targs, tkw)
-            for v, before in kept:  # what it drew is drawn again by the training call
-                v.assign(before)
+            put_back_random(kept)  # what it drew, the training call draws again
             self._eval_leave(node, k, targs, tkw, r, True)
             if self._watch_noflag:
                 self._templates[(node.index, k)] = self.keras.tree.map_structure(

@@ -548,10 +548,22 @@ def lockstep_model(keras):
     return model, x
 
 
-def lockstep() -> dict:
+def lockstep_recurrent(keras):
+    """A GRU with dropout and recurrent dropout, which draws its masks in
+    inference mode too, after a BN layer; 40 samples."""
+    L = keras.layers
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((5, 6), name="x")
+    h = L.BatchNormalization(name="bn")(inp)
+    h = L.GRU(4, dropout=0.2, recurrent_dropout=0.2, name="gru")(h)
+    model = keras.Model(inp, L.Dense(2, name="out")(h), name="lockstep_recurrent")
+    return model, np.random.default_rng(6).normal(0, 1, (40, 5, 6)).astype("float32")
+
+
+def lockstep(shape: str = "model") -> dict:
     """The report of the lockstep pass and of the passes one after the
-    other (`test_lockstep.py`), and how many lockstep passes ran and were
-    abandoned."""
+    other (`test_lockstep.py`) on `lockstep_model` (or `lockstep_recurrent`),
+    and how many lockstep passes ran and were abandoned."""
     import keras
 
     from bngap import lockstep as lock
@@ -572,7 +584,7 @@ def lockstep() -> dict:
     try:  # put back: on the test process's own backend this runs in the test process
         lock.LockstepPass.lockstep_pass = counted  # type: ignore[method-assign]
         for label in ("lockstep", "classic"):
-            model, x = lockstep_model(keras)
+            model, x = (lockstep_recurrent if shape == "recurrent" else lockstep_model)(keras)
             report = check(model, x, options=options).to_dict()
             report.pop("seconds", None)
             out[label] = report
@@ -586,6 +598,7 @@ def lockstep() -> dict:
 
 TASKS = {
     "lockstep": lockstep,
+    "lockstep_recurrent": lambda: lockstep("recurrent"),
     "bn_closed_form": bn_closed_form,
     "upstream_reuse": upstream_reuse,
     "inference_paths": inference_paths,

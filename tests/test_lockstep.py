@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from backend_child import BACKENDS, lockstep, lockstep_model, run_task
+from backend_child import BACKENDS, lockstep, lockstep_model, lockstep_recurrent, run_task
 
 from bngap import lockstep as lock
 from bngap.layertree import build_tree
@@ -210,18 +210,18 @@ def test_a_recurrent_layer_drawing_masks_in_inference_mode(keras, monkeypatch):
     """A GRU with dropout draws its masks from its seed generator in either
     mode: its inference call in the lockstep pass must not move the state
     the training call (and its own contribution's inference call) draw from."""
-    L = keras.layers
-
-    def build():
-        keras.utils.set_random_seed(1)
-        inp = keras.Input((5, 6))
-        h = L.GRU(4, dropout=0.2, recurrent_dropout=0.2)(L.BatchNormalization()(inp))
-        return keras.Model(inp, L.Dense(2)(h))
-
-    x = np.random.default_rng(0).normal(0, 1, (40, 5, 6)).astype("float32")
-    diffs, ran = _both(keras, monkeypatch, build, x)
+    x = lockstep_recurrent(keras)[1]
+    diffs, ran = _both(keras, monkeypatch, lambda: lockstep_recurrent(keras)[0], x)
     assert ran == {"passes": 3, "abandoned": 0}
     assert diffs == []
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "tensorflow"])
+def test_a_recurrent_layer_on_the_other_backends(backend):
+    """On torch an unseeded GRU draws its masks from torch's global generator."""
+    got = run_task(backend, "lockstep_recurrent")
+    assert got["passes"] == 3 and got["abandoned"] == 0
+    assert got["lockstep"]["layers"] and _diffs(got["lockstep"], got["classic"]) == []
 
 
 def test_a_non_finite_batch_still_gets_its_modes_pass(keras, monkeypatch):

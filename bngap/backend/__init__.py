@@ -31,6 +31,8 @@ from .selection import (
 )
 from .state import (
     StateGuard,
+    keep_random,
+    put_back_random,
     seed_state,
     seed_values,
     seed_variables,
@@ -75,9 +77,11 @@ __all__ = [
     "initializer_constant",
     "installed",
     "is_floating",
+    "keep_random",
     "keras_message",
     "library_version",
     "no_grad",
+    "put_back_random",
     "pack_inputs",
     "pair_sums",
     "fetch_all",

@@ -160,6 +160,35 @@ def tf_generator_seed(seed: int, batch_index: int) -> int:
     return zlib.crc32(f"{seed}:tf:{batch_index}".encode())
 
 
+def keep_random(variables: list) -> list:
+    """What a call may draw from, read now, for `put_back_random`: these
+    seed-generator states and the backend's global generator (torch's, which
+    Keras' unseeded dropout draws from; TensorFlow's). The lockstep pass puts
+    back what a layer's inference call drew (an RNN draws its dropout masks
+    in either mode), as the classic structure's `set_seeds` does."""
+    keras = import_keras()
+    kept: list = [(v.assign, keras.ops.copy(v)) for v in variables]
+    name = keras.backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        generator = tf.random.get_global_generator()
+        kept.append((generator.reset, generator.state.read_value()))
+    elif name == "torch":
+        import torch
+
+        kept.append((torch.set_rng_state, torch.get_rng_state()))
+        if torch.cuda.is_available():
+            kept.append((torch.cuda.set_rng_state_all, torch.cuda.get_rng_state_all()))
+    return kept
+
+
+def put_back_random(kept: list) -> None:
+    """Writes back what `keep_random` read."""
+    for put, value in kept:
+        put(value)
+
+
 def set_seeds(variables: list, seed: int, batch_index: int) -> None:
     """Same random masks in every training-like pass of one batch, new ones
     for the next batch, all derived from `seed`: the seed-generator states,
