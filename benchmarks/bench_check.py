@@ -329,7 +329,8 @@ def main() -> None:
         ":never to compile the passes always or never (default: auto,0; on TensorFlow the "
         "default compiles them from 8 batches, see bngap/compiled.py), or :paths to check the "
         "model as one with code of the user's (the inference paths by their passes: model(x) "
-        "on 4 samples and predict(); BN statistics put back after every pass), or :classic for the inference pass and the training pass one after the other (no lockstep pass)",
+        "on 4 samples and predict(); BN statistics put back after every pass), or :classic "
+        "for the inference pass and the training pass one after the other (no lockstep pass)",
     )
     p.add_argument(
         "--quick", action="store_true", help="both models at 64x64, one repeat: a smoke run"
