@@ -11,6 +11,7 @@ import pytest
 from backend_child import BACKENDS, lockstep, lockstep_model, lockstep_recurrent, run_task
 
 from bngap import lockstep as lock
+from bngap import upstream
 from bngap.layertree import build_tree
 from bngap.pipeline import CheckOptions, check
 from bngap.probe import Probe
@@ -240,4 +241,42 @@ def test_a_non_finite_batch_still_gets_its_modes_pass(keras, monkeypatch):
 
     x = np.random.default_rng(0).normal(1, 2, (40, 6)).astype("float32")
     diffs, _ = _both(keras, monkeypatch, build, x)
+    assert diffs == []
+
+
+@pytest.mark.parametrize("floor", [None, 3000])
+def test_layers_handing_back_their_input_and_frontiers_let_go(keras, monkeypatch, floor):
+    """Layers handing back the very tensor they got (Identity, a linear
+    Activation, Dropout with rate 0, Dropout and noise in inference mode) in
+    chains and as outputs, the model input and one tensor given out twice, an
+    output also used further on, a nested Functional handing its input out;
+    all cause groups' passes. With a budget of a few kB (`floor`), frontiers
+    are let go during the pass while twins they hold were already forgotten."""
+    if floor is not None:
+        monkeypatch.setattr(lock, "BUDGET_FLOOR", floor)
+        monkeypatch.setattr(lock, "BUDGET_SHARE", 0.0)
+        monkeypatch.setattr(upstream, "BUDGET_FLOOR", floor)
+        monkeypatch.setattr(upstream, "BUDGET_SHARE", 0.0)
+    L = keras.layers
+
+    def build():
+        keras.utils.set_random_seed(1)
+        inp = keras.Input((6,))
+        i = keras.Input((16,))
+        inner = keras.Model(i, [i, L.BatchNormalization()(L.Dense(16)(i))])
+        h, skips = L.Dense(16)(L.Dropout(0.3)(inp)), []
+        for k in range(4):
+            h = L.BatchNormalization()(L.Dense(16)(h))
+            h = L.Dropout(0.2)(h) if k % 2 else L.GaussianNoise(0.3)(h)
+            h = L.Activation("linear")(L.Dropout(0.0)(L.Identity()(h)))
+            skips.append(h)
+            if k >= 2:
+                h = L.Add()([h, skips[k - 2]])
+        a, b = inner(h)
+        h = L.Concatenate()([a, b, skips[0]])
+        return keras.Model(inp, [L.Dense(2)(h), skips[1], L.Identity()(inp), h, h])
+
+    x = np.random.default_rng(0).normal(1, 2, (40, 6)).astype("float32")
+    diffs, ran = _both(keras, monkeypatch, build, x, effects=None)
+    assert ran == {"passes": 3, "abandoned": 0}
     assert diffs == []
