@@ -94,7 +94,7 @@ class LockstepPass:
         # (`_set_seeds` comes between them)
         self._seeded = {
             n.index: seeds
-            for n in self.nodes
+            for n in (self.nodes if self._uses is not None else ())
             if not n.children
             and (seeds := [v for v in n.layer.variables if "seed_generator_state" in v.path])
         }
