@@ -118,7 +118,8 @@ class LockstepPass:
             out = self._call_model(
                 xs, "training", self._h_lock(), fit=True, defer=True, inputs=inputs
             )
-            if self._abandoned:
+            if self._abandoned:  # not tried again: the next batches would stop where this one did
+                self._uses = None
                 self.upstream.reset()
                 return None
             ev = self.keras.tree.map_structure(self._twin_of, out)

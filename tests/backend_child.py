@@ -574,8 +574,9 @@ def lockstep(shape: str = "model") -> dict:
     original_pass, original_uses = lock.LockstepPass.lockstep_pass, lock.twin_uses
 
     def counted(self, *a, **kw):
+        allowed = self._uses is not None  # one the graphs allow
         got = original_pass(self, *a, **kw)
-        if self._uses is not None:  # one the graphs allow
+        if allowed:
             ran["passes"] += 1
             ran["abandoned"] += got is None
         return got
