@@ -509,6 +509,21 @@ def bn_closed_form():
     }
 
 
+def lockstep_counter(original, ran: dict):
+    """`LockstepPass.lockstep_pass` counting into `ran` the passes a model's
+    graphs allow ("passes") and those abandoned ("abandoned")."""
+
+    def counted(self, *a, **kw):
+        allowed = self._uses is not None
+        got = original(self, *a, **kw)
+        if allowed:
+            ran["passes"] += 1
+            ran["abandoned"] += got is None
+        return got
+
+    return counted
+
+
 def lockstep_model(keras):
     """Two inputs, a nested Sequential and a nested Functional, skip
     connections, concatenations, Identity, dropout, noise and two outputs,
@@ -572,15 +587,7 @@ def lockstep(shape: str = "model") -> dict:
     options = CheckOptions(batch_size=16, probe_preprocessing=False, effects=None)
     ran = {"passes": 0, "abandoned": 0}
     original_pass, original_uses = lock.LockstepPass.lockstep_pass, lock.twin_uses
-
-    def counted(self, *a, **kw):
-        allowed = self._uses is not None  # one the graphs allow
-        got = original_pass(self, *a, **kw)
-        if allowed:
-            ran["passes"] += 1
-            ran["abandoned"] += got is None
-        return got
-
+    counted = lockstep_counter(original_pass, ran)
     out: dict = {"backend": keras.backend.backend()}
     try:  # put back: on the test process's own backend this runs in the test process
         lock.LockstepPass.lockstep_pass = counted  # type: ignore[method-assign]
