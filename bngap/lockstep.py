@@ -25,10 +25,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .backend import _context_training, keep_random, put_back_random
 from .errors import ForwardPassError
 from .twinflow import NEVER, twin_uses
-from .upstream import BUDGET_FLOOR, BUDGET_SHARE, INPUT
+from .upstream import BUDGET_FLOOR, BUDGET_SHARE, INPUT, itemsize
 
 if TYPE_CHECKING:
     from .layertree import LayerNode
@@ -45,6 +47,15 @@ class _Slot:
 
     def __init__(self, t):
         self.shape, self.dtype = (1, *tuple(t.shape)[1:]), t.dtype
+
+
+class _Twin:
+    """A training tensor's twin, held for the calls still to use it."""
+
+    __slots__ = ("t", "r", "left", "made_by")
+
+    def __init__(self, t, r, left: int, made_by: tuple):
+        self.t, self.r, self.left, self.made_by = t, r, left, made_by
 
 
 class LockstepPass:
@@ -79,15 +90,14 @@ class LockstepPass:
     def _lockstep_setup(self) -> None:
         """On entering the probe: whether batches may take the lockstep pass."""
         self._lockstep_on = False
-        self._abandoned = False
-        # id of a training tensor: [it, its twin, uses left, the call that made it]
-        self._twins: dict[int, list] = {}
+        self._twins: dict[int, _Twin] = {}  # by id of the training tensor
         self._holding: dict[int, int] = {}  # id of a twin: the entries holding it
         self._templates: dict = {}
         # a stateful RNN's inference call writes the state its training call reads
         stateful = any(getattr(n.layer, "stateful", False) for n in self.nodes)
         plain = self.plain and not stateful
         self._uses = twin_uses(self.model, self.nodes, self.keras) if plain else None
+        self._sample_bytes = self._output_bytes() if self._uses is not None else 0
         # a layer's seed-generator states: a recurrent layer with dropout draws its masks in
         # inference mode too (on torch, unseeded, from the global generator), which in the
         # classic structure the inference pass does not leave for the training pass
@@ -107,22 +117,28 @@ class LockstepPass:
             return None
         inputs = self._inference_inputs(xs)
         self._clear_store()
-        self.upstream.begin(inputs)
         flat_in = [t for t in self.keras.tree.flatten(inputs) if hasattr(t, "shape")]
-        self.upstream._budget = max(BUDGET_FLOOR, int(BUDGET_SHARE * self._output_bytes(flat_in)))
-        self._twins = {id(t): [t, t, NEVER, INPUT] for t in flat_in}
+        batch = int(flat_in[0].shape[0]) if flat_in and flat_in[0].shape else 1
+        self.upstream.begin(
+            inputs, max(BUDGET_FLOOR, int(BUDGET_SHARE * self._sample_bytes * batch))
+        )
+        self._twins = {id(t): _Twin(t, t, NEVER, INPUT) for t in flat_in}
         self._holding = {id(t): 1 for t in flat_in}
-        self._lockstep_on, self._abandoned = True, False
+        self._lockstep_on = True
         self._set_seeds(batch_index)
         try:
+            # None: abandoned (`_call_model` stops on Abandon; a model's output is never None)
             out = self._call_model(
                 xs, "training", self._h_lock(), fit=True, defer=True, inputs=inputs
             )
-            if self._abandoned:  # not tried again: the next batches would stop where this one did
+            try:
+                ev = None if out is None else self.keras.tree.map_structure(self._twin_of, out)
+            except Abandon:
+                ev = None
+            if ev is None:  # not tried again: the next batches would stop where this one did
                 self._uses = None
                 self.upstream.reset()
                 return None
-            ev = self.keras.tree.map_structure(self._twin_of, out)
             self.upstream.finished(ev)
         finally:
             self._lockstep_on = False
@@ -132,10 +148,9 @@ class LockstepPass:
         self._modes_after(xs)
         return ev, out
 
-    def _output_bytes(self, flat_in: list) -> int:
-        """Bytes of the layer outputs of a pass (the masked passes' budget is
-        a share of them), from the shapes Keras recorded at one sample each."""
-        batch = int(flat_in[0].shape[0]) if flat_in and flat_in[0].shape else 1
+    def _output_bytes(self) -> int:
+        """Bytes of a sample's layer outputs in a pass (the masked passes'
+        budget is a share of them), from the shapes Keras recorded."""
         total = 0
         for node in self.nodes:
             if node.children:
@@ -144,20 +159,16 @@ class LockstepPass:
                 for kt in gnode.outputs:
                     dims = tuple(kt.shape)[1:]
                     if all(isinstance(d, int) for d in dims):
-                        n = 1
-                        for d in dims:
-                            n *= d
-                        total += n * 4
-        return total * batch
+                        total += int(np.prod(dims)) * itemsize(kt.dtype)
+        return total
 
     def _twin_of(self, t):
         if not hasattr(t, "shape"):
             return t
         got = self._twins.get(id(t))
-        if got is None or got[0] is not t:
-            self._abandoned = True
+        if got is None or got.t is not t:
             raise Abandon
-        return got[1]
+        return got.r
 
     def _tensors_of(self, args, kwargs) -> list:
         """The tensors a call was given, each as often as it was given."""
@@ -189,7 +200,6 @@ class LockstepPass:
             except (Abandon, ForwardPassError):
                 raise
             except Exception as e:  # run the classic way, which reports it as it does
-                self._abandoned = True
                 raise Abandon from e
 
         return handler
@@ -197,24 +207,17 @@ class LockstepPass:
     def _lock_call(self, node, original, args, kwargs):
         k = self._next_call(node)
         if k or kwargs.get("mask") is not None:
-            self._abandoned = True
             raise Abandon
         targs, tkw = self._twins_in(args, kwargs)
         self._eval_enter(node, k, targs, tkw, True, True)
-        if node.children:
+        if node.children:  # its output is its layers': their twins are made inside it
 
-            def stored():
-                r = self.keras.tree.map_structure(self._twin_of, out_box[0])
+            def stored(out):
+                r = self.keras.tree.map_structure(self._twin_of, out)
                 self._eval_leave(node, k, targs, tkw, r, True)
                 return r
 
-            out_box: list = [None]
-
-            def run(*a, **kw):
-                out_box[0] = original(*a, **kw)
-                return out_box[0]
-
-            out = self._train_call(node, k, run, args, kwargs, True, stored)
+            out, _ = self._train_call(node, k, original, args, kwargs, True, stored)
         else:
             seeds = self._seeded.get(node.index)
             kept = keep_random(seeds) if seeds else []
@@ -226,7 +229,7 @@ class LockstepPass:
                 self._templates[(node.index, k)] = self.keras.tree.map_structure(
                     lambda t: _Slot(t) if hasattr(t, "shape") else t, r
                 )
-            out = self._train_call(node, k, original, args, kwargs, True, lambda: r)
+            out, _ = self._train_call(node, k, original, args, kwargs, True, lambda _: r)
             self._pair(node, out, r)
         self._used(args, kwargs)
         return out
@@ -235,7 +238,6 @@ class LockstepPass:
         """Registers the twins of a layer's outputs, held for their uses."""
         flat_t, flat_r = self.keras.tree.flatten(out), self.keras.tree.flatten(r)
         if len(flat_t) != len(flat_r):
-            self._abandoned = True
             raise Abandon
         uses = self._uses or {}
         for i, (t, tr) in enumerate(zip(flat_t, flat_r)):
@@ -243,13 +245,12 @@ class LockstepPass:
                 continue
             left = uses.get((node.index, i))
             got = self._twins.get(id(t))
-            if left is None or (got is not None and got[1] is not tr):
-                self._abandoned = True
+            if left is None or (got is not None and got.r is not tr):
                 raise Abandon
             if got is not None:  # handed back as it came (Identity, a linear activation)
-                got[2] += left
+                got.left += left
             elif left > 0:
-                self._twins[id(t)] = [t, tr, left, (node.index, 0)]
+                self._twins[id(t)] = _Twin(t, tr, left, (node.index, 0))
                 self._holding[id(tr)] = self._holding.get(id(tr), 0) + 1
 
     def _used(self, args, kwargs) -> None:
@@ -257,12 +258,12 @@ class LockstepPass:
         twins = self._twins
         for t in self._tensors_of(args, kwargs):
             got = twins.get(id(t))
-            if got is None or got[0] is not t:
+            if got is None or got.t is not t:
                 continue
-            got[2] -= 1
-            if got[2] <= 0:
+            got.left -= 1
+            if got.left <= 0:
                 del twins[id(t)]
-                r = got[1]
+                r = got.r
                 self._holding[id(r)] -= 1
                 if not self._holding[id(r)]:  # no other output has it as its twin (Dropout's)
                     del self._holding[id(r)]
@@ -275,7 +276,7 @@ class LockstepPass:
             return self.upstream.frontier_now()
         if not self.upstream.usable:
             return None
-        return {id(e[1]): e[1] for e in self._twins.values() if e[3] != INPUT}
+        return {id(e.r): e.r for e in self._twins.values() if e.made_by != INPUT}
 
     def _modes_after(self, xs) -> None:
         """The no-flag modes pass of the first batch (`modes_pass`), each

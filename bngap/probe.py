@@ -104,8 +104,6 @@ class Probe(LockstepPass, PathPasses, MaskedPasses):
         self.compiled: Any = None  # compiled.CompiledPasses, when the backend compiles
         self._held: frozenset[int] = frozenset()  # guard variables `_run` itself puts back
         self.plain = False  # a model of Keras' own code (`plain_keras_model`), seen on entering
-        self._lockstep_on = False  # inside a lockstep pass (`lockstep.py`)
-        self._uses: dict | None = None  # uses of each layer output, where lockstep passes run
         self._node_at = {n.index: n for n in nodes}
 
     # ---------------------------------------------------------------- set-up
@@ -430,24 +428,20 @@ class Probe(LockstepPass, PathPasses, MaskedPasses):
 
     def _h_train(self, own: bool = True):
         def handler(node, original, args, kwargs):
-            k = self._next_call(node)
-            self.upstream.reached((node.index, k))
-            return self._train_call(
-                node,
-                k,
-                original,
-                args,
-                kwargs,
-                own,
-                lambda: self._eval_store.pop((node.index, k), None),
+            key = (node.index, self._next_call(node))
+            self.upstream.reached(key)
+            out, stored = self._train_call(
+                node, key[1], original, args, kwargs, own, lambda _: self._eval_store.pop(key, None)
             )
+            self.upstream.passed(key, stored)
+            return out
 
         return handler
 
     def _train_call(self, node, k: int, original, args, kwargs, own: bool, stored_of):
         """A training-mode call: runs it, emits its own contribution (a
         mode-dependent layer) and its divergence from its inference output,
-        `stored_of()` once it has run."""
+        `stored_of(its output)`; returns (its output, that inference output)."""
         st = self.stats[node.index]
         st.fit_training[k] = kwargs.get("training")
         up = self.upstream
@@ -472,12 +466,10 @@ class Probe(LockstepPass, PathPasses, MaskedPasses):
             else:
                 pair = self._own_training(node, closed, args, kwargs, out, ref)
                 self._offer_cut(node, k, pair, frontier)
-        stored = stored_of()
+        stored = stored_of(out)
         if stored is None or self._divergence(node, (node.index, k), args, kwargs, out, stored):
             st.matched = False
-        if not self._lockstep_on:
-            up.passed((node.index, k), stored)
-        return out
+        return out, stored
 
     def _produced(self, node: LayerNode, key: tuple, args, kwargs, out) -> None:
         """Notes, in the inference pass, which call made each output, and

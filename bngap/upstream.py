@@ -63,7 +63,7 @@ class Cut:
     skipped: int = 0  # calls not computed
 
 
-def _itemsize(dtype: str) -> int:
+def itemsize(dtype: str) -> int:
     try:
         return np.dtype(dtype).itemsize
     except TypeError:  # bfloat16 and the like
@@ -74,7 +74,7 @@ def _nbytes(t) -> int:
     from .backend import import_keras
 
     dtype = import_keras().backend.standardize_dtype(t.dtype)
-    return int(np.prod(tuple(t.shape))) * _itemsize(dtype)
+    return int(np.prod(tuple(t.shape))) * itemsize(dtype)
 
 
 class Upstream:
@@ -108,8 +108,11 @@ class Upstream:
         return [t for t in self.keras.tree.flatten(structure) if hasattr(t, "shape")]
 
     # ------------------------------------------------- the inference pass
-    def begin(self, inputs) -> None:
+    def begin(self, inputs, budget: int = 0) -> None:
+        """`budget`: bytes the frontiers may hold while the pass goes, where
+        it is known before the pass (`lockstep.py`); else set by `finished`."""
         self.reset()
+        self._budget = budget
         self.usable = self.pure
         for t in self._tensors(inputs):
             self._producer[id(t)] = INPUT
@@ -172,7 +175,7 @@ class Upstream:
         for call in self.calls.values():
             for leaf in self.keras.tree.flatten(call.template):
                 if isinstance(leaf, _Leaf):
-                    sizes[leaf.id] = int(np.prod(leaf.shape)) * _itemsize(leaf.dtype)
+                    sizes[leaf.id] = int(np.prod(leaf.shape)) * itemsize(leaf.dtype)
         self._budget = max(BUDGET_FLOOR, int(BUDGET_SHARE * sum(sizes.values())))
         self._producer.clear()
 
@@ -318,4 +321,4 @@ class Upstream:
         return any(cut.stand_ins.get(id(t)) is t for t in self._tensors((args, kwargs)))
 
 
-__all__ = ["Upstream", "Cut", "INPUT", "BUDGET_SHARE"]
+__all__ = ["Upstream", "Cut", "INPUT", "BUDGET_SHARE", "itemsize"]
