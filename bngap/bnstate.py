@@ -53,7 +53,7 @@ class BatchNormState:
     def _value(self, v) -> np.ndarray:
         """A variable's saved value (read now if the guard holds none), in float64."""
         i = self._where().get(id(v))
-        return np.asarray(backend.to_numpy(v) if i is None else self.guard.saved[i], np.float64)
+        return np.asarray(backend.to_numpy(v if i is None else self.guard.saved[i]), np.float64)
 
     def variables(self, node: LayerNode) -> list:
         """(variable, saved value) of a BN layer's moving statistics."""

@@ -64,7 +64,7 @@ class StateGuard:
                 torch.get_rng_state(),
                 torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             )
-        self.saved = [np.array(to_numpy(v), copy=True) for v in self.variables]
+        self.saved = [kept_value(v) for v in self.variables]
         self.mutable = [
             i for i, v in enumerate(self.variables) if not getattr(v, "trainable", False)
         ]
@@ -91,13 +91,15 @@ class StateGuard:
         non-trainable ones are. Called once, after the first training pass."""
         fixed = set(self.mutable)
         for i, v in enumerate(self.variables):
-            if i not in fixed and not np.array_equal(to_numpy(v), self.saved[i], equal_nan=True):
+            if i not in fixed and not np.array_equal(
+                to_numpy(v), to_numpy(self.saved[i]), equal_nan=True
+            ):
                 v.assign(self.saved[i])
                 self.mutable.append(i)
 
     def commit(self) -> None:
         """Makes the current values the ones restored (`fix` changes BN statistics on purpose)."""
-        self.saved = [np.array(to_numpy(v), copy=True) for v in self.variables]
+        self.saved = [kept_value(v) for v in self.variables]
 
     def close(self) -> None:
         """Restores everything and leaves no global generator that was not there."""
@@ -114,6 +116,30 @@ class StateGuard:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def kept_value(v):
+    """A variable's value now, held so that later writes leave it as it is,
+    as the backend's own tensor (restored with one `assign`, no numpy round
+    trip) and without a copy where the backend allows one to be skipped:
+    a TensorFlow read is a snapshot (a write to a variable whose buffer is
+    still read elsewhere goes to a new buffer), a JAX array never changes.
+    PyTorch writes parameters in place, so there it is a copy, as it is for
+    anything else."""
+    name = import_keras().backend.backend()
+    try:
+        if name == "tensorflow":
+            inner = getattr(
+                v, "value", None
+            )  # a Keras variable's tf.Variable; a method on tf's own
+            return (inner if hasattr(inner, "read_value") else v).read_value()
+        if name == "jax":
+            return v.value
+        if name == "torch":
+            return v.value.detach().clone()
+    except Exception:  # a variable of another kind: its value as numpy
+        pass
+    return np.array(to_numpy(v), copy=True)
 
 
 def _rnn_states(model, layers) -> list:
