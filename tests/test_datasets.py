@@ -33,6 +33,21 @@ def _numbers(report) -> dict:
     return out
 
 
+def _diffs(a, b, path: str = "") -> list:
+    """Where two reports' numbers differ: floats at relative 1e-6 (a model
+    run compiled and one run eagerly sum in another order), the rest exactly."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in _diffs(a.get(k), b.get(k), f"{path}.{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [(path, len(a), len(b))]
+        return [d for i, (u, v) in enumerate(zip(a, b)) for d in _diffs(u, v, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float):
+        return [] if np.isclose(a, b, rtol=1e-6, atol=1e-12) else [(path, a, b)]
+    return [] if a == b else [(path, a, b)]
+
+
 @pytest.fixture(scope="module")
 def case(zoo):
     model, x, y = zoo.get("under_trained")
@@ -58,7 +73,7 @@ def test_tf_data_pipeline_gives_the_same_report(case, tf, batching):
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if batching:
         ds = ds.batch(batching)  # re-batched to bngap's batch size: 10 gives the same batches as 32
-    assert _numbers(bngap.check(model, ds)) == ref
+    assert _diffs(_numbers(bngap.check(model, ds)), ref) == []
 
 
 def test_tf_data_of_inputs_only_and_a_map(case, tf):
@@ -66,13 +81,13 @@ def test_tf_data_of_inputs_only_and_a_map(case, tf):
     ds = tf.data.Dataset.from_tensor_slices(x / 2.0).map(lambda t: t * 2.0).batch(7)
     r = bngap.check(model, ds)
     assert r.metrics is None and r.data.samples == 64
-    assert r.to_dict()["output_gap"] == ref["output_gap"]
+    assert _diffs(r.to_dict()["output_gap"], ref["output_gap"]) == []
 
 
 def test_saved_dataset_directory_gives_the_same_report(case, tf, tmp_path, keras):
     model, x, y, ref = case
     tf.data.Dataset.from_tensor_slices((x, y)).batch(16).save(str(tmp_path / "saved"))
-    assert _numbers(bngap.check(model, str(tmp_path / "saved"))) == ref
+    assert _diffs(_numbers(bngap.check(model, str(tmp_path / "saved"))), ref) == []
     mpath = tmp_path / "m.keras"
     model.save(mpath)
     res = CliRunner().invoke(
@@ -80,7 +95,7 @@ def test_saved_dataset_directory_gives_the_same_report(case, tf, tmp_path, keras
     )
     assert res.exit_code in (0, 1), res.output
     d = json.loads(res.stdout)
-    assert _numbers(d) == json.loads(json.dumps(ref))
+    assert _diffs(_numbers(d), ref) == []
     assert d["data"]["path"] == str(tmp_path / "saved")
 
 
@@ -88,7 +103,7 @@ def test_npz_shards_give_the_same_report(case, tmp_path):
     model, x, y, ref = case
     for k, (a, b) in enumerate([(0, 20), (20, 45), (45, 64)]):
         np.savez(tmp_path / f"shard-{k}.npz", x=x[a:b], y=y[a:b])
-    assert _numbers(bngap.check(model, str(tmp_path / "shard-*.npz"))) == ref
+    assert _diffs(_numbers(bngap.check(model, str(tmp_path / "shard-*.npz"))), ref) == []
     mpath = tmp_path / "m.keras"
     model.save(mpath)
     paths = [str(tmp_path / f"shard-{k}.npz") for k in range(3)]
@@ -96,7 +111,7 @@ def test_npz_shards_give_the_same_report(case, tmp_path):
         res = CliRunner().invoke(main, ["check", str(mpath), *given, "--format", "json", "-q"])
         assert res.exit_code in (0, 1), res.output
         d = json.loads(res.stdout)
-        assert _numbers(d) == json.loads(json.dumps(ref))
+        assert _diffs(_numbers(d), ref) == []
         assert any(
             "read 3 shards in this order: shard-0.npz, shard-1.npz, shard-2.npz" in n
             for n in d["data"]["notes"]
@@ -106,7 +121,7 @@ def test_npz_shards_give_the_same_report(case, tmp_path):
 def test_list_of_numpy_batches_gives_the_same_report(case):
     model, x, y, ref = case
     batches = [(x[a : a + 9], y[a : a + 9]) for a in range(0, 64, 9)]
-    assert _numbers(bngap.check(model, batches)) == ref
+    assert _diffs(_numbers(bngap.check(model, batches)), ref) == []
 
 
 def test_limit_and_infinite_datasets(case, tf):
@@ -116,7 +131,7 @@ def test_limit_and_infinite_datasets(case, tf):
         bngap.check(model, ds)
     r = bngap.check(model, ds, limit=40)
     assert r.data.samples == 40 and r.data.last_batch_size == 8
-    assert _numbers(r) == _numbers(bngap.check(model, x[:40], y[:40]))
+    assert _diffs(_numbers(r), _numbers(bngap.check(model, x[:40], y[:40]))) == []
 
 
 def test_fix_on_a_tf_data_pipeline_equals_fix_on_arrays(case, tf, keras):
@@ -156,8 +171,8 @@ def test_two_inputs_of_different_ranks_from_dict_elements(tf, keras):
     }
     ref = _numbers(bngap.check(model, x))
     ds = tf.data.Dataset.from_tensor_slices(x)  # unbatched: ranks 3 and 1, one short of the model's
-    assert _numbers(bngap.check(model, ds)) == ref
-    assert _numbers(bngap.check(model, ds.batch(6))) == ref
+    assert _diffs(_numbers(bngap.check(model, ds)), ref) == []
+    assert _diffs(_numbers(bngap.check(model, ds.batch(6))), ref) == []
     assert (
         _numbers(
             bngap.check(
@@ -201,13 +216,13 @@ def test_keras_py_dataset_gives_the_same_report(case, keras):
         def __getitem__(self, i):
             return x[i * 13 : (i + 1) * 13], y[i * 13 : (i + 1) * 13]
 
-    assert _numbers(bngap.check(model, Batches())) == ref
+    assert _diffs(_numbers(bngap.check(model, Batches())), ref) == []
 
 
 def test_compressed_saved_dataset_and_a_failing_pipeline(case, tf, tmp_path):
     model, x, y, ref = case
     tf.data.Dataset.from_tensor_slices((x, y)).save(str(tmp_path / "gz"), compression="GZIP")
-    assert _numbers(bngap.check(model, str(tmp_path / "gz"))) == ref
+    assert _diffs(_numbers(bngap.check(model, str(tmp_path / "gz"))), ref) == []
 
     def broken():
         yield x[:8], y[:8]
