@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from reportdiffs import report_diffs
 
 import bngap
 from bngap.cli import main
@@ -33,19 +34,10 @@ def _numbers(report) -> dict:
     return out
 
 
-def _diffs(a, b, path: str = "") -> list:
+def _diffs(a, b) -> list:
     """Where two reports' numbers differ: floats at relative 1e-6 (a model
     run compiled and one run eagerly sum in another order), the rest exactly."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = sorted(set(a) | set(b))
-        return [d for k in keys for d in _diffs(a.get(k), b.get(k), f"{path}.{k}")]
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        if len(a) != len(b):
-            return [(path, len(a), len(b))]
-        return [d for i, (u, v) in enumerate(zip(a, b)) for d in _diffs(u, v, f"{path}[{i}]")]
-    if isinstance(a, float) and isinstance(b, float):
-        return [] if np.isclose(a, b, rtol=1e-6, atol=1e-12) else [(path, a, b)]
-    return [] if a == b else [(path, a, b)]
+    return report_diffs(a, b, rtol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from backend_child import (
     lockstep_recurrent,
     run_task,
 )
+from reportdiffs import report_diffs
 
 from bngap import lockstep as lock
 from bngap import upstream
@@ -24,19 +25,9 @@ from bngap.pipeline import CheckOptions, check
 OPTIONS = CheckOptions(batch_size=16, probe_preprocessing=False)
 
 
-def _diffs(a, b, path: str = "") -> list:
+def _diffs(a, b) -> list:
     """Where two reports differ (numbers at relative 1e-5)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [
-            d for k in sorted(set(a) | set(b)) for d in _diffs(a.get(k), b.get(k), f"{path}.{k}")
-        ]
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return [(path, len(a), len(b))]
-        return [d for i, (u, v) in enumerate(zip(a, b)) for d in _diffs(u, v, f"{path}[{i}]")]
-    if isinstance(a, float) and isinstance(b, float):
-        return [] if np.isclose(a, b, rtol=1e-5, atol=1e-9) else [(path, a, b)]
-    return [] if a == b else [(path, a, b)]
+    return report_diffs(a, b, rtol=1e-5)
 
 
 def _counting(monkeypatch) -> dict:
