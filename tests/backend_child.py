@@ -629,6 +629,16 @@ def host_sums() -> dict:
         (backend.pair_sums(t, r)[0], backend.sum_squares(r)),
     ]
     errors = [abs(float(g) / w - 1) for pair in got for g, w in zip(pair, want)]
+    # near-constant values (a saturated or padded output): a sum that runs long in
+    # few float32 accumulators drifts here (a dot product: 3e-5), a pairwise one does not
+    t_flat, r_flat = np.full(shape, 2.23, np.float32), np.full(shape, 1.95, np.float32)
+    flat_want = [
+        np.sum((t_flat.astype(np.float64) - r_flat) ** 2),
+        np.sum(r_flat.astype(np.float64) ** 2),
+    ]
+    t_c, r_c = ops.convert_to_tensor(t_flat), ops.convert_to_tensor(r_flat)
+    flat_got = [*backend.pair_sums(t_c, r_c), backend.sum_squares(r_c)]
+    flat_errors = [abs(float(g) / w - 1) for g, w in zip(flat_got, [*flat_want, flat_want[1]])]
     t_bad, r_bad = t_np.copy(), r_np.copy()
     t_bad[0, 0, 0] = np.nan
     r_bad[1, 2, 3] = np.inf
@@ -658,6 +668,7 @@ def host_sums() -> dict:
         ],
         "host_types": [isinstance(g, np.float64) for pair in got for g in pair],
         "relative_errors": errors,
+        "near_constant_relative_errors": flat_errors,
         "non_finite": [str(float(v)) for v in (nan_pair[0], inf_pair[0], inf_pair[1])],
         "traced_relative_error": max(abs(float(g) / w - 1) for g, w in zip(traced, want)),
     }

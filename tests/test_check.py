@@ -183,6 +183,50 @@ def test_check_leaves_every_variable_bit_identical(zoo, name):
     assert all("call" not in layer.__dict__ for layer in model._flatten_layers())
 
 
+@pytest.mark.parametrize("compiled_passes", [False, True])
+def test_raw_tf_variables_of_a_custom_layer_are_restored_bit_for_bit(
+    keras, monkeypatch, compiled_passes
+):
+    """A custom layer holding `tf.Variable`s that Keras does not track, written
+    in every call (`assign_add`, `assign`), and a weight it writes in training
+    mode: the guard holds each as a TensorFlow read (`kept_value`) and puts it
+    back, after the eager passes and after the compiled ones."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("raw tf.Variables are TensorFlow's")
+    import tensorflow as tf
+
+    from bngap import compiled
+
+    L = keras.layers
+
+    class Counting(L.Layer):
+        def build(self, shape):
+            self.count = tf.Variable(5.0, trainable=False)
+            self.last = tf.Variable(tf.range(shape[-1], dtype="float32"), trainable=False)
+            self.ema = self.add_weight(shape=(shape[-1],), initializer="zeros")
+
+        def call(self, x, training=None):
+            self.count.assign_add(1.0)
+            self.last.assign(tf.reduce_mean(x, 0))
+            if training:
+                self.ema.assign(0.5 * self.ema + 0.5 * tf.reduce_mean(x, 0))
+            return x + self.ema
+
+    if compiled_passes:
+        monkeypatch.setattr(compiled, "COMPILE_FROM_BATCHES", 1)
+    else:
+        monkeypatch.setattr(compiled, "available", lambda m: False)
+    inp = keras.Input((6,))
+    counting = Counting(name="counting")
+    h = L.BatchNormalization()(counting(L.Dense(8)(inp)))
+    m = keras.Model(inp, L.Dense(2)(h))
+    x = np.random.default_rng(0).normal(1, 2, (40, 6)).astype("float32")
+    raw = lambda: [np.array(v.numpy(), copy=True) for v in (counting.count, counting.last)]  # noqa: E731
+    before, raw_before = _vars(m), raw()
+    check(m, x, options=CheckOptions(batch_size=8, probe_preprocessing=False))
+    assert _identical(before, _vars(m)) and _identical(raw_before, raw())
+
+
 def test_variables_restored_when_a_forward_pass_raises(keras):
     L = keras.layers
 

@@ -17,6 +17,8 @@ def _check(got: dict) -> None:
     assert got["declined"] == [True, True]  # int32, float16
     assert all(got["host_types"])  # the host path answered, in float64
     assert max(got["relative_errors"]) < 1e-6  # against numpy in float64
+    # two blocks of one value repeated: as close as the backends' own sums come
+    assert max(got["near_constant_relative_errors"]) < 1e-6
     assert got["non_finite"] == ["nan", "inf", "inf"]
     assert got["traced_relative_error"] < 1e-6
 
@@ -57,3 +59,27 @@ def test_fetch_takes_host_sums_as_they_are(keras):
     mixed = add_up(ops, [device, host])  # on the host once one of them is
     assert isinstance(mixed, np.float64) and mixed == 3.5 + host
     assert float(backend.to_numpy(add_up(ops, [device, device]))) == 7.0
+
+
+def test_threads_sum_in_scratch_blocks_of_their_own(keras):
+    """Each thread squares its blocks in a scratch block of its own
+    (`threading.local`; numpy lets go of the GIL while it works on one):
+    four threads at once give what one thread gives, bit for bit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ops = keras.ops
+    rng = np.random.default_rng(5)
+    size = 3 * (1 << 16) + 11
+    tensors = [
+        tuple(ops.convert_to_tensor(rng.normal(k, 1.0 + k, size).astype("float32")) for _ in "tr")
+        for k in range(4)
+    ]
+    alone = [(backend.pair_sums(t, r), backend.sum_squares(t)) for t, r in tensors]
+
+    def repeat(k: int) -> list:
+        t, r = tensors[k]
+        return [(backend.pair_sums(t, r), backend.sum_squares(t)) for _ in range(25)]
+
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(repeat, range(4)))
+    assert all(got == alone[k] for k in range(4) for got in together[k])

@@ -6,8 +6,11 @@ and writes nothing the size of a layer output, where the backend's own ops
 (`squared_difference` then `reduce_sum`) write a full-size temporary first:
 on a fresh process that temporary is memory touched for the first time, at
 every large layer. A small tensor also skips two or three op dispatches.
-Each block is summed in float32 (the backend's ops sum in float32 too),
-the blocks in float64.
+Each block's squares are written to a cache-resident scratch block and
+summed pairwise in float32 (numpy's `add.reduce`, as accurate as the
+backends' own tree reductions), the blocks in float64. Not a dot product:
+BLAS accumulates a whole block in a few float32 registers, which drifts by
+up to 3e-5 on near-constant values (a saturated, padded or bias-only output).
 """
 
 from __future__ import annotations
@@ -64,22 +67,22 @@ def _block() -> np.ndarray:
 
 def pair_sums(a: np.ndarray, b: np.ndarray) -> tuple[np.float64, np.float64]:
     """(sum((a - b)**2), sum(b**2)) of two flat float32 arrays of one size."""
-    diff, squared_diff, squared = _block(), 0.0, 0.0
+    scratch, squared_diff, squared = _block(), 0.0, 0.0
     with np.errstate(over="ignore", invalid="ignore"):  # NaN/Inf go on, as the backend's do
         for i in range(0, a.size, _BLOCK):
             j = min(i + _BLOCK, a.size)
-            d = diff[: j - i]
+            d = scratch[: j - i]
             np.subtract(a[i:j], b[i:j], out=d)
-            squared_diff += float(np.dot(d, d))
-            squared += float(np.dot(b[i:j], b[i:j]))
+            squared_diff += float(np.add.reduce(np.multiply(d, d, out=d)))
+            squared += float(np.add.reduce(np.multiply(b[i:j], b[i:j], out=d)))
     return np.float64(squared_diff), np.float64(squared)
 
 
 def sum_squares(a: np.ndarray) -> np.float64:
     """sum(a**2) of a flat float32 array."""
-    total = 0.0
+    scratch, total = _block(), 0.0
     with np.errstate(over="ignore", invalid="ignore"):
         for i in range(0, a.size, _BLOCK):
-            block = a[i : i + _BLOCK]
-            total += float(np.dot(block, block))
+            j = min(i + _BLOCK, a.size)
+            total += float(np.add.reduce(np.multiply(a[i:j], a[i:j], out=scratch[: j - i])))
     return np.float64(total)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 import numpy as np
 
@@ -129,10 +130,9 @@ def kept_value(v):
     name = import_keras().backend.backend()
     try:
         if name == "tensorflow":
-            inner = getattr(
-                v, "value", None
-            )  # a Keras variable's tf.Variable; a method on tf's own
-            return (inner if hasattr(inner, "read_value") else v).read_value()
+            inner = getattr(v, "value", None)  # a Keras variable's tf.Variable; tf's own: a method
+            read: Any = inner if hasattr(inner, "read_value") else v
+            return read.read_value()
         if name == "jax":
             return v.value
         if name == "torch":
