@@ -139,10 +139,6 @@ def child(args) -> dict:
             from bngap import lockstep
 
             lockstep.twin_uses = lambda *a: None
-        elif policy == "devicesums":  # each pair of outputs summed by the backend's ops
-            from bngap.backend import hostsums
-
-            hostsums.host_view = lambda t: None
         spent: dict = _stage_timers() if args.breakdown else {}
         for run in ("cold", "warm"):
             spent.clear()
@@ -250,7 +246,6 @@ def run_case(model: str, size: int, batch: int, repeats: int, effects_list: list
             {
                 "variant": f"check --effects {eff}".replace(":paths", ", inference paths by passes")
                 .replace(":classic", ", passes one after the other")
-                .replace(":devicesums", ", sums by the backend's ops")
                 .replace(":", ", compile "),
                 "cold": _median([r["cold"] for r in rs]),
                 "warm": _median([r["warm"] for r in rs]),
@@ -335,9 +330,7 @@ def main() -> None:
         "default compiles them from 8 batches, see bngap/compiled.py), or :paths to check the "
         "model as one with code of the user's (the inference paths by their passes: model(x) "
         "on 4 samples and predict(); BN statistics put back after every pass), or :classic "
-        "for the inference pass and the training pass one after the other (no lockstep pass), "
-        "or :devicesums for every pair of outputs summed by the backend's ops (not in place "
-        "on the host, see bngap/backend/hostsums.py)",
+        "for the inference pass and the training pass one after the other (no lockstep pass)",
     )
     p.add_argument(
         "--quick", action="store_true", help="both models at 64x64, one repeat: a smoke run"

@@ -38,7 +38,6 @@ from .maskedpasses import MaskedPasses
 from .reductions import (
     Due,
     NonFinite,
-    add_up,
     channel_moment_tensors,
     channel_moments,
     fetch,
@@ -514,9 +513,10 @@ class Probe(LockstepPass, PathPasses, MaskedPasses):
             if got is None or got[0]() is not t or got[1] != part:
                 return None
             pairs.append(got[2])
-        if len(pairs) == 1:
-            return pairs[0]
-        return add_up(self.ops, [d for d, _ in pairs]), add_up(self.ops, [r for _, r in pairs])
+        d, r = pairs[0]
+        for more_d, more_r in pairs[1:]:
+            d, r = d + more_d, r + more_r
+        return d, r
 
     def _own_squares(self, node: LayerNode, out) -> None:
         total = squares_total(self.keras, out)

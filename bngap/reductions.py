@@ -112,15 +112,7 @@ def pair_total(keras, train_out, ref_out):
     # one output (nearly every layer): its two sums as they are, without adding more
     if len(parts) == 1:
         return parts[0][2], parts
-    return tuple(add_up(ops, [p[2][i] for p in parts]) for i in (0, 1)), parts
-
-
-def add_up(ops, values: list):
-    """The sum of scalars on the device (one op), or on the host where any of
-    them is there already (`backend.pair_sums` sums host memory in place)."""
-    if any(isinstance(v, (np.ndarray, np.generic)) for v in values):
-        return np.float64(sum(float(backend.to_numpy(v)) for v in values))
-    return ops.sum(ops.stack(values))
+    return tuple(ops.sum(ops.stack([p[2][i] for p in parts])) for i in (0, 1)), parts
 
 
 def squares_total(keras, out):
@@ -133,7 +125,7 @@ def squares_total(keras, out):
     ]
     if not sq:
         return None
-    return sq[0] if len(sq) == 1 else add_up(ops, sq)
+    return sq[0] if len(sq) == 1 else ops.sum(ops.stack(sq))
 
 
 def finite_pair_sums(ops, parts) -> np.ndarray:

@@ -604,78 +604,7 @@ def lockstep(shape: str = "model") -> dict:
     return out
 
 
-def host_sums() -> dict:
-    """`backend.pair_sums`/`sum_squares` on eager tensors (read in place on
-    the host, `test_hostsums.py`) against numpy in float64, and traced (the
-    backend's own ops; torch has no tracing here, so eager again)."""
-    import keras
-
-    from bngap import backend
-    from bngap.backend import hostsums
-
-    ops = keras.ops
-    rng = np.random.default_rng(11)
-    shape = (3, 129, 173)  # two blocks of 65536 and a ragged end
-    t_np = rng.normal(1.0, 3.0, shape).astype("float32")
-    r_np = rng.normal(0.5, 2.0, shape).astype("float32")
-    t, r = ops.convert_to_tensor(t_np), ops.convert_to_tensor(r_np)
-    t_perm = ops.transpose(t, (2, 0, 1))  # a strided view on torch
-    r_perm = ops.transpose(r, (2, 0, 1))
-    t64, r64 = t_np.astype(np.float64), r_np.astype(np.float64)
-    want = [np.sum((t64 - r64) ** 2), np.sum(r64**2)]
-    got = [
-        backend.pair_sums(t, r),
-        backend.pair_sums(t_perm, r_perm),
-        (backend.pair_sums(t, r)[0], backend.sum_squares(r)),
-    ]
-    errors = [abs(float(g) / w - 1) for pair in got for g, w in zip(pair, want)]
-    # near-constant values (a saturated or padded output): a sum that runs long in
-    # few float32 accumulators drifts here (a dot product: 3e-5), a pairwise one does not
-    t_flat, r_flat = np.full(shape, 2.23, np.float32), np.full(shape, 1.95, np.float32)
-    flat_want = [
-        np.sum((t_flat.astype(np.float64) - r_flat) ** 2),
-        np.sum(r_flat.astype(np.float64) ** 2),
-    ]
-    t_c, r_c = ops.convert_to_tensor(t_flat), ops.convert_to_tensor(r_flat)
-    flat_got = [*backend.pair_sums(t_c, r_c), backend.sum_squares(r_c)]
-    flat_errors = [abs(float(g) / w - 1) for g, w in zip(flat_got, [*flat_want, flat_want[1]])]
-    t_bad, r_bad = t_np.copy(), r_np.copy()
-    t_bad[0, 0, 0] = np.nan
-    r_bad[1, 2, 3] = np.inf
-    nan_pair = backend.pair_sums(ops.convert_to_tensor(t_bad), r)
-    inf_pair = backend.pair_sums(t, ops.convert_to_tensor(r_bad))
-    name = keras.backend.backend()
-    if name == "tensorflow":
-        import tensorflow as tf
-
-        traced = tf.function(lambda a, b: tf.stack(backend.pair_sums(a, b)))(t, r).numpy()
-    elif name == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        traced = np.asarray(jax.jit(lambda a, b: jnp.stack(backend.pair_sums(a, b)))(t, r))
-    else:
-        traced = np.array([float(v) for v in backend.pair_sums(t, r)])
-    return {
-        "backend": name,
-        "viewed": [
-            hostsums.host_view(v) is not None
-            for v in (t, t_perm, ops.cast(ops.cast(t, "float16"), "float32"))
-        ],
-        "declined": [
-            hostsums.host_view(ops.cast(t, "int32")) is None,
-            hostsums.host_view(ops.cast(t, "float16")) is None,
-        ],
-        "host_types": [isinstance(g, np.float64) for pair in got for g in pair],
-        "relative_errors": errors,
-        "near_constant_relative_errors": flat_errors,
-        "non_finite": [str(float(v)) for v in (nan_pair[0], inf_pair[0], inf_pair[1])],
-        "traced_relative_error": max(abs(float(g) / w - 1) for g, w in zip(traced, want)),
-    }
-
-
 TASKS = {
-    "host_sums": host_sums,
     "lockstep": lockstep,
     "lockstep_recurrent": lambda: lockstep("recurrent"),
     "bn_closed_form": bn_closed_form,

@@ -99,6 +99,20 @@ def test_a_new_compile_setting_traces_again(keras):
     assert model.__dict__[_PREDICT_CACHE][1] is not made
 
 
+def test_pair_sums_are_the_plain_ops_bit_for_bit(keras):
+    from bngap import backend
+
+    ops = keras.ops
+    rng = np.random.default_rng(7)
+    t = ops.convert_to_tensor(rng.normal(1.0, 3.0, (4, 9, 9, 5)).astype("float32"))
+    r = ops.convert_to_tensor(rng.normal(0.0, 2.0, (4, 9, 9, 5)).astype("float32"))
+    got = np.array([backend.to_numpy(s) for s in backend.pair_sums(t, r)])
+    plain = backend.to_numpy(ops.stack([ops.sum(ops.square(t - r)), ops.sum(ops.square(r))]))
+    assert np.array_equal(got, plain)
+    t64, r64 = backend.to_numpy(t).astype(np.float64), backend.to_numpy(r).astype(np.float64)
+    np.testing.assert_allclose(got, [np.sum((t64 - r64) ** 2), np.sum(r64**2)], rtol=1e-5)
+
+
 def test_fetch_all_gives_each_tensor_as_it_is(keras):
     """A pass's quantities fetched in a few transfers (scalars stacked,
     tensors joined along their last axis by dtype and leading shape) come

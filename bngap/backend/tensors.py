@@ -6,7 +6,6 @@ import contextlib
 
 import numpy as np
 
-from . import hostsums
 from .selection import import_keras
 
 
@@ -20,8 +19,6 @@ def dense(t):
 
 def to_numpy(t) -> np.ndarray:
     """A backend tensor or variable as numpy (detached from autograd on torch)."""
-    if isinstance(t, (np.ndarray, np.generic)):  # a sum made on the host (`hostsums`)
-        return np.asarray(t)
     keras = import_keras()
     value = getattr(t, "value", t) if hasattr(t, "assign") else dense(t)
     return np.asarray(keras.ops.convert_to_numpy(value))
@@ -47,13 +44,9 @@ def sum_squared_difference(a, b, axis=None):
 
 
 def sum_squares(x):
-    """sum(x**2) over all of `x`, on the device; on the host in place where
-    `x` is host memory already (`hostsums`). On TensorFlow through
+    """sum(x**2) over all of `x`, on the device. On TensorFlow through
     `l2_loss` (one fused read, no full-size temporary: 30% less time on large
     activations than `reduce_sum(square(x))`), doubled, which is exact."""
-    view = hostsums.host_view(x)
-    if view is not None:
-        return hostsums.sum_squares(view)
     keras = import_keras()
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -65,27 +58,19 @@ def sum_squares(x):
 def pair_sums(t, r) -> tuple:
     """(sum((t - r)**2), sum(r**2)) of two float32 tensors, two scalars on
     their device (see `sum_squared_difference`, `sum_squares`), not stacked:
-    `fetch_all` stacks a pass's scalars at once. Two numpy float64 scalars
-    where both tensors are host memory already (`hostsums`)."""
-    tv, rv = hostsums.host_view(t), hostsums.host_view(r)
-    if tv is not None and rv is not None and tv.size == rv.size:
-        return hostsums.pair_sums(tv, rv)
+    `fetch_all` stacks a pass's scalars at once."""
     return sum_squared_difference(t, r), sum_squares(r)
 
 
 def fetch_all(tensors: list) -> list[np.ndarray]:
     """Many small device tensors as numpy in a few transfers: those of one
     dtype whose shapes differ only in the last axis joined along it
-    (scalars stacked), one op and one fetch a group, split again on the host.
-    Values on the host already (numpy) are taken as they are."""
+    (scalars stacked), one op and one fetch a group, split again on the host."""
     groups: dict[tuple, list[int]] = {}
-    out: list = [None] * len(tensors)
     for i, t in enumerate(tensors):
-        if isinstance(t, (np.ndarray, np.generic)):
-            out[i] = np.asarray(t)
-            continue
         shape = tuple(t.shape)
         groups.setdefault((str(t.dtype), shape[:-1] if shape else None), []).append(i)
+    out: list = [None] * len(tensors)
     ops = import_keras().ops
     for (_, lead), idx in groups.items():
         if len(idx) == 1:
