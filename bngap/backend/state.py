@@ -93,7 +93,7 @@ class StateGuard:
         fixed = set(self.mutable)
         for i, v in enumerate(self.variables):
             if i not in fixed and not np.array_equal(
-                to_numpy(v), to_numpy(self.saved[i]), equal_nan=True
+                _in_place(kept_value(v)), _in_place(self.saved[i]), equal_nan=True
             ):
                 v.assign(self.saved[i])
                 self.mutable.append(i)
@@ -140,6 +140,17 @@ def kept_value(v):
     except Exception:  # a variable of another kind: its value as numpy
         pass
     return np.array(to_numpy(v), copy=True)
+
+
+def _in_place(value) -> np.ndarray:
+    """A kept value as numpy, read where it is when it is in host memory (a
+    TensorFlow or JAX CPU tensor, a torch CPU tensor: no copy), else copied
+    to the host."""
+    try:
+        got = np.asarray(value)
+    except Exception:  # a torch tensor on an accelerator
+        return to_numpy(value)
+    return got if got.dtype != object else to_numpy(value)
 
 
 def _rnn_states(model, layers) -> list:
