@@ -32,6 +32,7 @@ from .backend import (
 from .bnstate import BatchNormState, batchnorm_below
 from .errors import ForwardPassError, one_line
 from .inferencepaths import PathPasses, plain_keras_model
+from .inputmoments import InputMoments
 from .layertree import LayerNode, bn_params
 from .lockstep import Abandon, LockstepPass
 from .maskedpasses import MaskedPasses
@@ -84,6 +85,7 @@ class Probe(LockstepPass, PathPasses, MaskedPasses):
         self._producers: dict[int, tuple] = {}  # id of an inference output: its call
         self._parts_of: dict[tuple, tuple] = {}  # a rearranging call: its inputs' calls
         self._totals: dict[int, tuple] = {}  # id of a training output: (ref, call, its pair)
+        self._input_moments = InputMoments(self.ops)  # BN input moments, joined at concatenations
         self._order_counter = 0
         self._active: set[int] = set()
         self._seq = 0
@@ -223,6 +225,7 @@ class Probe(LockstepPass, PathPasses, MaskedPasses):
         self._producers.clear()
         self._parts_of.clear()
         self._totals.clear()
+        self._input_moments.clear()
 
     def end_batch(self) -> None:
         """Lets go of what the batch's passes shared (the inference outputs,
@@ -408,7 +411,11 @@ class Probe(LockstepPass, PathPasses, MaskedPasses):
         st.eval_training.add(kwargs.get("training"))
         if capture_bn and node.kind is Kind.BATCHNORM:
             x = args[0] if args else kwargs.get("inputs")
-            per, mean, m2 = channel_moment_tensors(self.ops, x, node.layer.axis, kwargs.get("mask"))
+            axis, mask = node.layer.axis, kwargs.get("mask")
+            if self._compiling:
+                per, mean, m2 = channel_moment_tensors(self.ops, x, axis, mask)
+            else:
+                per, mean, m2 = self._input_moments.of(x, axis, mask)
             if per is not None:
                 self._emit(Due(Due.MOMENTS, node.index, per), (mean, m2))
             else:  # masked: counts vary per example, fetched now
@@ -423,6 +430,9 @@ class Probe(LockstepPass, PathPasses, MaskedPasses):
         if capture_outputs:
             self.upstream.left((node.index, k), out)
             self._produced(node, (node.index, k), args, kwargs, out)
+        if not self._compiling and isinstance(node.layer, self.keras.layers.Concatenate):
+            parts = args[0] if args else kwargs.get("inputs")
+            self._input_moments.concatenated(node.layer.axis, parts, out)
         st = self.stats[node.index]
         st.calls = max(st.calls, k + 1)
 
