@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import backend
 from .layertree import LayerNode
+from .probehost import ProbeHost
 from .results import InferencePath, Kind, LeakCheck
 from .stats import GapAccumulator
 
@@ -24,26 +25,18 @@ PREDICT_BY_CONSTRUCTION = (
 )
 
 
-class PathPasses:
+class PathPasses(ProbeHost):
     """The probe's passes for the inference paths (mixed into `Probe`)."""
 
     noflag_seen: dict | None = None  # what a call with no flag gave each layer (`modes_pass`)
     _watch_noflag = False
 
     if TYPE_CHECKING:  # what `Probe` provides
-        model: Any
-        nodes: list[LayerNode]
-        keras: Any
         _bypass: int
         _handler: Any
-        _eval_store: dict
 
-        def _call_model(self, xs: Any, what: str, handler: Any, **kwargs: Any) -> Any: ...
-        def _next_call(self, node: LayerNode) -> int: ...
-        def _run(self, node: LayerNode, original: Any, args: Any, kwargs: Any) -> Any: ...
         def _pack(self, xs: Any) -> Any: ...
         def _guard(self) -> Any: ...
-        def _inference_inputs(self, xs: Any) -> Any: ...
 
         plain: bool  # a model of Keras' own code, seen on entering (`plain_keras_model`)
 

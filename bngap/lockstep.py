@@ -29,11 +29,9 @@ import numpy as np
 
 from .backend import _context_training, keep_random, put_back_random
 from .errors import ForwardPassError
+from .probehost import ProbeHost
 from .twinflow import NEVER, twin_uses
 from .upstream import BUDGET_FLOOR, BUDGET_SHARE, INPUT, itemsize
-
-if TYPE_CHECKING:
-    from .layertree import LayerNode
 
 
 class Abandon(Exception):
@@ -58,28 +56,16 @@ class _Twin:
         self.t, self.r, self.left, self.made_by = t, r, left, made_by
 
 
-class LockstepPass:
+class LockstepPass(ProbeHost):
     """Probe methods for the lockstep pass (mixed into `Probe`)."""
 
     if TYPE_CHECKING:
-        from .upstream import Upstream
-
-        keras: Any
-        model: Any
-        nodes: list
         plain: bool
-        upstream: Upstream
         compiled: Any
         noflag_seen: Any
-        _eval_store: dict
         _producers: dict
         _watch_noflag: bool
 
-        def _call_model(self, xs: Any, what: str, handler: Any, **kwargs: Any) -> Any: ...
-        def _next_call(self, node: LayerNode) -> int: ...
-        def _run(self, node: LayerNode, original: Any, args: Any, kwargs: Any) -> Any: ...
-        def _set_seeds(self, batch_index: int) -> None: ...
-        def _inference_inputs(self, xs: Any) -> Any: ...
         def _clear_store(self) -> None: ...
         def after_training_pass(self) -> None: ...
         def modes_pass(self, xs: Any) -> dict: ...

@@ -7,14 +7,15 @@ chosen as the training pass goes (`_offer_cut`)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import ForwardPassError
 from .layertree import LayerNode
+from .probehost import ProbeHost
 from .results import Kind
-from .upstream import INPUT, Cut, Upstream
+from .upstream import INPUT, Cut
 
 
 class _NotUpstream(ForwardPassError):
@@ -25,23 +26,15 @@ class _NotUpstream(ForwardPassError):
         super().__init__("a masked pass left the inference pass's data flow")
 
 
-class MaskedPasses:
+class MaskedPasses(ProbeHost):
     """The probe's masked passes (mixed into `Probe`)."""
 
     if TYPE_CHECKING:  # what `Probe` provides
-        upstream: Upstream
-        stats: dict
         _active: set[int]
         _cut: Cut | None
         _cuts_asked: set
         reused: int
         rerun: int
-
-        def _call_model(self, xs: Any, what: str, handler: Any, **kwargs: Any) -> Any: ...
-        def _next_call(self, node: LayerNode) -> int: ...
-        def _run(self, node: LayerNode, original: Any, args: Any, kwargs: Any) -> Any: ...
-        def _set_seeds(self, batch_index: int) -> None: ...
-        def _inference_inputs(self, xs: Any) -> Any: ...
 
     def _offer_cut(self, node: LayerNode, k: int, pair, frontier) -> None:
         """Keeps the frontier where a masked pass may cut: at the cuts the

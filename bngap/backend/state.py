@@ -204,13 +204,13 @@ def keep_random(variables: list) -> list:
     back what a layer's inference call drew (an RNN draws its dropout masks
     in either mode), as the classic structure's `set_seeds` does."""
     keras = import_keras()
-    kept: list = [(v.assign, keras.ops.copy(v)) for v in variables]
+    kept: list = [(v.assign, kept_value(v)) for v in variables]
     name = keras.backend.backend()
     if name == "tensorflow":
         import tensorflow as tf
 
         generator = tf.random.get_global_generator()
-        kept.append((generator.reset, generator.state.read_value()))
+        kept.append((generator.reset, kept_value(generator.state)))
     elif name == "torch":
         import torch
 
